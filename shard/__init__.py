@@ -1,0 +1,20 @@
+"""Shard state: the LMDB store of a partition, its key layout, the commands
+and the deterministic state machine that applies them. Imports nothing of the
+project but ``protocol``."""
+
+from shard import reads
+from shard.commands import OPS, CommandError, decode, encode
+from shard.machine import STORAGE_FULL, StateMachine
+from shard.store import PartitionStore, StorageFull
+
+__all__ = [
+    "OPS",
+    "STORAGE_FULL",
+    "CommandError",
+    "PartitionStore",
+    "StateMachine",
+    "StorageFull",
+    "decode",
+    "encode",
+    "reads",
+]

@@ -1,0 +1,137 @@
+"""Key layout of a partition's LMDB.
+
+Every key of a shard starts with ``shard_prefix(org, ns)``, so a shard is one
+contiguous key range: that is what a migration snapshots and what a content
+hash covers. Names are validated before they get here and cannot contain NUL,
+which makes NUL a safe separator.
+
+    s <org> 0 <ns> 0 n                      namespace record
+    s <org> 0 <ns> 0 w <wid> 0 <rid>        run record
+    s <org> 0 <ns> 0 l <wid>                latest run id of a workflow id (apply order)
+    s <org> 0 <ns> 0 h <rid> <eid:u32>      history event
+    s <org> 0 <ns> 0 r <requestId>          start dedup -> (wid, rid)
+    s <org> 0 <ns> 0 g <rid> 0 <requestId>  signal dedup
+    s <org> 0 <ns> 0 i <~start:u64> <wid> 0 <rid>   list index, newest first
+    s <org> 0 <ns> 0 d <~close:u64> <wid> 0 <rid>   dead letters, newest first
+    s <org> 0 <ns> 0 c <sid>                schedule record
+    s <org> 0 <ns> 0 t <sid> 0 <requestId>  trigger dedup
+    s <org> 0 <ns> 0 a <name>               search attribute registration
+    \x01 applied                            applied index of the partition
+    \x01 reg <org> 0 <ns>                   namespace registry of the partition
+"""
+
+from __future__ import annotations
+
+import struct
+
+import lmdb
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_MAX = (1 << 64) - 1
+
+APPLIED = b"\x01applied"
+REGISTRY = b"\x01reg"
+
+
+def shard_prefix(org: str, ns: str) -> bytes:
+    return b"s" + org.encode() + b"\x00" + ns.encode() + b"\x00"
+
+
+def registry_key(org: str, ns: str) -> bytes:
+    return REGISTRY + org.encode() + b"\x00" + ns.encode()
+
+
+def registry_org_prefix(org: str) -> bytes:
+    return REGISTRY + org.encode() + b"\x00"
+
+
+def inv(ms: int) -> bytes:
+    """Big-endian complement: ascending key order = descending time."""
+    return _U64.pack(_MAX - max(ms, 0))
+
+
+def u32(n: int) -> bytes:
+    return _U32.pack(n)
+
+
+def read_u32(b: bytes) -> int:
+    return _U32.unpack(b)[0]
+
+
+def run_suffix(wid: str, rid: str) -> bytes:
+    return wid.encode() + b"\x00" + rid.encode()
+
+
+def split_run_suffix(b: bytes) -> tuple[str, str]:
+    wid, _, rid = b.rpartition(b"\x00")
+    return wid.decode(), rid.decode()
+
+
+def get_applied(txn: lmdb.Transaction) -> int:
+    raw = txn.get(APPLIED)
+    return _U64.unpack(raw)[0] if raw else 0
+
+
+def put_applied(txn: lmdb.Transaction, index: int) -> None:
+    txn.put(APPLIED, _U64.pack(index))
+
+
+class ShardKeys:
+    """Key builders of one shard; cheap to create per command."""
+
+    __slots__ = ("p",)
+
+    def __init__(self, org: str, ns: str) -> None:
+        self.p = shard_prefix(org, ns)
+
+    def namespace(self) -> bytes:
+        return self.p + b"n"
+
+    def run(self, wid: str, rid: str) -> bytes:
+        return self.p + b"w" + run_suffix(wid, rid)
+
+    def runs_of(self, wid: str) -> bytes:
+        return self.p + b"w" + wid.encode() + b"\x00"
+
+    def latest(self, wid: str) -> bytes:
+        return self.p + b"l" + wid.encode()
+
+    def event(self, rid: str, eid: int) -> bytes:
+        return self.p + b"h" + rid.encode() + _U32.pack(eid)
+
+    def events_of(self, rid: str) -> bytes:
+        return self.p + b"h" + rid.encode()
+
+    def request(self, request_id: str) -> bytes:
+        return self.p + b"r" + request_id.encode()
+
+    def signal_request(self, rid: str, request_id: str) -> bytes:
+        return self.p + b"g" + rid.encode() + b"\x00" + request_id.encode()
+
+    def list_index(self, start: int, wid: str, rid: str) -> bytes:
+        return self.p + b"i" + inv(start) + run_suffix(wid, rid)
+
+    def list_prefix(self) -> bytes:
+        return self.p + b"i"
+
+    def dead_index(self, close: int, wid: str, rid: str) -> bytes:
+        return self.p + b"d" + inv(close) + run_suffix(wid, rid)
+
+    def dead_prefix(self) -> bytes:
+        return self.p + b"d"
+
+    def schedule(self, sid: str) -> bytes:
+        return self.p + b"c" + sid.encode()
+
+    def schedule_prefix(self) -> bytes:
+        return self.p + b"c"
+
+    def trigger_request(self, sid: str, request_id: str) -> bytes:
+        return self.p + b"t" + sid.encode() + b"\x00" + request_id.encode()
+
+    def attr(self, name: str) -> bytes:
+        return self.p + b"a" + name.encode()
+
+    def attr_prefix(self) -> bytes:
+        return self.p + b"a"

@@ -1,0 +1,1005 @@
+"""The deterministic state machine of a partition.
+
+``StateMachine.apply_batch([(index, command_bytes), ...])`` is the only code
+that writes shard state. It runs on every replica in log order, inside one
+LMDB write transaction that also records the partition's applied index, so:
+
+- an entry at or below the applied index is skipped (replaying a journal
+  after a crash never applies twice);
+- each command runs in a nested transaction: a command rejected by a business
+  rule is rolled back and changes nothing, on every replica alike;
+- nothing here reads a clock, draws randomness or looks at the environment:
+  the proposer stamped ``now`` and ``rnd`` into the command.
+
+Business errors are returned as results (``{"ok": False, "code": ...}``),
+never raised to the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lmdb
+import msgpack
+
+from shard import commands as C
+from shard import keys
+from shard.keys import ShardKeys
+from shard.store import PartitionStore, StorageFull
+
+log = logging.getLogger("tasks.shard")
+
+Result = dict[str, Any]
+
+OPEN = ("RUNNING", "CANCELING")
+STORAGE_FULL: Result = C.err("storage_full", "storage full")
+MAX_BUFFERED = 1000
+RECENT_ACTIONS = 10
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def format_seconds(ms: int) -> str:
+    """RFC 3339 UTC, whole seconds: the nominal-time part of fired workflow ids."""
+    from protocol.timefmt import format_time_seconds
+
+    return format_time_seconds(ms)
+
+
+class Reject(Exception):
+    """Raised inside a handler to roll its command back with a result."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.result = C.err(code, message, details)
+
+
+class Ctx:
+    """One command being applied: a write-through cache over a nested txn.
+
+    Handlers read and write records through the cache, so two parts of one
+    command (say, a schedule fire that terminates a run whose close updates
+    the same schedule) always see one copy of each record.
+    """
+
+    def __init__(self, txn: lmdb.Transaction, cmd: dict[str, Any], index: int) -> None:
+        self.txn = txn
+        self.cmd = cmd
+        self.index = index
+        self.now: int = cmd["now"]
+        self.org: str = cmd["org"]
+        self.ns: str = cmd["ns"]
+        self.k = ShardKeys(self.org, self.ns)
+        self._cache: dict[bytes, Any] = {}
+        self._dirty: set[bytes] = set()
+        self._ids = 0
+        self.events: list[dict[str, Any]] = []  # notifications for listeners
+
+    # ---- records ---------------------------------------------------------
+
+    def get(self, key: bytes) -> Any:
+        if key in self._cache:
+            return self._cache[key]
+        raw = self.txn.get(key)
+        val = unpack(raw) if raw is not None else None
+        self._cache[key] = val
+        return val
+
+    def put(self, key: bytes, val: Any) -> None:
+        self._cache[key] = val
+        self._dirty.add(key)
+
+    def delete(self, key: bytes) -> None:
+        self._cache[key] = None
+        self._dirty.add(key)
+
+    def put_raw(self, key: bytes, val: bytes) -> None:
+        self.txn.put(key, val)
+
+    def exists(self, key: bytes) -> bool:
+        if key in self._cache:
+            return self._cache[key] is not None
+        return self.txn.get(key) is not None
+
+    def flush(self) -> None:
+        for key in sorted(self._dirty):
+            val = self._cache[key]
+            if val is None:
+                self.txn.delete(key)
+            else:
+                self.txn.put(key, pack(val))
+        self._dirty.clear()
+
+    # ---- ids ---------------------------------------------------------------
+
+    def new_run_id(self) -> str:
+        """A run id derived from the proposer's randomness: same on every replica."""
+        self._ids += 1
+        seed = f"{self.cmd.get('rnd') or self.index}:{self._ids}"
+        return hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+    def notify(self, kind: str, **fields: Any) -> None:
+        self.events.append({"kind": kind, **fields})
+
+
+# ---------------------------------------------------------------------------
+# namespaces
+
+
+def _namespace(ctx: Ctx, *, for_write: bool) -> dict[str, Any]:
+    rec = ctx.get(ctx.k.namespace())
+    if rec is None:
+        raise Reject("not_found", f"namespace {ctx.ns} not found")
+    if for_write and rec["state"] == "DELETED":
+        raise Reject("failed_precondition", "namespace deleted")
+    return rec
+
+
+NS_FIELDS = (
+    "description",
+    "ownerEmail",
+    "retention",
+    "apsLimit",
+    "historyArchivalState",
+    "historyArchivalUri",
+    "visibilityArchivalState",
+    "visibilityArchivalUri",
+    "customData",
+)
+
+
+def op_ns_register(ctx: Ctx) -> Result:
+    cmd = ctx.cmd
+    existing = ctx.get(ctx.k.namespace())
+    if existing is not None:
+        if cmd.get("implicit"):
+            return C.ok(namespace=existing, created=False)
+        raise Reject("already_exists", f"namespace {ctx.ns} already exists")
+    rec: dict[str, Any] = {
+        "name": ctx.ns,
+        "state": "REGISTERED",
+        "region": cmd.get("region", ""),
+        "createTime": ctx.now,
+        "retention": cmd.get("retention") or 720 * 3600 * 1000,
+        "apsLimit": cmd.get("apsLimit", 400),
+    }
+    for f in NS_FIELDS:
+        if f in cmd and f not in ("retention", "apsLimit"):
+            rec[f] = cmd[f]
+    ctx.put(ctx.k.namespace(), rec)
+    ctx.put_raw(keys.registry_key(ctx.org, ctx.ns), b"")
+    ctx.notify("namespace.registered", namespace=ctx.ns)
+    return C.ok(namespace=rec, created=True)
+
+
+def op_ns_update(ctx: Ctx) -> Result:
+    rec = _namespace(ctx, for_write=False)
+    for f in NS_FIELDS:
+        if f in ctx.cmd:
+            rec[f] = ctx.cmd[f]
+    rec["updateTime"] = ctx.now
+    ctx.put(ctx.k.namespace(), rec)
+    ctx.notify("namespace.updated", namespace=ctx.ns)
+    return C.ok(namespace=rec)
+
+
+def op_ns_delete(ctx: Ctx) -> Result:
+    rec = _namespace(ctx, for_write=False)
+    if rec["state"] != "DELETED":
+        rec["state"] = "DELETED"
+        rec["updateTime"] = ctx.now
+        rec["deleteTime"] = ctx.now
+        ctx.put(ctx.k.namespace(), rec)
+        ctx.notify("namespace.deleted", namespace=ctx.ns)
+    return C.ok(namespace=rec)
+
+
+# ---------------------------------------------------------------------------
+# search attributes
+
+
+def op_sa_add(ctx: Ctx) -> Result:
+    _namespace(ctx, for_write=False)
+    name, typ = ctx.cmd["name"], ctx.cmd["type"]
+    if ctx.exists(ctx.k.attr(name)):
+        raise Reject("already_exists", f"search attribute {name} already exists")
+    count = 0
+    cur = ctx.txn.cursor()
+    prefix = ctx.k.attr_prefix()
+    if cur.set_range(prefix):
+        for k in cur.iternext(values=False):
+            if not k.startswith(prefix):
+                break
+            count += 1
+    if count >= 100:
+        raise Reject("invalid_argument", "at most 100 search attributes per namespace")
+    ctx.put(ctx.k.attr(name), typ)
+    return C.ok(name=name, type=typ)
+
+
+def op_sa_remove(ctx: Ctx) -> Result:
+    name = ctx.cmd["name"]
+    if not ctx.exists(ctx.k.attr(name)):
+        raise Reject("not_found", f"search attribute {name} not found")
+    ctx.delete(ctx.k.attr(name))
+    return C.ok()
+
+
+# ---------------------------------------------------------------------------
+# workflow runs
+
+
+def add_event(ctx: Ctx, run: dict[str, Any], etype: str, attrs: dict[str, Any]) -> int:
+    eid = run["historyLength"] + 1
+    run["historyLength"] = eid
+    ctx.put(
+        ctx.k.event(run["runId"], eid),
+        {"eventId": eid, "eventTime": ctx.now, "eventType": etype, "attributes": attrs},
+    )
+    return eid
+
+
+def schedule_workflow_task(ctx: Ctx, run: dict[str, Any]) -> None:
+    """WORKFLOW_TASK_SCHEDULED, unless a workflow task is already pending."""
+    if run.get("wt"):
+        return
+    attempt = 1
+    eid = add_event(
+        ctx,
+        run,
+        "WORKFLOW_TASK_SCHEDULED",
+        {
+            "taskQueue": {"name": run["taskQueue"]},
+            "startToCloseTimeout": run["workflowTaskTimeout"],
+            "attempt": attempt,
+            "workflowAttempt": run["attempt"],
+        },
+    )
+    run["wt"] = {"state": "SCHEDULED", "scheduledTime": ctx.now, "attempt": attempt, "eventId": eid}
+
+
+def save_run(ctx: Ctx, run: dict[str, Any]) -> None:
+    ctx.put(ctx.k.run(run["workflowId"], run["runId"]), run)
+
+
+def load_run(ctx: Ctx, wid: str, rid: str | None) -> dict[str, Any]:
+    if not rid:
+        rid = ctx.get(ctx.k.latest(wid))
+        if rid is None:
+            raise Reject("not_found", f"workflow {wid} not found")
+    run = ctx.get(ctx.k.run(wid, rid))
+    if run is None:
+        raise Reject("not_found", f"workflow {wid} run {rid} not found")
+    return run
+
+
+def run_exists(ctx: Ctx, rid: str) -> bool:
+    return ctx.exists(ctx.k.event(rid, 1))
+
+
+def start_run(ctx: Ctx, spec: dict[str, Any], *, wid: str, rid: str, signal: Any = None) -> dict[str, Any]:
+    """Create a RUNNING run with its STARTED (and maybe SIGNALED) and first task events."""
+    run: dict[str, Any] = {
+        "workflowId": wid,
+        "runId": rid,
+        "type": spec["type"],
+        "taskQueue": spec.get("taskQueue") or "default",
+        "status": "RUNNING",
+        "startTime": ctx.now,
+        "closeTime": None,
+        "historyLength": 0,
+        "attempt": 1,
+        "workflowTaskTimeout": spec.get("workflowTaskTimeout") or 10_000,
+        "firstStart": spec.get("firstStart") or ctx.now,
+        "wt": None,
+        "wtEver": False,
+    }
+    for f in (
+        "input",
+        "memo",
+        "searchAttrs",
+        "retryPolicy",
+        "workflowExecutionTimeout",
+        "workflowRunTimeout",
+        "continuedFromRunId",
+        "scheduleId",
+        "identity",
+        "requestId",
+        "resetFrom",
+    ):
+        if spec.get(f) is not None or (f == "input" and "input" in spec):
+            run[f] = spec.get(f)
+    attrs: dict[str, Any] = {
+        "workflowType": {"name": run["type"]},
+        "taskQueue": {"name": run["taskQueue"]},
+        "input": spec.get("input"),
+        "attempt": 1,
+        "identity": spec.get("identity") or "",
+        "workflowTaskTimeout": run["workflowTaskTimeout"],
+    }
+    for f in (
+        "requestId",
+        "workflowExecutionTimeout",
+        "workflowRunTimeout",
+        "retryPolicy",
+        "memo",
+        "scheduleId",
+    ):
+        if spec.get(f) is not None:
+            attrs[f] = spec[f]
+    if spec.get("searchAttrs"):
+        attrs["searchAttributes"] = spec["searchAttrs"]
+    if spec.get("continuedFromRunId"):
+        attrs["continuedExecutionRunId"] = spec["continuedFromRunId"]
+    if spec.get("nominalTime") is not None:
+        attrs["nominalTime"] = spec["nominalTime"]
+    if spec.get("copyFrom") is None:
+        add_event(ctx, run, "WORKFLOW_EXECUTION_STARTED", attrs)
+    if signal is not None:
+        add_event(ctx, run, "WORKFLOW_EXECUTION_SIGNALED", signal)
+    if spec.get("skipTask"):
+        pass
+    else:
+        schedule_workflow_task(ctx, run)
+    _index_new_run(ctx, run, spec.get("requestId"))
+    ctx.notify("workflow.started", workflow_id=wid, run_id=rid)
+    return run
+
+
+def _index_new_run(ctx: Ctx, run: dict[str, Any], request_id: str | None) -> None:
+    wid, rid = run["workflowId"], run["runId"]
+    save_run(ctx, run)
+    ctx.put(ctx.k.latest(wid), rid)
+    ctx.put_raw(ctx.k.list_index(run["startTime"], wid, rid), b"")
+    if request_id:
+        ctx.put(ctx.k.request(request_id), [wid, rid])
+
+
+def close_run(
+    ctx: Ctx,
+    run: dict[str, Any],
+    status: str,
+    etype: str,
+    attrs: dict[str, Any],
+    *,
+    dead_letter: str | None = None,
+) -> None:
+    """Close an open run: final event, stale tokens, schedule bookkeeping."""
+    add_event(ctx, run, etype, attrs)
+    run["status"] = status
+    run["closeTime"] = ctx.now
+    run["wt"] = None
+    if dead_letter:
+        run["deadLetterReason"] = dead_letter
+        ctx.put_raw(ctx.k.dead_index(ctx.now, run["workflowId"], run["runId"]), b"")
+    save_run(ctx, run)
+    ctx.notify(
+        "workflow." + status.lower(), workflow_id=run["workflowId"], run_id=run["runId"]
+    )
+    sid = run.get("scheduleId")
+    if sid:
+        _schedule_run_closed(ctx, sid, run)
+
+
+def terminate_run(ctx: Ctx, run: dict[str, Any], reason: str, identity: str) -> None:
+    close_run(
+        ctx,
+        run,
+        "TERMINATED",
+        "WORKFLOW_EXECUTION_TERMINATED",
+        {"reason": reason, "identity": identity},
+    )
+
+
+def request_cancel(ctx: Ctx, run: dict[str, Any], reason: str, identity: str) -> None:
+    """Cancel per SPEC §5.4: at once when no workflow task ever started."""
+    if run["status"] != "RUNNING":
+        return
+    add_event(
+        ctx, run, "WORKFLOW_EXECUTION_CANCEL_REQUESTED", {"reason": reason, "identity": identity}
+    )
+    if not run.get("wtEver"):
+        run["wt"] = None
+        close_run(
+            ctx,
+            run,
+            "CANCELED",
+            "WORKFLOW_EXECUTION_CANCELED",
+            {"reason": reason, "identity": identity},
+        )
+        return
+    run["status"] = "CANCELING"
+    run["cancelRequestedAt"] = ctx.now
+    schedule_workflow_task(ctx, run)
+    save_run(ctx, run)
+    ctx.notify("workflow.cancel_requested", workflow_id=run["workflowId"], run_id=run["runId"])
+
+
+def _start_spec(cmd: dict[str, Any]) -> dict[str, Any]:
+    spec = dict(cmd["start"])
+    return spec
+
+
+def _dedup_request(ctx: Ctx, request_id: str | None, wid: str | None) -> dict[str, Any] | None:
+    if not request_id:
+        return None
+    seen = ctx.get(ctx.k.request(request_id))
+    if seen is None:
+        return None
+    if wid and seen[0] != wid:
+        raise Reject(
+            "invalid_argument",
+            f"requestId {request_id} was already used for workflow {seen[0]}",
+        )
+    run = ctx.get(ctx.k.run(seen[0], seen[1]))
+    if run is None:
+        return None
+    return run
+
+
+def _choose_workflow_id(ctx: Ctx, spec: dict[str, Any]) -> tuple[str, str]:
+    wid = spec.get("workflowId")
+    rid = spec.get("runId")
+    if rid and run_exists(ctx, rid):
+        raise Reject("already_exists", f"runId {rid} already exists")
+    if wid:
+        return wid, rid or ctx.new_run_id()
+    base = spec["type"].lower().encode()[:200].decode("utf-8", "ignore")
+    for _ in range(3):
+        cand_rid = rid or ctx.new_run_id()
+        cand = f"{base}-{cand_rid[:8]}"
+        if ctx.get(ctx.k.latest(cand)) is None:
+            return cand, cand_rid
+        if rid:
+            break
+    raise Reject("already_exists", "could not generate a unique workflow id")
+
+
+def op_wf_start(ctx: Ctx) -> Result:
+    spec = _start_spec(ctx.cmd)
+    _namespace(ctx, for_write=True)
+    signal = ctx.cmd.get("signal")
+    seen = _dedup_request(ctx, spec.get("requestId"), spec.get("workflowId"))
+    if seen is not None:
+        return C.ok(run=seen, started=False)
+    wid = spec.get("workflowId")
+    if wid:
+        latest = ctx.get(ctx.k.latest(wid))
+        if latest is not None:
+            open_run = ctx.get(ctx.k.run(wid, latest))
+            if open_run is not None and open_run["status"] in OPEN:
+                if signal is not None:
+                    _signal(ctx, open_run, signal)
+                    return C.ok(run=open_run, started=False)
+                policy = spec.get("conflict") or "FAIL"
+                if policy == "USE_EXISTING":
+                    return C.ok(run=open_run, started=False)
+                if policy == "TERMINATE_EXISTING":
+                    terminate_run(ctx, open_run, "terminated by new start", spec.get("identity") or "")
+                else:
+                    raise Reject(
+                        "already_started",
+                        f"workflow {wid} is already running",
+                        {"workflowId": wid, "runId": open_run["runId"]},
+                    )
+    wid, rid = _choose_workflow_id(ctx, spec)
+    run = start_run(ctx, spec, wid=wid, rid=rid, signal=signal)
+    if signal is not None:
+        ctx.notify("workflow.signaled", workflow_id=wid, run_id=rid)
+    return C.ok(run=run, started=True)
+
+
+def _signal(ctx: Ctx, run: dict[str, Any], signal: dict[str, Any]) -> None:
+    add_event(ctx, run, "WORKFLOW_EXECUTION_SIGNALED", signal)
+    schedule_workflow_task(ctx, run)
+    save_run(ctx, run)
+    ctx.notify("workflow.signaled", workflow_id=run["workflowId"], run_id=run["runId"])
+
+
+def op_wf_signal(ctx: Ctx) -> Result:
+    cmd = ctx.cmd
+    _namespace(ctx, for_write=False)
+    run = load_run(ctx, cmd["workflowId"], cmd.get("runId"))
+    if run["status"] not in OPEN:
+        raise Reject("failed_precondition", f"workflow {run['workflowId']} is not running")
+    req = cmd.get("requestId")
+    if req:
+        key = ctx.k.signal_request(run["runId"], req)
+        if ctx.exists(key):
+            return C.ok(run=run, duplicate=True)
+        ctx.put(key, 1)
+    signal = {"signalName": cmd["name"], "input": cmd.get("input"), "identity": cmd.get("identity") or ""}
+    if req:
+        signal["requestId"] = req
+    _signal(ctx, run, signal)
+    return C.ok(run=run)
+
+
+def op_wf_cancel(ctx: Ctx) -> Result:
+    cmd = ctx.cmd
+    _namespace(ctx, for_write=False)
+    run = load_run(ctx, cmd["workflowId"], cmd.get("runId"))
+    if run["status"] == "RUNNING":
+        request_cancel(ctx, run, cmd.get("reason") or "", cmd.get("identity") or "")
+    return C.ok(run=run)
+
+
+def op_wf_terminate(ctx: Ctx) -> Result:
+    cmd = ctx.cmd
+    _namespace(ctx, for_write=False)
+    run = load_run(ctx, cmd["workflowId"], cmd.get("runId"))
+    if run["status"] in OPEN:
+        terminate_run(ctx, run, cmd.get("reason") or "", cmd.get("identity") or "")
+    return C.ok(run=run)
+
+
+def op_wf_metadata(ctx: Ctx) -> Result:
+    cmd = ctx.cmd
+    _namespace(ctx, for_write=False)
+    run = load_run(ctx, cmd["workflowId"], cmd.get("runId"))
+    meta = dict(run.get("userMetadata") or {})
+    for f in ("summary", "details", "updatedBy"):
+        if f in cmd:
+            meta[f] = cmd[f]
+    meta["updatedAt"] = ctx.now
+    run["userMetadata"] = meta
+    save_run(ctx, run)
+    ctx.notify("workflow.updated", workflow_id=run["workflowId"], run_id=run["runId"])
+    return C.ok(run=run)
+
+
+def op_wf_reset(ctx: Ctx) -> Result:
+    cmd = ctx.cmd
+    _namespace(ctx, for_write=False)
+    req = cmd.get("requestId")
+    if req:
+        seen = ctx.get(ctx.k.request(req))
+        if seen is not None:
+            run = ctx.get(ctx.k.run(seen[0], seen[1]))
+            if run is not None:
+                return C.ok(run=run, started=False)
+    src = load_run(ctx, cmd["workflowId"], cmd.get("runId"))
+    event_id = cmd["eventId"]
+    if not 1 <= event_id <= src["historyLength"]:
+        raise Reject(
+            "invalid_argument",
+            f"eventId must be between 1 and {src['historyLength']}",
+        )
+    reason = cmd.get("reason") or ""
+    identity = cmd.get("identity") or ""
+    if src["status"] in OPEN:
+        terminate_run(ctx, src, f"reset: {reason}", identity)
+    rid = ctx.new_run_id()
+    run: dict[str, Any] = {
+        k: v
+        for k, v in src.items()
+        if k
+        in (
+            "workflowId",
+            "type",
+            "taskQueue",
+            "input",
+            "workflowTaskTimeout",
+            "workflowExecutionTimeout",
+            "workflowRunTimeout",
+            "retryPolicy",
+            "memo",
+            "searchAttrs",
+            "scheduleId",
+            "firstStart",
+        )
+    }
+    run.update(
+        runId=rid,
+        status="RUNNING",
+        startTime=ctx.now,
+        closeTime=None,
+        historyLength=0,
+        attempt=1,
+        wt=None,
+        wtEver=False,
+        resetFrom={"runId": src["runId"], "eventId": event_id, "reason": reason, "identity": identity},
+    )
+    run.pop("scheduleId", None)
+    for eid in range(1, event_id + 1):
+        ev = ctx.get(ctx.k.event(src["runId"], eid))
+        if ev is not None:
+            ctx.put(ctx.k.event(rid, eid), ev)
+    run["historyLength"] = event_id
+    add_event(
+        ctx,
+        run,
+        "WORKFLOW_EXECUTION_RESET",
+        {"baseRunId": src["runId"], "eventId": event_id, "reason": reason, "identity": identity},
+    )
+    schedule_workflow_task(ctx, run)
+    _index_new_run(ctx, run, req)
+    ctx.notify("workflow.reset", workflow_id=run["workflowId"], run_id=rid)
+    return C.ok(run=run, started=True)
+
+
+# ---------------------------------------------------------------------------
+# schedules
+
+
+def _load_schedule(ctx: Ctx, sid: str) -> dict[str, Any]:
+    s = ctx.get(ctx.k.schedule(sid))
+    if s is None:
+        raise Reject("not_found", f"schedule {sid} not found")
+    return s
+
+
+def _new_info(now: int) -> dict[str, Any]:
+    return {
+        "createTime": now,
+        "actionCount": 0,
+        "missedCatchupWindow": 0,
+        "overlapSkipped": 0,
+        "bufferDropped": 0,
+        "buffered": [],
+        "running": [],
+        "recent": [],
+    }
+
+
+def op_sched_create(ctx: Ctx) -> Result:
+    cmd = ctx.cmd
+    _namespace(ctx, for_write=True)
+    sid = cmd["scheduleId"]
+    existing = ctx.get(ctx.k.schedule(sid))
+    if existing is not None and not cmd.get("upsert"):
+        raise Reject("already_exists", f"schedule {sid} already exists")
+    if existing is not None:
+        return _replace_schedule(ctx, existing, cmd, replace_state=True, created=False)
+    s = {
+        "scheduleId": sid,
+        "spec": cmd["spec"],
+        "action": cmd["action"],
+        "policies": cmd["policies"],
+        "state": cmd["state"],
+        "info": _new_info(ctx.now),
+        "cursor": ctx.now,
+    }
+    ctx.put(ctx.k.schedule(sid), s)
+    ctx.notify("schedule.created", schedule_id=sid)
+    return C.ok(schedule=s, created=True)
+
+
+def _replace_schedule(
+    ctx: Ctx, s: dict[str, Any], cmd: dict[str, Any], *, replace_state: bool, created: bool
+) -> Result:
+    s["spec"] = cmd["spec"]
+    s["action"] = cmd["action"]
+    s["policies"] = cmd["policies"]
+    if replace_state and cmd.get("state") is not None:
+        s["state"] = cmd["state"]
+    s["info"]["updateTime"] = ctx.now
+    # The next fire is the first new-spec time after the update.
+    s["cursor"] = max(s["cursor"], ctx.now)
+    ctx.put(ctx.k.schedule(s["scheduleId"]), s)
+    ctx.notify("schedule.updated", schedule_id=s["scheduleId"])
+    return C.ok(schedule=s, created=created)
+
+
+def op_sched_update(ctx: Ctx) -> Result:
+    _namespace(ctx, for_write=True)
+    s = _load_schedule(ctx, ctx.cmd["scheduleId"])
+    return _replace_schedule(ctx, s, ctx.cmd, replace_state=True, created=False)
+
+
+def op_sched_delete(ctx: Ctx) -> Result:
+    _namespace(ctx, for_write=False)
+    sid = ctx.cmd["scheduleId"]
+    _load_schedule(ctx, sid)
+    ctx.delete(ctx.k.schedule(sid))
+    ctx.notify("schedule.deleted", schedule_id=sid)
+    return C.ok()
+
+
+def op_sched_pause(ctx: Ctx) -> Result:
+    _namespace(ctx, for_write=False)
+    s = _load_schedule(ctx, ctx.cmd["scheduleId"])
+    paused = bool(ctx.cmd["paused"])
+    note = ctx.cmd.get("note")
+    state = s["state"]
+    if paused:
+        state["paused"] = True
+        if note is not None:
+            state["note"] = note
+    else:
+        if state.get("paused"):
+            # Times that passed while paused are never replayed.
+            s["cursor"] = max(s["cursor"], ctx.now)
+        state["paused"] = False
+        if note:
+            state["note"] = note
+        else:
+            state.pop("note", None)
+    s["info"]["updateTime"] = ctx.now
+    ctx.put(ctx.k.schedule(s["scheduleId"]), s)
+    ctx.notify("schedule.paused" if paused else "schedule.resumed", schedule_id=s["scheduleId"])
+    return C.ok(schedule=s)
+
+
+def _open_scheduled_runs(ctx: Ctx, s: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for wid, rid in s["info"]["running"]:
+        run = ctx.get(ctx.k.run(wid, rid))
+        if run is not None and run["status"] in OPEN:
+            out.append(run)
+    return out
+
+
+def _start_scheduled(
+    ctx: Ctx, s: dict[str, Any], wid: str, schedule_time: int, nominal: int | None
+) -> dict[str, Any]:
+    info = s["info"]
+    spec = dict(s["action"])
+    spec["scheduleId"] = s["scheduleId"]
+    spec["identity"] = f"schedule:{s['scheduleId']}"
+    if nominal is not None:
+        spec["nominalTime"] = nominal
+    rid = ctx.new_run_id()
+    run = start_run(ctx, spec, wid=wid, rid=rid)
+    info["actionCount"] += 1
+    state = s["state"]
+    if state.get("limitedActions"):
+        state["remainingActions"] = max(0, state.get("remainingActions", 0) - 1)
+    info["running"].append([wid, rid])
+    info["recent"].append([schedule_time, ctx.now, wid, rid])
+    del info["recent"][:-RECENT_ACTIONS]
+    ctx.put(ctx.k.schedule(s["scheduleId"]), s)
+    return run
+
+
+def _fired_workflow_id(s: dict[str, Any], nominal: int) -> str:
+    return f"{s['scheduleId']}-{format_seconds(nominal)}"
+
+
+def _run_action(
+    ctx: Ctx, s: dict[str, Any], policy: str, nominal: int, wid: str
+) -> tuple[str, dict[str, Any] | None]:
+    """Apply an overlap policy; returns (outcome, started run or None)."""
+    info = s["info"]
+    running = _open_scheduled_runs(ctx, s)
+    info["running"] = [[r["workflowId"], r["runId"]] for r in running]
+    if running and policy != "ALLOW_ALL":
+        if policy == "SKIP":
+            info["overlapSkipped"] += 1
+            return "skipped_overlap", None
+        if policy in ("BUFFER_ONE", "CANCEL_OTHER"):
+            if info["buffered"]:
+                info["overlapSkipped"] += 1
+                return "skipped_overlap", None
+            info["buffered"].append(nominal)
+            if policy == "CANCEL_OTHER":
+                for r in running:
+                    request_cancel(ctx, r, "canceled by schedule overlap policy", "schedule")
+            return "buffered", None
+        if policy == "BUFFER_ALL":
+            if len(info["buffered"]) >= MAX_BUFFERED:
+                info["bufferDropped"] += 1
+                return "dropped", None
+            info["buffered"].append(nominal)
+            return "buffered", None
+        if policy == "TERMINATE_OTHER":
+            for r in running:
+                terminate_run(ctx, r, "terminated by schedule overlap policy", "schedule")
+    latest = ctx.get(ctx.k.latest(wid))
+    if latest is not None:
+        other = ctx.get(ctx.k.run(wid, latest))
+        if other is not None and other["status"] in OPEN:
+            info["overlapSkipped"] += 1
+            return "skipped_overlap", None
+    run = _start_scheduled(ctx, s, wid, nominal, nominal)
+    return "started", run
+
+
+def _schedule_run_closed(ctx: Ctx, sid: str, run: dict[str, Any]) -> None:
+    s = ctx.get(ctx.k.schedule(sid))
+    if s is None:
+        return
+    info = s["info"]
+    info["running"] = [p for p in info["running"] if p != [run["workflowId"], run["runId"]]]
+    if s["policies"].get("pauseOnFailure") and run["status"] in ("FAILED", "TIMED_OUT"):
+        s["state"]["paused"] = True
+        s["state"]["note"] = f"paused: workflow {run['workflowId']} failed"
+    ctx.put(ctx.k.schedule(sid), s)
+    if info["buffered"] and not _open_scheduled_runs(ctx, s):
+        nominal = info["buffered"].pop(0)
+        wid = _fired_workflow_id(s, nominal)
+        latest = ctx.get(ctx.k.latest(wid))
+        if latest is not None:
+            other = ctx.get(ctx.k.run(wid, latest))
+            if other is not None and other["status"] in OPEN:
+                return
+        _start_scheduled(ctx, s, wid, nominal, nominal)
+
+
+def op_sched_fire(ctx: Ctx) -> Result:
+    """A timer fire, keyed by (scheduleId, nominal): applies at most once.
+
+    ``after`` is the cursor the proposer computed from; the fire applies only
+    when the schedule's cursor still equals it, so a stale or repeated fire
+    (two leaders, a retried proposal) is a no-op and no slot is skipped.
+    """
+    cmd = ctx.cmd
+    s = ctx.get(ctx.k.schedule(cmd["scheduleId"]))
+    if s is None:
+        return C.ok(outcome="gone")
+    if s["cursor"] != cmd["after"] or cmd["nominal"] <= s["cursor"]:
+        return C.ok(outcome="stale")
+    nominal = cmd["nominal"]
+    s["cursor"] = nominal
+    info = s["info"]
+    info["missedCatchupWindow"] += int(cmd.get("missed", 0))
+    ns = ctx.get(ctx.k.namespace())
+    state = s["state"]
+    outcome: str
+    run = None
+    if ns is None or ns["state"] == "DELETED" or state.get("paused"):
+        outcome = "paused"
+    elif state.get("limitedActions") and state.get("remainingActions", 0) <= 0:
+        outcome = "dropped"
+    elif ctx.now - nominal > s["policies"]["catchupWindow"]:
+        info["missedCatchupWindow"] += 1
+        outcome = "missed_catchup"
+    else:
+        outcome, run = _run_action(
+            ctx, s, s["policies"]["overlapPolicy"], nominal, _fired_workflow_id(s, nominal)
+        )
+    ctx.put(ctx.k.schedule(s["scheduleId"]), s)
+    if run is not None:
+        ctx.notify(
+            "schedule.fired",
+            schedule_id=s["scheduleId"],
+            nominal_time=nominal,
+            workflow_id=run["workflowId"],
+            run_id=run["runId"],
+        )
+    return C.ok(outcome=outcome, run=run, nominal=nominal)
+
+
+def op_sched_trigger(ctx: Ctx) -> Result:
+    cmd = ctx.cmd
+    _namespace(ctx, for_write=True)
+    s = _load_schedule(ctx, cmd["scheduleId"])
+    req = cmd.get("requestId")
+    if req:
+        seen = ctx.get(ctx.k.trigger_request(s["scheduleId"], req))
+        if seen is not None:
+            run = ctx.get(ctx.k.run(seen["wid"], seen["rid"])) if seen.get("wid") else None
+            return C.ok(status=seen["status"], run=run)
+    base = f"{s['scheduleId']}-{format_seconds(ctx.now)}"
+    wid = base
+    n = 1
+    while ctx.get(ctx.k.latest(wid)) is not None:
+        n += 1
+        wid = f"{base}-{n}"
+    policy = cmd.get("overlapPolicy") or s["policies"]["overlapPolicy"]
+    outcome, run = _run_action(ctx, s, policy, ctx.now, wid)
+    status = {"started": "triggered", "buffered": "buffered"}.get(outcome, "skipped")
+    ctx.put(ctx.k.schedule(s["scheduleId"]), s)
+    if req:
+        ctx.put(
+            ctx.k.trigger_request(s["scheduleId"], req),
+            {"status": status, "wid": run["workflowId"] if run else None, "rid": run["runId"] if run else None},
+        )
+    ctx.notify("schedule.triggered", schedule_id=s["scheduleId"])
+    return C.ok(status=status, run=run)
+
+
+HANDLERS: dict[str, Callable[[Ctx], Result]] = {
+    "ns.register": op_ns_register,
+    "ns.update": op_ns_update,
+    "ns.delete": op_ns_delete,
+    "wf.start": op_wf_start,
+    "wf.signal": op_wf_signal,
+    "wf.cancel": op_wf_cancel,
+    "wf.terminate": op_wf_terminate,
+    "wf.reset": op_wf_reset,
+    "wf.metadata": op_wf_metadata,
+    "sched.create": op_sched_create,
+    "sched.update": op_sched_update,
+    "sched.delete": op_sched_delete,
+    "sched.pause": op_sched_pause,
+    "sched.fire": op_sched_fire,
+    "sched.trigger": op_sched_trigger,
+    "sa.add": op_sa_add,
+    "sa.remove": op_sa_remove,
+}
+assert set(HANDLERS) == set(C.OPS)
+
+
+# ---------------------------------------------------------------------------
+
+
+class StateMachine:
+    """Applies committed entries to one partition store."""
+
+    def __init__(self, store: PartitionStore) -> None:
+        self.store = store
+        self.applied_ops: dict[str, int] = {}
+
+    def apply(self, index: int, data: bytes) -> Result | None:
+        return self.apply_batch([(index, data)])[0]
+
+    def apply_batch(self, entries: Sequence[tuple[int, bytes]]) -> list[Result | None]:
+        """Apply entries in order in one write transaction (group commit).
+
+        Returns one result per entry; ``None`` for an entry at or below the
+        applied index (already applied before). If the map is full at its
+        maximum, returns STORAGE_FULL for every entry and writes nothing,
+        so the caller may retry those entries later (indexes not consumed).
+        """
+        while True:
+            try:
+                return self._apply_txn(entries)
+            except lmdb.MapFullError:
+                try:
+                    self.store.grow()
+                except StorageFull:
+                    if len(entries) > 1:
+                        # Keep every entry that still fits; stop at the first that doesn't.
+                        out: list[Result | None] = []
+                        for i, entry in enumerate(entries):
+                            res = self.apply_batch([entry])
+                            out.extend(res)
+                            if res[0] is STORAGE_FULL:
+                                out.extend([STORAGE_FULL] * (len(entries) - i - 1))
+                                break
+                        return out
+                    return [STORAGE_FULL]
+
+    def _apply_txn(self, entries: Sequence[tuple[int, bytes]]) -> list[Result | None]:
+        results: list[Result | None] = []
+        ops: list[str] = []
+        with self.store.write() as txn:
+            applied = keys.get_applied(txn)
+            for index, data in entries:
+                if index <= applied:
+                    results.append(None)
+                    continue
+                res, op = self._apply_one(txn, index, data)
+                results.append(res)
+                ops.append(op)
+                applied = index
+            keys.put_applied(txn, applied)
+        for op in ops:
+            self.applied_ops[op] = self.applied_ops.get(op, 0) + 1
+        return results
+
+    def _apply_one(self, txn: lmdb.Transaction, index: int, data: bytes) -> tuple[Result, str]:
+        try:
+            cmd = C.decode(data)
+        except C.CommandError as e:
+            return C.err("invalid_argument", str(e)), "invalid"
+        op = cmd["op"]
+        child = self.store.env.begin(write=True, parent=txn)
+        ctx = Ctx(child, cmd, index)
+        try:
+            result = HANDLERS[op](ctx)
+            ctx.flush()
+        except Reject as r:
+            child.abort()
+            return r.result, op
+        except lmdb.MapFullError:
+            child.abort()
+            raise
+        except Exception:  # a bug: deterministic on every replica, never half-applied
+            child.abort()
+            log.exception("apply failed at index %d (op %s)", index, op)
+            return C.err("internal", f"internal error applying {op}"), op
+        child.commit()
+        if ctx.events:
+            result["_events"] = ctx.events
+        return result, op

@@ -1,0 +1,175 @@
+"""Read-side queries over a partition's LMDB (any read transaction).
+
+Reads never go through ``apply``; they open an LMDB read transaction, which
+is a consistent snapshot, so a page never mixes two states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lmdb
+
+from shard import keys
+from shard.keys import ShardKeys
+from shard.machine import unpack
+
+
+def _scan(
+    txn: lmdb.Transaction, prefix: bytes, start_after: bytes | None = None, *, values: bool = True
+) -> Iterator[tuple[bytes, bytes]]:
+    cur = txn.cursor()
+    start = prefix if start_after is None else start_after
+    if not cur.set_range(start):
+        return
+    for k, v in cur.iternext(keys=True, values=values):
+        if not k.startswith(prefix):
+            return
+        if start_after is not None and k == start_after:
+            continue
+        yield k, v
+
+
+def page(
+    txn: lmdb.Transaction,
+    prefix: bytes,
+    after: bytes | None,
+    limit: int,
+    load: Callable[[bytes, bytes], Any | None],
+) -> tuple[list[Any], bytes | None]:
+    """Up to ``limit`` loaded items after key ``after``; the cursor key when more follow.
+
+    ``load`` returns None to filter an entry out. One matching item past the
+    page is looked for, so a full last page produces no extra empty page.
+    """
+    out: list[Any] = []
+    last: bytes | None = None
+    for k, v in _scan(txn, prefix, after):
+        item = load(k, v)
+        if item is None:
+            continue
+        if len(out) == limit:
+            return out, last
+        out.append(item)
+        last = k
+    return out, None
+
+
+def namespace(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, Any] | None:
+    raw = txn.get(ShardKeys(org, ns).namespace())
+    return unpack(raw) if raw is not None else None
+
+
+def namespace_names(txn: lmdb.Transaction, org: str) -> list[str]:
+    prefix = keys.registry_org_prefix(org)
+    return [k[len(prefix) :].decode() for k, _ in _scan(txn, prefix, values=False)]
+
+
+def run(txn: lmdb.Transaction, org: str, ns: str, wid: str, rid: str | None) -> dict[str, Any] | None:
+    k = ShardKeys(org, ns)
+    if not rid:
+        raw = txn.get(k.latest(wid))
+        if raw is None:
+            return None
+        rid = unpack(raw)
+    raw = txn.get(k.run(wid, rid))  # type: ignore[arg-type]
+    return unpack(raw) if raw is not None else None
+
+
+def runs_of(txn: lmdb.Transaction, org: str, ns: str, wid: str) -> list[dict[str, Any]]:
+    """Every run of a workflow id, newest first (by start time, then apply order)."""
+    k = ShardKeys(org, ns)
+    runs = [unpack(v) for _, v in _scan(txn, k.runs_of(wid))]
+    runs.sort(key=lambda r: r["startTime"], reverse=True)
+    return runs
+
+
+def list_runs(
+    txn: lmdb.Transaction,
+    org: str,
+    ns: str,
+    match: Callable[[dict[str, Any]], bool],
+    after: bytes | None,
+    limit: int,
+    *,
+    dead: bool = False,
+) -> tuple[list[dict[str, Any]], bytes | None]:
+    """Runs in list order (start time desc, or close time desc for dead letters)."""
+    k = ShardKeys(org, ns)
+    prefix = k.dead_prefix() if dead else k.list_prefix()
+
+    def load(key: bytes, _v: bytes) -> dict[str, Any] | None:
+        wid, rid = keys.split_run_suffix(key[len(prefix) + 8 :])
+        raw = txn.get(k.run(wid, rid))
+        if raw is None:
+            return None
+        r = unpack(raw)
+        return r if match(r) else None
+
+    return page(txn, prefix, after, limit, load)
+
+
+def history(
+    txn: lmdb.Transaction,
+    org: str,
+    ns: str,
+    rid: str,
+    after: int,
+    reverse: bool,
+    limit: int,
+    length: int,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Events of a run: id > after ascending, or id < after descending (0 = from the end)."""
+    k = ShardKeys(org, ns)
+    out: list[dict[str, Any]] = []
+    if reverse:
+        eid = (length if after <= 0 else after - 1)
+        while eid >= 1 and len(out) < limit:
+            raw = txn.get(k.event(rid, eid))
+            if raw is not None:
+                out.append(unpack(raw))
+            eid -= 1
+        more = eid >= 1
+    else:
+        eid = after + 1
+        while eid <= length and len(out) < limit:
+            raw = txn.get(k.event(rid, eid))
+            if raw is not None:
+                out.append(unpack(raw))
+            eid += 1
+        more = eid <= length
+    return out, (out[-1]["eventId"] if more and out else None)
+
+
+def schedule(txn: lmdb.Transaction, org: str, ns: str, sid: str) -> dict[str, Any] | None:
+    raw = txn.get(ShardKeys(org, ns).schedule(sid))
+    return unpack(raw) if raw is not None else None
+
+
+def list_schedules(
+    txn: lmdb.Transaction, org: str, ns: str, after: bytes | None, limit: int
+) -> tuple[list[dict[str, Any]], bytes | None]:
+    k = ShardKeys(org, ns)
+    return page(txn, k.schedule_prefix(), after, limit, lambda _k, v: unpack(v))
+
+
+def all_schedules(txn: lmdb.Transaction, org: str, ns: str) -> Iterator[dict[str, Any]]:
+    k = ShardKeys(org, ns)
+    for _, v in _scan(txn, k.schedule_prefix()):
+        yield unpack(v)
+
+
+def shards(txn: lmdb.Transaction) -> list[tuple[str, str]]:
+    """Every (org, ns) registered in this partition."""
+    out = []
+    for k, _ in _scan(txn, keys.REGISTRY, values=False):
+        org, _, ns = k[len(keys.REGISTRY) :].partition(b"\x00")
+        out.append((org.decode(), ns.decode()))
+    return out
+
+
+def search_attrs(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, str]:
+    k = ShardKeys(org, ns)
+    prefix = k.attr_prefix()
+    return {key[len(prefix) :].decode(): unpack(v) for key, v in _scan(txn, prefix)}

@@ -1,0 +1,241 @@
+"""The LMDB store of one partition.
+
+One LMDB environment per partition replica (``<data_dir>/partitions/<id>/``).
+Shard keys are prefixed by ``(org, namespace)`` (see ``shard.keys``); the
+partition's own bookkeeping (applied index, namespace registry) lives under a
+system prefix that sorts apart from every shard.
+
+Why a guard around transactions: LMDB's map can only be resized while no
+transaction of this process is open, and reads run on the event loop thread
+while writes run on the replicator's apply thread. ``_Guard`` lets many
+readers in at once and lets a resize wait until they have left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+
+from shard import keys
+
+MiB = 1 << 20
+
+
+class StorageFull(Exception):
+    """The map is at its configured maximum, or the disk is below its reserve."""
+
+
+class _Guard:
+    """Readers share; a resize is exclusive."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class PartitionStore:
+    """An LMDB environment holding the shards of one partition."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        map_size: int = 64 * MiB,
+        map_size_max: int = 32 * 1024 * MiB,
+        sync: bool = True,
+        reserve_disk: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.map_size_max = max(map_size_max, map_size)
+        self.reserve_disk = reserve_disk
+        self.sync = sync
+        self.map_grows = 0
+        self._guard = _Guard()
+        self._write_lock = threading.Lock()
+        self._disk_checked = 0.0
+        self._disk_ok = True
+        self.env = lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            subdir=True,
+            sync=sync,
+            metasync=sync,
+            max_dbs=0,
+            max_readers=512,
+            lock=True,
+        )
+        # A map bigger than configured may have been grown by an earlier run.
+        self.map_size = self.env.info()["map_size"]
+
+    # ---- reads ---------------------------------------------------------
+
+    @contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A consistent read view (an LMDB read transaction)."""
+        with self._guard.shared():
+            txn = self.env.begin(write=False, buffers=False)
+            try:
+                yield txn
+            finally:
+                txn.abort()
+
+    def applied_index(self) -> int:
+        with self.read() as txn:
+            return keys.get_applied(txn)
+
+    # ---- writes --------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[lmdb.Transaction]:
+        """One write transaction; the caller commits by leaving normally.
+
+        ``lmdb.MapFullError`` escapes so that the caller can grow the map and
+        retry the same work: nothing of the failed transaction is kept.
+        """
+        with self._write_lock, self._guard.shared():
+            txn = self.env.begin(write=True)
+            try:
+                yield txn
+            except BaseException:
+                txn.abort()
+                raise
+            else:
+                txn.commit()
+
+    def disk_full(self) -> bool:
+        """Whether free disk is below the reserve (checked at most once a second)."""
+        if self.reserve_disk <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._disk_checked > 1.0:
+            self._disk_checked = now
+            st = os.statvfs(self.path)
+            self._disk_ok = st.f_bavail * st.f_frsize >= self.reserve_disk
+        return not self._disk_ok
+
+    def at_max(self) -> bool:
+        return self.map_size >= self.map_size_max
+
+    def grow(self) -> None:
+        """Double the map, up to the maximum; StorageFull when already there."""
+        if self.at_max() or self.disk_full():
+            raise StorageFull("storage full")
+        new = min(self.map_size * 2, self.map_size_max)
+        with self._guard.exclusive():
+            self.env.set_mapsize(new)
+        self.map_size = new
+        self.map_grows += 1
+
+    def used_bytes(self) -> int:
+        info = self.env.info()
+        stat = self.env.stat()
+        return (info["last_pgno"] + 1) * stat["psize"]
+
+    # ---- snapshots -----------------------------------------------------
+
+    def snapshot(self, dest: str | os.PathLike[str]) -> int:
+        """Copy a consistent image of the whole partition into ``dest``.
+
+        LMDB's copy runs inside one read transaction, so the image is exactly
+        the state at one applied index, which is returned. Safe to call from
+        any thread while writes go on.
+        """
+        dest_path = Path(dest)
+        dest_path.mkdir(parents=True, exist_ok=True)
+        with self._guard.shared():
+            txn = self.env.begin(write=False)
+            try:
+                index = keys.get_applied(txn)
+                self.env.copy(str(dest_path), compact=True, txn=txn)
+            finally:
+                txn.abort()
+        return index
+
+    def restore(self, src: str | os.PathLike[str]) -> int:
+        """Replace this partition's content with a snapshot made by ``snapshot``.
+
+        The environment is closed, its files swapped for the snapshot's, and
+        reopened. Returns the applied index of the restored image.
+        """
+        src_file = Path(src) / "data.mdb"
+        with self._write_lock, self._guard.exclusive():
+            self.env.close()
+            tmp = self.path / "data.mdb.restore"
+            shutil.copyfile(src_file, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path / "data.mdb")
+            lock = self.path / "lock.mdb"
+            if lock.exists():
+                lock.unlink()
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=max(self.map_size, os.path.getsize(self.path / "data.mdb") * 2),
+                subdir=True,
+                sync=self.sync,
+                metasync=self.sync,
+                max_dbs=0,
+                max_readers=512,
+            )
+            self.map_size = self.env.info()["map_size"]
+        return self.applied_index()
+
+    def content_hash(self, prefix: bytes = b"") -> str:
+        """sha256 over every (key, value) under ``prefix``: replicas compare these."""
+        h = hashlib.sha256()
+        with self.read() as txn:
+            cur = txn.cursor()
+            if not cur.set_range(prefix):
+                return h.hexdigest()
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                h.update(struct.pack(">I", len(k)))
+                h.update(k)
+                h.update(struct.pack(">I", len(v)))
+                h.update(v)
+        return h.hexdigest()
+
+    def close(self) -> None:
+        with self._write_lock, self._guard.exclusive():
+            self.env.close()
