@@ -956,7 +956,9 @@ booleans 1/true/yes/on, 0/false/no/off; lists comma-separated.
 
 Examples:
   tasksd serve --data-dir /var/lib/tasks --http 0.0.0.0:7243
-  TASKSD_REPLICATOR=raft tasksd serve --config node.yaml --node-id n1
+  tasksd serve --config node.yaml --node-id n1 --replicator raft \\
+      --cluster-secret-file /etc/tasks/cluster.secret
+  TASKSD_LOG_LEVEL=debug tasksd serve --peers n1=10.0.0.1:7300,n2=10.0.0.2:7300
 """
 
 
@@ -1006,7 +1008,10 @@ def load_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> Co
     YAML file they name. ``env`` defaults to ``os.environ``. Raises ConfigError
     (the caller exits 2); ``--help`` prints and raises SystemExit(0) as usual."""
     environ: Mapping[str, str] = os.environ if env is None else env
-    parsed = vars(build_arg_parser().parse_args(list(argv)))
+    try:
+        parsed = vars(build_arg_parser().parse_args(list(argv)))
+    except argparse.ArgumentError as exc:  # exit_on_error=False raises these
+        raise ConfigError(str(exc)) from None
     layers: list[_Layer] = []
     path = parsed.pop("config", None)
     origin = "--config"

@@ -148,7 +148,7 @@ class LocalReplicator:
             res = {"ok": False, "code": "internal", "message": "entry already applied"}
         if not fut.done():
             fut.set_result(res)
-        if res.get("ok"):
+        if res.get("code") != "storage_full":
             for listener in self._listeners:
                 try:
                     listener(group, index, res)

@@ -128,7 +128,8 @@ class Ctx:
         return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
     def notify(self, kind: str, **fields: Any) -> None:
-        self.events.append({"kind": kind, **fields})
+        """Record an event for listeners (timers, SSE); not part of the state."""
+        self.events.append({"kind": kind, "org": self.org, "namespace": self.ns, **fields})
 
 
 # ---------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def op_ns_register(ctx: Ctx) -> Result:
             rec[f] = cmd[f]
     ctx.put(ctx.k.namespace(), rec)
     ctx.put_raw(keys.registry_key(ctx.org, ctx.ns), b"")
-    ctx.notify("namespace.registered", namespace=ctx.ns)
+    ctx.notify("namespace.registered")
     return C.ok(namespace=rec, created=True)
 
 
@@ -188,7 +189,7 @@ def op_ns_update(ctx: Ctx) -> Result:
             rec[f] = ctx.cmd[f]
     rec["updateTime"] = ctx.now
     ctx.put(ctx.k.namespace(), rec)
-    ctx.notify("namespace.updated", namespace=ctx.ns)
+    ctx.notify("namespace.updated")
     return C.ok(namespace=rec)
 
 
@@ -199,7 +200,7 @@ def op_ns_delete(ctx: Ctx) -> Result:
         rec["updateTime"] = ctx.now
         rec["deleteTime"] = ctx.now
         ctx.put(ctx.k.namespace(), rec)
-        ctx.notify("namespace.deleted", namespace=ctx.ns)
+        ctx.notify("namespace.deleted")
     return C.ok(namespace=rec)
 
 
@@ -991,7 +992,7 @@ class StateMachine:
             ctx.flush()
         except Reject as r:
             child.abort()
-            return r.result, op
+            return {**r.result, "_op": op}, op
         except lmdb.MapFullError:
             child.abort()
             raise
@@ -1000,6 +1001,7 @@ class StateMachine:
             log.exception("apply failed at index %d (op %s)", index, op)
             return C.err("internal", f"internal error applying {op}"), op
         child.commit()
+        result["_op"] = op
         if ctx.events:
             result["_events"] = ctx.events
         return result, op

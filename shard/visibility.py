@@ -16,6 +16,13 @@ Grammar (keywords ``AND OR NOT IN BETWEEN TRUE FALSE`` are case-insensitive)::
           | ident BETWEEN value AND value
     op   := = | != | > | < | >= | <=
 
+The ``run`` mapping given to :meth:`Query.matches` holds ``WorkflowId``,
+``RunId``, ``WorkflowType``, ``TaskQueue`` (str), ``ExecutionStatus`` (bare
+upper-case, e.g. ``"RUNNING"``), ``StartTime`` (epoch ms), ``CloseTime`` (epoch
+ms or None), ``HistoryLength``, ``Attempt`` (int) and ``searchAttrs`` (custom
+attribute values as stored: str / int / float / bool / list[str], Datetime
+values as RFC 3339 strings).
+
 Decisions where the spec leaves room (all documented here so that callers and
 users can rely on them):
 
@@ -380,11 +387,13 @@ def _lex_string(text: str, i: int) -> tuple[str, int]:
         if ch == quote:
             return "".join(parts), i + 1
         if ch == "\\":
-            nxt = text[i + 1] if i + 1 < n else ""
+            if i + 1 >= n:
+                break  # a trailing backslash leaves the string unterminated
+            nxt = text[i + 1]
             if nxt not in _ESCAPES:
-                seq = "\\" + nxt
+                seq = f"'\\{nxt}'" if nxt.isprintable() else repr("\\" + nxt)
                 raise QueryError(
-                    f"syntax error at position {i + 1}: unsupported escape {seq!r} "
+                    f"syntax error at position {i + 1}: unsupported escape {seq} "
                     "(only \\', \\\" and \\\\ are allowed)"
                 )
             parts.append(_ESCAPES[nxt])

@@ -1,0 +1,64 @@
+"""Hanzo Tasks: durable tasks, schedules and workflows.
+
+The one public face of the package::
+
+    import tasks
+
+    client = tasks.Client()                 # local mode: runs in this process
+    client.add("report", "5m", make_report) # every 5 minutes
+    client.now("send-email", {"to": "a@b"}) # once, in the background
+
+Point the client at a server (``tasks.Client("http://tasks:8080")``) and the
+same calls become durable. Importing this package loads no server code.
+"""
+
+from tasks.client import Client, default, set_default
+from tasks.embed import Embedded, embed
+from tasks.errors import (
+    AlreadyExists,
+    AlreadyStarted,
+    Canceled,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NoHandler,
+    NonRetryableError,
+    NotFound,
+    NoWorkers,
+    PermissionDenied,
+    RateLimited,
+    StorageFull,
+    TasksError,
+    Timeout,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    Unsupported,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "AlreadyStarted",
+    "Canceled",
+    "Client",
+    "Embedded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NoHandler",
+    "NoWorkers",
+    "NonRetryableError",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "StorageFull",
+    "TasksError",
+    "Timeout",
+    "TooLarge",
+    "Unauthenticated",
+    "Unavailable",
+    "Unsupported",
+    "default",
+    "embed",
+    "set_default",
+]

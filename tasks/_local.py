@@ -75,10 +75,6 @@ class Call:
             _in_fn.active = False
 
 
-class CronLike(Protocol):
-    def next_after(self, t_ms: int) -> int | None: ...
-
-
 class IntervalTiming:
     """Ticks at ``origin + k * period``; the first one is a period after ``add``."""
 
@@ -98,15 +94,19 @@ class IntervalTiming:
 
 
 class CronTiming:
-    """Fires at each cron match after the current wall-clock time."""
+    """Fires at each match after the current wall-clock time.
 
-    def __init__(self, cron: CronLike) -> None:
-        self._cron = cron
+    ``next_after(t_ms)`` gives the first match strictly after ``t_ms`` (epoch
+    ms), or None when there is none: the runner then ends.
+    """
+
+    def __init__(self, next_after: Callable[[int], int | None]) -> None:
+        self._next_after = next_after
         self._last_ms = 0
 
     async def wait(self) -> bool:
         now_ms = int(time.time() * 1000)
-        due = self._cron.next_after(max(now_ms, self._last_ms))
+        due = self._next_after(max(now_ms, self._last_ms))
         if due is None:
             return False
         while True:

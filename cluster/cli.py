@@ -1,0 +1,80 @@
+"""``tasksd``: run a node (SPEC §10.2).
+
+    tasksd [serve] [flags]      run a node (no flags: a single node, data in ./tasks-data,
+                                HTTP on 127.0.0.1:7243)
+    tasksd version              print the version
+    tasksd serve --help         every configuration key, with its default
+
+Exit codes: 0 clean stop, 1 runtime failure, 2 configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from cluster.config import ConfigError, build_arg_parser, load_config
+from cluster.logs import setup_logging
+from cluster.node import Node, package_version, run_until_signalled
+
+USAGE = __doc__ or ""
+
+
+def _install_loop() -> None:
+    try:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+
+
+def serve(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        build_arg_parser().print_help()
+        return 0
+    try:
+        cfg = load_config(argv, os.environ)
+    except ConfigError as e:
+        print(f"tasksd: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level, cfg.log_format)
+    if cfg.replicator != "local":
+        print("tasksd: replicator 'raft' is not available in this build yet; use 'local'", file=sys.stderr)
+        return 2
+    _install_loop()
+    try:
+        asyncio.run(run_until_signalled(Node(cfg)))
+    except OSError as e:
+        logging.getLogger("tasks").error("cannot start: %s", e)
+        return 1
+    except Exception:
+        logging.getLogger("tasks").exception("node failed")
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help", "help"):
+        print(USAGE.strip())
+        return 0
+    if args and args[0] == "version":
+        print(f"tasksd {package_version()}")
+        return 0
+    if args and args[0] == "dev-cluster":
+        print("tasksd: dev-cluster needs the Raft replicator, which is not in this build yet",
+              file=sys.stderr)
+        return 2
+    if args and args[0] == "serve":
+        args = args[1:]
+    elif args and not args[0].startswith("-"):
+        print(f"tasksd: unknown command {args[0]!r}\n\n{USAGE.strip()}", file=sys.stderr)
+        return 2
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

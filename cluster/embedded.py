@@ -1,0 +1,76 @@
+"""An in-process single node on a background thread (``tasks.embed()``).
+
+The node gets its own event loop thread, so embedding it never touches the
+application's loop; ``stop()`` shuts it down cleanly and joins the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from cluster.config import config_from_mapping
+from cluster.node import Node
+
+
+class EmbeddedNode:
+    def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+        self.node = node
+        self._loop = loop
+        self._thread = thread
+        self.http_url: str = node.http_url or ""
+        self.zap_addr: str | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        fut = asyncio.run_coroutine_threadsafe(self.node.stop(), self._loop)
+        try:
+            fut.result(30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+
+
+def start(
+    *,
+    data_dir: str,
+    http: str = "127.0.0.1:0",
+    zap: str = "127.0.0.1:0",
+    namespace: str = "default",
+    config: Mapping[str, Any] | None = None,
+) -> EmbeddedNode:
+    values: dict[str, Any] = dict(config or {})
+    values.setdefault("data_dir", data_dir)
+    values.setdefault("http", http)
+    values.setdefault("zap", zap)
+    values.setdefault("default_namespace", namespace)
+    values.setdefault("node_id", "embedded")
+    cfg = config_from_mapping(values)
+    node = Node(cfg)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    error: list[BaseException] = []
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(node.start())
+        except BaseException as e:  # report to the caller's thread
+            error.append(e)
+            started.set()
+            return
+        started.set()
+        loop.run_forever()
+        loop.close()
+
+    thread = threading.Thread(target=run, name="tasks-embedded", daemon=True)
+    thread.start()
+    started.wait(60)
+    if error:
+        raise error[0]
+    return EmbeddedNode(node, loop, thread)

@@ -1,0 +1,434 @@
+"""The HTTP JSON API of a node (SPEC §4), on aiohttp.
+
+Routing is done here on the *raw* path, segment by segment, each segment
+percent-decoded and then validated: so ``%2F`` inside an id, ``..`` and
+``%2e%2e`` can never be mistaken for structure, and every route template is
+known for the ``route`` label of the metrics. Every error is the JSON body of
+SPEC §4.1; a bug answers 500 ``internal`` and is logged, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from cluster import inputs as I
+from cluster.service import Service
+from protocol.errors import ApiError
+
+log = logging.getLogger("tasks.http")
+
+Json = dict[str, Any]
+NS = "/v1/tasks/namespaces/{ns}"
+
+
+@dataclass
+class Call:
+    """One request as the handlers see it."""
+
+    request: web.Request
+    params: dict[str, str]
+    org: str
+    _body: Json | None = field(default=None)
+
+    @property
+    def query(self) -> Any:
+        return self.request.query
+
+    def body(self) -> Json:
+        assert self._body is not None
+        return self._body
+
+    def run_id(self) -> str | None:
+        rid = self.query.get("runId") or self.query.get("execution.runId")
+        if rid:
+            from protocol.names import check_run_id
+
+            check_run_id(rid)
+        return rid or None
+
+
+Handler = Callable[[Service, Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    handler: Handler
+    parts: tuple[str, ...]
+    status: int = 200
+
+
+class Router:
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def add(self, method: str, template: str, handler: Handler, status: int = 200) -> None:
+        parts = tuple(template.strip("/").split("/")) if template != "/" else ()
+        self.routes.append(Route(method, template, handler, parts, status))
+
+    def match(self, segments: list[str], method: str) -> tuple[Route | None, dict[str, str], list[str], str]:
+        """(route, params, allowed methods, template of the path)."""
+        allowed: list[str] = []
+        found: Route | None = None
+        found_params: dict[str, str] = {}
+        template = "unmatched"
+        best_literals = -1
+        for r in self.routes:
+            if len(r.parts) != len(segments):
+                continue
+            params: dict[str, str] = {}
+            literals = 0
+            for p, s in zip(r.parts, segments, strict=True):
+                if p.startswith("{"):
+                    params[p[1:-1]] = s
+                elif p != s:
+                    break
+                else:
+                    literals += 1
+            else:
+                if r.method == method or (method == "HEAD" and r.method == "GET"):
+                    if literals > best_literals:
+                        found, found_params, best_literals = r, params, literals
+                        template = r.template
+                if r.method not in allowed:
+                    allowed.append(r.method)
+                if template == "unmatched":
+                    template = r.template
+        return found, found_params, allowed, template
+
+
+def json_response(status: int, body: Any, node_id: str, headers: dict[str, str] | None = None) -> web.Response:
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    h = {"X-Tasks-Node": node_id}
+    if headers:
+        h.update(headers)
+    return web.Response(status=status, text=text, content_type="application/json", headers=h)
+
+
+def error_response(e: ApiError, node_id: str) -> web.Response:
+    headers: dict[str, str] = {}
+    if e.status in (429, 503):
+        headers["Retry-After"] = str(max(1, int(e.retry_after or 1)))
+    if e.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return json_response(e.status, e.body(), node_id, headers)
+
+
+async def read_body(request: web.Request, limit: int) -> Json:
+    """The JSON object body; 413 past ``limits.max_body``, judged before or while reading."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError("too_large", f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise ApiError("too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError("invalid_argument", f"invalid JSON body: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError("invalid_argument", "the JSON body must be an object")
+    return body
+
+
+def split_path(raw_path: str) -> list[str]:
+    """Raw path -> percent-decoded segments (empty segments kept; they match nothing)."""
+    parts = raw_path.split("/")[1:]
+    if parts and parts[-1] == "" and len(parts) > 1:
+        parts = parts[:-1]
+    out = []
+    for p in parts:
+        try:
+            out.append(unquote(p, errors="strict"))
+        except UnicodeDecodeError:
+            raise ApiError("invalid_argument", "path is not valid UTF-8") from None
+    return out
+
+
+# ---------------------------------------------------------------------------
+# handlers
+
+
+def _ns(c: Call) -> str:
+    return c.params["ns"]
+
+
+async def h_health(s: Service, c: Call) -> Json:
+    return {"service": "tasks", "status": "ok", "nodeId": s.node_id, "namespace": s.default_namespace}
+
+
+async def h_settings(s: Service, c: Call) -> Json:
+    return c.request.app["node"].settings()
+
+
+async def h_cluster(s: Service, c: Call) -> Json:
+    return c.request.app["node"].cluster_info(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_cluster_health(s: Service, c: Call) -> Json:
+    return {"status": "ok", "nodeId": s.node_id, "groups": s.replicator.partitions}
+
+
+async def h_ns_list(s: Service, c: Call) -> Json:
+    return await s.list_namespaces(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_ns_create(s: Service, c: Call) -> Json:
+    return await s.register_namespace(c.org, c.body())
+
+
+async def h_ns_get(s: Service, c: Call) -> Json:
+    return await s.get_namespace(c.org, _ns(c))
+
+
+async def h_ns_delete(s: Service, c: Call) -> Json:
+    return await s.delete_namespace(c.org, _ns(c))
+
+
+async def h_ns_metadata(s: Service, c: Call) -> Json:
+    return await s.update_namespace(c.org, _ns(c), c.body())
+
+
+async def h_ns_archival(s: Service, c: Call) -> Json:
+    await s.get_namespace(c.org, _ns(c))
+    return {"enabled": False, "executions": [], "nextPageToken": "", "error": "archival disabled"}
+
+
+async def h_dead_letters(s: Service, c: Call) -> Json:
+    return await s.list_workflows(
+        c.org, _ns(c), c.query.get("query"), I.page_size(c.query), c.query.get("nextPageToken"), dead=True
+    )
+
+
+async def h_wf_list(s: Service, c: Call) -> Json:
+    return await s.list_workflows(
+        c.org, _ns(c), c.query.get("query"), I.page_size(c.query), c.query.get("nextPageToken")
+    )
+
+
+async def h_wf_start(s: Service, c: Call) -> Json:
+    return await s.start_workflow(c.org, _ns(c), c.body())
+
+
+async def h_wf_sws(s: Service, c: Call) -> Json:
+    return await s.start_workflow(c.org, _ns(c), c.body(), signal=True)
+
+
+async def h_wf_describe(s: Service, c: Call) -> Json:
+    return await s.describe_workflow(c.org, _ns(c), c.params["id"], c.run_id())
+
+
+async def h_wf_cancel(s: Service, c: Call) -> Json:
+    return await s.cancel_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+
+
+async def h_wf_terminate(s: Service, c: Call) -> Json:
+    return await s.terminate_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+
+
+async def h_wf_signal(s: Service, c: Call) -> Json:
+    return await s.signal_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+
+
+async def h_wf_history(s: Service, c: Call) -> Json:
+    q = c.query
+    return await s.history(
+        c.org, _ns(c), c.params["id"], c.run_id(),
+        I.query_int(q, "after", 0), I.query_bool(q, "reverse"),
+        I.page_size(q), q.get("nextPageToken"),
+    )
+
+
+async def h_wf_query(s: Service, c: Call) -> Json:
+    return await s.query_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+
+
+async def h_wf_metadata(s: Service, c: Call) -> Json:
+    return await s.workflow_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+
+
+async def h_wf_executions(s: Service, c: Call) -> Json:
+    return await s.executions(c.org, _ns(c), c.params["id"], I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_wf_reset(s: Service, c: Call) -> Json:
+    return await s.reset_workflow(c.org, _ns(c), c.params["id"], c.body())
+
+
+async def h_sched_list(s: Service, c: Call) -> Json:
+    return await s.list_schedules(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_sched_create(s: Service, c: Call) -> Json:
+    return await s.create_schedule(c.org, _ns(c), c.body(), upsert=I.query_bool(c.query, "upsert"))
+
+
+async def h_sched_get(s: Service, c: Call) -> Json:
+    return await s.describe_schedule(c.org, _ns(c), c.params["sid"])
+
+
+async def h_sched_update(s: Service, c: Call) -> Json:
+    return await s.update_schedule(c.org, _ns(c), c.params["sid"], c.body())
+
+
+async def h_sched_delete(s: Service, c: Call) -> Json:
+    return await s.delete_schedule(c.org, _ns(c), c.params["sid"])
+
+
+async def h_sched_trigger(s: Service, c: Call) -> Json:
+    return await s.trigger_schedule(c.org, _ns(c), c.params["sid"], c.body())
+
+
+async def h_sched_times(s: Service, c: Call) -> Json:
+    return await s.matching_times(c.org, _ns(c), c.params["sid"], c.query)
+
+
+async def h_sched_pause(s: Service, c: Call) -> Json:
+    return await s.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), True)
+
+
+async def h_sched_unpause(s: Service, c: Call) -> Json:
+    return await s.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), False)
+
+
+async def h_sa_list(s: Service, c: Call) -> Json:
+    return await s.list_search_attributes(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_sa_add(s: Service, c: Call) -> Json:
+    return await s.add_search_attribute(c.org, _ns(c), c.body())
+
+
+async def h_sa_remove(s: Service, c: Call) -> Json:
+    return await s.remove_search_attribute(c.org, _ns(c), c.params["name"])
+
+
+def build_router() -> Router:
+    r = Router()
+    r.add("GET", "/healthz", h_health)
+    r.add("GET", "/v1/tasks/health", h_health)
+    r.add("GET", "/v1/tasks/settings", h_settings)
+    r.add("GET", "/v1/tasks/cluster", h_cluster)
+    r.add("GET", "/v1/tasks/cluster/health", h_cluster_health)
+    r.add("GET", "/v1/tasks/namespaces", h_ns_list)
+    r.add("POST", "/v1/tasks/namespaces", h_ns_create)
+    r.add("GET", NS, h_ns_get)
+    r.add("DELETE", NS, h_ns_delete)
+    r.add("POST", NS + "/metadata", h_ns_metadata)
+    r.add("GET", NS + "/archival", h_ns_archival)
+    r.add("GET", NS + "/dead-letters", h_dead_letters)
+    wf = NS + "/workflows"
+    r.add("GET", wf, h_wf_list)
+    r.add("POST", wf, h_wf_start)
+    r.add("POST", wf + "/signal-with-start", h_wf_sws)
+    r.add("GET", wf + "/{id}", h_wf_describe)
+    r.add("POST", wf + "/{id}/cancel", h_wf_cancel)
+    r.add("POST", wf + "/{id}/terminate", h_wf_terminate)
+    r.add("POST", wf + "/{id}/signal", h_wf_signal)
+    r.add("GET", wf + "/{id}/history", h_wf_history)
+    r.add("POST", wf + "/{id}/query", h_wf_query)
+    r.add("POST", wf + "/{id}/metadata", h_wf_metadata)
+    r.add("GET", wf + "/{id}/executions", h_wf_executions)
+    r.add("POST", wf + "/{id}/reset", h_wf_reset)
+    sc = NS + "/schedules"
+    r.add("GET", sc, h_sched_list)
+    r.add("POST", sc, h_sched_create)
+    r.add("GET", sc + "/{sid}", h_sched_get)
+    r.add("POST", sc + "/{sid}", h_sched_update)
+    r.add("DELETE", sc + "/{sid}", h_sched_delete)
+    r.add("POST", sc + "/{sid}/trigger", h_sched_trigger)
+    r.add("GET", sc + "/{sid}/matching-times", h_sched_times)
+    r.add("POST", sc + "/{sid}/pause", h_sched_pause)
+    r.add("POST", sc + "/{sid}/unpause", h_sched_unpause)
+    sa = NS + "/search-attributes"
+    r.add("GET", sa, h_sa_list)
+    r.add("POST", sa, h_sa_add)
+    r.add("DELETE", sa + "/{name}", h_sa_remove)
+    return r
+
+
+class HttpApi:
+    """The aiohttp application of a node."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.router = build_router()
+        self.app = web.Application(client_max_size=node.cfg.limits.max_body + 1)
+        self.app["node"] = node
+        self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        node = self.node
+        started = time.perf_counter()
+        method = request.method
+        template = "unmatched"
+        resp: web.StreamResponse
+        try:
+            segments = split_path(request.rel_url.raw_path)
+            if segments == ["readyz"] and method in ("GET", "HEAD"):
+                template = "/readyz"
+                resp = node.readyz_response()
+            elif segments == ["metrics"] and method in ("GET", "HEAD"):
+                template = "/metrics"
+                resp = web.Response(body=node.metrics.render(), headers={"X-Tasks-Node": node.node_id},
+                                    content_type="text/plain", charset="utf-8")
+            else:
+                route, params, allowed, template = self.router.match(segments, method)
+                if route is None:
+                    if allowed:
+                        raise _MethodNotAllowed(allowed)
+                    raise ApiError("not_found", f"no route for {method} {request.rel_url.path}")
+                call = Call(request, params, org=node.org_of(request))
+                if method in ("POST", "PUT", "PATCH", "DELETE"):
+                    call._body = await read_body(request, node.cfg.limits.max_body)
+                    if method == "DELETE" and call._body is None:
+                        call._body = {}
+                else:
+                    call._body = {}
+                result = await route.handler(node.service, call)
+                resp = json_response(route.status, result, node.node_id)
+        except _MethodNotAllowed as e:
+            resp = json_response(
+                405,
+                {"code": "method_not_allowed", "message": f"{method} is not allowed here"},
+                node.node_id,
+                {"Allow": ", ".join(e.allowed)},
+            )
+        except ApiError as e:
+            if e.code == "storage_full":
+                node.metrics.storage_full.inc()
+            elif e.code == "rate_limited":
+                node.metrics.rate_limited.labels("namespace").inc()
+            resp = error_response(e, node.node_id)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("bug serving %s %s", method, request.rel_url.path)
+            resp = error_response(ApiError("internal", "internal error"), node.node_id)
+        node.metrics.http_requests.labels(template, method, str(resp.status)).inc()
+        node.metrics.http_duration.labels(template, method).observe(time.perf_counter() - started)
+        return resp
+
+
+class _MethodNotAllowed(Exception):
+    def __init__(self, allowed: list[str]) -> None:
+        super().__init__("method not allowed")
+        self.allowed = allowed

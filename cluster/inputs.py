@@ -1,0 +1,271 @@
+"""Turning client JSON into validated internal values (SPEC §0, §1, §4.1).
+
+Every function raises ``ApiError(invalid_argument)`` with a message that names
+the field, so that bad input is a clear 400 and never reaches the state machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import msgpack
+
+from protocol import names
+from protocol.durations import format_duration, parse_duration
+from protocol.errors import ApiError
+from protocol.timefmt import parse_time
+
+Json = dict[str, Any]
+
+
+def bad(message: str, **details: Any) -> ApiError:
+    return ApiError("invalid_argument", message, details or None)
+
+
+# ---- primitive fields ------------------------------------------------------
+
+
+def opt_str(body: Json, field: str, default: str | None = None) -> str | None:
+    v = body.get(field)
+    if v is None:
+        return default
+    if not isinstance(v, str):
+        raise bad(f"{field} must be a string")
+    return v
+
+
+def opt_bool(body: Json, field: str, default: bool = False) -> bool:
+    v = body.get(field)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise bad(f"{field} must be a boolean")
+    return v
+
+
+def opt_int(body: Json, field: str, default: int | None = None, *, lo: int | None = None) -> int | None:
+    v = body.get(field)
+    if v is None:
+        return default
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise bad(f"{field} must be an integer")
+    if lo is not None and v < lo:
+        raise bad(f"{field} must be at least {lo}")
+    return v
+
+
+def opt_duration(body: Json, field: str, *, lo_ms: int | None = None, hi_ms: int | None = None) -> int | None:
+    v = body.get(field)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise bad(f"{field} must be a duration string such as \"10s\"")
+    try:
+        ms = parse_duration(v)
+    except ValueError as e:
+        raise bad(f"{field}: {e}") from None
+    if lo_ms is not None and ms < lo_ms:
+        raise bad(f"{field} must be at least {format_duration(lo_ms)}")
+    if hi_ms is not None and ms > hi_ms:
+        raise bad(f"{field} must be at most {format_duration(hi_ms)}")
+    return ms
+
+
+def opt_time(body: Json, field: str) -> int | None:
+    v = body.get(field)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise bad(f"{field} must be an RFC 3339 timestamp")
+    try:
+        return parse_time(v)
+    except ValueError as e:
+        raise bad(f"{field}: {e}") from None
+
+
+def opt_obj(body: Json, field: str) -> Json | None:
+    v = body.get(field)
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise bad(f"{field} must be an object")
+    return v
+
+
+def name_obj(body: Json, field: str, *, required: bool) -> str | None:
+    """``{"name": "x"}`` fields (workflowType, taskQueue); a bare string is accepted too."""
+    v = body.get(field)
+    if v is None:
+        if required:
+            raise bad(f"{field}.name is required")
+        return None
+    if isinstance(v, str):
+        name = v
+    elif isinstance(v, dict):
+        name = v.get("name")
+        if name is None or name == "":
+            if required:
+                raise bad(f"{field}.name is required")
+            return None
+        if not isinstance(name, str):
+            raise bad(f"{field}.name must be a string")
+    else:
+        raise bad(f"{field} must be an object with a name")
+    if name == "" and not required:
+        return None
+    return names.check_id(name, field)
+
+
+def payload(body: Json, field: str, max_bytes: int) -> Any:
+    """A JSON payload, checked against ``limits.max_payload`` (413 when larger)."""
+    v = body.get(field)
+    if v is not None and max_bytes > 0:
+        size = len(json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > max_bytes:
+            raise ApiError("too_large", f"{field} is {size} bytes; the limit is {max_bytes}")
+    return v
+
+
+def enum(value: Any, prefix: str, allowed: tuple[str, ...], field: str) -> str:
+    """Enums are accepted prefixed or bare, case-insensitively; stored bare."""
+    if not isinstance(value, str):
+        raise bad(f"{field} must be a string")
+    v = value.strip().upper()
+    if v.startswith(prefix):
+        v = v[len(prefix) :]
+    if v not in allowed:
+        raise bad(f"{field}: unknown value {value!r}")
+    return v
+
+
+CONFLICT_POLICIES = ("FAIL", "USE_EXISTING", "TERMINATE_EXISTING", "UNSPECIFIED")
+OVERLAP_POLICIES = (
+    "SKIP",
+    "BUFFER_ONE",
+    "BUFFER_ALL",
+    "CANCEL_OTHER",
+    "TERMINATE_OTHER",
+    "ALLOW_ALL",
+    "UNSPECIFIED",
+)
+
+
+def overlap_policy(value: Any, field: str = "overlapPolicy") -> str:
+    v = enum(value, "SCHEDULE_OVERLAP_POLICY_", OVERLAP_POLICIES, field)
+    return "SKIP" if v == "UNSPECIFIED" else v
+
+
+def conflict_policy(value: Any) -> str:
+    v = enum(value, "WORKFLOW_ID_CONFLICT_POLICY_", CONFLICT_POLICIES, "workflowIdConflictPolicy")
+    return "FAIL" if v == "UNSPECIFIED" else v
+
+
+def retry_policy(v: Any, field: str = "retryPolicy") -> Json | None:
+    """RetryPolicy (SPEC §5.1) in internal form: durations in ms."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise bad(f"{field} must be an object")
+    initial = opt_duration(v, "initialInterval") or 1000
+    if initial <= 0:
+        raise bad(f"{field}.initialInterval must be positive")
+    coeff = v.get("backoffCoefficient", 2.0)
+    if isinstance(coeff, bool) or not isinstance(coeff, int | float) or coeff < 1:
+        raise bad(f"{field}.backoffCoefficient must be a number >= 1")
+    maximum = opt_duration(v, "maximumInterval")
+    if maximum is None:
+        maximum = 100 * initial
+    if maximum < initial:
+        raise bad(f"{field}.maximumInterval must be >= initialInterval")
+    attempts = opt_int(v, "maximumAttempts", 0, lo=0)
+    nr = v.get("nonRetryableErrorTypes") or []
+    if not isinstance(nr, list) or not all(isinstance(x, str) for x in nr):
+        raise bad(f"{field}.nonRetryableErrorTypes must be a list of strings")
+    return {
+        "initialInterval": initial,
+        "backoffCoefficient": float(coeff),
+        "maximumInterval": maximum,
+        "maximumAttempts": attempts,
+        "nonRetryableErrorTypes": nr,
+    }
+
+
+def request_id(body: Json, field: str = "requestId") -> str | None:
+    v = body.get(field)
+    if v is None or v == "":
+        return None
+    return names.check_request_id(v)
+
+
+# ---- query strings -----------------------------------------------------------
+
+
+def query_bool(query: Any, field: str, default: bool = False) -> bool:
+    v = query.get(field)
+    if v is None:
+        return default
+    low = v.lower()
+    if low in ("true", "1"):
+        return True
+    if low in ("false", "0"):
+        return False
+    raise bad(f"{field} must be true, false, 1 or 0")
+
+
+def query_int(query: Any, field: str, default: int, lo: int = 0) -> int:
+    v = query.get(field)
+    if v is None or v == "":
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise bad(f"{field} must be an integer") from None
+    if n < lo:
+        raise bad(f"{field} must be at least {lo}")
+    return n
+
+
+def page_size(query: Any) -> int:
+    v = query.get("pageSize")
+    if v is None or v == "":
+        return 100
+    try:
+        n = int(v)
+    except ValueError:
+        raise bad("pageSize must be an integer between 1 and 1000") from None
+    if not 1 <= n <= 1000:
+        raise bad("pageSize must be between 1 and 1000")
+    return n
+
+
+# ---- page tokens -------------------------------------------------------------
+
+
+def _binding(kind: str, bound: str) -> bytes:
+    return hashlib.sha256(f"{kind}\x00{bound}".encode()).digest()[:8]
+
+
+def make_token(kind: str, bound: str, cursor: bytes | None) -> str:
+    """An opaque token bound to the query that made it."""
+    if cursor is None:
+        return ""
+    raw = msgpack.packb([1, _binding(kind, bound), cursor], use_bin_type=True)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def read_token(token: str | None, kind: str, bound: str) -> bytes | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        version, binding, cursor = msgpack.unpackb(raw, raw=False)
+        if version != 1 or not isinstance(cursor, bytes) or not isinstance(binding, bytes):
+            raise ValueError
+    except Exception:
+        raise bad("malformed nextPageToken") from None
+    if binding != _binding(kind, bound):
+        raise bad("nextPageToken was made for a different query")
+    return cursor

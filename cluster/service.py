@@ -1,0 +1,648 @@
+"""The service layer: what every API of a node calls.
+
+It validates requests, stamps the non-deterministic parts of a command (the
+time, the randomness that run ids are drawn from), proposes the command to the
+shard's partition through the Replicator, and turns results into records or
+``ApiError``s. Reads open an LMDB read transaction on the local replica.
+
+Transports (HTTP now, ZAP and MCP later) only parse their own framing and
+field names; the rules live here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cluster import inputs as I
+from cluster import render
+from cluster import schedules as S
+from cluster.ratelimit import TokenBuckets
+from protocol import names
+from protocol.errors import ApiError
+from protocol.schedule_spec import jitter_offset
+from protocol.timefmt import parse_time
+from replication import NotLeader, Replicator
+from routing import partition_of
+from shard import encode, reads
+from shard.visibility import QueryError, compile_query
+
+log = logging.getLogger("tasks.service")
+
+Json = dict[str, Any]
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _view(r: Json) -> Json:
+    """The fields the visibility query language sees."""
+    return {
+        "WorkflowId": r["workflowId"],
+        "RunId": r["runId"],
+        "WorkflowType": r["type"],
+        "TaskQueue": r["taskQueue"],
+        "ExecutionStatus": r["status"],
+        "StartTime": r["startTime"],
+        "CloseTime": r.get("closeTime"),
+        "HistoryLength": r["historyLength"],
+        "Attempt": r["attempt"],
+        "searchAttrs": r.get("searchAttrs") or {},
+    }
+
+
+class Service:
+    """One node's engine operations over its replicator."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        replicator: Replicator,
+        *,
+        node_id: str,
+        clock: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.cfg = cfg
+        self.replicator = replicator
+        self.node_id = node_id
+        self.clock = clock
+        self.default_namespace: str = cfg.default_namespace
+        self.max_payload: int = cfg.limits.max_payload
+        self._known_ns: set[tuple[str, str]] = set()
+        self._ns_cache: dict[tuple[str, str], Json] = {}
+        self.buckets = TokenBuckets()
+        self.proposal_errors = 0
+        replicator.subscribe(self._on_apply)
+
+    # ---- plumbing ----------------------------------------------------------
+
+    def partition(self, org: str, ns: str) -> int:
+        return partition_of(org, ns, self.cfg.seed, self.replicator.partitions)
+
+    def _on_apply(self, group: int, index: int, result: Json) -> None:
+        for ev in result.get("_events", ()):
+            if ev["kind"].startswith("namespace."):
+                self._ns_cache.pop((ev["org"], ev["namespace"]), None)
+
+    async def propose(self, org: str, ns: str, op: str, **fields: Any) -> Json:
+        """Stamp, propose and unwrap one command; business errors raise ApiError."""
+        cmd: Json = {"v": 1, "op": op, "org": org, "ns": ns, "now": self.clock()}
+        cmd["rnd"] = secrets.token_hex(16)
+        cmd.update(fields)
+        group = self.partition(org, ns)
+        try:
+            res = await self.replicator.propose(group, encode(cmd))
+        except NotLeader as e:
+            self.proposal_errors += 1
+            raise ApiError("unavailable", f"shard unavailable: {e}", retry_after=1) from None
+        if not res.get("ok"):
+            code = res.get("code", "internal")
+            if code in ("unavailable", "storage_full", "internal"):
+                self.proposal_errors += 1
+            raise ApiError(code, res.get("message", code), res.get("details"), retry_after=1 if code == "unavailable" else None)
+        return res
+
+    def _read(self, org: str, ns: str):
+        return self.replicator.store(self.partition(org, ns)).read()
+
+    async def ensure_namespace(self, org: str, ns: str) -> None:
+        """The default namespace exists implicitly: the first request registers it."""
+        if ns != self.default_namespace or (org, ns) in self._known_ns:
+            return
+        with self._read(org, ns) as txn:
+            exists = reads.namespace(txn, org, ns) is not None
+        if not exists:
+            await self.propose(org, ns, "ns.register", implicit=True, region=self.cfg.region)
+        self._known_ns.add((org, ns))
+
+    def namespace_record(self, org: str, ns: str) -> Json:
+        rec = self._ns_cache.get((org, ns))
+        if rec is None:
+            with self._read(org, ns) as txn:
+                rec = reads.namespace(txn, org, ns)
+            if rec is None:
+                raise ApiError("not_found", f"namespace {ns} not found")
+            self._ns_cache[(org, ns)] = rec
+        return rec
+
+    async def _prepare(self, org: str, ns: str, *, rate_limited: bool = False) -> Json:
+        names.check_namespace(ns)
+        await self.ensure_namespace(org, ns)
+        rec = self.namespace_record(org, ns)
+        if rate_limited:
+            limit = rec.get("apsLimit", 400)
+            if limit and not self.buckets.take((org, ns), limit, self.clock()):
+                raise ApiError("rate_limited", f"namespace {ns} is over its apsLimit of {limit}/s", retry_after=1)
+        return rec
+
+    # ---- namespaces ----------------------------------------------------------
+
+    def _ns_fields(self, body: Json, *, create: bool) -> Json:
+        out: Json = {}
+        for f in ("description", "ownerEmail", "historyArchivalState", "historyArchivalUri",
+                  "visibilityArchivalState", "visibilityArchivalUri"):
+            v = I.opt_str(body, f)
+            if v is not None:
+                out[f] = v
+        if out.get("ownerEmail"):
+            out["ownerEmail"] = names.check_email(out["ownerEmail"])
+        retention = I.opt_duration(body, "retention", lo_ms=1000)
+        if retention is None:
+            retention = I.opt_duration(body, "workflowExecutionRetentionTtl", lo_ms=1000)
+        if retention is not None:
+            out["retention"] = retention
+        aps = I.opt_int(body, "apsLimit", lo=0)
+        if aps is not None:
+            out["apsLimit"] = aps
+        cd = I.opt_obj(body, "customData")
+        if cd is not None:
+            if not all(isinstance(v, str) for v in cd.values()):
+                raise I.bad("customData values must be strings")
+            out["customData"] = cd
+        return out
+
+    def _check_ns_writes(self) -> None:
+        if self.cfg.settings.namespace_write_disabled:
+            raise ApiError("permission_denied", "namespace writes are disabled")
+
+    async def register_namespace(self, org: str, body: Json) -> Json:
+        self._check_ns_writes()
+        info = I.opt_obj(body, "namespaceInfo") or {}
+        name = info.get("name", body.get("name"))
+        if name is None:
+            raise I.bad("namespaceInfo.name is required")
+        ns = names.check_namespace(name)
+        fields = self._ns_fields(info, create=True)
+        cfg = I.opt_obj(body, "config") or {}
+        fields.update(self._ns_fields(cfg, create=True))
+        res = await self.propose(org, ns, "ns.register", region=self.cfg.region, **fields)
+        return render.namespace(res["namespace"])
+
+    async def update_namespace(self, org: str, ns: str, body: Json) -> Json:
+        self._check_ns_writes()
+        names.check_namespace(ns)
+        await self.ensure_namespace(org, ns)
+        res = await self.propose(org, ns, "ns.update", **self._ns_fields(body, create=False))
+        return render.namespace(res["namespace"])
+
+    async def delete_namespace(self, org: str, ns: str) -> Json:
+        self._check_ns_writes()
+        names.check_namespace(ns)
+        await self.ensure_namespace(org, ns)
+        res = await self.propose(org, ns, "ns.delete")
+        return render.namespace(res["namespace"])
+
+    async def get_namespace(self, org: str, ns: str) -> Json:
+        names.check_namespace(ns)
+        await self.ensure_namespace(org, ns)
+        with self._read(org, ns) as txn:
+            rec = reads.namespace(txn, org, ns)
+        if rec is None:
+            raise ApiError("not_found", f"namespace {ns} not found")
+        return render.namespace(rec)
+
+    async def list_namespaces(self, org: str, size: int, token: str | None) -> Json:
+        await self.ensure_namespace(org, self.default_namespace)
+        after = I.read_token(token, "namespaces", org)
+        all_names: list[str] = []
+        for p in range(self.replicator.partitions):
+            with self.replicator.store(p).read() as txn:
+                all_names.extend(reads.namespace_names(txn, org))
+        all_names.sort()
+        if after is not None:
+            all_names = [n for n in all_names if n.encode() > after]
+        page = all_names[:size]
+        out = []
+        for n in page:
+            with self._read(org, n) as txn:
+                rec = reads.namespace(txn, org, n)
+            if rec is not None:
+                out.append(render.namespace(rec))
+        more = len(all_names) > size
+        return {
+            "namespaces": out,
+            "nextPageToken": I.make_token("namespaces", org, page[-1].encode() if more else None),
+        }
+
+    # ---- workflows -------------------------------------------------------------
+
+    def start_spec(self, org: str, ns: str, body: Json) -> Json:
+        """Validate a StartWorkflow body (SPEC §5.3) into the command's ``start`` map."""
+        wtype = I.name_obj(body, "workflowType", required=True)
+        spec: Json = {"type": wtype}
+        wid = I.opt_str(body, "workflowId")
+        if wid:
+            spec["workflowId"] = names.check_id(wid, "workflowId")
+        rid = I.opt_str(body, "runId")
+        if rid:
+            spec["runId"] = names.check_run_id(rid)
+        spec["taskQueue"] = I.name_obj(body, "taskQueue", required=False) or "default"
+        if "input" in body:
+            spec["input"] = I.payload(body, "input", self.max_payload)
+        req = I.request_id(body)
+        if req:
+            spec["requestId"] = req
+        if body.get("workflowIdConflictPolicy") is not None:
+            spec["conflict"] = I.conflict_policy(body["workflowIdConflictPolicy"])
+        for f in ("workflowExecutionTimeout", "workflowRunTimeout"):
+            ms = I.opt_duration(body, f, lo_ms=0)
+            if ms:
+                spec[f] = ms
+        spec["workflowTaskTimeout"] = (
+            I.opt_duration(body, "workflowTaskTimeout", lo_ms=1000, hi_ms=600_000) or 10_000
+        )
+        rp = I.retry_policy(body.get("retryPolicy"))
+        if rp is not None:
+            spec["retryPolicy"] = rp
+        memo = I.opt_obj(body, "memo")
+        if memo is not None:
+            spec["memo"] = I.payload(body, "memo", self.max_payload)
+        sa = I.opt_obj(body, "searchAttributes")
+        if sa:
+            spec["searchAttrs"] = self._check_search_attrs(org, ns, sa)
+        ident = I.opt_str(body, "identity")
+        if ident:
+            spec["identity"] = ident
+        return spec
+
+    def _check_search_attrs(self, org: str, ns: str, sa: Json) -> Json:
+        with self._read(org, ns) as txn:
+            registered = reads.search_attrs(txn, org, ns)
+        for name, value in sa.items():
+            typ = registered.get(name)
+            if typ is None:
+                raise I.bad(f"search attribute {name} is not registered")
+            if not _attr_type_ok(typ, value):
+                raise I.bad(f"search attribute {name} must be of type {typ}")
+        return sa
+
+    async def start_workflow(self, org: str, ns: str, body: Json, *, signal: bool = False) -> Json:
+        await self._prepare(org, ns, rate_limited=True)
+        spec = self.start_spec(org, ns, body)
+        fields: Json = {"start": spec}
+        if signal:
+            name = body.get("signalName")
+            if not isinstance(name, str) or not name:
+                raise I.bad("signalName is required")
+            names.check_id(name, "signalName")
+            key = "signalPayload" if "signalPayload" in body else "signalInput"
+            sig: Json = {
+                "signalName": name,
+                "input": I.payload(body, key, self.max_payload),
+                "identity": spec.get("identity") or "",
+            }
+            fields["signal"] = sig
+        res = await self.propose(org, ns, "wf.start", **fields)
+        out = render.run(res["run"])
+        out["started"] = res["started"]
+        return out
+
+    async def signal_workflow(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
+        await self._prepare(org, ns, rate_limited=True)
+        names.check_id(wid, "workflowId")
+        name = body.get("name", body.get("signalName"))
+        if not isinstance(name, str) or not name:
+            raise I.bad("signal name is required")
+        names.check_id(name, "signal name")
+        key = "payload" if "payload" in body else "input"
+        await self.propose(
+            org,
+            ns,
+            "wf.signal",
+            workflowId=wid,
+            runId=rid,
+            name=name,
+            input=I.payload(body, key, self.max_payload),
+            identity=I.opt_str(body, "identity") or "",
+            requestId=I.request_id(body),
+        )
+        return {"status": "signaled"}
+
+    async def _run_op(self, op: str, org: str, ns: str, wid: str, rid: str | None, **fields: Any) -> Json:
+        await self._prepare(org, ns, rate_limited=op in ("wf.cancel", "wf.terminate", "wf.reset"))
+        names.check_id(wid, "workflowId")
+        res = await self.propose(org, ns, op, workflowId=wid, runId=rid, **fields)
+        return render.run(res["run"])
+
+    async def cancel_workflow(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
+        return await self._run_op(
+            "wf.cancel", org, ns, wid, rid,
+            reason=I.opt_str(body, "reason") or "", identity=I.opt_str(body, "identity") or "",
+        )
+
+    async def terminate_workflow(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
+        return await self._run_op(
+            "wf.terminate", org, ns, wid, rid,
+            reason=I.opt_str(body, "reason") or "", identity=I.opt_str(body, "identity") or "",
+        )
+
+    async def reset_workflow(self, org: str, ns: str, wid: str, body: Json) -> Json:
+        rid = I.opt_str(body, "runId") or None
+        if rid:
+            names.check_run_id(rid)
+        event_id = body.get("eventId")
+        if isinstance(event_id, str) and event_id.isdigit():
+            event_id = int(event_id)
+        if not isinstance(event_id, int) or isinstance(event_id, bool):
+            raise I.bad("eventId must be an integer")
+        return await self._run_op(
+            "wf.reset", org, ns, wid, rid,
+            eventId=event_id,
+            reason=I.opt_str(body, "reason") or "",
+            identity=I.opt_str(body, "identity") or "",
+            requestId=I.request_id(body),
+        )
+
+    async def workflow_metadata(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
+        fields: Json = {}
+        for f in ("summary", "details", "updatedBy"):
+            if f in body:
+                v = body[f]
+                if not isinstance(v, str):
+                    raise I.bad(f"{f} must be a string")
+                fields[f] = v
+        return await self._run_op("wf.metadata", org, ns, wid, rid, **fields)
+
+    async def describe_workflow(self, org: str, ns: str, wid: str, rid: str | None) -> Json:
+        await self._prepare(org, ns)
+        names.check_id(wid, "workflowId")
+        with self._read(org, ns) as txn:
+            r = reads.run(txn, org, ns, wid, rid)
+        if r is None:
+            raise ApiError("not_found", f"workflow {wid} not found")
+        return render.describe(r)
+
+    async def query_metadata(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
+        """Queries: only the built-in ``__workflow_metadata`` until workers exist."""
+        await self._prepare(org, ns)
+        names.check_id(wid, "workflowId")
+        qtype = body.get("queryType")
+        if not isinstance(qtype, str) or not qtype:
+            raise I.bad("queryType is required")
+        I.opt_duration(body, "timeout", lo_ms=1, hi_ms=self.cfg.timeouts.query_max)
+        with self._read(org, ns) as txn:
+            r = reads.run(txn, org, ns, wid, rid)
+        if r is None:
+            raise ApiError("not_found", f"workflow {wid} not found")
+        if qtype == "__workflow_metadata":
+            return {"queryResult": {"workflowType": r["type"],
+                                    "status": render.STATUS_PREFIX + r["status"],
+                                    "historyLength": r["historyLength"], "attempt": r["attempt"]}}
+        if r["status"] not in ("RUNNING", "CANCELING"):
+            raise ApiError("failed_precondition", f"workflow {wid} is not running")
+        raise ApiError("no_workers", "no worker holds this workflow", retry_after=1)
+
+    def _compile(self, org: str, ns: str, query: str | None):
+        if query is not None and len(query) > 4096:
+            raise I.bad("query is longer than 4096 characters")
+        with self._read(org, ns) as txn:
+            attrs = reads.search_attrs(txn, org, ns)
+        try:
+            return compile_query(query or "", attrs)
+        except QueryError as e:
+            raise I.bad(f"bad query: {e}") from None
+
+    async def list_workflows(self, org: str, ns: str, query: str | None, size: int, token: str | None,
+                             *, dead: bool = False) -> Json:
+        await self._prepare(org, ns)
+        q = self._compile(org, ns, query)
+        kind = "dead" if dead else "workflows"
+        after = I.read_token(token, kind, f"{org}/{ns}/{query or ''}")
+        with self._read(org, ns) as txn:
+            runs, last = reads.list_runs(txn, org, ns, lambda r: q.matches(_view(r)), after, size, dead=dead)
+        out = []
+        for r in runs:
+            rec = render.run(r, full=False)
+            if dead and r.get("deadLetterReason"):
+                rec["deadLetterReason"] = r["deadLetterReason"]
+            out.append(rec)
+        return {"executions": out, "nextPageToken": I.make_token(kind, f"{org}/{ns}/{query or ''}", last)}
+
+    async def history(self, org: str, ns: str, wid: str, rid: str | None, after: int, reverse: bool,
+                      size: int, token: str | None) -> Json:
+        await self._prepare(org, ns)
+        names.check_id(wid, "workflowId")
+        with self._read(org, ns) as txn:
+            r = reads.run(txn, org, ns, wid, rid)
+            if r is None:
+                raise ApiError("not_found", f"workflow {wid} not found")
+            bound = f"{org}/{ns}/{r['runId']}/{int(reverse)}"
+            cursor = I.read_token(token, "history", bound)
+            if cursor is not None:
+                after = int(cursor.decode())
+            events, nxt = reads.history(txn, org, ns, r["runId"], after, reverse, size, r["historyLength"])
+        return {
+            "events": [render.event(e) for e in events],
+            "nextPageToken": I.make_token("history", bound, str(nxt).encode() if nxt else None),
+            "nextCursor": nxt or 0,
+        }
+
+    async def executions(self, org: str, ns: str, wid: str, size: int, token: str | None) -> Json:
+        await self._prepare(org, ns)
+        names.check_id(wid, "workflowId")
+        with self._read(org, ns) as txn:
+            runs = reads.runs_of(txn, org, ns, wid)
+        if not runs:
+            raise ApiError("not_found", f"workflow {wid} not found")
+        bound = f"{org}/{ns}/{wid}"
+        cursor = I.read_token(token, "executions", bound)
+        start = int(cursor.decode()) if cursor else 0
+        page = runs[start : start + size]
+        more = start + size < len(runs)
+        return {
+            "executions": [render.run(r, full=False) for r in page],
+            "nextPageToken": I.make_token("executions", bound, str(start + size).encode() if more else None),
+        }
+
+    # ---- schedules -------------------------------------------------------------
+
+    def _schedule_fields(self, body: Json) -> Json:
+        return {
+            "spec": S.normalize_spec(body.get("spec")),
+            "action": S.normalize_action(body.get("action"), self.max_payload),
+            "policies": S.normalize_policies(body.get("policies")),
+            "state": S.normalize_state(body.get("state")) if body.get("state") is not None else None,
+        }
+
+    async def create_schedule(self, org: str, ns: str, body: Json, *, upsert: bool) -> Json:
+        await self._prepare(org, ns)
+        sid = S.check_schedule_id(body.get("scheduleId", body.get("schedule_id")))
+        fields = self._schedule_fields(body)
+        if fields["state"] is None:
+            fields["state"] = S.normalize_state({})
+        res = await self.propose(org, ns, "sched.create", scheduleId=sid, upsert=upsert, **fields)
+        return self.render_schedule(org, ns, res["schedule"])
+
+    async def update_schedule(self, org: str, ns: str, sid: str, body: Json) -> Json:
+        await self._prepare(org, ns)
+        S.check_schedule_id(sid)
+        res = await self.propose(org, ns, "sched.update", scheduleId=sid, **self._schedule_fields(body))
+        return self.render_schedule(org, ns, res["schedule"])
+
+    async def delete_schedule(self, org: str, ns: str, sid: str) -> Json:
+        await self._prepare(org, ns)
+        S.check_schedule_id(sid)
+        await self.propose(org, ns, "sched.delete", scheduleId=sid)
+        return {"status": "deleted"}
+
+    async def pause_schedule(self, org: str, ns: str, sid: str, body: Json, paused: bool) -> Json:
+        await self._prepare(org, ns)
+        S.check_schedule_id(sid)
+        await self.propose(org, ns, "sched.pause", scheduleId=sid, paused=paused, note=I.opt_str(body, "note"))
+        return {"status": "paused" if paused else "running"}
+
+    async def trigger_schedule(self, org: str, ns: str, sid: str, body: Json) -> Json:
+        await self._prepare(org, ns, rate_limited=True)
+        S.check_schedule_id(sid)
+        overlap = body.get("overlapPolicy")
+        res = await self.propose(
+            org, ns, "sched.trigger", scheduleId=sid, requestId=I.request_id(body),
+            overlapPolicy=I.overlap_policy(overlap) if overlap is not None else None,
+        )
+        out: Json = {"status": res["status"]}
+        if res.get("run") is not None:
+            out["execution"] = render.run(res["run"])
+        return out
+
+    def _load_schedule(self, org: str, ns: str, sid: str) -> Json:
+        with self._read(org, ns) as txn:
+            s = reads.schedule(txn, org, ns, sid)
+        if s is None:
+            raise ApiError("not_found", f"schedule {sid} not found")
+        return s
+
+    async def describe_schedule(self, org: str, ns: str, sid: str) -> Json:
+        await self._prepare(org, ns)
+        S.check_schedule_id(sid)
+        return self.render_schedule(org, ns, self._load_schedule(org, ns, sid))
+
+    def future_times(self, s: Json, count: int = 5) -> list[int]:
+        state = s["state"]
+        if state.get("paused") or (state.get("limitedActions") and state.get("remainingActions", 0) <= 0):
+            return []
+        times = S.times_for(s["spec"])
+        jitter = S.jitter_ms(s["spec"])
+        out: list[int] = []
+        cursor = max(s["cursor"], self.clock())
+        while len(out) < count:
+            nxt = times.next_after(cursor)
+            if nxt is None:
+                break
+            out.append(nxt + jitter_offset(s["scheduleId"], nxt, jitter))
+            cursor = nxt
+        return out
+
+    def render_schedule(self, org: str, ns: str, s: Json) -> Json:
+        status: dict[tuple[str, str], str] = {}
+        with self._read(org, ns) as txn:
+            for _st, _at, w, r in s["info"]["recent"]:
+                run = reads.run(txn, org, ns, w, r)
+                if run is not None:
+                    status[(w, r)] = run["status"]
+        return render.schedule(s, ns, future=self.future_times(s), run_status=status)
+
+    async def list_schedules(self, org: str, ns: str, size: int, token: str | None) -> Json:
+        await self._prepare(org, ns)
+        bound = f"{org}/{ns}"
+        after = I.read_token(token, "schedules", bound)
+        with self._read(org, ns) as txn:
+            items, last = reads.list_schedules(txn, org, ns, after, size)
+        return {
+            "schedules": [self.render_schedule(org, ns, s) for s in items],
+            "nextPageToken": I.make_token("schedules", bound, last),
+        }
+
+    async def matching_times(self, org: str, ns: str, sid: str, q: Any) -> Json:
+        await self._prepare(org, ns)
+        S.check_schedule_id(sid)
+        s = self._load_schedule(org, ns, sid)
+
+        def when(*fields: str) -> int | None:
+            for f in fields:
+                v = q.get(f)
+                if v:
+                    try:
+                        return parse_time(v)
+                    except ValueError as e:
+                        raise I.bad(f"{f}: {e}") from None
+            return None
+
+        start = when("from", "start")
+        if start is None:
+            start = self.clock()
+        end = when("to", "end")
+        if end is None:
+            end = start + 24 * 3600 * 1000
+        if end < start:
+            raise I.bad("to must not be before from")
+        times = S.times_for(s["spec"]).between(start, end, 1000)
+        return {"matchingTimes": [render.t(x) for x in times]}
+
+    # ---- search attributes -----------------------------------------------------
+
+    async def add_search_attribute(self, org: str, ns: str, body: Json) -> Json:
+        await self._prepare(org, ns)
+        name = names.check_attr_name(body.get("name"))
+        if name in RESERVED_ATTRS or name.startswith("Temporal"):
+            raise I.bad(f"search attribute name {name} is reserved")
+        typ = body.get("type")
+        if typ not in ATTR_TYPES:
+            raise I.bad(f"type must be one of {', '.join(ATTR_TYPES)}")
+        await self.propose(org, ns, "sa.add", name=name, type=typ)
+        return {"name": name, "type": typ}
+
+    async def remove_search_attribute(self, org: str, ns: str, name: str) -> Json:
+        await self._prepare(org, ns)
+        names.check_attr_name(name)
+        await self.propose(org, ns, "sa.remove", name=name)
+        return {"status": "removed"}
+
+    async def list_search_attributes(self, org: str, ns: str, size: int, token: str | None) -> Json:
+        await self._prepare(org, ns)
+        bound = f"{org}/{ns}"
+        after = I.read_token(token, "attrs", bound)
+        with self._read(org, ns) as txn:
+            attrs = sorted(reads.search_attrs(txn, org, ns).items())
+        if after is not None:
+            attrs = [a for a in attrs if a[0].encode() > after]
+        page = attrs[:size]
+        more = len(attrs) > size
+        return {
+            "searchAttributes": [{"name": n, "type": t} for n, t in page],
+            "nextPageToken": I.make_token("attrs", bound, page[-1][0].encode() if more else None),
+        }
+
+
+RESERVED_ATTRS = frozenset(
+    ("WorkflowId", "RunId", "WorkflowType", "TaskQueue", "ExecutionStatus", "StartTime",
+     "CloseTime", "HistoryLength", "Attempt")
+)
+ATTR_TYPES = ("Keyword", "Text", "Int", "Double", "Bool", "Datetime", "KeywordList")
+
+
+def _attr_type_ok(typ: str, v: Any) -> bool:
+    if v is None:
+        return True
+    if typ in ("Keyword", "Text"):
+        return isinstance(v, str)
+    if typ == "Int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if typ == "Double":
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    if typ == "Bool":
+        return isinstance(v, bool)
+    if typ == "Datetime":
+        if not isinstance(v, str):
+            return False
+        try:
+            parse_time(v)
+        except ValueError:
+            return False
+        return True
+    if typ == "KeywordList":
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    return False

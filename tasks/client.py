@@ -1,0 +1,611 @@
+"""The client: ``add`` (recurring), ``now`` (one-shot) and ``stop`` (SPEC §2).
+
+One class serves two modes so that application code does not change between
+a laptop and a cluster:
+
+* **local** (no ``tasks_url``, no ``zap_addr``): everything runs in this
+  process, nothing is persisted (``tasks._local``);
+* **remote**: schedules and runs are durable on the server; ``add`` upserts a
+  schedule and ``now`` starts a workflow, over HTTP for now. ZAP and the
+  embedded worker that runs the added functions arrive with workers.
+
+Remote calls are blocking, made in the caller's thread with the standard
+library only, so that importing ``tasks`` pulls in no server or aiohttp code;
+the ``a*`` variants run them in a thread for async callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.client
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Literal
+
+from protocol.names import is_id, is_namespace
+from protocol.schedule_spec import SpecError, classify, compile_cron
+from tasks._local import Call, CronTiming, IntervalTiming, LocalEngine, Timing, wants_arg
+from tasks.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NoHandler,
+    RateLimited,
+    TasksError,
+    Timeout,
+    Unavailable,
+    error_from,
+)
+
+__all__ = ["Client", "default", "set_default"]
+
+log = logging.getLogger("tasks")
+
+HTTP_TIMEOUT_S = 10.0
+MAX_ATTEMPTS = 3  # in total, first try included (SPEC §2.4)
+BACKOFF_S = (0.5, 1.0)  # waits before attempts 2 and 3 when there is no Retry-After
+MAX_RETRY_AFTER_S = 5.0
+MIN_REMOTE_INTERVAL_MS = 1000  # the server refuses faster schedules (SPEC §5.8)
+SCHEDULE_ID_MAX_BYTES = 200  # so that "<scheduleId>-<nominal time>" fits an Id (SPEC §1)
+
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):(\d{1,5})")
+_USER_AGENT = "hanzo-tasks-python/0.1"
+
+Mode = Literal["local", "remote"]
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would replay a POST as a body-less GET."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _check_url(url: object) -> str | None:
+    if url is None:
+        return None
+    if not isinstance(url, str):
+        raise InvalidArgument(f"tasks_url must be a string, not {type(url).__name__}")
+    if url == "":
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise InvalidArgument(f"invalid tasks_url {url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument(f"tasks_url must be an http(s) URL, got {url!r}")
+    if parts.query or parts.fragment:
+        raise InvalidArgument(f"tasks_url must not have a query or fragment: {url!r}")
+    return url.rstrip("/")
+
+
+def _check_zap(addr: object) -> str | None:
+    if addr is None:
+        return None
+    if not isinstance(addr, str):
+        raise InvalidArgument(f"zap_addr must be a string, not {type(addr).__name__}")
+    if addr == "":
+        return None
+    m = _HOST_PORT.fullmatch(addr)
+    if not m or not 1 <= int(m.group(1)) <= 65535:
+        raise InvalidArgument(f"zap_addr must be host:port, got {addr!r}")
+    return addr
+
+
+def _check_id(value: object, what: str, max_bytes: int = 255) -> str:
+    if not is_id(value, max_bytes):
+        raise InvalidArgument(
+            f"invalid {what} {value!r}: 1-{max_bytes} bytes, no control characters, "
+            "no '/', not '.' or '..'"
+        )
+    return value  # type: ignore[return-value]
+
+
+def _retry_after(header: str | None) -> float | None:
+    if not header:
+        return None
+    try:
+        value = float(header.strip())
+    except ValueError:
+        return None  # an HTTP-date: rare enough to use the default back-off
+    return value if value >= 0 else None
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _fallback_worthy(err: TasksError) -> bool:
+    """A failure of the service rather than of the request.
+
+    Only these are served locally under ``fallback="local"``: a 4xx means the
+    request itself is wrong (bad token, bad spec), and serving it locally would
+    hide that bug instead of letting the caller fix it.
+    """
+    if isinstance(err, (Unavailable, RateLimited, Timeout)):
+        return True
+    return err.status is not None and err.status >= 500
+
+
+class Client:
+    """Schedules (``add``) and one-shot tasks (``now``), local or remote.
+
+    Construction never does I/O, so a client can be built at import time of
+    an application; invalid arguments fail here, not at the first call.
+    Every method is thread-safe.
+    """
+
+    def __init__(
+        self,
+        tasks_url: str | None = None,
+        zap_addr: str | None = None,
+        handler: Callable[[str, Any], Any] | None = None,
+        *,
+        namespace: str = "default",
+        task_queue: str = "tasks",
+        auth_token: str | None = None,
+        fallback: str | None = None,
+    ) -> None:
+        self._tasks_url = _check_url(tasks_url)
+        self._zap_addr = _check_zap(zap_addr)
+        if handler is not None and not callable(handler):
+            raise InvalidArgument("handler must be callable")
+        if not is_namespace(namespace):
+            raise InvalidArgument(
+                f"invalid namespace {namespace!r}: [A-Za-z0-9_.-]{{1,64}}, not '.' or '..'"
+            )
+        self._task_queue = _check_id(task_queue, "task queue")
+        if auth_token is not None and not isinstance(auth_token, str):
+            raise InvalidArgument("auth_token must be a string")
+        if auth_token and any(c in auth_token for c in "\r\n"):
+            raise InvalidArgument("auth_token must not contain line breaks")
+        if fallback not in (None, "local"):
+            raise InvalidArgument(f'fallback must be None or "local", got {fallback!r}')
+        self._handler = handler
+        self._namespace: str = namespace
+        self._auth_token = auth_token or None
+        self._fallback = fallback
+
+        self._lock = threading.RLock()
+        self._stopped = False
+        self._stop_event = threading.Event()  # interrupts retry waits on stop()
+        # name -> fn: the local runners' functions, and in remote mode the
+        # registry the embedded worker subscribes with.
+        self._fns: dict[str, Callable[..., Any]] = {}
+        self._engine: LocalEngine | None = None
+        self._opener: urllib.request.OpenerDirector | None = None
+        self._warned_no_worker = False
+
+    # -- properties ----------------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        return "remote" if (self._tasks_url or self._zap_addr) else "local"
+
+    @property
+    def namespace(self) -> str:
+        return self._namespace
+
+    @property
+    def task_queue(self) -> str:
+        return self._task_queue
+
+    @property
+    def tasks_url(self) -> str | None:
+        return self._tasks_url
+
+    @property
+    def zap_addr(self) -> str | None:
+        return self._zap_addr
+
+    @property
+    def handler(self) -> Callable[[str, Any], Any] | None:
+        return self._handler
+
+    def __repr__(self) -> str:
+        where = self._tasks_url or self._zap_addr or "local"
+        return f"<tasks.Client {where} ns={self._namespace} tq={self._task_queue}>"
+
+    # -- add -------------------------------------------------------------------
+
+    def add(self, name: str, spec: str, fn: Callable[..., Any]) -> None:
+        """Run ``fn`` on ``spec`` (a duration like ``"5m"`` or a cron) under ``name``.
+
+        Adding a name again replaces its schedule. Remote: the schedule is
+        durable and survives this process; local: it lives until ``stop()``.
+        """
+        _check_id(name, "schedule name", SCHEDULE_ID_MAX_BYTES)
+        if not callable(fn):
+            raise InvalidArgument(f'fn for "{name}" must be callable')
+        text, kind, value = self._classify(name, spec)
+        self._check_open()
+        if self.mode == "local":
+            self._add_local(name, kind, value, fn)
+            return
+
+        period = value if kind == "interval" else compile_cron(value).every_ms
+        if period is not None and period < MIN_REMOTE_INTERVAL_MS:
+            raise InvalidArgument(
+                f'interval "{text}" for "{name}" is under 1s, the minimum for durable schedules'
+            )
+        with self._lock:
+            self._check_open()
+            previous = self._fns.get(name)
+            self._fns[name] = fn  # the embedded worker (ZAP) runs fn
+        schedule_spec = {"interval": [{"interval": text}]} if kind == "interval" else {
+            "cronString": [text]
+        }
+        body = {
+            "scheduleId": name,
+            "spec": schedule_spec,
+            "action": {
+                "workflowType": {"name": name},
+                "taskQueue": self._task_queue,
+                "input": None,
+            },
+            "policies": {"overlapPolicy": "SCHEDULE_OVERLAP_POLICY_SKIP"},
+        }
+        try:
+            self._post("schedules", body, query={"upsert": "true"})
+        except TasksError as e:
+            if self._fallback == "local" and _fallback_worthy(e):
+                log.warning("schedule %s: remote add failed (%s); running it locally", name, e)
+                self._add_local(name, kind, value, fn)
+                return
+            with self._lock:
+                if previous is None:
+                    self._fns.pop(name, None)
+                else:
+                    self._fns[name] = previous
+            raise
+        with self._lock:
+            # The durable schedule now owns this name: a local fallback runner
+            # left from an earlier outage would make it fire twice.
+            if self._engine is not None:
+                self._engine.cancel_runner(name)
+        self._ensure_embedded_worker()
+
+    def _classify(self, name: str, spec: object) -> tuple[str, str, Any]:
+        """SPEC §2.2: (trimmed text, "interval" | "cron", ms | cron expression)."""
+        if not isinstance(spec, str):
+            raise InvalidArgument(f'schedule for "{name}" must be a string')
+        text = spec.strip()
+        if not text:
+            raise InvalidArgument(f'empty schedule for "{name}"')
+        try:
+            kind, value = classify(text)
+        except SpecError as e:
+            # classify words its errors as SPEC §2.2 does ('"<spec>" is
+            # neither a duration nor a cron expression: <reason>', or a
+            # non-positive interval), so the message is passed on unchanged.
+            raise InvalidArgument(str(e)) from None
+        return text, kind, value
+
+    def _add_local(self, name: str, kind: str, value: Any, fn: Callable[..., Any]) -> None:
+        timing: Timing
+        if kind == "interval":
+            if value < 1:
+                raise InvalidArgument(f'interval for "{name}" must be at least 1ms')
+            timing = IntervalTiming(value)
+        else:
+            cron = compile_cron(value)
+            every = cron.every_ms
+            if every is not None:
+                # "@every d" is the interval d aligned on the epoch. Cron.next_after
+                # rounds to whole seconds (server nominal times); local mode keeps
+                # the millisecond precision that sub-second intervals need.
+                timing = CronTiming(lambda t: (t // every + 1) * every)
+            else:
+                timing = CronTiming(cron.next_after)
+        call = Call(fn, (None,) if wants_arg(fn) else ())
+        with self._lock:
+            self._check_open()
+            self._fns[name] = fn
+            self._local_engine().set_runner(name, timing, call)
+
+    # -- now -------------------------------------------------------------------
+
+    def now(
+        self,
+        task_type: str,
+        payload: Any = None,
+        *,
+        workflow_id: str | None = None,
+        request_id: str | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> str:
+        """Run ``task_type`` once with ``payload``; return its workflow id.
+
+        Remote: a durable workflow (idempotent by ``request_id``). Local: runs
+        in the background and returns ``local-<8 hex>`` at once.
+        """
+        _check_id(task_type, "task type")
+        if workflow_id is not None:
+            _check_id(workflow_id, "workflow id")
+        if request_id is not None and not (
+            isinstance(request_id, str) and _REQUEST_ID.fullmatch(request_id)
+        ):
+            raise InvalidArgument(f"invalid request id {request_id!r}")
+        if retry_policy is not None and not isinstance(retry_policy, dict):
+            raise InvalidArgument("retry_policy must be a dict")
+        self._check_open()
+        if self.mode == "local":
+            return self._now_local(task_type, payload)
+
+        body: dict[str, Any] = {
+            "workflowType": {"name": task_type},
+            "taskQueue": {"name": self._task_queue},
+            "input": payload,
+            "requestId": request_id or uuid.uuid4().hex,
+        }
+        if workflow_id is not None:
+            body["workflowId"] = workflow_id
+        if retry_policy is not None:
+            body["retryPolicy"] = retry_policy
+        with self._lock:
+            has_fn = task_type in self._fns
+        if has_fn or self._handler is not None:
+            self._ensure_embedded_worker()
+        try:
+            resp = self._post("workflows", body)
+        except TasksError as e:
+            if self._fallback == "local" and _fallback_worthy(e):
+                log.warning("task %s: remote start failed (%s); running it locally", task_type, e)
+                return self._now_local(task_type, payload)
+            raise
+        execution = resp.get("execution")
+        wid = execution.get("workflowId") if isinstance(execution, dict) else None
+        wid = wid or resp.get("workflowId")
+        if not isinstance(wid, str):
+            raise Internal("start response carries no workflowId", details={"response": resp})
+        return wid
+
+    def _now_local(self, task_type: str, payload: Any) -> str:
+        with self._lock:
+            self._check_open()
+            fn = self._fns.get(task_type)
+            if fn is not None:
+                call = Call(fn, (payload,) if wants_arg(fn) else ())
+            elif self._handler is not None:
+                call = Call(self._handler, (task_type, payload))
+            else:
+                raise NoHandler(f'no fn added for "{task_type}" and no handler')
+            run_id = f"local-{secrets.token_hex(4)}"
+            self._local_engine().submit(call, f"task {task_type} {run_id}")
+        return run_id
+
+    # -- stop ------------------------------------------------------------------
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop local runners and background threads; durable schedules stay.
+
+        Waits up to ``timeout`` seconds for runs in progress, then cancels
+        what can be cancelled. Idempotent.
+        """
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stop_event.set()
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close(timeout)
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise FailedPrecondition("client stopped")
+
+    def _local_engine(self) -> LocalEngine:
+        # Started lazily (callers hold the lock): a client that is only built,
+        # or only used remotely, owns no threads.
+        if self._engine is None:
+            self._engine = LocalEngine()
+        return self._engine
+
+    def _ensure_embedded_worker(self) -> None:
+        """Seam: start the embedded worker that runs added fns / the handler (SPEC §2.4).
+
+        The embedded worker (ZAP) runs fn: it subscribes over ZAP for the
+        names in ``self._fns`` (catch-all when a handler is set). It arrives
+        with tasks.Worker; until then remote fires are left to other workers.
+        """
+        if not self._warned_no_worker:
+            self._warned_no_worker = True
+            log.warning(
+                "tasks: the embedded worker is not available yet; functions added to a "
+                "remote client run only in a worker process"
+            )
+
+    # -- HTTP ------------------------------------------------------------------
+
+    def _post(
+        self, route: str, body: dict[str, Any], query: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """POST ``NS/<route>`` with the retries of SPEC §2.4."""
+        if self._tasks_url is None:
+            # Only zap_addr was given. When ZAP is down and tasks_url is set,
+            # SPEC §2.4 falls back to HTTP, which is what happens until then.
+            raise Unavailable("ZAP transport arrives with workers")
+        try:
+            data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"payload is not JSON: {e}") from None
+        ns = urllib.parse.quote(self._namespace, safe="")
+        url = f"{self._tasks_url}/v1/tasks/namespaces/{ns}/{route}"
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        attempt = 1
+        while True:
+            try:
+                return self._post_once(url, data)
+            except (Unavailable, RateLimited) as e:
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+                wait = (
+                    min(e.retry_after, MAX_RETRY_AFTER_S)
+                    if e.retry_after is not None
+                    else BACKOFF_S[attempt - 1]
+                )
+                log.debug("POST %s: %s; retrying in %.2fs", url, e, wait)
+                if self._stop_event.wait(wait):
+                    raise  # stop() was called: give up now rather than later
+                attempt += 1
+
+    def _post_once(self, url: str, data: bytes) -> dict[str, Any]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": _USER_AGENT,
+        }
+        if self._auth_token:
+            headers["Authorization"] = f"Bearer {self._auth_token}"
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        with self._lock:
+            if self._opener is None:
+                self._opener = urllib.request.build_opener(_NoRedirect)
+            opener = self._opener
+        try:
+            with opener.open(req, timeout=HTTP_TIMEOUT_S) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            with e:
+                try:
+                    raw = e.read()
+                except (OSError, http.client.HTTPException):
+                    raw = b""
+            raise error_from(
+                e.code, _json_or_none(raw), retry_after=_retry_after(e.headers.get("Retry-After"))
+            ) from None
+        except urllib.error.URLError as e:
+            # Nothing was answered (refused, DNS, TLS, connect timeout): the
+            # server is unreachable, which SPEC §2.5 calls unavailable.
+            raise Unavailable(f"cannot reach {self._tasks_url}: {e.reason}") from None
+        except TimeoutError:
+            raise Timeout(
+                f"no response from {self._tasks_url} within {HTTP_TIMEOUT_S:g}s"
+            ) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise Unavailable(f"connection to {self._tasks_url} failed: {e!r}") from None
+        parsed = _json_or_none(raw)
+        if not isinstance(parsed, dict):
+            raise Internal(f"unexpected response from {url}: not a JSON object")
+        return parsed
+
+    # -- context managers and async variants ---------------------------------
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.astop()
+
+    async def aadd(self, name: str, spec: str, fn: Callable[..., Any]) -> None:
+        """``add`` without blocking the caller's event loop."""
+        await asyncio.to_thread(self.add, name, spec, fn)
+
+    async def anow(
+        self,
+        task_type: str,
+        payload: Any = None,
+        *,
+        workflow_id: str | None = None,
+        request_id: str | None = None,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> str:
+        """``now`` without blocking the caller's event loop."""
+        call = functools.partial(
+            self.now,
+            task_type,
+            payload,
+            workflow_id=workflow_id,
+            request_id=request_id,
+            retry_policy=retry_policy,
+        )
+        return await asyncio.to_thread(call)
+
+    async def astop(self, timeout: float = 10.0) -> None:
+        """``stop`` without blocking the caller's event loop."""
+        engine = self._engine
+        if engine is not None and engine.in_engine_thread():
+            # Called from a coroutine fn on the client's own loop: stop() knows
+            # not to wait for itself there, whereas a helper thread would.
+            self.stop(timeout)
+            return
+        await asyncio.to_thread(self.stop, timeout)
+
+
+# -- the process-wide default client (SPEC §2.1) ---------------------------------
+
+_default_lock = threading.Lock()
+_default_client: Client | None = None
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None  # an empty variable counts as unset
+
+
+def default() -> Client:
+    """The process-wide client, built from the environment on first use.
+
+    Built under a lock so that concurrent first calls share one client (two
+    would run every local schedule twice).
+    """
+    global _default_client
+    client = _default_client
+    if client is not None:
+        return client
+    with _default_lock:
+        if _default_client is None:
+            _default_client = Client(
+                _env("TASKS_URL"),
+                _env("TASKS_ZAP"),
+                None,
+                namespace=_env("TASKS_NAMESPACE") or "default",
+                task_queue=_env("TASKS_TASK_QUEUE") or "tasks",
+                auth_token=_env("TASKS_AUTH_TOKEN"),
+            )
+        return _default_client
+
+
+def set_default(client: Client | None) -> None:
+    """Install ``client`` as the default, or clear it with ``None``.
+
+    The previous default is not stopped: whoever holds it may still use it.
+    """
+    global _default_client
+    if client is not None and not isinstance(client, Client):
+        raise InvalidArgument(f"set_default takes a Client or None, not {type(client).__name__}")
+    with _default_lock:
+        _default_client = client
