@@ -265,6 +265,8 @@ def _write_table(out: TextIO, headers: Sequence[str], rows: Iterable[Sequence[An
 
 
 def _cell(value: Any) -> str:
+    if value == "":
+        return ""
     if isinstance(value, str):
         for prefix in _PREFIXES:
             if value.startswith(prefix):

@@ -141,12 +141,16 @@ async def read_body(request: web.Request, limit: int) -> Json:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ApiError("invalid_argument", f"invalid JSON body: {e}") from None
     if not isinstance(body, dict):
         raise ApiError("invalid_argument", "the JSON body must be an object")
     return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def split_path(raw_path: str) -> list[str]:

@@ -95,7 +95,12 @@ class Service:
         cmd.update(fields)
         group = self.partition(org, ns)
         try:
-            res = await self.replicator.propose(group, encode(cmd))
+            data = encode(cmd)
+        except (OverflowError, TypeError, ValueError) as e:
+            # JSON allows integers msgpack cannot carry (beyond 64 bits).
+            raise ApiError("invalid_argument", f"a value cannot be stored: {e}") from None
+        try:
+            res = await self.replicator.propose(group, data)
         except NotLeader as e:
             self.proposal_errors += 1
             raise ApiError("unavailable", f"shard unavailable: {e}", retry_after=1) from None

@@ -125,7 +125,9 @@ class _Field:
     question_ok: bool = False
 
 
-_MONTHS = {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}
+_MONTHS = {
+    m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())
+}
 _DOWS = {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}
 
 _SECOND = _Field("second", 0, 59)
@@ -148,7 +150,9 @@ _DESCRIPTORS = {
     "@hourly": "0 * * * *",
 }
 
-_PART = re.compile(r"\*(?:/([0-9]+))?|([0-9a-z]+)(?:-([0-9a-z]+))?(?:/([0-9]+))?", re.ASCII)
+_PART = re.compile(
+    r"\*(?:/([0-9]+))?|([0-9a-z]+)(?:-([0-9a-z]+))?(?:/([0-9]+))?", re.ASCII | re.IGNORECASE
+)
 _TZ_PREFIX = re.compile(r"(?:CRON_TZ|TZ)=(\S*)(.*)", re.DOTALL)
 _CRON_WS = re.compile(r"[ \t]+")
 
@@ -177,8 +181,9 @@ def _check_field(text: str, f: _Field) -> str:
             raise _Bad(f"'?' is not allowed in the {f.name} field (only day-of-month/day-of-week)")
         return "?"
     out: list[str] = []
-    for part in text.split(","):
-        m = _PART.fullmatch(part.lower()) if part.isascii() else None
+    parts = text.split(",")
+    for part in parts:
+        m = _PART.fullmatch(part) if part.isascii() else None
         if m is None:
             what = "empty list item" if not part else f"invalid item {part!r}"
             raise _Bad(f"{what} in the {f.name} field")
@@ -187,7 +192,17 @@ def _check_field(text: str, f: _Field) -> str:
         if step is not None and int(step) == 0:
             raise _Bad(f"step must be at least 1 in {part!r} ({f.name} field)")
         if start is None:  # `*` or `*/n`
-            out.append(part)
+            if step is None:
+                if len(parts) > 1:
+                    raise _Bad(f"'*' cannot be combined with other values in the {f.name} field")
+                out.append("*")
+            elif f is _DOM or f is _DOW:
+                # Spell the range out: croniter decides dom/dow OR-vs-AND partly by
+                # looking for '*' in the field text, and the SPEC decides by the
+                # first character only (which _parse_cron passes as day_or).
+                out.append(f"{f.lo}-{6 if f is _DOW else f.hi}/{step}")
+            else:
+                out.append(part)
             continue
         a = _value(start, f)
         if end is None:
@@ -221,8 +236,8 @@ def _parse_cron(expr: str, default_tz: str) -> Cron:
         raise _Bad(e.reason) from None
 
     if text.startswith("@"):
-        word, _, arg = text.partition(" ")
-        word, arg = word.lower(), arg.strip()
+        word, *rest = _CRON_WS.split(text, maxsplit=1)
+        word, arg = word.lower(), (rest[0].strip() if rest else "")
         if word == "@every":
             if not arg:
                 raise _Bad("@every needs a duration, e.g. '@every 5m'")
@@ -298,8 +313,18 @@ class Cron:
     ``every_ms`` (set only for ``@every``: an interval with phase 0).
     """
 
-    __slots__ = ("expr", "timezone", "every_ms", "_zone", "_utc", "_it", "_never", "_lock",
-                 "_anchor", "_run")
+    __slots__ = (
+        "expr",
+        "timezone",
+        "every_ms",
+        "_zone",
+        "_utc",
+        "_it",
+        "_never",
+        "_lock",
+        "_anchor",
+        "_run",
+    )
 
     def __init__(
         self,
@@ -370,11 +395,13 @@ class Cron:
         if self._utc:
             r = self._croniter_next(t_s)
             return None if r is None else r * 1000
-        zone = self._zone
         try:
-            offset = _dt.datetime.fromtimestamp(t_s, zone).utcoffset()
-        except (OverflowError, ValueError, OSError):
+            return self._compute_zoned(t_s)
+        except (OverflowError, ValueError, OSError):  # beyond datetime's years 1..9999
             return None
+
+    def _compute_zoned(self, t_s: int) -> int | None:
+        offset = _dt.datetime.fromtimestamp(t_s, self._zone).utcoffset()
         assert offset is not None
         cur = t_s + int(offset.total_seconds())
         limit = cur + _HORIZON_S

@@ -248,9 +248,9 @@ class Client:
             self._check_open()
             previous = self._fns.get(name)
             self._fns[name] = fn  # the embedded worker (ZAP) runs fn
-        schedule_spec = {"interval": [{"interval": text}]} if kind == "interval" else {
-            "cronString": [text]
-        }
+        schedule_spec = (
+            {"interval": [{"interval": text}]} if kind == "interval" else {"cronString": [text]}
+        )
         body = {
             "scheduleId": name,
             "spec": schedule_spec,
@@ -425,8 +425,9 @@ class Client:
         names in ``self._fns`` (catch-all when a handler is set). It arrives
         with tasks.Worker; until then remote fires are left to other workers.
         """
-        if not self._warned_no_worker:
-            self._warned_no_worker = True
+        with self._lock:
+            warned, self._warned_no_worker = self._warned_no_worker, True
+        if not warned:
             log.warning(
                 "tasks: the embedded worker is not available yet; functions added to a "
                 "remote client run only in a worker process"

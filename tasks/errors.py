@@ -80,7 +80,9 @@ class TasksError(Exception):
         )
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.message!r}, code={self.code!r}, status={self.status!r})"
+        return (
+            f"{type(self).__name__}({self.message!r}, code={self.code!r}, status={self.status!r})"
+        )
 
 
 def _rebuild(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -263,6 +264,22 @@ def test_dom_starting_with_star_means_and() -> None:
     assert dates(c, "2026-01-01T00:00:00Z", 3) == ["2026-01-13", "2026-06-13", "2026-08-13"]
 
 
+def test_restricted_is_decided_by_first_character() -> None:
+    # dom "13,*/2" does not start with * -> restricted; with dow "0-6" (restricted and
+    # covering the week) OR gives every day.
+    assert dates(compile_cron("0 0 13,*/2 * 0-6"), "2026-01-01T00:00:00Z", 3) == [
+        "2026-01-02", "2026-01-03", "2026-01-04"
+    ]
+    # dom 13 OR dow "*/3 as a list item": 13th, or Sun/Wed/Sat.
+    assert dates(compile_cron("0 0 13 * 5,*/3"), "2026-01-01T00:00:00Z", 5) == [
+        "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-07", "2026-01-09"
+    ]
+    # `*/n` mixed into minute lists is fine.
+    assert upcoming(compile_cron("*/30,5 * * * *"), "2026-01-01T00:00:00Z", 3) == [
+        "2026-01-01T00:05:00Z", "2026-01-01T00:30:00Z", "2026-01-01T01:00:00Z"
+    ]
+
+
 def test_question_mark_in_both_day_fields() -> None:
     assert dates(compile_cron("0 0 ? * ?"), "2026-01-01T00:00:00Z", 2) == [
         "2026-01-02", "2026-01-03"
@@ -302,6 +319,8 @@ def test_every() -> None:
     assert c.next_after(0) == 90_000
     assert c.next_after(89_999) == 90_000
     assert compile_cron("@every 1h30m").every_ms == 5_400_000
+    assert compile_cron("@every\t2s").every_ms == 2000
+    assert compile_cron("@EVERY  2s").every_ms == 2000
     assert compile_cron("TZ=Asia/Tokyo @every 1h").every_ms == 3_600_000
 
 
@@ -394,6 +413,8 @@ def test_unknown_default_zone() -> None:
         ("0 0 * mon *", "invalid month value 'mon'"),
         ("0 0 * * monday", "invalid day-of-week value"),
         ("1,,2 * * * *", "empty list item"),
+        ("1,* * * * *", "'*' cannot be combined"),
+        ("0 0 1,* * mon", "'*' cannot be combined"),
         (",1 * * * *", "empty list item"),
         ("-1 * * * *", "invalid item"),
         ("*-5 * * * *", "invalid item"),
@@ -444,9 +465,9 @@ def test_impossible_date_returns_none() -> None:
 def test_leap_day() -> None:
     c = compile_cron("0 0 29 2 *")
     assert dates(c, "2026-01-01T00:00:00Z", 2) == ["2028-02-29", "2032-02-29"]
-    # OR with a weekday is never empty.
+    # OR with a weekday is never empty: Feb 30 or any Monday in February.
     c = compile_cron("0 0 30 2 mon")
-    assert dates(c, "2026-01-01T00:00:00Z", 1) == ["2026-01-05"]
+    assert dates(c, "2026-01-01T00:00:00Z", 2) == ["2026-02-02", "2026-02-09"]
 
 
 def test_far_future_and_past() -> None:
@@ -457,6 +478,28 @@ def test_far_future_and_past() -> None:
     assert upcoming(compile_cron("*/30 * * * *", "Europe/Berlin"), -1, 1) == [
         "1970-01-01T00:00:00Z"
     ]
+
+
+def test_shared_cron_is_thread_safe() -> None:
+    c = compile_cron("*/7 * * * *", "Europe/Berlin")
+    starts = [JAN1 + i * 997_000 for i in range(200)]
+    expected = [compile_cron("*/7 * * * *", "Europe/Paris").next_after(t) for t in starts]
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for _ in range(5):
+                for i in range(seed, len(starts), 3):
+                    assert c.next_after(starts[i]) == expected[i]
+        except BaseException as e:  # reported below, in the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k % 3,)) for k in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
 
 
 # --------------------------------------------------------------------- DST
@@ -522,25 +565,33 @@ def test_dst_skipped_time_berlin() -> None:
 # --------------------------------------------------- cache vs brute force
 
 
-def _brute_next(pred: Callable[[dt.datetime], bool], t_ms: int) -> int:
+DayPred = Callable[[dt.date], bool]
+TimePred = Callable[[int, int], bool]
+
+
+def _brute_next(day_ok: DayPred, time_ok: TimePred, t_ms: int) -> int:
+    """First minute strictly after t_ms whose UTC date and (hour, minute) match."""
     minute = (t_ms // 60_000 + 1) * 60_000
     while True:
         d = dt.datetime(1970, 1, 1) + dt.timedelta(milliseconds=minute)
-        if pred(d):
+        if not day_ok(d.date()):
+            minute = (minute // 86_400_000 + 1) * 86_400_000  # next midnight
+            continue
+        if time_ok(d.hour, d.minute):
             return minute
         minute += 60_000
 
 
-_REFERENCE: list[tuple[str, Callable[[dt.datetime], bool]]] = [
-    ("*/7 9-17 * * mon-fri", lambda d: d.minute % 7 == 0 and 9 <= d.hour <= 17 and d.weekday() < 5),
-    ("0 0 13 * fri", lambda d: d.minute == 0 and d.hour == 0 and (d.day == 13 or d.weekday() == 4)),
-    ("15 */2 */3 * *", lambda d: d.minute == 15 and d.hour % 2 == 0 and (d.day - 1) % 3 == 0),
-    ("0 12 * jan,jun sat", lambda d: (d.minute, d.hour) == (0, 12) and d.month in (1, 6)
-     and d.weekday() == 5),
+_REFERENCE: list[tuple[str, DayPred, TimePred]] = [
+    ("*/7 9-17 * * mon-fri", lambda d: d.weekday() < 5, lambda h, m: m % 7 == 0 and 9 <= h <= 17),
+    ("0 0 13 * fri", lambda d: d.day == 13 or d.weekday() == 4, lambda h, m: h == m == 0),
+    ("15 */2 */3 * *", lambda d: (d.day - 1) % 3 == 0, lambda h, m: m == 15 and h % 2 == 0),
+    ("0 12 * jan,jun sat", lambda d: d.month in (1, 6) and d.weekday() == 5,
+     lambda h, m: (h, m) == (12, 0)),
 ]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.sampled_from(range(len(_REFERENCE))),
     st.lists(st.integers(min_value=0, max_value=90 * 86_400_000), min_size=1, max_size=8),
@@ -549,15 +600,15 @@ _REFERENCE: list[tuple[str, Callable[[dt.datetime], bool]]] = [
 def test_next_after_matches_brute_force(idx: int, offsets: list[int], follow: bool) -> None:
     # One shared (cached) Cron, queried in arbitrary and in sequential order, must
     # always agree with a minute-by-minute scan.
-    expr, pred = _REFERENCE[idx]
+    expr, day_ok, time_ok = _REFERENCE[idx]
     c = compile_cron(expr)
     for off in offsets:
         t = JAN1 + off
         got = c.next_after(t)
-        assert got == _brute_next(pred, t)
+        assert got == _brute_next(day_ok, time_ok, t)
         if follow:
             assert got is not None
-            assert c.next_after(got) == _brute_next(pred, got)
+            assert c.next_after(got) == _brute_next(day_ok, time_ok, got)
             assert c.next_after(got - 1) == got
 
 
@@ -574,7 +625,7 @@ def test_union_of_cron_and_interval_counted_once() -> None:
     ]
     got = st_.between(JAN1, JAN1 + 3_600_000)
     assert got == sorted(set(got))
-    assert len(got) == 10  # 00:00 00:10 00:15 00:20 00:30 00:40 00:45 00:50 01:00 + none dup
+    assert len(got) == 9  # 00:00 00:10 00:15 00:20 00:30 00:40 00:45 00:50 01:00
 
 
 def test_duplicate_sources_dedupe() -> None:
@@ -605,6 +656,12 @@ def test_fractional_interval_ticks_are_whole_seconds() -> None:
     st_ = ScheduleTimes([], [(1500, 0)])
     got = st_.between(0, 6000)
     assert got == [0, 1000, 3000, 4000, 6000]  # 0, 1.5, 3, 4.5, 6 floored
+
+
+def test_sub_second_phase_is_floored() -> None:
+    st_ = ScheduleTimes([], [(60_000, 1_500)])
+    assert st_.between(0, 130_000) == [1000, 61_000, 121_000]
+    assert st_.next_after(1000) == 61_000
 
 
 def test_every_in_cron_strings_is_an_interval() -> None:
@@ -701,7 +758,7 @@ def test_schedule_times_errors(kwargs: dict, match: str) -> None:  # type: ignor
     st.integers(min_value=0, max_value=400 * 86_400_000),
 )
 def test_interval_ticks_property(interval: int, phase_seed: int, off: int) -> None:
-    phase = phase_seed % interval
+    phase = phase_seed * 1000 % interval
     st_ = ScheduleTimes([], [(interval, phase)])
     t = JAN1 + off
     got = st_.between(t, t + 20 * interval, limit=25)

@@ -128,7 +128,9 @@ class FakeServer:
         body = await request.json()
         with self._lock:
             self.requests.append(
-                Recorded(request.method, request.path, dict(request.query), dict(request.headers), body)
+                Recorded(
+                    request.method, request.path, dict(request.query), dict(request.headers), body
+                )
             )
             reply = self.script.pop(0) if self.script else None
         if reply is not None and reply.delay:

@@ -173,11 +173,30 @@ def test_set_default(clean_default: None) -> None:
 
 def test_public_names() -> None:
     for name in (
-        "Client", "default", "set_default", "embed", "Embedded", "TasksError",
-        "InvalidArgument", "Unauthenticated", "PermissionDenied", "NotFound", "AlreadyExists",
-        "AlreadyStarted", "FailedPrecondition", "TooLarge", "RateLimited", "Internal",
-        "Unsupported", "Unavailable", "NoWorkers", "Timeout", "StorageFull", "NoHandler",
-        "NonRetryableError", "Canceled",
+        "Client",
+        "default",
+        "set_default",
+        "embed",
+        "Embedded",
+        "TasksError",
+        "InvalidArgument",
+        "Unauthenticated",
+        "PermissionDenied",
+        "NotFound",
+        "AlreadyExists",
+        "AlreadyStarted",
+        "FailedPrecondition",
+        "TooLarge",
+        "RateLimited",
+        "Internal",
+        "Unsupported",
+        "Unavailable",
+        "NoWorkers",
+        "Timeout",
+        "StorageFull",
+        "NoHandler",
+        "NonRetryableError",
+        "Canceled",
     ):
         assert hasattr(tasks, name), name
         assert name in tasks.__all__

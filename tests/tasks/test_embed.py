@@ -132,10 +132,13 @@ def test_real_embedded_server_starts_workflows_and_schedules() -> None:
             c.now("hello", workflow_id="hello-1")
         with pytest.raises(tasks.InvalidArgument):
             c.add("fast", "500ms", lambda: None)
+        temp_dir = e._temp_dir
+        assert temp_dir is not None and os.path.isdir(temp_dir)
+    assert not os.path.exists(temp_dir)
 
 
 @_real
-def test_real_embedded_server_temp_dir_removed(tmp_path: Path) -> None:
+def test_real_embedded_server_keeps_a_given_dir(tmp_path: Path) -> None:
     e = tasks.embed(tmp_path / "d")
     try:
         assert e.client().now("x")

@@ -82,7 +82,9 @@ def test_unknown_code_and_status_gives_base_class() -> None:
     assert type(error_from(405, {"code": "method_not_allowed"})) is tasks.TasksError
 
 
-@pytest.mark.parametrize("body", [None, {}, [], "oops", {"code": 5, "message": None, "details": []}])
+@pytest.mark.parametrize(
+    "body", [None, {}, [], "oops", {"code": 5, "message": None, "details": []}]
+)
 def test_malformed_bodies_are_tolerated(body: object) -> None:
     err = error_from(503, body)  # type: ignore[arg-type]
     assert type(err) is tasks.Unavailable

@@ -188,7 +188,9 @@ def test_exception_is_logged_and_runner_continues(
     local.add("boom", "15ms", boom)
     local.add("aboom", "15ms", aboom)
     assert wait_until(lambda: calls.count >= 3)
-    assert wait_until(lambda: any("schedule aboom failed" in r.getMessage() for r in caplog.records))
+    assert wait_until(
+        lambda: any("schedule aboom failed" in r.getMessage() for r in caplog.records)
+    )
     msgs = [r for r in caplog.records if r.getMessage() == "schedule boom failed"]
     assert msgs and msgs[0].exc_info and "kaput" in str(msgs[0].exc_info[1])
 

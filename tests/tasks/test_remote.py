@@ -172,12 +172,22 @@ def test_stop_interrupts_retry_wait(server: FakeServer) -> None:
 @pytest.mark.parametrize(
     ("status", "body", "cls"),
     [
-        (400, {"code": "invalid_argument", "message": "bad type", "details": {"f": "x"}},
-         tasks.InvalidArgument),
+        (
+            400,
+            {"code": "invalid_argument", "message": "bad type", "details": {"f": "x"}},
+            tasks.InvalidArgument,
+        ),
         (401, {"code": "unauthenticated", "message": "token"}, tasks.Unauthenticated),
         (404, {"code": "not_found", "message": "namespace"}, tasks.NotFound),
-        (409, {"code": "already_started", "message": "dup",
-               "details": {"workflowId": "w", "runId": "r"}}, tasks.AlreadyStarted),
+        (
+            409,
+            {
+                "code": "already_started",
+                "message": "dup",
+                "details": {"workflowId": "w", "runId": "r"},
+            },
+            tasks.AlreadyStarted,
+        ),
         (500, {"code": "internal", "message": "bug"}, tasks.Internal),
         (502, "not json at all", tasks.TasksError),
     ],

@@ -1,0 +1,108 @@
+"""Real node processes for tests: start ``tasksd`` on free loopback ports.
+
+The node binds port 0 and logs the address it got, so tests never race for a
+port. Every process is killed at teardown, so nothing leaks past a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+_SERVING = re.compile(r"serving http=(\S+)")
+
+
+class NodeProcess:
+    def __init__(self, data_dir: Path, args: list[str] | None = None, env: dict[str, str] | None = None):
+        self.data_dir = Path(data_dir)
+        self.args = list(args or [])
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def start(self, timeout: float = 30.0) -> NodeProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.pop("TASKSD_CONFIG", None)
+        env.update(self.env or {})
+        cmd = [
+            sys.executable, "-m", "cluster.cli", "serve",
+            "--http", "127.0.0.1:0", "--data-dir", str(self.data_dir), "--node-id", "t1",
+            *self.args,
+        ]
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tasksd exited {self.proc.returncode}: {self.log()[offset:]}")
+            m = _SERVING.search(self.log()[offset:])
+            if m:
+                self.url = "http://" + m.group(1)
+                if self.get("/readyz")[0] == 200:
+                    return self
+            time.sleep(0.05)
+        raise TimeoutError(f"tasksd not ready: {self.log()[offset:]}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(30)
+        self.proc = None
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait: the clean shutdown path."""
+        if not self.proc:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait(10)
+        self.proc = None
+        return rc
+
+    # ---- HTTP helpers ------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+        headers: dict[str, str] | None = None, timeout: float = 10.0,
+    ) -> tuple[int, Any, dict[str, str]]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, payload, hdrs = resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            status, payload, hdrs = e.code, e.read(), dict(e.headers)
+        try:
+            parsed = json.loads(payload) if payload else None
+        except ValueError:
+            parsed = payload.decode(errors="replace")
+        return status, parsed, hdrs
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        s, b, _ = self.request("GET", path, **kw)
+        return s, b
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        s, b, _ = self.request("POST", path, body, **kw)
+        return s, b
