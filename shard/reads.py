@@ -23,7 +23,8 @@ def _scan(
     start = prefix if start_after is None else start_after
     if not cur.set_range(start):
         return
-    for k, v in cur.iternext(keys=True, values=values):
+    items = cur.iternext(keys=True, values=True) if values else ((k, b"") for k in cur.iternext(values=False))
+    for k, v in items:
         if not k.startswith(prefix):
             return
         if start_after is not None and k == start_after:
