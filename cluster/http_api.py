@@ -27,6 +27,7 @@ log = logging.getLogger("tasks.http")
 
 Json = dict[str, Any]
 NS = "/v1/tasks/namespaces/{ns}"
+NODE_KEY: web.AppKey[Any] = web.AppKey("node", object)
 
 
 @dataclass
@@ -180,11 +181,11 @@ async def h_health(s: Service, c: Call) -> Json:
 
 
 async def h_settings(s: Service, c: Call) -> Json:
-    return c.request.app["node"].settings()
+    return c.request.app[NODE_KEY].settings()
 
 
 async def h_cluster(s: Service, c: Call) -> Json:
-    return c.request.app["node"].cluster_info(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
+    return c.request.app[NODE_KEY].cluster_info(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_cluster_health(s: Service, c: Call) -> Json:
@@ -376,7 +377,7 @@ class HttpApi:
         self.node = node
         self.router = build_router()
         self.app = web.Application(client_max_size=node.cfg.limits.max_body + 1)
-        self.app["node"] = node
+        self.app[NODE_KEY] = node
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
