@@ -2,6 +2,7 @@
 
     tasksd [serve] [flags]      run a node (no flags: a single node, data in ./tasks-data,
                                 HTTP on 127.0.0.1:7243)
+    tasksd dev-cluster --nodes 3    a local Raft cluster (ports 7243/9999/7300 + i - 1)
     tasksd version              print the version
     tasksd serve --help         every configuration key, with its default
 
@@ -41,9 +42,14 @@ def serve(argv: list[str]) -> int:
         print(f"tasksd: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
-    if cfg.replicator != "local":
-        print("tasksd: replicator 'raft' is not available in this build yet; use 'local'", file=sys.stderr)
-        return 2
+    if cfg.replicator == "raft":
+        from cluster.node import read_secret
+
+        try:
+            read_secret(cfg.cluster_secret_file)
+        except (OSError, ValueError) as e:
+            print(f"tasksd: {e}", file=sys.stderr)
+            return 2
     _install_loop()
     try:
         asyncio.run(run_until_signalled(Node(cfg)))
@@ -65,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tasksd {package_version()}")
         return 0
     if args and args[0] == "dev-cluster":
-        print("tasksd: dev-cluster needs the Raft replicator, which is not in this build yet",
-              file=sys.stderr)
-        return 2
+        from cluster.devcluster import main as dev_cluster
+
+        return dev_cluster(args[1:])
     if args and args[0] == "serve":
         args = args[1:]
     elif args and not args[0].startswith("-"):

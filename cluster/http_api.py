@@ -188,8 +188,11 @@ async def h_cluster(s: Service, c: Call) -> Json:
     return c.request.app[NODE_KEY].cluster_info(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
 
 
-async def h_cluster_health(s: Service, c: Call) -> Json:
-    return {"status": "ok", "nodeId": s.node_id, "groups": s.replicator.partitions}
+async def h_cluster_health(s: Service, c: Call) -> Any:
+    status, body = c.request.app[NODE_KEY].cluster_health()
+    if status != 200:
+        return _Status(status, body)
+    return body
 
 
 async def h_ns_list(s: Service, c: Call) -> Json:
@@ -409,7 +412,10 @@ class HttpApi:
                 else:
                     call._body = {}
                 result = await route.handler(node.service, call)
-                resp = json_response(route.status, result, node.node_id)
+                if isinstance(result, _Status):
+                    resp = json_response(result.status, result.body, node.node_id, {"Retry-After": "1"})
+                else:
+                    resp = json_response(route.status, result, node.node_id)
         except _MethodNotAllowed as e:
             resp = json_response(
                 405,
@@ -431,6 +437,14 @@ class HttpApi:
         node.metrics.http_requests.labels(template, method, str(resp.status)).inc()
         node.metrics.http_duration.labels(template, method).observe(time.perf_counter() - started)
         return resp
+
+
+@dataclass(frozen=True)
+class _Status:
+    """A handler's non-error answer with a status other than 200 (health checks)."""
+
+    status: int
+    body: Any
 
 
 class _MethodNotAllowed(Exception):

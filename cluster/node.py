@@ -37,6 +37,16 @@ def package_version() -> str:
         return "0.0.0"
 
 
+def read_secret(path: str | None) -> bytes:
+    """The cluster secret: at least 32 bytes (trailing newline stripped)."""
+    if not path:
+        raise ValueError("replicator: raft needs cluster_secret_file")
+    data = Path(path).read_bytes().rstrip(b"\n")
+    if len(data) < 32:
+        raise ValueError(f"cluster secret in {path} is shorter than 32 bytes")
+    return data
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]") or "0.0.0.0", int(port)
@@ -85,17 +95,7 @@ class Node:
         cfg = self.cfg
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_secret()
-        if cfg.replicator != "local":
-            raise RuntimeError("replicator: raft arrives with the Raft issue; use replicator: local")
-        self.replicator = LocalReplicator(
-            self.data_dir,
-            node_id=self.node_id,
-            partitions=1,
-            map_size=cfg.storage.map_size,
-            map_size_max=cfg.storage.map_size_max,
-            sync=cfg.durability == "sync",
-            reserve_disk=cfg.storage.reserve_disk,
-        )
+        self.replicator = self._make_replicator()
         await self.replicator.start()
         self.service = Service(cfg, self.replicator, node_id=self.node_id, clock=self.clock)
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
@@ -117,6 +117,35 @@ class Node:
         self.ready = True
         log.info("node %s serving http=%s data=%s", self.node_id, self.http_addr, self.data_dir)
 
+    def _make_replicator(self) -> Any:
+        cfg = self.cfg
+        storage = {
+            "map_size": cfg.storage.map_size,
+            "map_size_max": cfg.storage.map_size_max,
+            "reserve_disk": cfg.storage.reserve_disk,
+            "sync": cfg.durability == "sync",
+        }
+        if cfg.replicator == "local":
+            return LocalReplicator(self.data_dir, node_id=self.node_id, partitions=1, **storage)
+        from replication.raft.replicator import RaftReplicator
+
+        secret = read_secret(cfg.cluster_secret_file)
+        peers = {p.id: p.peer for p in cfg.peers}
+        peers.setdefault(self.node_id, cfg.advertise_peer)
+        return RaftReplicator(
+            self.data_dir,
+            node_id=self.node_id,
+            listen=cfg.peer,
+            peers=peers,
+            secret=secret,
+            partitions=cfg.partitions,
+            election_timeout_ms=cfg.raft.election_timeout,
+            heartbeat_interval_ms=cfg.raft.heartbeat_interval,
+            propose_timeout_ms=cfg.raft.propose_timeout,
+            max_frame=cfg.limits.max_frame,
+            **storage,
+        )
+
     async def stop(self) -> None:
         self.ready = False
         if self._runner is not None:
@@ -131,13 +160,45 @@ class Node:
 
     # ---- service routes that describe the node -----------------------------
 
+    def readiness_reasons(self) -> list[str]:
+        if not self.ready:
+            return ["starting"]
+        rep = self.replicator
+        if getattr(rep, "kind", "local") != "raft":
+            return []
+        reasons = []
+        if rep.leader(rep.meta_group) is None:
+            reasons.append("meta: no leader")
+        for p in range(rep.partitions):
+            if rep.leader(p) is None:
+                reasons.append(f"partition:{p}: no leader")
+        return reasons
+
     def readyz_response(self) -> web.Response:
-        if self.ready:
+        reasons = self.readiness_reasons()
+        if not reasons:
             return json_response(200, {"status": "ready", "nodeId": self.node_id}, self.node_id)
         return json_response(
-            503, {"status": "not_ready", "nodeId": self.node_id, "reasons": ["starting"]}, self.node_id,
+            503, {"status": "not_ready", "nodeId": self.node_id, "reasons": reasons}, self.node_id,
             {"Retry-After": "1"},
         )
+
+    def cluster_health(self) -> tuple[int, dict[str, Any]]:
+        rep = self.replicator
+        if getattr(rep, "kind", "local") != "raft":
+            return 200, {"status": "ok", "nodeId": self.node_id, "groups": 1}
+        reasons = []
+        groups = list(range(rep.partitions)) + [rep.meta_group]
+        for g in groups:
+            st = rep.group_status(g)
+            name = "meta" if g == rep.meta_group else f"partition:{g}"
+            if st["leader"] is None:
+                reasons.append({"group": name, "reason": "no_leader"})
+            elif not st["hasQuorum"]:
+                reasons.append({"group": name, "reason": "no_quorum"})
+        if reasons:
+            return 503, {"status": "degraded", "nodeId": self.node_id, "reasons": reasons}
+        return 200, {"status": "ok", "nodeId": self.node_id, "groups": len(groups)}
 
     def settings(self) -> dict[str, Any]:
         s = self.cfg.settings
@@ -170,57 +231,78 @@ class Node:
         from cluster import inputs as I
         from shard import reads
 
-        store = self.replicator.store(0)
-        applied = store.applied_index()
-        with store.read() as txn:
-            shards = [s for s in reads.shards(txn) if s[0] == org]
-        bound = org
-        after = I.read_token(token, "cluster", bound)
-        keys = [f"{o}\x00{n}" for o, n in shards]
-        items = [k for k in keys if after is None or k.encode() > after]
+        rep = self.replicator
+        raft = getattr(rep, "kind", "local") == "raft"
+        shards: list[tuple[str, str, int]] = []
+        for p in range(rep.partitions):
+            with rep.store(p).read() as txn:
+                shards.extend((o, n, p) for o, n in reads.shards(txn) if o == org)
+        shards.sort()
+        after = I.read_token(token, "cluster", org)
+        keys = [(f"{o}\x00{n}", o, n, p) for o, n, p in shards]
+        items = [k for k in keys if after is None or k[0].encode() > after]
         page, more = items[:size], len(items) > size
-        member = {
-            "nodeId": self.node_id,
-            "httpAddr": self.http_addr,
-            "zapAddr": None,
-            "peerAddr": None,
-            "state": "alive",
-            "voter": True,
-            "lastSeen": None,
-        }
+        if raft:
+            member_ids = sorted({p.id for p in self.cfg.peers} | {self.node_id})
+            addrs = {p.id: p for p in self.cfg.peers}
+            members = []
+            for mid in member_ids:
+                peer = addrs.get(mid)
+                up = mid == self.node_id or (rep.mux is not None and rep.mux.is_connected(mid))
+                members.append({
+                    "nodeId": mid,
+                    "httpAddr": self.http_addr if mid == self.node_id else (peer.http if peer else None),
+                    "zapAddr": None if mid == self.node_id else (peer.zap if peer else None),
+                    "peerAddr": self.cfg.advertise_peer if mid == self.node_id else (peer.peer if peer else None),
+                    "state": "alive" if up else "dead",
+                    "voter": True,
+                    "lastSeen": None,
+                })
+            partitions = []
+            counts = [0] * rep.partitions
+            for _, _, p in shards:
+                counts[p] += 1
+            for p in range(rep.partitions):
+                st = rep.group_status(p)
+                partitions.append({
+                    "id": p, "leader": st["leader"], "preferredLeader": None, "replicas": member_ids,
+                    "local": True, "appliedIndex": st["appliedIndex"], "commitIndex": st["commitIndex"],
+                    "term": st["term"], "shards": counts[p],
+                })
+            meta_leader = rep.leader(rep.meta_group)
+            leading = sum(1 for p in range(rep.partitions) if rep.is_leader(p))
+        else:
+            applied = rep.store(0).applied_index()
+            members = [{
+                "nodeId": self.node_id, "httpAddr": self.http_addr, "zapAddr": None, "peerAddr": None,
+                "state": "alive", "voter": True, "lastSeen": None,
+            }]
+            partitions = [{
+                "id": 0, "leader": self.node_id, "preferredLeader": self.node_id, "replicas": [self.node_id],
+                "local": True, "appliedIndex": applied, "commitIndex": applied, "term": 1, "shards": len(shards),
+            }]
+            meta_leader = self.node_id
+            leading = 1
         return {
             "nodeId": self.node_id,
             "version": self.version,
-            "replicator": "local",
-            "replicationFactor": 1,
+            "replicator": "raft" if raft else "local",
+            "replicationFactor": len(members) if raft else 1,
             "seed": self.cfg.seed,
-            "members": [member],
-            "metaLeader": self.node_id,
-            "partitionCount": 1,
-            "partitions": [
-                {
-                    "id": 0,
-                    "leader": self.node_id,
-                    "preferredLeader": self.node_id,
-                    "replicas": [self.node_id],
-                    "local": True,
-                    "appliedIndex": applied,
-                    "commitIndex": applied,
-                    "term": 1,
-                    "shards": len(shards),
-                }
-            ],
+            "members": members,
+            "metaLeader": meta_leader,
+            "partitionCount": rep.partitions,
+            "partitions": partitions,
             "namespaces": [
-                {"org": k.split("\x00")[0], "namespace": k.split("\x00")[1], "partition": 0,
-                 "pinned": False, "fenced": False, "placementEpoch": 0}
-                for k in page
+                {"org": o, "namespace": n, "partition": p, "pinned": False, "fenced": False, "placementEpoch": 0}
+                for _, o, n, p in page
             ],
-            "nextPageToken": I.make_token("cluster", bound, page[-1].encode() if more else None),
+            "nextPageToken": I.make_token("cluster", org, page[-1][0].encode() if more else None),
             "stats": {
-                "partitionsLocal": 1,
-                "partitionsLeading": 1,
+                "partitionsLocal": rep.partitions,
+                "partitionsLeading": leading,
                 "taskQueuesOwned": 0,
-                "proposals": self.replicator.proposals,
+                "proposals": rep.proposals,
                 "proposalErrors": self.service.proposal_errors if self.service else 0,
                 "forwarded": 0,
                 "zapConnections": 0,

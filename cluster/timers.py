@@ -47,7 +47,10 @@ class ScheduleTimers:
 
     async def start(self) -> None:
         self._running = True
-        self.service.replicator.subscribe(self._on_apply)
+        rep = self.service.replicator
+        rep.subscribe(self._on_apply)
+        if hasattr(rep, "on_leadership"):
+            rep.on_leadership(self._on_leadership)
         self.rebuild()
         self._task = asyncio.create_task(self._run(), name="schedule-timers")
 
@@ -67,19 +70,32 @@ class ScheduleTimers:
 
     # ---- planning ----------------------------------------------------------
 
-    def rebuild(self) -> None:
+    def rebuild(self, only: int | None = None) -> None:
         """Recompute every due time from the state of the partitions this node leads."""
         rep = self.service.replicator
         for p in range(rep.partitions):
-            if not rep.is_leader(p):
+            if (only is not None and p != only) or not rep.is_leader(p):
                 continue
             with rep.store(p).read() as txn:
                 for org, ns in reads.shards(txn):
                     for s in reads.all_schedules(txn, org, ns):
                         self._plan((org, ns, s["scheduleId"]), s)
 
+    def _on_leadership(self, group: int, leading: bool) -> None:
+        """A new leader recomputes its timers from shard state; a former one drops them."""
+        if group >= self.service.replicator.partitions:
+            return
+        if leading:
+            self.rebuild(only=group)
+        else:
+            for key in [k for k in self._due if self.service.partition(k[0], k[1]) == group]:
+                del self._due[key]
+
     def _plan(self, key: Key, s: dict[str, Any] | None) -> None:
         self._gen += 1
+        if not self.service.replicator.is_leader(self.service.partition(key[0], key[1])):
+            self._due.pop(key, None)
+            return
         if s is None or s["state"].get("paused"):
             self._due.pop(key, None)
             return
@@ -144,6 +160,8 @@ class ScheduleTimers:
         retry = False
         try:
             async with self._sem:
+                if not self.service.replicator.is_leader(self.service.partition(org, ns)):
+                    return
                 with self.service._read(org, ns) as txn:
                     s = reads.schedule(txn, org, ns, sid)
                 if s is None:

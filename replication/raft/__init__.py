@@ -1,0 +1,1 @@
+"""Raft replication: the multiplexed peer transport and the Raft replicator."""

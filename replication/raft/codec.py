@@ -1,0 +1,70 @@
+"""pysyncobj messages <-> msgpack bytes, for the peer port.
+
+pysyncobj's own TCP transport pickles its messages; we never unpickle what
+comes from the network, so messages travel as msgpack maps instead. The only
+message shapes pysyncobj produces are maps of str keys to ints, strs, bools,
+None, bytes and lists of ``(command, index, term)`` entries, which msgpack
+carries as they are (tuples come back as lists, which pysyncobj indexes the
+same way).
+
+One pysyncobj path would unpickle network data: an entry larger than
+``appendEntriesBatchSizeBytes`` is pickled and sent as a "transmission". We
+configure that size above the largest frame, and ``decode`` refuses any
+message that carries a transmission, so that path can never run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+ALLOWED_TYPES = frozenset(
+    (
+        "request_vote",
+        "response_vote",
+        "append_entries",
+        "next_node_idx",
+        "apply_command",
+        "apply_command_response",
+        "timeout_now",
+    )
+)
+
+
+class BadMessage(ValueError):
+    pass
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise BadMessage(f"undecodable raft message: {e}") from None
+    if not isinstance(msg, dict) or msg.get("type") not in ALLOWED_TYPES:
+        raise BadMessage("not a raft message")
+    if "transmission" in msg:
+        raise BadMessage("chunked transmissions are not accepted")
+    for key in ("term", "commit_index", "prevLogIdx", "prevLogTerm", "last_log_index", "last_log_term"):
+        if key in msg and not isinstance(msg[key], int):
+            raise BadMessage(f"{key} must be an integer")
+    entries = msg.get("entries")
+    if entries is not None:
+        if not isinstance(entries, list):
+            raise BadMessage("entries must be a list")
+        for e in entries:
+            if (
+                not isinstance(e, list)
+                or len(e) != 3
+                or not isinstance(e[0], bytes)
+                or not isinstance(e[1], int)
+                or not isinstance(e[2], int)
+            ):
+                raise BadMessage("malformed entry")
+    if msg["type"] == "apply_command" and not isinstance(msg.get("command"), bytes):
+        raise BadMessage("apply_command without command bytes")
+    return msg

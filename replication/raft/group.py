@@ -1,0 +1,157 @@
+"""One Raft group on pysyncobj: a partition (or the meta group) of one node.
+
+pysyncobj gives us elections, log replication, commit and follower-to-leader
+forwarding of proposals. We replace the three parts of it that the project's
+rules forbid or that are not durable:
+
+- the transport: ``GroupTransport`` hands messages to the node's single peer
+  port (``PeerMux``), msgpack-encoded, after making the journal durable;
+- the journal: ours fsyncs (``DurableJournal``) instead of pysyncobj's mmap file;
+- the apply path: ``_SyncObj__doApplyCommand`` is overridden so a command is
+  msgpack bytes handed to ``StateMachine.apply`` with its log index; pysyncobj
+  never unpickles a command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pysyncobj.syncobj as _syncobj
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.journal import Journal
+from pysyncobj.node import Node
+from pysyncobj.transport import Transport
+
+from replication.raft import codec
+from shard import StateMachine
+
+log = logging.getLogger("tasks.raft")
+
+REGULAR = b"\x00"  # pysyncobj's _COMMAND_TYPE.REGULAR
+_REGULAR_BYTE = 0
+
+
+def _install_journal_factory() -> None:
+    """Let ``conf.journalFile`` carry a ready journal instance.
+
+    pysyncobj builds its journal with ``createJournal(conf.journalFile)`` inside
+    ``SyncObj.__init__``; this wrapper returns the instance when it is one and
+    defers to the original for paths and None. Installed once, idempotent.
+    """
+    original = _syncobj.createJournal
+    if getattr(original, "_tasks_wrapper", False):
+        return
+
+    def create_journal(journal_file: Any) -> Journal:
+        if isinstance(journal_file, Journal):
+            return journal_file
+        return original(journal_file)
+
+    create_journal._tasks_wrapper = True  # type: ignore[attr-defined]
+    _syncobj.createJournal = create_journal
+
+
+_install_journal_factory()
+
+
+class GroupTransport(Transport):
+    """pysyncobj's view of the peer port, for one group."""
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *, send: Callable[[str, bytes], bool],
+                 flush: Callable[[], None]) -> None:
+        super().__init__(syncObj, selfNode, otherNodes)
+        self._send = send
+        self._flush = flush
+        self.sent = 0
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def tryGetReady(self) -> None:
+        return None
+
+    def waitReady(self) -> None:
+        return None
+
+    def addNode(self, node: Node) -> None:
+        return None
+
+    def dropNode(self, node: Node) -> None:
+        return None
+
+    def send(self, node: Node, message: dict[str, Any]) -> bool:
+        # Durable before anything leaves: a vote, an acknowledgement or an
+        # entry sent to followers is never ahead of this node's disk.
+        self._flush()
+        self.sent += 1
+        return self._send(node.id, codec.encode(message))
+
+    def destroy(self) -> None:
+        return None
+
+    # called from the Raft thread by the replicator
+    def deliver(self, node: Node, message: dict[str, Any]) -> None:
+        self._onMessageReceived(node, message)
+
+    def node_up(self, node: Node) -> None:
+        self._onNodeConnected(node)
+
+    def node_down(self, node: Node) -> None:
+        self._onNodeDisconnected(node)
+
+
+class RaftGroup(SyncObj):
+    """A pysyncobj group whose state machine is a partition's LMDB."""
+
+    def __init__(
+        self,
+        group_id: int,
+        self_id: str,
+        peer_ids: list[str],
+        conf: SyncObjConf,
+        machine: StateMachine,
+        transport_factory: Callable[..., GroupTransport],
+        on_applied: Callable[[int, int, dict[str, Any] | None], None],
+    ) -> None:
+        self.group_id = group_id
+        self.machine = machine
+        self._on_applied = on_applied
+        self.nodes = {pid: Node(pid) for pid in peer_ids}
+        self.self_node = Node(self_id)
+        super().__init__(
+            self.self_node,
+            list(self.nodes.values()),
+            conf=conf,
+            transport=None,
+            transportClass=transport_factory,
+        )
+
+    # pysyncobj calls this (name-mangled) for every committed entry, in order.
+    def _SyncObj__doApplyCommand(self, command: bytes) -> dict[str, Any] | None:  # noqa: N802
+        index = self.raftLastApplied + 1
+        if not command or command[0] != _REGULAR_BYTE:
+            return None  # no-op, membership and version entries carry no state
+        result = self.machine.apply(index, command[1:])
+        self._on_applied(self.group_id, index, result)
+        return result
+
+    @property
+    def transport(self) -> GroupTransport:
+        return self._SyncObj__transport  # type: ignore[attr-defined]
+
+    def state(self) -> int:
+        return self._SyncObj__raftState  # type: ignore[attr-defined]
+
+    def leader_id(self) -> str | None:
+        leader = self._getLeader()
+        return None if leader is None else leader.id
+
+    def send_append_entries(self) -> None:
+        """Replicate new entries (or a new commit index) now, not at the next heartbeat."""
+        self._SyncObj__sendAppendEntries()  # type: ignore[attr-defined]
+
+    def last_log_index(self) -> int:
+        return self._SyncObj__raftLog[-1][1]  # type: ignore[attr-defined]

@@ -1,0 +1,353 @@
+"""RaftReplicator: P partition groups plus one meta group, one Raft thread.
+
+Every group of the node is ticked by a single thread (pysyncobj with
+``autoTick=False``), and all of them share the node's one peer port
+(``PeerMux``). The event loop never blocks on Raft: proposals and received
+frames reach the Raft thread through one queue, and results come back with
+``call_soon_threadsafe``.
+
+Durability (``durability: sync``): a group's journal is fsynced before any
+message of that group leaves the node and before each tick, so an entry is on
+disk on the leader before followers see it, and on a follower before it
+acknowledges it; a write is acknowledged only after a majority acknowledged
+and the proposer applied it. LMDB itself is written without fsync in this
+mode: after a crash, replaying the durable journal (idempotent by index)
+rebuilds whatever LMDB lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import SyncObjConf
+from pysyncobj.config import FAIL_REASON
+
+from replication.base import Listener, NotLeader, Result
+from replication.raft import codec
+from replication.raft.group import REGULAR, GroupTransport, RaftGroup
+from replication.raft.journal import DurableJournal
+from replication.raft.transport import RAFT, PeerMux
+from shard import STORAGE_FULL, PartitionStore, StateMachine
+
+log = logging.getLogger("tasks.raft")
+
+LEADER = 2
+FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
+
+
+class RaftReplicator:
+    kind = "raft"
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        node_id: str,
+        listen: str,
+        peers: Mapping[str, str],
+        secret: bytes,
+        partitions: int = 16,
+        election_timeout_ms: int = 500,
+        heartbeat_interval_ms: int = 100,
+        propose_timeout_ms: int = 5000,
+        sync: bool = True,
+        map_size: int = 64 << 20,
+        map_size_max: int = 32 << 30,
+        reserve_disk: int = 0,
+        max_frame: int = 16 << 20,
+    ) -> None:
+        self.node_id = node_id
+        self.partitions = partitions
+        self.meta_group = partitions  # the meta group's tag follows the partitions
+        self.data_dir = Path(data_dir)
+        self.peer_addrs = {pid: addr for pid, addr in peers.items() if pid != node_id}
+        self._listen = listen
+        self._secret = secret
+        self._sync = sync
+        self._max_frame = max_frame
+        self.propose_timeout = propose_timeout_ms / 1000.0
+        self._timings = (election_timeout_ms / 1000.0, heartbeat_interval_ms / 1000.0)
+        self._stores: list[PartitionStore] = []
+        self._machines: list[StateMachine] = []
+        self._journals: list[DurableJournal] = []
+        self._groups: list[RaftGroup] = []
+        for g in range(partitions + 1):
+            name = "meta" if g == partitions else str(g)
+            store = PartitionStore(
+                self.data_dir / "partitions" / name,
+                map_size=map_size,
+                map_size_max=map_size_max,
+                sync=False,
+                reserve_disk=reserve_disk,
+            )
+            self._stores.append(store)
+            self._machines.append(StateMachine(store))
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._listeners: list[Listener] = []
+        self._leadership_listeners: list[Any] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._leading: list[bool] = [False] * (partitions + 1)
+        self._leaders: list[str | None] = [None] * (partitions + 1)
+        self.mux: PeerMux | None = None
+        self.proposals = 0
+        self.proposal_errors = 0
+        self.leader_changes = 0
+        self.bad_messages = 0
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    def _conf(self, g: int) -> SyncObjConf:
+        election, heartbeat = self._timings
+        return SyncObjConf(
+            autoTick=False,
+            raftMinTimeout=election,
+            raftMaxTimeout=election * 2,
+            appendEntriesPeriod=heartbeat,
+            appendEntriesUseBatch=True,
+            appendEntriesBatchSizeBytes=self._max_frame * 2,  # never chunk (see codec)
+            connectionTimeout=max(3.5, election * 2),
+            leaderFallbackTimeout=max(election * 2, heartbeat * 4),
+            logCompactionMinEntries=1 << 62,
+            logCompactionMinTime=1e12,
+            commandsWaitLeader=False,
+            dynamicMembershipChange=False,
+            useFork=False,
+            journalFile=self._journals[g],
+        )
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.mux = PeerMux(
+            self.node_id,
+            self._listen,
+            self.peer_addrs,
+            self._secret,
+            on_frame=self._on_frame,
+            on_peer_up=lambda p: self._inbox.put(("up", p)),
+            on_peer_down=lambda p: self._inbox.put(("down", p)),
+            max_frame=self._max_frame,
+        )
+        await self.mux.start()
+        peer_ids = sorted(self.peer_addrs)
+        for g in range(self.partitions + 1):
+            name = "meta" if g == self.partitions else str(g)
+            jdir = self.data_dir / "raft"
+            jdir.mkdir(parents=True, exist_ok=True)
+            journal = DurableJournal(str(jdir / f"{name}.journal"), sync=self._sync)
+            self._journals.append(journal)
+        for g in range(self.partitions + 1):
+            self._groups.append(
+                RaftGroup(g, self.node_id, peer_ids, self._conf(g), self._machines[g],
+                          self._transport_factory(g), self._on_applied)
+            )
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="tasks-raft", daemon=True)
+        self._thread.start()
+
+    def _transport_factory(self, g: int) -> Any:
+        mux = self.mux
+        journal = self._journals[g]
+        assert mux is not None
+
+        def send(peer: str, body: bytes) -> bool:
+            return mux.send(peer, RAFT, g, body)
+
+        def factory(syncObj: Any, selfNode: Any, otherNodes: Any) -> GroupTransport:
+            return GroupTransport(syncObj, selfNode, otherNodes, send=send, flush=journal.flush)
+
+        return factory
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        self._inbox.put(("stop", None))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
+        if self.mux is not None:
+            await self.mux.stop()
+        for j in self._journals:
+            try:
+                j.flush()
+            except Exception:
+                log.exception("journal flush at stop failed")
+        for s in self._stores:
+            try:
+                s.env.sync(True)
+            except Exception:
+                pass
+            s.close()
+
+    # ---- the boundary ------------------------------------------------------
+
+    async def propose(self, group: int, command: bytes) -> Result:
+        if not self._running:
+            raise NotLeader("replicator stopped")
+        if self._stores[group].disk_full():
+            return STORAGE_FULL
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def done(res: Any, err: int) -> None:  # on the Raft thread
+            loop.call_soon_threadsafe(_resolve, fut, res, err)
+
+        self.proposals += 1
+        self._inbox.put(("propose", group, REGULAR + command, done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.propose_timeout)
+        except TimeoutError:
+            self.proposal_errors += 1
+            return {"ok": False, "code": "unavailable",
+                    "message": "the write did not commit in time; its outcome is unknown, retry with the same requestId"}
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def on_leadership(self, listener: Any) -> None:
+        """listener(group, is_leader) on the event loop whenever this node gains or loses a group."""
+        self._leadership_listeners.append(listener)
+
+    def is_leader(self, group: int) -> bool:
+        return self._leading[group]
+
+    def leader(self, group: int) -> str | None:
+        return self._leaders[group]
+
+    def store(self, group: int) -> PartitionStore:
+        return self._stores[group]
+
+    def machine(self, group: int) -> StateMachine:
+        return self._machines[group]
+
+    def group_status(self, group: int) -> dict[str, Any]:
+        g = self._groups[group]
+        return {
+            "leader": self._leaders[group],
+            "appliedIndex": g.raftLastApplied,
+            "commitIndex": g.raftCommitIndex,
+            "term": g.raftCurrentTerm,
+            "hasQuorum": g.hasQuorum,
+        }
+
+    def transfer_leadership(self, group: int, to: str | None = None) -> None:
+        self._inbox.put(("transfer", group, to))
+
+    # ---- the Raft thread -----------------------------------------------------
+
+    def _on_frame(self, peer: str, channel: int, group: int, body: bytes) -> None:
+        if channel == RAFT:
+            self._inbox.put(("frame", peer, group, body))
+
+    def _on_applied(self, group: int, index: int, result: dict[str, Any] | None) -> None:
+        if result is None or result.get("code") == "storage_full" or not self._listeners:
+            return
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._notify, group, index, result)
+
+    def _notify(self, group: int, index: int, result: dict[str, Any]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(group, index, result)
+            except Exception:
+                log.exception("apply listener failed")
+
+    def _handle(self, item: tuple) -> bool:
+        kind = item[0]
+        if kind == "frame":
+            _, peer, group, body = item
+            if not 0 <= group < len(self._groups):
+                self.bad_messages += 1
+                return True
+            grp = self._groups[group]
+            node = grp.nodes.get(peer)
+            if node is None:
+                self.bad_messages += 1
+                return True
+            try:
+                msg = codec.decode(body)
+            except codec.BadMessage as e:
+                self.bad_messages += 1
+                log.warning("dropped a raft message from %s: %s", peer, e)
+                return True
+            grp.transport.deliver(node, msg)
+        elif kind == "propose":
+            _, group, data, cb = item
+            self._groups[group]._applyCommand(data, cb)
+        elif kind == "up" or kind == "down":
+            for grp in self._groups:
+                node = grp.nodes.get(item[1])
+                if node is not None:
+                    (grp.transport.node_up if kind == "up" else grp.transport.node_down)(node)
+        elif kind == "transfer":
+            _, group, to = item
+            grp = self._groups[group]
+            target = grp.nodes.get(to) if to else None
+            grp.transferLeadership(target)
+        elif kind == "stop":
+            return False
+        return True
+
+    def _run(self) -> None:
+        tick_wait = 0.005
+        while self._running:
+            try:
+                item = self._inbox.get(timeout=tick_wait)
+                if not self._handle(item):
+                    break
+                for _ in range(10_000):
+                    try:
+                        item = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not self._handle(item):
+                        self._running = False
+                        break
+            except queue.Empty:
+                pass
+            for g, grp in enumerate(self._groups):
+                try:
+                    self._journals[g].flush()
+                    commit, last = grp.raftCommitIndex, grp.last_log_index()
+                    grp._onTick(0)
+                    leading = grp.state() == LEADER
+                    if leading and (grp.last_log_index() > last or grp.raftCommitIndex > commit):
+                        grp.send_append_entries()
+                    self._track_leader(g, grp, leading)
+                except Exception:
+                    log.exception("raft tick of group %d failed", g)
+                    time.sleep(0.01)
+
+    def _track_leader(self, g: int, grp: RaftGroup, leading: bool) -> None:
+        leader = grp.leader_id()
+        if leader != self._leaders[g]:
+            self._leaders[g] = leader
+            self.leader_changes += 1
+        if leading != self._leading[g]:
+            self._leading[g] = leading
+            loop = self._loop
+            if loop is not None:
+                for listener in self._leadership_listeners:
+                    loop.call_soon_threadsafe(listener, g, leading)
+
+
+def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:
+    if fut.done():
+        return
+    if err == FAIL_REASON.SUCCESS:
+        fut.set_result(res if res is not None else {"ok": True})
+    else:
+        fut.set_result({
+            "ok": False,
+            "code": "unavailable",
+            "message": f"write not committed ({FAIL_NAMES.get(err, err)}); retry with the same requestId",
+        })
