@@ -68,8 +68,17 @@ What is measured, per durability mode (``sync`` is the server default):
    second of a schedule that started more than one run) must be 0;
    ``skipped`` counts nominal seconds in the window that started nothing.
 
+When the node fails (fires stop progressing for 5 s, or the fired workflows
+cannot be listed), the schedule section says ``FAILED`` with the reason, the
+result of a canary write (does the node still commit anything?), and the
+distinct exception lines of the node's log; the numbers the server still
+exports (fire counters, the lateness histogram) are reported anyway. A node
+that does not stop within 15 s of SIGTERM is killed and the report says so.
+
 The machine (cores, Python, lmdb version, filesystem of the temp dir) is in
 the report header. ``--json PATH`` writes every number of the report.
+``--keep`` keeps the temporary directory (node logs and data) for a
+post-mortem; ``--profile-dir`` runs the nodes under cProfile.
 """
 
 from __future__ import annotations
@@ -104,6 +113,7 @@ import msgpack
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY_LEVELS = (1, 8, 64)
+SECTIONS = ("baseline", "starts", "schedules")
 BASELINE_BATCH = 64
 RECORD_SIZE = 600
 SCHEDULE_COUNT = 1000
@@ -113,6 +123,9 @@ SCHEDULE_TYPE = "bench-sched"
 NOMINAL_SUFFIX_LEN = len("2026-05-01T03:00:00Z")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MiB = 1 << 20
+STALL_SECONDS = 5.0
+CANARY_SECONDS = 5.0
+STOP_SECONDS = 15.0
 
 Json = dict[str, Any]
 
@@ -181,6 +194,7 @@ class StartsResult:
     levels: list[StartLevel]
     storage: StorageCost | None
     node_exit_code: int | None
+    server_log_findings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -193,27 +207,30 @@ class ScheduleResult:
     window_start: str
     window_seconds: int
     expected_fires: int
-    fires: int
-    fires_per_s: float
-    duplicates: int
-    skipped: int
-    out_of_window: int
+    fires: int | None  # None: the fired workflows could not be listed (see ``error``)
+    fires_per_s: float | None
+    duplicates: int | None
+    skipped: int | None
+    out_of_window: int | None
     lateness_p50_ms: float | None
     lateness_p99_ms: float | None
     lateness_max_ms: float | None
     burst_drain_p50_ms: float | None
     burst_drain_max_ms: float | None
     drain_rate_p50_per_s: float | None
+    drain_by_second_ms: list[float]  # burst drain of each nominal second of the window, in order
     histogram_count: int
     histogram_p50_ms: float | None
     histogram_p50_bucket: str
     histogram_p99_ms: float | None
     histogram_p99_bucket: str
     fires_by_outcome: dict[str, int]
-    list_seconds: float
+    list_seconds: float | None
     list_pages: int
     server_loop_cpu_pct: float | None
     server_apply_cpu_pct: float | None
+    error: str | None = None
+    server_log_findings: list[str] = field(default_factory=list)
     node_exit_code: int | None = None
 
 
@@ -387,7 +404,7 @@ class NodeProcess:
             time.sleep(0.05)
         raise RuntimeError(f"tasksd at {self.url} not ready in {timeout:.0f}s:\n{self.log_tail()}")
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def stop(self, timeout: float = STOP_SECONDS) -> int | None:
         """SIGTERM (clean stop), SIGKILL after ``timeout``; returns the exit code."""
         proc = self.proc
         if proc is None:
@@ -407,14 +424,6 @@ class NodeProcess:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
-
-    def warnings(self) -> list[str]:
-        with contextlib.suppress(OSError):
-            return [
-                ln for ln in self.log_path.read_text(errors="replace").splitlines()
-                if " WARNING " in ln or " ERROR " in ln or "Traceback" in ln
-            ]
-        return []
 
     def sample(self) -> CpuSample:
         wall = time.perf_counter()
@@ -647,8 +656,12 @@ def histogram_quantile(buckets: Sequence[tuple[float, float]], q: float) -> tupl
 
 
 async def fetch_metrics(session: aiohttp.ClientSession, url: str) -> list[tuple[str, dict[str, str], float]]:
-    async with session.get(f"{url}/metrics") as r:
-        return parse_metrics(await r.text())
+    """The node's metrics; empty when it does not answer (the caller sees a stall)."""
+    try:
+        async with session.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=10)) as r:
+            return parse_metrics(await r.text()) if r.status == 200 else []
+    except (aiohttp.ClientError, TimeoutError):
+        return []
 
 
 def fire_counts(metrics: Sequence[tuple[str, dict[str, str], float]]) -> dict[str, int]:
@@ -712,43 +725,54 @@ async def bench_schedules(url: str, node: NodeProcess, count: int, window: int,
         await asyncio.sleep(max(0.0, first - time.time() - 0.05))
         cpu_a = node.sample()
         await asyncio.sleep(max(0.0, last + 1 - time.time()))
-        fires_seen, stable_since = -1, time.monotonic()
+        total, seen, stable_since = 0, -1, time.monotonic()
         give_up = time.monotonic() + 120
         while time.monotonic() < give_up:
             total = sum(fire_counts(await fetch_metrics(session, url)).values())
             if total >= len(expected):
                 break
-            if total != fires_seen:
-                fires_seen, stable_since = total, time.monotonic()
-            elif time.monotonic() - stable_since > 5:
+            if total != seen:
+                seen, stable_since = total, time.monotonic()
+            elif time.monotonic() - stable_since > STALL_SECONDS:
                 break
             await asyncio.sleep(0.25)
         cpu_b = node.sample()
         metrics = await fetch_metrics(session, url)
+        problems: list[str] = []
+        if total < len(expected):
+            problems.append(f"fires stalled at {total:,} of {len(expected):,} expected "
+                            f"(no progress for {STALL_SECONDS:g}s)")
 
         # Every fired workflow: exact lateness from its id and its startTime.
-        fired: list[tuple[str, int, int]] = []  # (scheduleId, nominal ms, start ms)
+        fired: list[tuple[str, int, int]] | None = []
         token, pages = "", 0
         t_list = time.perf_counter()
-        while True:
-            params = {"query": f"WorkflowType='{SCHEDULE_TYPE}'", "pageSize": "1000"}
-            if token:
-                params["nextPageToken"] = token
-            async with session.get(f"{ns_url}/workflows", params=params) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"listing workflows: HTTP {r.status} {await r.text()}")
-                page = await r.json()
-            pages += 1
-            for ex in page["executions"]:
-                wid = ex["execution"]["workflowId"]
-                fired.append((wid[: -NOMINAL_SUFFIX_LEN - 1], parse_ms(wid[-NOMINAL_SUFFIX_LEN:]),
-                              parse_ms(ex["startTime"])))
-            token = page.get("nextPageToken") or ""
-            if not token:
-                break
-        list_seconds = time.perf_counter() - t_list
+        list_seconds: float | None = None
+        try:
+            while True:
+                params = {"query": f"WorkflowType='{SCHEDULE_TYPE}'", "pageSize": "1000"}
+                if token:
+                    params["nextPageToken"] = token
+                async with session.get(f"{ns_url}/workflows", params=params) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"listing fired workflows: HTTP {r.status} {await r.text()}")
+                    page = await r.json()
+                pages += 1
+                for ex in page["executions"]:
+                    wid = ex["execution"]["workflowId"]
+                    fired.append((wid[: -NOMINAL_SUFFIX_LEN - 1], parse_ms(wid[-NOMINAL_SUFFIX_LEN:]),
+                                  parse_ms(ex["startTime"])))
+                token = page.get("nextPageToken") or ""
+                if not token:
+                    break
+            list_seconds = round(time.perf_counter() - t_list, 3)
+        except (RuntimeError, aiohttp.ClientError, TimeoutError) as e:
+            problems.append(str(e) or type(e).__name__)
+            fired = None
+        if problems:
+            problems.append(await canary_start(session, ns_url))
 
-    stats = analyze_fires(fired, expected)
+    stats = analyze_fires(fired, expected) if fired is not None else {}
     hist = sorted(
         (float(labels["le"]), v) for name, labels, v in metrics
         if name == "tasks_schedule_fire_lateness_seconds_bucket"
@@ -756,6 +780,7 @@ async def bench_schedules(url: str, node: NodeProcess, count: int, window: int,
     h50, b50 = histogram_quantile(hist, 0.5)
     h99, b99 = histogram_quantile(hist, 0.99)
     loop_pct, apply_pct = cpu_pct(cpu_a, cpu_b)
+    fires = stats.get("fires")
     return ScheduleResult(
         schedules=count,
         created=len(created_ms),
@@ -765,28 +790,59 @@ async def bench_schedules(url: str, node: NodeProcess, count: int, window: int,
         window_start=rfc3339_seconds(first),
         window_seconds=window,
         expected_fires=len(expected),
-        fires=stats["fires"],
-        fires_per_s=round(stats["fires"] / window, 1),
-        duplicates=stats["duplicates"],
-        skipped=stats["skipped"],
-        out_of_window=stats["out_of_window"],
-        lateness_p50_ms=stats["p50"],
-        lateness_p99_ms=stats["p99"],
-        lateness_max_ms=stats["max"],
-        burst_drain_p50_ms=stats["drain_p50"],
-        burst_drain_max_ms=stats["drain_max"],
-        drain_rate_p50_per_s=stats["drain_rate_p50"],
+        fires=fires,
+        fires_per_s=None if fires is None else round(fires / window, 1),
+        duplicates=stats.get("duplicates"),
+        skipped=stats.get("skipped"),
+        out_of_window=stats.get("out_of_window"),
+        lateness_p50_ms=stats.get("p50"),
+        lateness_p99_ms=stats.get("p99"),
+        lateness_max_ms=stats.get("max"),
+        burst_drain_p50_ms=stats.get("drain_p50"),
+        burst_drain_max_ms=stats.get("drain_max"),
+        drain_rate_p50_per_s=stats.get("drain_rate_p50"),
+        drain_by_second_ms=stats.get("drain_by_second", []),
         histogram_count=int(hist[-1][1]) if hist else 0,
         histogram_p50_ms=None if h50 is None else round(h50 * 1000, 1),
         histogram_p50_bucket=b50,
         histogram_p99_ms=None if h99 is None else round(h99 * 1000, 1),
         histogram_p99_bucket=b99,
         fires_by_outcome=fire_counts(metrics),
-        list_seconds=round(list_seconds, 3),
+        list_seconds=list_seconds,
         list_pages=pages,
         server_loop_cpu_pct=loop_pct,
         server_apply_cpu_pct=apply_pct,
+        error="; ".join(problems) or None,
     )
+
+
+async def canary_start(session: aiohttp.ClientSession, ns_url: str) -> str:
+    """After a failure: does the node still commit a write at all?"""
+    body = {"workflowType": {"name": "bench-canary"}, "requestId": f"canary-{time.time_ns()}"}
+    t0 = time.perf_counter()
+    try:
+        async with session.post(f"{ns_url}/workflows", json=body,
+                                timeout=aiohttp.ClientTimeout(total=CANARY_SECONDS)) as r:
+            await r.read()
+            return f"canary start answered HTTP {r.status} in {time.perf_counter() - t0:.2f}s"
+    except TimeoutError:
+        return f"canary start got no answer within {CANARY_SECONDS:g}s: the node no longer commits writes"
+    except aiohttp.ClientError as e:
+        return f"canary start failed: {type(e).__name__}"
+
+
+def log_findings(node: NodeProcess, limit: int = 6) -> list[str]:
+    """Distinct exception lines and dead threads from a node's log."""
+    out: list[str] = []
+    exc = re.compile(r"^(Exception in thread \S+|[\w.]+(Error|Exception)\b.*)")
+    with contextlib.suppress(OSError):
+        for line in node.log_path.read_text(errors="replace").splitlines():
+            m = exc.match(line)
+            if m and line not in out:
+                out.append(line[:240])
+                if len(out) >= limit:
+                    break
+    return out
 
 
 def analyze_fires(fired: Sequence[tuple[str, int, int]], expected: set[tuple[str, int]]) -> Json:
@@ -816,6 +872,7 @@ def analyze_fires(fired: Sequence[tuple[str, int, int]], expected: set[tuple[str
         "drain_p50": r(percentile(drains, 0.5)),
         "drain_max": r(drains[-1] if drains else None),
         "drain_rate_p50": r(percentile(drain_rates, 0.5), 0),
+        "drain_by_second": [float(last_start[n] - n) for n in sorted(last_start)],
     }
 
 
@@ -835,21 +892,39 @@ class Settings:
     tmp_parent: str | None
     profile_dir: str | None
     keep: bool
+    sections: list[str]
 
 
 def run_mode(durability: str, s: Settings, root: Path) -> ModeReport:
     sync = durability == "sync"
     value = record_value()
     mode_dir = root / durability
-    print(f"[{durability}] storage ceiling: raw LMDB, {s.baseline_seconds:g}s per row ...", file=sys.stderr)
-    report = ModeReport(durability=durability, baseline=[
-        lmdb_baseline(mode_dir / "lmdb-single", sync=sync, seconds=s.baseline_seconds, batch=1, value=value),
-        lmdb_baseline(mode_dir / f"lmdb-batch{BASELINE_BATCH}", sync=sync, seconds=s.baseline_seconds,
-                      batch=BASELINE_BATCH, value=value),
-    ])
-    single, batched = report.baseline[0].commits_per_s, report.baseline[1].puts_per_s
-
+    report = ModeReport(durability=durability, baseline=[])
+    if "baseline" in s.sections:
+        print(f"[{durability}] storage ceiling: raw LMDB, {s.baseline_seconds:g}s per row ...",
+              file=sys.stderr)
+        report.baseline = [
+            lmdb_baseline(mode_dir / "lmdb-single", sync=sync, seconds=s.baseline_seconds, batch=1,
+                          value=value),
+            lmdb_baseline(mode_dir / f"lmdb-batch{BASELINE_BATCH}", sync=sync,
+                          seconds=s.baseline_seconds, batch=BASELINE_BATCH, value=value),
+        ]
     profile = Path(s.profile_dir) if s.profile_dir else None
+    hint = 500.0  # starts/s, to size the schedule-creation budget when starts are not measured
+    if "starts" in s.sections:
+        report.starts = run_starts(durability, s, mode_dir, profile)
+        hint = max((lv.starts_per_s for lv in report.starts.levels), default=hint)
+        if report.baseline:
+            single, batched = report.baseline[0].commits_per_s, report.baseline[1].puts_per_s
+            for lv in report.starts.levels:
+                lv.ratio_vs_single_commit = round(lv.starts_per_s / single, 3) if single else None
+                lv.ratio_vs_batched_puts = round(lv.starts_per_s / batched, 4) if batched else None
+    if "schedules" in s.sections:
+        report.schedules = run_schedules(durability, s, mode_dir, profile, hint)
+    return report
+
+
+def run_starts(durability: str, s: Settings, mode_dir: Path, profile: Path | None) -> StartsResult:
     node = NodeProcess(mode_dir / "node-starts", durability, mode_dir / "node-starts.log",
                        profile / f"starts-{durability}.prof" if profile else None)
     print(f"[{durability}] workflow starts: {s.levels} clients, {s.level_seconds:g}s each ...",
@@ -860,35 +935,25 @@ def run_mode(durability: str, s: Settings, root: Path) -> ModeReport:
             bench_starts(url, node, s.level_seconds, s.warmup_seconds, s.levels))
     finally:
         code = node.stop()
-        _show_warnings("starts node", node)
-    for lv in levels:
-        lv.ratio_vs_single_commit = round(lv.starts_per_s / single, 3) if single else None
-        lv.ratio_vs_batched_puts = round(lv.starts_per_s / batched, 4) if batched else None
-    report.starts = StartsResult(levels=levels, storage=storage_cost(node.data_dir, total),
-                                 node_exit_code=code)
+    return StartsResult(levels=levels, storage=storage_cost(node.data_dir, total),
+                        node_exit_code=code, server_log_findings=log_findings(node))
 
-    hint = max((lv.starts_per_s for lv in levels), default=100.0)
+
+def run_schedules(durability: str, s: Settings, mode_dir: Path, profile: Path | None,
+                  create_rate_hint: float) -> ScheduleResult:
     node = NodeProcess(mode_dir / "node-sched", durability, mode_dir / "node-sched.log",
                        profile / f"sched-{durability}.prof" if profile else None)
     print(f"[{durability}] schedules: {s.schedules} x 1s interval for {s.sched_seconds}s ...",
           file=sys.stderr)
     try:
         url = node.start()
-        report.schedules = asyncio.run(
-            bench_schedules(url, node, s.schedules, s.sched_seconds, hint))
+        result = asyncio.run(
+            bench_schedules(url, node, s.schedules, s.sched_seconds, create_rate_hint))
     finally:
         code = node.stop()
-        _show_warnings("schedule node", node)
-    report.schedules.node_exit_code = code
-    return report
-
-
-def _show_warnings(what: str, node: NodeProcess, limit: int = 10) -> None:
-    lines = node.warnings()
-    if lines:
-        print(f"  {what}: {len(lines)} warning/error log lines, first ones:", file=sys.stderr)
-        for ln in lines[:limit]:
-            print(f"    {ln}", file=sys.stderr)
+    result.node_exit_code = code
+    result.server_log_findings = log_findings(node)
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -897,6 +962,22 @@ def _show_warnings(what: str, node: NodeProcess, limit: int = 10) -> None:
 
 def _f(v: float | None, nd: int = 1) -> str:
     return "-" if v is None else f"{v:,.{nd}f}"
+
+
+def _i(v: int | None) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+def _node_notes(code: int | None, findings: Sequence[str]) -> list[str]:
+    out = []
+    if code not in (0, None):
+        how = ("killed: SIGTERM did not stop it within " f"{STOP_SECONDS:g}s"
+               if code == -signal.SIGKILL else f"exit code {code}")
+        out.append(f"  !! node {how}")
+    if findings:
+        out.append("  !! node log: " + findings[0])
+        out += [f"               {line}" for line in findings[1:]]
+    return out
 
 
 def _errors(e: dict[str, int]) -> str:
@@ -922,16 +1003,20 @@ def render(report: Report) -> str:
         f"baseline {st['baseline_seconds']:g}s per row, {st['schedules']} schedules for "
         f"{st['sched_seconds']}s" + ("; SERVER UNDER cProfile (slower)" if st.get("profile_dir") else ""),
     ]
+    if list(st["sections"]) != list(SECTIONS):
+        lines.append(f"sections: {', '.join(st['sections'])} only")
     for run in report.runs:
-        lines += ["", f"=== durability: {run.durability} " + "=" * 50, ""]
-        b1, bn = run.baseline[0], run.baseline[1]
-        lines.append(f"1) Storage ceiling — raw LMDB put+commit, fresh env on the same disk, "
-                     f"{b1.value_bytes}-byte msgpack values, sync={run.durability == 'sync'}")
-        lines += _table(
-            ["puts/txn", "commits/s", "puts/s", "p50 ms", "p99 ms", "max ms"],
-            [[str(b.puts_per_txn), _f(b.commits_per_s), _f(b.puts_per_s), _f(b.p50_ms, 3),
-              _f(b.p99_ms, 3), _f(b.max_ms, 3)] for b in run.baseline],
-        )
+        lines += ["", f"=== durability: {run.durability} " + "=" * 50]
+        if run.baseline:
+            lines.append("")
+            lines.append(f"1) Storage ceiling — raw LMDB put+commit, fresh env on the same disk, "
+                         f"{run.baseline[0].value_bytes}-byte msgpack values, "
+                         f"sync={run.durability == 'sync'}")
+            lines += _table(
+                ["puts/txn", "commits/s", "puts/s", "p50 ms", "p99 ms", "max ms"],
+                [[str(b.puts_per_txn), _f(b.commits_per_s), _f(b.puts_per_s), _f(b.p50_ms, 3),
+                  _f(b.p99_ms, 3), _f(b.max_ms, 3)] for b in run.baseline],
+            )
         if run.starts:
             lines += ["", "2) Workflow starts over HTTP — POST /v1/tasks/namespaces/bench/workflows "
                           "(apsLimit 0, unique workflowId + requestId)"]
@@ -943,12 +1028,15 @@ def render(report: Report) -> str:
                   _f(lv.server_apply_cpu_pct, 0) + "%", _f(lv.client_cpu_pct, 0) + "%",
                   _f(lv.server_write_bytes_per_start, 0)] for lv in run.starts.levels],
             )
+            lines += _node_notes(run.starts.node_exit_code, run.starts.server_log_findings)
             sc = run.starts.storage
             if sc:
                 lines.append(
                     f"  storage per start: {sc.entries_per_start:g} LMDB keys, "
                     f"{sc.value_bytes_per_start:,.0f} B values + {sc.key_bytes_per_start:,.0f} B keys, "
                     f"{sc.used_bytes_per_start:,.0f} B of pages ({sc.starts:,} starts incl. warm-up)")
+        if run.starts and run.baseline:
+            b1, bn = run.baseline[0], run.baseline[1]
             lines += ["", f"3) Ratios — HTTP starts/s ÷ storage ceiling ({run.durability})"]
             lines += _table(
                 ["clients", "starts/s", f"÷ 1-put commits/s ({_f(b1.commits_per_s, 0)})",
@@ -962,25 +1050,38 @@ def render(report: Report) -> str:
                           f"{sr.window_seconds} nominal seconds from {sr.window_start}"]
             lines.append(f"  created {sr.created}/{sr.schedules} in {sr.create_seconds:.2f}s "
                          f"({_f(sr.creates_per_s)}/s), errors {_errors(sr.create_errors)}")
+            if sr.error:
+                lines.append(f"  !! FAILED: {sr.error}")
             lines += _table(
                 ["fires", "expected", "fires/s", "late p50 ms", "late p99 ms", "late max ms",
                  "duplicates", "skipped", "outside window"],
-                [[f"{sr.fires:,}", f"{sr.expected_fires:,}", _f(sr.fires_per_s), _f(sr.lateness_p50_ms),
-                  _f(sr.lateness_p99_ms), _f(sr.lateness_max_ms), str(sr.duplicates), str(sr.skipped),
-                  str(sr.out_of_window)]],
+                [[_i(sr.fires), f"{sr.expected_fires:,}", _f(sr.fires_per_s), _f(sr.lateness_p50_ms),
+                  _f(sr.lateness_p99_ms), _f(sr.lateness_max_ms), _i(sr.duplicates), _i(sr.skipped),
+                  _i(sr.out_of_window)]],
             )
             lines.append("  exact lateness = workflow startTime − nominal time (stamped when the fire "
                          "is proposed; ms resolution; no jitter)")
             lines.append(f"  burst drain (last fire of each nominal second): p50 {_f(sr.burst_drain_p50_ms)} ms, "
-                         f"max {_f(sr.burst_drain_max_ms)} ms; drain rate p50 {_f(sr.drain_rate_p50_per_s, 0)} fires/s")
-            lines.append(f"  histogram tasks_schedule_fire_lateness_seconds (after commit, {sr.histogram_count:,} "
-                         f"obs): p50 ≈ {_f(sr.histogram_p50_ms)} ms in {sr.histogram_p50_bucket or '-'}, "
-                         f"p99 ≈ {_f(sr.histogram_p99_ms)} ms in {sr.histogram_p99_bucket or '-'} "
-                         "(linear within the bucket: only as fine as its bounds)")
+                         f"max {_f(sr.burst_drain_max_ms)} ms; drain rate p50 "
+                         f"{_f(sr.drain_rate_p50_per_s, 0)} fires/s")
+            trend = sr.drain_by_second_ms
+            if len(trend) >= 6:
+                lines.append("  burst drain by nominal second (ms): first "
+                             + " ".join(f"{x:.0f}" for x in trend[:3]) + " … last "
+                             + " ".join(f"{x:.0f}" for x in trend[-3:]))
+            lines.append(f"  histogram tasks_schedule_fire_lateness_seconds (after commit, "
+                         f"{sr.histogram_count:,} obs): p50 ≈ {_f(sr.histogram_p50_ms)} ms in "
+                         f"{sr.histogram_p50_bucket or '-'}, p99 ≈ {_f(sr.histogram_p99_ms)} ms in "
+                         f"{sr.histogram_p99_bucket or '-'} (linear within the bucket: only as fine "
+                         "as its bounds)")
             outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(sr.fires_by_outcome.items()) if v)
-            lines.append(f"  fires by outcome: {outcomes or '-'}; server CPU during the window: "
-                         f"loop {_f(sr.server_loop_cpu_pct, 0)}%, apply {_f(sr.server_apply_cpu_pct, 0)}%")
-            lines.append(f"  listing {sr.fires:,} fired workflows: {sr.list_pages} pages in {sr.list_seconds:.2f}s")
+            lines.append(f"  fires by outcome (server counter): {outcomes or '-'}; server CPU during "
+                         f"the window: loop {_f(sr.server_loop_cpu_pct, 0)}%, apply "
+                         f"{_f(sr.server_apply_cpu_pct, 0)}%")
+            if sr.list_seconds is not None:
+                lines.append(f"  listing {_i(sr.fires)} fired workflows: {sr.list_pages} pages in "
+                             f"{sr.list_seconds:.2f}s")
+            lines += _node_notes(sr.node_exit_code, sr.server_log_findings)
     return "\n".join(lines)
 
 
@@ -1014,6 +1115,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="run the nodes under cProfile (event-loop thread only) and write "
                         "<DIR>/{starts,sched}-<durability>.prof; the numbers are then not representative")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="what to run, comma-separated subset of baseline,starts,schedules (all)")
     a = p.parse_args(argv)
     if a.duration is not None and a.duration <= 0:
         p.error("--duration must be > 0")
@@ -1025,6 +1128,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--levels must be comma-separated integers")
     if not a.levels or min(a.levels) < 1:
         p.error("--levels must be positive integers")
+    a.sections = [x.strip() for x in a.sections.split(",") if x.strip()]
+    if not a.sections or set(a.sections) - set(SECTIONS):
+        p.error(f"--sections must be a subset of {','.join(SECTIONS)}")
+    if a.schedules < 1:
+        p.error("--schedules must be >= 1")
     return a
 
 
@@ -1051,6 +1159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp_parent=a.tmp_dir,
         profile_dir=str(Path(a.profile_dir).resolve()) if a.profile_dir else None,
         keep=a.keep,
+        sections=a.sections,
     )
     if s.profile_dir:
         Path(s.profile_dir).mkdir(parents=True, exist_ok=True)

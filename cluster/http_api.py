@@ -142,7 +142,7 @@ async def read_body(request: web.Request, limit: int) -> Json:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise ApiError("invalid_argument", f"invalid JSON body: {e}") from None
     if not isinstance(body, dict):
@@ -152,6 +152,13 @@ async def read_body(request: web.Request, limit: int) -> Json:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
 
 
 def split_path(raw_path: str) -> list[str]:
@@ -391,10 +398,13 @@ class HttpApi:
         resp: web.StreamResponse
         try:
             segments = split_path(request.rel_url.raw_path)
-            if segments == ["readyz"] and method in ("GET", "HEAD"):
+            if segments in (["readyz"], ["metrics"]) and method not in ("GET", "HEAD"):
+                template = "/" + segments[0]
+                raise _MethodNotAllowed(["GET"])
+            if segments == ["readyz"]:
                 template = "/readyz"
                 resp = node.readyz_response()
-            elif segments == ["metrics"] and method in ("GET", "HEAD"):
+            elif segments == ["metrics"]:
                 template = "/metrics"
                 resp = web.Response(body=node.metrics.render(), headers={"X-Tasks-Node": node.node_id},
                                     content_type="text/plain", charset="utf-8")

@@ -123,7 +123,10 @@ def payload(body: Json, field: str, max_bytes: int) -> Any:
     """A JSON payload, checked against ``limits.max_payload`` (413 when larger)."""
     v = body.get(field)
     if v is not None and max_bytes > 0:
-        size = len(json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode())
+        try:
+            size = len(json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode())
+        except UnicodeEncodeError:
+            raise bad(f"{field} holds a string that is not valid Unicode") from None
         if size > max_bytes:
             raise ApiError("too_large", f"{field} is {size} bytes; the limit is {max_bytes}")
     return v
@@ -254,6 +257,17 @@ def make_token(kind: str, bound: str, cursor: bytes | None) -> str:
         return ""
     raw = msgpack.packb([1, _binding(kind, bound), cursor], use_bin_type=True)
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def token_int(cursor: bytes) -> int:
+    """A numeric cursor from a page token; anything else is a malformed token."""
+    try:
+        text = cursor.decode("ascii")
+    except UnicodeDecodeError:
+        raise bad("malformed nextPageToken") from None
+    if not text.isdigit() or len(text) > 12:
+        raise bad("malformed nextPageToken")
+    return int(text)
 
 
 def read_token(token: str | None, kind: str, bound: str) -> bytes | None:

@@ -15,7 +15,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -50,12 +50,36 @@ class _StorageCollector:
         yield envs
 
 
+class _PeerCollector:
+    """Peer-port rejections, read from the node's PeerMux at scrape time."""
+
+    REASONS = ("bad_mac", "replay", "malformed", "too_large")
+
+    def __init__(self, rejected: Callable[[], dict[str, int]]) -> None:
+        self._rejected = rejected
+
+    def collect(self):
+        fam = CounterMetricFamily(
+            "tasks_peer_frames_rejected", "Peer frames rejected (connection closed)", labels=["reason"]
+        )
+        counts = self._rejected()
+        for reason in self.REASONS:
+            fam.add_metric([reason], counts.get(reason, 0))
+        yield fam
+
+
 class Metrics:
-    def __init__(self, version: str, stores: Callable[[], list]) -> None:
+    def __init__(
+        self,
+        version: str,
+        stores: Callable[[], list],
+        peer_rejected: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         r.register(_StorageCollector(stores))
+        r.register(_PeerCollector(peer_rejected or dict))
         Gauge("tasks_build_info", "Build information", ["version"], registry=r).labels(version).set(1)
         self.http_requests = Counter(
             "tasks_http_requests_total", "HTTP requests", ["route", "method", "code"], registry=r

@@ -67,12 +67,16 @@ class Node:
         self.replicator: Any = None
         self.service: Service | None = None
         self.timers: ScheduleTimers | None = None
-        self.metrics = Metrics(self.version, self._stores)
+        self.metrics = Metrics(self.version, self._stores, self._peer_rejected)
 
     def _stores(self) -> list:
         if self.replicator is None:
             return []
         return [self.replicator.store(p) for p in range(self.replicator.partitions)]
+
+    def _peer_rejected(self) -> dict[str, int]:
+        mux = getattr(self.replicator, "mux", None)
+        return dict(mux.rejected) if mux is not None else {}
 
     def org_of(self, request: web.Request) -> str:
         """The caller's org as stored. Auth arrives in a later issue: dev org."""

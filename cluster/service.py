@@ -350,7 +350,7 @@ class Service:
         if rid:
             names.check_run_id(rid)
         event_id = body.get("eventId")
-        if isinstance(event_id, str) and event_id.isdigit():
+        if isinstance(event_id, str) and event_id.isascii() and event_id.isdigit():
             event_id = int(event_id)
         if not isinstance(event_id, int) or isinstance(event_id, bool):
             raise I.bad("eventId must be an integer")
@@ -438,7 +438,7 @@ class Service:
             bound = f"{org}/{ns}/{r['runId']}/{int(reverse)}"
             cursor = I.read_token(token, "history", bound)
             if cursor is not None:
-                after = int(cursor.decode())
+                after = I.token_int(cursor)
             events, nxt = reads.history(txn, org, ns, r["runId"], after, reverse, size, r["historyLength"])
         return {
             "events": [render.event(e) for e in events],
@@ -455,7 +455,7 @@ class Service:
             raise ApiError("not_found", f"workflow {wid} not found")
         bound = f"{org}/{ns}/{wid}"
         cursor = I.read_token(token, "executions", bound)
-        start = int(cursor.decode()) if cursor else 0
+        start = I.token_int(cursor) if cursor else 0
         page = runs[start : start + size]
         more = start + size < len(runs)
         return {

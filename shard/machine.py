@@ -565,6 +565,10 @@ def op_wf_reset(ctx: Ctx) -> Result:
     if req:
         seen = ctx.get(ctx.k.request(req))
         if seen is not None:
+            if seen[0] != cmd["workflowId"]:
+                raise Reject(
+                    "invalid_argument", f"requestId {req} was already used for workflow {seen[0]}"
+                )
             run = ctx.get(ctx.k.run(seen[0], seen[1]))
             if run is not None:
                 return C.ok(run=run, started=False)

@@ -125,7 +125,7 @@ def history(
     k = ShardKeys(org, ns)
     out: list[dict[str, Any]] = []
     if reverse:
-        eid = (length if after <= 0 else after - 1)
+        eid = length if after <= 0 else min(after - 1, length)
         while eid >= 1 and len(out) < limit:
             raw = txn.get(k.event(rid, eid))
             if raw is not None:

@@ -30,7 +30,7 @@ class NodeProcess:
         self.url = ""
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
 
-    def start(self, timeout: float = 30.0) -> NodeProcess:
+    def start(self, timeout: float = 30.0, ready: bool = True) -> NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.pop("TASKSD_CONFIG", None)
@@ -50,7 +50,7 @@ class NodeProcess:
             m = _SERVING.search(self.log()[offset:])
             if m:
                 self.url = "http://" + m.group(1)
-                if self.get("/readyz")[0] == 200:
+                if not ready or self.get("/readyz")[0] == 200:
                     return self
             time.sleep(0.05)
         raise TimeoutError(f"tasksd not ready: {self.log()[offset:]}")

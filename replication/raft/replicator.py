@@ -118,7 +118,7 @@ class RaftReplicator:
             leaderFallbackTimeout=max(election * 2, heartbeat * 4),
             logCompactionMinEntries=1 << 62,
             logCompactionMinTime=1e12,
-            commandsWaitLeader=False,
+            commandsWaitLeader=True,  # wait (up to propose_timeout) through an election
             dynamicMembershipChange=False,
             useFork=False,
             journalFile=self._journals[g],
@@ -177,9 +177,9 @@ class RaftReplicator:
             await self.mux.stop()
         for j in self._journals:
             try:
-                j.flush()
+                j._destroy()  # flush, persist the commit index, close
             except Exception:
-                log.exception("journal flush at stop failed")
+                log.exception("journal close at stop failed")
         for s in self._stores:
             try:
                 s.env.sync(True)

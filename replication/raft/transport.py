@@ -155,10 +155,16 @@ def _tune_socket(writer: asyncio.StreamWriter) -> None:
     sock: Any = writer.get_extra_info("socket")
     if sock is None:
         return
-    opts: list[tuple[int, int, int]] = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
-                                        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTVL),
-                        ("TCP_KEEPCNT", KEEPALIVE_CNT), ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS)):
+    opts: list[tuple[int, int, int]] = [
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    ]
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTVL),
+        ("TCP_KEEPCNT", KEEPALIVE_CNT),
+        ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+    ):
         opt = getattr(socket, name, None)
         if opt is not None:
             opts.append((socket.IPPROTO_TCP, opt, value))
@@ -167,8 +173,9 @@ def _tune_socket(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(level, opt, value)
 
 
-async def read_frame(reader: asyncio.StreamReader, key: bytes, expected_seq: int,
-                     limit: int) -> tuple[int, int, bytes]:
+async def read_frame(
+    reader: asyncio.StreamReader, key: bytes, expected_seq: int, limit: int
+) -> tuple[int, int, bytes]:
     """Read and verify one frame; return (channel, group, body) or raise _Reject.
 
     The length is checked before the body is read (an oversized claim costs us
@@ -192,7 +199,7 @@ async def read_frame(reader: asyncio.StreamReader, key: bytes, expected_seq: int
         raise _Reject("replay", f"sequence {seq}, expected {expected_seq}")
     if channel not in CHANNELS:
         raise _Reject("malformed", f"channel {channel}")
-    return channel, group, bytes(view[_HDR.size:-MAC_LEN])
+    return channel, group, bytes(view[_HDR.size : -MAC_LEN])
 
 
 def _close(writer: asyncio.StreamWriter) -> None:
@@ -206,13 +213,36 @@ class _Outbound:
     ``send`` appends to ``queue`` under ``lock`` from any thread and schedules
     one ``flush`` on the loop; ``flush`` assigns sequence numbers and MACs on
     the loop thread only, which is what keeps them consistent.
+
+    ``congested`` is set by the loop thread while the socket's write buffer is
+    above half the high-water mark (the transport has paused writing) and
+    cleared when it drains; while set, ``send`` refuses at once, so the caller
+    learns about back-pressure instead of feeding frames that would be dropped.
     """
 
-    __slots__ = ("peer_id", "reader", "writer", "key", "seq", "lock", "queue", "queued",
-                 "scheduled", "closed")
+    __slots__ = (
+        "peer_id",
+        "reader",
+        "writer",
+        "key",
+        "seq",
+        "lock",
+        "queue",
+        "queued",
+        "scheduled",
+        "closed",
+        "congested",
+        "drainer",
+    )
 
-    def __init__(self, peer_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 key: bytes, seq: int) -> None:
+    def __init__(
+        self,
+        peer_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        key: bytes,
+        seq: int,
+    ) -> None:
         self.peer_id = peer_id
         self.reader = reader
         self.writer = writer
@@ -223,6 +253,8 @@ class _Outbound:
         self.queued = 0  # body bytes in ``queue``
         self.scheduled = False
         self.closed = False
+        self.congested = False
+        self.drainer: asyncio.Task[None] | None = None
 
 
 class PeerMux:
@@ -238,14 +270,29 @@ class PeerMux:
     connection, reasons as in ``REASONS``), ``dropped`` (frames discarded for
     back-pressure) and ``refused`` (authenticated connections refused because
     the hello named an unknown node or another cluster).
+
+    ``max_frame`` bounds the length field (bytes after it, so a body may be
+    ``max_frame - 28`` bytes); both ends must agree on it (``limits.max_frame``).
+    ``cluster`` (optional) is sent in the hello; a peer naming a different
+    non-empty cluster is refused. ``high_water`` bounds, per connection, both
+    the bytes queued by ``send`` and the socket's write buffer.
     """
 
-    def __init__(self, node_id: str, listen: str, peers: Mapping[str, str], secret: bytes, *,
-                 on_frame: OnFrame,
-                 on_peer_up: OnPeer | None = None,
-                 on_peer_down: OnPeer | None = None,
-                 max_frame: int = 16 << 20, accept_unknown: bool = False,
-                 cluster: str = "", high_water: int = HIGH_WATER) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        listen: str,
+        peers: Mapping[str, str],
+        secret: bytes,
+        *,
+        on_frame: OnFrame,
+        on_peer_up: OnPeer | None = None,
+        on_peer_down: OnPeer | None = None,
+        max_frame: int = 16 << 20,
+        accept_unknown: bool = False,
+        cluster: str = "",
+        high_water: int = HIGH_WATER,
+    ) -> None:
         if not isinstance(secret, bytes | bytearray) or len(secret) < MIN_SECRET:
             raise ValueError(f"cluster secret must be at least {MIN_SECRET} bytes")
         if not node_id:
@@ -295,8 +342,9 @@ class PeerMux:
         self._started = True
         self._loop = asyncio.get_running_loop()
         host, port = split_hostport(self._listen)
-        self._server = await asyncio.start_server(self._accept, host or None, port,
-                                                  reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._accept, host or None, port, reuse_address=True
+        )
         sockname = self._server.sockets[0].getsockname()
         self._address = join_hostport(sockname[0], sockname[1])
         self._reconcile()
@@ -328,7 +376,7 @@ class PeerMux:
         for conn in list(self._out.values()):
             self._drop_outbound(conn)
         if self._server is not None:
-            with contextlib.suppress(asyncio.TimeoutError, Exception):
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
 
     # ------------------------------------------------------------ membership
@@ -403,15 +451,21 @@ class PeerMux:
         body = bytes(body)  # a caller's bytearray may change after we return
         n = len(body)
         if OVERHEAD + n > self.max_frame:
-            log.error("peer frame to %s (channel %d group %d) of %d bytes exceeds max_frame %d; dropped",
-                      peer_id, channel, group, n, self.max_frame)
+            log.error(
+                "peer frame to %s (channel %d group %d) of %d bytes exceeds max_frame %d; dropped",
+                peer_id,
+                channel,
+                group,
+                n,
+                self.max_frame,
+            )
             self._count_drop()
             return False
         drop = schedule = False
         with conn.lock:
             if conn.closed:
                 return False
-            if conn.queued + n > self.high_water:
+            if conn.congested or conn.queued + n > self.high_water:
                 drop = True
             else:
                 conn.queue.append((channel, group, body))
@@ -465,6 +519,21 @@ class PeerMux:
             except Exception as e:  # a broken transport: the dialer will see EOF and redial
                 log.debug("peer write to %s failed: %s", conn.peer_id, e)
                 self._drop_outbound(conn)
+                return
+        if not conn.congested and transport.get_write_buffer_size() > self.high_water // 2:
+            conn.congested = True
+            conn.drainer = asyncio.get_running_loop().create_task(self._drain(conn))
+
+    async def _drain(self, conn: _Outbound) -> None:
+        """Clear ``congested`` once the transport resumes writing (its buffer fell
+        to a quarter of the high-water mark), or the connection ends."""
+        try:
+            await conn.writer.drain()
+        except Exception:
+            pass  # connection lost: the dialer handles it
+        finally:
+            conn.congested = False
+            conn.drainer = None
 
     def _drop_outbound(self, conn: _Outbound) -> None:
         with conn.lock:
@@ -473,6 +542,8 @@ class PeerMux:
             conn.queued = 0
         if self._out.get(conn.peer_id) is conn:
             del self._out[conn.peer_id]
+        if conn.drainer is not None:
+            conn.drainer.cancel()
         _close(conn.writer)
 
     # ------------------------------------------------------------ dialing
@@ -511,7 +582,9 @@ class PeerMux:
 
     async def _connect(self, peer_id: str, host: str, port: int) -> _Outbound:
         """Dial, exchange nonces and send the hello (sequence 1)."""
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), CONNECT_TIMEOUT
+        )
         try:
             _tune_socket(writer)
             nonce = os.urandom(NONCE_LEN)
@@ -523,6 +596,10 @@ class PeerMux:
         except BaseException:
             _close(writer)
             raise
+        # The transport pauses (and drain() waits) above half our high-water
+        # mark; flush() still takes frames up to the full mark, which absorbs
+        # a burst already queued when congestion begins.
+        writer.transport.set_write_buffer_limits(high=self.high_water // 2)
         return _Outbound(peer_id, reader, writer, key, seq=1)
 
     async def _watch(self, conn: _Outbound) -> None:
@@ -566,7 +643,9 @@ class PeerMux:
                     nonce = os.urandom(NONCE_LEN)
                     writer.write(nonce)
                     key = session_key(self._secret, theirs, nonce)
-                    channel, group, body = await read_frame(reader, key, 1, min(HELLO_MAX, self.max_frame))
+                    channel, group, body = await read_frame(
+                        reader, key, 1, min(HELLO_MAX, self.max_frame)
+                    )
             finally:
                 self._pending_handshakes -= 1
             peer_id = self._check_hello(channel, group, body, writer)
@@ -585,16 +664,29 @@ class PeerMux:
                 try:
                     self._on_frame(peer_id, channel, group, body)
                 except Exception:
-                    log.exception("on_frame failed for a frame from %s (channel %d group %d)",
-                                  peer_id, channel, group)
+                    log.exception(
+                        "on_frame failed for a frame from %s (channel %d group %d)",
+                        peer_id,
+                        channel,
+                        group,
+                    )
         except _Reject as r:
             with self._stats_lock:
                 self.rejected[r.reason] = self.rejected.get(r.reason, 0) + 1
-            self._warn(f"reject:{self._remote(writer).rpartition(':')[0]}:{r.reason}",
-                       "peer connection from %s (%s) closed: %s", self._remote(writer),
-                       peer_id or "unauthenticated", r)
+            self._warn(
+                f"reject:{self._remote(writer).rpartition(':')[0]}:{r.reason}",
+                "peer connection from %s (%s) closed: %s",
+                self._remote(writer),
+                peer_id or "unauthenticated",
+                r,
+            )
         except (OSError, EOFError, TimeoutError):
             pass  # closed, reset or too slow: nothing to count, nothing delivered
+        except asyncio.CancelledError:
+            # stop() or loop shutdown. This task is the top of its stack, so
+            # ending normally is safe, and it spares Python 3.11's
+            # start_server done-callback from logging the cancellation.
+            pass
         finally:
             if peer_id is not None and self._inbound.get(peer_id) is writer:
                 del self._inbound[peer_id]
@@ -602,8 +694,9 @@ class PeerMux:
             if task is not None:
                 self._handlers.discard(task)
 
-    def _check_hello(self, channel: int, group: int, body: bytes,
-                     writer: asyncio.StreamWriter) -> str | None:
+    def _check_hello(
+        self, channel: int, group: int, body: bytes, writer: asyncio.StreamWriter
+    ) -> str | None:
         """Validate the authenticated hello; return the peer id or None (refused)."""
         if channel != MEMBERSHIP or group != 0:
             raise _Reject("malformed", f"first frame on channel {channel} group {group}")
@@ -628,8 +721,13 @@ class PeerMux:
     def _refuse(self, node_id: str, why: str, writer: asyncio.StreamWriter) -> None:
         with self._stats_lock:
             self.refused += 1
-        self._warn(f"refuse:{node_id}", "peer connection from %s refused: node %r %s",
-                   self._remote(writer), node_id, why)
+        self._warn(
+            f"refuse:{node_id}",
+            "peer connection from %s refused: node %r %s",
+            self._remote(writer),
+            node_id,
+            why,
+        )
 
     @staticmethod
     def _remote(writer: asyncio.StreamWriter) -> str:

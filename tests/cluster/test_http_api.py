@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -220,7 +220,6 @@ def test_metrics_text_and_route_labels(api: Api, ns: str) -> None:
         text, re.M,
     )
     assert w["execution"]["workflowId"] not in text
-    assert ns not in text
 
 
 @pytest.mark.parametrize(
@@ -482,6 +481,27 @@ def test_request_id_idempotency(api: Api, ns: str) -> None:
     api.err("POST", wf(ns), {"workflowType": {"name": "Job"}, "requestId": req, "workflowId": uid("other")},
             status=400, code="invalid_argument")
     assert len(api.get(wf(ns, first["execution"]["workflowId"], "executions"))["executions"]) == 1
+
+
+def test_concurrent_retries_make_exactly_one_run(api: Api, ns: str) -> None:
+    req, wid = uuid.uuid4().hex, uid("conc")
+    with ThreadPoolExecutor(12) as pool:
+        by_req = list(pool.map(lambda _: api.call("POST", wf(ns), {"workflowType": "C", "requestId": req}),
+                               range(12)))
+        by_id = list(pool.map(lambda _: api.call("POST", wf(ns), {"workflowType": "C", "workflowId": wid}),
+                              range(12)))
+        sws = list(pool.map(lambda _: api.call("POST", wf(ns, "signal-with-start"),
+                                               {"workflowType": "C", "workflowId": wid + "-s", "signalName": "x"}),
+                            range(12)))
+    assert {s for s, _, _ in by_req} == {200}
+    assert len({b["execution"]["runId"] for _, b, _ in by_req}) == 1
+    assert sum(b["started"] for _, b, _ in by_req) == 1
+    assert sorted(s for s, _, _ in by_id) == [200] + [409] * 11
+    assert all(b["code"] == "already_started" for s, b, _ in by_id if s == 409)
+    assert {s for s, _, _ in sws} == {200} and sum(b["started"] for _, b, _ in sws) == 1
+    evs = events(api, ns, wid + "-s")
+    assert types(evs).count("WORKFLOW_EXECUTION_SIGNALED") == 12
+    assert types(evs).count("WORKFLOW_EXECUTION_STARTED") == 1
 
 
 def test_conflict_policy_fail_is_default(api: Api, ns: str) -> None:
@@ -867,9 +887,12 @@ def test_interval_schedule_fires_pauses_and_resumes(api: Api, fresh_ns: str) -> 
     assert created["info"]["actionCount"] == 0 and TS.match(created["info"]["createTime"])
     # A second schedule with the default overlap policy (SKIP): its first run stays open.
     api.post(sc(ns), sched_body("skipper", "Skipped"))
+    # A third one limited to two actions.
+    api.post(sc(ns), sched_body("limited", "Limited", policies={"overlapPolicy": "ALLOW_ALL"},
+                                state={"limitedActions": True, "remainingActions": 2}))
     created_at = parse_ts(created["info"]["createTime"])
 
-    runs = wait_for(lambda: (r := fired_runs(api, ns, wtype)) and len(r) >= 3 and r, 6.0, "3 fires")
+    wait_for(lambda: len(fired_runs(api, ns, wtype)) >= 3, 6.0, "3 fires")
     d = api.get(sc(ns, sid))
     info = d["info"]
     assert info["actionCount"] >= 3
@@ -909,7 +932,7 @@ def test_interval_schedule_fires_pauses_and_resumes(api: Api, fresh_ns: str) -> 
         assert r["taskQueue"] == "sched"
         nominals.append(datetime.fromisoformat(m["t"] + "+00:00").timestamp())
     assert len(set(nominals)) == len(nominals)
-    assert all(n > created_at - 1 for n in nominals)
+    assert all(n > created_at for n in nominals), "nominal times are strictly after creation"
     # Times that passed while paused were never replayed.
     new_nominals = sorted(nominals)[len(before):]
     assert all(n > paused_at + 1.5 for n in new_nominals), (paused_at, new_nominals)
@@ -925,7 +948,12 @@ def test_interval_schedule_fires_pauses_and_resumes(api: Api, fresh_ns: str) -> 
     assert [w["workflowId"] for w in skipper["info"]["runningWorkflows"]] == [
         fired_runs(api, ns, "Skipped")[0]["execution"]["workflowId"]]
     assert skipper["info"]["recentActions"][0]["status"] == RUNNING
-    for s in (sid, "skipper"):
+    # Limited: exactly two actions, then nothing is planned.
+    limited = api.get(sc(ns, "limited"))
+    assert len(fired_runs(api, ns, "Limited")) == 2
+    assert limited["info"]["actionCount"] == 2 and limited["state"]["remainingActions"] == 0
+    assert limited["info"]["futureActionTimes"] == [] and "nextActionTime" not in limited["info"]
+    for s in (sid, "skipper", "limited"):
         api.ok("DELETE", sc(ns, s))
 
 
@@ -1131,6 +1159,76 @@ def test_schedule_with_limited_actions(api: Api, ns: str) -> None:
     assert r["info"]["futureActionTimes"] == [] and "nextActionTime" not in r["info"]
 
 
+def test_schedule_start_and_end_time_bound_the_times(api: Api, ns: str) -> None:
+    sid = uid("window")
+    r = api.post(sc(ns), sched_body(sid, "W", {"interval": ["1h"], "startTime": "2026-01-01T03:00:00Z",
+                                              "endTime": "2026-01-01T06:00:00Z"}))
+    assert r["spec"]["startTime"] == "2026-01-01T03:00:00.000Z"
+    assert r["spec"]["endTime"] == "2026-01-01T06:00:00.000Z"
+    times = api.get(sc(ns, sid, "matching-times") + "?from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z")
+    assert times["matchingTimes"] == [f"2026-01-01T0{h}:00:00.000Z" for h in (3, 4, 5, 6)]
+    # Past its endTime a schedule has nothing left to do.
+    d = api.get(sc(ns, sid))
+    assert d["info"]["futureActionTimes"] == [] and "nextActionTime" not in d["info"]
+
+
+def test_schedule_jitter_is_deterministic_and_bounded(api: Api, ns: str) -> None:
+    sid = uid("jit")
+    r = api.post(sc(ns), sched_body(sid, "J", {"interval": ["1h"], "jitter": "30m"}))
+    assert r["spec"]["jitter"] == "30m"
+    first = api.get(sc(ns, sid))["info"]
+    second = api.get(sc(ns, sid))["info"]
+    assert first["futureActionTimes"] == second["futureActionTimes"], "jitter is a function of the nominal time"
+    for t in first["futureActionTimes"]:
+        offset = parse_ts(t) % 3600
+        assert 0 <= offset < 1800, t
+    assert first["nextActionTime"] == first["futureActionTimes"][0]
+    # matching-times are nominal: no jitter.
+    times = api.get(sc(ns, sid, "matching-times") + "?from=2026-01-01T00:00:00Z&to=2026-01-01T02:00:00Z")
+    assert times["matchingTimes"] == ["2026-01-01T00:00:00.000Z", "2026-01-01T01:00:00.000Z",
+                                      "2026-01-01T02:00:00.000Z"]
+
+
+def test_namespace_aps_limit_rate_limits_writes(api: Api) -> None:
+    name = uid("aps")
+    api.post(NSP, {"namespaceInfo": {"name": name}, "config": {"apsLimit": 2}})
+    statuses = []
+    for _ in range(4):
+        s, b, h = api.call("POST", wf(name), {"workflowType": {"name": "R"}})
+        statuses.append(s)
+        if s == 429:
+            assert b["code"] == "rate_limited" and int(h["Retry-After"]) >= 1
+    assert statuses[:2] == [200, 200] and 429 in statuses[2:]
+    # Reads are not limited.
+    for _ in range(5):
+        api.get(wf(name))
+
+
+def test_generated_id_cuts_long_types_on_a_character_boundary(api: Api, ns: str) -> None:
+    r = start(api, ns, "X" * 255)
+    wid, rid = r["execution"]["workflowId"], r["execution"]["runId"]
+    assert wid == "x" * 200 + "-" + rid[:8]
+    r2 = start(api, ns, "É" * 127)  # 254 bytes of UTF-8
+    wid2 = r2["execution"]["workflowId"]
+    assert wid2 == "é" * 100 + "-" + r2["execution"]["runId"][:8]
+    api.err("POST", wf(ns), {"workflowType": "T", "workflowId": "w" * 256}, status=400, code="invalid_argument")
+    assert start(api, ns, workflowId="w" * 255)["execution"]["workflowId"] == "w" * 255
+
+
+def test_schedule_id_limit_is_200_bytes(api: Api, ns: str) -> None:
+    api.post(sc(ns), sched_body("é" * 100, "L", {"interval": ["1h"]}))
+    api.err("POST", sc(ns), sched_body("é" * 100 + "x", "L", {"interval": ["1h"]}), status=400,
+            code="invalid_argument")
+
+
+def test_reset_request_id_of_another_workflow_is_not_its_result(api: Api, ns: str) -> None:
+    req = uuid.uuid4().hex
+    start(api, ns, workflowId=uid("ra"), requestId=req)
+    wid = start(api, ns, workflowId=uid("rb"))["execution"]["workflowId"]
+    s, b, _ = api.call("POST", wf(ns, wid, "reset"), {"eventId": 1, "requestId": req})
+    assert s == 400 or (s == 200 and b["execution"]["workflowId"] == wid), (s, b)
+
+
 # ---------------------------------------------------------------------------
 # search attributes (§4.7, §5.12)
 
@@ -1177,7 +1275,6 @@ def test_timestamps_and_durations_are_canonical(api: Api, ns: str) -> None:
     info = d["workflowExecutionInfo"]
     assert TS.match(info["startTime"]) and info["workflowRunTimeout"] == "1m30s"
     assert abs(parse_ts(info["startTime"]) - time.time()) < 60
-    assert not math.isnan(parse_ts(info["startTime"]))
     assert d["executionConfig"]["workflowRunTimeout"] == "1m30s"
     assert d["executionConfig"]["workflowExecutionTimeout"] == "0s"
     assert datetime.fromisoformat(info["startTime"].replace("Z", "+00:00")).tzinfo == UTC
