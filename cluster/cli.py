@@ -18,7 +18,7 @@ import sys
 
 from cluster.config import ConfigError, build_arg_parser, load_config
 from cluster.logs import setup_logging
-from cluster.node import Node, package_version, run_until_signalled
+from cluster.node import ConfigMismatch, Node, package_version, run_until_signalled
 
 USAGE = __doc__ or ""
 
@@ -51,14 +51,21 @@ def serve(argv: list[str]) -> int:
             print(f"tasksd: {e}", file=sys.stderr)
             return 2
     _install_loop()
+    node = Node(cfg)
     try:
-        asyncio.run(run_until_signalled(Node(cfg)))
+        asyncio.run(run_until_signalled(node))
+    except ConfigMismatch as e:
+        print(f"tasksd: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         logging.getLogger("tasks").error("cannot start: %s", e)
         return 1
     except Exception:
         logging.getLogger("tasks").exception("node failed")
         return 1
+    if node.fatal:
+        print(f"tasksd: {node.fatal}", file=sys.stderr)
+        return 2
     return 0
 
 

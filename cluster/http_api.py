@@ -421,6 +421,8 @@ class HttpApi:
                         call._body = {}
                 else:
                     call._body = {}
+                    if "ns" in params and not I.query_bool(request.query, "stale"):
+                        await node.service.read_barrier(call.org, params["ns"])
                 result = await route.handler(node.service, call)
                 if isinstance(result, _Status):
                     resp = json_response(result.status, result.body, node.node_id, {"Retry-After": "1"})

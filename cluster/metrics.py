@@ -68,18 +68,61 @@ class _PeerCollector:
         yield fam
 
 
+class _RaftCollector:
+    """Raft gauges of the node's groups, read at scrape time (empty in local mode)."""
+
+    def __init__(self, replicator: Callable[[], object]) -> None:
+        self._rep = replicator
+
+    def collect(self):
+        rep = self._rep()
+        commit = GaugeMetricFamily("tasks_raft_commit_index", "Commit index", labels=["group_kind"])
+        applied = GaugeMetricFamily("tasks_raft_applied_index", "Applied index", labels=["group_kind"])
+        lag = GaugeMetricFamily("tasks_raft_apply_lag_entries", "Commit minus applied (max)", labels=["group_kind"])
+        groups = GaugeMetricFamily("tasks_raft_groups", "Groups by role", labels=["group_kind", "role"])
+        changes = CounterMetricFamily("tasks_raft_leader_changes", "Leader changes seen", labels=["group_kind"])
+        if rep is None or getattr(rep, "kind", "local") != "raft":
+            return
+        sums: dict[str, list[int]] = {"meta": [0, 0, 0], "partition": [0, 0, 0]}
+        roles: dict[tuple[str, str], int] = {}
+        for g in range(rep.partitions + 1):  # type: ignore[attr-defined]
+            kind = "meta" if g == rep.meta_group else "partition"  # type: ignore[attr-defined]
+            st = rep.group_status(g)  # type: ignore[attr-defined]
+            acc = sums[kind]
+            acc[0] += st["commitIndex"]
+            acc[1] += st["appliedIndex"]
+            acc[2] = max(acc[2], st["commitIndex"] - st["appliedIndex"])
+            role = "leader" if rep.is_leader(g) else "follower"  # type: ignore[attr-defined]
+            roles[(kind, role)] = roles.get((kind, role), 0) + 1
+        for kind, (c, a, lg) in sums.items():
+            commit.add_metric([kind], c)
+            applied.add_metric([kind], a)
+            lag.add_metric([kind], lg)
+        for kind in ("meta", "partition"):
+            for role in ("leader", "follower"):
+                groups.add_metric([kind, role], roles.get((kind, role), 0))
+        changes.add_metric(["all"], rep.leader_changes)  # type: ignore[attr-defined]
+        yield commit
+        yield applied
+        yield lag
+        yield groups
+        yield changes
+
+
 class Metrics:
     def __init__(
         self,
         version: str,
         stores: Callable[[], list],
         peer_rejected: Callable[[], dict[str, int]] | None = None,
+        replicator: Callable[[], object] | None = None,
     ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         r.register(_StorageCollector(stores))
         r.register(_PeerCollector(peer_rejected or dict))
+        r.register(_RaftCollector(replicator or (lambda: None)))
         Gauge("tasks_build_info", "Build information", ["version"], registry=r).labels(version).set(1)
         self.http_requests = Counter(
             "tasks_http_requests_total", "HTTP requests", ["route", "method", "code"], registry=r

@@ -37,6 +37,10 @@ def package_version() -> str:
         return "0.0.0"
 
 
+class ConfigMismatch(Exception):
+    """This node's configuration contradicts the cluster's (exit 2)."""
+
+
 def read_secret(path: str | None) -> bytes:
     """The cluster secret: at least 32 bytes (trailing newline stripped)."""
     if not path:
@@ -67,7 +71,10 @@ class Node:
         self.replicator: Any = None
         self.service: Service | None = None
         self.timers: ScheduleTimers | None = None
-        self.metrics = Metrics(self.version, self._stores, self._peer_rejected)
+        self.metrics = Metrics(self.version, self._stores, self._peer_rejected, lambda: self.replicator)
+        self.fatal: str | None = None
+        self.stopping = asyncio.Event()
+        self._bg: list[asyncio.Task] = []
 
     def _stores(self) -> list:
         if self.replicator is None:
@@ -100,7 +107,16 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_secret()
         self.replicator = self._make_replicator()
+        if getattr(self.replicator, "kind", "local") == "raft":
+            have = self.replicator.meta.partitions()
+            if have is not None and have != cfg.partitions:
+                raise ConfigMismatch(
+                    f"this cluster was bootstrapped with {have} partitions; "
+                    f"this node is configured with partitions: {cfg.partitions}"
+                )
         await self.replicator.start()
+        if getattr(self.replicator, "kind", "local") == "raft":
+            self._bg.append(asyncio.create_task(self._join_meta(), name="meta-join"))
         self.service = Service(cfg, self.replicator, node_id=self.node_id, clock=self.clock)
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
         self.timers = ScheduleTimers(self.service, self.metrics)
@@ -150,7 +166,40 @@ class Node:
             **storage,
         )
 
+    async def _join_meta(self) -> None:
+        """Fix the partition count at bootstrap and publish this node's addresses.
+
+        Both are proposals to the meta group (forwarded to its leader by Raft),
+        retried until they commit. A cluster with another partition count makes
+        this node stop with a clear error: it must not serve a different layout.
+        """
+        import msgpack
+
+        rep = self.replicator
+        cfg = self.cfg
+        commands = [
+            {"op": "meta.init", "partitions": cfg.partitions},
+            {"op": "meta.member", "id": self.node_id, "peer": cfg.advertise_peer,
+             "http": self.http_addr, "zap": None},
+        ]
+        for cmd in commands:
+            while True:
+                res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
+                if res.get("ok"):
+                    break
+                if res.get("code") == "failed_precondition":
+                    self.fatal = (
+                        f"partition count mismatch: {res.get('message')}; "
+                        f"this node is configured with partitions: {cfg.partitions}"
+                    )
+                    log.error("%s", self.fatal)
+                    self.stopping.set()
+                    return
+                await asyncio.sleep(0.2)
+
     async def stop(self) -> None:
+        for t in self._bg:
+            t.cancel()
         self.ready = False
         if self._runner is not None:
             await self._runner.shutdown()
@@ -247,17 +296,19 @@ class Node:
         items = [k for k in keys if after is None or k[0].encode() > after]
         page, more = items[:size], len(items) > size
         if raft:
-            member_ids = sorted({p.id for p in self.cfg.peers} | {self.node_id})
+            known = rep.meta.members()
+            member_ids = sorted({p.id for p in self.cfg.peers} | {self.node_id} | set(known))
             addrs = {p.id: p for p in self.cfg.peers}
             members = []
             for mid in member_ids:
                 peer = addrs.get(mid)
+                rec = known.get(mid, {})
                 up = mid == self.node_id or (rep.mux is not None and rep.mux.is_connected(mid))
                 members.append({
                     "nodeId": mid,
-                    "httpAddr": self.http_addr if mid == self.node_id else (peer.http if peer else None),
-                    "zapAddr": None if mid == self.node_id else (peer.zap if peer else None),
-                    "peerAddr": self.cfg.advertise_peer if mid == self.node_id else (peer.peer if peer else None),
+                    "httpAddr": self.http_addr if mid == self.node_id else (rec.get("http") or (peer.http if peer else None)),
+                    "zapAddr": rec.get("zap") or (peer.zap if peer else None),
+                    "peerAddr": rec.get("peer") or (peer.peer if peer else None),
                     "state": "alive" if up else "dead",
                     "voter": True,
                     "lastSeen": None,
@@ -326,5 +377,8 @@ async def run_until_signalled(node: Node) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
-    await stop.wait()
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(node.stopping.wait())]
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for w in waiters:
+        w.cancel()
     await node.stop()

@@ -111,6 +111,18 @@ class Service:
             raise ApiError(code, res.get("message", code), res.get("details"), retry_after=1 if code == "unavailable" else None)
         return res
 
+    async def read_barrier(self, org: str, ns: str) -> None:
+        """Make the next local read reflect every write acknowledged before it began.
+
+        With Raft, a barrier entry is committed through the leader (which needs a
+        quorum, so a deposed leader cannot answer) and applied here; reads that
+        follow see everything committed before. A single node needs nothing.
+        """
+        if getattr(self.replicator, "kind", "local") == "local":
+            return
+        names.check_namespace(ns)
+        await self.propose(org, ns, "sys.barrier")
+
     def _read(self, org: str, ns: str):
         return self.replicator.store(self.partition(org, ns)).read()
 

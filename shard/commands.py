@@ -34,6 +34,7 @@ OPS = (
     "sched.trigger",
     "sa.add",
     "sa.remove",
+    "sys.barrier",
 )
 
 

@@ -903,7 +903,13 @@ def op_sched_trigger(ctx: Ctx) -> Result:
     return C.ok(status=status, run=run)
 
 
+def op_sys_barrier(ctx: Ctx) -> Result:
+    """A no-op through the log: once applied here, every earlier write is too (linearizable reads)."""
+    return C.ok()
+
+
 HANDLERS: dict[str, Callable[[Ctx], Result]] = {
+    "sys.barrier": op_sys_barrier,
     "ns.register": op_ns_register,
     "ns.update": op_ns_update,
     "ns.delete": op_ns_delete,

@@ -25,7 +25,6 @@ from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
 from replication.raft import codec
-from shard import StateMachine
 
 log = logging.getLogger("tasks.raft")
 
@@ -112,7 +111,7 @@ class RaftGroup(SyncObj):
         self_id: str,
         peer_ids: list[str],
         conf: SyncObjConf,
-        machine: StateMachine,
+        machine: Any,
         transport_factory: Callable[..., GroupTransport],
         on_applied: Callable[[int, int, dict[str, Any] | None], None],
     ) -> None:

@@ -35,6 +35,7 @@ from replication.raft.group import REGULAR, GroupTransport, RaftGroup
 from replication.raft.journal import DurableJournal
 from replication.raft.transport import RAFT, PeerMux
 from shard import STORAGE_FULL, PartitionStore, StateMachine
+from shard.meta import MetaMachine
 
 log = logging.getLogger("tasks.raft")
 
@@ -75,7 +76,7 @@ class RaftReplicator:
         self.propose_timeout = propose_timeout_ms / 1000.0
         self._timings = (election_timeout_ms / 1000.0, heartbeat_interval_ms / 1000.0)
         self._stores: list[PartitionStore] = []
-        self._machines: list[StateMachine] = []
+        self._machines: list[Any] = []
         self._journals: list[DurableJournal] = []
         self._groups: list[RaftGroup] = []
         for g in range(partitions + 1):
@@ -88,7 +89,7 @@ class RaftReplicator:
                 reserve_disk=reserve_disk,
             )
             self._stores.append(store)
-            self._machines.append(StateMachine(store))
+            self._machines.append(MetaMachine(store) if g == partitions else StateMachine(store))
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._listeners: list[Listener] = []
         self._leadership_listeners: list[Any] = []
@@ -225,8 +226,12 @@ class RaftReplicator:
     def store(self, group: int) -> PartitionStore:
         return self._stores[group]
 
-    def machine(self, group: int) -> StateMachine:
+    def machine(self, group: int) -> Any:
         return self._machines[group]
+
+    @property
+    def meta(self) -> MetaMachine:
+        return self._machines[self.meta_group]  # type: ignore[return-value]
 
     def group_status(self, group: int) -> dict[str, Any]:
         g = self._groups[group]

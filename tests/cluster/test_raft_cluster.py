@@ -188,3 +188,43 @@ def test_node_with_wrong_secret_cannot_join_or_inject(tmp_path: Path, cluster: C
         assert status == 200, body
     finally:
         node.kill()
+
+
+def test_meta_leader_kill_elects_a_new_one_and_service_continues(cluster: Cluster) -> None:
+    victim = cluster.meta_leader()
+    assert victim is not None
+    cluster.nodes[victim].kill(signal.SIGKILL)
+    survivors = [n for nid, n in cluster.nodes.items() if nid != victim]
+    deadline = time.monotonic() + 15
+    new = None
+    while time.monotonic() < deadline:
+        new = cluster.meta_leader()
+        if new not in (None, victim):
+            break
+        time.sleep(0.1)
+    assert new not in (None, victim)
+    start_acked(survivors, "default", "after-meta-kill")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, health = survivors[0].get("/v1/tasks/cluster/health")
+        if status == 200:
+            break
+        time.sleep(0.2)
+    assert status == 200, health
+    status, info = survivors[0].get("/v1/tasks/cluster")
+    states = {m["nodeId"]: m["state"] for m in info["members"]}
+    assert states[victim] == "dead" and all(v == "alive" for k, v in states.items() if k != victim)
+
+
+def test_partition_count_is_fixed_at_bootstrap(cluster: Cluster) -> None:
+    node = cluster.nodes["n3"]
+    node.stop()
+    args = list(node.args)
+    args[args.index("--partitions") + 1] = "8"
+    node.args = args
+    try:
+        node.start(timeout=15, ready=False)
+    except RuntimeError as e:
+        assert "exited 2" in str(e) and "4 partitions" in str(e), str(e)
+    else:
+        raise AssertionError("a node configured with another partition count started")
