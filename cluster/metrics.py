@@ -102,6 +102,13 @@ class _RaftCollector:
             for role in ("leader", "follower"):
                 groups.add_metric([kind, role], roles.get((kind, role), 0))
         changes.add_metric(["all"], rep.leader_changes)  # type: ignore[attr-defined]
+        snaps = CounterMetricFamily(
+            "tasks_raft_snapshots", "Log compaction snapshots", labels=["group_kind", "direction"]
+        )
+        counts = rep.snapshot_counts()  # type: ignore[attr-defined]
+        snaps.add_metric(["partition", "taken"], counts["taken"])
+        snaps.add_metric(["partition", "installed"], counts["installed"])
+        yield snaps
         yield commit
         yield applied
         yield lag

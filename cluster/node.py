@@ -162,6 +162,7 @@ class Node:
             election_timeout_ms=cfg.raft.election_timeout,
             heartbeat_interval_ms=cfg.raft.heartbeat_interval,
             propose_timeout_ms=cfg.raft.propose_timeout,
+            snapshot_every=cfg.raft.snapshot_every,
             max_frame=cfg.limits.max_frame,
             **storage,
         )

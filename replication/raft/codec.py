@@ -65,6 +65,15 @@ def decode(body: bytes) -> dict[str, Any]:
                 or not isinstance(e[2], int)
             ):
                 raise BadMessage("malformed entry")
+    serialized = msg.get("serialized")
+    if serialized is not None and (
+        not isinstance(serialized, list)
+        or len(serialized) != 3
+        or not isinstance(serialized[0], bytes)
+        or not isinstance(serialized[1], bool)
+        or not isinstance(serialized[2], bool)
+    ):
+        raise BadMessage("malformed snapshot chunk")
     if msg["type"] == "apply_command" and not isinstance(msg.get("command"), bytes):
         raise BadMessage("apply_command without command bytes")
     return msg

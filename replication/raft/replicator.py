@@ -33,6 +33,7 @@ from replication.base import Listener, NotLeader, Result
 from replication.raft import codec
 from replication.raft.group import REGULAR, GroupTransport, RaftGroup
 from replication.raft.journal import DurableJournal
+from replication.raft.snapshots import LmdbSnapshotter
 from replication.raft.transport import RAFT, PeerMux
 from shard import STORAGE_FULL, PartitionStore, StateMachine
 from shard.meta import MetaMachine
@@ -63,6 +64,7 @@ class RaftReplicator:
         map_size_max: int = 32 << 30,
         reserve_disk: int = 0,
         max_frame: int = 16 << 20,
+        snapshot_every: int = 10_000,
     ) -> None:
         self.node_id = node_id
         self.partitions = partitions
@@ -73,6 +75,8 @@ class RaftReplicator:
         self._secret = secret
         self._sync = sync
         self._max_frame = max_frame
+        self._snapshot_every = snapshot_every
+        self._snapshotters: list[LmdbSnapshotter] = []
         self.propose_timeout = propose_timeout_ms / 1000.0
         self._timings = (election_timeout_ms / 1000.0, heartbeat_interval_ms / 1000.0)
         self._stores: list[PartitionStore] = []
@@ -117,8 +121,13 @@ class RaftReplicator:
             appendEntriesBatchSizeBytes=self._max_frame * 2,  # never chunk (see codec)
             connectionTimeout=max(3.5, election * 2),
             leaderFallbackTimeout=max(election * 2, heartbeat * 4),
-            logCompactionMinEntries=1 << 62,
-            logCompactionMinTime=1e12,
+            logCompactionMinEntries=max(2, self._snapshot_every),
+            logCompactionMinTime=1e9,  # compaction is driven by entries, not time
+            logCompactionBatchSize=1 << 20,  # snapshot install chunk size
+            fullDumpFile=str(self._snapshotters[g].path),
+            serializer=self._snapshotters[g].serialize,
+            deserializer=self._snapshotters[g].deserialize,
+            serializeChecker=self._snapshotters[g].check,
             commandsWaitLeader=True,  # wait (up to propose_timeout) through an election
             dynamicMembershipChange=False,
             useFork=False,
@@ -145,6 +154,7 @@ class RaftReplicator:
             jdir.mkdir(parents=True, exist_ok=True)
             journal = DurableJournal(str(jdir / f"{name}.journal"), sync=self._sync)
             self._journals.append(journal)
+            self._snapshotters.append(LmdbSnapshotter(self._stores[g], jdir / f"{name}.snapshot"))
         for g in range(self.partitions + 1):
             self._groups.append(
                 RaftGroup(g, self.node_id, peer_ids, self._conf(g), self._machines[g],
@@ -241,6 +251,12 @@ class RaftReplicator:
             "commitIndex": g.raftCommitIndex,
             "term": g.raftCurrentTerm,
             "hasQuorum": g.hasQuorum,
+        }
+
+    def snapshot_counts(self) -> dict[str, int]:
+        return {
+            "taken": sum(s.taken for s in self._snapshotters),
+            "installed": sum(s.installed for s in self._snapshotters),
         }
 
     def transfer_leadership(self, group: int, to: str | None = None) -> None:

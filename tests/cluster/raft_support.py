@@ -24,7 +24,10 @@ def free_ports(n: int) -> list[int]:
 
 
 class Cluster:
-    def __init__(self, root: Path, n: int = 3, partitions: int = 4, secret: bytes | None = None) -> None:
+    def __init__(
+        self, root: Path, n: int = 3, partitions: int = 4, secret: bytes | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.root = root
         self.partitions = partitions
         self.secret_file = root / "cluster.secret"
@@ -42,6 +45,7 @@ class Cluster:
                 "--partitions", str(partitions),
                 "--raft-election-timeout", "300ms", "--raft-heartbeat-interval", "50ms",
                 "--storage-reserve-disk", "0",
+                *(extra or []),
             ]
             self.nodes[nid] = NodeProcess(root / nid, args)
 

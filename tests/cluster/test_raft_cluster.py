@@ -228,3 +228,41 @@ def test_partition_count_is_fixed_at_bootstrap(cluster: Cluster) -> None:
         assert "exited 2" in str(e) and "4 partitions" in str(e), str(e)
     else:
         raise AssertionError("a node configured with another partition count started")
+
+
+def _metric(node, name: str) -> float:
+    text = node.request("GET", "/metrics")[1]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_lagging_node_catches_up_from_a_compacted_log(tmp_path: Path) -> None:
+    c = Cluster(tmp_path / "c", n=3, partitions=2, extra=["--raft-snapshot-every", "20"])
+    c.start()
+    try:
+        nodes = list(c.nodes.values())
+        lagging = c.nodes["n3"]
+        lagging.kill(signal.SIGKILL)
+        live = nodes[:2]
+        for i in range(150):
+            start_acked(live, "default", f"c-{i}")
+        deadline = time.monotonic() + 20
+        while _metric(live[0], 'tasks_raft_snapshots_total{direction="taken"') < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _metric(live[0], 'tasks_raft_snapshots_total{direction="taken"') >= 1, "no compaction happened"
+        lagging.start(ready=False)
+        c.wait_ready()
+        for i in (0, 75, 149):
+            assert wait_visible(lagging, "default", f"c-{i}", 20), f"c-{i} missing on the restarted node"
+        assert _metric(lagging, 'tasks_raft_snapshots_total{direction="installed"') >= 1
+        start_acked(nodes, "default", "after-install")
+        assert wait_visible(lagging, "default", "after-install", 10)
+        time.sleep(1.0)
+        c.kill_all()
+        for p, by_node in c.content_hashes().items():
+            assert len(set(by_node.values())) == 1, f"partition {p} replicas differ: {by_node}"
+    finally:
+        c.kill_all()
