@@ -218,6 +218,8 @@ class Node:
         if not self.ready:
             return ["starting"]
         rep = self.replicator
+        if getattr(rep, "failed", False):
+            return ["apply thread failed"]
         if getattr(rep, "kind", "local") != "raft":
             return []
         reasons = []

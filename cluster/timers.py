@@ -25,7 +25,7 @@ log = logging.getLogger("tasks.timers")
 
 Key = tuple[str, str, str]  # org, ns, scheduleId
 
-MAX_IN_FLIGHT = 512
+MAX_IN_FLIGHT = 256
 MAX_MISSED_PER_FIRE = 10_000
 
 
@@ -205,7 +205,13 @@ class ScheduleTimers:
             return
         if retry:
             await asyncio.sleep(1.0)
-        try:
-            self.replan(key)
-        except Exception:
-            log.exception("replan of %s failed", key)
+        for delay in (0.0, 1.0, 5.0, 30.0):
+            if delay:
+                await asyncio.sleep(delay)
+            if not self._running:
+                return
+            try:
+                self.replan(key)
+                return
+            except Exception:
+                log.exception("replan of %s failed; retrying", key)

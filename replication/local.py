@@ -58,6 +58,7 @@ class LocalReplicator:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
+        self.failed = False
         self.proposals = 0
 
     # ---- lifecycle -------------------------------------------------------
@@ -109,6 +110,24 @@ class LocalReplicator:
     # ---- the apply thread --------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop_forever()
+        except BaseException:  # never die silently: fail what is queued, refuse the rest
+            log.exception("the apply thread failed; this node refuses writes until restarted")
+            self._running = False
+            self.failed = True
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    self._loop.call_soon_threadsafe(  # type: ignore[union-attr]
+                        self._deliver, item[0], 0, item[2],
+                        {"ok": False, "code": "unavailable", "message": "apply thread failed"},
+                    )
+
+    def _loop_forever(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -137,7 +156,8 @@ class LocalReplicator:
         except Exception as e:  # an I/O error: fail these proposals, keep serving
             log.exception("apply batch failed")
             results = [{"ok": False, "code": "unavailable", "message": f"apply failed: {e}"}] * len(items)
-        self._next[group] = self._stores[group].applied_index() + 1
+        # STORAGE_FULL results are a suffix of entries that were not applied.
+        self._next[group] = first + sum(1 for r in results if r is not STORAGE_FULL)
         loop = self._loop
         assert loop is not None
         for (index, _), (_, _, fut), res in zip(entries, items, results, strict=True):

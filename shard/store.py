@@ -72,6 +72,29 @@ class _Guard:
                 self._cond.notify_all()
 
 
+class ReadView:
+    """A read transaction that cannot outlive its ``with`` block.
+
+    py-lmdb frees a reader slot only when the Transaction object dies, not on
+    abort, so a txn left referenced by a coroutine frame across an ``await``
+    pins a slot; enough of them exhaust the reader table. Callers get this
+    view instead, and the real transaction is dropped when the block ends.
+    """
+
+    __slots__ = ("_txn",)
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self._txn: lmdb.Transaction | None = txn
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+        assert self._txn is not None, "read view used after its block"
+        return self._txn.get(key, default)
+
+    def cursor(self) -> lmdb.Cursor:
+        assert self._txn is not None, "read view used after its block"
+        return self._txn.cursor()
+
+
 class PartitionStore:
     """An LMDB environment holding the shards of one partition."""
 
@@ -101,7 +124,7 @@ class PartitionStore:
             sync=sync,
             metasync=sync,
             max_dbs=0,
-            max_readers=512,
+            max_readers=4096,
             lock=True,
         )
         # A map bigger than configured may have been grown by an earlier run.
@@ -110,14 +133,17 @@ class PartitionStore:
     # ---- reads ---------------------------------------------------------
 
     @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        """A consistent read view (an LMDB read transaction)."""
+    def read(self) -> Iterator[ReadView]:
+        """A consistent read view (an LMDB read transaction), released at block end."""
         with self._guard.shared():
             txn = self.env.begin(write=False, buffers=False)
+            view = ReadView(txn)
             try:
-                yield txn
+                yield view
             finally:
+                view._txn = None
                 txn.abort()
+                del txn
 
     def applied_index(self) -> int:
         with self.read() as txn:
@@ -215,7 +241,7 @@ class PartitionStore:
                 sync=self.sync,
                 metasync=self.sync,
                 max_dbs=0,
-                max_readers=512,
+                max_readers=4096,
             )
             self.map_size = self.env.info()["map_size"]
         return self.applied_index()
