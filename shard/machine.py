@@ -775,8 +775,10 @@ def _run_action(
 ) -> tuple[str, dict[str, Any] | None]:
     """Apply an overlap policy; returns (outcome, started run or None)."""
     info = s["info"]
-    running = _open_scheduled_runs(ctx, s)
-    info["running"] = [[r["workflowId"], r["runId"]] for r in running]
+    # ALLOW_ALL never looks at open runs (closes remove themselves from the list).
+    running = [] if policy == "ALLOW_ALL" else _open_scheduled_runs(ctx, s)
+    if policy != "ALLOW_ALL":
+        info["running"] = [[r["workflowId"], r["runId"]] for r in running]
     if running and policy != "ALLOW_ALL":
         if policy == "SKIP":
             info["overlapSkipped"] += 1
