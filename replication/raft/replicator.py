@@ -282,7 +282,7 @@ class RaftReplicator:
             except Exception:
                 log.exception("apply listener failed")
 
-    def _handle(self, item: tuple) -> bool:
+    def _handle(self, item: tuple, touched: set[int]) -> bool:
         kind = item[0]
         if kind == "frame":
             _, peer, group, body = item
@@ -301,9 +301,11 @@ class RaftReplicator:
                 log.warning("dropped a raft message from %s: %s", peer, e)
                 return True
             grp.transport.deliver(node, msg)
+            touched.add(group)
         elif kind == "propose":
             _, group, data, cb = item
             self._groups[group]._applyCommand(data, cb)
+            touched.add(group)
         elif kind == "up" or kind == "down":
             for grp in self._groups:
                 node = grp.nodes.get(item[1])
@@ -314,39 +316,58 @@ class RaftReplicator:
             grp = self._groups[group]
             target = grp.nodes.get(to) if to else None
             grp.transferLeadership(target)
+            touched.add(group)
+        elif kind == "call":
+            item[1]()
         elif kind == "stop":
             return False
         return True
 
     def _run(self) -> None:
-        tick_wait = 0.005
+        # Messages and proposals wake the thread at once and tick only the groups
+        # they touch; every group is ticked at least every `tick_every` for its
+        # heartbeats and election timers (a fraction of the heartbeat interval).
+        tick_every = min(0.02, self._timings[1] / 5)
+        last_full = 0.0
         while self._running:
+            touched: set[int] = set()
+            timeout = max(0.0, last_full + tick_every - time.monotonic())
             try:
-                item = self._inbox.get(timeout=tick_wait)
-                if not self._handle(item):
+                item = self._inbox.get(timeout=timeout)
+                if not self._handle(item, touched):
                     break
                 for _ in range(10_000):
                     try:
                         item = self._inbox.get_nowait()
                     except queue.Empty:
                         break
-                    if not self._handle(item):
+                    if not self._handle(item, touched):
                         self._running = False
                         break
             except queue.Empty:
                 pass
-            for g, grp in enumerate(self._groups):
-                try:
-                    self._journals[g].flush()
-                    commit, last = grp.raftCommitIndex, grp.last_log_index()
-                    grp._onTick(0)
-                    leading = grp.state() == LEADER
-                    if leading and (grp.last_log_index() > last or grp.raftCommitIndex > commit):
-                        grp.send_append_entries()
-                    self._track_leader(g, grp, leading)
-                except Exception:
-                    log.exception("raft tick of group %d failed", g)
-                    time.sleep(0.01)
+            now = time.monotonic()
+            if now - last_full >= tick_every:
+                last_full = now
+                todo: Any = range(len(self._groups))
+            else:
+                todo = sorted(touched)
+            for g in todo:
+                self._tick(g)
+
+    def _tick(self, g: int) -> None:
+        grp = self._groups[g]
+        try:
+            self._journals[g].flush()
+            commit, last = grp.raftCommitIndex, grp.last_log_index()
+            grp._onTick(0)
+            leading = grp.state() == LEADER
+            if leading and (grp.last_log_index() > last or grp.raftCommitIndex > commit):
+                grp.send_append_entries()
+            self._track_leader(g, grp, leading)
+        except Exception:
+            log.exception("raft tick of group %d failed", g)
+            time.sleep(0.01)
 
     def _track_leader(self, g: int, grp: RaftGroup, leading: bool) -> None:
         leader = grp.leader_id()
