@@ -117,6 +117,7 @@ class Node:
         await self.replicator.start()
         if getattr(self.replicator, "kind", "local") == "raft":
             self._bg.append(asyncio.create_task(self._join_meta(), name="meta-join"))
+            self._bg.append(asyncio.create_task(self._balance_leaders(), name="leader-balance"))
         self.service = Service(cfg, self.replicator, node_id=self.node_id, clock=self.clock)
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
         self.timers = ScheduleTimers(self.service, self.metrics)
@@ -198,9 +199,57 @@ class Node:
                     return
                 await asyncio.sleep(0.2)
 
+    def member_ids(self) -> list[str]:
+        return sorted({p.id for p in self.cfg.peers} | {self.node_id})
+
+    def preferred_leaders(self) -> list[str]:
+        from routing import preferred_leaders
+
+        return preferred_leaders(self.replicator.partitions, self.member_ids())
+
+    async def _balance_leaders(self) -> None:
+        """Move each partition's leadership back to its preferred leader.
+
+        The preferred leaders spread partitions evenly (each node leads about
+        P/N). A leader hands a partition over (Raft TimeoutNow) only when the
+        preferred node is connected; pysyncobj refuses a target that is not
+        caught up, and the next round tries again.
+        """
+        rep = self.replicator
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                preferred = self.preferred_leaders()
+                for p, want in enumerate(preferred):
+                    if want != self.node_id and rep.is_leader(p) and rep.mux.is_connected(want):
+                        rep.transfer_leadership(p, want)
+            except Exception:
+                log.exception("leader balancing failed")
+
+    async def hand_over(self, timeout: float = 5.0) -> None:
+        """Before stopping: give away every group this node leads (SIGTERM path)."""
+        rep = self.replicator
+        if getattr(rep, "kind", "local") != "raft":
+            return
+        groups = list(range(rep.partitions)) + [rep.meta_group]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leading = [g for g in groups if rep.is_leader(g)]
+            if not leading:
+                return
+            for g in leading:
+                rep.transfer_leadership(g, None)
+            await asyncio.sleep(0.2)
+        log.warning("stopping while still leading %d groups", sum(1 for g in groups if rep.is_leader(g)))
+
     async def stop(self) -> None:
         for t in self._bg:
             t.cancel()
+        if self.ready:
+            try:
+                await self.hand_over()
+            except Exception:
+                log.exception("leadership hand-over failed")
         self.ready = False
         if self._runner is not None:
             await self._runner.shutdown()
@@ -320,10 +369,11 @@ class Node:
             counts = [0] * rep.partitions
             for _, _, p in shards:
                 counts[p] += 1
+            preferred = self.preferred_leaders()
             for p in range(rep.partitions):
                 st = rep.group_status(p)
                 partitions.append({
-                    "id": p, "leader": st["leader"], "preferredLeader": None, "replicas": member_ids,
+                    "id": p, "leader": st["leader"], "preferredLeader": preferred[p], "replicas": member_ids,
                     "local": True, "appliedIndex": st["appliedIndex"], "commitIndex": st["commitIndex"],
                     "term": st["term"], "shards": counts[p],
                 })

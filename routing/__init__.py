@@ -1,5 +1,40 @@
-"""Rendezvous (HRW) routing; a leaf package with no project imports."""
+"""Rendezvous (HRW) routing, partition placement and the membership view.
+
+A leaf package: it imports nothing from the project (stdlib only), so every
+layer can route without pulling in the server.
+"""
 
 from routing.hrw import partition_of, rank, score, winner
+from routing.placement import (
+    LEADER_SEED,
+    Membership,
+    MembershipWatcher,
+    NoOwner,
+    PartitionPlacement,
+    Pin,
+    Placement,
+    PlacementTable,
+    Subscriber,
+    partition_plan,
+    preferred_leaders,
+    replicas,
+)
 
-__all__ = ["partition_of", "rank", "score", "winner"]
+__all__ = [
+    "LEADER_SEED",
+    "Membership",
+    "MembershipWatcher",
+    "NoOwner",
+    "PartitionPlacement",
+    "Pin",
+    "Placement",
+    "PlacementTable",
+    "Subscriber",
+    "partition_of",
+    "partition_plan",
+    "preferred_leaders",
+    "rank",
+    "replicas",
+    "score",
+    "winner",
+]

@@ -102,6 +102,7 @@ class RaftReplicator:
         self._running = False
         self._leading: list[bool] = [False] * (partitions + 1)
         self._leaders: list[str | None] = [None] * (partitions + 1)
+        self._heard: list[dict[str, float]] = [{} for _ in range(partitions + 1)]
         self.mux: PeerMux | None = None
         self.proposals = 0
         self.proposal_errors = 0
@@ -243,6 +244,21 @@ class RaftReplicator:
     def meta(self) -> MetaMachine:
         return self._machines[self.meta_group]  # type: ignore[return-value]
 
+    def sees_quorum(self, group: int) -> bool:
+        """SPEC §4.9: a leader heard from a majority, or a follower heard from its
+        leader, within the last 2 x election timeout. Heartbeats are messages, so
+        a paused or partitioned peer stops counting even with its TCP still open."""
+        window = 2 * self._timings[0]
+        now = time.monotonic()
+        heard = self._heard[group]
+        leader = self._leaders[group]
+        if leader is None:
+            return False
+        if leader == self.node_id:
+            recent = sum(1 for t in list(heard.values()) if now - t <= window)
+            return recent + 1 > (len(self.peer_addrs) + 1) / 2
+        return now - heard.get(leader, 0.0) <= window
+
     def group_status(self, group: int) -> dict[str, Any]:
         g = self._groups[group]
         return {
@@ -250,7 +266,7 @@ class RaftReplicator:
             "appliedIndex": g.raftLastApplied,
             "commitIndex": g.raftCommitIndex,
             "term": g.raftCurrentTerm,
-            "hasQuorum": g.hasQuorum,
+            "hasQuorum": self.sees_quorum(group),
         }
 
     def snapshot_counts(self) -> dict[str, int]:
@@ -300,6 +316,7 @@ class RaftReplicator:
                 self.bad_messages += 1
                 log.warning("dropped a raft message from %s: %s", peer, e)
                 return True
+            self._heard[group][peer] = time.monotonic()
             grp.transport.deliver(node, msg)
             touched.add(group)
         elif kind == "propose":
