@@ -24,6 +24,7 @@ from cluster.service import Service, wall_ms
 from cluster.timers import ScheduleTimers
 from protocol.names import storage_org
 from replication import LocalReplicator
+from routing import Membership, MembershipWatcher
 
 log = logging.getLogger("tasks.node")
 
@@ -107,6 +108,11 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_secret()
         self.replicator = self._make_replicator()
+        self.membership = MembershipWatcher(
+            Membership(frozenset(self.member_ids()), frozenset({self.node_id}))
+        )
+        if hasattr(self.replicator, "on_peer_change"):
+            self.replicator.on_peer_change(self._peer_changed)
         if getattr(self.replicator, "kind", "local") == "raft":
             have = self.replicator.meta.partitions()
             if have is not None and have != cfg.partitions:
@@ -122,6 +128,9 @@ class Node:
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
         self.timers = ScheduleTimers(self.service, self.metrics)
         await self.timers.start()
+        loop = asyncio.get_running_loop()
+        timers = self.timers
+        self.membership.subscribe(lambda old, new: loop.call_soon_threadsafe(timers.on_membership_change, old, new))
         api = HttpApi(self)
         self._runner = web.AppRunner(api.app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -198,6 +207,14 @@ class Node:
                     self.stopping.set()
                     return
                 await asyncio.sleep(0.2)
+
+    def _peer_changed(self, peer: str, up: bool) -> None:
+        alive = set(self.membership.current.alive)
+        if up:
+            alive.add(peer)
+        else:
+            alive.discard(peer)
+        self.membership.update(alive=frozenset(alive & self.membership.current.members))
 
     def member_ids(self) -> list[str]:
         return sorted({p.id for p in self.cfg.peers} | {self.node_id})
@@ -355,7 +372,7 @@ class Node:
             for mid in member_ids:
                 peer = addrs.get(mid)
                 rec = known.get(mid, {})
-                up = mid == self.node_id or (rep.mux is not None and rep.mux.is_connected(mid))
+                up = mid == self.node_id or self.membership.current.is_alive(mid)
                 members.append({
                     "nodeId": mid,
                     "httpAddr": self.http_addr if mid == self.node_id else (rec.get("http") or (peer.http if peer else None)),
@@ -398,6 +415,7 @@ class Node:
             "replicationFactor": len(members) if raft else 1,
             "seed": self.cfg.seed,
             "members": members,
+            "membershipEpoch": self.membership.epoch,
             "metaLeader": meta_leader,
             "partitionCount": rep.partitions,
             "partitions": partitions,

@@ -45,6 +45,10 @@ class ScheduleTimers:
         self._running = False
         self.fires = 0
 
+    def on_membership_change(self, old: Any, new: Any) -> None:
+        """Membership changed: recompute what this node is due to fire (cheap, idempotent)."""
+        self.rebuild()
+
     async def start(self) -> None:
         self._running = True
         rep = self.service.replicator

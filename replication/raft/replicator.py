@@ -97,6 +97,7 @@ class RaftReplicator:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._listeners: list[Listener] = []
         self._leadership_listeners: list[Any] = []
+        self._peer_listeners: list[Any] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running = False
@@ -143,8 +144,8 @@ class RaftReplicator:
             self.peer_addrs,
             self._secret,
             on_frame=self._on_frame,
-            on_peer_up=lambda p: self._inbox.put(("up", p)),
-            on_peer_down=lambda p: self._inbox.put(("down", p)),
+            on_peer_up=lambda p: self._peer_change(p, True),
+            on_peer_down=lambda p: self._peer_change(p, False),
             max_frame=self._max_frame,
         )
         await self.mux.start()
@@ -279,6 +280,18 @@ class RaftReplicator:
         self._inbox.put(("transfer", group, to))
 
     # ---- the Raft thread -----------------------------------------------------
+
+    def on_peer_change(self, listener: Any) -> None:
+        """listener(peer_id, up) on the event loop when the link to a peer comes or goes."""
+        self._peer_listeners.append(listener)
+
+    def _peer_change(self, peer: str, up: bool) -> None:
+        self._inbox.put(("up" if up else "down", peer))
+        for listener in self._peer_listeners:
+            try:
+                listener(peer, up)
+            except Exception:
+                log.exception("peer listener failed")
 
     def _on_frame(self, peer: str, channel: int, group: int, body: bytes) -> None:
         if channel == RAFT:

@@ -110,3 +110,31 @@ def test_schedule_fires_once_per_second_across_five_leader_kills(cluster16: Clus
     assert len(seconds) >= 12, seconds
     missing = sorted(set(range(seconds[0], seconds[-1] + 1)) - set(seconds))
     assert not missing, f"slots skipped within the catch-up window: {missing}"
+
+
+def test_cluster_json_placement_agrees_with_the_router(cluster16: Cluster) -> None:
+    wait_balanced(cluster16)
+    nodes = list(cluster16.nodes.values())
+    names = [f"team-{i}" for i in range(24)]
+    for i, ns in enumerate(names):
+        for _ in range(50):  # 503 = outcome unknown (e.g. a leadership move): retry
+            status, body = nodes[i % 3].post("/v1/tasks/namespaces", {"namespaceInfo": {"name": ns}})
+            if status != 503:
+                break
+            time.sleep(0.1)
+        assert status == 200 or (status == 409 and body["code"] == "already_exists"), body
+    deadline = time.monotonic() + 10
+    seen: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        status, body = nodes[2].get("/v1/tasks/cluster?pageSize=1000")
+        assert status == 200
+        seen = {n["namespace"]: n["partition"] for n in body["namespaces"]}
+        if set(names) <= set(seen):
+            break
+        time.sleep(0.2)
+    for ns in names:
+        assert seen.get(ns) == partition_of("_", ns, "tasks", 16), ns
+    shard_counts = Counter(seen.values())
+    assert {p["id"]: p["shards"] for p in body["partitions"] if p["shards"]} == dict(shard_counts)
+    assert body["membershipEpoch"] >= 1
+    assert all(m["state"] == "alive" for m in body["members"])
