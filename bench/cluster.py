@@ -35,7 +35,10 @@ What is measured, in this order, in one run:
    settling (and again after the schedule load): which node leads how many
    partitions, how many sit on their ``preferredLeader``, who leads the meta
    group, and (after the load) how many leader changes the nodes counted
-   (``tasks_raft_leader_changes_total``) while it ran.
+   (``tasks_raft_leader_changes_total``) while it ran. During the schedule
+   run the same route is polled on n1 once a second (``pageSize=1``), so the
+   report can say how often a leader moved or a group had none while
+   schedules were created and while they fired.
 
 3. **Schedule fire lateness at scale**, first on the cluster, then (cluster
    stopped) on the single node. ``--namespaces`` namespaces (100) are
@@ -69,10 +72,13 @@ What is measured, in this order, in one run:
    ``fires/s`` = fires whose startTime lies inside the window ÷ window length
    (the throughput sustained while N/s were offered); ``behind`` = expected
    slots not yet started when the window closed (also as seconds of offered
-   load); ``late p50/p99/max`` over the fires; ``unfired`` = expected slots
-   not started by the cutoff (their lateness is larger than anything listed,
-   so p99 is then a lower bound: a ``>`` marks it); ``dup`` = slots started
-   more than once (must be 0). The server's histogram
+   load); ``skipped`` = expected slots not started by the cutoff (still in
+   the backlog, or given up: see the ``missed_catchup`` counter);
+   ``late p50/p99/max`` over every expected slot, a skipped one counting as
+   ``cutoff − nominal``, which is only a lower bound of its lateness, so a
+   quantile that such a slot can reach is marked ``≥`` (the quantiles of the
+   fires alone are printed under the table); ``dup`` = slots started more
+   than once (must be 0). The server's histogram
    ``tasks_schedule_fire_lateness_seconds`` (summed over nodes, observed after
    the commit, linear within a bucket) and its fire counters by outcome are
    printed under the table, with each node's CPU during the window.
@@ -92,6 +98,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -273,9 +280,12 @@ class ScaleResult:
     list_errors: dict[str, int]
     node_load: list[NodeLoad]
     client_cpu_pct: float | None
-    leader_watch: LeaderWatch | None = None
+    create_leader_watch: LeaderWatch | None = None  # namespaces + calibration + creation
+    leader_watch: LeaderWatch | None = None  # window start -> cutoff
     error: str | None = None
     server_log_findings: list[str] = field(default_factory=list)
+    log_levels: dict[str, int] = field(default_factory=dict)  # node log lines by level, all nodes
+    log_messages: list[str] = field(default_factory=list)  # distinct WARNING+ messages, digits -> N
 
 
 @dataclass
@@ -737,6 +747,10 @@ async def bench_scale(system: System, s: Settings) -> ScaleResult:
     connector = aiohttp.TCPConnector(limit=CREATE_CLIENTS)
     problems: list[str] = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        create_stop = asyncio.Event()
+        create_watch = LeaderWatch() if system.kind == "cluster" else None
+        create_watcher = (asyncio.create_task(watch_leaders(session, urls[0], create_stop, create_watch))
+                          if create_watch else None)
         # Namespaces, apsLimit 0, spread over the nodes.
         ns_errors: Counter[str] = Counter()
         ns_ok: list[str] = []
@@ -748,8 +762,9 @@ async def bench_scale(system: System, s: Settings) -> ScaleResult:
                     await create_namespace(session, urls[i % len(urls)], ns)
                     ns_ok.append(ns)
                 except (RuntimeError, aiohttp.ClientError, TimeoutError) as e:
-                    ns_errors[str(e).split(":", 1)[1].strip()[:40] if isinstance(e, RuntimeError)
-                              else type(e).__name__] += 1
+                    # "creating namespace X: HTTP 503 {...}" -> "HTTP 503 {...}" (truncated)
+                    key = str(e).split(": ", 1)[-1][:40] if isinstance(e, RuntimeError) else type(e).__name__
+                    ns_errors[key] += 1
 
         print(f"{label} registering {n_ns} namespaces ...", file=sys.stderr)
         await asyncio.gather(*(registrar() for _ in range(NAMESPACE_CLIENTS)))
@@ -786,6 +801,9 @@ async def bench_scale(system: System, s: Settings) -> ScaleResult:
 
         # The window: CPU of every node across it; then wait for the fires (or the cutoff).
         await asyncio.sleep(max(0.0, first - time.time() - 0.05))
+        create_stop.set()
+        if create_watcher is not None:
+            await create_watcher
         watch_stop = asyncio.Event()
         watch = LeaderWatch() if system.kind == "cluster" else None
         watcher = asyncio.create_task(watch_leaders(session, urls[0], watch_stop, watch)) if watch else None
@@ -827,7 +845,7 @@ async def bench_scale(system: System, s: Settings) -> ScaleResult:
         metrics = await all_metrics(session, urls)
         list_errors: Counter[str] = Counter()
         fired_all, pages, list_s = await list_fired(
-            session, system, ns_ok, leader_urls(system), list_errors)
+            session, system, ns_ok, await asyncio.to_thread(leader_urls, system), list_errors)
         if list_errors:
             problems.append(f"listing failed for some namespaces ({_errors(dict(list_errors))})")
         if reason.startswith("no progress") or list_errors:
@@ -880,7 +898,7 @@ async def bench_scale(system: System, s: Settings) -> ScaleResult:
         listed=len(fired_all), listed_after_cutoff=len(fired_all) - len(fired),
         list_seconds=round(list_s, 2), list_pages=pages, list_errors=dict(list_errors),
         node_load=load, client_cpu_pct=round((client_b - client_a) / window * 100, 1),
-        leader_watch=watch,
+        leader_watch=watch, create_leader_watch=create_watch,
         error="; ".join(problems) or None,
     )
 
@@ -925,6 +943,36 @@ def failed_scale(system: System, s: Settings, error: str) -> ScaleResult:
     )
 
 
+LOG_LINE = re.compile(r"^\S+ \S+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+) (.*)$")
+
+
+def log_summary(nodes: Sequence[BenchNode], limit: int = 8) -> tuple[dict[str, int], list[str]]:
+    """Lines per level over the nodes' logs, and the most frequent WARNING+ messages.
+
+    Messages are grouped with every digit run replaced by ``N`` (ids, indexes,
+    ports), and listed most frequent first as ``level logger: message ×count
+    [nodes]``.
+    """
+    levels: Counter[str] = Counter()
+    messages: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[str]] = {}
+    for n in nodes:
+        with contextlib.suppress(OSError):
+            for line in n.log_path.read_text(errors="replace").splitlines():
+                m = LOG_LINE.match(line)
+                if not m:
+                    continue
+                levels[m.group(1)] += 1
+                if m.group(1) in ("WARNING", "ERROR", "CRITICAL"):
+                    key = (f"{m.group(1)} {m.group(2)}", re.sub(r"\d+", "N", m.group(3))[:200])
+                    messages[key] += 1
+                    where.setdefault(key, set()).add(n.name)
+    rank = {"CRITICAL": 0, "ERROR": 1, "WARNING": 2}
+    top = sorted(messages.items(), key=lambda kv: (rank[kv[0][0].split()[0]], -kv[1]))[:limit]
+    return dict(levels), [f"{who} {msg} ×{count:,} [{','.join(sorted(where[(who, msg)]))}]"
+                          for (who, msg), count in top]
+
+
 def run_scale(system: System, s: Settings) -> ScaleResult:
     try:
         result = asyncio.run(bench_scale(system, s))
@@ -932,6 +980,7 @@ def run_scale(system: System, s: Settings) -> ScaleResult:
         result = failed_scale(system, s, f"{type(e).__name__}: {e}")
     for n in system.nodes:
         result.server_log_findings += [f"{n.name}: {line}" for line in log_findings(n, limit=4)]
+    result.log_levels, result.log_messages = log_summary(system.nodes)
     return result
 
 
@@ -992,8 +1041,10 @@ def render(report: Report) -> str:
         )
         tick_pct = 100 / CLK_TCK / idle.window_seconds  # one clock tick over the window
         if idle.single_cpu_pct == 0:
+            n_cluster = sum(1 for x in idle.nodes if x.system == "cluster") or 1
+            per_node = None if idle.cluster_cpu_pct is None else idle.cluster_cpu_pct / n_cluster
             cpu_cmp = (f"CPU: the single node used no clock tick (< {tick_pct:.2f}%), a cluster node "
-                       f"{_f(idle.cluster_cpu_pct / max(1, len(idle.nodes) - 1) if idle.cluster_cpu_pct is not None else None, 2)}% on average")
+                       f"{_f(per_node, 2)}% on average")
         else:
             cpu_cmp = (f"CPU per node ×{_f(idle.cpu_ratio_per_node, 2)}, whole cluster ×"
                        + _f(idle.cluster_cpu_pct / idle.single_cpu_pct
@@ -1035,7 +1086,7 @@ def render(report: Report) -> str:
                 _late(r.lateness_max_ms, r.max_lower), _i(r.unfired), _i(r.duplicates),
             ])
         lines += _table(["system", "schedules", "expected", "fires", "fires/s", "offered/s",
-                         "behind at end", "late p50", "late p99", "late max", "unfired", "dup"], rows)
+                         "behind at end", "late p50", "late p99", "late max", "skipped", "dup"], rows)
         if report.ratios:
             rt = report.ratios
             lines.append(f"  cluster ÷ single: late p50 ×{_f(rt.p50, 2)}, late p99 ×{_f(rt.p99, 2)}, "
@@ -1056,8 +1107,8 @@ def render(report: Report) -> str:
                              f"fires inside the window {_i(r.fires_in_window)}, by the cutoff {_i(r.fires)}"
                              f"; outside the window {_i(r.out_of_window)}")
             if r.unfired:
-                lines.append(f"    {r.unfired:,} expected slots had not started by the cutoff: they count "
-                             "as cutoff − nominal, so ≥ marks a lower bound; over the fires only: "
+                lines.append(f"    {r.unfired:,} expected slots skipped (not started by the cutoff): each "
+                             "counts as cutoff − nominal, so ≥ marks a lower bound; over the fires only: "
                              f"p50 {_f(r.fired_p50_ms)} ms, p99 {_f(r.fired_p99_ms)} ms")
             trend = [f"{x / 1000:.1f}" for x in r.drain_by_second_ms]
             if trend:
@@ -1074,18 +1125,24 @@ def render(report: Report) -> str:
                              + "; ".join(f"{x.node} {_f(x.loop_cpu_pct, 0)}+{_f(x.other_cpu_pct, 0)}% "
                                          f"{_f(x.rss_mib, 0)} MiB" for x in r.node_load)
                              + f"; client {_f(r.client_cpu_pct, 0)}%")
-            w = r.leader_watch
-            if w is not None:
-                lines.append(f"    leaders polled {w.polls}× (1/s, window → cutoff, on n1): meta moved "
-                             f"{w.meta_moves}×, partitions moved {w.partition_moves}× "
-                             f"{w.partitions_moved or ''}, group without leader seen {w.leaderless_seen}×, "
-                             f"failed polls {w.failed}, slowest answer {w.slowest_s:.2f}s")
+            for phase, w in (("setup+creation", r.create_leader_watch), ("window→cutoff", r.leader_watch)):
+                if w is not None:
+                    lines.append(f"    leaders, {phase} (GET /v1/tasks/cluster on n1 1/s, {w.polls} polls): "
+                                 f"meta moved {w.meta_moves}×, partitions moved {w.partition_moves}×"
+                                 f"{' ' + str(w.partitions_moved) if w.partitions_moved else ''}, "
+                                 f"a group without leader seen "
+                                 f"{w.leaderless_seen}×, failed polls {w.failed}, slowest answer "
+                                 f"{w.slowest_s:.2f}s")
             if r.list_seconds is not None:
                 lines.append(f"    listed {_i(r.listed)} fired workflows ({_i(r.listed_after_cutoff)} started "
                              f"after the cutoff, not counted) in {r.list_pages} pages, "
                              f"{r.list_seconds:.1f}s; errors {_errors(r.list_errors)}")
             for f in r.server_log_findings:
                 lines.append(f"    !! log {f}")
+            if r.log_levels:
+                lines.append("    node logs so far (all nodes, whole life): "
+                             + ", ".join(f"{k} {v:,}" for k, v in sorted(r.log_levels.items())))
+                lines += [f"      {msg}" for msg in r.log_messages]
     if report.exit_codes:
         bad = {k: v for k, v in report.exit_codes.items() if v not in (0, None)}
         lines += ["", "node exit codes: " + (", ".join(f"{k} {v}" for k, v in bad.items())
@@ -1174,7 +1231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.leaders.append(leaders(cluster, "idle, after settling"))
             before = leader_changes(cluster)
             report.scale.append(run_scale(cluster, s))
-            report.leaders.append(leaders(cluster, "after the schedule load", before))
+            report.leaders.append(leaders(cluster, "after the load (cutoff + listing; backlog may still fire)",
+                                          before))
         print("stopping the cluster ...", file=sys.stderr)
         report.exit_codes.update(cluster.stop())
         if single in up:

@@ -202,6 +202,23 @@ async def h_cluster_health(s: Service, c: Call) -> Any:
     return body
 
 
+async def h_member_add(s: Service, c: Call) -> Json:
+    from protocol.names import check_node_id
+
+    body = c.body()
+    node_id = check_node_id(body.get("nodeId"))
+    peer = I.opt_str(body, "peer")
+    if not peer or ":" not in peer:
+        raise I.bad("peer must be the new node's peer address host:port")
+    return await c.request.app[NODE_KEY].add_member(node_id, peer, I.opt_str(body, "http"), I.opt_str(body, "zap"))
+
+
+async def h_member_remove(s: Service, c: Call) -> Json:
+    from protocol.names import check_node_id
+
+    return await c.request.app[NODE_KEY].remove_member(check_node_id(c.params["id"]))
+
+
 async def h_ns_list(s: Service, c: Call) -> Json:
     return await s.list_namespaces(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
 
@@ -343,6 +360,8 @@ def build_router() -> Router:
     r.add("GET", "/v1/tasks/settings", h_settings)
     r.add("GET", "/v1/tasks/cluster", h_cluster)
     r.add("GET", "/v1/tasks/cluster/health", h_cluster_health)
+    r.add("POST", "/v1/tasks/cluster/members", h_member_add)
+    r.add("DELETE", "/v1/tasks/cluster/members/{id}", h_member_remove)
     r.add("GET", "/v1/tasks/namespaces", h_ns_list)
     r.add("POST", "/v1/tasks/namespaces", h_ns_create)
     r.add("GET", NS, h_ns_get)

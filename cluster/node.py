@@ -22,6 +22,7 @@ from cluster.http_api import HttpApi, json_response
 from cluster.metrics import Metrics
 from cluster.service import Service, wall_ms
 from cluster.timers import ScheduleTimers
+from protocol.errors import ApiError
 from protocol.names import storage_org
 from replication import LocalReplicator
 from routing import Membership, MembershipWatcher
@@ -74,6 +75,7 @@ class Node:
         self.timers: ScheduleTimers | None = None
         self.metrics = Metrics(self.version, self._stores, self._peer_rejected, lambda: self.replicator)
         self.fatal: str | None = None
+        self.leaving = False
         self.stopping = asyncio.Event()
         self._bg: list[asyncio.Task] = []
 
@@ -113,6 +115,7 @@ class Node:
         )
         if hasattr(self.replicator, "on_peer_change"):
             self.replicator.on_peer_change(self._peer_changed)
+            self.replicator.subscribe(self._on_meta_apply)
         if getattr(self.replicator, "kind", "local") == "raft":
             have = self.replicator.meta.partitions()
             if have is not None and have != cfg.partitions:
@@ -162,7 +165,7 @@ class Node:
         secret = read_secret(cfg.cluster_secret_file)
         peers = {p.id: p.peer for p in cfg.peers}
         peers.setdefault(self.node_id, cfg.advertise_peer)
-        return RaftReplicator(
+        rep = RaftReplicator(
             self.data_dir,
             node_id=self.node_id,
             listen=cfg.peer,
@@ -176,6 +179,10 @@ class Node:
             max_frame=cfg.limits.max_frame,
             **storage,
         )
+        known = rep.meta.members()
+        if known:  # the meta group's member list is authoritative once there is one
+            rep.set_peer_addresses({mid: m["peer"] for mid, m in known.items() if m.get("peer")})
+        return rep
 
     async def _join_meta(self) -> None:
         """Fix the partition count at bootstrap and publish this node's addresses.
@@ -188,8 +195,11 @@ class Node:
 
         rep = self.replicator
         cfg = self.cfg
+        peers = [{"id": p.id, "peer": p.peer, "http": p.http, "zap": p.zap} for p in cfg.peers]
+        if not any(p["id"] == self.node_id for p in peers):
+            peers.append({"id": self.node_id, "peer": cfg.advertise_peer, "http": None, "zap": None})
         commands = [
-            {"op": "meta.init", "partitions": cfg.partitions},
+            {"op": "meta.init", "partitions": cfg.partitions, "members": peers},
             {"op": "meta.member", "id": self.node_id, "peer": cfg.advertise_peer,
              "http": self.http_addr, "zap": None},
         ]
@@ -217,7 +227,71 @@ class Node:
         self.membership.update(alive=frozenset(alive & self.membership.current.members))
 
     def member_ids(self) -> list[str]:
+        rep = self.replicator
+        if getattr(rep, "kind", "local") == "raft":
+            known = rep.meta.members()
+            if known:
+                return sorted(known)
         return sorted({p.id for p in self.cfg.peers} | {self.node_id})
+
+    def _on_meta_apply(self, group: int, index: int, result: dict[str, Any]) -> None:
+        """A member joined or left: dial and accept exactly the meta group's members."""
+        rep = self.replicator
+        if group != rep.meta_group or not ("member" in result or "removed" in result):
+            return
+        if result.get("removed") == self.node_id:
+            self.leaving = True  # the balancer now gives every leadership away
+            log.warning("this node was removed from the cluster; handing over and no longer voting")
+        known = rep.meta.members()
+        peers = {mid: m["peer"] for mid, m in known.items() if m.get("peer")}
+        if self.leaving:
+            peers.update({p.id: p.peer for p in self.cfg.peers})  # keep talking while handing over
+        rep.set_peer_addresses(peers)
+        self.membership.update(members=frozenset(self.member_ids()))
+
+    async def add_member(self, node_id: str, peer: str, http: str | None, zap: str | None) -> dict[str, Any]:
+        """Join: record the member, then make it a voter of every group."""
+        import msgpack
+
+        rep = self.replicator
+        if getattr(rep, "kind", "local") != "raft":
+            raise ApiError("failed_precondition", "membership changes need replicator: raft")
+        cmd = {"op": "meta.member", "id": node_id, "peer": peer, "http": http, "zap": zap}
+        res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
+        if not res.get("ok"):
+            raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
+        try:
+            await rep.change_membership("add", node_id)
+        except TimeoutError as e:
+            raise ApiError("unavailable", str(e), retry_after=1) from None
+        return {"status": "joined", "nodeId": node_id, "members": self.member_ids()}
+
+    async def remove_member(self, node_id: str) -> dict[str, Any]:
+        """Leave: drop the member's record, then its vote in every group.
+
+        Run on any other member. The leaving node learns of its removal from the
+        meta group and hands its leaderships over, so the removals (which its own
+        leadership would refuse) go through; this node's view tells when each
+        group has committed the change. Then the operator stops the process.
+        """
+        import msgpack
+
+        rep = self.replicator
+        if getattr(rep, "kind", "local") != "raft":
+            raise ApiError("failed_precondition", "membership changes need replicator: raft")
+        if node_id == self.node_id:
+            raise ApiError("failed_precondition", "ask another member to remove this node")
+        if node_id not in rep.meta.members() and all(node_id not in rep.voters(g) for g in range(rep.partitions + 1)):
+            raise ApiError("not_found", f"node {node_id} is not a member")
+        cmd = {"op": "meta.remove", "id": node_id}
+        res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
+        if not res.get("ok"):
+            raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
+        try:
+            await rep.change_membership("rem", node_id)
+        except TimeoutError as e:
+            raise ApiError("unavailable", str(e), retry_after=1) from None
+        return {"status": "removed", "nodeId": node_id, "members": self.member_ids()}
 
     def preferred_leaders(self) -> list[str]:
         from routing import preferred_leaders
@@ -236,6 +310,11 @@ class Node:
         while True:
             await asyncio.sleep(1.0)
             try:
+                if self.leaving:
+                    for g in list(range(rep.partitions)) + [rep.meta_group]:
+                        if rep.is_leader(g):
+                            rep.transfer_leadership(g, None)
+                    continue
                 preferred = self.preferred_leaders()
                 for p, want in enumerate(preferred):
                     if want != self.node_id and rep.is_leader(p) and rep.mux.is_connected(want):
@@ -366,7 +445,7 @@ class Node:
         page, more = items[:size], len(items) > size
         if raft:
             known = rep.meta.members()
-            member_ids = sorted({p.id for p in self.cfg.peers} | {self.node_id} | set(known))
+            member_ids = self.member_ids()
             addrs = {p.id: p for p in self.cfg.peers}
             members = []
             for mid in member_ids:

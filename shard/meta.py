@@ -67,7 +67,15 @@ class MetaMachine:
                     return C.err("failed_precondition", f"the cluster has {have} partitions", {"partitions": have})
                 return C.ok(partitions=have, created=False)
             txn.put(PARTITIONS, _pack(want))
-            return C.ok(partitions=want, created=True)
+            # Bootstrap: the static peer list of the first node to initialise
+            # becomes the member list; later changes are joins and leaves.
+            seeded = []
+            for m in cmd.get("members") or []:
+                if isinstance(m, dict) and isinstance(m.get("id"), str) and m["id"]:
+                    rec = {k: m.get(k) for k in ("id", "peer", "http", "zap")}
+                    txn.put(MEMBER + m["id"].encode(), _pack(rec))
+                    seeded.append(m["id"])
+            return C.ok(partitions=want, created=True, member=seeded)
         if op == "meta.member":
             mid = cmd.get("id")
             if not isinstance(mid, str) or not mid:
@@ -79,7 +87,7 @@ class MetaMachine:
             mid = cmd.get("id")
             if isinstance(mid, str):
                 txn.delete(MEMBER + mid.encode())
-            return C.ok()
+            return C.ok(removed=mid)
         if op == "sys.barrier":
             return C.ok()
         return C.err("invalid_argument", f"unknown meta op {op!r}")

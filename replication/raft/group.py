@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import pysyncobj.syncobj as _syncobj
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.journal import Journal
@@ -29,7 +30,14 @@ from replication.raft import codec
 log = logging.getLogger("tasks.raft")
 
 REGULAR = b"\x00"  # pysyncobj's _COMMAND_TYPE.REGULAR
+MEMBERSHIP = b"\x02"  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP, with a msgpack body (never pickle)
 _REGULAR_BYTE = 0
+_MEMBERSHIP_BYTE = 2
+
+
+def membership_command(op: str, node_id: str) -> bytes:
+    """A Raft membership change ("add" / "rem") in our encoding."""
+    return MEMBERSHIP + msgpack.packb([op, node_id], use_bin_type=True)
 
 
 def _install_journal_factory() -> None:
@@ -128,11 +136,29 @@ class RaftGroup(SyncObj):
             transportClass=transport_factory,
         )
 
+    # pysyncobj parses membership entries with pickle; ours are msgpack [op, id].
+    def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> list[Any] | None:  # noqa: N802
+        if not command or command[0] != _MEMBERSHIP_BYTE:
+            return None
+        try:
+            req = msgpack.unpackb(command[1:], raw=False)
+        except Exception:
+            return None
+        if not (isinstance(req, list) and len(req) == 2 and req[0] in ("add", "rem") and isinstance(req[1], str)):
+            return None
+        return [req[0], req[1], Node(req[1])]
+
     # pysyncobj calls this (name-mangled) for every committed entry, in order.
     def _SyncObj__doApplyCommand(self, command: bytes) -> dict[str, Any] | None:  # noqa: N802
         index = self.raftLastApplied + 1
+        if command and command[0] == _MEMBERSHIP_BYTE:
+            # Already applied when appended; this matters when a journal is replayed.
+            req = self._SyncObj__parseChangeClusterRequest(command)
+            if req is not None:
+                self._SyncObj__doChangeCluster(req)  # type: ignore[attr-defined]
+            return None
         if not command or command[0] != _REGULAR_BYTE:
-            return None  # no-op, membership and version entries carry no state
+            return None  # no-op and version entries carry no state
         result = self.machine.apply(index, command[1:])
         self._on_applied(self.group_id, index, result)
         return result
@@ -151,6 +177,10 @@ class RaftGroup(SyncObj):
     def send_append_entries(self) -> None:
         """Replicate new entries (or a new commit index) now, not at the next heartbeat."""
         self._SyncObj__sendAppendEntries()  # type: ignore[attr-defined]
+
+    def member_ids(self) -> set[str]:
+        """The other voters of this group as pysyncobj knows them now."""
+        return {n.id for n in self._SyncObj__otherNodes}  # type: ignore[attr-defined]
 
     def last_log_index(self) -> int:
         return self._SyncObj__raftLog[-1][1]  # type: ignore[attr-defined]

@@ -28,10 +28,11 @@ from typing import Any
 
 from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.node import Node
 
 from replication.base import Listener, NotLeader, Result
 from replication.raft import codec
-from replication.raft.group import REGULAR, GroupTransport, RaftGroup
+from replication.raft.group import REGULAR, GroupTransport, RaftGroup, membership_command
 from replication.raft.journal import DurableJournal
 from replication.raft.snapshots import LmdbSnapshotter
 from replication.raft.transport import RAFT, PeerMux
@@ -104,6 +105,9 @@ class RaftReplicator:
         self._leading: list[bool] = [False] * (partitions + 1)
         self._leaders: list[str | None] = [None] * (partitions + 1)
         self._heard: list[dict[str, float]] = [{} for _ in range(partitions + 1)]
+        # Voters of each group besides this node, as last seen by the Raft thread
+        # (a copy the event loop may read without racing pysyncobj's own sets).
+        self._members: list[frozenset[str]] = [frozenset(self.peer_addrs)] * (partitions + 1)
         self.mux: PeerMux | None = None
         self.proposals = 0
         self.proposal_errors = 0
@@ -131,7 +135,7 @@ class RaftReplicator:
             deserializer=self._snapshotters[g].deserialize,
             serializeChecker=self._snapshotters[g].check,
             commandsWaitLeader=True,  # wait (up to propose_timeout) through an election
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
             useFork=False,
             journalFile=self._journals[g],
         )
@@ -245,6 +249,9 @@ class RaftReplicator:
     def meta(self) -> MetaMachine:
         return self._machines[self.meta_group]  # type: ignore[return-value]
 
+    def voters(self, group: int) -> frozenset[str]:
+        return self._members[group] | {self.node_id}
+
     def sees_quorum(self, group: int) -> bool:
         """SPEC §4.9: a leader heard from a majority, or a follower heard from its
         leader, within the last 2 x election timeout. Heartbeats are messages, so
@@ -256,8 +263,9 @@ class RaftReplicator:
         if leader is None:
             return False
         if leader == self.node_id:
-            recent = sum(1 for t in list(heard.values()) if now - t <= window)
-            return recent + 1 > (len(self.peer_addrs) + 1) / 2
+            voters = self._members[group]
+            recent = sum(1 for p, t in list(heard.items()) if p in voters and now - t <= window)
+            return recent + 1 > (len(voters) + 1) / 2
         return now - heard.get(leader, 0.0) <= window
 
     def group_status(self, group: int) -> dict[str, Any]:
@@ -275,6 +283,42 @@ class RaftReplicator:
             "taken": sum(s.taken for s in self._snapshotters),
             "installed": sum(s.installed for s in self._snapshotters),
         }
+
+    async def change_membership(self, op: str, node_id: str, *, timeout: float = 30.0) -> None:
+        """Add ("add") or remove ("rem") a voter in every group, one group at a time.
+
+        pysyncobj applies one change per group at a time and refuses one while the
+        leader's first entry of its term is uncommitted; refused or unknown
+        outcomes are retried until the deadline. Already-done changes are no-ops.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for g in range(len(self._groups)):
+            while True:
+                members = self._members[g] | {self.node_id}
+                if node_id != self.node_id and (op == "add") == (node_id in members):
+                    break  # already so in this node's view of the group
+                fut: asyncio.Future = loop.create_future()
+
+                def done(res: Any, err: int, _fut: asyncio.Future = fut) -> None:
+                    loop.call_soon_threadsafe(_resolve, _fut, res, err)
+
+                self._inbox.put(("propose", g, membership_command(op, node_id), done))
+                try:
+                    res = await asyncio.wait_for(asyncio.shield(fut), 5.0)
+                except TimeoutError:
+                    res = {"ok": False}
+                if res.get("ok"):
+                    break  # committed (this node's own view never drops itself)
+                if loop.time() > deadline:
+                    raise TimeoutError(f"membership change {op} {node_id} did not commit in group {g}")
+                await asyncio.sleep(0.05)
+
+    def set_peer_addresses(self, peers: Mapping[str, str]) -> None:
+        """Whom the peer port dials and accepts (membership changes)."""
+        self.peer_addrs = {pid: addr for pid, addr in peers.items() if pid != self.node_id}
+        if self.mux is not None:
+            self.mux.set_peers(self.peer_addrs)
 
     def transfer_leadership(self, group: int, to: str | None = None) -> None:
         self._inbox.put(("transfer", group, to))
@@ -319,10 +363,9 @@ class RaftReplicator:
                 self.bad_messages += 1
                 return True
             grp = self._groups[group]
-            node = grp.nodes.get(peer)
-            if node is None:
-                self.bad_messages += 1
-                return True
+            if peer not in grp.member_ids():
+                return True  # not (yet, or any more) a voter of this group
+            node = grp.nodes.get(peer) or Node(peer)
             try:
                 msg = codec.decode(body)
             except codec.BadMessage as e:
@@ -338,9 +381,8 @@ class RaftReplicator:
             touched.add(group)
         elif kind == "up" or kind == "down":
             for grp in self._groups:
-                node = grp.nodes.get(item[1])
-                if node is not None:
-                    (grp.transport.node_up if kind == "up" else grp.transport.node_down)(node)
+                node = grp.nodes.get(item[1]) or Node(item[1])
+                (grp.transport.node_up if kind == "up" else grp.transport.node_down)(node)
         elif kind == "transfer":
             _, group, to = item
             grp = self._groups[group]
@@ -395,6 +437,9 @@ class RaftReplicator:
             if leading and (grp.last_log_index() > last or grp.raftCommitIndex > commit):
                 grp.send_append_entries()
             self._track_leader(g, grp, leading)
+            members = grp.member_ids()
+            if members != self._members[g]:
+                self._members[g] = frozenset(members)
         except Exception:
             log.exception("raft tick of group %d failed", g)
             time.sleep(0.01)
