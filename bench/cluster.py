@@ -84,6 +84,11 @@ What is measured, in this order, in one run:
    printed under the table, with each node's CPU during the window.
    ``cluster ÷ single`` compares p50, p99 and fires/s.
 
+Both the idle window and each firing window also report the CPU used by
+*other* processes on the machine (busy time from ``/proc/stat`` minus the
+nodes and this benchmark): the machine is shared, and a test run or build in
+parallel shows up there and makes that section's numbers suspect.
+
 The header records the machine (cores, CPU, Python, load average). ``--json
 PATH`` writes every number; ``--keep`` keeps the temporary directory (node logs,
 data) for a post-mortem. Everything that fails (a node that does not start,
@@ -189,6 +194,7 @@ class IdleResult:
     single_rss_mib: float | None
     cpu_ratio_per_node: float | None  # mean cluster node ÷ single node
     rss_ratio_per_node: float | None
+    foreign_cpu_pct: float | None = None  # other processes on the machine during the window
 
 
 @dataclass
@@ -280,6 +286,7 @@ class ScaleResult:
     list_errors: dict[str, int]
     node_load: list[NodeLoad]
     client_cpu_pct: float | None
+    foreign_cpu_pct: float | None
     create_leader_watch: LeaderWatch | None = None  # namespaces + calibration + creation
     leader_watch: LeaderWatch | None = None  # window start -> cutoff
     error: str | None = None
@@ -327,6 +334,42 @@ class Settings:
 
 # ---------------------------------------------------------------------------
 # node processes
+
+
+def machine_busy() -> float | None:
+    """CPU-seconds all cores spent busy since boot (/proc/stat, everything but idle+iowait)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(vals) - vals[3] - vals[4]) / CLK_TCK
+    return None
+
+
+class ForeignCpu:
+    """CPU used on the machine by processes other than the nodes and this benchmark.
+
+    Busy time of all cores (/proc/stat) minus the nodes' and this process's
+    CPU time over the same interval, in % of one core: another job on the
+    machine (a test run, a build) shows up here and makes the numbers suspect.
+    """
+
+    def __init__(self, nodes: Sequence[NodeProcess]) -> None:
+        self.nodes = list(nodes)
+        self.t0 = time.perf_counter()
+        self.busy0 = machine_busy()
+        self.own0 = self._own()
+
+    def _own(self) -> float:
+        total = time.process_time()
+        for n in self.nodes:
+            total += n.sample().total
+        return total
+
+    def pct(self) -> float | None:
+        busy1, own1 = machine_busy(), self._own()
+        wall = time.perf_counter() - self.t0
+        if self.busy0 is None or busy1 is None or wall <= 0 or math.isnan(own1) or math.isnan(self.own0):
+            return None
+        return round(max(0.0, (busy1 - self.busy0) - (own1 - self.own0)) / wall * 100, 1)
 
 
 def free_ports(n: int) -> list[int]:
@@ -489,9 +532,11 @@ def measure_idle(systems: Sequence[System], settle: float, window: float) -> Idl
     print(f"idle: settling {settle:g}s, then measuring {window:g}s ...", file=sys.stderr)
     time.sleep(settle)
     nodes = [(sys_.kind, n) for sys_ in systems for n in sys_.nodes]
+    foreign = ForeignCpu([n for _, n in nodes])
     before = {id(n): n.sample() for _, n in nodes}
     time.sleep(window)
     after = {id(n): n.sample() for _, n in nodes}
+    foreign_pct = foreign.pct()
     rows: list[NodeIdle] = []
     for kind, n in nodes:
         loop, other = cpu_pct(before[id(n)], after[id(n)])
@@ -516,6 +561,7 @@ def measure_idle(systems: Sequence[System], settle: float, window: float) -> Idl
         cluster_cpu_pct=c_cpu, cluster_rss_mib=c_rss, single_cpu_pct=s_cpu, single_rss_mib=s_rss,
         cpu_ratio_per_node=round(c_cpu / n_cluster / s_cpu, 2) if c_cpu is not None and s_cpu else None,
         rss_ratio_per_node=round(c_rss / n_cluster / s_rss, 2) if c_rss is not None and s_rss else None,
+        foreign_cpu_pct=foreign_pct,
     )
 
 
@@ -807,12 +853,14 @@ async def bench_scale(system: System, s: Settings) -> ScaleResult:
         watch_stop = asyncio.Event()
         watch = LeaderWatch() if system.kind == "cluster" else None
         watcher = asyncio.create_task(watch_leaders(session, urls[0], watch_stop, watch)) if watch else None
+        foreign = ForeignCpu(system.nodes)
         cpu_a = [n.sample() for n in system.nodes]
         client_a = time.process_time()
         print(f"{label} window: {window}s of {n_sched:,} fires/s ...", file=sys.stderr)
         await asyncio.sleep(max(0.0, last + 1 - time.time()))
         cpu_b = [n.sample() for n in system.nodes]
         client_b = time.process_time()
+        foreign_pct = foreign.pct()
         window_end = time.monotonic()
         give_up = window_end + s.grace
         total, seen, stable_since = 0, -1, time.monotonic()
@@ -898,6 +946,7 @@ async def bench_scale(system: System, s: Settings) -> ScaleResult:
         listed=len(fired_all), listed_after_cutoff=len(fired_all) - len(fired),
         list_seconds=round(list_s, 2), list_pages=pages, list_errors=dict(list_errors),
         node_load=load, client_cpu_pct=round((client_b - client_a) / window * 100, 1),
+        foreign_cpu_pct=foreign_pct,
         leader_watch=watch, create_leader_watch=create_watch,
         error="; ".join(problems) or None,
     )
@@ -939,7 +988,8 @@ def failed_scale(system: System, s: Settings, error: str) -> ScaleResult:
         drain_by_second_ms=[], histogram_count=0, histogram_p50_ms=None,
         histogram_p50_bucket="", histogram_p99_ms=None, histogram_p99_bucket="",
         fires_by_outcome={}, listed=None, listed_after_cutoff=None, list_seconds=None,
-        list_pages=0, list_errors={}, node_load=[], client_cpu_pct=None, error=error,
+        list_pages=0, list_errors={}, node_load=[], client_cpu_pct=None, foreign_cpu_pct=None,
+        error=error,
     )
 
 
@@ -1054,6 +1104,8 @@ def render(report: Report) -> str:
                                             if idle.cluster_rss_mib is not None and idle.single_rss_mib
                                             else None, 2)
                      + f"  (CPU resolution: one tick = {tick_pct:.2f}%)")
+        lines.append(f"  other processes on the machine during the window: {_f(idle.foreign_cpu_pct)}% "
+                     "(/proc/stat busy − nodes − benchmark; more than a few % makes these numbers suspect)")
 
     if report.leaders:
         lines += ["", "2) Partition leaders — GET /v1/tasks/cluster"]
@@ -1124,7 +1176,8 @@ def render(report: Report) -> str:
                 lines.append("    CPU during the window (loop + other threads; RSS after): "
                              + "; ".join(f"{x.node} {_f(x.loop_cpu_pct, 0)}+{_f(x.other_cpu_pct, 0)}% "
                                          f"{_f(x.rss_mib, 0)} MiB" for x in r.node_load)
-                             + f"; client {_f(r.client_cpu_pct, 0)}%")
+                             + f"; client {_f(r.client_cpu_pct, 0)}%; other processes on the machine "
+                             f"{_f(r.foreign_cpu_pct, 0)}%")
             for phase, w in (("setup+creation", r.create_leader_watch), ("window→cutoff", r.leader_watch)):
                 if w is not None:
                     lines.append(f"    leaders, {phase} (GET /v1/tasks/cluster on n1 1/s, {w.polls} polls): "

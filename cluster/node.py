@@ -277,12 +277,16 @@ class Node:
         import msgpack
 
         rep = self.replicator
-        if getattr(rep, "kind", "local") != "raft":
+        raft = getattr(rep, "kind", "local") == "raft"
+        known = node_id in self.member_ids() or (
+            raft and any(node_id in rep.voters(g) for g in range(rep.partitions + 1))
+        )
+        if not known:
+            raise ApiError("not_found", f"node {node_id} is not a member")
+        if not raft:
             raise ApiError("failed_precondition", "membership changes need replicator: raft")
         if node_id == self.node_id:
             raise ApiError("failed_precondition", "ask another member to remove this node")
-        if node_id not in rep.meta.members() and all(node_id not in rep.voters(g) for g in range(rep.partitions + 1)):
-            raise ApiError("not_found", f"node {node_id} is not a member")
         cmd = {"op": "meta.remove", "id": node_id}
         res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
         if not res.get("ok"):

@@ -287,13 +287,18 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
         ("POST", NSP + "/{ns}/search-attributes"): [
             {"name": 5, "type": "Keyword"}, {"name": "Ok1", "type": 5}, {"name": ["Ok2"], "type": "Keyword"},
         ],
+        ("POST", "/v1/tasks/cluster/members"): [
+            {"nodeId": 5, "peer": "127.0.0.1:1"}, {"nodeId": "n9", "peer": 5}, {"nodeId": "..", "peer": "a:1"},
+            {"nodeId": "n9"}, {"nodeId": "n9", "peer": "no-port"},
+        ],
     }
     return table.get((method, template), [])
 
 
 BODY_FREE = {  # routes that read no body field (GET, and deletes by path)
     (r.method, r.template) for r in ROUTES if r.method == "GET"
-} | {("DELETE", NSP + "/{ns}"), ("DELETE", SC + "/{sid}"), ("DELETE", NSP + "/{ns}/search-attributes/{name}")}
+} | {("DELETE", NSP + "/{ns}"), ("DELETE", SC + "/{sid}"), ("DELETE", NSP + "/{ns}/search-attributes/{name}"),
+     ("DELETE", "/v1/tasks/cluster/members/{id}")}
 
 
 def test_every_route_is_classified() -> None:
