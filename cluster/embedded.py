@@ -21,7 +21,7 @@ class EmbeddedNode:
         self._loop = loop
         self._thread = thread
         self.http_url: str = node.http_url or ""
-        self.zap_addr: str | None = None
+        self.zap_addr: str | None = node.zap_addr
         self._stopped = False
 
     def stop(self) -> None:
@@ -40,18 +40,20 @@ def start(
     *,
     data_dir: str,
     http: str = "127.0.0.1:0",
-    zap: str = "127.0.0.1:0",
+    zap: str | None = "127.0.0.1:0",
     namespace: str = "default",
     config: Mapping[str, Any] | None = None,
 ) -> EmbeddedNode:
     values: dict[str, Any] = dict(config or {})
     values.setdefault("data_dir", data_dir)
     values.setdefault("http", http)
-    values.setdefault("zap", zap)
+    if zap is not None:
+        values.setdefault("zap", zap)
     values.setdefault("default_namespace", namespace)
     values.setdefault("node_id", "embedded")
     cfg = config_from_mapping(values)
     node = Node(cfg)
+    node.zap_enabled = zap is not None or "zap" in values
     loop = asyncio.new_event_loop()
     started = threading.Event()
     error: list[BaseException] = []

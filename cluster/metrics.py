@@ -101,7 +101,14 @@ class _RaftCollector:
         for kind in ("meta", "partition"):
             for role in ("leader", "follower"):
                 groups.add_metric([kind, role], roles.get((kind, role), 0))
-        changes.add_metric(["all"], rep.leader_changes)  # type: ignore[attr-defined]
+        for kind, n in rep.leader_changes_by_kind.items():  # type: ignore[attr-defined]
+            changes.add_metric([kind], n)
+        proposals = CounterMetricFamily(
+            "tasks_raft_proposals", "Proposals by outcome", labels=["group_kind", "outcome"]
+        )
+        for (kind, outcome), n in sorted(rep.outcomes.items()):  # type: ignore[attr-defined]
+            proposals.add_metric([kind, outcome], n)
+        yield proposals
         snaps = CounterMetricFamily(
             "tasks_raft_snapshots", "Log compaction snapshots", labels=["group_kind", "direction"]
         )
@@ -159,13 +166,26 @@ class Metrics:
         self.map_grows = Counter("tasks_lmdb_map_grows_total", "LMDB map doublings", registry=r)
         self.storage_full = Counter("tasks_storage_full_total", "Writes refused for full storage", registry=r)
         self.rate_limited = Counter("tasks_rate_limited_total", "Requests refused by rate limits", ["scope"], registry=r)
-        self.proposals = Counter(
-            "tasks_raft_proposals_total", "Proposals by outcome", ["group_kind", "outcome"], registry=r
-        )
         self.proposal_duration = Histogram(
             "tasks_raft_proposal_duration_seconds", "Proposal latency (commit + apply)", ["group_kind"],
             buckets=LATENCY_BUCKETS, registry=r,
         )
+
+        # ZAP (SPEC §8, §11): opcode labels are names from the fixed opcode table
+        # (or "unknown"), so the series stay bounded whatever clients send.
+        self.zap_requests = Counter(
+            "tasks_zap_requests_total", "ZAP requests answered", ["opcode", "status"], registry=r
+        )
+        self.zap_duration = Histogram(
+            "tasks_zap_request_duration_seconds", "ZAP request duration", ["opcode"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.zap_connections = Gauge("tasks_zap_connections", "Open ZAP connections", registry=r)
+        self.zap_frames_rejected = Counter(
+            "tasks_zap_frames_rejected_total", "ZAP frames rejected", ["reason"], registry=r
+        )
+        for reason in ("too_large", "bad_version", "bad_body", "protocol"):
+            self.zap_frames_rejected.labels(reason)
 
     def on_apply(self, result: dict) -> None:
         op = result.get("_op")

@@ -22,6 +22,7 @@ from cluster.http_api import HttpApi, json_response
 from cluster.metrics import Metrics
 from cluster.service import Service, wall_ms
 from cluster.timers import ScheduleTimers
+from cluster.zap_server import ZapServer
 from protocol.errors import ApiError
 from protocol.names import storage_org
 from replication import LocalReplicator
@@ -70,6 +71,9 @@ class Node:
         self.http_url: str | None = None
         self.http_addr: str | None = None
         self._runner: web.AppRunner | None = None
+        self.zap_enabled = True  # embedded.start(zap=None) turns the ZAP listener off
+        self.zap_addr: str | None = None
+        self._zap: ZapServer | None = None
         self.replicator: Any = None
         self.service: Service | None = None
         self.timers: ScheduleTimers | None = None
@@ -128,6 +132,8 @@ class Node:
             self._bg.append(asyncio.create_task(self._join_meta(), name="meta-join"))
             self._bg.append(asyncio.create_task(self._balance_leaders(), name="leader-balance"))
         self.service = Service(cfg, self.replicator, node_id=self.node_id, clock=self.clock)
+        duration = self.metrics.proposal_duration.labels("partition")
+        self.service.on_proposed = duration.observe
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
         self.timers = ScheduleTimers(self.service, self.metrics)
         await self.timers.start()
@@ -147,8 +153,33 @@ class Node:
         self.http_url = f"http://{self.http_addr}"
         if host not in ("127.0.0.1", "localhost", "::1") and not cfg.auth.require_identity:
             log.warning("auth disabled and listening on %s", cfg.http)
+        await self._start_zap()
         self.ready = True
-        log.info("node %s serving http=%s data=%s", self.node_id, self.http_addr, self.data_dir)
+        zap = f" zap={self.zap_addr}" if self.zap_addr else ""
+        log.info("node %s serving http=%s%s data=%s", self.node_id, self.http_addr, zap, self.data_dir)
+
+    async def _start_zap(self) -> None:
+        """Listen for ZAP on ``cfg.zap``; ``zap_addr`` is the bound address.
+
+        A ZAP address that was set explicitly must bind, like HTTP. The default
+        one (127.0.0.1:9999) may be taken by another node on the same machine
+        (tests and dev setups that set only --http): then this node serves
+        without ZAP and says so, instead of refusing to start.
+        """
+        if not self.zap_enabled:
+            return
+        host, port = split_addr(self.cfg.zap)
+        zap = ZapServer(self)
+        try:
+            bound = await zap.start(host, port)
+        except OSError as e:
+            if "zap" in self.cfg.sources:
+                raise
+            log.warning("ZAP not served: cannot listen on the default %s (%s); set zap to serve it", self.cfg.zap, e)
+            return
+        self._zap = zap
+        shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        self.zap_addr = f"{shown}:{bound}"
 
     def _make_replicator(self) -> Any:
         cfg = self.cfg
@@ -351,6 +382,9 @@ class Node:
             except Exception:
                 log.exception("leadership hand-over failed")
         self.ready = False
+        if self._zap is not None:
+            await self._zap.stop()
+            self._zap = None
         if self._runner is not None:
             await self._runner.shutdown()
             await self._runner.cleanup()
@@ -410,7 +444,7 @@ class Node:
         return {
             "version": self.version,
             "nodeId": self.node_id,
-            "zapAddr": None,
+            "zapAddr": self.zap_addr,
             "authRequired": bool(self.cfg.auth.require_identity),
             "namespaceWriteDisabled": s.namespace_write_disabled,
             "archivalEnabled": False,

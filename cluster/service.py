@@ -76,6 +76,7 @@ class Service:
         self._ns_cache: dict[tuple[str, str], Json] = {}
         self.buckets = TokenBuckets()
         self.proposal_errors = 0
+        self.on_proposed: Callable[[float], None] | None = None
         replicator.subscribe(self._on_apply)
 
     # ---- plumbing ----------------------------------------------------------
@@ -99,8 +100,11 @@ class Service:
         except (OverflowError, TypeError, ValueError) as e:
             # JSON allows integers msgpack cannot carry (beyond 64 bits).
             raise ApiError("invalid_argument", f"a value cannot be stored: {e}") from None
+        started = time.perf_counter()
         try:
             res = await self.replicator.propose(group, data)
+            if self.on_proposed is not None:
+                self.on_proposed(time.perf_counter() - started)
         except NotLeader as e:
             self.proposal_errors += 1
             raise ApiError("unavailable", f"shard unavailable: {e}", retry_after=1) from None

@@ -178,6 +178,38 @@ class RaftGroup(SyncObj):
         """Replicate new entries (or a new commit index) now, not at the next heartbeat."""
         self._SyncObj__sendAppendEntries()  # type: ignore[attr-defined]
 
+    def normalize_append(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Drop the leading entries of an AppendEntries that this log already holds.
+
+        pysyncobj deletes everything after ``prevLogIdx`` whenever the log is
+        longer, then re-adds the message's entries, even when they are the same
+        (Raft truncates only on a conflict). A resent batch would thus rewrite
+        applied entries. Trimming the identical prefix keeps the Raft rule: what
+        remains starts at our end or at a real conflict (different term), where
+        truncating is right. A message whose entries are all present but that
+        ends before our last entry is left as it is (the leader's log ends there).
+        """
+        entries = msg.get("entries")
+        if not entries or "prevLogIdx" not in msg:
+            return msg
+        log = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        first, last = log[0][1], log[-1][1]
+        k = 0
+        while k < len(entries):
+            idx, term = entries[k][1], entries[k][2]
+            if idx < first or idx > last or log[idx - first][2] != term:
+                break
+            k += 1
+        if k == 0:
+            return msg
+        if k == len(entries) and entries[-1][1] < last:
+            return msg
+        out = dict(msg)
+        out["entries"] = entries[k:]
+        out["prevLogIdx"] = entries[k - 1][1]
+        out["prevLogTerm"] = entries[k - 1][2]
+        return out
+
     def member_ids(self) -> set[str]:
         """The other voters of this group as pysyncobj knows them now."""
         return {n.id for n in self._SyncObj__otherNodes}  # type: ignore[attr-defined]

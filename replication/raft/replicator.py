@@ -112,6 +112,8 @@ class RaftReplicator:
         self.proposals = 0
         self.proposal_errors = 0
         self.leader_changes = 0
+        self.leader_changes_by_kind: dict[str, int] = {"meta": 0, "partition": 0}
+        self.outcomes: dict[tuple[str, str], int] = {}
         self.bad_messages = 0
 
     # ---- lifecycle ---------------------------------------------------------
@@ -218,10 +220,15 @@ class RaftReplicator:
             loop.call_soon_threadsafe(_resolve, fut, res, err)
 
         self.proposals += 1
+        kind = "meta" if group == self.meta_group else "partition"
         self._inbox.put(("propose", group, REGULAR + command, done))
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.propose_timeout)
+            res = await asyncio.wait_for(asyncio.shield(fut), self.propose_timeout)
+            outcome = "ok" if res.get("ok") or res.get("code") not in ("unavailable",) else "rejected"
+            self.outcomes[(kind, outcome)] = self.outcomes.get((kind, outcome), 0) + 1
+            return res
         except TimeoutError:
+            self.outcomes[(kind, "timeout")] = self.outcomes.get((kind, "timeout"), 0) + 1
             self.proposal_errors += 1
             return {"ok": False, "code": "unavailable",
                     "message": "the write did not commit in time; its outcome is unknown, retry with the same requestId"}
@@ -373,6 +380,8 @@ class RaftReplicator:
                 log.warning("dropped a raft message from %s: %s", peer, e)
                 return True
             self._heard[group][peer] = time.monotonic()
+            if msg["type"] == "append_entries":
+                msg = grp.normalize_append(msg)
             grp.transport.deliver(node, msg)
             touched.add(group)
         elif kind == "propose":
@@ -448,7 +457,10 @@ class RaftReplicator:
         leader = grp.leader_id()
         if leader != self._leaders[g]:
             self._leaders[g] = leader
-            self.leader_changes += 1
+            if leader is not None:  # count elections won, not the leaderless gaps
+                self.leader_changes += 1
+                kind = "meta" if g == self.meta_group else "partition"
+                self.leader_changes_by_kind[kind] += 1
         if leading != self._leading[g]:
             self._leading[g] = leading
             loop = self._loop

@@ -1,0 +1,806 @@
+"""The ZAP listener of a node (SPEC §8): binary requests onto the service layer.
+
+One asyncio TCP server on the node's loop. Each connection has one reader
+task that parses frames and enforces §8.1, and one task per request, so the
+requests of a connection run concurrently and may be answered out of order.
+Responses are written under a per-connection lock (a frame is never
+interleaved with another) with a write deadline, so a client that stops
+reading stalls only its own connection; a malformed frame closes only its own
+connection; every request gets exactly one response.
+
+This module only translates: snake_case ZAP fields and ``*_ms`` integers into
+the camelCase HTTP-shaped bodies that ``cluster.service.Service`` validates,
+and its records back into the snake_case wrappers of §8.4 (records inside
+keep their camelCase form, §0). The rules live in the service, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import names
+from protocol import zap as Z
+from protocol.durations import format_duration
+from protocol.errors import ApiError
+from protocol.schedule_spec import SpecError, classify
+
+log = logging.getLogger("tasks.zap")
+
+Json = dict[str, Any]
+
+WRITE_TIMEOUT = 30.0
+"""A response not taken by the client within this time closes its connection."""
+EOF_DRAIN_TIMEOUT = 60.0
+"""After the client half-closes, in-flight requests get this long to be answered."""
+LINGER_TIMEOUT = 2.0
+"""Before closing after a final error response, input is discarded this long, so
+that the kernel does not reset the connection (and drop that response) because
+unread bytes were pending."""
+WORKERS_LATER = "workers arrive in a later build"
+
+
+# ---------------------------------------------------------------------------
+# field helpers: ZAP (snake_case, *_ms ints) -> service bodies
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError("invalid_argument", message)
+
+
+def _str(body: Json, name: str, *, required: bool = False) -> str | None:
+    v = body.get(name)
+    if v is None:
+        if required:
+            raise _bad(f"{name} is required")
+        return None
+    if not isinstance(v, str):
+        raise _bad(f"{name} must be a string")
+    if required and not v:
+        raise _bad(f"{name} is required")
+    return v
+
+
+def _int(body: Json, name: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _bad(f"{name} must be an integer")
+    if lo is not None and v < lo:
+        raise _bad(f"{name} must be at least {lo}")
+    if hi is not None and v > hi:
+        raise _bad(f"{name} must be at most {hi}")
+    return v
+
+
+def _bool(body: Json, name: str) -> bool | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, bool):
+        raise _bad(f"{name} must be a boolean")
+    return v
+
+
+def _map(body: Json, name: str) -> Json | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise _bad(f"{name} must be a map")
+    return v
+
+
+def _ms(body: Json, name: str, prefix: str = "") -> str | None:
+    """A ``*_ms`` integer as the service's duration string (the service checks ranges)."""
+    v = body.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _bad(f"{prefix}{name} must be an integer of milliseconds")
+    return format_duration(v)
+
+
+def _run_id(body: Json) -> str | None:
+    rid = _str(body, "run_id")
+    return names.check_run_id(rid) if rid else None
+
+
+def _page(body: Json) -> tuple[int, str | None]:
+    size = _int(body, "page_size", lo=1, hi=1000)
+    token = _str(body, "next_page_token")
+    return (100 if size is None else size), (token or None)
+
+
+def _copy_str(src: Json, dst: Json, pairs: tuple[tuple[str, str], ...]) -> None:
+    for zap_name, camel in pairs:
+        v = _str(src, zap_name)
+        if v is not None:
+            dst[camel] = v
+
+
+def _retry_policy(v: Any) -> Json | None:
+    """``{initial_interval_ms, backoff_coefficient, ...}`` -> the §5.1 RetryPolicy."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise _bad("retry_policy must be a map")
+    out: Json = {}
+    for zap_name, camel in (("initial_interval_ms", "initialInterval"), ("maximum_interval_ms", "maximumInterval")):
+        d = _ms(v, zap_name, "retry_policy.")
+        if d is not None:
+            out[camel] = d
+    for zap_name, camel in (
+        ("backoff_coefficient", "backoffCoefficient"),
+        ("maximum_attempts", "maximumAttempts"),
+        ("non_retryable_error_types", "nonRetryableErrorTypes"),
+    ):
+        if v.get(zap_name) is not None:
+            out[camel] = v[zap_name]
+    return out
+
+
+def _start_body(b: Json) -> Json:
+    """StartWorkflow fields (0x0060) -> the service's StartWorkflow body (§5.3)."""
+    out: Json = {"workflowType": {"name": _str(b, "workflow_type", required=True)}}
+    tq = _str(b, "task_queue")
+    if tq:
+        out["taskQueue"] = {"name": tq}
+    _copy_str(b, out, (("workflow_id", "workflowId"), ("request_id", "requestId"), ("identity", "identity")))
+    rid = _run_id(b)
+    if rid:
+        out["runId"] = rid
+    if "input" in b:
+        out["input"] = b["input"]
+    if b.get("id_conflict_policy") is not None:
+        out["workflowIdConflictPolicy"] = b["id_conflict_policy"]
+    for zap_name, camel in (
+        ("execution_timeout_ms", "workflowExecutionTimeout"),
+        ("run_timeout_ms", "workflowRunTimeout"),
+        ("task_timeout_ms", "workflowTaskTimeout"),
+    ):
+        d = _ms(b, zap_name)
+        if d is not None:
+            out[camel] = d
+    rp = _retry_policy(b.get("retry_policy"))
+    if rp is not None:
+        out["retryPolicy"] = rp
+    memo = _map(b, "memo")
+    if memo is not None:
+        out["memo"] = memo
+    sa = _map(b, "search_attributes")
+    if sa is not None:
+        out["searchAttributes"] = sa
+    return out
+
+
+def _started(rec: Json) -> Json:
+    return {
+        "workflow_id": rec["execution"]["workflowId"],
+        "run_id": rec["execution"]["runId"],
+        "started": rec["started"],
+    }
+
+
+# ---------------------------------------------------------------------------
+# opcode handlers
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as a handler sees it: the stored org and the resolved namespace."""
+
+    node: Any
+    org: str
+    ns: str
+    body: Json
+
+    @property
+    def service(self) -> Any:
+        return self.node.service
+
+
+Handler = Callable[[Call], Awaitable[Json]]
+
+
+async def op_health(c: Call) -> Json:
+    return {"service": "tasks", "status": "ok", "node_id": c.node.node_id, "namespace": c.ns}
+
+
+async def op_submit_task(c: Call) -> Json:
+    b = c.body
+    body: Json = {
+        "workflowType": {"name": _str(b, "task_type", required=True)},
+        "taskQueue": {"name": _str(b, "task_queue") or "default"},
+    }
+    if "payload" in b:
+        body["input"] = b["payload"]
+    _copy_str(b, body, (("workflow_id", "workflowId"), ("request_id", "requestId")))
+    rp = _retry_policy(b.get("retry_policy"))
+    if rp is not None:
+        body["retryPolicy"] = rp
+    return _started(await c.service.start_workflow(c.org, c.ns, body))
+
+
+async def op_schedule_recurring(c: Call) -> Json:
+    b = c.body
+    name = _str(b, "name", required=True)
+    spec = b.get("spec")
+    if not isinstance(spec, str):
+        raise _bad("spec must be a string (a duration or a cron expression)")
+    try:
+        kind, value = classify(spec)
+    except SpecError as e:
+        raise _bad(f'spec for "{name}": {e}') from None
+    sched_spec: Json = (
+        {"interval": [{"interval": format_duration(int(value))}]} if kind == "interval" else {"cronString": [value]}
+    )
+    action: Json = {"workflowType": {"name": name}, "taskQueue": {"name": _str(b, "task_queue") or "default"}}
+    if "input" in b:
+        action["input"] = b["input"]
+    policies: Json = {"overlapPolicy": b["overlap_policy"] if b.get("overlap_policy") is not None else "SKIP"}
+    body: Json = {"scheduleId": name, "spec": sched_spec, "action": action, "policies": policies}
+    # Create first, upsert on conflict: the service reports no "created" flag,
+    # and this way it is exact (a create either made it or found it).
+    try:
+        rec = await c.service.create_schedule(c.org, c.ns, body, upsert=False)
+        created = True
+    except ApiError as e:
+        if e.code != "already_exists":
+            raise
+        rec = await c.service.create_schedule(c.org, c.ns, body, upsert=True)
+        created = False
+    return {"schedule_id": rec.get("scheduleId", name), "created": created}
+
+
+async def op_start(c: Call) -> Json:
+    return _started(await c.service.start_workflow(c.org, c.ns, _start_body(c.body)))
+
+
+async def op_signal_with_start(c: Call) -> Json:
+    b = c.body
+    body = _start_body(b)
+    body["signalName"] = _str(b, "signal_name", required=True)
+    if "signal_input" in b:
+        body["signalInput"] = b["signal_input"]
+    return _started(await c.service.start_workflow(c.org, c.ns, body, signal=True))
+
+
+def _wid(c: Call) -> str:
+    return _str(c.body, "workflow_id", required=True)  # type: ignore[return-value]
+
+
+async def op_signal(c: Call) -> Json:
+    b = c.body
+    body: Json = {"name": _str(b, "signal_name", required=True)}
+    if "input" in b:
+        body["input"] = b["input"]
+    _copy_str(b, body, (("identity", "identity"), ("request_id", "requestId")))
+    await c.service.signal_workflow(c.org, c.ns, _wid(c), _run_id(b), body)
+    return {}
+
+
+def _reason_body(b: Json) -> Json:
+    body: Json = {}
+    _copy_str(b, body, (("reason", "reason"), ("identity", "identity")))
+    return body
+
+
+async def op_cancel(c: Call) -> Json:
+    rec = await c.service.cancel_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
+    return {"execution": rec}
+
+
+async def op_terminate(c: Call) -> Json:
+    rec = await c.service.terminate_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
+    return {"execution": rec}
+
+
+async def op_describe(c: Call) -> Json:
+    d = await c.service.describe_workflow(c.org, c.ns, _wid(c), _run_id(c.body))
+    out: Json = {
+        "execution": d["workflowExecutionInfo"],
+        "execution_config": d["executionConfig"],
+        "pending_activities": d["pendingActivities"],
+    }
+    if d.get("pendingWorkflowTask") is not None:
+        out["pending_workflow_task"] = d["pendingWorkflowTask"]
+    return out
+
+
+async def op_list_workflows(c: Call) -> Json:
+    size, token = _page(c.body)
+    res = await c.service.list_workflows(c.org, c.ns, _str(c.body, "query"), size, token)
+    return {"executions": res["executions"], "next_page_token": res["nextPageToken"]}
+
+
+async def op_history(c: Call) -> Json:
+    b = c.body
+    size, token = _page(b)
+    after = _int(b, "after_event_id", lo=0) or 0
+    res = await c.service.history(c.org, c.ns, _wid(c), _run_id(b), after, bool(_bool(b, "reverse")), size, token)
+    return {"events": res["events"], "next_page_token": res["nextPageToken"]}
+
+
+async def op_query(c: Call) -> Json:
+    b = c.body
+    body: Json = {"queryType": _str(b, "query_type", required=True)}
+    if "args" in b:
+        body["args"] = b["args"]
+    timeout = _ms(b, "timeout_ms")
+    if timeout is not None:
+        body["timeout"] = timeout
+    res = await c.service.query_metadata(c.org, c.ns, _wid(c), _run_id(b), body)
+    return {"result": res["queryResult"]}
+
+
+async def op_reset(c: Call) -> Json:
+    b = c.body
+    event_id = b.get("event_id")
+    if not isinstance(event_id, int) or isinstance(event_id, bool):
+        raise _bad("event_id must be an integer")
+    body: Json = {"eventId": event_id}
+    rid = _run_id(b)
+    if rid:
+        body["runId"] = rid
+    _copy_str(b, body, (("reason", "reason"), ("identity", "identity"), ("request_id", "requestId")))
+    return {"execution": await c.service.reset_workflow(c.org, c.ns, _wid(c), body)}
+
+
+def _sid(c: Call) -> str:
+    return _str(c.body, "schedule_id", required=True)  # type: ignore[return-value]
+
+
+def _schedule_map(c: Call) -> Json:
+    s = _map(c.body, "schedule")
+    if s is None:
+        raise _bad("schedule is required")
+    return s
+
+
+async def op_create_schedule(c: Call) -> Json:
+    body = dict(_schedule_map(c))
+    body.pop("info", None)
+    body["scheduleId"] = _sid(c)
+    upsert = bool(_bool(c.body, "upsert"))
+    return {"schedule": await c.service.create_schedule(c.org, c.ns, body, upsert=upsert)}
+
+
+async def op_delete_schedule(c: Call) -> Json:
+    await c.service.delete_schedule(c.org, c.ns, _sid(c))
+    return {}
+
+
+async def op_list_schedules(c: Call) -> Json:
+    size, token = _page(c.body)
+    res = await c.service.list_schedules(c.org, c.ns, size, token)
+    return {"schedules": res["schedules"], "next_page_token": res["nextPageToken"]}
+
+
+async def _pause(c: Call, paused: bool) -> Json:
+    sid = _sid(c)
+    body: Json = {}
+    _copy_str(c.body, body, (("note", "note"),))
+    await c.service.pause_schedule(c.org, c.ns, sid, body, paused)
+    return {"schedule": await c.service.describe_schedule(c.org, c.ns, sid)}
+
+
+async def op_pause_schedule(c: Call) -> Json:
+    paused = _bool(c.body, "paused")
+    return await _pause(c, True if paused is None else paused)
+
+
+async def op_unpause_schedule(c: Call) -> Json:
+    return await _pause(c, False)
+
+
+async def op_trigger_schedule(c: Call) -> Json:
+    b = c.body
+    body: Json = {}
+    _copy_str(b, body, (("request_id", "requestId"),))
+    if b.get("overlap_policy") is not None:
+        body["overlapPolicy"] = b["overlap_policy"]
+    res = await c.service.trigger_schedule(c.org, c.ns, _sid(c), body)
+    out: Json = {"status": res["status"]}
+    ex = res.get("execution")
+    if ex is not None:
+        out["workflow_id"] = ex["execution"]["workflowId"]
+        out["run_id"] = ex["execution"]["runId"]
+    return out
+
+
+async def op_describe_schedule(c: Call) -> Json:
+    return {"schedule": await c.service.describe_schedule(c.org, c.ns, _sid(c))}
+
+
+async def op_update_schedule(c: Call) -> Json:
+    body = dict(_schedule_map(c))
+    body.pop("info", None)
+    return {"schedule": await c.service.update_schedule(c.org, c.ns, _sid(c), body)}
+
+
+async def op_register_namespace(c: Call) -> Json:
+    b = c.body
+    info: Json = {"name": _str(b, "name", required=True)}
+    _copy_str(b, info, (("description", "description"), ("owner_email", "ownerEmail")))
+    config: Json = {}
+    retention = _ms(b, "retention_ms")
+    if retention is not None:
+        config["workflowExecutionRetentionTtl"] = retention
+    aps = _int(b, "aps_limit")
+    if aps is not None:
+        config["apsLimit"] = aps
+    cd = _map(b, "custom_data")
+    if cd is not None:
+        config["customData"] = cd
+    return {"namespace": await c.service.register_namespace(c.org, {"namespaceInfo": info, "config": config})}
+
+
+def _ns_name(c: Call) -> str:
+    """DescribeNamespace's ``name``; absent means the request's namespace."""
+    return _str(c.body, "name") or c.ns
+
+
+async def op_describe_namespace(c: Call) -> Json:
+    return {"namespace": await c.service.get_namespace(c.org, _ns_name(c))}
+
+
+async def op_list_namespaces(c: Call) -> Json:
+    size, token = _page(c.body)
+    res = await c.service.list_namespaces(c.org, size, token)
+    return {"namespaces": res["namespaces"], "next_page_token": res["nextPageToken"]}
+
+
+async def op_workers_later(c: Call) -> Json:
+    raise ApiError("not_implemented", WORKERS_LATER)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Handler
+    read: bool = False
+    """Reads pass the service's read barrier first, as HTTP GETs do (§4.1 "Reads")."""
+    barrier_ns: Callable[[Call], str] | None = None
+
+
+ROUTES: dict[int, Route] = {
+    Z.Op.SubmitTask: Route(op_submit_task),
+    Z.Op.ScheduleRecurring: Route(op_schedule_recurring),
+    Z.Op.StartWorkflow: Route(op_start),
+    Z.Op.SignalWorkflow: Route(op_signal),
+    Z.Op.CancelWorkflow: Route(op_cancel),
+    Z.Op.TerminateWorkflow: Route(op_terminate),
+    Z.Op.DescribeWorkflow: Route(op_describe, read=True),
+    Z.Op.ListWorkflows: Route(op_list_workflows, read=True),
+    Z.Op.GetWorkflowHistory: Route(op_history, read=True),
+    Z.Op.QueryWorkflow: Route(op_query, read=True),
+    Z.Op.ResetWorkflow: Route(op_reset),
+    Z.Op.SignalWithStart: Route(op_signal_with_start),
+    Z.Op.CreateSchedule: Route(op_create_schedule),
+    Z.Op.DeleteSchedule: Route(op_delete_schedule),
+    Z.Op.ListSchedules: Route(op_list_schedules, read=True),
+    Z.Op.PauseSchedule: Route(op_pause_schedule),
+    Z.Op.UnpauseSchedule: Route(op_unpause_schedule),
+    Z.Op.TriggerSchedule: Route(op_trigger_schedule),
+    Z.Op.DescribeSchedule: Route(op_describe_schedule, read=True),
+    Z.Op.UpdateSchedule: Route(op_update_schedule),
+    Z.Op.RegisterNamespace: Route(op_register_namespace),
+    Z.Op.DescribeNamespace: Route(op_describe_namespace, read=True, barrier_ns=_ns_name),
+    Z.Op.ListNamespaces: Route(op_list_namespaces),
+    Z.Op.Health: Route(op_health),
+    **{op: Route(op_workers_later) for op in Z.WORKER_OPCODES},
+}
+"""Every request opcode but Hello (handled by the connection itself)."""
+
+
+# ---------------------------------------------------------------------------
+# connections
+
+
+@dataclass
+class Session:
+    """What HELLO established on a connection."""
+
+    hello: bool = False
+    client_id: str = ""
+    org: str = ""
+    """The caller's org as the API shows it: "" (the dev org) while auth is off."""
+    namespace: str | None = None
+    sdk: tuple[str, str] = ("", "")
+
+
+def _label(opcode: int) -> str:
+    """The metrics label of an opcode: its name, never an unbounded number."""
+    return Z.OPCODES.get(opcode, "unknown")
+
+
+@dataclass(eq=False)
+class _Connection:
+    server: ZapServer
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    session: Session = field(default_factory=Session)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    closed: bool = False
+    """No more writes: set once the connection is closing or closed."""
+    _shut: bool = False
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def node(self) -> Any:
+        return self.server.node
+
+    async def run(self) -> None:
+        try:
+            await self._read_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("zap connection failed")
+        finally:
+            self.close()
+
+    async def _read_loop(self) -> None:
+        metrics = self.node.metrics
+        while not self.closed:
+            try:
+                frame = await Z.read_frame(self.reader, self.server.max_frame, Z.CLIENT_KINDS)
+            except Z.FrameTooLarge as e:
+                metrics.zap_frames_rejected.labels("too_large").inc()
+                await self._respond(e.opcode, e.frame_id, Z.error_body("too_large", str(e)), time.perf_counter())
+                await self._linger_close()
+                return
+            except Z.BadVersion as e:
+                metrics.zap_frames_rejected.labels("bad_version").inc()
+                if e.frame_id:
+                    resp = Z.error_body("invalid_argument", "unsupported version")
+                    await self._respond(e.opcode, e.frame_id, resp, time.perf_counter())
+                    await self._linger_close()
+                return
+            except Z.ProtocolError as e:
+                metrics.zap_frames_rejected.labels("protocol").inc()
+                log.debug("zap: closing connection: %s", e)
+                return
+            except (ConnectionError, OSError):
+                return
+            if frame is None:  # the client is done sending: answer what is in flight
+                if self.tasks:
+                    await asyncio.wait(set(self.tasks), timeout=EOF_DRAIN_TIMEOUT)
+                return
+            if frame.kind == Z.PUSH_ACK:
+                continue  # this build sends no pushes; an ack for an unknown push is ignored
+            await self._on_request(frame)
+
+    async def _on_request(self, frame: Z.Frame) -> None:
+        started = time.perf_counter()
+        op = frame.opcode
+        if not self.session.hello and op != Z.Op.Hello:
+            await self._respond(op, frame.frame_id, Z.error_body("invalid_argument", "HELLO required"), started)
+            await self._linger_close()
+            return
+        try:
+            body = Z.decode_body(frame.body)
+        except Z.BadBody as e:
+            self.node.metrics.zap_frames_rejected.labels("bad_body").inc()
+            await self._respond(op, frame.frame_id, Z.error_body("invalid_argument", f"bad body: {e}"), started)
+            return
+        if op == Z.Op.Hello:
+            await self._respond(op, frame.frame_id, self._hello(body), started)
+            return
+        route = ROUTES.get(op)
+        if route is None:
+            msg = f"unknown opcode 0x{op:04X}" if op not in Z.OPCODES else f"{Z.OPCODES[op]} is not a request"
+            await self._respond(op, frame.frame_id, Z.error_body("not_implemented", msg), started)
+            return
+        if len(self.tasks) >= Z.MAX_IN_FLIGHT:
+            self.node.metrics.rate_limited.labels("zap_inflight").inc()
+            resp = Z.error_body(
+                "rate_limited", f"more than {Z.MAX_IN_FLIGHT} requests in flight on this connection", retry_after=1
+            )
+            await self._respond(op, frame.frame_id, resp, started)
+            return
+        # The namespace is resolved now, not in the task, so that a later HELLO
+        # never changes the scope of a request that arrived before it.
+        try:
+            ns = self._namespace(body)
+        except ApiError as e:
+            await self._respond(op, frame.frame_id, self._error(e), started)
+            return
+        call = Call(self.node, names.storage_org(self.session.org), ns, body)
+        task = asyncio.create_task(self._serve(frame, route, call, started), name=f"zap-{_label(op)}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _hello(self, body: Json) -> Json:
+        """HELLO (0x0001). Auth is off in this build: the org is "" and the token is ignored."""
+        try:
+            client_id = names.check_id(body.get("client_id"), "client_id")
+            sdk_name = _str(body, "sdk_name") or ""
+            sdk_version = _str(body, "sdk_version") or ""
+            ns = body.get("namespace")
+            if ns is not None:
+                names.check_namespace(ns)
+        except ApiError as e:
+            return self._error(e)
+        s = self.session
+        s.hello, s.client_id, s.sdk = True, client_id, (sdk_name, sdk_version)
+        if ns is not None:
+            s.namespace = ns
+        return Z.response_body(200, {
+            "node_id": self.node.node_id,
+            "server_version": self.node.version,
+            "max_frame": self.server.max_frame,
+            "org": s.org,
+            "namespace": s.namespace or self.server.default_namespace,
+        })
+
+    def _namespace(self, body: Json) -> str:
+        ns = body.get("namespace")
+        if ns is None:
+            ns = self.session.namespace or self.server.default_namespace
+        return names.check_namespace(ns)
+
+    def _error(self, e: ApiError) -> Json:
+        metrics = self.node.metrics
+        if e.code == "storage_full":
+            metrics.storage_full.inc()
+        elif e.code == "rate_limited":
+            metrics.rate_limited.labels("namespace").inc()
+        retry = max(1, int(e.retry_after or 1)) if e.status in (429, 503) else None
+        return Z.error_body(e.code, e.message, e.details, status=e.status, retry_after=retry)
+
+    async def _serve(self, frame: Z.Frame, route: Route, call: Call, started: float) -> None:
+        try:
+            if route.read:
+                ns = route.barrier_ns(call) if route.barrier_ns else call.ns
+                await call.service.read_barrier(call.org, ns)
+            resp = Z.response_body(200, await route.handler(call))
+        except ApiError as e:
+            resp = self._error(e)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("bug serving ZAP %s", _label(frame.opcode))
+            resp = Z.error_body("internal", "internal error")
+        try:
+            await self._respond(frame.opcode, frame.frame_id, resp, started)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never leave an unretrieved task exception behind
+            log.exception("cannot answer ZAP %s", _label(frame.opcode))
+            self.abort()
+
+    async def _respond(self, opcode: int, frame_id: int, resp: Json, started: float) -> None:
+        """Encode, count and send one response; an unencodable one becomes an error."""
+        max_frame = self.server.max_frame
+        try:
+            data = Z.encode_frame(Z.RESPONSE, opcode, frame_id, resp)
+        except (TypeError, ValueError, OverflowError):
+            log.exception("cannot encode the ZAP response to %s", _label(opcode))
+            resp = Z.error_body("internal", "internal error")
+            data = Z.encode_frame(Z.RESPONSE, opcode, frame_id, resp)
+        if len(data) - 4 > max_frame:
+            resp = Z.error_body(
+                "too_large", f"the response is {len(data) - 4} bytes, over max_frame {max_frame}; ask for less"
+            )
+            data = Z.encode_frame(Z.RESPONSE, opcode, frame_id, resp)
+        label = _label(opcode)
+        metrics = self.node.metrics
+        metrics.zap_requests.labels(label, str(resp["status"])).inc()
+        metrics.zap_duration.labels(label).observe(time.perf_counter() - started)
+        await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        async with self._lock:
+            if self.closed:
+                return
+            try:
+                self.writer.write(data)
+                await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT)
+            except (ConnectionError, OSError, TimeoutError, RuntimeError):
+                # RuntimeError: the transport is already shut for writing.
+                self.abort()
+
+    async def _linger_close(self) -> None:
+        """Send FIN after the final response, discard input briefly, then close.
+
+        Closing a socket with unread input makes the kernel send RST, and the
+        client may then lose the response that explains why it was closed.
+        """
+        if self.closed:
+            return
+        self.closed = True  # in-flight requests must not write after the FIN
+        try:
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            deadline = time.monotonic() + LINGER_TIMEOUT
+            while (left := deadline - time.monotonic()) > 0:
+                chunk = await asyncio.wait_for(self.reader.read(65536), left)
+                if not chunk:
+                    break
+        except (TimeoutError, ConnectionError, OSError, RuntimeError):
+            pass
+        self.close()
+
+    def close(self) -> None:
+        """Stop using the connection; in-flight requests finish and drop their answers."""
+        self.closed = True
+        if not self._shut:
+            self._shut = True
+            with contextlib.suppress(Exception):
+                self.writer.close()
+
+    def abort(self) -> None:
+        """Close at once, discarding unsent output (a stuck or broken peer)."""
+        self.closed = True
+        if not self._shut:
+            self._shut = True
+            with contextlib.suppress(Exception):
+                self.writer.transport.abort()
+
+
+class ZapServer:
+    """The ZAP listener of one node."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        cfg = node.cfg
+        self.max_frame: int = cfg.limits.max_frame
+        self.max_connections: int = cfg.limits.max_zap_connections
+        self.default_namespace: str = cfg.default_namespace
+        self._server: asyncio.Server | None = None
+        self._conns: dict[_Connection, asyncio.Task[Any] | None] = {}
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (``port`` 0 picks a free one)."""
+        self._server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True)
+        sockets = self._server.sockets
+        return sockets[0].getsockname()[1] if sockets else port
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= self.max_connections:
+            log.warning("zap: connection limit %d reached; closing a new connection", self.max_connections)
+            writer.transport.abort()
+            return
+        conn = _Connection(self, reader, writer)
+        self._conns[conn] = asyncio.current_task()
+        gauge = self.node.metrics.zap_connections
+        gauge.inc()
+        try:
+            await conn.run()
+        finally:
+            self._conns.pop(conn, None)
+            gauge.dec()
+
+    async def stop(self) -> None:
+        """Stop accepting, then close every connection and cancel its requests."""
+        if self._server is not None:
+            self._server.close()
+        pending: list[asyncio.Task[Any]] = []
+        for conn, task in list(self._conns.items()):
+            conn.abort()
+            pending.extend(conn.tasks)
+            if task is not None:
+                pending.append(task)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+
+__all__ = ["ROUTES", "Call", "Session", "ZapServer"]
