@@ -44,6 +44,7 @@ def start(
     namespace: str = "default",
     config: Mapping[str, Any] | None = None,
 ) -> EmbeddedNode:
+    """Start a node on its own loop thread. ``zap=None`` serves no ZAP (unless ``config`` sets it)."""
     values: dict[str, Any] = dict(config or {})
     values.setdefault("data_dir", data_dir)
     values.setdefault("http", http)

@@ -179,7 +179,7 @@ class Node:
             return
         self._zap = zap
         shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        self.zap_addr = f"{shown}:{bound}"
+        self.zap_addr = f"[{shown}]:{bound}" if ":" in shown else f"{shown}:{bound}"
 
     def _make_replicator(self) -> Any:
         cfg = self.cfg
@@ -232,7 +232,7 @@ class Node:
         commands = [
             {"op": "meta.init", "partitions": cfg.partitions, "members": peers},
             {"op": "meta.member", "id": self.node_id, "peer": cfg.advertise_peer,
-             "http": self.http_addr, "zap": None},
+             "http": self.http_addr, "zap": self.zap_addr},
         ]
         for cmd in commands:
             while True:
@@ -493,7 +493,7 @@ class Node:
                 members.append({
                     "nodeId": mid,
                     "httpAddr": self.http_addr if mid == self.node_id else (rec.get("http") or (peer.http if peer else None)),
-                    "zapAddr": rec.get("zap") or (peer.zap if peer else None),
+                    "zapAddr": self.zap_addr if mid == self.node_id else (rec.get("zap") or (peer.zap if peer else None)),
                     "peerAddr": rec.get("peer") or (peer.peer if peer else None),
                     "state": "alive" if up else "dead",
                     "voter": True,
@@ -516,7 +516,7 @@ class Node:
         else:
             applied = rep.store(0).applied_index()
             members = [{
-                "nodeId": self.node_id, "httpAddr": self.http_addr, "zapAddr": None, "peerAddr": None,
+                "nodeId": self.node_id, "httpAddr": self.http_addr, "zapAddr": self.zap_addr, "peerAddr": None,
                 "state": "alive", "voter": True, "lastSeen": None,
             }]
             partitions = [{
@@ -548,7 +548,7 @@ class Node:
                 "proposals": rep.proposals,
                 "proposalErrors": self.service.proposal_errors if self.service else 0,
                 "forwarded": 0,
-                "zapConnections": 0,
+                "zapConnections": self._zap.connections if self._zap is not None else 0,
                 "subscriptions": 0,
                 "sseSubscribers": 0,
                 "uptimeSeconds": int(time.monotonic() - self.started_at),

@@ -522,6 +522,13 @@ def _label(opcode: int) -> str:
 
 @dataclass(eq=False)
 class _Connection:
+    """One client connection: a reader loop plus one task per request.
+
+    ``closed`` stops all writing at once (in-flight requests then finish and
+    drop their answers), so nothing is ever written after the FIN of a
+    closing connection or into a transport that was aborted.
+    """
+
     server: ZapServer
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter

@@ -725,6 +725,11 @@ def test_connection_limit_at_accept(tmp_path: Path) -> None:
                 time.sleep(0.05)
         d.close()
         b.close()
+        # A clean stop (SIGTERM) with a connection open: it is closed, and the node exits 0.
+        e = Conn(addr)
+        e.send(Op.Health)
+        assert node.stop() == 0
+        assert len(e.assert_closed()) <= 1
     finally:
         node.kill()
 
@@ -739,9 +744,13 @@ FIELDS = ["namespace", "workflow_id", "workflow_type", "task_type", "run_id", "s
           "query_type", "paused", "upsert", "id_conflict_policy", "overlap_policy", "retention_ms"]
 SCALAR = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
           | st.text(max_size=12) | st.sampled_from(["default", LOAD_NS, "..", "a/b", "1h", "*/5 * * * *", "x" * 300]))
-JSONISH = st.recursive(SCALAR, lambda inner: st.lists(inner, max_size=3)
-                       | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), inner, max_size=3),
-                       max_leaves=8)
+
+
+def _nest(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), inner, max_size=3)
+
+
+JSONISH = st.recursive(SCALAR, _nest, max_leaves=8)
 IDS = st.integers(1, 2**32 - 1)
 REQ_OPS = st.sampled_from(sorted(Z.REQUEST_OPCODES)) | st.integers(0, 0xFFFF)
 HDR = struct.Struct(">IBBHI")
@@ -806,7 +815,6 @@ def test_fuzz_random_frames(served: tuple[NodeProcess, Addr]) -> None:
 
     t0 = time.monotonic()
     batch()
-    print("FUZZ", sent, statuses)
     assert sent[0] >= 10_000, sent[0]
     assert statuses.get(200) and statuses.get(400) and statuses.get(501), statuses
     assert time.monotonic() - t0 < 90
