@@ -35,6 +35,10 @@ OPS = (
     "sa.add",
     "sa.remove",
     "sys.barrier",
+    "wt.start",
+    "wt.complete",
+    "wt.fail",
+    "wt.timeout",
 )
 
 

@@ -16,6 +16,8 @@ which makes NUL a safe separator.
     s <org> 0 <ns> 0 c <sid>                schedule record
     s <org> 0 <ns> 0 t <sid> 0 <requestId>  trigger dedup
     s <org> 0 <ns> 0 a <name>               search attribute registration
+    s <org> 0 <ns> 0 p <tq> 0 <visible:u64> <wid> 0 <rid>   pending workflow task
+    s <org> 0 <ns> 0 x <wid> 0 <rid>        started (leased) workflow task
     \x01 applied                            applied index of the partition
     \x01 reg <org> 0 <ns>                   namespace registry of the partition
 """
@@ -129,6 +131,20 @@ class ShardKeys:
 
     def trigger_request(self, sid: str, request_id: str) -> bytes:
         return self.p + b"t" + sid.encode() + b"\x00" + request_id.encode()
+
+    def pending(self, tq: str, visible_at: int, wid: str, rid: str) -> bytes:
+        """A workflow task waiting for a worker, by task queue, oldest first."""
+        return self.p + b"p" + tq.encode() + b"\x00" + _U64.pack(max(visible_at, 0)) + run_suffix(wid, rid)
+
+    def pending_prefix(self, tq: str | None = None) -> bytes:
+        return self.p + b"p" + (tq.encode() + b"\x00" if tq is not None else b"")
+
+    def started(self, wid: str, rid: str) -> bytes:
+        """A workflow task leased to a worker (a new leader re-arms its lease timer)."""
+        return self.p + b"x" + run_suffix(wid, rid)
+
+    def started_prefix(self) -> bytes:
+        return self.p + b"x"
 
     def attr(self, name: str) -> bytes:
         return self.p + b"a" + name.encode()

@@ -249,11 +249,18 @@ def add_event(ctx: Ctx, run: dict[str, Any], etype: str, attrs: dict[str, Any]) 
     return eid
 
 
-def schedule_workflow_task(ctx: Ctx, run: dict[str, Any]) -> None:
-    """WORKFLOW_TASK_SCHEDULED, unless a workflow task is already pending."""
-    if run.get("wt"):
+def schedule_workflow_task(ctx: Ctx, run: dict[str, Any], *, attempt: int = 1, delay_ms: int = 0) -> None:
+    """WORKFLOW_TASK_SCHEDULED, unless a workflow task is already pending.
+
+    A task that is started (leased) gets the trigger noted instead: a new task
+    follows its completion (SPEC §5.2). ``delay_ms`` makes the task visible to
+    dispatch only later (retry back-off): a durable timer, in shard state.
+    """
+    wt = run.get("wt")
+    if wt:
+        if wt["state"] == "STARTED":
+            run["triggerPending"] = True
         return
-    attempt = 1
     eid = add_event(
         ctx,
         run,
@@ -265,7 +272,23 @@ def schedule_workflow_task(ctx: Ctx, run: dict[str, Any]) -> None:
             "workflowAttempt": run["attempt"],
         },
     )
-    run["wt"] = {"state": "SCHEDULED", "scheduledTime": ctx.now, "attempt": attempt, "eventId": eid}
+    visible = ctx.now + max(0, delay_ms)
+    run["wt"] = {"state": "SCHEDULED", "scheduledTime": ctx.now, "attempt": attempt, "eventId": eid,
+                 "visibleAt": visible}
+    ctx.put_raw(ctx.k.pending(run["taskQueue"], visible, run["workflowId"], run["runId"]), b"")
+
+
+def drop_workflow_task(ctx: Ctx, run: dict[str, Any]) -> None:
+    """Forget the run's pending or started task (its token becomes stale)."""
+    wt = run.get("wt")
+    if wt:
+        if wt["state"] == "SCHEDULED":
+            ctx.txn.delete(ctx.k.pending(run["taskQueue"], wt.get("visibleAt", wt["scheduledTime"]),
+                                         run["workflowId"], run["runId"]))
+        else:
+            ctx.txn.delete(ctx.k.started(run["workflowId"], run["runId"]))
+    run["wt"] = None
+    run.pop("triggerPending", None)
 
 
 def save_run(ctx: Ctx, run: dict[str, Any]) -> None:
@@ -378,7 +401,7 @@ def close_run(
     add_event(ctx, run, etype, attrs)
     run["status"] = status
     run["closeTime"] = ctx.now
-    run["wt"] = None
+    drop_workflow_task(ctx, run)
     if dead_letter:
         run["deadLetterReason"] = dead_letter
         ctx.put_raw(ctx.k.dead_index(ctx.now, run["workflowId"], run["runId"]), b"")
@@ -409,7 +432,7 @@ def request_cancel(ctx: Ctx, run: dict[str, Any], reason: str, identity: str) ->
         ctx, run, "WORKFLOW_EXECUTION_CANCEL_REQUESTED", {"reason": reason, "identity": identity}
     )
     if not run.get("wtEver"):
-        run["wt"] = None
+        drop_workflow_task(ctx, run)
         close_run(
             ctx,
             run,
@@ -910,7 +933,196 @@ def op_sys_barrier(ctx: Ctx) -> Result:
     return C.ok()
 
 
+# ---------------------------------------------------------------------------
+# workflow tasks (SPEC §5.6)
+
+
+def _current_task(ctx: Ctx, state: str) -> dict[str, Any]:
+    """The run whose task the command names, if that task is still the current one."""
+    cmd = ctx.cmd
+    run = ctx.get(ctx.k.run(cmd["workflowId"], cmd["runId"]))
+    wt = run.get("wt") if run else None
+    if (
+        run is None
+        or run["status"] not in OPEN
+        or not wt
+        or wt["state"] != state
+        or wt["eventId"] != cmd["scheduledEventId"]
+        or wt["attempt"] != cmd["attempt"]
+        or (state == "STARTED" and cmd.get("nonce") is not None and wt.get("nonce") != cmd["nonce"])
+    ):
+        raise Reject("not_found", "task not current")
+    return run
+
+
+def op_wt_start(ctx: Ctx) -> Result:
+    """A worker accepted the push: the task is leased (recorded before the push is sent)."""
+    run = _current_task(ctx, "SCHEDULED")
+    wt = run["wt"]
+    ctx.txn.delete(ctx.k.pending(run["taskQueue"], wt.get("visibleAt", wt["scheduledTime"]),
+                                 run["workflowId"], run["runId"]))
+    eid = add_event(ctx, run, "WORKFLOW_TASK_STARTED", {
+        "scheduledEventId": wt["eventId"],
+        "identity": ctx.cmd.get("identity") or "",
+        "subscriptionId": ctx.cmd.get("subscriptionId") or "",
+    })
+    wt.update(state="STARTED", startedEventId=eid, startedTime=ctx.now, nonce=ctx.cmd.get("nonce"),
+              identity=ctx.cmd.get("identity") or "", subscriptionId=ctx.cmd.get("subscriptionId") or "")
+    run["wtEver"] = True
+    ctx.put_raw(ctx.k.started(run["workflowId"], run["runId"]), b"")
+    save_run(ctx, run)
+    return C.ok(run=run)
+
+
+def _retry_delay(task_attempt: int) -> int:
+    return min(1000 * 2 ** (task_attempt - 1), 60_000)
+
+
+def _task_failed(ctx: Ctx, run: dict[str, Any], cause: str, failure: Any, identity: str) -> None:
+    wt = run["wt"]
+    attrs: dict[str, Any] = {"scheduledEventId": wt["eventId"], "startedEventId": wt.get("startedEventId"),
+                             "cause": cause, "identity": identity}
+    if failure is not None:
+        attrs["failure"] = failure
+    add_event(ctx, run, "WORKFLOW_TASK_FAILED", attrs)
+    attempt = wt["attempt"] + 1
+    drop_workflow_task(ctx, run)
+    at_once = cause in ("worker_lost", "push_refused")
+    schedule_workflow_task(ctx, run, attempt=attempt, delay_ms=0 if at_once else _retry_delay(attempt - 1))
+    save_run(ctx, run)
+
+
+def failure_record(f: Any) -> dict[str, Any]:
+    """A worker's failure map (ZAP snake_case) as the stored Failure record."""
+    f = f if isinstance(f, dict) else {"message": str(f)}
+    out: dict[str, Any] = {"message": str(f.get("message") or ""), "type": str(f.get("type") or ""),
+                           "nonRetryable": bool(f.get("non_retryable", f.get("nonRetryable", False)))}
+    if f.get("details") is not None:
+        out["details"] = f["details"]
+    trace = f.get("stack_trace", f.get("stackTrace"))
+    if trace:
+        out["stackTrace"] = str(trace)
+    return out
+
+
+def _fail_workflow(ctx: Ctx, run: dict[str, Any], failure: dict[str, Any], completed_eid: int) -> None:
+    """SPEC §5.6 workflow retry: another attempt after back-off, or a final failure (dead letter)."""
+    rp = run.get("retryPolicy")
+    attempt = run["attempt"]
+    run["lastFailure"] = failure
+    state = reason = None
+    backoff = 0
+    if rp is None:
+        state, reason = "RETRY_POLICY_NOT_SET", "no_retry_policy"
+    elif failure.get("nonRetryable") or failure.get("type") in (rp.get("nonRetryableErrorTypes") or []):
+        state, reason = "NON_RETRYABLE_FAILURE", "non_retryable"
+    elif rp.get("maximumAttempts", 0) > 0 and attempt >= rp["maximumAttempts"]:
+        state, reason = "MAXIMUM_ATTEMPTS_REACHED", "attempts_exhausted"
+    else:
+        backoff = int(min(rp["initialInterval"] * rp["backoffCoefficient"] ** (attempt - 1), rp["maximumInterval"]))
+        deadline = run.get("workflowExecutionTimeout")
+        if deadline and ctx.now + backoff > run["firstStart"] + deadline:
+            state, reason = "TIMEOUT", "timeout"
+    if state is not None:
+        close_run(ctx, run, "FAILED", "WORKFLOW_EXECUTION_FAILED",
+                  {"failure": failure, "attempt": attempt, "retryState": state,
+                   "workflowTaskCompletedEventId": completed_eid},
+                  dead_letter=reason)
+        return
+    add_event(ctx, run, "WORKFLOW_EXECUTION_ATTEMPT_FAILED",
+              {"failure": failure, "attempt": attempt, "backoff": backoff, "nextAttemptTime": ctx.now + backoff})
+    run["attempt"] = attempt + 1
+    schedule_workflow_task(ctx, run, attempt=1, delay_ms=backoff)
+    save_run(ctx, run)
+    ctx.notify("workflow.retry_scheduled", workflow_id=run["workflowId"], run_id=run["runId"])
+
+
+TERMINAL_COMMANDS = ("CompleteWorkflowExecution", "FailWorkflowExecution", "CancelWorkflowExecution")
+
+
+def _check_commands(run: dict[str, Any], commands: Any) -> int | None:
+    """Index of the first invalid command, or None when all are valid."""
+    if not isinstance(commands, list):
+        return 0
+    for i, c in enumerate(commands):
+        if not isinstance(c, dict):
+            return i
+        t = c.get("type")
+        if t not in TERMINAL_COMMANDS and t != "RecordMarker":
+            return i
+        if t in TERMINAL_COMMANDS and i != len(commands) - 1:
+            return i
+        if t == "CancelWorkflowExecution" and run["status"] != "CANCELING":
+            return i
+        if t == "RecordMarker" and not isinstance(c.get("marker_name"), str):
+            return i
+    return None
+
+
+def op_wt_complete(ctx: Ctx) -> Result:
+    """0x00A2: apply the worker's commands in one command, after WORKFLOW_TASK_COMPLETED."""
+    run = _current_task(ctx, "STARTED")
+    identity = ctx.cmd.get("identity") or ""
+    commands = ctx.cmd.get("commands") or []
+    bad = _check_commands(run, commands)
+    if bad is not None:
+        # Nothing of the commands is applied; the task fails (bad_command) and is retried.
+        _task_failed(ctx, run, "bad_command", None, identity)
+        return C.err("invalid_argument", f"invalid command at index {bad}", {"command_index": bad})
+    wt = run["wt"]
+    eid = add_event(ctx, run, "WORKFLOW_TASK_COMPLETED", {
+        "scheduledEventId": wt["eventId"], "startedEventId": wt["startedEventId"], "identity": identity,
+    })
+    trigger = run.get("triggerPending")
+    drop_workflow_task(ctx, run)
+    for c in commands:
+        t = c["type"]
+        if t == "RecordMarker":
+            add_event(ctx, run, "MARKER_RECORDED", {"markerName": c["marker_name"], "details": c.get("details")})
+        elif t == "CompleteWorkflowExecution":
+            run["result"] = c.get("result")
+            close_run(ctx, run, "COMPLETED", "WORKFLOW_EXECUTION_COMPLETED",
+                      {"result": c.get("result"), "workflowTaskCompletedEventId": eid})
+        elif t == "FailWorkflowExecution":
+            _fail_workflow(ctx, run, failure_record(c.get("failure")), eid)
+        elif t == "CancelWorkflowExecution":
+            close_run(ctx, run, "CANCELED", "WORKFLOW_EXECUTION_CANCELED",
+                      {"details": c.get("details"), "identity": identity})
+    if run["status"] in OPEN and (trigger or run["status"] == "CANCELING") and not run.get("wt"):
+        schedule_workflow_task(ctx, run)
+    save_run(ctx, run)
+    return C.ok(run=run)
+
+
+def op_wt_fail(ctx: Ctx) -> Result:
+    """0x00A7, a lost worker or a refused push: WORKFLOW_TASK_FAILED and a new attempt."""
+    run = _current_task(ctx, "STARTED")
+    cause = ctx.cmd.get("cause") or "worker_failed"
+    failure = ctx.cmd.get("failure")
+    _task_failed(ctx, run, cause, failure_record(failure) if failure is not None else None,
+                 ctx.cmd.get("identity") or "")
+    return C.ok(run=run)
+
+
+def op_wt_timeout(ctx: Ctx) -> Result:
+    """The lease ran out: WORKFLOW_TASK_TIMED_OUT and a new attempt at once (keyed by attempt)."""
+    run = _current_task(ctx, "STARTED")
+    wt = run["wt"]
+    add_event(ctx, run, "WORKFLOW_TASK_TIMED_OUT", {
+        "scheduledEventId": wt["eventId"], "startedEventId": wt["startedEventId"], "timeoutType": "START_TO_CLOSE",
+    })
+    attempt = wt["attempt"] + 1
+    drop_workflow_task(ctx, run)
+    schedule_workflow_task(ctx, run, attempt=attempt)
+    save_run(ctx, run)
+    return C.ok(run=run)
+
+
 HANDLERS: dict[str, Callable[[Ctx], Result]] = {
+    "wt.start": op_wt_start,
+    "wt.complete": op_wt_complete,
+    "wt.fail": op_wt_fail,
+    "wt.timeout": op_wt_timeout,
     "sys.barrier": op_sys_barrier,
     "ns.register": op_ns_register,
     "ns.update": op_ns_update,

@@ -174,3 +174,46 @@ def search_attrs(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, str]:
     k = ShardKeys(org, ns)
     prefix = k.attr_prefix()
     return {key[len(prefix) :].decode(): unpack(v) for key, v in _scan(txn, prefix)}
+
+
+def pending_tasks(
+    txn: lmdb.Transaction, org: str, ns: str, tq: str | None, now: int, limit: int
+) -> list[tuple[str, str, int]]:
+    """Workflow tasks visible at ``now`` (oldest first): (workflowId, runId, visibleAt).
+
+    With ``tq`` None, every task queue of the shard (each in its own key order).
+    """
+    k = ShardKeys(org, ns)
+    prefix = k.pending_prefix(tq)
+    out: list[tuple[str, str, int]] = []
+    for key, _ in _scan(txn, prefix, values=False):
+        rest = key[len(k.pending_prefix()) :]
+        _tq, _, tail = rest.partition(b"\x00")
+        visible = int.from_bytes(tail[:8], "big")
+        if tq is not None and visible > now:
+            break
+        if visible > now:
+            continue
+        wid, rid = keys.split_run_suffix(tail[8:])
+        out.append((wid, rid, visible))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def pending_queues(txn: lmdb.Transaction, org: str, ns: str) -> list[str]:
+    """Task queues of the shard that have pending workflow tasks."""
+    k = ShardKeys(org, ns)
+    base = k.pending_prefix()
+    seen: list[str] = []
+    for key, _ in _scan(txn, base, values=False):
+        tq = key[len(base) :].partition(b"\x00")[0].decode()
+        if not seen or seen[-1] != tq:
+            seen.append(tq)
+    return seen
+
+
+def started_tasks(txn: lmdb.Transaction, org: str, ns: str) -> list[tuple[str, str]]:
+    k = ShardKeys(org, ns)
+    prefix = k.started_prefix()
+    return [keys.split_run_suffix(key[len(prefix) :]) for key, _ in _scan(txn, prefix, values=False)]

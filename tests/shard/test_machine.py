@@ -51,7 +51,7 @@ def command_streams(draw: Any) -> list[dict[str, Any]]:
         kind = draw(
             st.sampled_from(
                 ["register", "start", "signal", "cancel", "terminate", "reset", "metadata",
-                 "sched", "fire", "trigger", "pause", "delete_ns", "garbage"]
+                 "sched", "fire", "trigger", "pause", "delete_ns", "garbage", "task"]
             )
         )
         wid = draw(st.sampled_from(WIDS))
@@ -90,6 +90,14 @@ def command_streams(draw: Any) -> list[dict[str, Any]]:
             c = cmd("sched.trigger", now, ns, scheduleId=sid, requestId=draw(st.sampled_from(REQS)))
         elif kind == "pause":
             c = cmd("sched.pause", now, ns, scheduleId=sid, paused=draw(st.booleans()), note=None)
+        elif kind == "task":
+            op = draw(st.sampled_from(["wt.start", "wt.complete", "wt.fail", "wt.timeout"]))
+            run_id = f"{draw(st.integers(1, 6)):032x}"  # not real run ids: mostly "task not current"
+            c = cmd(op, now, ns, workflowId=wid, runId=run_id, scheduledEventId=draw(st.integers(1, 4)),
+                    attempt=draw(st.integers(1, 2)), nonce="n", identity="w", cause="worker_lost",
+                    commands=draw(st.sampled_from([[], [{"type": "CompleteWorkflowExecution", "result": 1}],
+                                                   [{"type": "FailWorkflowExecution",
+                                                     "failure": {"message": "x"}}], [{"type": "Nope"}]])))
         elif kind == "delete_ns":
             c = cmd("ns.delete", now, ns)
         else:

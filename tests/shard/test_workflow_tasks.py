@@ -1,0 +1,172 @@
+"""Workflow task lifecycle in the state machine: lease, complete, fail, time out, retry, dead letters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shard import PartitionStore, StateMachine, encode, reads
+
+
+class M:
+    def __init__(self, tmp: Path) -> None:
+        self.m = StateMachine(PartitionStore(tmp / "p", map_size=1 << 22, sync=False))
+        self.i = 0
+        self.now = 1_700_000_000_000
+        self.do("ns.register")
+
+    def do(self, op: str, **f: Any) -> dict[str, Any]:
+        self.i += 1
+        self.now += 100
+        cmd = {"v": 1, "op": op, "org": "_", "ns": "default", "now": self.now, "rnd": f"{self.i:032x}", **f}
+        res = self.m.apply(self.i, encode(cmd))
+        assert res is not None
+        return res
+
+    def run(self, wid: str) -> dict[str, Any]:
+        with self.m.store.read() as txn:
+            return reads.run(txn, "_", "default", wid, None)
+
+    def events(self, wid: str) -> list[str]:
+        r = self.run(wid)
+        with self.m.store.read() as txn:
+            evs, _ = reads.history(txn, "_", "default", r["runId"], 0, False, 1000, r["historyLength"])
+        return [e["eventType"] for e in evs]
+
+    def pending(self, tq: str = "q", now: int | None = None) -> list[tuple[str, str, int]]:
+        with self.m.store.read() as txn:
+            return reads.pending_tasks(txn, "_", "default", tq, self.now if now is None else now, 100)
+
+    def lease(self, wid: str, nonce: str = "n1") -> dict[str, Any]:
+        r = self.run(wid)
+        wt = r["wt"]
+        return self.do("wt.start", workflowId=wid, runId=r["runId"], scheduledEventId=wt["eventId"],
+                       attempt=wt["attempt"], identity="w1", subscriptionId="s1", nonce=nonce)
+
+    def token(self, wid: str) -> dict[str, Any]:
+        r = self.run(wid)
+        wt = r["wt"]
+        return {"workflowId": wid, "runId": r["runId"], "scheduledEventId": wt["eventId"],
+                "attempt": wt["attempt"], "nonce": wt.get("nonce")}
+
+
+def test_task_style_run_has_exactly_five_events(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q"})
+    assert [p[0] for p in m.pending()] == ["w"]
+    assert m.lease("w")["ok"]
+    assert m.pending() == []
+    tok = m.token("w")
+    res = m.do("wt.complete", **tok, identity="w1",
+               commands=[{"type": "CompleteWorkflowExecution", "result": {"ok": 1}}])
+    assert res["ok"], res
+    assert m.events("w") == ["WORKFLOW_EXECUTION_STARTED", "WORKFLOW_TASK_SCHEDULED", "WORKFLOW_TASK_STARTED",
+                             "WORKFLOW_TASK_COMPLETED", "WORKFLOW_EXECUTION_COMPLETED"]
+    assert m.run("w")["status"] == "COMPLETED" and m.run("w")["result"] == {"ok": 1}
+    again = m.do("wt.complete", **tok, identity="w2", commands=[{"type": "CompleteWorkflowExecution"}])
+    assert again["code"] == "not_found", "a second completion of the same task must not apply"
+
+
+def test_racing_completions_apply_once(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q"})
+    m.lease("w")
+    tok = m.token("w")
+    first = m.do("wt.complete", **tok, commands=[{"type": "CompleteWorkflowExecution", "result": 1}])
+    second = m.do("wt.complete", **tok, commands=[{"type": "CompleteWorkflowExecution", "result": 2}])
+    assert first["ok"] and second["code"] == "not_found"
+    assert m.run("w")["result"] == 1
+
+
+def test_failures_retry_with_backoff_then_dead_letter(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    rp = {"initialInterval": 1000, "backoffCoefficient": 2.0, "maximumInterval": 100_000,
+          "maximumAttempts": 3, "nonRetryableErrorTypes": []}
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q", "retryPolicy": rp})
+    delays = []
+    for attempt in (1, 2, 3):
+        visible = m.pending(now=m.now + 10_000)
+        assert visible, f"attempt {attempt} has no task"
+        m.now = max(m.now, visible[0][2])
+        m.lease("w")
+        res = m.do("wt.complete", **m.token("w"),
+                   commands=[{"type": "FailWorkflowExecution", "failure": {"message": "boom", "type": "ValueError"}}])
+        assert res["ok"], res
+        r = m.run("w")
+        if attempt < 3:
+            assert r["status"] == "RUNNING" and r["attempt"] == attempt + 1
+            delays.append(r["wt"]["visibleAt"] - m.now)
+    assert delays == [1000, 2000]
+    r = m.run("w")
+    assert r["status"] == "FAILED" and r["deadLetterReason"] == "attempts_exhausted"
+    assert r["lastFailure"]["message"] == "boom"
+    assert m.events("w").count("WORKFLOW_EXECUTION_ATTEMPT_FAILED") == 2
+    with m.m.store.read() as txn:
+        dead, _ = reads.list_runs(txn, "_", "default", lambda r: True, None, 10, dead=True)
+    assert [d["workflowId"] for d in dead] == ["w"]
+
+
+def test_non_retryable_and_no_policy(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "a", "taskQueue": "q"})
+    m.lease("a")
+    m.do("wt.complete", **m.token("a"), commands=[{"type": "FailWorkflowExecution", "failure": {"message": "x"}}])
+    assert m.run("a")["deadLetterReason"] == "no_retry_policy"
+    rp = {"initialInterval": 1000, "backoffCoefficient": 2.0, "maximumInterval": 10_000,
+          "maximumAttempts": 0, "nonRetryableErrorTypes": ["Fatal"]}
+    m.do("wf.start", start={"type": "T", "workflowId": "b", "taskQueue": "q", "retryPolicy": rp})
+    m.lease("b")
+    m.do("wt.complete", **m.token("b"),
+         commands=[{"type": "FailWorkflowExecution", "failure": {"message": "x", "type": "Fatal"}}])
+    assert m.run("b")["deadLetterReason"] == "non_retryable"
+
+
+def test_lost_worker_and_timeout_redeliver_with_next_attempt(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q"})
+    m.lease("w")
+    tok = m.token("w")
+    assert m.do("wt.fail", **tok, cause="worker_lost")["ok"]
+    assert m.run("w")["wt"]["attempt"] == 2 and m.pending()
+    m.lease("w", nonce="n2")
+    assert m.do("wt.timeout", **m.token("w"))["ok"]
+    assert m.run("w")["wt"]["attempt"] == 3
+    stale = m.do("wt.complete", **tok, commands=[{"type": "CompleteWorkflowExecution"}])
+    assert stale["code"] == "not_found"
+    evs = m.events("w")
+    assert "WORKFLOW_TASK_FAILED" in evs and "WORKFLOW_TASK_TIMED_OUT" in evs
+
+
+def test_bad_command_fails_the_task_and_changes_nothing_else(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q"})
+    m.lease("w")
+    res = m.do("wt.complete", **m.token("w"),
+               commands=[{"type": "CompleteWorkflowExecution"}, {"type": "CompleteWorkflowExecution"}])
+    assert res["code"] == "invalid_argument" and res["details"] == {"command_index": 0}
+    r = m.run("w")
+    assert r["status"] == "RUNNING" and r["wt"]["attempt"] == 2
+    assert m.events("w")[-2:] == ["WORKFLOW_TASK_FAILED", "WORKFLOW_TASK_SCHEDULED"]
+
+
+def test_signal_during_a_leased_task_schedules_the_next_one(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q"})
+    m.lease("w")
+    m.do("wf.signal", workflowId="w", name="go", input=1)
+    assert m.pending() == []  # a task is in flight: the signal waits for it
+    m.do("wt.complete", **m.token("w"), commands=[])
+    assert [p[0] for p in m.pending()] == ["w"]
+    assert m.events("w")[-1] == "WORKFLOW_TASK_SCHEDULED"
+
+
+def test_close_drops_task_indexes(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "a", "taskQueue": "q"})
+    m.do("wf.start", start={"type": "T", "workflowId": "b", "taskQueue": "q"})
+    m.lease("b")
+    m.do("wf.terminate", workflowId="a", reason="x")
+    m.do("wf.terminate", workflowId="b", reason="x")
+    assert m.pending() == []
+    with m.m.store.read() as txn:
+        assert reads.started_tasks(txn, "_", "default") == []
