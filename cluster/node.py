@@ -77,6 +77,7 @@ class Node:
         self.replicator: Any = None
         self.service: Service | None = None
         self.timers: ScheduleTimers | None = None
+        self.dispatcher: Any = None
         self.metrics = Metrics(self.version, self._stores, self._peer_rejected, lambda: self.replicator)
         self.fatal: str | None = None
         self.leaving = False
@@ -137,6 +138,11 @@ class Node:
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
         self.timers = ScheduleTimers(self.service, self.metrics)
         await self.timers.start()
+        from cluster.dispatch import Dispatcher
+
+        secret = read_secret(cfg.cluster_secret_file) if cfg.replicator == "raft" else self.node_secret()
+        self.dispatcher = Dispatcher(self, secret)
+        await self.dispatcher.start()
         loop = asyncio.get_running_loop()
         timers = self.timers
         self.membership.subscribe(lambda old, new: loop.call_soon_threadsafe(timers.on_membership_change, old, new))
@@ -391,6 +397,8 @@ class Node:
             self._runner = None
         if self.timers is not None:
             await self.timers.stop()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
         if self.replicator is not None:
             await self.replicator.stop()
         log.info("node %s stopped", self.node_id)

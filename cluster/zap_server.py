@@ -200,6 +200,7 @@ class Call:
     org: str
     ns: str
     body: Json
+    conn: Any = None
 
     @property
     def service(self) -> Any:
@@ -461,6 +462,34 @@ async def op_workers_later(c: Call) -> Json:
     raise ApiError("not_implemented", WORKERS_LATER)
 
 
+def _dispatcher(c: Call) -> Any:
+    d = getattr(c.node, "dispatcher", None)
+    if d is None:
+        raise ApiError("unavailable", "dispatch is not running on this node", retry_after=1)
+    return d
+
+
+async def op_subscribe_workflow_tasks(c: Call) -> Json:
+    await c.service.ensure_namespace(c.org, c.ns)
+    return _dispatcher(c).subscribe(c.conn, c.org, c.ns, c.body)
+
+
+async def op_unsubscribe(c: Call) -> Json:
+    return _dispatcher(c).unsubscribe(c.conn, c.body.get("subscription_id"))
+
+
+async def op_workflow_task_completed(c: Call) -> Json:
+    return await _dispatcher(c).completed(c.org, c.body)
+
+
+async def op_workflow_task_failed(c: Call) -> Json:
+    return await _dispatcher(c).failed(c.org, c.body)
+
+
+async def op_heartbeat(c: Call) -> Json:
+    return await _dispatcher(c).heartbeat(c.org, c.body)
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     handler: Handler
@@ -495,6 +524,11 @@ ROUTES: dict[int, Route] = {
     Z.Op.ListNamespaces: Route(op_list_namespaces),
     Z.Op.Health: Route(op_health),
     **{op: Route(op_workers_later) for op in Z.WORKER_OPCODES},
+    Z.Op.SubscribeWorkflowTasks: Route(op_subscribe_workflow_tasks),
+    Z.Op.Unsubscribe: Route(op_unsubscribe),
+    Z.Op.RespondWorkflowTaskCompleted: Route(op_workflow_task_completed),
+    Z.Op.RespondWorkflowTaskFailed: Route(op_workflow_task_failed),
+    Z.Op.RecordHeartbeat: Route(op_heartbeat),
 }
 """Every request opcode but Hello (handled by the connection itself)."""
 
@@ -538,6 +572,35 @@ class _Connection:
     """No more writes: set once the connection is closing or closed."""
     _shut: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _pushes: dict[int, asyncio.Future[int]] = field(default_factory=dict)
+    _push_id: int = 0
+
+    async def push(self, opcode: int, body: Json, timeout: float) -> int:
+        """Send a push (kind 3) and wait for its push-ack status; 0 when none came in time."""
+        if self.closed:
+            return 0
+        self._push_id = self._push_id % 0xFFFFFFFF + 1
+        pid = self._push_id
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pushes[pid] = fut
+        try:
+            await self._write(Z.encode_frame(Z.PUSH, opcode, pid, body))
+            return await asyncio.wait_for(fut, timeout)
+        except (TimeoutError, ConnectionError, OSError):
+            return 0
+        finally:
+            self._pushes.pop(pid, None)
+
+    def _on_push_ack(self, frame: Z.Frame) -> None:
+        fut = self._pushes.get(frame.frame_id)
+        if fut is None or fut.done():
+            return  # an ack for a push we no longer wait for
+        try:
+            body = Z.decode_body(frame.body)
+            status = body.get("status")
+        except Z.BadBody:
+            status = 400
+        fut.set_result(status if isinstance(status, int) else 400)
 
     @property
     def node(self) -> Any:
@@ -581,7 +644,8 @@ class _Connection:
                     await asyncio.wait(set(self.tasks), timeout=EOF_DRAIN_TIMEOUT)
                 return
             if frame.kind == Z.PUSH_ACK:
-                continue  # this build sends no pushes; an ack for an unknown push is ignored
+                self._on_push_ack(frame)
+                continue
             await self._on_request(frame)
 
     async def _on_request(self, frame: Z.Frame) -> None:
@@ -619,7 +683,7 @@ class _Connection:
         except ApiError as e:
             await self._respond(op, frame.frame_id, self._error(e), started)
             return
-        call = Call(self.node, names.storage_org(self.session.org), ns, body)
+        call = Call(self.node, names.storage_org(self.session.org), ns, body, self)
         task = asyncio.create_task(self._serve(frame, route, call, started), name=f"zap-{_label(op)}")
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -742,6 +806,7 @@ class _Connection:
         self.closed = True
         if not self._shut:
             self._shut = True
+            self._released()
             with contextlib.suppress(Exception):
                 self.writer.close()
 
@@ -750,8 +815,18 @@ class _Connection:
         self.closed = True
         if not self._shut:
             self._shut = True
+            self._released()
             with contextlib.suppress(Exception):
                 self.writer.transport.abort()
+
+    def _released(self) -> None:
+        """The subscriptions of this connection end with it (their tasks fail: worker_lost)."""
+        for fut in self._pushes.values():
+            if not fut.done():
+                fut.set_result(0)
+        d = getattr(self.node, "dispatcher", None)
+        if d is not None:
+            d.connection_closed(self)
 
 
 class ZapServer:

@@ -1,0 +1,356 @@
+"""Dispatch of workflow tasks to workers subscribed over ZAP (SPEC §5.7, §8.6).
+
+Pending tasks are shard state (an index by task queue, oldest first). This
+node pushes them to the subscriptions it holds, within each subscription's
+slots. A task is leased by a committed ``wt.start`` *before* its push is sent,
+so two nodes (or two loops) racing for one task cannot both lease it: the
+second ``wt.start`` finds the task no longer current. A refused or unanswered
+push, a closed connection and an expired lease each commit a command that
+makes the task available again with ``attempt + 1``; completions carry a
+signed token and apply at most once.
+
+Leases and heartbeats are in memory on the node that holds the worker's
+connection; on start this node re-arms a lease (now + task timeout) for every
+task left started in the partitions it leads, so a crash never strands one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster import render
+from cluster.tokens import TaskToken, Tokens
+from protocol import names
+from protocol.errors import ApiError
+from shard import reads
+
+log = logging.getLogger("tasks.dispatch")
+
+Json = dict[str, Any]
+QueueKey = tuple[str, str, str]  # org, ns, task queue
+TaskKey = tuple[str, str, str, str]  # org, ns, workflowId, runId
+
+DELIVER_WORKFLOW_TASK = 0x00B0
+MAX_HISTORY = 1000
+SCAN_EVERY = 0.1
+
+
+@dataclass(eq=False)
+class Subscription:
+    id: str
+    conn: Any
+    org: str
+    ns: str
+    task_queue: str
+    types: frozenset[str] | None
+    max_concurrent: int
+    identity: str
+    in_flight: set[TaskKey] = field(default_factory=set)
+
+    def free(self) -> int:
+        return self.max_concurrent - len(self.in_flight)
+
+    def handles(self, wtype: str) -> bool:
+        return self.types is None or wtype in self.types
+
+
+@dataclass
+class Lease:
+    token: TaskToken
+    deadline: float
+    timeout_s: float
+    sub: Subscription | None
+
+
+class Dispatcher:
+    def __init__(self, node: Any, secret: bytes) -> None:
+        self.node = node
+        self.service = node.service
+        self.tokens = Tokens(secret)
+        self.push_ack = node.cfg.timeouts.push_ack / 1000.0
+        self.subs: dict[str, Subscription] = {}
+        self.leases: dict[TaskKey, Lease] = {}
+        self._claiming: set[TaskKey] = set()
+        self._rr = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._bg: set[asyncio.Task] = set()
+        self._running = False
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._running = True
+        self.service.replicator.subscribe(self._on_apply)
+        self._rearm_started()
+        self._task = asyncio.create_task(self._loop(), name="dispatch")
+
+    async def stop(self) -> None:
+        self._running = False
+        self._wake.set()
+        for t in [self._task, *self._bg]:
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*(t for t in [self._task, *self._bg] if t is not None), return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    def _on_apply(self, group: int, index: int, result: Json) -> None:
+        if result.get("_events") or result.get("_op", "").startswith("wt."):
+            self._wake.set()
+
+    def _rearm_started(self) -> None:
+        rep = self.service.replicator
+        timeout_default = 10.0
+        for p in range(rep.partitions):
+            if not rep.is_leader(p):
+                continue
+            with rep.store(p).read() as txn:
+                for org, ns in reads.shards(txn):
+                    for wid, rid in reads.started_tasks(txn, org, ns):
+                        run = reads.run(txn, org, ns, wid, rid)
+                        wt = run.get("wt") if run else None
+                        if not wt or wt["state"] != "STARTED":
+                            continue
+                        tok = TaskToken("wt", org, ns, wid, rid, wt["eventId"], wt["attempt"], wt.get("nonce") or "")
+                        t = run.get("workflowTaskTimeout", 10_000) / 1000.0 or timeout_default
+                        self.leases[(org, ns, wid, rid)] = Lease(tok, time.monotonic() + t, t, None)
+
+    # ---- subscriptions -------------------------------------------------------
+
+    def subscribe(self, conn: Any, org: str, ns: str, body: Json) -> Json:
+        tq = body.get("task_queue")
+        names.check_id(tq, "task_queue")
+        mc = body.get("max_concurrent")
+        if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 1000:
+            raise ApiError("invalid_argument", "max_concurrent must be an integer from 1 to 1000")
+        types = body.get("types")
+        if types is not None:
+            if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+                raise ApiError("invalid_argument", "types must be a list of strings")
+            types = frozenset(types)
+        identity = body.get("identity") or conn.session.client_id
+        sid = body.get("subscription_id")
+        sub = self.subs.get(sid) if isinstance(sid, str) else None
+        if sub is not None and sub.conn is conn:
+            sub.types, sub.max_concurrent = types, mc
+        else:
+            sub = Subscription(secrets.token_hex(12), conn, org, ns, tq, types, mc, str(identity))
+            self.subs[sub.id] = sub
+        self._wake.set()
+        return {"subscription_id": sub.id}
+
+    def unsubscribe(self, conn: Any, sid: Any) -> Json:
+        sub = self.subs.get(sid) if isinstance(sid, str) else None
+        if sub is not None and sub.conn is conn:
+            del self.subs[sid]  # tasks already started keep their leases
+        return {}
+
+    def connection_closed(self, conn: Any) -> None:
+        """The worker is gone: its in-flight workflow tasks fail with worker_lost (SPEC §5.7)."""
+        for sid, sub in list(self.subs.items()):
+            if sub.conn is not conn:
+                continue
+            del self.subs[sid]
+            for key in list(sub.in_flight):
+                lease = self.leases.pop(key, None)
+                if lease is not None:
+                    self._spawn(self._fail(lease.token, "worker_lost", None, sub.identity))
+            sub.in_flight.clear()
+
+    # ---- the loop -------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while self._running:
+            self._wake.clear()
+            try:
+                await self._dispatch_all()
+                await self._expire_leases()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch round failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), SCAN_EVERY)
+            except TimeoutError:
+                pass
+
+    async def _dispatch_all(self) -> None:
+        queues: dict[QueueKey, list[Subscription]] = {}
+        for sub in self.subs.values():
+            queues.setdefault((sub.org, sub.ns, sub.task_queue), []).append(sub)
+        for (org, ns, tq), subs in queues.items():
+            free = sum(max(0, s.free()) for s in subs)
+            if free <= 0:
+                continue
+            now = self.service.clock()
+            with self.service._read(org, ns) as txn:
+                pending = reads.pending_tasks(txn, org, ns, tq, now, free * 2)
+                runs = [reads.run(txn, org, ns, wid, rid) for wid, rid, _ in pending]
+            for run in runs:
+                if run is None or not run.get("wt") or run["wt"]["state"] != "SCHEDULED":
+                    continue
+                key = (org, ns, run["workflowId"], run["runId"])
+                if key in self._claiming:
+                    continue
+                sub = self._pick(subs, run["type"])
+                if sub is None:
+                    continue
+                self._claiming.add(key)
+                sub.in_flight.add(key)
+                self._spawn(self._deliver(sub, key, run))
+
+    def _pick(self, subs: list[Subscription], wtype: str) -> Subscription | None:
+        ok = [s for s in subs if s.free() > 0 and s.handles(wtype) and not s.conn.closed]
+        if not ok:
+            return None
+        return ok[next(self._rr) % len(ok)]
+
+    async def _deliver(self, sub: Subscription, key: TaskKey, run: Json) -> None:
+        org, ns, wid, rid = key
+        wt = run["wt"]
+        nonce = secrets.token_hex(8)
+        try:
+            try:
+                res = await self.service.propose(
+                    org, ns, "wt.start", workflowId=wid, runId=rid, scheduledEventId=wt["eventId"],
+                    attempt=wt["attempt"], identity=sub.identity, subscriptionId=sub.id, nonce=nonce,
+                )
+            except ApiError:
+                sub.in_flight.discard(key)
+                return
+            run = res["run"]
+            tok = TaskToken("wt", org, ns, wid, rid, wt["eventId"], wt["attempt"], nonce)
+            timeout_s = run["workflowTaskTimeout"] / 1000.0
+            self.leases[key] = Lease(tok, time.monotonic() + timeout_s, timeout_s, sub)
+        finally:
+            self._claiming.discard(key)
+        body = self._task_body(sub, run, tok)
+        status = await sub.conn.push(DELIVER_WORKFLOW_TASK, body, self.push_ack) if not sub.conn.closed else 0
+        if status != 200:
+            lease = self.leases.pop(key, None)
+            sub.in_flight.discard(key)
+            if lease is not None:
+                await self._fail(tok, "push_refused", None, sub.identity)
+            self._wake.set()
+
+    def _task_body(self, sub: Subscription, run: Json, tok: TaskToken) -> Json:
+        org, ns = tok.org, tok.ns
+        with self.service._read(org, ns) as txn:
+            events, _ = reads.history(txn, org, ns, run["runId"], 0, False, MAX_HISTORY, run["historyLength"])
+        wt = run["wt"]
+        return {
+            "task_token": self.tokens.make(tok),
+            "subscription_id": sub.id,
+            "namespace": ns,
+            "workflow_id": run["workflowId"],
+            "run_id": run["runId"],
+            "workflow_type": run["type"],
+            "task_queue": run["taskQueue"],
+            "input": run.get("input"),
+            "attempt": wt["attempt"],
+            "workflow_attempt": run["attempt"],
+            "started_event_id": wt["startedEventId"],
+            "previous_started_event_id": 0,
+            "full_history": True,
+            "history_truncated": run["historyLength"] > MAX_HISTORY,
+            "history": [render.event(e) for e in events],
+            "task_timeout_ms": run["workflowTaskTimeout"],
+            "cancel_requested": run["status"] == "CANCELING",
+        }
+
+    async def _expire_leases(self) -> None:
+        now = time.monotonic()
+        for key, lease in list(self.leases.items()):
+            if lease.deadline > now:
+                continue
+            self.leases.pop(key, None)
+            if lease.sub is not None:
+                lease.sub.in_flight.discard(key)
+            t = lease.token
+            try:
+                await self.service.propose(
+                    t.org, t.ns, "wt.timeout", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
+                    attempt=t.attempt, nonce=t.nonce,
+                )
+            except ApiError as e:
+                if e.code != "not_found":
+                    log.warning("lease timeout of %s/%s not recorded: %s", t.ns, t.wid, e.message)
+
+    # ---- worker responses -------------------------------------------------------
+
+    def _token(self, org: str, token: Any) -> TaskToken:
+        t = self.tokens.read(token)
+        if t.org != org:
+            raise ApiError("permission_denied", "the task token belongs to another org")
+        if t.kind != "wt":
+            raise ApiError("not_implemented", "activity tasks arrive in a later build")
+        return t
+
+    def _done(self, t: TaskToken) -> None:
+        key = (t.org, t.ns, t.wid, t.rid)
+        lease = self.leases.pop(key, None)
+        if lease is not None and lease.sub is not None:
+            lease.sub.in_flight.discard(key)
+        self._wake.set()
+
+    async def completed(self, org: str, body: Json) -> Json:
+        t = self._token(org, body.get("task_token"))
+        commands = body.get("commands") or []
+        if not isinstance(commands, list):
+            raise ApiError("invalid_argument", "commands must be a list", {"command_index": 0})
+        try:
+            await self.service.propose(
+                t.org, t.ns, "wt.complete", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
+                attempt=t.attempt, nonce=t.nonce, identity=body.get("identity") or "", commands=commands,
+            )
+        finally:
+            self._done(t)
+        return {}
+
+    async def _fail(self, t: TaskToken, cause: str, failure: Any, identity: str) -> None:
+        try:
+            await self.service.propose(
+                t.org, t.ns, "wt.fail", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
+                attempt=t.attempt, nonce=t.nonce, cause=cause, failure=failure, identity=identity,
+            )
+        except ApiError as e:
+            if e.code != "not_found":
+                log.warning("task failure of %s/%s not recorded: %s", t.ns, t.wid, e.message)
+
+    async def failed(self, org: str, body: Json) -> Json:
+        t = self._token(org, body.get("task_token"))
+        cause = body.get("cause") if isinstance(body.get("cause"), str) else "worker_failed"
+        try:
+            await self.service.propose(
+                t.org, t.ns, "wt.fail", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
+                attempt=t.attempt, nonce=t.nonce, cause=cause or "worker_failed", failure=body.get("failure"),
+                identity=body.get("identity") or "",
+            )
+        finally:
+            self._done(t)
+        return {}
+
+    async def heartbeat(self, org: str, body: Json) -> Json:
+        t = self._token(org, body.get("task_token"))
+        with self.service._read(t.org, t.ns) as txn:
+            run = reads.run(txn, t.org, t.ns, t.wid, t.rid)
+        wt = run.get("wt") if run else None
+        if (
+            run is None or run["status"] not in ("RUNNING", "CANCELING") or not wt or wt["state"] != "STARTED"
+            or wt["eventId"] != t.scheduled_event_id or wt["attempt"] != t.attempt or wt.get("nonce") != t.nonce
+        ):
+            raise ApiError("not_found", "task not current")
+        lease = self.leases.get((t.org, t.ns, t.wid, t.rid))
+        if lease is not None:
+            lease.deadline = time.monotonic() + lease.timeout_s
+        return {"cancel_requested": run["status"] == "CANCELING"}
