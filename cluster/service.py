@@ -353,6 +353,7 @@ class Service:
         return await self._run_op(
             "wf.cancel", org, ns, wid, rid,
             reason=I.opt_str(body, "reason") or "", identity=I.opt_str(body, "identity") or "",
+            cancelAckMs=self.cfg.timeouts.cancel_ack,
         )
 
     async def terminate_workflow(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:

@@ -26,6 +26,7 @@ log = logging.getLogger("tasks.timers")
 Key = tuple[str, str, str]  # org, ns, scheduleId
 
 MAX_IN_FLIGHT = 256
+DEADLINE_SCAN = 0.25
 MAX_MISSED_PER_FIRE = 10_000
 
 
@@ -57,10 +58,17 @@ class ScheduleTimers:
             rep.on_leadership(self._on_leadership)
         self.rebuild()
         self._task = asyncio.create_task(self._run(), name="schedule-timers")
+        self._deadlines = asyncio.create_task(self._deadline_loop(), name="run-deadlines")
 
     async def stop(self) -> None:
         self._running = False
         self._wake.set()
+        if getattr(self, "_deadlines", None) is not None:
+            self._deadlines.cancel()
+            try:
+                await self._deadlines
+            except (asyncio.CancelledError, Exception):
+                pass
         if self._task is not None:
             self._task.cancel()
             try:
@@ -136,6 +144,40 @@ class ScheduleTimers:
             if key not in self._inflight:
                 self.replan(key)
 
+    # ---- run timers (timeouts, cancel sweeps) --------------------------------
+
+    def _due_deadlines(self, now: int) -> list[tuple[str, str, int, str, str, str]]:
+        rep = self.service.replicator
+        out = []
+        for p in range(rep.partitions):
+            if not rep.is_leader(p):
+                continue
+            with rep.store(p).read() as txn:
+                for org, ns in reads.shards(txn):
+                    for at, kind, wid, rid in reads.due_deadlines(txn, org, ns, now, 256):
+                        out.append((org, ns, at, kind, wid, rid))
+        return out
+
+    async def _deadline_loop(self) -> None:
+        """Run timeouts, execution timeouts and cancel sweeps of the partitions this node leads.
+
+        The timers are shard state (an index by due time); each fire is keyed by
+        (run, kind, due time), so a new leader simply finds them and a repeated
+        fire is a no-op.
+        """
+        while self._running:
+            try:
+                for org, ns, at, kind, wid, rid in self._due_deadlines(self.clock()):
+                    try:
+                        await self.service.propose(org, ns, "wf.deadline", workflowId=wid, runId=rid, kind=kind, at=at)
+                    except ApiError as e:
+                        log.warning("run timer %s of %s/%s not recorded: %s", kind, ns, wid, e.message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("run timers failed")
+            await asyncio.sleep(DEADLINE_SCAN)
+
     # ---- firing ------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -187,7 +229,8 @@ class ScheduleTimers:
                     missed += 1
                 jitter = jitter_offset(sid, nominal, S.jitter_ms(s["spec"]))
                 res = await self.service.propose(
-                    org, ns, "sched.fire", scheduleId=sid, after=after, nominal=nominal, missed=missed
+                    org, ns, "sched.fire", scheduleId=sid, after=after, nominal=nominal, missed=missed,
+                    cancelAckMs=self.service.cfg.timeouts.cancel_ack,
                 )
                 outcome = res.get("outcome")
                 self.fires += 1
@@ -219,3 +262,4 @@ class ScheduleTimers:
                 return
             except Exception:
                 log.exception("replan of %s failed; retrying", key)
+

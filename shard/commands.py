@@ -39,6 +39,7 @@ OPS = (
     "wt.complete",
     "wt.fail",
     "wt.timeout",
+    "wf.deadline",
 )
 
 

@@ -18,6 +18,7 @@ which makes NUL a safe separator.
     s <org> 0 <ns> 0 a <name>               search attribute registration
     s <org> 0 <ns> 0 p <tq> 0 <visible:u64> <wid> 0 <rid>   pending workflow task
     s <org> 0 <ns> 0 x <wid> 0 <rid>        started (leased) workflow task
+    s <org> 0 <ns> 0 T <at:u64> <kind> 0 <wid> 0 <rid>   durable run timer (run, execution, cancel)
     \x01 applied                            applied index of the partition
     \x01 reg <org> 0 <ns>                   namespace registry of the partition
 """
@@ -145,6 +146,13 @@ class ShardKeys:
 
     def started_prefix(self) -> bytes:
         return self.p + b"x"
+
+    def deadline(self, at: int, kind: str, wid: str, rid: str) -> bytes:
+        """A durable timer of a run (run/execution timeout, cancel sweep), soonest first."""
+        return self.p + b"T" + _U64.pack(max(at, 0)) + kind.encode() + b"\x00" + run_suffix(wid, rid)
+
+    def deadline_prefix(self) -> bytes:
+        return self.p + b"T"
 
     def attr(self, name: str) -> bytes:
         return self.p + b"a" + name.encode()

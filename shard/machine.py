@@ -375,8 +375,28 @@ def start_run(ctx: Ctx, spec: dict[str, Any], *, wid: str, rid: str, signal: Any
     else:
         schedule_workflow_task(ctx, run)
     _index_new_run(ctx, run, spec.get("requestId"))
+    arm_run_timers(ctx, run)
     ctx.notify("workflow.started", workflow_id=wid, run_id=rid)
     return run
+
+
+def arm_run_timers(ctx: Ctx, run: dict[str, Any]) -> None:
+    """Durable deadlines of a run, kept in shard state so any new leader finds them."""
+    timers = run.setdefault("timers", {})
+    if run.get("workflowRunTimeout") and "run" not in timers:
+        timers["run"] = ctx.now + run["workflowRunTimeout"]
+    if run.get("workflowExecutionTimeout") and "execution" not in timers:
+        timers["execution"] = run["firstStart"] + run["workflowExecutionTimeout"]
+    for kind, at in timers.items():
+        ctx.put_raw(ctx.k.deadline(at, kind, run["workflowId"], run["runId"]), b"")
+    save_run(ctx, run)
+
+
+def disarm_run_timer(ctx: Ctx, run: dict[str, Any], kind: str) -> None:
+    timers = run.get("timers") or {}
+    at = timers.pop(kind, None)
+    if at is not None:
+        ctx.txn.delete(ctx.k.deadline(at, kind, run["workflowId"], run["runId"]))
 
 
 def _index_new_run(ctx: Ctx, run: dict[str, Any], request_id: str | None) -> None:
@@ -402,6 +422,8 @@ def close_run(
     run["status"] = status
     run["closeTime"] = ctx.now
     drop_workflow_task(ctx, run)
+    for kind in list(run.get("timers") or {}):
+        disarm_run_timer(ctx, run, kind)
     if dead_letter:
         run["deadLetterReason"] = dead_letter
         ctx.put_raw(ctx.k.dead_index(ctx.now, run["workflowId"], run["runId"]), b"")
@@ -443,6 +465,9 @@ def request_cancel(ctx: Ctx, run: dict[str, Any], reason: str, identity: str) ->
         return
     run["status"] = "CANCELING"
     run["cancelRequestedAt"] = ctx.now
+    if ctx.cmd.get("cancelAckMs"):
+        run.setdefault("timers", {})["cancel"] = ctx.now + int(ctx.cmd["cancelAckMs"])
+        ctx.put_raw(ctx.k.deadline(run["timers"]["cancel"], "cancel", run["workflowId"], run["runId"]), b"")
     schedule_workflow_task(ctx, run)
     save_run(ctx, run)
     ctx.notify("workflow.cancel_requested", workflow_id=run["workflowId"], run_id=run["runId"])
@@ -651,6 +676,7 @@ def op_wf_reset(ctx: Ctx) -> Result:
     )
     schedule_workflow_task(ctx, run)
     _index_new_run(ctx, run, req)
+    arm_run_timers(ctx, run)
     ctx.notify("workflow.reset", workflow_id=run["workflowId"], run_id=rid)
     return C.ok(run=run, started=True)
 
@@ -1005,7 +1031,9 @@ def failure_record(f: Any) -> dict[str, Any]:
     return out
 
 
-def _fail_workflow(ctx: Ctx, run: dict[str, Any], failure: dict[str, Any], completed_eid: int) -> None:
+def _fail_workflow(
+    ctx: Ctx, run: dict[str, Any], failure: dict[str, Any], completed_eid: int | None, *, timed_out: bool = False
+) -> None:
     """SPEC §5.6 workflow retry: another attempt after back-off, or a final failure (dead letter)."""
     rp = run.get("retryPolicy")
     attempt = run["attempt"]
@@ -1024,15 +1052,24 @@ def _fail_workflow(ctx: Ctx, run: dict[str, Any], failure: dict[str, Any], compl
         if deadline and ctx.now + backoff > run["firstStart"] + deadline:
             state, reason = "TIMEOUT", "timeout"
     if state is not None:
-        close_run(ctx, run, "FAILED", "WORKFLOW_EXECUTION_FAILED",
-                  {"failure": failure, "attempt": attempt, "retryState": state,
-                   "workflowTaskCompletedEventId": completed_eid},
-                  dead_letter=reason)
+        if timed_out:
+            close_run(ctx, run, "TIMED_OUT", "WORKFLOW_EXECUTION_TIMED_OUT",
+                      {"timeoutType": "RUN", "attempt": attempt, "retryState": state}, dead_letter="timeout")
+            return
+        attrs: dict[str, Any] = {"failure": failure, "attempt": attempt, "retryState": state}
+        if completed_eid is not None:
+            attrs["workflowTaskCompletedEventId"] = completed_eid
+        close_run(ctx, run, "FAILED", "WORKFLOW_EXECUTION_FAILED", attrs, dead_letter=reason)
         return
     add_event(ctx, run, "WORKFLOW_EXECUTION_ATTEMPT_FAILED",
               {"failure": failure, "attempt": attempt, "backoff": backoff, "nextAttemptTime": ctx.now + backoff})
     run["attempt"] = attempt + 1
+    drop_workflow_task(ctx, run)
     schedule_workflow_task(ctx, run, attempt=1, delay_ms=backoff)
+    if run.get("workflowRunTimeout"):
+        disarm_run_timer(ctx, run, "run")
+        run.setdefault("timers", {})["run"] = ctx.now + backoff + run["workflowRunTimeout"]
+        ctx.put_raw(ctx.k.deadline(run["timers"]["run"], "run", run["workflowId"], run["runId"]), b"")
     save_run(ctx, run)
     ctx.notify("workflow.retry_scheduled", workflow_id=run["workflowId"], run_id=run["runId"])
 
@@ -1118,7 +1155,31 @@ def op_wt_timeout(ctx: Ctx) -> Result:
     return C.ok(run=run)
 
 
+def op_wf_deadline(ctx: Ctx) -> Result:
+    """A run's durable timer fired (keyed by run, kind and time: applies at most once)."""
+    cmd = ctx.cmd
+    run = ctx.get(ctx.k.run(cmd["workflowId"], cmd["runId"]))
+    kind, at = cmd["kind"], cmd["at"]
+    if run is None or run["status"] not in OPEN or (run.get("timers") or {}).get(kind) != at:
+        return C.ok(outcome="stale")
+    disarm_run_timer(ctx, run, kind)
+    if kind == "execution":
+        close_run(ctx, run, "TIMED_OUT", "WORKFLOW_EXECUTION_TIMED_OUT",
+                  {"timeoutType": "EXECUTION", "attempt": run["attempt"], "retryState": "TIMEOUT"},
+                  dead_letter="timeout")
+    elif kind == "run":
+        failure = {"message": "workflow run timed out", "type": "TimeoutError", "nonRetryable": False,
+                   "timeoutType": "RUN"}
+        _fail_workflow(ctx, run, failure, None, timed_out=True)
+    elif kind == "cancel" and run["status"] == "CANCELING":
+        close_run(ctx, run, "CANCELED", "WORKFLOW_EXECUTION_CANCELED",
+                  {"reason": "sweep:cancel-timeout", "identity": "engine"})
+    save_run(ctx, run)
+    return C.ok(outcome=kind)
+
+
 HANDLERS: dict[str, Callable[[Ctx], Result]] = {
+    "wf.deadline": op_wf_deadline,
     "wt.start": op_wt_start,
     "wt.complete": op_wt_complete,
     "wt.fail": op_wt_fail,

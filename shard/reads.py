@@ -217,3 +217,19 @@ def started_tasks(txn: lmdb.Transaction, org: str, ns: str) -> list[tuple[str, s
     k = ShardKeys(org, ns)
     prefix = k.started_prefix()
     return [keys.split_run_suffix(key[len(prefix) :]) for key, _ in _scan(txn, prefix, values=False)]
+
+
+def due_deadlines(txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int) -> list[tuple[int, str, str, str]]:
+    """Run timers due at ``now``: (at, kind, workflowId, runId), soonest first."""
+    k = ShardKeys(org, ns)
+    prefix = k.deadline_prefix()
+    out: list[tuple[int, str, str, str]] = []
+    for key, _ in _scan(txn, prefix, values=False):
+        rest = key[len(prefix) :]
+        at = int.from_bytes(rest[:8], "big")
+        if at > now or len(out) >= limit:
+            break
+        kind, _, tail = rest[8:].partition(b"\x00")
+        wid, rid = keys.split_run_suffix(tail)
+        out.append((at, kind.decode(), wid, rid))
+    return out

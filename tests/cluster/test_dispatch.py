@@ -183,3 +183,19 @@ def test_refused_push_goes_to_another_worker(zap_node) -> None:
     assert busy.complete(t["task_token"], 1)["status"] == 200
     assert "WORKFLOW_TASK_FAILED" in events(node, "refused")
     busy.close()
+
+
+def test_run_timeout_is_enforced_without_a_worker(zap_node) -> None:
+    node, _ = zap_node
+    status, body = node.post(WF, {"workflowId": "slow", "workflowType": {"name": "Job"}, "taskQueue": {"name": "q"},
+                                  "workflowRunTimeout": "1s"})
+    assert status == 200, body
+    deadline = time.monotonic() + 10
+    info: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        info = node.get(f"{WF}/slow")[1]["workflowExecutionInfo"]
+        if info["status"] != "WORKFLOW_EXECUTION_STATUS_RUNNING":
+            break
+        time.sleep(0.1)
+    assert info["status"] == "WORKFLOW_EXECUTION_STATUS_TIMED_OUT"
+    assert info["deadLetterReason"] == "timeout"

@@ -170,3 +170,55 @@ def test_close_drops_task_indexes(tmp_path: Path) -> None:
     assert m.pending() == []
     with m.m.store.read() as txn:
         assert reads.started_tasks(txn, "_", "default") == []
+
+
+def _deadlines(m: M, now: int) -> list[tuple[int, str, str, str]]:
+    with m.m.store.read() as txn:
+        return reads.due_deadlines(txn, "_", "default", now, 100)
+
+
+def test_run_timeout_retries_then_times_out_and_is_keyed(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    rp = {"initialInterval": 1000, "backoffCoefficient": 2.0, "maximumInterval": 10_000,
+          "maximumAttempts": 2, "nonRetryableErrorTypes": []}
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q", "workflowRunTimeout": 5000,
+                            "retryPolicy": rp})
+    assert _deadlines(m, m.now) == []
+    (at, kind, wid, rid), = _deadlines(m, m.now + 5000)
+    assert kind == "run" and wid == "w"
+    m.now = at
+    assert m.do("wf.deadline", workflowId=wid, runId=rid, kind=kind, at=at)["outcome"] == "run"
+    fired_at = m.now
+    assert m.do("wf.deadline", workflowId=wid, runId=rid, kind=kind, at=at)["outcome"] == "stale"
+    r = m.run("w")
+    assert r["status"] == "RUNNING" and r["attempt"] == 2 and r["lastFailure"]["type"] == "TimeoutError"
+    (at2, kind2, _, _), = _deadlines(m, m.now + 100_000)
+    assert at2 == fired_at + 1000 + 5000  # back-off, then a full run timeout for attempt 2
+    m.now = at2
+    m.do("wf.deadline", workflowId=wid, runId=rid, kind=kind2, at=at2)
+    r = m.run("w")
+    assert r["status"] == "TIMED_OUT" and r["deadLetterReason"] == "timeout"
+    assert m.events("w")[-1] == "WORKFLOW_EXECUTION_TIMED_OUT"
+    assert _deadlines(m, m.now + 10**9) == []
+
+
+def test_execution_timeout_and_cancel_sweep(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "e", "taskQueue": "q", "workflowExecutionTimeout": 3000})
+    (at, kind, wid, rid), = _deadlines(m, m.now + 3000)
+    assert kind == "execution"
+    m.do("wf.deadline", workflowId=wid, runId=rid, kind=kind, at=at)
+    assert m.run("e")["status"] == "TIMED_OUT"
+
+    m.do("wf.start", start={"type": "T", "workflowId": "c", "taskQueue": "q"})
+    m.lease("c")  # a task was started: cancel needs the worker's acknowledgement
+    m.do("wf.cancel", workflowId="c", reason="stop", cancelAckMs=60_000)
+    assert m.run("c")["status"] == "CANCELING"
+    (at, kind, wid, rid), = _deadlines(m, m.now + 60_000)
+    assert kind == "cancel"
+    m.do("wf.deadline", workflowId=wid, runId=rid, kind=kind, at=at)
+    r = m.run("c")
+    assert r["status"] == "CANCELED"
+    with m.m.store.read() as txn:
+        evs, _ = reads.history(txn, "_", "default", r["runId"], 0, False, 100, r["historyLength"])
+    assert evs[-1]["attributes"]["reason"] == "sweep:cancel-timeout"
