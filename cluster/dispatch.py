@@ -87,7 +87,10 @@ class Dispatcher:
 
     async def start(self) -> None:
         self._running = True
-        self.service.replicator.subscribe(self._on_apply)
+        rep = self.service.replicator
+        rep.subscribe(self._on_apply)
+        if hasattr(rep, "on_leadership"):
+            rep.on_leadership(self._on_leadership)
         self._rearm_started()
         self._task = asyncio.create_task(self._loop(), name="dispatch")
 
@@ -108,11 +111,17 @@ class Dispatcher:
         if result.get("_events") or result.get("_op", "").startswith("wt."):
             self._wake.set()
 
-    def _rearm_started(self) -> None:
+    def _on_leadership(self, group: int, leading: bool) -> None:
+        """A new partition leader takes over the leases of tasks left started there."""
+        if leading and group < self.service.replicator.partitions:
+            self._rearm_started(only=group)
+            self._wake.set()
+
+    def _rearm_started(self, only: int | None = None) -> None:
         rep = self.service.replicator
         timeout_default = 10.0
         for p in range(rep.partitions):
-            if not rep.is_leader(p):
+            if (only is not None and p != only) or not rep.is_leader(p):
                 continue
             with rep.store(p).read() as txn:
                 for org, ns in reads.shards(txn):
@@ -121,9 +130,12 @@ class Dispatcher:
                         wt = run.get("wt") if run else None
                         if not wt or wt["state"] != "STARTED":
                             continue
+                        key = (org, ns, wid, rid)
+                        if key in self.leases:
+                            continue  # a worker of this node holds it: its lease is live
                         tok = TaskToken("wt", org, ns, wid, rid, wt["eventId"], wt["attempt"], wt.get("nonce") or "")
                         t = run.get("workflowTaskTimeout", 10_000) / 1000.0 or timeout_default
-                        self.leases[(org, ns, wid, rid)] = Lease(tok, time.monotonic() + t, t, None)
+                        self.leases[key] = Lease(tok, time.monotonic() + t, t, None)
 
     # ---- subscriptions -------------------------------------------------------
 

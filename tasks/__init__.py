@@ -9,12 +9,14 @@ The one public face of the package::
     client.now("send-email", {"to": "a@b"}) # once, in the background
 
 Point the client at a server (``tasks.Client("http://tasks:8080")``) and the
-same calls become durable. Importing this package loads no server code.
+same calls become durable, and ``tasks.Worker`` runs handlers for the
+tasks the server pushes over ZAP. Importing this package loads no server code.
 """
 
 from tasks.client import Client, default, set_default
 from tasks.embed import Embedded, embed
 from tasks.errors import (
+    ActivityError,
     AlreadyExists,
     AlreadyStarted,
     Canceled,
@@ -35,8 +37,11 @@ from tasks.errors import (
     Unavailable,
     Unsupported,
 )
+from tasks.worker import ActivityContext, TaskContext, Worker, context
 
 __all__ = [
+    "ActivityContext",
+    "ActivityError",
     "AlreadyExists",
     "AlreadyStarted",
     "Canceled",
@@ -52,12 +57,15 @@ __all__ = [
     "PermissionDenied",
     "RateLimited",
     "StorageFull",
+    "TaskContext",
     "TasksError",
     "Timeout",
     "TooLarge",
     "Unauthenticated",
     "Unavailable",
     "Unsupported",
+    "Worker",
+    "context",
     "default",
     "embed",
     "set_default",

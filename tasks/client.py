@@ -6,12 +6,16 @@ a laptop and a cluster:
 * **local** (no ``tasks_url``, no ``zap_addr``): everything runs in this
   process, nothing is persisted (``tasks._local``);
 * **remote**: schedules and runs are durable on the server; ``add`` upserts a
-  schedule and ``now`` starts a workflow, over HTTP for now. ZAP and the
-  embedded worker that runs the added functions arrive with workers.
+  schedule and ``now`` starts a workflow, over ZAP when ``zap_addr`` is set
+  (HTTP when ZAP cannot be reached and ``tasks_url`` is set), else over HTTP.
+  The functions given to ``add`` (and the catch-all ``handler``) are run by
+  the client's *embedded worker* (``tasks.worker.Worker``), which the durable
+  schedules fire through.
 
-Remote calls are blocking, made in the caller's thread with the standard
-library only, so that importing ``tasks`` pulls in no server or aiohttp code;
-the ``a*`` variants run them in a thread for async callers.
+Remote calls are blocking for the caller: HTTP with the standard library in
+the caller's thread, ZAP on the connection's own loop thread (``tasks.zap``),
+so that importing ``tasks`` pulls in no server or aiohttp code; the ``a*``
+variants run them in a thread for async callers.
 """
 
 from __future__ import annotations
@@ -25,14 +29,16 @@ import os
 import re
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from protocol import zap as Z
 from protocol.names import is_id, is_namespace
 from protocol.schedule_spec import SpecError, classify, compile_cron
 from tasks._local import Call, CronTiming, IntervalTiming, LocalEngine, Timing, wants_arg
@@ -47,6 +53,10 @@ from tasks.errors import (
     Unavailable,
     error_from,
 )
+from tasks.zap import ConnectFailed, ZapConnection, split_host_port
+
+if TYPE_CHECKING:
+    from tasks.worker import Worker
 
 __all__ = ["Client", "default", "set_default"]
 
@@ -58,6 +68,7 @@ BACKOFF_S = (0.5, 1.0)  # waits before attempts 2 and 3 when there is no Retry-A
 MAX_RETRY_AFTER_S = 5.0
 MIN_REMOTE_INTERVAL_MS = 1000  # the server refuses faster schedules (SPEC §5.8)
 SCHEDULE_ID_MAX_BYTES = 200  # so that "<scheduleId>-<nominal time>" fits an Id (SPEC §1)
+EMBEDDED_MAX_CONCURRENT = 10  # the embedded worker's slots (SPEC §2.4)
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 _HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):(\d{1,5})")
@@ -131,6 +142,14 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
+def _json_value(value: Any) -> Any:
+    """``value`` as the JSON it travels as (tuples -> lists); InvalidArgument if not JSON."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"payload is not JSON: {e}") from None
+
+
 def _fallback_worthy(err: TasksError) -> bool:
     """A failure of the service rather than of the request.
 
@@ -190,7 +209,13 @@ class Client:
         self._fns: dict[str, Callable[..., Any]] = {}
         self._engine: LocalEngine | None = None
         self._opener: urllib.request.OpenerDirector | None = None
-        self._warned_no_worker = False
+        # ZAP connections by address (tasks.zap), shared by calls and workers.
+        # Normally one: zap_addr, or the server's zapAddr. Two only when zap_addr
+        # is unreachable and the worker falls back to the advertised address.
+        self._zaps: dict[str, ZapConnection] = {}
+        self._discovered_zap: str | None = None
+        self._worker_lock = threading.Lock()  # taken before self._lock, never after
+        self._worker: Worker | None = None
 
     # -- properties ----------------------------------------------------------
 
@@ -247,7 +272,7 @@ class Client:
         with self._lock:
             self._check_open()
             previous = self._fns.get(name)
-            self._fns[name] = fn  # the embedded worker (ZAP) runs fn
+            self._fns[name] = fn  # the embedded worker runs fn
         schedule_spec = (
             {"interval": [{"interval": text}]} if kind == "interval" else {"cronString": [text]}
         )
@@ -261,8 +286,18 @@ class Client:
             },
             "policies": {"overlapPolicy": "SCHEDULE_OVERLAP_POLICY_SKIP"},
         }
+        zap_body = {
+            "name": name,
+            "spec": text,
+            "task_queue": self._task_queue,
+            "overlap_policy": "SKIP",
+        }
         try:
-            self._post("schedules", body, query={"upsert": "true"})
+            # The worker first: a durable schedule that fires into a queue nobody
+            # serves would pile up runs; and its failure (no ZAP address) is a
+            # service failure that fallback="local" may cover.
+            self._ensure_embedded_worker()
+            self._remote(Z.Op.ScheduleRecurring, zap_body, "schedules", body, {"upsert": "true"})
         except TasksError as e:
             if self._fallback == "local" and _fallback_worthy(e):
                 log.warning("schedule %s: remote add failed (%s); running it locally", name, e)
@@ -273,13 +308,13 @@ class Client:
                     self._fns.pop(name, None)
                 else:
                     self._fns[name] = previous
+            self._sync_embedded_worker()
             raise
         with self._lock:
             # The durable schedule now owns this name: a local fallback runner
             # left from an earlier outage would make it fire twice.
             if self._engine is not None:
                 self._engine.cancel_runner(name)
-        self._ensure_embedded_worker()
 
     def _classify(self, name: str, spec: object) -> tuple[str, str, Any]:
         """SPEC §2.2: (trimmed text, "interval" | "cron", ms | cron expression)."""
@@ -348,32 +383,50 @@ class Client:
         if self.mode == "local":
             return self._now_local(task_type, payload)
 
+        rid = request_id or uuid.uuid4().hex
         body: dict[str, Any] = {
             "workflowType": {"name": task_type},
             "taskQueue": {"name": self._task_queue},
             "input": payload,
-            "requestId": request_id or uuid.uuid4().hex,
+            "requestId": rid,
         }
         if workflow_id is not None:
             body["workflowId"] = workflow_id
         if retry_policy is not None:
             body["retryPolicy"] = retry_policy
+        zap_body: dict[str, Any] | None = None
+        if self._zap_addr is not None:
+            zap_body = {
+                "task_type": task_type,
+                "payload": _json_value(payload),
+                "task_queue": self._task_queue,
+                "request_id": rid,
+            }
+            if workflow_id is not None:
+                zap_body["workflow_id"] = workflow_id
+            if retry_policy is not None:
+                from tasks.worker import zap_retry_policy
+
+                zap_body["retry_policy"] = zap_retry_policy(retry_policy)
         with self._lock:
             has_fn = task_type in self._fns
-        if has_fn or self._handler is not None:
-            self._ensure_embedded_worker()
         try:
-            resp = self._post("workflows", body)
+            if has_fn or self._handler is not None:
+                self._ensure_embedded_worker()
+            via, resp = self._remote(Z.Op.SubmitTask, zap_body, "workflows", body)
         except TasksError as e:
             if self._fallback == "local" and _fallback_worthy(e):
                 log.warning("task %s: remote start failed (%s); running it locally", task_type, e)
                 return self._now_local(task_type, payload)
             raise
-        execution = resp.get("execution")
-        wid = execution.get("workflowId") if isinstance(execution, dict) else None
-        wid = wid or resp.get("workflowId")
+        if via == "zap":
+            wid = resp.get("workflow_id")
+        else:
+            execution = resp.get("execution")
+            wid = execution.get("workflowId") if isinstance(execution, dict) else None
+            wid = wid or resp.get("workflowId")
         if not isinstance(wid, str):
-            raise Internal("start response carries no workflowId", details={"response": resp})
+            raise Internal("start response carries no workflow id", details={"response": resp})
         return wid
 
     def _now_local(self, task_type: str, payload: Any) -> str:
@@ -404,8 +457,20 @@ class Client:
             self._stopped = True
             self._stop_event.set()
             engine, self._engine = self._engine, None
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._worker_lock:  # waits for a worker start in progress
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            try:
+                worker.stop(timeout)
+            except Exception:  # noqa: BLE001 - stop() must finish whatever happens
+                log.exception("stopping the embedded worker failed")
+        with self._lock:
+            zaps, self._zaps = list(self._zaps.values()), {}
+        for zap in zaps:
+            zap.close()
         if engine is not None:
-            engine.close(timeout)
+            engine.close(max(0.0, deadline - time.monotonic()))
 
     def _check_open(self) -> None:
         if self._stopped:
@@ -419,42 +484,156 @@ class Client:
         return self._engine
 
     def _ensure_embedded_worker(self) -> None:
-        """Seam: start the embedded worker that runs added fns / the handler (SPEC §2.4).
+        """Start the embedded worker that runs added fns and the handler (SPEC §2.4).
 
-        The embedded worker (ZAP) runs fn: it subscribes over ZAP for the
-        names in ``self._fns`` (catch-all when a handler is set). It arrives
-        with tasks.Worker; until then remote fires are left to other workers.
+        ``Worker(client, client.task_queue, max_concurrent=10)``, subscribed for
+        the names in ``self._fns``, or as catch-all when a handler is set. It
+        needs a ZAP address; none reachable -> ``Unavailable``. A failed start
+        is not remembered: the next ``add``/``now`` tries again.
+        """
+        from tasks.worker import Worker  # lazy: tasks.worker imports this module
+
+        with self._worker_lock:
+            self._check_open()
+            worker = self._worker
+            if worker is None:
+                worker = Worker(self, self._task_queue, max_concurrent=EMBEDDED_MAX_CONCURRENT)
+                self._worker = worker
+            with self._lock:
+                fns = dict(self._fns)
+            worker._set_workflows(fns)
+            if not worker.running:
+                worker.start()
+
+    def _sync_embedded_worker(self) -> None:
+        """After a failed ``add``: the running embedded worker forgets the name again."""
+        try:
+            with self._worker_lock:
+                worker = self._worker
+                if worker is not None and worker.running:
+                    with self._lock:
+                        fns = dict(self._fns)
+                    worker._set_workflows(fns)
+        except TasksError as e:
+            log.debug("embedded worker re-subscribe failed: %s", e)
+
+    @property
+    def worker(self) -> Worker | None:
+        """The embedded worker, once ``add``/``now`` started it (remote mode)."""
+        return self._worker
+
+    # -- ZAP ---------------------------------------------------------------------
+
+    def _connection(self, addr: str) -> ZapConnection:
+        """The client's ZAP connection to ``addr`` (built on first use; connects lazily)."""
+        with self._lock:
+            self._check_open()
+            conn = self._zaps.get(addr)
+            if conn is None:
+                conn = ZapConnection(addr, namespace=self._namespace, auth_token=self._auth_token)
+                self._zaps[addr] = conn
+            return conn
+
+    def _worker_connection(self) -> ZapConnection:
+        """The connection a worker uses (SPEC §2.4), connected.
+
+        ``zap_addr`` first; when it cannot be reached and ``tasks_url`` is set,
+        the ``zapAddr`` the server advertises. Neither reachable -> ``Unavailable``.
+        """
+        if self.mode != "remote":
+            raise FailedPrecondition("workers need a remote client")
+        if self._zap_addr is not None:
+            conn = self._connection(self._zap_addr)
+            try:
+                conn.connect()
+                return conn
+            except ConnectFailed as e:
+                if self._tasks_url is None:
+                    raise
+                first: ConnectFailed | None = e
+        else:
+            first = None
+        addr = self._discover_zap_addr()
+        if first is not None and addr == self._zap_addr:
+            raise first
+        conn = self._connection(addr)
+        conn.connect()
+        return conn
+
+    def _zap_connections(self) -> list[ZapConnection]:
+        with self._lock:
+            return list(self._zaps.values())
+
+    def _discover_zap_addr(self) -> str:
+        """``zapAddr`` from ``GET /v1/tasks/settings`` (SPEC §5.14), cached once found.
+
+        A wildcard host (``0.0.0.0:9999``, ``:9999``) is replaced by the host of
+        ``tasks_url``: the server reports where it listens, not how to reach it.
         """
         with self._lock:
-            warned, self._warned_no_worker = self._warned_no_worker, True
-        if not warned:
-            log.warning(
-                "tasks: the embedded worker is not available yet; functions added to a "
-                "remote client run only in a worker process"
-            )
+            if self._discovered_zap is not None:
+                return self._discovered_zap
+        if self._tasks_url is None:
+            raise Unavailable("no ZAP address: give the client a zap_addr")
+        url = f"{self._tasks_url}/v1/tasks/settings"
+        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+        if self._auth_token:
+            headers["Authorization"] = f"Bearer {self._auth_token}"
+        req = urllib.request.Request(url, headers=headers, method="GET")
+        try:
+            with self._http_opener().open(req, timeout=HTTP_TIMEOUT_S) as resp:
+                settings = _json_or_none(resp.read())
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise Unavailable(
+                f"no ZAP address: cannot read {url} ({e}); give the client a zap_addr"
+            ) from None
+        addr = settings.get("zapAddr") if isinstance(settings, dict) else None
+        if not isinstance(addr, str) or not addr:
+            raise Unavailable(f"no ZAP address: {url} reports no zapAddr (ZAP disabled?)")
+        host, _, port = addr.rpartition(":")
+        if host in ("", "0.0.0.0", "::", "[::]", "*"):
+            base = urllib.parse.urlsplit(self._tasks_url).hostname or "127.0.0.1"
+            host = f"[{base}]" if ":" in base else base
+            addr = f"{host}:{port}"
+        try:
+            split_host_port(addr)
+        except InvalidArgument:
+            raise Unavailable(f"no ZAP address: {url} reports an invalid zapAddr {addr!r}") from None
+        with self._lock:
+            self._discovered_zap = addr
+        return addr
 
     # -- HTTP ------------------------------------------------------------------
 
-    def _post(
-        self, route: str, body: dict[str, Any], query: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """POST ``NS/<route>`` with the retries of SPEC §2.4."""
-        if self._tasks_url is None:
-            # Only zap_addr was given. When ZAP is down and tasks_url is set,
-            # SPEC §2.4 falls back to HTTP, which is what happens until then.
-            raise Unavailable("ZAP transport arrives with workers")
+    def _remote(
+        self,
+        opcode: int,
+        zap_body: dict[str, Any] | None,
+        route: str,
+        body: dict[str, Any],
+        query: dict[str, str] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """One remote call with the retries of SPEC §2.4: ``("zap" | "http", answer)``.
+
+        ZAP when ``zap_addr`` is set; HTTP ``POST NS/<route>`` when it is not,
+        or when the ZAP connection cannot be established and ``tasks_url`` is
+        set. Each attempt chooses again, so a ZAP server that comes back is
+        used from the next call on.
+        """
         try:
             data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
         except (TypeError, ValueError) as e:
             raise InvalidArgument(f"payload is not JSON: {e}") from None
-        ns = urllib.parse.quote(self._namespace, safe="")
-        url = f"{self._tasks_url}/v1/tasks/namespaces/{ns}/{route}"
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
+        url = ""
+        if self._tasks_url is not None:
+            ns = urllib.parse.quote(self._namespace, safe="")
+            url = f"{self._tasks_url}/v1/tasks/namespaces/{ns}/{route}"
+            if query:
+                url += "?" + urllib.parse.urlencode(query)
         attempt = 1
         while True:
             try:
-                return self._post_once(url, data)
+                return self._remote_once(opcode, zap_body, url, data)
             except (Unavailable, RateLimited) as e:
                 if attempt >= MAX_ATTEMPTS:
                     raise
@@ -463,10 +642,31 @@ class Client:
                     if e.retry_after is not None
                     else BACKOFF_S[attempt - 1]
                 )
-                log.debug("POST %s: %s; retrying in %.2fs", url, e, wait)
+                log.debug("%s: %s; retrying in %.2fs", route, e, wait)
                 if self._stop_event.wait(wait):
                     raise  # stop() was called: give up now rather than later
                 attempt += 1
+
+    def _remote_once(
+        self, opcode: int, zap_body: dict[str, Any] | None, url: str, data: bytes
+    ) -> tuple[str, dict[str, Any]]:
+        if self._zap_addr is not None and zap_body is not None:
+            try:
+                answer = self._connection(self._zap_addr).call(opcode, zap_body, HTTP_TIMEOUT_S)
+                return "zap", answer if isinstance(answer, dict) else {}
+            except ConnectFailed as e:
+                if not url:
+                    raise
+                log.debug("ZAP unreachable (%s); using HTTP", e)
+        if not url:
+            raise Unavailable("no transport: the client has neither tasks_url nor zap_addr")
+        return "http", self._post_once(url, data)
+
+    def _http_opener(self) -> urllib.request.OpenerDirector:
+        with self._lock:
+            if self._opener is None:
+                self._opener = urllib.request.build_opener(_NoRedirect)
+            return self._opener
 
     def _post_once(self, url: str, data: bytes) -> dict[str, Any]:
         headers = {
@@ -477,10 +677,7 @@ class Client:
         if self._auth_token:
             headers["Authorization"] = f"Bearer {self._auth_token}"
         req = urllib.request.Request(url, data=data, headers=headers, method="POST")
-        with self._lock:
-            if self._opener is None:
-                self._opener = urllib.request.build_opener(_NoRedirect)
-            opener = self._opener
+        opener = self._http_opener()
         try:
             with opener.open(req, timeout=HTTP_TIMEOUT_S) as resp:
                 raw = resp.read()
@@ -559,7 +756,9 @@ class Client:
     async def astop(self, timeout: float = 10.0) -> None:
         """``stop`` without blocking the caller's event loop."""
         engine = self._engine
-        if engine is not None and engine.in_engine_thread():
+        if (engine is not None and engine.in_engine_thread()) or any(
+            z.in_loop_thread() for z in self._zap_connections()
+        ):
             # Called from a coroutine fn on the client's own loop: stop() knows
             # not to wait for itself there, whereas a helper thread would.
             self.stop(timeout)

@@ -19,6 +19,7 @@ from typing import Any
 from protocol.errors import CODE_STATUS
 
 __all__ = [
+    "ActivityError",
     "AlreadyExists",
     "AlreadyStarted",
     "Canceled",
@@ -208,6 +209,34 @@ class Canceled(TasksError):
 
     code = "canceled"
     status = None
+
+
+class ActivityError(TasksError):
+    """An activity awaited with ``ctx.execute_activity`` failed, timed out or was canceled.
+
+    ``failure`` is the server's failure map (``message``, ``type``,
+    ``nonRetryable``/``non_retryable``, ``timeoutType``, ...), kept whole in
+    ``details["failure"]`` so that it survives pickling like every TasksError.
+    """
+
+    code = "activity_failed"
+    status = None
+
+    def __init__(self, failure: dict[str, Any] | None = None, message: str | None = None) -> None:
+        failure = dict(failure) if isinstance(failure, dict) else {}
+        msg = message or (failure.get("message") if isinstance(failure.get("message"), str) else "")
+        super().__init__(msg or "activity failed", details={"failure": failure})
+
+    @property
+    def failure(self) -> dict[str, Any]:
+        f = self.details.get("failure")
+        return f if isinstance(f, dict) else {}
+
+    @property
+    def type(self) -> str | None:
+        """The failure's ``type`` (``CanceledError`` for a canceled activity)."""
+        t = self.failure.get("type")
+        return t if isinstance(t, str) else None
 
 
 # Classes a server code can select. Worker-side and local-only classes are

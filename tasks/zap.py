@@ -328,7 +328,7 @@ class ZapConnection:
         self, opcode: int, body: dict[str, Any] | None = None, timeout: float = DEFAULT_CALL_TIMEOUT_S
     ) -> Any:
         """``call`` for coroutines, from any event loop."""
-        return await self._hop(self._acall(opcode, body, timeout))
+        return await self.hop(self._acall(opcode, body, timeout))
 
     def connect(self) -> None:
         """Establish the session now (blocking); ``ConnectFailed`` when it cannot be."""
@@ -337,9 +337,10 @@ class ZapConnection:
         self.submit(self.asession()).result(CONNECT_TIMEOUT_S * 2 + 1.0)
 
     async def aconnect(self) -> None:
-        await self._hop(self.asession())
+        await self.hop(self.asession())
 
-    async def _hop(self, coro: Any) -> Any:
+    async def hop(self, coro: Any) -> Any:
+        """Await ``coro`` on the connection's loop from any loop (or directly when on it)."""
         loop = self.loop
         try:
             running = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ class Cluster:
                 "--peer", self.peer_addrs[nid], "--cluster-secret-file", str(self.secret_file),
                 "--partitions", str(partitions),
                 "--raft-election-timeout", "300ms", "--raft-heartbeat-interval", "50ms",
-                "--storage-reserve-disk", "0",
+                "--storage-reserve-disk", "0", "--zap", "127.0.0.1:0",
                 *(extra or []),
             ]
             self.nodes[nid] = NodeProcess(root / nid, args)
@@ -83,6 +83,14 @@ class Cluster:
             if status == 200 and body["metaLeader"]:
                 return body["metaLeader"]
         return None
+
+    def zap_addr(self, nid: str) -> tuple[str, int]:
+        import re
+
+        found = re.findall(r"serving http=\S+ zap=(\S+)", self.nodes[nid].log())
+        assert found, self.nodes[nid].log()
+        host, port = found[-1].rsplit(":", 1)
+        return host, int(port)
 
     def kill_all(self) -> None:
         for n in self.nodes.values():

@@ -199,3 +199,58 @@ def test_run_timeout_is_enforced_without_a_worker(zap_node) -> None:
         time.sleep(0.1)
     assert info["status"] == "WORKFLOW_EXECUTION_STATUS_TIMED_OUT"
     assert info["deadLetterReason"] == "timeout"
+
+
+def test_workers_on_every_node_keep_delivering_when_the_leader_dies(tmp_path: Path) -> None:
+    import signal
+
+    from routing import partition_of
+    from tests.cluster.raft_support import Cluster
+
+    c = Cluster(tmp_path / "c", n=3, partitions=4)
+    c.start()
+    workers: dict[str, RawWorker] = {}
+    try:
+        for nid in c.ids:
+            workers[nid] = RawWorker(c.zap_addr(nid))
+        nodes = list(c.nodes.values())
+        for i in range(12):
+            node = nodes[i % 3]
+            status, body = node.post(WF, {"workflowId": f"t-{i}", "requestId": f"r-{i}",
+                                          "workflowType": {"name": "Job"}, "taskQueue": {"name": "q"}})
+            assert status == 200, body
+        leader = c.leader_of(partition_of("_", "default", "tasks", 4))
+        c.nodes[leader].kill(signal.SIGKILL)
+        survivors = [nid for nid in c.ids if nid != leader]
+        for i in range(12, 18):
+            for attempt in range(100):  # 503 while the partition elects: retry with the same requestId
+                node = c.nodes[survivors[attempt % 2]]
+                status, body = node.post(WF, {"workflowId": f"t-{i}", "requestId": f"r-{i}",
+                                              "workflowType": {"name": "Job"}, "taskQueue": {"name": "q"}})
+                if status == 200:
+                    break
+                assert status == 503, body
+                time.sleep(0.1)
+            assert status == 200
+        done: set[str] = set()
+        deadline = time.monotonic() + 45
+        while len(done) < 18 and time.monotonic() < deadline:
+            for nid in survivors:
+                w = workers[nid]
+                try:
+                    task = w.next_task(timeout=0.3)
+                except (TimeoutError, OSError):
+                    continue
+                r = w.complete(task["task_token"], task["workflow_id"])
+                if r["status"] == 200:
+                    done.add(task["workflow_id"])
+        assert done == {f"t-{i}" for i in range(18)}, sorted({f"t-{i}" for i in range(18)} - done)
+        reader = c.nodes[survivors[0]]
+        for i in range(18):
+            status, d = reader.get(f"{WF}/t-{i}")
+            assert d["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
+            assert d["workflowExecutionInfo"]["result"] == f"t-{i}"
+    finally:
+        for w in workers.values():
+            w.close()
+        c.kill_all()

@@ -20,6 +20,8 @@ from aiohttp import web
 import tasks
 from tasks import client as client_mod
 
+from .zapfake import FakeZap
+
 
 def wait_until(pred: Callable[[], bool], timeout: float = 3.0, step: float = 0.005) -> bool:
     """Poll ``pred`` until it is true or ``timeout`` passes; return its last value."""
@@ -88,13 +90,18 @@ class Recorded:
 
 
 class FakeServer:
-    """A tiny real HTTP server faking the two routes the client uses.
+    """A tiny real HTTP server faking the routes the client uses.
 
-    It records every request, and answers from ``script`` (one ``Reply`` per
+    It records every POST, and answers from ``script`` (one ``Reply`` per
     request, in order) before falling back to a plausible success.
+    ``GET /v1/tasks/settings`` reports ``zap`` (a :class:`FakeZap`) as the
+    server's ``zapAddr``: the embedded worker that ``add`` starts finds its
+    ZAP address there (SPEC §2.4).
     """
 
     def __init__(self) -> None:
+        self.zap = FakeZap()
+        self.settings_hits = 0
         self.requests: list[Recorded] = []
         self.script: list[Reply] = []
         self._lock = threading.Lock()
@@ -104,6 +111,7 @@ class FakeServer:
         self.url = ""
 
     def start(self) -> None:
+        self.zap.start()
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
 
@@ -112,9 +120,11 @@ class FakeServer:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self.zap.stop()
 
     async def _start(self) -> None:
         app = web.Application()
+        app.router.add_get("/v1/tasks/settings", self._settings)
         app.router.add_post("/v1/tasks/namespaces/{ns}/workflows", self._workflows)
         app.router.add_post("/v1/tasks/namespaces/{ns}/schedules", self._schedules)
         self._runner = web.AppRunner(app)
@@ -155,6 +165,10 @@ class FakeServer:
                 "started": True,
             }
         )
+
+    async def _settings(self, request: web.Request) -> web.Response:
+        self.settings_hits += 1
+        return web.json_response({"version": "0", "nodeId": "fake", "zapAddr": self.zap.addr})
 
     async def _schedules(self, request: web.Request) -> web.Response:
         body, reply = await self._record(request)
