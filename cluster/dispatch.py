@@ -37,6 +37,7 @@ QueueKey = tuple[str, str, str]  # org, ns, task queue
 TaskKey = tuple[str, str, str, str]  # org, ns, workflowId, runId
 
 DELIVER_WORKFLOW_TASK = 0x00B0
+DELIVER_CANCEL_REQUEST = 0x00B3
 MAX_HISTORY = 1000
 SCAN_EVERY = 0.1
 
@@ -108,8 +109,23 @@ class Dispatcher:
         t.add_done_callback(self._bg.discard)
 
     def _on_apply(self, group: int, index: int, result: Json) -> None:
-        if result.get("_events") or result.get("_op", "").startswith("wt."):
+        events = result.get("_events") or ()
+        if events or result.get("_op", "").startswith("wt."):
             self._wake.set()
+        for ev in events:
+            if ev["kind"] == "workflow.cancel_requested":
+                key = (ev["org"], ev["namespace"], ev["workflow_id"], ev["run_id"])
+                lease = self.leases.get(key)
+                if lease is not None and lease.sub is not None:
+                    self._spawn(self._push_cancel(lease))
+
+    async def _push_cancel(self, lease: Lease) -> None:
+        """0xB3 to the worker holding the run's task; informational (heartbeats say it too)."""
+        t = lease.token
+        body = {"kind": "workflow", "task_token": self.tokens.make(t), "namespace": t.ns,
+                "workflow_id": t.wid, "run_id": t.rid, "reason": "cancel requested", "identity": ""}
+        if lease.sub is not None and not lease.sub.conn.closed:
+            await lease.sub.conn.push(DELIVER_CANCEL_REQUEST, body, self.push_ack)
 
     def _on_leadership(self, group: int, leading: bool) -> None:
         """A new partition leader takes over the leases of tasks left started there."""

@@ -254,3 +254,24 @@ def test_workers_on_every_node_keep_delivering_when_the_leader_dies(tmp_path: Pa
         for w in workers.values():
             w.close()
         c.kill_all()
+
+
+def test_cancel_reaches_the_worker_holding_the_task(zap_node) -> None:
+    node, addr = zap_node
+    w = RawWorker(addr)
+    node.post(WF, {"workflowId": "stopme", "workflowType": {"name": "Job"}, "taskQueue": {"name": "q"}})
+    task = w.next_task()
+    status, body = node.post(f"{WF}/stopme/cancel", {"reason": "enough"})
+    assert status == 200 and body["status"] == "WORKFLOW_EXECUTION_STATUS_CANCELING"
+    deadline = time.monotonic() + 10
+    while not w.pushes and time.monotonic() < deadline:
+        w._pump(1.0)
+    f, push = w.pushes.pop(0)
+    assert f.opcode == 0x00B3 and push["workflow_id"] == "stopme"
+    hb = w.call(Op.RecordHeartbeat, {"task_token": task["task_token"]})
+    assert hb["status"] == 200 and hb["body"]["cancel_requested"] is True
+    r = w.call(Op.RespondWorkflowTaskCompleted,
+               {"task_token": task["task_token"], "commands": [{"type": "CancelWorkflowExecution"}]})
+    assert r["status"] == 200, r
+    assert node.get(f"{WF}/stopme")[1]["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_CANCELED"
+    w.close()
