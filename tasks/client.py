@@ -598,7 +598,9 @@ class Client:
         try:
             split_host_port(addr)
         except InvalidArgument:
-            raise Unavailable(f"no ZAP address: {url} reports an invalid zapAddr {addr!r}") from None
+            raise Unavailable(
+                f"no ZAP address: {url} reports an invalid zapAddr {addr!r}"
+            ) from None
         with self._lock:
             self._discovered_zap = addr
         return addr

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import concurrent.futures.thread
 import contextvars
 import datetime
 import inspect
@@ -119,13 +120,17 @@ def _json_value(value: Any) -> Any:
     return out
 
 
-def _failure(exc: BaseException, *, type_name: str | None = None, non_retryable: bool | None = None) -> dict[str, Any]:
+def _failure(
+    exc: BaseException, *, type_name: str | None = None, non_retryable: bool | None = None
+) -> dict[str, Any]:
     """SPEC §3 failure mapping: message, class name, non_retryable, stack trace."""
     failure: dict[str, Any] = {
         "message": str(exc) or type(exc).__name__,
         "type": type_name or type(exc).__name__,
-        "non_retryable": isinstance(exc, NonRetryableError) if non_retryable is None else non_retryable,
-        "stack_trace": "".join(traceback.format_exception(exc)),
+        "non_retryable": isinstance(exc, NonRetryableError)
+        if non_retryable is None
+        else non_retryable,
+        "stack_trace": _stack_trace(exc),
     }
     if isinstance(exc, TasksError) and exc.details:
         try:
@@ -133,6 +138,17 @@ def _failure(exc: BaseException, *, type_name: str | None = None, non_retryable:
         except (TypeError, ValueError, OverflowError):
             pass
     return failure
+
+
+_PLUMBING = {__file__, concurrent.futures.thread.__file__}
+
+
+def _stack_trace(exc: BaseException) -> str:
+    """The exception's traceback without the worker's own frames, which say nothing."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename in _PLUMBING:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def _duration_ms(value: Any, what: str) -> int | None:
@@ -238,6 +254,7 @@ class _Run:
         self.cancel_requested = bool(body.get("cancel_requested"))
         self.stale = False
         self.abandoned = False
+        self.finished = False  # the handler is done: no more heartbeats
         self.thread_ident: int | None = None
         self.async_task: asyncio.Task[Any] | None = None
         self.handler_loop: asyncio.AbstractEventLoop | None = None
@@ -376,8 +393,15 @@ class TaskContext(_ContextBase):
         assert worker._conn is not None
         fut = worker._conn.submit(
             worker._execute_activity(
-                self._run, activity_type, input, activity_id, task_queue,
-                start_to_close, schedule_to_close, heartbeat, retry_policy,
+                self._run,
+                activity_type,
+                input,
+                activity_id,
+                task_queue,
+                start_to_close,
+                schedule_to_close,
+                heartbeat,
+                retry_policy,
             )
         )
         try:
@@ -402,8 +426,15 @@ class TaskContext(_ContextBase):
         assert worker._conn is not None
         return await worker._conn.hop(
             worker._execute_activity(
-                self._run, activity_type, input, activity_id, task_queue,
-                start_to_close, schedule_to_close, heartbeat, retry_policy,
+                self._run,
+                activity_type,
+                input,
+                activity_id,
+                task_queue,
+                start_to_close,
+                schedule_to_close,
+                heartbeat,
+                retry_policy,
             )
         )
 
@@ -421,7 +452,9 @@ class ActivityContext(_ContextBase):
         self.input: Any = b.get("input")
 
     def __repr__(self) -> str:
-        return f"<ActivityContext {self.activity_type} id={self.activity_id} attempt={self.attempt}>"
+        return (
+            f"<ActivityContext {self.activity_type} id={self.activity_id} attempt={self.attempt}>"
+        )
 
 
 class _Outcome:
@@ -466,8 +499,13 @@ class Worker:
             )
         if not is_id(task_queue):
             raise InvalidArgument(f"invalid task queue {task_queue!r}")
-        for what, n in (("max_concurrent", max_concurrent), ("max_concurrent_activities", max_concurrent_activities)):
-            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000):
+        for what, n in (
+            ("max_concurrent", max_concurrent),
+            ("max_concurrent_activities", max_concurrent_activities),
+        ):
+            if n is not None and (
+                isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1000
+            ):
                 raise InvalidArgument(f"{what} must be an int in 1..1000, got {n!r}")
         identity = identity if identity is not None else default_identity()
         if not is_id(identity):
@@ -532,7 +570,9 @@ class Worker:
         """Run ``fn`` for activity type ``name``: ``fn()`` or ``fn(input)``."""
         self._register(self._activities, name, fn, "activity type")
 
-    def _register(self, table: dict[str, Callable[..., Any]], name: str, fn: Callable[..., Any], what: str) -> None:
+    def _register(
+        self, table: dict[str, Callable[..., Any]], name: str, fn: Callable[..., Any], what: str
+    ) -> None:
         if not is_id(name):
             raise InvalidArgument(f"invalid {what} {name!r}")
         if not callable(fn):
@@ -576,7 +616,9 @@ class Worker:
         try:
             conn = self._connection()
             if conn.in_loop_thread():
-                raise FailedPrecondition("start() cannot block the ZAP loop; use `await worker.run()`")
+                raise FailedPrecondition(
+                    "start() cannot block the ZAP loop; use `await worker.run()`"
+                )
             fut = conn.submit(self._astart())
             try:
                 fut.result(START_TIMEOUT_S)
@@ -719,7 +761,9 @@ class Worker:
         conn.add_push_route(self)
         conn.add_reconnect_hook(self._on_reconnect)
         await self._subscribe(update=False)
-        log.info("worker %s subscribed on %s (%s)", self.identity, self.task_queue, self.subscription_ids)
+        log.info(
+            "worker %s subscribed on %s (%s)", self.identity, self.task_queue, self.subscription_ids
+        )
 
     async def _subscribe(self, *, update: bool) -> None:
         """Subscribe on the current session (0x00A0, 0x00A1), or update the subscriptions.
@@ -785,7 +829,9 @@ class Worker:
     async def _unsubscribe_one(self, s: Any, sid: str) -> None:
         assert self._conn is not None
         try:
-            await self._conn.arequest(s, Z.Op.Unsubscribe, {"subscription_id": sid}, REQUEST_TIMEOUT_S)
+            await self._conn.arequest(
+                s, Z.Op.Unsubscribe, {"subscription_id": sid}, REQUEST_TIMEOUT_S
+            )
         except TasksError as e:
             log.debug("unsubscribe %s: %s", sid, e)
 
@@ -793,7 +839,12 @@ class Worker:
         """A new session: subscribe again. Running handlers just carry on."""
         conn = self._conn
         delay = 0.1
-        while self._state == "running" and conn is not None and conn.generation == generation and conn.connected:
+        while (
+            self._state == "running"
+            and conn is not None
+            and conn.generation == generation
+            and conn.connected
+        ):
             try:
                 await self._subscribe(update=False)
                 return
@@ -832,8 +883,14 @@ class Worker:
                 w.cancel()
             r.task.cancel()  # type: ignore[union-attr]
         if left:
-            await asyncio.gather(*(r.task for r in left if r.task is not None), return_exceptions=True)
-            log.warning("worker %s stopped with %d handler(s) still running; they will be redelivered", self.identity, len(left))
+            await asyncio.gather(
+                *(r.task for r in left if r.task is not None), return_exceptions=True
+            )
+            log.warning(
+                "worker %s stopped with %d handler(s) still running; they will be redelivered",
+                self.identity,
+                len(left),
+            )
         conn.remove_push_route(self)
         for pool in (self._pool, self._activity_pool):
             if pool is not None:
@@ -910,7 +967,9 @@ class Worker:
             return Z.push_ack_body(429, {"code": "rate_limited", "message": "no free slot"})
         token = body.get("task_token")
         if not isinstance(token, str) or not token:
-            return Z.push_ack_body(400, {"code": "invalid_argument", "message": "task_token missing"})
+            return Z.push_ack_body(
+                400, {"code": "invalid_argument", "message": "task_token missing"}
+            )
         if token in self._runs:
             return Z.push_ack_body(200)  # the same task again: already running it
         type_key = "workflow_type" if kind == "workflow" else "activity_type"
@@ -918,7 +977,8 @@ class Worker:
         fn = self._workflows.get(ttype) if kind == "workflow" else self._activities.get(ttype)
         if fn is None and not (kind == "workflow" and self.client.handler is not None):
             return Z.push_ack_body(
-                400, {"code": "invalid_argument", "message": f"no handler for {kind} type {ttype!r}"}
+                400,
+                {"code": "invalid_argument", "message": f"no handler for {kind} type {ttype!r}"},
             )
         run = _Run(self, kind, body)
         run.ctx = TaskContext(run) if kind == "workflow" else ActivityContext(run)
@@ -958,7 +1018,10 @@ class Worker:
             if run.body.get("history_truncated"):
                 await self._page_signals(run)
             fn, args = self._call_for(run)
-            timeout_ms = _int(run.body, "task_timeout_ms", DEFAULT_TASK_TIMEOUT_MS) or DEFAULT_TASK_TIMEOUT_MS
+            timeout_ms = (
+                _int(run.body, "task_timeout_ms", DEFAULT_TASK_TIMEOUT_MS)
+                or DEFAULT_TASK_TIMEOUT_MS
+            )
             interval = max(MIN_WORKFLOW_HEARTBEAT_S, timeout_ms / 3000.0)
             outcome = await self._execute(run, fn, args, interval)
             if outcome is None:
@@ -993,7 +1056,11 @@ class Worker:
             # time out and be retried into the same wall forever.
             fail = {
                 "type": "FailWorkflowExecution",
-                "failure": {"message": f"result too large: {e.message}", "type": "TooLarge", "non_retryable": True},
+                "failure": {
+                    "message": f"result too large: {e.message}",
+                    "type": "TooLarge",
+                    "non_retryable": True,
+                },
             }
             body["commands"] = [fail]
             return await self._respond(Z.Op.RespondWorkflowTaskCompleted, body, run)
@@ -1013,15 +1080,23 @@ class Worker:
                 except (TypeError, ValueError, OverflowError, RecursionError) as e:
                     failure = _failure(e, type_name="SerializationError", non_retryable=True)
                     failure["message"] = f"result is not JSON-serializable: {e}"
-                    await self._respond(Z.Op.RespondActivityTaskFailed, base | {"failure": failure}, run)
+                    await self._respond(
+                        Z.Op.RespondActivityTaskFailed, base | {"failure": failure}, run
+                    )
                     return
-                await self._respond(Z.Op.RespondActivityTaskCompleted, base | {"result": result}, run)
+                await self._respond(
+                    Z.Op.RespondActivityTaskCompleted, base | {"result": result}, run
+                )
             elif outcome.kind == "canceled":
                 failure = {"message": "canceled", "type": "CanceledError", "non_retryable": True}
-                await self._respond(Z.Op.RespondActivityTaskFailed, base | {"failure": failure}, run)
+                await self._respond(
+                    Z.Op.RespondActivityTaskFailed, base | {"failure": failure}, run
+                )
             else:
                 assert outcome.exc is not None
-                await self._respond(Z.Op.RespondActivityTaskFailed, base | {"failure": _failure(outcome.exc)}, run)
+                await self._respond(
+                    Z.Op.RespondActivityTaskFailed, base | {"failure": _failure(outcome.exc)}, run
+                )
         finally:
             self._release(run)
 
@@ -1068,6 +1143,7 @@ class Worker:
                 return None
             return _Outcome("ok", value=value)
         finally:
+            run.finished = True
             if hb is not None:
                 hb.cancel()
 
@@ -1099,13 +1175,17 @@ class Worker:
             _current.reset(token)
 
     async def _heartbeat_loop(self, run: _Run, interval: float) -> None:
-        while not run.stale:
+        while not (run.stale or run.finished):
             await asyncio.sleep(interval)
-            await self._heartbeat_once(run, run.heartbeat_details if run.kind == "activity" else None)
+            if run.stale or run.finished:
+                return
+            await self._heartbeat_once(
+                run, run.heartbeat_details if run.kind == "activity" else None
+            )
 
     async def _heartbeat_once(self, run: _Run, details: Any) -> None:
         """0x00A5; ``cancel_requested`` cancels, 404 means the task is not ours any more."""
-        if run.stale or self._conn is None:
+        if run.stale or run.finished or self._conn is None:
             return
         body: dict[str, Any] = {"task_token": run.token}
         if details is not None:
@@ -1113,7 +1193,11 @@ class Worker:
         try:
             ans = await self._conn.acall(Z.Op.RecordHeartbeat, body, REQUEST_TIMEOUT_S)
         except NotFound:
-            log.info("%s task %s is no longer current; cancelling its handler", run.kind, run.ctx.workflow_id or run.token[:16])
+            log.info(
+                "%s task %s is no longer current; cancelling its handler",
+                run.kind,
+                run.ctx.workflow_id or run.token[:16],
+            )
             run.mark_stale()
             return
         except TasksError as e:
@@ -1162,12 +1246,23 @@ class Worker:
         assert isinstance(ctx, TaskContext)
         history = run.body.get("history")
         events = history if isinstance(history, list) else []
-        after = max((e.get("eventId", 0) for e in events if isinstance(e, dict) and isinstance(e.get("eventId"), int)), default=0)
+        after = max(
+            (
+                e.get("eventId", 0)
+                for e in events
+                if isinstance(e, dict) and isinstance(e.get("eventId"), int)
+            ),
+            default=0,
+        )
         page_token: Any = None
         more: list[Any] = []
         try:
             for _ in range(MAX_HISTORY_PAGES):
-                req: dict[str, Any] = {"workflow_id": ctx.workflow_id, "run_id": ctx.run_id, "after_event_id": after}
+                req: dict[str, Any] = {
+                    "workflow_id": ctx.workflow_id,
+                    "run_id": ctx.run_id,
+                    "after_event_id": after,
+                }
                 if page_token:
                     req["next_page_token"] = page_token
                 ans = await self._conn.acall(Z.Op.GetWorkflowHistory, req, REQUEST_TIMEOUT_S)
@@ -1180,7 +1275,9 @@ class Worker:
                 if not page_token or not page:
                     break
         except TasksError as e:
-            log.warning("cannot page the history of %s: %s; signals may be incomplete", ctx.workflow_id, e)
+            log.warning(
+                "cannot page the history of %s: %s; signals may be incomplete", ctx.workflow_id, e
+            )
         ctx.signals.extend(_signals(more))
 
     # -- queries -------------------------------------------------------------------
@@ -1191,7 +1288,12 @@ class Worker:
             return self._runs[token]
         run_id, wid = _str(body, "run_id"), _str(body, "workflow_id")
         for r in self._runs.values():
-            if r.kind == "workflow" and run_id and r.ctx.run_id == run_id and (not wid or r.ctx.workflow_id == wid):
+            if (
+                r.kind == "workflow"
+                and run_id
+                and r.ctx.run_id == run_id
+                and (not wid or r.ctx.workflow_id == wid)
+            ):
                 return r
         return None
 
@@ -1217,9 +1319,13 @@ class Worker:
                     if loop is None or loop is asyncio.get_running_loop():
                         value = await fn(*call_args)
                     else:
-                        value = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*call_args), loop))
+                        value = await asyncio.wrap_future(
+                            asyncio.run_coroutine_threadsafe(fn(*call_args), loop)
+                        )
                 else:
-                    value = await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*call_args))
+                    value = await asyncio.get_running_loop().run_in_executor(
+                        None, lambda: fn(*call_args)
+                    )
                 try:
                     answer["result"] = _json_value(value)
                 except (TypeError, ValueError, OverflowError) as e:
@@ -1268,7 +1374,11 @@ class Worker:
         aid = activity_id if activity_id is not None else f"{activity_type}-{run.activity_seq}"
         if not is_id(aid):
             raise InvalidArgument(f"invalid activity id {aid!r}")
-        body: dict[str, Any] = {"task_token": run.token, "activity_type": activity_type, "activity_id": aid}
+        body: dict[str, Any] = {
+            "task_token": run.token,
+            "activity_type": activity_type,
+            "activity_id": aid,
+        }
         if task_queue is not None:
             if not is_id(task_queue):
                 raise InvalidArgument(f"invalid task queue {task_queue!r}")
@@ -1302,9 +1412,17 @@ class Worker:
                 del self._activity_waiters[key]
         failure = result.get("failure")
         if result.get("canceled"):
-            raise ActivityError(failure if isinstance(failure, dict) else {"message": "activity canceled", "type": "CanceledError"})
+            raise ActivityError(
+                failure
+                if isinstance(failure, dict)
+                else {"message": "activity canceled", "type": "CanceledError"}
+            )
         if result.get("timed_out") or failure is not None:
-            raise ActivityError(failure if isinstance(failure, dict) else {"message": "activity timed out", "type": "TimeoutError"})
+            raise ActivityError(
+                failure
+                if isinstance(failure, dict)
+                else {"message": "activity timed out", "type": "TimeoutError"}
+            )
         return result.get("result")
 
 

@@ -289,7 +289,12 @@ class ZapConnection:
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         """Run a coroutine on the connection's loop from another thread."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            loop = self.loop
+        except BaseException:
+            coro.close()  # never started: close it rather than leave a warning behind
+            raise
+        return asyncio.run_coroutine_threadsafe(coro, loop)
 
     # -- registration (any thread) ------------------------------------------
 
@@ -309,7 +314,10 @@ class ZapConnection:
     # -- public calls ----------------------------------------------------------
 
     def call(
-        self, opcode: int, body: dict[str, Any] | None = None, timeout: float = DEFAULT_CALL_TIMEOUT_S
+        self,
+        opcode: int,
+        body: dict[str, Any] | None = None,
+        timeout: float = DEFAULT_CALL_TIMEOUT_S,
     ) -> Any:
         """Send one request and block for its answer's ``body``; errors raise ``TasksError``."""
         if self.in_loop_thread():
@@ -322,10 +330,15 @@ class ZapConnection:
             return fut.result(timeout + CONNECT_TIMEOUT_S + 1.0)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise Timeout(f"no ZAP response to {Z.opcode_name(opcode)} within {timeout:g}s") from None
+            raise Timeout(
+                f"no ZAP response to {Z.opcode_name(opcode)} within {timeout:g}s"
+            ) from None
 
     async def acall(
-        self, opcode: int, body: dict[str, Any] | None = None, timeout: float = DEFAULT_CALL_TIMEOUT_S
+        self,
+        opcode: int,
+        body: dict[str, Any] | None = None,
+        timeout: float = DEFAULT_CALL_TIMEOUT_S,
     ) -> Any:
         """``call`` for coroutines, from any event loop."""
         return await self.hop(self._acall(opcode, body, timeout))
@@ -341,7 +354,11 @@ class ZapConnection:
 
     async def hop(self, coro: Any) -> Any:
         """Await ``coro`` on the connection's loop from any loop (or directly when on it)."""
-        loop = self.loop
+        try:
+            loop = self.loop
+        except BaseException:
+            coro.close()
+            raise
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -407,11 +424,12 @@ class ZapConnection:
 
     async def _open(self) -> Session:
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._host, self._port), CONNECT_TIMEOUT_S
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                reader, writer = await asyncio.open_connection(self._host, self._port)
         except (OSError, TimeoutError) as e:
-            raise ConnectFailed(f"cannot connect to ZAP server {self.addr}: {e or type(e).__name__}") from None
+            raise ConnectFailed(
+                f"cannot connect to ZAP server {self.addr}: {e or type(e).__name__}"
+            ) from None
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -506,7 +524,8 @@ class ZapConnection:
         if self.connected:
             return True
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
         except TimeoutError:
             return False
         return self.connected
@@ -521,7 +540,9 @@ class ZapConnection:
         try:
             data = Z.encode_frame(Z.REQUEST, int(opcode), fid, body)
         except (TypeError, ValueError, OverflowError) as e:
-            raise InvalidArgument(f"cannot encode the {Z.opcode_name(opcode)} request: {e}") from None
+            raise InvalidArgument(
+                f"cannot encode the {Z.opcode_name(opcode)} request: {e}"
+            ) from None
         if len(data) - 4 > s.max_frame:
             raise TooLarge(
                 f"{Z.opcode_name(opcode)} request of {len(data) - 4} bytes is over "
@@ -535,8 +556,12 @@ class ZapConnection:
                 await s.writer.drain()
             except (ConnectionError, OSError) as e:
                 raise Unavailable(f"ZAP connection lost while sending: {e}") from None
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a
+            # cancellation that races with the answer, and a heartbeat loop
+            # cancelled that way would go on beating for a finished handler.
             try:
-                return await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):
+                    return await fut
             except TimeoutError:
                 raise Timeout(
                     f"no ZAP response to {Z.opcode_name(opcode)} within {timeout:g}s"
@@ -590,7 +615,8 @@ class ZapConnection:
             if opcode in (Z.Op.DeliverActivityResult, Z.Op.DeliverCancelRequest):
                 return Z.push_ack_body(200)  # informational (§8.6); nothing here to tell
             return Z.push_ack_body(
-                400, {"code": "invalid_argument", "message": f"no handler for {Z.opcode_name(opcode)}"}
+                400,
+                {"code": "invalid_argument", "message": f"no handler for {Z.opcode_name(opcode)}"},
             )
         try:
             return best.on_push(opcode, body)

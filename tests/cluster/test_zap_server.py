@@ -394,10 +394,26 @@ def test_error_mapping(c: Conn) -> None:
     assert c.ok(Op.Health) == health_of()
 
 
-def test_worker_opcodes_are_not_implemented_yet(c: Conn) -> None:
-    for op in sorted(Z.WORKER_OPCODES):
+WORKFLOW_WORKER_OPCODES = {
+    Op.SubscribeWorkflowTasks, Op.RespondWorkflowTaskCompleted, Op.RecordHeartbeat, Op.Unsubscribe,
+    Op.RespondWorkflowTaskFailed,
+}
+
+
+def test_activity_and_query_opcodes_are_not_implemented_yet(c: Conn) -> None:
+    for op in sorted(Z.WORKER_OPCODES - WORKFLOW_WORKER_OPCODES):
         err = c.err(op, {"task_queue": "q", "max_concurrent": 1}, 501, "not_implemented")
         assert err["message"] == "workers arrive in a later build"
+    assert c.ok(Op.Health) == health_of()
+
+
+def test_workflow_worker_opcodes_validate_their_input(c: Conn) -> None:
+    c.err(Op.SubscribeWorkflowTasks, {"task_queue": "q", "max_concurrent": 0}, 400, "invalid_argument")
+    c.err(Op.SubscribeWorkflowTasks, {"task_queue": "a/b", "max_concurrent": 1}, 400, "invalid_argument")
+    for op in (Op.RespondWorkflowTaskCompleted, Op.RecordHeartbeat, Op.RespondWorkflowTaskFailed):
+        err = c.err(op, {"task_token": "tt1.x.y"}, 400, "invalid_argument")
+        assert err["message"] == "invalid task token"
+    assert c.ok(Op.Unsubscribe, {"subscription_id": "nope"}) == {}
     assert c.ok(Op.Health) == health_of()
 
 

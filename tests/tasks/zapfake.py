@@ -32,12 +32,20 @@ from protocol import zap as Z
 class Reply(Exception):  # noqa: N818 - it is a reply, raised to short-circuit a handler
     """Raise from a handler to answer with an error (or a given status)."""
 
-    def __init__(self, status: int, code: str, message: str = "", details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str = "",
+        details: dict[str, Any] | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message or code
         self.details = details
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -97,6 +105,8 @@ class FakeZap:
         self.addr = f"{host}:{port}"
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
         with contextlib.suppress(Exception):
             self._run(self._stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -119,6 +129,11 @@ class FakeZap:
         with self._lock:
             return [r.body for r in self.requests if r.opcode == opcode]
 
+    def answers(self, opcode: int) -> list[Any]:
+        """What this server answered to each request with ``opcode`` (None: error or pending)."""
+        with self._lock:
+            return [r.answer for r in self.requests if r.opcode == opcode]
+
     def opcodes(self, conn: int | None = None) -> list[int]:
         with self._lock:
             return [r.opcode for r in self.requests if conn is None or r.conn == conn]
@@ -140,7 +155,9 @@ class FakeZap:
                 return c
         raise AssertionError("no live connection")
 
-    def push(self, opcode: int, body: dict[str, Any], conn: FakeConn | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    def push(
+        self, opcode: int, body: dict[str, Any], conn: FakeConn | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
         """Send a push; the client's push-ack body."""
         return self._run(self._push(conn or self.live(), opcode, body), timeout)
 
@@ -149,7 +166,9 @@ class FakeZap:
         c = conn or self.live()
         self._loop.call_soon_threadsafe(self._close, c)
 
-    def subscription_id(self, conn: FakeConn | None = None, opcode: int = Z.Op.SubscribeWorkflowTasks) -> str:
+    def subscription_id(
+        self, conn: FakeConn | None = None, opcode: int = Z.Op.SubscribeWorkflowTasks
+    ) -> str:
         """The subscription id this server gave last on ``conn``."""
         c = conn or self.live()
         with self._lock:
@@ -218,7 +237,9 @@ class FakeZap:
             resp = Z.response_body(200, out)
             req.answer = out
         except Reply as e:
-            resp = Z.error_body(e.code, e.message, e.details, status=e.status)
+            resp = Z.error_body(
+                e.code, e.message, e.details, status=e.status, retry_after=e.retry_after
+            )
         if not c.closed:
             self._send(c, frame, resp)
 
