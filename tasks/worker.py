@@ -1120,7 +1120,8 @@ class Worker:
                     run._cancel_handler()  # delivered for a run already being canceled
                 value = await run.handler
                 if inspect.isawaitable(value):  # a sync fn that returned a coroutine
-                    run.handler = self._start_async(run, lambda: value)
+                    awaitable = value
+                    run.handler = self._start_async(run, lambda: awaitable)
                     if run.cancel_requested:
                         run._cancel_handler()
                     value = await run.handler

@@ -284,8 +284,15 @@ class ZapConnection:
         """A task on the loop (call on the loop) kept referenced until it ends."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._reap)
         return task
+
+    def _reap(self, task: asyncio.Task[Any]) -> None:
+        """Forget a finished background task, logging a failure nobody awaited."""
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("ZAP background task failed: %r", exc, exc_info=exc)
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         """Run a coroutine on the connection's loop from another thread."""

@@ -9,6 +9,7 @@ that heartbeat tests take tenths of a second, not seconds.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -430,6 +431,26 @@ def test_cancel_request_push_cancels(fake: FakeZap, client: tasks.Client) -> Non
     )
     assert ack == {"status": 200}
     assert command(fake) == {"type": "CancelWorkflowExecution"}
+
+
+def test_delivery_for_a_canceling_run_cancels_at_once(fake: FakeZap, client: tasks.Client) -> None:
+    async def wf() -> None:
+        await asyncio.sleep(10)
+
+    started(client, {"wf": wf})
+    deliver(fake, cancel_requested=True)
+    assert command(fake, timeout=2) == {"type": "CancelWorkflowExecution"}
+
+
+def test_push_overtaking_its_subscribe_answer_is_still_taken(
+    fake: FakeZap, client: tasks.Client
+) -> None:
+    started(client, {"wf": lambda: "ok"}, task_queue="q")
+    # An id this worker has not recorded yet, but its queue and type: plausible, so taken.
+    assert deliver(fake, "t1", sub="not-yet-known", task_queue="q")["status"] == 200
+    assert command(fake, "t1")["result"] == "ok"
+    # Another queue is not ours.
+    assert deliver(fake, "t2", sub="not-yet-known", task_queue="other")["status"] == 400
 
 
 def test_heartbeat_404_cancels_the_handler_and_sends_nothing(
@@ -923,3 +944,54 @@ def test_embedded_worker_catch_all_handler_for_now(fake: FakeZap) -> None:
         c.now("greet", "ada")
         assert deliver(fake, workflow_type="greet", input="ada")["status"] == 200
         assert command(fake)["result"] == "greet:ada"
+
+
+# -- end to end, against the real single-node server -----------------------------------------------
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("cluster.embedded") is None,
+    reason="cluster.embedded is not written yet",
+)
+def test_real_server_runs_added_fns_end_to_end() -> None:
+    def hello(who: Any) -> dict[str, Any]:
+        ctx = tasks.context()
+        return {"hi": who, "type": ctx.workflow_type, "attempt": ctx.attempt}
+
+    def boom() -> None:
+        raise tasks.NonRetryableError("nope")
+
+    with tasks.embed() as e:
+        c = e.client()
+        try:
+            c.add("hello", "1h", hello)
+        except tasks.Unsupported:
+            pytest.skip("the server does not serve worker opcodes yet")
+        c.add("boom", "1h", boom)
+        assert c.now("hello", "ada", workflow_id="h-1") == "h-1"
+        c.now("boom", workflow_id="b-1")
+        conn = c._connection(e.zap_addr or "")
+
+        def status(wid: str) -> dict[str, Any]:
+            return conn.call(Z.Op.DescribeWorkflow, {"workflow_id": wid})["execution"]
+
+        assert wait_until(
+            lambda: (
+                not status("h-1")["status"].endswith("RUNNING")
+                and not status("b-1")["status"].endswith("RUNNING")
+            ),
+            timeout=10,
+        )
+        done, failed = status("h-1"), status("b-1")
+        assert done["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
+        assert done["result"] == {"hi": "ada", "type": "hello", "attempt": 1}
+        assert failed["status"] == "WORKFLOW_EXECUTION_STATUS_FAILED"
+        assert failed["lastFailure"]["type"] == "NonRetryableError"
+        events = conn.call(Z.Op.GetWorkflowHistory, {"workflow_id": "h-1"})["events"]
+        assert [ev["eventType"] for ev in events] == [
+            "WORKFLOW_EXECUTION_STARTED",
+            "WORKFLOW_TASK_SCHEDULED",
+            "WORKFLOW_TASK_STARTED",
+            "WORKFLOW_TASK_COMPLETED",
+            "WORKFLOW_EXECUTION_COMPLETED",
+        ]

@@ -139,7 +139,7 @@ class FakeZap:
             return [r.opcode for r in self.requests if conn is None or r.conn == conn]
 
     def wait_for(self, opcode: int, n: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """The bodies of the first ``n`` requests with ``opcode``; AssertionError after ``timeout``."""
+        """The bodies of the requests with ``opcode`` once there are ``n``; else AssertionError."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = self.bodies(opcode)
