@@ -961,13 +961,13 @@ def test_real_server_runs_added_fns_end_to_end() -> None:
     def boom() -> None:
         raise tasks.NonRetryableError("nope")
 
+    ticks: list[float] = []
+
     with tasks.embed() as e:
         c = e.client()
-        try:
-            c.add("hello", "1h", hello)
-        except tasks.Unsupported:
-            pytest.skip("the server does not serve worker opcodes yet")
+        c.add("hello", "1h", hello)
         c.add("boom", "1h", boom)
+        c.add("tick", "1s", lambda: ticks.append(time.monotonic()))  # durable schedule, run by the worker
         assert c.now("hello", "ada", workflow_id="h-1") == "h-1"
         c.now("boom", workflow_id="b-1")
         conn = c._connection(e.zap_addr or "")
@@ -995,3 +995,4 @@ def test_real_server_runs_added_fns_end_to_end() -> None:
             "WORKFLOW_TASK_COMPLETED",
             "WORKFLOW_EXECUTION_COMPLETED",
         ]
+        assert wait_until(lambda: len(ticks) >= 2, timeout=10), "the 1s schedule did not run fn"
