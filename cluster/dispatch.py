@@ -38,6 +38,8 @@ TaskKey = tuple[str, str, str, str]  # org, ns, workflowId, runId
 
 DELIVER_WORKFLOW_TASK = 0x00B0
 DELIVER_CANCEL_REQUEST = 0x00B3
+DELIVER_QUERY = 0x00B4
+MAX_PENDING_QUERIES = 4096
 MAX_HISTORY = 1000
 SCAN_EVERY = 0.1
 
@@ -83,6 +85,8 @@ class Dispatcher:
         self._task: asyncio.Task | None = None
         self._bg: set[asyncio.Task] = set()
         self._running = False
+        self._queries: dict[str, asyncio.Future[tuple[Any, Any]]] = {}
+        self._last_holder: dict[TaskKey, Subscription] = {}
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -329,7 +333,72 @@ class Dispatcher:
         lease = self.leases.pop(key, None)
         if lease is not None and lease.sub is not None:
             lease.sub.in_flight.discard(key)
+            self._last_holder[key] = lease.sub  # queries go here once the task is done
+            if len(self._last_holder) > 100_000:
+                self._last_holder.pop(next(iter(self._last_holder)))
         self._wake.set()
+
+    # ---- queries (SPEC §5.4) -----------------------------------------------------
+
+    def _query_target(self, org: str, ns: str, run: Json) -> Subscription | None:
+        key = (org, ns, run["workflowId"], run["runId"])
+        lease = self.leases.get(key)
+        if lease is not None and lease.sub is not None and not lease.sub.conn.closed:
+            return lease.sub
+        last = self._last_holder.get(key)
+        if last is not None and last.id in self.subs and not last.conn.closed:
+            return last
+        for sub in self.subs.values():
+            if (sub.org, sub.ns, sub.task_queue) == (org, ns, run["taskQueue"]) and sub.handles(run["type"]):
+                if not sub.conn.closed:
+                    return sub
+        return None
+
+    async def query(self, org: str, ns: str, run: Json, qtype: str, args: Any, timeout_s: float) -> Any:
+        sub = self._query_target(org, ns, run)
+        if sub is None:
+            raise ApiError("no_workers", "no worker of this node can answer queries for this run", retry_after=1)
+        while len(self._queries) >= MAX_PENDING_QUERIES:  # oldest evicted first
+            _, old = next(iter(self._queries.items()))
+            self._queries.pop(next(iter(self._queries)))
+            if not old.done():
+                old.set_exception(ApiError("unavailable", "too many pending queries", retry_after=1))
+        qid = secrets.token_hex(12)
+        token = self.tokens.make(TaskToken("q", org, ns, run["workflowId"], run["runId"], 0, 0, qid))
+        fut: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+        self._queries[qid] = fut
+        body: Json = {"query_token": token, "namespace": ns, "workflow_id": run["workflowId"],
+                      "run_id": run["runId"], "workflow_type": run["type"], "query_type": qtype, "args": args}
+        lease = self.leases.get((org, ns, run["workflowId"], run["runId"]))
+        if lease is not None:
+            body["task_token"] = self.tokens.make(lease.token)
+        started = time.monotonic()
+        try:
+            status = await sub.conn.push(DELIVER_QUERY, body, min(timeout_s, self.push_ack))
+            if status != 200:
+                raise ApiError("no_workers", "the worker refused the query", retry_after=1)
+            left = max(0.0, timeout_s - (time.monotonic() - started))
+            try:
+                result, error = await asyncio.wait_for(asyncio.shield(fut), left)
+            except TimeoutError:
+                raise ApiError("timeout", f"no answer to the query within {timeout_s:g}s") from None
+        finally:
+            self._queries.pop(qid, None)
+        if error is not None:
+            raise ApiError("invalid_argument", str(error))
+        return result
+
+    def answer_query(self, org: str, body: Json) -> Json:
+        """0x00C4 RespondQuery."""
+        t = self.tokens.read(body.get("query_token"))
+        if t.org != org:
+            raise ApiError("permission_denied", "the query token belongs to another org")
+        fut = self._queries.get(t.nonce) if t.kind == "q" else None
+        if fut is None or fut.done():
+            raise ApiError("not_found", "unknown or expired query token")
+        error = body.get("error")
+        fut.set_result((body.get("result"), error if error is None else str(error)))
+        return {}
 
     async def completed(self, org: str, body: Json) -> Json:
         t = self._token(org, body.get("task_token"))

@@ -143,6 +143,7 @@ class Node:
         secret = read_secret(cfg.cluster_secret_file) if cfg.replicator == "raft" else self.node_secret()
         self.dispatcher = Dispatcher(self, secret)
         await self.dispatcher.start()
+        self.service.query_handler = self.dispatcher.query
         loop = asyncio.get_running_loop()
         timers = self.timers
         self.membership.subscribe(lambda old, new: loop.call_soon_threadsafe(timers.on_membership_change, old, new))

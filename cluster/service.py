@@ -77,6 +77,7 @@ class Service:
         self.buckets = TokenBuckets()
         self.proposal_errors = 0
         self.on_proposed: Callable[[float], None] | None = None
+        self.query_handler: Any = None  # set by the node's dispatcher
         replicator.subscribe(self._on_apply)
 
     # ---- plumbing ----------------------------------------------------------
@@ -399,13 +400,15 @@ class Service:
         return render.describe(r)
 
     async def query_metadata(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
-        """Queries: only the built-in ``__workflow_metadata`` until workers exist."""
+        """SPEC §5.4 queries: ``__workflow_metadata`` here, others by the worker holding the run."""
         await self._prepare(org, ns)
         names.check_id(wid, "workflowId")
         qtype = body.get("queryType")
         if not isinstance(qtype, str) or not qtype:
             raise I.bad("queryType is required")
-        I.opt_duration(body, "timeout", lo_ms=1, hi_ms=self.cfg.timeouts.query_max)
+        timeout = I.opt_duration(body, "timeout", lo_ms=1, hi_ms=self.cfg.timeouts.query_max)
+        if timeout is None:
+            timeout = self.cfg.timeouts.query_default
         with self._read(org, ns) as txn:
             r = reads.run(txn, org, ns, wid, rid)
         if r is None:
@@ -416,7 +419,10 @@ class Service:
                                     "historyLength": r["historyLength"], "attempt": r["attempt"]}}
         if r["status"] not in ("RUNNING", "CANCELING"):
             raise ApiError("failed_precondition", f"workflow {wid} is not running")
-        raise ApiError("no_workers", "no worker holds this workflow", retry_after=1)
+        if self.query_handler is None:
+            raise ApiError("no_workers", "no worker holds this workflow", retry_after=1)
+        result = await self.query_handler(org, ns, r, qtype, body.get("args"), timeout / 1000.0)
+        return {"queryResult": result}
 
     def _compile(self, org: str, ns: str, query: str | None):
         if query is not None and len(query) > 4096:

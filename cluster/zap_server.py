@@ -490,6 +490,10 @@ async def op_heartbeat(c: Call) -> Json:
     return await _dispatcher(c).heartbeat(c.org, c.body)
 
 
+async def op_respond_query(c: Call) -> Json:
+    return _dispatcher(c).answer_query(c.org, c.body)
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     handler: Handler
@@ -529,6 +533,7 @@ ROUTES: dict[int, Route] = {
     Z.Op.RespondWorkflowTaskCompleted: Route(op_workflow_task_completed),
     Z.Op.RespondWorkflowTaskFailed: Route(op_workflow_task_failed),
     Z.Op.RecordHeartbeat: Route(op_heartbeat),
+    Z.Op.RespondQuery: Route(op_respond_query),
 }
 """Every request opcode but Hello (handled by the connection itself)."""
 
