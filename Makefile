@@ -31,3 +31,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) tasks-data .pytest_cache .ruff_cache
+
+.PHONY: bench-dispatch
+bench-dispatch: $(STAMP)
+	$(PY) -m bench.dispatch

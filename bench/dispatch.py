@@ -146,6 +146,7 @@ class ConfigResult:
     finish_p50_ms: float | None  # handler start -> completed
     submit_call_p50_ms: float | None  # how long now()/send_task() itself took
     submit_call_p99_ms: float | None
+    peak_backlog: int | None  # most tasks submitted but not yet completed at any moment
     per_worker_min: int | None
     per_worker_max: int | None
     per_worker: list[int]  # completions per worker process (worker i is on node i % nodes)
@@ -209,11 +210,22 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("TASKSD_", "TASKS_"))}
 
 
-def _die_with_parent() -> None:  # in the child between fork and exec
-    with contextlib.suppress(Exception):
-        import ctypes
+_LIBC: Any = None
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+def _load_libc() -> None:
+    """Load libc in the parent, so that the child does nothing but one call before exec."""
+    global _LIBC
+    if _LIBC is None:
+        with contextlib.suppress(OSError):
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+def _die_with_parent() -> None:  # in the child between fork and exec: no imports, no locks
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _children() -> dict[int, list[int]]:
@@ -246,6 +258,14 @@ def tree_cpu(pids: Sequence[int], kids: dict[int, list[int]] | None = None) -> f
         total += _proc_cpu(p)
         todo += kids.get(p, [])
     return total
+
+
+def machine_busy() -> float | None:
+    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(vals) - vals[3] - vals[4]) / CLK_TCK
+    return None
 
 
 def _emitter(fd: int) -> Callable[[str], None]:
@@ -308,7 +328,7 @@ def role_tasks_worker(a: argparse.Namespace) -> int:
 
     class StampingWorker(Worker):
         async def _respond_workflow(self, run: Any, command: dict[str, Any]) -> bool:
-            ok: bool = await super()._respond_workflow(run, command)  # type: ignore[misc]
+            ok = bool(await super()._respond_workflow(run, command))
             t = mono()
             wid = run.body.get("workflow_id", "")
             if ok:
@@ -365,16 +385,16 @@ def role_raw_worker(a: argparse.Namespace) -> int:
         async def handle(body: Json) -> None:
             nonlocal busy
             t_h = mono()
-            try:
-                r = await call(Op.RespondWorkflowTaskCompleted, {
-                    "task_token": body["task_token"],
-                    "commands": [{"type": "CompleteWorkflowExecution", "result": None}]})
-                if r.get("status") == 200:
-                    emit(f"D {body.get('workflow_id')} {t_h:.6f} {mono():.6f}")
-                else:
-                    emit(f"E complete -> {r.get('status')} {r.get('error')}")
-            finally:
-                busy -= 1
+            # The slot is free from the moment the completion is sent: the server frees it
+            # when it applies the completion and may push the next task before its answer.
+            busy -= 1
+            r = await call(Op.RespondWorkflowTaskCompleted, {
+                "task_token": body["task_token"],
+                "commands": [{"type": "CompleteWorkflowExecution", "result": None}]})
+            if r.get("status") == 200:
+                emit(f"D {body.get('workflow_id')} {t_h:.6f} {mono():.6f}")
+            else:
+                emit(f"E complete -> {r.get('status')} {r.get('error')}")
 
         async def read_loop() -> None:
             nonlocal busy
@@ -503,7 +523,7 @@ class Stamps:
     def _run(self) -> None:
         while not self.closed:
             for key, _ in self.sel.select(0.5):
-                fd = int(key.fd)  # type: ignore[arg-type]
+                fd = key.fd
                 if fd == self._wake_r:
                     os.read(fd, 4096)
                     continue
@@ -701,6 +721,7 @@ def measure(system: str, n_workers: int, workers: WorkerSet, tag: str, a: argpar
     kids = _children()
     groups = {"workers": workers.pids, **other_pids}
     cpu0 = {k: tree_cpu(v, kids) for k, v in groups.items()}
+    busy0 = machine_busy()
     probe0 = probe() if probe else {}
     self0, wall0 = time.process_time(), mono()
     t_sub, t_call, errors, submit_wall = produce(ids, a.producers, submit)
@@ -708,8 +729,12 @@ def measure(system: str, n_workers: int, workers: WorkerSet, tag: str, a: argpar
     completed = stamps.wait_done(len(expected), STALL_SECONDS)
     wall1 = mono()
     kids = _children()
-    cpu = {k: round((tree_cpu(v, kids) - cpu0[k]) / (wall1 - wall0) * 100, 1) for k, v in groups.items()}
-    cpu["bench"] = round((time.process_time() - self0) / (wall1 - wall0) * 100, 1)
+    busy1 = machine_busy()
+    used = {k: tree_cpu(v, kids) - cpu0[k] for k, v in groups.items()}
+    used["bench"] = time.process_time() - self0
+    cpu: dict[str, float | None] = {k: round(v / (wall1 - wall0) * 100, 1) for k, v in used.items()}
+    cpu["other"] = (None if busy0 is None or busy1 is None else
+                    round(max(0.0, busy1 - busy0 - sum(used.values())) / (wall1 - wall0) * 100, 1))
     server: Json = {}
     if probe:
         probe1 = probe()
@@ -731,6 +756,10 @@ def measure(system: str, n_workers: int, workers: WorkerSet, tag: str, a: argpar
     disp = sorted(done[i][0] - t_sub[i] for i in done)
     fin = sorted(done[i][1] - done[i][0] for i in done)
     calls = sorted(t_call.values())
+    backlog = peak = 0
+    for _, step in sorted([(t_sub[i], 1) for i in done] + [(d, -1) for _, d in done.values()]):
+        backlog += step
+        peak = max(peak, backlog)
     wall = (max(d for _, d in done.values()) - min(t_sub.values())) if done else None
     err = None
     if completed < len(expected):
@@ -747,6 +776,7 @@ def measure(system: str, n_workers: int, workers: WorkerSet, tag: str, a: argpar
         dispatch_p50_ms=_ms(percentile(disp, 0.5)), dispatch_p99_ms=_ms(percentile(disp, 0.99)),
         finish_p50_ms=_ms(percentile(fin, 0.5)),
         submit_call_p50_ms=_ms(percentile(calls, 0.5)), submit_call_p99_ms=_ms(percentile(calls, 0.99)),
+        peak_backlog=peak if done else None,
         per_worker_min=min(per_worker) if per_worker else None,
         per_worker_max=max(per_worker) if per_worker else None, per_worker=per_worker,
         per_node=dict(sorted(per_node.items())), server=server, worker_start_s=0.0, cpu_pct=cpu, stamp=stamp, error=err,
@@ -757,7 +787,7 @@ def failed(system: str, n: int, a: argparse.Namespace, error: str) -> ConfigResu
     return ConfigResult(system=system, workers=n, tasks=a.tasks, submitted=0, completed=0, submit_errors={},
                         duplicates=0, wall_s=None, tasks_per_s=None, submits_per_s=None, p50_ms=None,
                         p99_ms=None, max_ms=None, dispatch_p50_ms=None, dispatch_p99_ms=None,
-                        finish_p50_ms=None, submit_call_p50_ms=None, submit_call_p99_ms=None,
+                        finish_p50_ms=None, submit_call_p50_ms=None, submit_call_p99_ms=None, peak_backlog=None,
                         per_worker_min=None, per_worker_max=None, per_worker=[], per_node={}, server={}, worker_start_s=0.0, cpu_pct={},
                         stamp="-", error=error)
 
@@ -882,9 +912,12 @@ def run_ours(kind: str, root: Path, a: argparse.Namespace, report: Report) -> No
         for n in a.worker_counts:
             queue = f"q{n}"
             clients = [tasks.Client(zap_addr=z, namespace=NAMESPACE, task_queue=queue) for z in zaps]
-            ws = WorkerSet(role, n, lambda i, q=queue: [  # type: ignore[misc]
-                "--zap", zaps[i % len(zaps)], "--queue", q, "--slots", str(a.slots),
-                "--namespace", NAMESPACE], root / "logs")
+
+            def worker_args(i: int, q: str = queue) -> list[str]:
+                return ["--zap", zaps[i % len(zaps)], "--queue", q, "--slots", str(a.slots),
+                        "--namespace", NAMESPACE]
+
+            ws = WorkerSet(role, n, worker_args, root / "logs")
 
             def submit(j: int, tid: str, cs: list[Any] = clients) -> object:
                 return cs[j % len(cs)].now(TASK_TYPE, None, workflow_id=tid)
@@ -902,6 +935,7 @@ def run_ours(kind: str, root: Path, a: argparse.Namespace, report: Report) -> No
                 res = failed(label, n, a, f"{type(e).__name__}: {e}")
             finally:
                 ws.stop()
+                _worker_exits(report, f"{label} w{n}", ws)
                 for c in clients:
                     with contextlib.suppress(Exception):
                         c.stop(2.0)
@@ -915,6 +949,12 @@ def run_ours(kind: str, root: Path, a: argparse.Namespace, report: Report) -> No
 
         levels, top = log_summary(system.nodes)
         report.node_logs[label] = {"levels": levels, "top": top}
+
+
+def _worker_exits(report: Report, what: str, ws: WorkerSet) -> None:
+    for i, code in enumerate(ws.exit_codes):
+        if code not in (0, None):
+            report.exit_codes[f"{what} worker {i}"] = code
 
 
 def _progress(r: ConfigResult) -> None:
@@ -1040,8 +1080,11 @@ def run_celery(root: Path, a: argparse.Namespace, report: Report, redis_bin: str
         for n in a.worker_counts:
             queue = f"q{n}"
             app = _celery_app(server.url, queue)
-            ws = WorkerSet("celery-worker", n, lambda i, q=queue: [  # type: ignore[misc]
-                "--redis-url", server.url, "--queue", q, "--celery-pool", a.celery_pool], root / "logs")
+
+            def worker_args(i: int, q: str = queue) -> list[str]:
+                return ["--redis-url", server.url, "--queue", q, "--celery-pool", a.celery_pool]
+
+            ws = WorkerSet("celery-worker", n, worker_args, root / "logs")
 
             def submit(j: int, tid: str, app: Any = app, q: str = queue) -> object:
                 return app.send_task(CELERY_TASK, args=(None,), task_id=tid, queue=q)
@@ -1056,6 +1099,7 @@ def run_celery(root: Path, a: argparse.Namespace, report: Report, redis_bin: str
                 res = failed(label, n, a, f"{type(e).__name__}: {e}")
             finally:
                 ws.stop()
+                _worker_exits(report, f"{label} w{n}", ws)
                 with contextlib.suppress(Exception):
                     app.close()
             res.log_findings = _log_findings(ws.logs)
@@ -1140,7 +1184,8 @@ def render(rep: Report) -> str:
         f"16 partitions; Celery: --pool={st['celery_pool']} --concurrency=1 per process, "
         "acks_late, prefetch 1, Redis broker + result backend (no persistence)",
         "latency : submit call -> completed (ours: 0x00A2 answered; Celery: task_success, after the "
-        "result is stored); dispatch = submit -> handler start; CPU % of one core over the window",
+        "result is stored), both CLOCK_MONOTONIC; open-loop burst, so it includes the wait in the "
+        "backlog whenever submit/s > tasks/s; CPU: 100 = one core, over the measured window",
     ]
     if rep.startup_seconds:
         lines.append("startup : " + ", ".join(f"{k} {v:g}s" for k, v in rep.startup_seconds.items()))
@@ -1151,16 +1196,19 @@ def render(rep: Report) -> str:
         rows.append([
             r.system, str(r.workers), f"{r.completed}/{r.submitted}", _f(r.tasks_per_s), _f(r.submits_per_s),
             _f(r.p50_ms), _f(r.p99_ms), _f(r.max_ms), _f(r.dispatch_p50_ms), _f(r.finish_p50_ms),
-            _f(r.submit_call_p50_ms, 2),
+            _f(r.submit_call_p50_ms, 2), "-" if r.peak_backlog is None else f"{r.peak_backlog:,}",
             "-" if r.per_worker_min is None else f"{r.per_worker_min}-{r.per_worker_max}",
             _f(cpu.get("nodes", cpu.get("redis")), 0), _f(cpu.get("workers"), 0), _f(cpu.get("bench"), 0),
-            _f(r.worker_start_s),
+            _f(cpu.get("other"), 0), _f(r.worker_start_s),
         ])
     lines += _table(["system", "workers", "done", "tasks/s", "submit/s", "p50 ms", "p99 ms", "max ms",
-                     "disp p50", "fin p50", "call p50", "per wrk", "srv CPU", "wrk CPU", "bench CPU",
-                     "wrk up s"], rows)
-    lines.append("  (srv CPU = the node(s), or redis-server for Celery; call p50 = duration of now()/send_task();"
-                 " per wrk = tasks completed per worker process, min-max)")
+                     "disp p50", "fin p50", "call p50", "backlog", "per wrk", "srv CPU", "wrk CPU", "bench CPU",
+                     "other CPU", "wrk up s"], rows)
+    lines.append("  disp = submit -> handler start, fin = handler start -> completed, call = duration of "
+                 "now()/send_task(); backlog = peak submitted-not-completed")
+    lines.append("  per wrk = tasks per worker process (min-max); srv CPU = the node(s), or redis-server "
+                 "for Celery; wrk = all worker processes; bench = producers + this process; other = the rest "
+                 "of the machine (> a few % = something else competed: numbers suspect)")
     for r in rep.results:
         notes = []
         if r.error:
@@ -1173,15 +1221,15 @@ def render(rep: Report) -> str:
             notes.append(f"completion stamped at: {r.stamp}")
         applied = (r.server or {}).get("applied_delta") or {}
         if applied and r.completed:
-            per = ", ".join(f"{op} {v / r.completed:.2f}" for op, v in sorted(applied.items()))
+            per = ", ".join(f"{op} {v / r.completed:.2f}" + (f" ({v})" if v < r.completed / 10 else "")
+                            for op, v in sorted(applied.items()))
             notes.append(f"commands applied per completed task: {per}")
         if len(r.per_node) > 1:
             srv = r.server or {}
             deltas = srv.get("stats_delta") or {}
             nodes = ", ".join(
                 f"{k} {v:,}" + (" (leader)" if k == srv.get("partition_leader") else "")
-                + (" [prop {proposals:,}/err {proposalErrors:,}/fwd {forwarded:,}]".format(**deltas[k])
-                   if k in deltas else "")
+                + (f" [{deltas[k]['proposals']:,} proposals]" if k in deltas else "")
                 for k, v in r.per_node.items())
             notes.append(f"completed via node: {nodes}")
         notes += [f"log: {x}" for x in r.log_findings]
@@ -1256,10 +1304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return role_celery_worker(a)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _load_libc()
     root = Path(tempfile.mkdtemp(prefix="tasks-bench-dispatch-", dir=a.tmp_dir))
     settings = {k: getattr(a, k) for k in ("tasks", "producers", "slots", "durability", "worker_impl",
                                            "celery_pool", "worker_counts", "system_list")}
-    report: Report | None = None
     try:
         celery_reason: str | None = None
         redis_bin: str | None = None

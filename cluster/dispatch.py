@@ -37,6 +37,7 @@ QueueKey = tuple[str, str, str]  # org, ns, task queue
 TaskKey = tuple[str, str, str, str]  # org, ns, workflowId, runId
 
 DELIVER_WORKFLOW_TASK = 0x00B0
+DELIVER_ACTIVITY_TASK = 0x00B1
 DELIVER_CANCEL_REQUEST = 0x00B3
 DELIVER_QUERY = 0x00B4
 MAX_PENDING_QUERIES = 4096
@@ -55,6 +56,8 @@ class Subscription:
     max_concurrent: int
     identity: str
     in_flight: set[TaskKey] = field(default_factory=set)
+    kind: str = "workflow"
+    """"workflow" (0x00A0) or "activity" (0x00A1): which pending tasks it is offered."""
 
     def free(self) -> int:
         return self.max_concurrent - len(self.in_flight)
@@ -87,6 +90,9 @@ class Dispatcher:
         self._running = False
         self._queries: dict[str, asyncio.Future[tuple[Any, Any]]] = {}
         self._last_holder: dict[TaskKey, Subscription] = {}
+        # Activity attempts pushed by this node: (org, ns, activityId, runId) -> (token, holder).
+        # Their deadlines are durable shard timers; this only tracks slots and the holder.
+        self.act_leases: dict[TaskKey, tuple[TaskToken, Subscription]] = {}
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -117,6 +123,12 @@ class Dispatcher:
         if events or result.get("_op", "").startswith("wt."):
             self._wake.set()
         for ev in events:
+            if ev["kind"] in ("activity.closed", "activity.released"):
+                # The attempt ended in shard state (timeout, HTTP complete...): free the slot.
+                akey = (ev["org"], ev["namespace"], ev["activity_id"], ev["run_id"])
+                held = self.act_leases.pop(akey, None)
+                if held is not None:
+                    held[1].in_flight.discard(akey)
             if ev["kind"] == "workflow.cancel_requested":
                 key = (ev["org"], ev["namespace"], ev["workflow_id"], ev["run_id"])
                 lease = self.leases.get(key)
@@ -159,7 +171,7 @@ class Dispatcher:
 
     # ---- subscriptions -------------------------------------------------------
 
-    def subscribe(self, conn: Any, org: str, ns: str, body: Json) -> Json:
+    def subscribe(self, conn: Any, org: str, ns: str, body: Json, kind: str = "workflow") -> Json:
         tq = body.get("task_queue")
         names.check_id(tq, "task_queue")
         mc = body.get("max_concurrent")
@@ -173,10 +185,10 @@ class Dispatcher:
         identity = body.get("identity") or conn.session.client_id
         sid = body.get("subscription_id")
         sub = self.subs.get(sid) if isinstance(sid, str) else None
-        if sub is not None and sub.conn is conn:
+        if sub is not None and sub.conn is conn and sub.kind == kind:
             sub.types, sub.max_concurrent = types, mc
         else:
-            sub = Subscription(secrets.token_hex(12), conn, org, ns, tq, types, mc, str(identity))
+            sub = Subscription(secrets.token_hex(12), conn, org, ns, tq, types, mc, str(identity), kind=kind)
             self.subs[sub.id] = sub
         self._wake.set()
         return {"subscription_id": sub.id}
@@ -194,6 +206,12 @@ class Dispatcher:
                 continue
             del self.subs[sid]
             for key in list(sub.in_flight):
+                if sub.kind == "activity":
+                    held = self.act_leases.pop(key, None)
+                    if held is not None:
+                        failure = {"message": "worker connection lost", "type": "WorkerLost", "non_retryable": False}
+                        self._spawn(self._act_propose("act.fail", held[0], failure=failure, identity=sub.identity))
+                    continue
                 lease = self.leases.pop(key, None)
                 if lease is not None:
                     self._spawn(self._fail(lease.token, "worker_lost", None, sub.identity))
@@ -218,8 +236,12 @@ class Dispatcher:
 
     async def _dispatch_all(self) -> None:
         queues: dict[QueueKey, list[Subscription]] = {}
+        act_queues: dict[QueueKey, list[Subscription]] = {}
         for sub in self.subs.values():
-            queues.setdefault((sub.org, sub.ns, sub.task_queue), []).append(sub)
+            target = act_queues if sub.kind == "activity" else queues
+            target.setdefault((sub.org, sub.ns, sub.task_queue), []).append(sub)
+        for qkey, subs in act_queues.items():
+            self._dispatch_activities(qkey, subs)
         for (org, ns, tq), subs in queues.items():
             free = sum(max(0, s.free()) for s in subs)
             if free <= 0:
@@ -240,6 +262,104 @@ class Dispatcher:
                 self._claiming.add(key)
                 sub.in_flight.add(key)
                 self._spawn(self._deliver(sub, key, run))
+
+    def _dispatch_activities(self, qkey: QueueKey, subs: list[Subscription]) -> None:
+        """Offer the queue's visible activity attempts to its activity subscriptions."""
+        org, ns, tq = qkey
+        free = sum(max(0, s.free()) for s in subs)
+        if free <= 0:
+            return
+        with self.service._read(org, ns) as txn:
+            acts = [reads.activity(txn, org, ns, aid, rid)
+                    for aid, rid in reads.pending_activities(txn, org, ns, tq, self.service.clock(), free * 2)]
+        for act in acts:
+            if act is None or act["status"] != "SCHEDULED":
+                continue
+            key = (org, ns, act["activityId"], act["runId"])
+            if key in self._claiming:
+                continue
+            sub = self._pick(subs, act["type"])
+            if sub is None:
+                continue
+            self._claiming.add(key)
+            sub.in_flight.add(key)
+            self._spawn(self._deliver_activity(sub, key, act))
+
+    async def _deliver_activity(self, sub: Subscription, key: TaskKey, act: Json) -> None:
+        """Lease (act.lease committed) first, then push 0xB1; a refused push releases the attempt."""
+        org, ns, aid, rid = key
+        nonce = secrets.token_hex(8)
+        try:
+            try:
+                res = await self.service.propose(org, ns, "act.lease", activityId=aid, runId=rid,
+                                                 attempt=act["attempt"], identity=sub.identity, nonce=nonce)
+            except ApiError:
+                sub.in_flight.discard(key)
+                return
+            act = res["activity"]
+            tok = TaskToken("at", org, ns, aid, rid, 0, act["attempt"], nonce)
+            self.act_leases[key] = (tok, sub)
+        finally:
+            self._claiming.discard(key)
+        body: Json = {
+            "task_token": self.tokens.make(tok), "subscription_id": sub.id, "namespace": ns,
+            "workflow_id": "", "run_id": "", "activity_id": aid, "activity_type": act["type"],
+            "input": act.get("input"), "attempt": act["attempt"], "scheduled_time_ms": act["startTime"],
+            "started_time_ms": act.get("startedTime") or 0, "start_to_close_timeout_ms": act["startToCloseTimeout"],
+        }
+        if act.get("heartbeatTimeout"):
+            body["heartbeat_timeout_ms"] = act["heartbeatTimeout"]
+        if act.get("scheduleToCloseTimeout"):
+            body["schedule_to_close_deadline_ms"] = act["startTime"] + act["scheduleToCloseTimeout"]
+        if act.get("heartbeatDetails") is not None:
+            body["heartbeat_details"] = act["heartbeatDetails"]
+        status = await sub.conn.push(DELIVER_ACTIVITY_TASK, body, self.push_ack) if not sub.conn.closed else 0
+        if status != 200:
+            if self.act_leases.pop(key, None) is not None:
+                await self._act_propose("act.release", tok)
+            sub.in_flight.discard(key)
+            self._wake.set()
+
+    async def _act_propose(self, op: str, t: TaskToken, **fields: Any) -> Json | None:
+        """A command on the attempt a token names; a stale one is logged, not raised (background use)."""
+        try:
+            return await self.service.propose(t.org, t.ns, op, activityId=t.wid, runId=t.rid, attempt=t.attempt,
+                                              nonce=t.nonce, **fields)
+        except ApiError as e:
+            if e.code != "not_found":
+                log.warning("%s of activity %s/%s not recorded: %s", op, t.ns, t.wid, e.message)
+            return None
+
+    def _act_done(self, t: TaskToken) -> None:
+        held = self.act_leases.pop((t.org, t.ns, t.wid, t.rid), None)
+        if held is not None:
+            held[1].in_flight.discard((t.org, t.ns, t.wid, t.rid))
+        self._wake.set()
+
+    async def activity_completed(self, org: str, body: Json) -> Json:
+        """0x00A3 on an activity token."""
+        t = self._token(org, body.get("task_token"), kind="at")
+        try:
+            await self.service.propose(t.org, t.ns, "act.complete", activityId=t.wid, runId=t.rid,
+                                       attempt=t.attempt, nonce=t.nonce, result=body.get("result"),
+                                       identity=body.get("identity") or "")
+        finally:
+            self._act_done(t)
+        return {}
+
+    async def activity_failed(self, org: str, body: Json) -> Json:
+        """0x00A4: the retry rule; ``CanceledError`` after a cancel request closes it CANCELED."""
+        t = self._token(org, body.get("task_token"), kind="at")
+        failure = body.get("failure")
+        if not isinstance(failure, dict):
+            raise ApiError("invalid_argument", "failure must be a map")
+        try:
+            await self.service.propose(t.org, t.ns, "act.fail", activityId=t.wid, runId=t.rid,
+                                       attempt=t.attempt, nonce=t.nonce, failure=failure,
+                                       identity=body.get("identity") or "")
+        finally:
+            self._act_done(t)
+        return {}
 
     def _pick(self, subs: list[Subscription], wtype: str) -> Subscription | None:
         ok = [s for s in subs if s.free() > 0 and s.handles(wtype) and not s.conn.closed]
@@ -320,12 +440,12 @@ class Dispatcher:
 
     # ---- worker responses -------------------------------------------------------
 
-    def _token(self, org: str, token: Any) -> TaskToken:
+    def _token(self, org: str, token: Any, kind: str = "wt") -> TaskToken:
         t = self.tokens.read(token)
         if t.org != org:
             raise ApiError("permission_denied", "the task token belongs to another org")
-        if t.kind != "wt":
-            raise ApiError("not_implemented", "activity tasks arrive in a later build")
+        if t.kind != kind:
+            raise ApiError("invalid_argument", f"not a {'workflow' if kind == 'wt' else 'activity'} task token")
         return t
 
     def _done(self, t: TaskToken) -> None:
@@ -438,6 +558,13 @@ class Dispatcher:
         return {}
 
     async def heartbeat(self, org: str, body: Json) -> Json:
+        if isinstance(body.get("task_token"), str):
+            peek = self.tokens.read(body["task_token"])
+            if peek.kind == "at":
+                t = self._token(org, body["task_token"], kind="at")
+                res = await self.service.propose(t.org, t.ns, "act.heartbeat", activityId=t.wid, runId=t.rid,
+                                                 attempt=t.attempt, nonce=t.nonce, details=body.get("details"))
+                return {"cancel_requested": bool(res.get("cancelRequested"))}
         t = self._token(org, body.get("task_token"))
         with self.service._read(t.org, t.ns) as txn:
             run = reads.run(txn, t.org, t.ns, t.wid, t.rid)

@@ -353,6 +353,43 @@ async def h_sa_remove(s: Service, c: Call) -> Json:
     return await s.remove_search_attribute(c.org, _ns(c), c.params["name"])
 
 
+async def h_act_list(s: Service, c: Call) -> Json:
+    return await s.list_activities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"),
+                                   c.query.get("cursor"))
+
+
+async def h_act_start(s: Service, c: Call) -> Json:
+    return await s.start_activity(c.org, _ns(c), c.body())
+
+
+async def h_act_get(s: Service, c: Call) -> Json:
+    return await s.describe_activity(c.org, _ns(c), c.params["aid"], c.params["rid"])
+
+
+async def h_act_cancel(s: Service, c: Call) -> Json:
+    return await s.cancel_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+
+
+async def h_act_complete(s: Service, c: Call) -> Json:
+    return await s.complete_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+
+
+async def h_act_fail(s: Service, c: Call) -> Json:
+    return await s.fail_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+
+
+async def h_act_heartbeat(s: Service, c: Call) -> Json:
+    return await s.heartbeat_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+
+
+async def h_act_history(s: Service, c: Call) -> Json:
+    q = c.query
+    return await s.activity_history(
+        c.org, _ns(c), c.params["aid"], c.params["rid"],
+        I.query_int(q, "after", 0), I.query_bool(q, "reverse"), I.page_size(q), q.get("nextPageToken"),
+    )
+
+
 def build_router() -> Router:
     r = Router()
     r.add("GET", "/healthz", h_health)
@@ -396,6 +433,15 @@ def build_router() -> Router:
     r.add("GET", sa, h_sa_list)
     r.add("POST", sa, h_sa_add)
     r.add("DELETE", sa + "/{name}", h_sa_remove)
+    act = NS + "/activities"
+    r.add("GET", act, h_act_list)
+    r.add("POST", act, h_act_start)
+    r.add("GET", act + "/{aid}/{rid}", h_act_get)
+    r.add("POST", act + "/{aid}/{rid}/cancel", h_act_cancel)
+    r.add("POST", act + "/{aid}/{rid}/complete", h_act_complete)
+    r.add("POST", act + "/{aid}/{rid}/fail", h_act_fail)
+    r.add("POST", act + "/{aid}/{rid}/heartbeat", h_act_heartbeat)
+    r.add("GET", act + "/{aid}/{rid}/history", h_act_history)
     return r
 
 

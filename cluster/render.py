@@ -247,3 +247,34 @@ def schedule(
         "state": out_state,
         "info": out_info,
     }
+
+
+def activity(a: Json) -> Json:
+    """A StandaloneActivity (SPEC §5.1): times as RFC 3339, durations as strings."""
+    out: Json = {
+        "execution": {"workflowId": a["activityId"], "runId": a["runId"]},
+        "type": {"name": a["type"]},
+        "taskQueue": a["taskQueue"],
+        "status": "ACTIVITY_TASK_STATE_" + a["status"],
+        "startTime": t(a["startTime"]),
+        "attempt": a["attempt"],
+        "startToCloseTimeout": d(a["startToCloseTimeout"]),
+        "historyLength": a["historyLength"],
+    }
+    if a.get("closeTime") is not None:
+        out["closeTime"] = t(a["closeTime"])
+    if a.get("retryPolicy"):
+        out["retryPolicy"] = retry_policy(a["retryPolicy"])
+        if a["retryPolicy"].get("maximumAttempts"):
+            out["maximumAttempts"] = a["retryPolicy"]["maximumAttempts"]
+    for f in ("input", "result", "failureCause", "identity", "heartbeatDetails"):
+        if a.get(f) is not None:
+            out[f] = a[f]
+    if a.get("lastFailure"):
+        out["lastFailure"] = failure(a["lastFailure"])
+    for f in ("scheduleToCloseTimeout", "scheduleToStartTimeout", "heartbeatTimeout"):
+        if a.get(f):
+            out[f] = d(a[f])
+    if a.get("lastHeartbeatTime") is not None:
+        out["lastHeartbeatTime"] = t(a["lastHeartbeatTime"])
+    return out

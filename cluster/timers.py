@@ -158,6 +158,19 @@ class ScheduleTimers:
                         out.append((org, ns, at, kind, wid, rid))
         return out
 
+    def _due_activity_timers(self, now: int) -> list[tuple[str, str, int, str, str, str]]:
+        """Activity timeouts due in the partitions this node leads (same pattern as run timers)."""
+        rep = self.service.replicator
+        out = []
+        for p in range(rep.partitions):
+            if not rep.is_leader(p):
+                continue
+            with rep.store(p).read() as txn:
+                for org, ns in reads.shards(txn):
+                    for at, kind, aid, rid in reads.due_activity_timers(txn, org, ns, now, 256):
+                        out.append((org, ns, at, kind, aid, rid))
+        return out
+
     async def _deadline_loop(self) -> None:
         """Run timeouts, execution timeouts and cancel sweeps of the partitions this node leads.
 
@@ -172,6 +185,11 @@ class ScheduleTimers:
                         await self.service.propose(org, ns, "wf.deadline", workflowId=wid, runId=rid, kind=kind, at=at)
                     except ApiError as e:
                         log.warning("run timer %s of %s/%s not recorded: %s", kind, ns, wid, e.message)
+                for org, ns, at, kind, aid, rid in self._due_activity_timers(self.clock()):
+                    try:
+                        await self.service.propose(org, ns, "act.timeout", activityId=aid, runId=rid, kind=kind, at=at)
+                    except ApiError as e:
+                        log.warning("activity timer %s of %s/%s not recorded: %s", kind, ns, aid, e.message)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -474,6 +474,19 @@ async def op_subscribe_workflow_tasks(c: Call) -> Json:
     return _dispatcher(c).subscribe(c.conn, c.org, c.ns, c.body)
 
 
+async def op_subscribe_activity_tasks(c: Call) -> Json:
+    await c.service.ensure_namespace(c.org, c.ns)
+    return _dispatcher(c).subscribe(c.conn, c.org, c.ns, c.body, kind="activity")
+
+
+async def op_activity_task_completed(c: Call) -> Json:
+    return await _dispatcher(c).activity_completed(c.org, c.body)
+
+
+async def op_activity_task_failed(c: Call) -> Json:
+    return await _dispatcher(c).activity_failed(c.org, c.body)
+
+
 async def op_unsubscribe(c: Call) -> Json:
     return _dispatcher(c).unsubscribe(c.conn, c.body.get("subscription_id"))
 
@@ -530,6 +543,9 @@ ROUTES: dict[int, Route] = {
     **{op: Route(op_workers_later) for op in Z.WORKER_OPCODES},
     Z.Op.SubscribeWorkflowTasks: Route(op_subscribe_workflow_tasks),
     Z.Op.Unsubscribe: Route(op_unsubscribe),
+    Z.Op.SubscribeActivityTasks: Route(op_subscribe_activity_tasks),
+    Z.Op.RespondActivityTaskCompleted: Route(op_activity_task_completed),
+    Z.Op.RespondActivityTaskFailed: Route(op_activity_task_failed),
     Z.Op.RespondWorkflowTaskCompleted: Route(op_workflow_task_completed),
     Z.Op.RespondWorkflowTaskFailed: Route(op_workflow_task_failed),
     Z.Op.RecordHeartbeat: Route(op_heartbeat),

@@ -40,6 +40,14 @@ OPS = (
     "wt.fail",
     "wt.timeout",
     "wf.deadline",
+    "act.start",
+    "act.lease",
+    "act.release",
+    "act.complete",
+    "act.fail",
+    "act.cancel",
+    "act.heartbeat",
+    "act.timeout",
 )
 
 

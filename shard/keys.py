@@ -19,6 +19,11 @@ which makes NUL a safe separator.
     s <org> 0 <ns> 0 p <tq> 0 <visible:u64> <wid> 0 <rid>   pending workflow task
     s <org> 0 <ns> 0 x <wid> 0 <rid>        started (leased) workflow task
     s <org> 0 <ns> 0 T <at:u64> <kind> 0 <wid> 0 <rid>   durable run timer (run, execution, cancel)
+    s <org> 0 <ns> 0 A <aid> 0 <rid>        standalone activity record
+    s <org> 0 <ns> 0 e <rid> <eid:u32>      standalone activity history event
+    s <org> 0 <ns> 0 R <requestId>          activity start dedup -> (aid, rid)
+    s <org> 0 <ns> 0 q <tq> 0 <visible:u64> <aid> 0 <rid>   pending activity task
+    s <org> 0 <ns> 0 U <at:u64> <kind> 0 <aid> 0 <rid>   durable activity timer
     \x01 applied                            applied index of the partition
     \x01 reg <org> 0 <ns>                   namespace registry of the partition
 """
@@ -159,3 +164,32 @@ class ShardKeys:
 
     def attr_prefix(self) -> bytes:
         return self.p + b"a"
+
+    # ---- standalone activities (SPEC §4.8, §5.7) ----------------------------
+
+    def activity(self, aid: str, rid: str) -> bytes:
+        return self.p + b"A" + run_suffix(aid, rid)
+
+    def activity_prefix(self) -> bytes:
+        return self.p + b"A"
+
+    def activity_event(self, rid: str, eid: int) -> bytes:
+        """An activity's own history: apart from run histories, so ids never collide."""
+        return self.p + b"e" + rid.encode() + _U32.pack(eid)
+
+    def activity_request(self, request_id: str) -> bytes:
+        return self.p + b"R" + request_id.encode()
+
+    def activity_pending(self, tq: str, visible_at: int, aid: str, rid: str) -> bytes:
+        """An activity attempt waiting for a worker, by task queue, visible-at order."""
+        return self.p + b"q" + tq.encode() + b"\x00" + _U64.pack(max(visible_at, 0)) + run_suffix(aid, rid)
+
+    def activity_pending_prefix(self, tq: str | None = None) -> bytes:
+        return self.p + b"q" + (tq.encode() + b"\x00" if tq is not None else b"")
+
+    def activity_timer(self, at: int, kind: str, aid: str, rid: str) -> bytes:
+        """A durable activity timeout, soonest first (fired by the partition leader)."""
+        return self.p + b"U" + _U64.pack(max(at, 0)) + kind.encode() + b"\x00" + run_suffix(aid, rid)
+
+    def activity_timer_prefix(self) -> bytes:
+        return self.p + b"U"

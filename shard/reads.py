@@ -233,3 +233,72 @@ def due_deadlines(txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int
         wid, rid = keys.split_run_suffix(tail)
         out.append((at, kind.decode(), wid, rid))
     return out
+
+
+# ---- standalone activities ----------------------------------------------------
+
+
+def activity(txn: lmdb.Transaction, org: str, ns: str, aid: str, rid: str) -> dict[str, Any] | None:
+    raw = txn.get(ShardKeys(org, ns).activity(aid, rid))
+    return unpack(raw) if raw is not None else None
+
+
+def list_activities(
+    txn: lmdb.Transaction, org: str, ns: str, after: tuple[str, str] | None, limit: int
+) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
+    """Activities in (activityId, runId) order after ``after``; the last (aid, rid) when more follow."""
+    k = ShardKeys(org, ns)
+    start = k.activity(*after) if after else None
+    items, last = page(txn, k.activity_prefix(), start, limit, lambda _k, v: unpack(v))
+    return items, ((items[-1]["activityId"], items[-1]["runId"]) if last is not None and items else None)
+
+
+def activity_history(
+    txn: lmdb.Transaction, org: str, ns: str, rid: str, after: int, reverse: bool, limit: int, length: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """An activity's own events, paged like a run's history."""
+    k = ShardKeys(org, ns)
+    ids = range(length if after <= 0 else min(after - 1, length), 0, -1) if reverse else range(after + 1, length + 1)
+    out: list[dict[str, Any]] = []
+    more = False
+    for eid in ids:
+        if len(out) >= limit:
+            more = True
+            break
+        raw = txn.get(k.activity_event(rid, eid))
+        if raw is not None:
+            out.append(unpack(raw))
+    return out, (out[-1]["eventId"] if more and out else None)
+
+
+def pending_activities(
+    txn: lmdb.Transaction, org: str, ns: str, tq: str, now: int, limit: int
+) -> list[tuple[str, str]]:
+    """Activity attempts of ``tq`` visible at ``now``, oldest first: (activityId, runId)."""
+    k = ShardKeys(org, ns)
+    prefix = k.activity_pending_prefix(tq)
+    out: list[tuple[str, str]] = []
+    for key, _ in _scan(txn, prefix, values=False):
+        tail = key[len(prefix):]
+        if int.from_bytes(tail[:8], "big") > now or len(out) >= limit:
+            break
+        out.append(keys.split_run_suffix(tail[8:]))
+    return out
+
+
+def due_activity_timers(
+    txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int
+) -> list[tuple[int, str, str, str]]:
+    """Activity timers due at ``now``: (at, kind, activityId, runId), soonest first."""
+    k = ShardKeys(org, ns)
+    prefix = k.activity_timer_prefix()
+    out: list[tuple[int, str, str, str]] = []
+    for key, _ in _scan(txn, prefix, values=False):
+        rest = key[len(prefix):]
+        at = int.from_bytes(rest[:8], "big")
+        if at > now or len(out) >= limit:
+            break
+        kind, _, tail = rest[8:].partition(b"\x00")
+        aid, rid = keys.split_run_suffix(tail)
+        out.append((at, kind.decode(), aid, rid))
+    return out

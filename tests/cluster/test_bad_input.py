@@ -125,14 +125,18 @@ class World:
         self.sid = "sched-1"
         self.attr = "Attr"
         self.token = ""
+        self.aid = "act-1"
+        self.arid = ""  # set once the world's activity is started
 
     def params(self, *, victims: bool = False, route: Route | None = None) -> dict[str, str]:
         """Valid parameters. ``victims``: ids that do not exist (in the real namespace), for
         requests that would change what they name; only ``DELETE {ns}`` gets a missing namespace."""
         if victims:
             ns = "victim-ns" if route is not None and route.template == NSP + "/{ns}" else self.ns
-            return {"ns": ns, "id": "victim-wf", "sid": "victim-sched", "name": "Victim"}
-        return {"ns": self.ns, "id": self.wid, "sid": self.sid, "name": self.attr}
+            return {"ns": ns, "id": "victim-wf", "sid": "victim-sched", "name": "Victim", "aid": "victim-act",
+                    "rid": self.arid}
+        return {"ns": self.ns, "id": self.wid, "sid": self.sid, "name": self.attr, "aid": self.aid,
+                "rid": self.arid}
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +159,9 @@ def world(api: Api) -> World:
     api.ok("POST", f"{NSP}/{w.ns}/schedules", {"scheduleId": w.sid, "spec": {"interval": ["1h"]},
                                                "action": {"workflowType": {"name": "Job"}}})
     api.ok("POST", f"{NSP}/{w.ns}/search-attributes", {"name": w.attr, "type": "Keyword"})
+    # an activity on a queue nobody serves: it stays SCHEDULED for the GET routes
+    w.arid = api.ok("POST", f"{NSP}/{w.ns}/activities", {"activityId": w.aid, "activityType": {"name": "Act"},
+                                                         "taskQueue": "nobody"})["execution"]["runId"]
     w.token = api.ok("GET", f"{NSP}/{w.ns}/workflows?pageSize=1")["nextPageToken"]
     assert w.token
     return w
@@ -183,6 +190,7 @@ def changes_state(route: Route) -> bool:
 
 WF = NSP + "/{ns}/workflows"
 SC = NSP + "/{ns}/schedules"
+ACT = NSP + "/{ns}/activities"
 
 PAGED = {
     ("GET", "/v1/tasks/cluster"),
@@ -193,6 +201,8 @@ PAGED = {
     ("GET", WF + "/{id}/executions"),
     ("GET", SC),
     ("GET", NSP + "/{ns}/search-attributes"),
+    ("GET", ACT),
+    ("GET", ACT + "/{aid}/{rid}/history"),
 }
 RUN_ID = {
     ("GET", WF + "/{id}"),
@@ -287,6 +297,21 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
         ("POST", NSP + "/{ns}/search-attributes"): [
             {"name": 5, "type": "Keyword"}, {"name": "Ok1", "type": 5}, {"name": ["Ok2"], "type": "Keyword"},
         ],
+        ("POST", ACT): [
+            {"activityType": {"name": "A"}}, {"activityId": 5, "activityType": {"name": "A"}},
+            {"activityId": "a", "activityType": 5}, {"activityId": "a"},
+            {"activityId": "a", "activityType": {"name": "A"}, "taskQueue": 5},
+            {"activityId": "a", "activityType": {"name": "A"}, "runId": 5},
+            {"activityId": "a", "activityType": {"name": "A"}, "startToCloseTimeout": 10},
+            {"activityId": "a", "activityType": {"name": "A"}, "heartbeatTimeout": "soon"},
+            {"activityId": "a", "activityType": {"name": "A"}, "retryPolicy": "x"},
+            {"activityId": "a", "activityType": {"name": "A"}, "requestId": 7},
+            {"activityId": "a", "activityType": {"name": "A"}, "identity": 5},
+        ],
+        ("POST", ACT + "/{aid}/{rid}/cancel"): [{"reason": 5}, {"identity": 5}],
+        ("POST", ACT + "/{aid}/{rid}/complete"): [{"identity": 5}],
+        ("POST", ACT + "/{aid}/{rid}/fail"): [{"cause": 5}, {}, {"cause": "x", "nonRetryable": "yes"},
+                                              {"cause": "x", "identity": 5}],
         ("POST", "/v1/tasks/cluster/members"): [
             {"nodeId": 5, "peer": "127.0.0.1:1"}, {"nodeId": "n9", "peer": 5}, {"nodeId": "..", "peer": "a:1"},
             {"nodeId": "n9"}, {"nodeId": "n9", "peer": "no-port"},
@@ -298,7 +323,8 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
 BODY_FREE = {  # routes that read no body field (GET, and deletes by path)
     (r.method, r.template) for r in ROUTES if r.method == "GET"
 } | {("DELETE", NSP + "/{ns}"), ("DELETE", SC + "/{sid}"), ("DELETE", NSP + "/{ns}/search-attributes/{name}"),
-     ("DELETE", "/v1/tasks/cluster/members/{id}")}
+     ("DELETE", "/v1/tasks/cluster/members/{id}"),
+     ("POST", ACT + "/{aid}/{rid}/heartbeat")}  # details may be any JSON value
 
 
 def test_every_route_is_classified() -> None:
