@@ -1027,6 +1027,9 @@ class Worker:
             if outcome is None:
                 return
             command = self._workflow_command(outcome)
+            # The server frees the slot as soon as it applies the completion and
+            # may push the next task before our answer arrives: free it first.
+            self._release(run)
             await self._respond_workflow(run, command)
         finally:
             self._release(run)
