@@ -35,3 +35,7 @@ clean:
 .PHONY: bench-dispatch
 bench-dispatch: $(STAMP)
 	$(PY) -m bench.dispatch
+
+.PHONY: bench-cluster
+bench-cluster: $(STAMP)
+	$(PY) -m bench.cluster
