@@ -12,8 +12,8 @@ from typing import Any
 import lmdb
 
 from shard import keys
+from shard.ctx import unpack
 from shard.keys import ShardKeys
-from shard.machine import unpack
 
 
 def _scan(
