@@ -36,6 +36,8 @@ from typing import Any
 
 import msgpack
 
+from protocol.errors import CODE_STATUS
+
 __all__ = [
     "CLIENT_KINDS",
     "DEFAULT_MAX_FRAME",
@@ -472,27 +474,8 @@ def _kind_name(v: Any) -> str:
     return type(v).__name__
 
 
-# Kept in step with protocol.errors.CODE_STATUS; imported lazily there would pull
-# nothing heavy, but this module promises stdlib + msgpack only, so it is a copy
-# checked by the tests (test_zap_codec: test_status_table_matches_errors).
-_CODE_STATUS: dict[str, int] = {
-    "invalid_argument": 400,
-    "unauthenticated": 401,
-    "permission_denied": 403,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "already_exists": 409,
-    "already_started": 409,
-    "failed_precondition": 409,
-    "too_large": 413,
-    "rate_limited": 429,
-    "internal": 500,
-    "not_implemented": 501,
-    "unavailable": 503,
-    "no_workers": 503,
-    "timeout": 504,
-    "storage_full": 507,
-}
+# One table of codes and statuses for every transport (protocol.errors is stdlib-only).
+_CODE_STATUS: dict[str, int] = CODE_STATUS
 
 
 def response_body(status: int, body: Any) -> dict[str, Any]:
