@@ -146,7 +146,8 @@ class ScheduleTimers:
 
     # ---- run timers (timeouts, cancel sweeps) --------------------------------
 
-    def _due_deadlines(self, now: int) -> list[tuple[str, str, int, str, str, str]]:
+    def _due_timers(self, scan: Any, now: int) -> list[tuple[str, str, int, str, str, str]]:
+        """Due durable timers (``scan`` = a reads.due_* index) of the partitions this node leads."""
         rep = self.service.replicator
         out = []
         for p in range(rep.partitions):
@@ -154,22 +155,15 @@ class ScheduleTimers:
                 continue
             with rep.store(p).read() as txn:
                 for org, ns in reads.shards(txn):
-                    for at, kind, wid, rid in reads.due_deadlines(txn, org, ns, now, 256):
-                        out.append((org, ns, at, kind, wid, rid))
+                    for at, kind, ident, rid in scan(txn, org, ns, now, 256):
+                        out.append((org, ns, at, kind, ident, rid))
         return out
 
+    def _due_deadlines(self, now: int) -> list[tuple[str, str, int, str, str, str]]:
+        return self._due_timers(reads.due_deadlines, now)
+
     def _due_activity_timers(self, now: int) -> list[tuple[str, str, int, str, str, str]]:
-        """Activity timeouts due in the partitions this node leads (same pattern as run timers)."""
-        rep = self.service.replicator
-        out = []
-        for p in range(rep.partitions):
-            if not rep.is_leader(p):
-                continue
-            with rep.store(p).read() as txn:
-                for org, ns in reads.shards(txn):
-                    for at, kind, aid, rid in reads.due_activity_timers(txn, org, ns, now, 256):
-                        out.append((org, ns, at, kind, aid, rid))
-        return out
+        return self._due_timers(reads.due_activity_timers, now)
 
     async def _deadline_loop(self) -> None:
         """Run timeouts, execution timeouts and cancel sweeps of the partitions this node leads.
