@@ -13,6 +13,7 @@ stderr as ``error: <code>: <message>``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -1024,6 +1025,10 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(Api(url, token), args, out, err)
     try:
         return args.func(ctx)
+    except BrokenPipeError:  # `tasksctl wf list | head`: the reader left; that is not an error
+        with contextlib.suppress(Exception):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except UsageError as exc:
         err.write(f"error: usage: {exc.args[0]}\n")
         return 2
