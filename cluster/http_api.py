@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -154,6 +155,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def ui_response(ui_dir: str, segments: list[str], node_id: str) -> web.StreamResponse:
+    """The static UI bundle with an SPA fallback; ``/`` redirects to it.
+
+    The file is resolved inside ``ui_dir`` and must stay there: ``..`` or a
+    symlink out of the bundle falls back to ``index.html``, never escapes.
+    """
+    if segments in ([""], []):
+        raise web.HTTPFound("/_/tasks/")
+    root = Path(ui_dir).resolve()
+    rel = "/".join(x for x in segments[2:] if x)
+    target = (root / rel).resolve() if rel else root / "index.html"
+    if not (target.is_relative_to(root) and target.is_file()):
+        target = root / "index.html"
+    if not target.is_file():
+        return json_response(404, {"code": "not_found", "message": "no UI bundle"}, node_id)
+    return web.FileResponse(target, headers={"X-Tasks-Node": node_id})
+
+
 def _finite_float(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):
@@ -217,6 +236,13 @@ async def h_member_remove(s: Service, c: Call) -> Json:
     from protocol.names import check_node_id
 
     return await c.request.app[NODE_KEY].remove_member(check_node_id(c.params["id"]))
+
+
+async def h_nexus_all(s: Service, c: Call) -> Json:
+    """Nexus endpoints across the caller's namespaces: records only, none registered in this build."""
+    I.page_size(c.query)
+    I.read_token(c.query.get("nextPageToken"), "nexus", c.org)
+    return {"endpoints": [], "nextPageToken": ""}
 
 
 async def h_ns_list(s: Service, c: Call) -> Json:
@@ -400,6 +426,7 @@ def build_router() -> Router:
     r.add("POST", "/v1/tasks/cluster/members", h_member_add)
     r.add("DELETE", "/v1/tasks/cluster/members/{id}", h_member_remove)
     r.add("GET", "/v1/tasks/namespaces", h_ns_list)
+    r.add("GET", "/v1/tasks/nexus", h_nexus_all)
     r.add("POST", "/v1/tasks/namespaces", h_ns_create)
     r.add("GET", NS, h_ns_get)
     r.add("DELETE", NS, h_ns_delete)
@@ -463,6 +490,12 @@ class HttpApi:
         resp: web.StreamResponse
         try:
             segments = split_path(request.rel_url.raw_path)
+            ui = node.cfg.ui_dir
+            if ui and method in ("GET", "HEAD") and (segments in ([""], []) or segments[:2] == ["_", "tasks"]):
+                template = "/_/tasks/*"
+                resp = ui_response(ui, segments, node.node_id)
+                node.metrics.http_requests.labels(template, method, str(resp.status)).inc()
+                return resp
             if segments in (["readyz"], ["metrics"]) and method not in ("GET", "HEAD"):
                 template = "/" + segments[0]
                 raise _MethodNotAllowed(["GET"])
