@@ -40,6 +40,7 @@ DELIVER_WORKFLOW_TASK = 0x00B0
 DELIVER_ACTIVITY_TASK = 0x00B1
 DELIVER_CANCEL_REQUEST = 0x00B3
 DELIVER_QUERY = 0x00B4
+DELIVER_ACTIVITY_RESULT = 0x00B2
 MAX_PENDING_QUERIES = 4096
 MAX_HISTORY = 1000
 SCAN_EVERY = 0.1
@@ -116,7 +117,12 @@ class Dispatcher:
     def _spawn(self, coro: Any) -> None:
         t = asyncio.create_task(coro)
         self._bg.add(t)
-        t.add_done_callback(self._bg.discard)
+        t.add_done_callback(self._finished)
+
+    def _finished(self, t: asyncio.Task) -> None:
+        self._bg.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("dispatch task failed", exc_info=t.exception())
 
     def _on_apply(self, group: int, index: int, result: Json) -> None:
         events = result.get("_events") or ()
@@ -129,6 +135,9 @@ class Dispatcher:
                 held = self.act_leases.pop(akey, None)
                 if held is not None:
                     held[1].in_flight.discard(akey)
+            if ev["kind"] == "activity.result":
+                self._spawn(self._push_activity_result(ev["org"], ev["namespace"], ev["workflow_id"], ev["run_id"],
+                                                       ev["activity_id"], ev["activity_run_id"]))
             if ev["kind"] == "workflow.cancel_requested":
                 key = (ev["org"], ev["namespace"], ev["workflow_id"], ev["run_id"])
                 lease = self.leases.get(key)
@@ -457,6 +466,70 @@ class Dispatcher:
             if len(self._last_holder) > 100_000:
                 self._last_holder.pop(next(iter(self._last_holder)))
         self._wake.set()
+
+    # ---- live activities (SPEC §5.6, 0x006B / 0xB2) ----------------------------------
+
+    async def schedule_activity(self, org: str, ns: str, body: Json) -> Json:
+        """0x006B: schedule an activity on behalf of the caller's in-flight workflow task."""
+        t = self._token(org, body.get("task_token"))
+        atype = body.get("activity_type")
+        names.check_id(atype, "activity_type")
+        aid = body.get("activity_id") or f"{atype}-{secrets.token_hex(4)}"
+        names.check_id(aid, "activity_id")
+        tq = body.get("task_queue")
+        if tq is not None:
+            names.check_id(tq, "task_queue")
+        start: Json = {"type": atype, "activityId": aid, "taskQueue": tq, "input": body.get("input")}
+        for src, dst in (("schedule_to_close_ms", "scheduleToCloseTimeout"),
+                         ("schedule_to_start_ms", "scheduleToStartTimeout"),
+                         ("start_to_close_ms", "startToCloseTimeout"), ("heartbeat_ms", "heartbeatTimeout")):
+            v = body.get(src)
+            if v is not None:
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    raise ApiError("invalid_argument", f"{src} must be a non-negative integer")
+                if v:
+                    start[dst] = v
+        rp = body.get("retry_policy")
+        if rp is not None:
+            if not isinstance(rp, dict):
+                raise ApiError("invalid_argument", "retry_policy must be a map")
+            initial = int(rp.get("initial_interval_ms") or 1000)
+            start["retryPolicy"] = {
+                "initialInterval": initial,
+                "backoffCoefficient": float(rp.get("backoff_coefficient") or 2.0),
+                "maximumInterval": int(rp.get("maximum_interval_ms") or 100 * initial),
+                "maximumAttempts": int(rp.get("maximum_attempts") or 0),
+                "nonRetryableErrorTypes": [str(x) for x in rp.get("non_retryable_error_types") or []],
+            }
+        res = await self.service.propose(
+            t.org, t.ns, "act.schedule", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
+            attempt=t.attempt, nonce=t.nonce, activityId=aid, start=start,
+            defaultStartToClose=self.node.cfg.timeouts.activity_start_to_close,
+        )
+        act = res["activity"]
+        if act["status"] not in ("SCHEDULED", "STARTED"):  # already closed: its outcome at once
+            self._spawn(self._push_activity_result(t.org, t.ns, t.wid, t.rid, aid, act["runId"]))
+        return {"activity_id": aid, "scheduled_event_id": act["workflow"]["scheduledEventId"]}
+
+    async def _push_activity_result(self, org: str, ns: str, wid: str, rid: str, aid: str, arid: str) -> None:
+        lease = self.leases.get((org, ns, wid, rid))
+        if lease is None or lease.sub is None or lease.sub.conn.closed:
+            return  # not held here: the close was recorded in history (and is a trigger event)
+        with self.service._read(org, ns) as txn:
+            act = reads.activity(txn, org, ns, aid, arid)
+        if act is None:
+            return
+        body: Json = {"workflow_task_token": self.tokens.make(lease.token), "workflow_id": wid, "run_id": rid,
+                      "activity_id": aid, "scheduled_event_id": act["workflow"]["scheduledEventId"]}
+        status = act["status"]
+        if status == "COMPLETED":
+            body["result"] = act.get("result")
+        elif status == "CANCELED":
+            body["canceled"] = True
+        else:
+            body["failure"] = act.get("lastFailure") or {"message": status.lower()}
+            body["timed_out"] = status == "TIMED_OUT"
+        await lease.sub.conn.push(DELIVER_ACTIVITY_RESULT, body, self.push_ack)
 
     # ---- queries (SPEC §5.4) -----------------------------------------------------
 

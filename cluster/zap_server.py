@@ -503,6 +503,10 @@ async def op_heartbeat(c: Call) -> Json:
     return await _dispatcher(c).heartbeat(c.org, c.body)
 
 
+async def op_schedule_activity(c: Call) -> Json:
+    return await _dispatcher(c).schedule_activity(c.org, c.ns, c.body)
+
+
 async def op_respond_query(c: Call) -> Json:
     return _dispatcher(c).answer_query(c.org, c.body)
 
@@ -550,6 +554,7 @@ ROUTES: dict[int, Route] = {
     Z.Op.RespondWorkflowTaskFailed: Route(op_workflow_task_failed),
     Z.Op.RecordHeartbeat: Route(op_heartbeat),
     Z.Op.RespondQuery: Route(op_respond_query),
+    Z.Op.ScheduleActivity: Route(op_schedule_activity),
 }
 """Every request opcode but Hello (handled by the connection itself)."""
 

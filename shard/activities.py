@@ -89,6 +89,36 @@ def _act_close(ctx: Ctx, act: dict[str, Any], status: str, etype: str, attrs: di
     _act_event(ctx, act, etype, attrs)
     act.update(status=status, closeTime=ctx.now, nonce=None)
     ctx.notify("activity.closed", activity_id=act["activityId"], run_id=act["runId"], status=status)
+    if act.get("workflow"):
+        _close_in_workflow(ctx, act, etype, attrs)
+
+
+def _close_in_workflow(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[str, Any]) -> None:
+    """An activity scheduled by a workflow closed: record it in the run (SPEC §5.6 live activities).
+
+    Its close events go into the run's history. If the workflow task that
+    scheduled it is still in flight, the worker holding it gets the outcome
+    pushed (0xB2, by the dispatcher, from the ``activity.result`` event);
+    otherwise the close is a trigger event and schedules a workflow task.
+    """
+    from shard import machine  # the run helpers live there; imported late (machine imports us)
+
+    link = act["workflow"]
+    run = ctx.get(ctx.k.run(link["workflowId"], link["runId"]))
+    if run is None or run["status"] not in machine.OPEN:
+        return
+    seid = link["scheduledEventId"]
+    started = machine.add_event(ctx, run, "ACTIVITY_TASK_STARTED",
+                                {"scheduledEventId": seid, "attempt": act["attempt"], "identity": attrs.get("identity", "")})
+    close = {k: v for k, v in attrs.items() if k not in ("scheduledEventId", "startedEventId")}
+    machine.add_event(ctx, run, etype, {"scheduledEventId": seid, "startedEventId": started, **close})
+    wt = run.get("wt")
+    if wt and wt["state"] == "STARTED":
+        ctx.notify("activity.result", workflow_id=run["workflowId"], run_id=run["runId"],
+                   activity_id=act["activityId"], activity_run_id=act["runId"], scheduled_event_id=seid)
+    else:
+        machine.schedule_workflow_task(ctx, run)
+    machine.save_run(ctx, run)
 
 
 def _act_attempt_failed(ctx: Ctx, act: dict[str, Any], failure: dict[str, Any], identity: str) -> None:
@@ -161,6 +191,17 @@ def op_act_start(ctx: Ctx) -> Result:
     rid = spec.get("runId") or ctx.new_run_id()
     if ctx.exists(ctx.k.activity(aid, rid)):
         raise Reject("already_exists", f"activity {aid} run {rid} already exists")
+    act = _create(ctx, spec, aid, rid)
+    if req:
+        ctx.put(ctx.k.activity_request(req), {"aid": aid, "rid": rid})
+    return C.ok(activity=act, started=True)
+
+
+def _create(
+    ctx: Ctx, spec: dict[str, Any], aid: str, rid: str, workflow: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A new activity record, its SCHEDULED event, attempt 1 pending and its timers."""
+    cmd = ctx.cmd
     s2c = spec.get("scheduleToCloseTimeout")
     stc = spec.get("startToCloseTimeout") or s2c or cmd.get("defaultStartToClose") or 600_000
     act: dict[str, Any] = {
@@ -179,15 +220,46 @@ def op_act_start(ctx: Ctx) -> Result:
     for f in ("scheduleToCloseTimeout", "scheduleToStartTimeout", "heartbeatTimeout"):
         if spec.get(f):
             attrs[f] = spec[f]
+    if workflow is not None:
+        act["workflow"] = workflow
     _act_event(ctx, act, "ACTIVITY_TASK_SCHEDULED", attrs)
     _act_pend(ctx, act, 0)
     if s2c:
         _act_arm(ctx, act, "scheduleToClose", ctx.now + s2c)
-    if req:
-        ctx.put(ctx.k.activity_request(req), {"aid": aid, "rid": rid})
     _act_save(ctx, act)
     ctx.notify("activity.scheduled", activity_id=aid, run_id=rid, task_queue=act["taskQueue"])
-    return C.ok(activity=act, started=True)
+    return act
+
+
+def op_act_schedule(ctx: Ctx) -> Result:
+    """0x006B: a workflow's running handler schedules an activity with its task's token.
+
+    An ``activityId`` already used in the same workflow attempt returns the
+    existing activity (closed or not), so a redelivered workflow task gets the
+    recorded outcome instead of running the activity again.
+    """
+    from shard import machine
+
+    cmd = ctx.cmd
+    run = machine.current_task(ctx, "STARTED")  # the caller must hold the run's workflow task
+    wid, wrid = run["workflowId"], run["runId"]
+    aid = cmd["activityId"]
+    link_key = ctx.k.workflow_activity(wid, wrid, run["attempt"], aid)
+    seen = ctx.get(link_key)
+    if seen is not None:
+        act = ctx.get(ctx.k.activity(aid, seen["rid"]))
+        return C.ok(activity=act, started=False)
+    spec = dict(cmd["start"])
+    spec["taskQueue"] = spec.get("taskQueue") or run["taskQueue"]
+    attrs: dict[str, Any] = {"activityId": aid, "activityType": {"name": spec["type"]},
+                             "taskQueue": {"name": spec["taskQueue"]}, "input": spec.get("input"),
+                             "retryPolicy": spec.get("retryPolicy") or DEFAULT_ACTIVITY_RETRY}
+    seid = machine.add_event(ctx, run, "ACTIVITY_TASK_SCHEDULED", attrs)
+    machine.save_run(ctx, run)
+    res = _create(ctx, spec, aid, ctx.new_run_id(),
+                  workflow={"workflowId": wid, "runId": wrid, "attempt": run["attempt"], "scheduledEventId": seid})
+    ctx.put(link_key, {"rid": res["runId"]})
+    return C.ok(activity=res, started=True)
 
 
 def op_act_lease(ctx: Ctx) -> Result:

@@ -40,6 +40,7 @@ OPS = (
     "wt.fail",
     "wt.timeout",
     "wf.deadline",
+    "act.schedule",
     "act.start",
     "act.lease",
     "act.release",

@@ -159,6 +159,10 @@ class ShardKeys:
     def deadline_prefix(self) -> bytes:
         return self.p + b"T"
 
+    def workflow_activity(self, wid: str, rid: str, attempt: int, aid: str) -> bytes:
+        """An activity scheduled by a workflow attempt, by its activityId (idempotent 0x006B)."""
+        return self.p + b"W" + run_suffix(wid, rid) + b"\x00" + _U32.pack(attempt) + aid.encode()
+
     def attr(self, name: str) -> bytes:
         return self.p + b"a" + name.encode()
 

@@ -32,6 +32,7 @@ from shard.activities import (
     op_act_heartbeat,
     op_act_lease,
     op_act_release,
+    op_act_schedule,
     op_act_start,
     op_act_timeout,
 )
@@ -876,7 +877,7 @@ def op_sys_barrier(ctx: Ctx) -> Result:
 # workflow tasks (SPEC §5.6)
 
 
-def _current_task(ctx: Ctx, state: str) -> dict[str, Any]:
+def current_task(ctx: Ctx, state: str) -> dict[str, Any]:
     """The run whose task the command names, if that task is still the current one."""
     cmd = ctx.cmd
     run = ctx.get(ctx.k.run(cmd["workflowId"], cmd["runId"]))
@@ -896,7 +897,7 @@ def _current_task(ctx: Ctx, state: str) -> dict[str, Any]:
 
 def op_wt_start(ctx: Ctx) -> Result:
     """A worker accepted the push: the task is leased (recorded before the push is sent)."""
-    run = _current_task(ctx, "SCHEDULED")
+    run = current_task(ctx, "SCHEDULED")
     wt = run["wt"]
     ctx.txn.delete(ctx.k.pending(run["taskQueue"], wt.get("visibleAt", wt["scheduledTime"]),
                                  run["workflowId"], run["runId"]))
@@ -999,7 +1000,7 @@ def _check_commands(run: dict[str, Any], commands: Any) -> int | None:
 
 def op_wt_complete(ctx: Ctx) -> Result:
     """0x00A2: apply the worker's commands in one command, after WORKFLOW_TASK_COMPLETED."""
-    run = _current_task(ctx, "STARTED")
+    run = current_task(ctx, "STARTED")
     identity = ctx.cmd.get("identity") or ""
     commands = ctx.cmd.get("commands") or []
     bad = _check_commands(run, commands)
@@ -1034,7 +1035,7 @@ def op_wt_complete(ctx: Ctx) -> Result:
 
 def op_wt_fail(ctx: Ctx) -> Result:
     """0x00A7, a lost worker or a refused push: WORKFLOW_TASK_FAILED and a new attempt."""
-    run = _current_task(ctx, "STARTED")
+    run = current_task(ctx, "STARTED")
     cause = ctx.cmd.get("cause") or "worker_failed"
     failure = ctx.cmd.get("failure")
     _task_failed(ctx, run, cause, failure_record(failure) if failure is not None else None,
@@ -1044,7 +1045,7 @@ def op_wt_fail(ctx: Ctx) -> Result:
 
 def op_wt_timeout(ctx: Ctx) -> Result:
     """The lease ran out: WORKFLOW_TASK_TIMED_OUT and a new attempt at once (keyed by attempt)."""
-    run = _current_task(ctx, "STARTED")
+    run = current_task(ctx, "STARTED")
     wt = run["wt"]
     add_event(ctx, run, "WORKFLOW_TASK_TIMED_OUT", {
         "scheduledEventId": wt["eventId"], "startedEventId": wt["startedEventId"], "timeoutType": "START_TO_CLOSE",
@@ -1081,6 +1082,7 @@ def op_wf_deadline(ctx: Ctx) -> Result:
 
 
 HANDLERS: dict[str, Callable[[Ctx], Result]] = {
+    "act.schedule": op_act_schedule,
     "act.start": op_act_start,
     "act.lease": op_act_lease,
     "act.release": op_act_release,

@@ -396,7 +396,7 @@ def test_error_mapping(c: Conn) -> None:
 
 WORKFLOW_WORKER_OPCODES = {
     Op.SubscribeWorkflowTasks, Op.RespondWorkflowTaskCompleted, Op.RecordHeartbeat, Op.Unsubscribe,
-    Op.RespondWorkflowTaskFailed, Op.RespondQuery,
+    Op.RespondWorkflowTaskFailed, Op.RespondQuery, Op.ScheduleActivity,
     Op.SubscribeActivityTasks, Op.RespondActivityTaskCompleted, Op.RespondActivityTaskFailed,
 }
 

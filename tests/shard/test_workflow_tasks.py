@@ -222,3 +222,22 @@ def test_execution_timeout_and_cancel_sweep(tmp_path: Path) -> None:
     with m.m.store.read() as txn:
         evs, _ = reads.history(txn, "_", "default", r["runId"], 0, False, 100, r["historyLength"])
     assert evs[-1]["attributes"]["reason"] == "sweep:cancel-timeout"
+
+
+def test_activity_scheduled_by_a_workflow_is_idempotent_and_reported_to_the_run(tmp_path: Path) -> None:
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q"})
+    m.lease("w")
+    tok = m.token("w")
+    first = m.do("act.schedule", **tok, activityId="charge-1", start={"type": "charge", "input": 5},
+                 defaultStartToClose=60_000)
+    again = m.do("act.schedule", **tok, activityId="charge-1", start={"type": "charge", "input": 5},
+                 defaultStartToClose=60_000)
+    assert first["started"] is True and again["started"] is False
+    assert again["activity"]["runId"] == first["activity"]["runId"]
+    assert m.events("w").count("ACTIVITY_TASK_SCHEDULED") == 1
+    done = m.do("act.complete", activityId="charge-1", runId=first["activity"]["runId"], result={"ok": 1})
+    assert any(e["kind"] == "activity.result" for e in done["_events"])  # pushed to the task's holder
+    assert m.events("w")[-2:] == ["ACTIVITY_TASK_STARTED", "ACTIVITY_TASK_COMPLETED"]
+    stale = m.do("act.schedule", **{**tok, "attempt": 9}, activityId="x", start={"type": "charge"})
+    assert stale["code"] == "not_found"  # only the holder of the current task may schedule

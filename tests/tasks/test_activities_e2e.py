@@ -123,3 +123,47 @@ def test_http_routes_act_without_tokens() -> None:
         assert [a["execution"]["workflowId"] for a in page3["activities"]] == ["a3"]
         status, hist = call("GET", f"{base}/a2/{r2}/history?pageSize=2")
         assert len(hist["events"]) == 2 and hist["nextCursor"] == 2
+
+
+def test_workflow_runs_an_activity_and_gets_its_result() -> None:
+    """0x006B from a running workflow handler, the activity on a worker, its result pushed (0xB2)."""
+    import tasks as _tasks
+
+    calls: list[int] = []
+
+    def charge(amount: int) -> dict[str, int]:
+        calls.append(amount)
+        return {"charged": amount * 100}
+
+    def order(amount: int) -> dict[str, object]:
+        receipt = _tasks.context().execute_activity("charge", amount)
+        return {"order": "ok", "receipt": receipt}
+
+    with _tasks.embed() as node:
+        client = node.client()
+        worker = _tasks.Worker(client, "tasks")
+        worker.register("order", order)
+        worker.register_activity("charge", charge)
+        worker.start()
+        try:
+            wid = client.now("order", 7)
+            deadline = time.monotonic() + 20
+            info: dict = {}
+            while time.monotonic() < deadline:
+                with urllib.request.urlopen(f"{node.http_url}/v1/tasks/namespaces/default/workflows/{wid}") as r:
+                    info = json.loads(r.read())["workflowExecutionInfo"]
+                if not info["status"].endswith("RUNNING"):
+                    break
+                time.sleep(0.1)
+            assert info["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED", info
+            assert info["result"] == {"order": "ok", "receipt": {"charged": 700}}
+            assert calls == [7]
+            with urllib.request.urlopen(
+                f"{node.http_url}/v1/tasks/namespaces/default/workflows/{wid}/history"
+            ) as r:
+                types = [e["eventType"] for e in json.loads(r.read())["events"]]
+            assert "ACTIVITY_TASK_SCHEDULED" in types and "ACTIVITY_TASK_COMPLETED" in types
+            assert types[-1] == "WORKFLOW_EXECUTION_COMPLETED"
+        finally:
+            worker.stop()
+            client.stop()
