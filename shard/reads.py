@@ -219,10 +219,8 @@ def started_tasks(txn: lmdb.Transaction, org: str, ns: str) -> list[tuple[str, s
     return [keys.split_run_suffix(key[len(prefix) :]) for key, _ in _scan(txn, prefix, values=False)]
 
 
-def due_deadlines(txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int) -> list[tuple[int, str, str, str]]:
-    """Run timers due at ``now``: (at, kind, workflowId, runId), soonest first."""
-    k = ShardKeys(org, ns)
-    prefix = k.deadline_prefix()
+def _due(txn: lmdb.Transaction, prefix: bytes, now: int, limit: int) -> list[tuple[int, str, str, str]]:
+    """Entries of a timer index (``<at:u64> <kind> 0 <id> 0 <runId>``) due at ``now``, soonest first."""
     out: list[tuple[int, str, str, str]] = []
     for key, _ in _scan(txn, prefix, values=False):
         rest = key[len(prefix) :]
@@ -230,9 +228,14 @@ def due_deadlines(txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int
         if at > now or len(out) >= limit:
             break
         kind, _, tail = rest[8:].partition(b"\x00")
-        wid, rid = keys.split_run_suffix(tail)
-        out.append((at, kind.decode(), wid, rid))
+        ident, rid = keys.split_run_suffix(tail)
+        out.append((at, kind.decode(), ident, rid))
     return out
+
+
+def due_deadlines(txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int) -> list[tuple[int, str, str, str]]:
+    """Run timers due at ``now``: (at, kind, workflowId, runId)."""
+    return _due(txn, ShardKeys(org, ns).deadline_prefix(), now, limit)
 
 
 # ---- standalone activities ----------------------------------------------------
@@ -289,16 +292,5 @@ def pending_activities(
 def due_activity_timers(
     txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int
 ) -> list[tuple[int, str, str, str]]:
-    """Activity timers due at ``now``: (at, kind, activityId, runId), soonest first."""
-    k = ShardKeys(org, ns)
-    prefix = k.activity_timer_prefix()
-    out: list[tuple[int, str, str, str]] = []
-    for key, _ in _scan(txn, prefix, values=False):
-        rest = key[len(prefix):]
-        at = int.from_bytes(rest[:8], "big")
-        if at > now or len(out) >= limit:
-            break
-        kind, _, tail = rest[8:].partition(b"\x00")
-        aid, rid = keys.split_run_suffix(tail)
-        out.append((at, kind.decode(), aid, rid))
-    return out
+    """Activity timers due at ``now``: (at, kind, activityId, runId)."""
+    return _due(txn, ShardKeys(org, ns).activity_timer_prefix(), now, limit)
