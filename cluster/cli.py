@@ -32,12 +32,33 @@ def _install_loop() -> None:
         pass
 
 
+def _clock_from_env(env: os._Environ[str] | dict[str, str]):
+    """The node's wall clock, optionally skewed by ``TASKS_CLOCK_SKEW_MS``.
+
+    A fault-injection hook for the chaos suite (clock skew on one node): the
+    proposer stamps this clock into commands, so a skewed node proposes skewed
+    times while the state machine itself stays deterministic.
+    """
+    from cluster.service import wall_ms
+
+    raw = env.get("TASKS_CLOCK_SKEW_MS", "").strip()
+    if not raw:
+        return wall_ms
+    try:
+        skew = int(raw)
+    except ValueError:
+        raise ConfigError(f"TASKS_CLOCK_SKEW_MS must be an integer, got {raw!r}") from None
+    logging.getLogger("tasks").warning("wall clock skewed by %d ms (TASKS_CLOCK_SKEW_MS)", skew)
+    return lambda: wall_ms() + skew
+
+
 def serve(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         build_arg_parser().print_help()
         return 0
     try:
         cfg = load_config(argv, os.environ)
+        clock = _clock_from_env(os.environ)
     except ConfigError as e:
         print(f"tasksd: {e}", file=sys.stderr)
         return 2
@@ -51,7 +72,7 @@ def serve(argv: list[str]) -> int:
             print(f"tasksd: {e}", file=sys.stderr)
             return 2
     _install_loop()
-    node = Node(cfg)
+    node = Node(cfg, clock=clock)
     try:
         asyncio.run(run_until_signalled(node))
     except ConfigMismatch as e:
