@@ -1,10 +1,12 @@
 """Dispatch of workflow tasks to workers subscribed over ZAP (SPEC §5.7, §8.6).
 
-Pending tasks are shard state (an index by task queue, oldest first). This
-node pushes them to the subscriptions it holds, within each subscription's
-slots. A task is leased by a committed ``wt.start`` *before* its push is sent,
-so two nodes (or two loops) racing for one task cannot both lease it: the
-second ``wt.start`` finds the task no longer current. A refused or unanswered
+Pending tasks are shard state (an index by task queue, oldest first). The
+owner of ``(org, ns, taskQueue)`` pushes them to the queue's subscriptions,
+within each subscription's slots; subscriptions of workers connected to other
+nodes reach it through ``cluster.relay``. A task is leased by a committed
+``wt.start`` *before* its push is sent, so two nodes (or two loops) racing for
+one task — possible only while ownership changes hands — cannot both lease it:
+the second ``wt.start`` finds the task no longer current. A refused or unanswered
 push, a closed connection and an expired lease each commit a command that
 makes the task available again with ``attempt + 1``; completions carry a
 signed token and apply at most once.
@@ -44,6 +46,10 @@ DELIVER_ACTIVITY_RESULT = 0x00B2
 MAX_PENDING_QUERIES = 4096
 MAX_HISTORY = 1000
 SCAN_EVERY = 0.1
+REARM_EVERY = 5.0
+"""Seconds between sweeps that give every started task of a led partition a lease here."""
+RETRY_FOR = 120.0
+"""How long a command that frees a task (fail, timeout) is retried while its shard is unavailable."""
 
 
 @dataclass(eq=False)
@@ -94,12 +100,18 @@ class Dispatcher:
         # Activity attempts pushed by this node: (org, ns, activityId, runId) -> (token, holder).
         # Their deadlines are durable shard timers; this only tracks slots and the holder.
         self.act_leases: dict[TaskKey, tuple[TaskToken, Subscription]] = {}
+        self.relay: Any = None  # cluster.relay.Relay in raft mode
 
     # ---- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
         self._running = True
         rep = self.service.replicator
+        if getattr(rep, "kind", "local") == "raft":
+            from cluster.relay import Relay
+
+            self.relay = Relay(self.node, self)
+            await self.relay.start()
         rep.subscribe(self._on_apply)
         if hasattr(rep, "on_leadership"):
             rep.on_leadership(self._on_leadership)
@@ -108,6 +120,8 @@ class Dispatcher:
 
     async def stop(self) -> None:
         self._running = False
+        if self.relay is not None:
+            await self.relay.stop()
         self._wake.set()
         for t in [self._task, *self._bg]:
             if t is not None:
@@ -181,6 +195,24 @@ class Dispatcher:
     # ---- subscriptions -------------------------------------------------------
 
     def subscribe(self, conn: Any, org: str, ns: str, body: Json, kind: str = "workflow") -> Json:
+        """0x00A0 / 0x00A1 from a worker connected to this node (relayed to the owner in raft mode)."""
+        if self.relay is not None:
+            return self.relay.subscribe(conn, org, ns, body, kind)
+        return self.subscribe_local(conn, org, ns, body, kind)
+
+    def unsubscribe(self, conn: Any, sid: Any) -> Json:
+        if self.relay is not None:
+            return self.relay.unsubscribe(conn, sid)
+        return self.unsubscribe_local(conn, sid)
+
+    def connection_closed(self, conn: Any) -> None:
+        if self.relay is not None:
+            self.relay.connection_closed(conn)
+        else:
+            self.connection_closed_local(conn)
+
+    @staticmethod
+    def validate_subscription(body: Json) -> tuple[str, int, frozenset[str] | None]:
         tq = body.get("task_queue")
         names.check_id(tq, "task_queue")
         mc = body.get("max_concurrent")
@@ -191,24 +223,44 @@ class Dispatcher:
             if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
                 raise ApiError("invalid_argument", "types must be a list of strings")
             types = frozenset(types)
+        return tq, mc, types
+
+    def subscribe_local(
+        self, conn: Any, org: str, ns: str, body: Json, kind: str = "workflow", sub_id: str | None = None
+    ) -> Json:
+        """A subscription dispatched from this node (its worker here, or relayed from a peer)."""
+        tq, mc, types = self.validate_subscription(body)
         identity = body.get("identity") or conn.session.client_id
-        sid = body.get("subscription_id")
+        sid = sub_id if sub_id is not None else body.get("subscription_id")
         sub = self.subs.get(sid) if isinstance(sid, str) else None
         if sub is not None and sub.conn is conn and sub.kind == kind:
             sub.types, sub.max_concurrent = types, mc
         else:
-            sub = Subscription(secrets.token_hex(12), conn, org, ns, tq, types, mc, str(identity), kind=kind)
+            sub = Subscription(sub_id or secrets.token_hex(12), conn, org, ns, tq, types, mc, str(identity), kind=kind)
             self.subs[sub.id] = sub
         self._wake.set()
         return {"subscription_id": sub.id}
 
-    def unsubscribe(self, conn: Any, sid: Any) -> Json:
+    def unsubscribe_local(self, conn: Any, sid: Any) -> Json:
         sub = self.subs.get(sid) if isinstance(sid, str) else None
         if sub is not None and sub.conn is conn:
             del self.subs[sid]  # tasks already started keep their leases
         return {}
 
-    def connection_closed(self, conn: Any) -> None:
+    def remote_done(self, key: TaskKey, nonce: str) -> None:
+        """A peer saw this task completed or failed: free the slot its lease holds here."""
+        lease = self.leases.get(key)
+        if lease is not None and lease.token.nonce == nonce:
+            t = lease.token
+            self._done(t)
+
+    def remote_heartbeat(self, key: TaskKey, nonce: str) -> None:
+        """A peer received a heartbeat for this task: extend the lease held here."""
+        lease = self.leases.get(key)
+        if lease is not None and lease.token.nonce == nonce:
+            lease.deadline = time.monotonic() + lease.timeout_s
+
+    def connection_closed_local(self, conn: Any) -> None:
         """The worker is gone: its in-flight workflow tasks fail with worker_lost (SPEC §5.7)."""
         for sid, sub in list(self.subs.items()):
             if sub.conn is not conn:
@@ -229,9 +281,15 @@ class Dispatcher:
     # ---- the loop -------------------------------------------------------------
 
     async def _loop(self) -> None:
+        next_rearm = time.monotonic() + REARM_EVERY
         while self._running:
             self._wake.clear()
             try:
+                if time.monotonic() >= next_rearm:
+                    # Backstop: a task left STARTED by a node that died (or whose
+                    # release could not be committed) times out here.
+                    next_rearm = time.monotonic() + REARM_EVERY
+                    self._rearm_started()
                 await self._dispatch_all()
                 await self._expire_leases()
             except asyncio.CancelledError:
@@ -438,14 +496,10 @@ class Dispatcher:
             if lease.sub is not None:
                 lease.sub.in_flight.discard(key)
             t = lease.token
-            try:
-                await self.service.propose(
-                    t.org, t.ns, "wt.timeout", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
-                    attempt=t.attempt, nonce=t.nonce,
-                )
-            except ApiError as e:
-                if e.code != "not_found":
-                    log.warning("lease timeout of %s/%s not recorded: %s", t.ns, t.wid, e.message)
+            self._spawn(self._propose_release(
+                t, "wt.timeout", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
+                attempt=t.attempt, nonce=t.nonce,
+            ))
 
     # ---- worker responses -------------------------------------------------------
 
@@ -548,6 +602,12 @@ class Dispatcher:
         return None
 
     async def query(self, org: str, ns: str, run: Json, qtype: str, args: Any, timeout_s: float) -> Any:
+        """An HTTP query (SPEC §5.4): asked through the queue's owner in raft mode."""
+        if self.relay is not None:
+            return await self.relay.query(org, ns, run, qtype, args, timeout_s)
+        return await self.query_local(org, ns, run, qtype, args, timeout_s)
+
+    async def query_local(self, org: str, ns: str, run: Json, qtype: str, args: Any, timeout_s: float) -> Any:
         sub = self._query_target(org, ns, run)
         if sub is None:
             raise ApiError("no_workers", "no worker of this node can answer queries for this run", retry_after=1)
@@ -582,7 +642,15 @@ class Dispatcher:
         return result
 
     def answer_query(self, org: str, body: Json) -> Json:
-        """0x00C4 RespondQuery."""
+        """0x00C4 RespondQuery: for a query this node pushed, or one a peer pushed through here."""
+        try:
+            return self.answer_query_local(org, body)
+        except ApiError as e:
+            if e.code == "not_found" and self.relay is not None and self.relay.forward_answer(org, body):
+                return {}
+            raise
+
+    def answer_query_local(self, org: str, body: Json) -> Json:
         t = self.tokens.read(body.get("query_token"))
         if t.org != org:
             raise ApiError("permission_denied", "the query token belongs to another org")
@@ -605,17 +673,35 @@ class Dispatcher:
             )
         finally:
             self._done(t)
+            if self.relay is not None:
+                self.relay.notify_done(t.org, t.ns, t.wid, t.rid, t.nonce)
         return {}
 
     async def _fail(self, t: TaskToken, cause: str, failure: Any, identity: str) -> None:
-        try:
-            await self.service.propose(
-                t.org, t.ns, "wt.fail", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
-                attempt=t.attempt, nonce=t.nonce, cause=cause, failure=failure, identity=identity,
-            )
-        except ApiError as e:
-            if e.code != "not_found":
-                log.warning("task failure of %s/%s not recorded: %s", t.ns, t.wid, e.message)
+        await self._propose_release(
+            t, "wt.fail", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
+            attempt=t.attempt, nonce=t.nonce, cause=cause, failure=failure, identity=identity,
+        )
+
+    async def _propose_release(self, t: TaskToken, op: str, **fields: Any) -> None:
+        """Commit a command that makes a task available again, retrying while its shard is unavailable.
+
+        Dropping it would strand the task STARTED with no lease anywhere; a
+        task that is no longer current (``not_found``) needs nothing.
+        """
+        deadline = time.monotonic() + RETRY_FOR
+        delay = 0.1
+        while True:
+            try:
+                await self.service.propose(t.org, t.ns, op, **fields)
+                return
+            except ApiError as e:
+                if e.code != "unavailable" or time.monotonic() >= deadline or not self._running:
+                    if e.code != "not_found":
+                        log.warning("%s of %s/%s not recorded: %s", op, t.ns, t.wid, e.message)
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def failed(self, org: str, body: Json) -> Json:
         t = self._token(org, body.get("task_token"))
@@ -628,6 +714,8 @@ class Dispatcher:
             )
         finally:
             self._done(t)
+            if self.relay is not None:
+                self.relay.notify_done(t.org, t.ns, t.wid, t.rid, t.nonce)
         return {}
 
     async def heartbeat(self, org: str, body: Json) -> Json:
@@ -650,4 +738,6 @@ class Dispatcher:
         lease = self.leases.get((t.org, t.ns, t.wid, t.rid))
         if lease is not None:
             lease.deadline = time.monotonic() + lease.timeout_s
+        if self.relay is not None:
+            self.relay.notify_heartbeat(t.org, t.ns, t.wid, t.rid, t.nonce)
         return {"cancel_requested": run["status"] == "CANCELING"}

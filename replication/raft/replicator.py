@@ -99,6 +99,7 @@ class RaftReplicator:
         self._listeners: list[Listener] = []
         self._leadership_listeners: list[Any] = []
         self._peer_listeners: list[Any] = []
+        self._channel_handlers: dict[int, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running = False
@@ -344,9 +345,33 @@ class RaftReplicator:
             except Exception:
                 log.exception("peer listener failed")
 
+    def on_channel(self, channel: int, handler: Any) -> None:
+        """``handler(peer_id, body)`` on the event loop for every frame of ``channel``.
+
+        The peer port carries more than Raft (SPEC §8.7): node-level protocols
+        such as dispatch relaying register here; frames are authenticated by the
+        mux before they arrive.
+        """
+        if channel == RAFT:
+            raise ValueError("the Raft channel belongs to the replicator")
+        self._channel_handlers[channel] = handler
+
+    def send_peer(self, peer: str, channel: int, body: bytes) -> bool:
+        """Queue one frame of a node-level channel for ``peer`` (False: not queued)."""
+        mux = self.mux
+        return mux is not None and peer != self.node_id and mux.send(peer, channel, 0, body)
+
+    def peer_connected(self, peer: str) -> bool:
+        mux = self.mux
+        return mux is not None and mux.is_connected(peer)
+
     def _on_frame(self, peer: str, channel: int, group: int, body: bytes) -> None:
         if channel == RAFT:
             self._inbox.put(("frame", peer, group, body))
+            return
+        handler = self._channel_handlers.get(channel)
+        if handler is not None:
+            handler(peer, body)
 
     def _on_applied(self, group: int, index: int, result: dict[str, Any] | None) -> None:
         if result is None or result.get("code") == "storage_full" or not self._listeners:
