@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import render
+from cluster import render, task_commands
 from cluster.tokens import TaskToken, Tokens
 from protocol import names
 from protocol.errors import ApiError
@@ -543,18 +543,12 @@ class Dispatcher:
                     raise ApiError("invalid_argument", f"{src} must be a non-negative integer")
                 if v:
                     start[dst] = v
-        rp = body.get("retry_policy")
+        try:
+            rp = task_commands.retry_policy(body.get("retry_policy"))
+        except task_commands.BadCommand as e:
+            raise ApiError("invalid_argument", str(e)) from None
         if rp is not None:
-            if not isinstance(rp, dict):
-                raise ApiError("invalid_argument", "retry_policy must be a map")
-            initial = int(rp.get("initial_interval_ms") or 1000)
-            start["retryPolicy"] = {
-                "initialInterval": initial,
-                "backoffCoefficient": float(rp.get("backoff_coefficient") or 2.0),
-                "maximumInterval": int(rp.get("maximum_interval_ms") or 100 * initial),
-                "maximumAttempts": int(rp.get("maximum_attempts") or 0),
-                "nonRetryableErrorTypes": [str(x) for x in rp.get("non_retryable_error_types") or []],
-            }
+            start["retryPolicy"] = rp
         res = await self.service.propose(
             t.org, t.ns, "act.schedule", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
             attempt=t.attempt, nonce=t.nonce, activityId=aid, start=start,
@@ -663,13 +657,14 @@ class Dispatcher:
 
     async def completed(self, org: str, body: Json) -> Json:
         t = self._token(org, body.get("task_token"))
-        commands = body.get("commands") or []
-        if not isinstance(commands, list):
-            raise ApiError("invalid_argument", "commands must be a list", {"command_index": 0})
+        raw = body.get("commands")
+        commands, bad = task_commands.normalize(
+            [] if raw is None else raw, lambda sa, _nulls: self.service._check_search_attrs(t.org, t.ns, sa))
         try:
             await self.service.propose(
                 t.org, t.ns, "wt.complete", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
                 attempt=t.attempt, nonce=t.nonce, identity=body.get("identity") or "", commands=commands,
+                badCommand=bad, defaultStartToClose=self.node.cfg.timeouts.activity_start_to_close,
             )
         finally:
             self._done(t)

@@ -101,17 +101,24 @@ def _close_in_workflow(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[st
     pushed (0xB2, by the dispatcher, from the ``activity.result`` event);
     otherwise the close is a trigger event and schedules a workflow task.
     """
-    from shard import machine  # the run helpers live there; imported late (machine imports us)
+    from shard import (
+        machine,  # the run helpers live there; imported late (machine imports us)
+        wf_commands,
+    )
 
     link = act["workflow"]
     run = ctx.get(ctx.k.run(link["workflowId"], link["runId"]))
-    if run is None or run["status"] not in machine.OPEN:
-        return
+    if run is None or run["status"] not in machine.OPEN or run["attempt"] != link.get("attempt", run["attempt"]):
+        return  # the run closed, or the attempt that scheduled it failed: its activities were dropped
     seid = link["scheduledEventId"]
-    started = machine.add_event(ctx, run, "ACTIVITY_TASK_STARTED",
-                                {"scheduledEventId": seid, "attempt": act["attempt"], "identity": attrs.get("identity", "")})
+    wf_commands.untrack_activity(run, seid)
     close = {k: v for k, v in attrs.items() if k not in ("scheduledEventId", "startedEventId")}
-    machine.add_event(ctx, run, etype, {"scheduledEventId": seid, "startedEventId": started, **close})
+    if act.get("startedEventId"):
+        started = machine.add_event(ctx, run, "ACTIVITY_TASK_STARTED", {
+            "scheduledEventId": seid, "attempt": act["attempt"], "identity": attrs.get("identity", "")})
+        machine.add_event(ctx, run, etype, {"scheduledEventId": seid, "startedEventId": started, **close})
+    else:  # canceled or timed out before any attempt started
+        machine.add_event(ctx, run, etype, {"scheduledEventId": seid, **close})
     wt = run.get("wt")
     if wt and wt["state"] == "STARTED":
         ctx.notify("activity.result", workflow_id=run["workflowId"], run_id=run["runId"],
@@ -238,7 +245,7 @@ def op_act_schedule(ctx: Ctx) -> Result:
     existing activity (closed or not), so a redelivered workflow task gets the
     recorded outcome instead of running the activity again.
     """
-    from shard import machine
+    from shard import machine, wf_commands
 
     cmd = ctx.cmd
     run = machine.current_task(ctx, "STARTED")  # the caller must hold the run's workflow task
@@ -259,6 +266,8 @@ def op_act_schedule(ctx: Ctx) -> Result:
     res = _create(ctx, spec, aid, ctx.new_run_id(),
                   workflow={"workflowId": wid, "runId": wrid, "attempt": run["attempt"], "scheduledEventId": seid})
     ctx.put(link_key, {"rid": res["runId"]})
+    wf_commands.track_activity(run, seid, aid, res["runId"])
+    machine.save_run(ctx, run)
     return C.ok(activity=res, started=True)
 
 
@@ -318,16 +327,19 @@ def op_act_cancel(ctx: Ctx) -> Result:
     """Not started: CANCELED at once. Started: a cancel request the worker sees on heartbeats."""
     cmd = ctx.cmd
     act = _load_activity(ctx)
-    identity = cmd.get("identity") or ""
+    cancel(ctx, act, cmd.get("reason") or "", cmd.get("identity") or "")
+    return C.ok(activity=act)
+
+
+def cancel(ctx: Ctx, act: dict[str, Any], reason: str, identity: str) -> None:
+    """Cancel an open activity: at once when not started, else a request its worker sees."""
     if act["status"] == "SCHEDULED":
-        _act_close(ctx, act, "CANCELED", "ACTIVITY_TASK_CANCELED",
-                   {"details": cmd.get("reason") or "", "identity": identity})
+        _act_close(ctx, act, "CANCELED", "ACTIVITY_TASK_CANCELED", {"details": reason, "identity": identity})
     elif not act.get("cancelRequested"):
         act["cancelRequested"] = True
-        act["cancelReason"] = cmd.get("reason") or ""
+        act["cancelReason"] = reason
         ctx.notify("activity.cancel_requested", activity_id=act["activityId"], run_id=act["runId"])
     _act_save(ctx, act)
-    return C.ok(activity=act)
 
 
 def op_act_heartbeat(ctx: Ctx) -> Result:

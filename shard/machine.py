@@ -24,7 +24,7 @@ from typing import Any
 import lmdb
 
 from shard import commands as C
-from shard import keys
+from shard import keys, wf_commands
 from shard.activities import (
     op_act_cancel,
     op_act_complete,
@@ -966,6 +966,7 @@ def _fail_workflow(
     add_event(ctx, run, "WORKFLOW_EXECUTION_ATTEMPT_FAILED",
               {"failure": failure, "attempt": attempt, "backoff": backoff, "nextAttemptTime": ctx.now + backoff})
     run["attempt"] = attempt + 1
+    wf_commands.drop_attempt_state(ctx, run)
     drop_workflow_task(ctx, run)
     schedule_workflow_task(ctx, run, attempt=1, delay_ms=backoff)
     if run.get("workflowRunTimeout"):
@@ -976,34 +977,18 @@ def _fail_workflow(
     ctx.notify("workflow.retry_scheduled", workflow_id=run["workflowId"], run_id=run["runId"])
 
 
-TERMINAL_COMMANDS = ("CompleteWorkflowExecution", "FailWorkflowExecution", "CancelWorkflowExecution")
-
-
-def _check_commands(run: dict[str, Any], commands: Any) -> int | None:
-    """Index of the first invalid command, or None when all are valid."""
-    if not isinstance(commands, list):
-        return 0
-    for i, c in enumerate(commands):
-        if not isinstance(c, dict):
-            return i
-        t = c.get("type")
-        if t not in TERMINAL_COMMANDS and t != "RecordMarker":
-            return i
-        if t in TERMINAL_COMMANDS and i != len(commands) - 1:
-            return i
-        if t == "CancelWorkflowExecution" and run["status"] != "CANCELING":
-            return i
-        if t == "RecordMarker" and not isinstance(c.get("marker_name"), str):
-            return i
-    return None
-
-
 def op_wt_complete(ctx: Ctx) -> Result:
-    """0x00A2: apply the worker's commands in one command, after WORKFLOW_TASK_COMPLETED."""
+    """0x00A2: apply the worker's commands in one command, after WORKFLOW_TASK_COMPLETED.
+
+    ``badCommand`` is set by the proposer when a command's fields are invalid;
+    otherwise the run's state decides (``wf_commands.first_invalid``).
+    """
     run = current_task(ctx, "STARTED")
     identity = ctx.cmd.get("identity") or ""
     commands = ctx.cmd.get("commands") or []
-    bad = _check_commands(run, commands)
+    bad = ctx.cmd.get("badCommand")
+    if bad is None:
+        bad = wf_commands.first_invalid(run, commands)
     if bad is not None:
         # Nothing of the commands is applied; the task fails (bad_command) and is retried.
         _task_failed(ctx, run, "bad_command", None, identity)
@@ -1014,19 +999,7 @@ def op_wt_complete(ctx: Ctx) -> Result:
     })
     trigger = run.get("triggerPending")
     drop_workflow_task(ctx, run)
-    for c in commands:
-        t = c["type"]
-        if t == "RecordMarker":
-            add_event(ctx, run, "MARKER_RECORDED", {"markerName": c["marker_name"], "details": c.get("details")})
-        elif t == "CompleteWorkflowExecution":
-            run["result"] = c.get("result")
-            close_run(ctx, run, "COMPLETED", "WORKFLOW_EXECUTION_COMPLETED",
-                      {"result": c.get("result"), "workflowTaskCompletedEventId": eid})
-        elif t == "FailWorkflowExecution":
-            _fail_workflow(ctx, run, failure_record(c.get("failure")), eid)
-        elif t == "CancelWorkflowExecution":
-            close_run(ctx, run, "CANCELED", "WORKFLOW_EXECUTION_CANCELED",
-                      {"details": c.get("details"), "identity": identity})
+    wf_commands.apply(ctx, run, commands, eid, identity)
     if run["status"] in OPEN and (trigger or run["status"] == "CANCELING") and not run.get("wt"):
         schedule_workflow_task(ctx, run)
     save_run(ctx, run)
@@ -1073,6 +1046,8 @@ def op_wf_deadline(ctx: Ctx) -> Result:
         failure = {"message": "workflow run timed out", "type": "TimeoutError", "nonRetryable": False,
                    "timeoutType": "RUN"}
         _fail_workflow(ctx, run, failure, None, timed_out=True)
+    elif kind.startswith(wf_commands.TIMER_PREFIX):
+        wf_commands.fire_timer(ctx, run, kind[len(wf_commands.TIMER_PREFIX):])
     elif kind == "cancel" and run["status"] == "CANCELING":
         close_run(ctx, run, "CANCELED", "WORKFLOW_EXECUTION_CANCELED",
                   {"reason": "sweep:cancel-timeout", "identity": "engine"})

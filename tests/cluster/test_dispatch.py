@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import itertools
-import re
 import socket
 import time
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from protocol import zap as Z
 from protocol.zap import Op
@@ -75,16 +72,6 @@ class RawWorker:
 
     def close(self) -> None:
         self.sock.close()
-
-
-@pytest.fixture
-def zap_node(tmp_path: Path):
-    node = NodeProcess(tmp_path / "n1", ["--zap", "127.0.0.1:0"]).start()
-    m = re.search(r"serving http=\S+ zap=(\S+)", node.log())
-    assert m
-    host, port = m.group(1).rsplit(":", 1)
-    yield node, (host, int(port))
-    node.kill()
 
 
 def events(node: NodeProcess, wid: str) -> list[str]:

@@ -95,7 +95,7 @@ def test_query_asked_on_any_node_reaches_the_worker_holding_the_run(cluster: Clu
         for asked_on in c.ids:  # wherever the query arrives, the holder answers
             result: dict[str, Any] = {}
 
-            def ask(node_id: str = asked_on) -> None:
+            def ask(node_id: str = asked_on, result: dict[str, Any] = result) -> None:
                 result["r"] = c.nodes[node_id].post(f"{WF}/held/query", {"queryType": "where", "timeout": "8s"})
 
             t = threading.Thread(target=ask)

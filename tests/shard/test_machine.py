@@ -97,7 +97,10 @@ def command_streams(draw: Any) -> list[dict[str, Any]]:
                     attempt=draw(st.integers(1, 2)), nonce="n", identity="w", cause="worker_lost",
                     commands=draw(st.sampled_from([[], [{"type": "CompleteWorkflowExecution", "result": 1}],
                                                    [{"type": "FailWorkflowExecution",
-                                                     "failure": {"message": "x"}}], [{"type": "Nope"}]])))
+                                                     "failure": {"message": "x"}}], [{"type": "Nope"}],
+                                                   [{"type": "StartTimer", "timer_id": "t",
+                                                     "start_to_fire_timeout_ms": 5}],
+                                                   [{"type": "ContinueAsNew"}]])))
         elif kind == "delete_ns":
             c = cmd("ns.delete", now, ns)
         else:

@@ -1,0 +1,178 @@
+"""Field checks for the commands a workflow task completes with (SPEC §5.6, 0x00A2).
+
+The proposer checks what needs no shard state — types, names, durations,
+retry policies, registered search attributes — and puts the commands in the
+one form the state machine applies (``shard.wf_commands``), which then checks
+what depends on the run (duplicate or unknown timers and activities, terminal
+position). A command that fails here is reported by index, and the task is
+still recorded as failed with cause ``bad_command`` (nothing of the list is
+applied), exactly as a state-dependent rejection is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from protocol import names
+from protocol.errors import ApiError
+
+Json = dict[str, Any]
+
+TIMEOUT_FIELDS = ("schedule_to_close_timeout_ms", "schedule_to_start_timeout_ms", "start_to_close_timeout_ms",
+                  "heartbeat_timeout_ms")
+
+
+class BadCommand(ValueError):
+    """A command with invalid fields."""
+
+
+def _id(c: Json, field: str, *, required: bool = True) -> str | None:
+    v = c.get(field)
+    if v is None and not required:
+        return None
+    try:
+        return names.check_id(v, field)
+    except ApiError as e:
+        raise BadCommand(e.message) from None
+
+
+def _ms(c: Json, field: str, *, positive: bool = False) -> int | None:
+    v = c.get(field)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < (1 if positive else 0) or v > 10 * 365 * 86_400_000:
+        raise BadCommand(f"{field} must be {'a positive' if positive else 'a non-negative'} integer (ms)")
+    return v
+
+
+def retry_policy(rp: Any) -> Json | None:
+    """A ZAP retry policy (snake_case, ms) in the engine's form."""
+    if rp is None:
+        return None
+    if not isinstance(rp, dict):
+        raise BadCommand("retry_policy must be a map")
+    initial = _ms(rp, "initial_interval_ms", positive=True) or 1000
+    coeff = rp.get("backoff_coefficient", 2.0)
+    if coeff is None:
+        coeff = 2.0
+    if isinstance(coeff, bool) or not isinstance(coeff, int | float) or not 1 <= coeff <= 1000:
+        raise BadCommand("retry_policy.backoff_coefficient must be a number >= 1")
+    maximum = _ms(rp, "maximum_interval_ms", positive=True) or 100 * initial
+    if maximum < initial:
+        raise BadCommand("retry_policy.maximum_interval_ms must be >= initial_interval_ms")
+    attempts = rp.get("maximum_attempts") or 0
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+        raise BadCommand("retry_policy.maximum_attempts must be a non-negative integer")
+    nr = rp.get("non_retryable_error_types") or []
+    if not isinstance(nr, list) or not all(isinstance(x, str) for x in nr):
+        raise BadCommand("retry_policy.non_retryable_error_types must be a list of strings")
+    return {"initialInterval": initial, "backoffCoefficient": float(coeff), "maximumInterval": maximum,
+            "maximumAttempts": attempts, "nonRetryableErrorTypes": nr}
+
+
+def _map(c: Json, field: str) -> Json | None:
+    v = c.get(field)
+    if v is not None and not isinstance(v, dict):
+        raise BadCommand(f"{field} must be a map")
+    return v
+
+
+SearchCheck = Callable[[Json, bool], Json]
+"""Checks search attributes against the namespace's registry (second arg: nulls allowed)."""
+
+
+def normalize(commands: Any, check_search: SearchCheck) -> tuple[list[Json], int | None]:
+    """The commands in engine form, and the index of the first invalid one (None: all valid)."""
+    if not isinstance(commands, list):
+        return [], 0
+    out: list[Json] = []
+    for i, c in enumerate(commands):
+        try:
+            out.append(_one(c, check_search))
+        except (BadCommand, ApiError):
+            return [], i
+    return out, None
+
+
+def _one(c: Any, check_search: SearchCheck) -> Json:
+    if not isinstance(c, dict) or not isinstance(c.get("type"), str):
+        raise BadCommand("a command is a map with a type")
+    t = c["type"]
+    if t == "CompleteWorkflowExecution":
+        return {"type": t, "result": c.get("result")}
+    if t == "FailWorkflowExecution":
+        failure = c.get("failure")
+        if not isinstance(failure, dict) or not isinstance(failure.get("message"), str):
+            raise BadCommand("failure must be a map with a message")
+        return {"type": t, "failure": failure}
+    if t == "CancelWorkflowExecution":
+        return {"type": t, "details": c.get("details")}
+    if t == "RecordMarker":
+        name = c.get("marker_name")
+        if not isinstance(name, str) or not name or len(name) > 1000:
+            raise BadCommand("marker_name must be a non-empty string")
+        return {"type": t, "marker_name": name, "details": c.get("details")}
+    if t == "StartTimer":
+        return {"type": t, "timer_id": _id(c, "timer_id"),
+                "start_to_fire_timeout_ms": _required(_ms(c, "start_to_fire_timeout_ms", positive=True),
+                                                      "start_to_fire_timeout_ms")}
+    if t == "CancelTimer":
+        return {"type": t, "timer_id": _id(c, "timer_id")}
+    if t == "RequestCancelActivityTask":
+        return {"type": t, "scheduled_event_id": _required(_ms(c, "scheduled_event_id", positive=True),
+                                                           "scheduled_event_id")}
+    if t == "ScheduleActivityTask":
+        out: Json = {"type": t, "activity_type": _id(c, "activity_type")}
+        aid = _id(c, "activity_id", required=False)
+        if aid is not None:
+            out["activity_id"] = aid
+        tq = _id(c, "task_queue", required=False)
+        if tq is not None:
+            out["task_queue"] = tq
+        if "input" in c:
+            out["input"] = c.get("input")
+        for f in TIMEOUT_FIELDS:
+            v = _ms(c, f)
+            if v:
+                out[f] = v
+        rp = retry_policy(c.get("retry_policy"))
+        if rp is not None:
+            out["retry_policy"] = rp
+        return out
+    if t == "UpsertSearchAttributes":
+        sa = _map(c, "search_attributes")
+        if not sa:
+            raise BadCommand("search_attributes must be a non-empty map")
+        return {"type": t, "search_attributes": check_search(sa, True)}
+    if t == "ContinueAsNew":
+        out = {"type": t}
+        for f in ("workflow_type", "task_queue"):
+            v = _id(c, f, required=False)
+            if v is not None:
+                out[f] = v
+        if "input" in c:
+            out["input"] = c.get("input")
+        run_timeout = _ms(c, "workflow_run_timeout_ms")
+        if run_timeout:
+            out["workflow_run_timeout_ms"] = run_timeout
+        task_timeout = _ms(c, "workflow_task_timeout_ms", positive=True)
+        if task_timeout:
+            out["workflow_task_timeout_ms"] = task_timeout
+        rp = retry_policy(c.get("retry_policy"))
+        if rp is not None:
+            out["retry_policy"] = rp
+        memo = _map(c, "memo")
+        if memo is not None:
+            out["memo"] = memo
+        sa = _map(c, "search_attributes")
+        if sa:
+            out["search_attributes"] = check_search(sa, False)
+        return out
+    raise BadCommand(f"unknown command type {t!r}")
+
+
+def _required(v: int | None, field: str) -> int:
+    if v is None:
+        raise BadCommand(f"{field} is required")
+    return v
