@@ -73,6 +73,8 @@ class Node:
         self._runner: web.AppRunner | None = None
         self.zap_enabled = True  # embedded.start(zap=None) turns the ZAP listener off
         self.zap_addr: str | None = None
+        self.public_http: str | None = None
+        self.public_zap: str | None = None
         self._zap: ZapServer | None = None
         self.replicator: Any = None
         self.service: Service | None = None
@@ -161,6 +163,16 @@ class Node:
         if host not in ("127.0.0.1", "localhost", "::1") and not cfg.auth.require_identity:
             log.warning("auth disabled and listening on %s", cfg.http)
         await self._start_zap()
+        # What peers and clients are told: the configured advertise_* address when
+        # one was set (a pod's DNS name), else the bound one (port 0 resolved).
+        if "advertise_http" in cfg.sources:
+            self.public_http = cfg.advertise_http
+        else:
+            self.public_http = self.http_addr
+        if self.zap_addr is not None and "advertise_zap" in cfg.sources:
+            self.public_zap = cfg.advertise_zap
+        else:
+            self.public_zap = self.zap_addr
         self.ready = True
         zap = f" zap={self.zap_addr}" if self.zap_addr else ""
         log.info("node %s serving http=%s%s data=%s", self.node_id, self.http_addr, zap, self.data_dir)
@@ -239,7 +251,7 @@ class Node:
         commands = [
             {"op": "meta.init", "partitions": cfg.partitions, "members": peers},
             {"op": "meta.member", "id": self.node_id, "peer": cfg.advertise_peer,
-             "http": self.http_addr, "zap": self.zap_addr},
+             "http": self.public_http, "zap": self.public_zap},
         ]
         for cmd in commands:
             while True:
@@ -453,7 +465,7 @@ class Node:
         return {
             "version": self.version,
             "nodeId": self.node_id,
-            "zapAddr": self.zap_addr,
+            "zapAddr": self.public_zap,
             "authRequired": bool(self.cfg.auth.require_identity),
             "namespaceWriteDisabled": s.namespace_write_disabled,
             "archivalEnabled": False,
@@ -501,8 +513,8 @@ class Node:
                 up = mid == self.node_id or self.membership.current.is_alive(mid)
                 members.append({
                     "nodeId": mid,
-                    "httpAddr": self.http_addr if mid == self.node_id else (rec.get("http") or (peer.http if peer else None)),
-                    "zapAddr": self.zap_addr if mid == self.node_id else (rec.get("zap") or (peer.zap if peer else None)),
+                    "httpAddr": self.public_http if mid == self.node_id else (rec.get("http") or (peer.http if peer else None)),
+                    "zapAddr": self.public_zap if mid == self.node_id else (rec.get("zap") or (peer.zap if peer else None)),
                     "peerAddr": rec.get("peer") or (peer.peer if peer else None),
                     "state": "alive" if up else "dead",
                     "voter": True,
@@ -525,7 +537,7 @@ class Node:
         else:
             applied = rep.store(0).applied_index()
             members = [{
-                "nodeId": self.node_id, "httpAddr": self.http_addr, "zapAddr": self.zap_addr, "peerAddr": None,
+                "nodeId": self.node_id, "httpAddr": self.public_http, "zapAddr": self.public_zap, "peerAddr": None,
                 "state": "alive", "voter": True, "lastSeen": None,
             }]
             partitions = [{
