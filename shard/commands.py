@@ -49,6 +49,15 @@ OPS = (
     "act.cancel",
     "act.heartbeat",
     "act.timeout",
+    "mig.begin",
+    "mig.fence",
+    "mig.unfence",
+    "mig.gc",
+    "mig.incoming",
+    "mig.chunk",
+    "mig.tail",
+    "mig.activate",
+    "mig.drop",
 )
 
 

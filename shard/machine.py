@@ -24,7 +24,7 @@ from typing import Any
 import lmdb
 
 from shard import commands as C
-from shard import keys, wf_commands
+from shard import keys, moving, wf_commands
 from shard.activities import (
     op_act_cancel,
     op_act_complete,
@@ -338,6 +338,8 @@ def close_run(
     drop_workflow_task(ctx, run)
     for kind in list(run.get("timers") or {}):
         disarm_run_timer(ctx, run, kind)
+    run.pop("openTimers", None)  # user timers were disarmed above; activities' closes are ignored
+    run.pop("openActs", None)
     if dead_letter:
         run["deadLetterReason"] = dead_letter
         ctx.put_raw(ctx.k.dead_index(ctx.now, run["workflowId"], run["runId"]), b"")
@@ -1089,8 +1091,9 @@ HANDLERS: dict[str, Callable[[Ctx], Result]] = {
     "sched.trigger": op_sched_trigger,
     "sa.add": op_sa_add,
     "sa.remove": op_sa_remove,
+    **moving.HANDLERS,
 }
-assert set(HANDLERS) == set(C.OPS)
+assert set(HANDLERS) | {"mig.tail"} == set(C.OPS)
 
 
 # ---------------------------------------------------------------------------
@@ -1157,23 +1160,70 @@ class StateMachine:
         except C.CommandError as e:
             return C.err("invalid_argument", str(e)), "invalid"
         op = cmd["op"]
+        if op == "mig.tail":
+            return self._apply_tail(txn, index, cmd), op
+        return self._apply_cmd(txn, index, cmd, data, replay=False), op
+
+    def _apply_cmd(
+        self, txn: lmdb.Transaction, index: int, cmd: dict[str, Any], data: bytes, *, replay: bool
+    ) -> Result:
+        """One command in a nested txn: all of it or nothing.
+
+        ``replay``: a command forwarded from a migration's source (``mig.tail``),
+        applied to the arriving shard exactly as the source applied it.
+        """
+        op = cmd["op"]
         child = self.store.env.begin(write=True, parent=txn)
         ctx = Ctx(child, cmd, index)
         try:
+            leaving = None if replay else moving.check_writable(child, cmd)
             result = HANDLERS[op](ctx)
             ctx.flush()
+            if leaving is not None:
+                moving.record_tail(child, cmd, index, data)
         except Reject as r:
             child.abort()
-            return {**r.result, "_op": op}, op
+            return {**r.result, "_op": op}
         except lmdb.MapFullError:
             child.abort()
             raise
         except Exception:  # a bug: deterministic on every replica, never half-applied
             child.abort()
             log.exception("apply failed at index %d (op %s)", index, op)
-            return C.err("internal", f"internal error applying {op}"), op
+            return C.err("internal", f"internal error applying {op}")
         child.commit()
         result["_op"] = op
         if ctx.events:
             result["_events"] = ctx.events
-        return result, op
+        return result
+
+    def _apply_tail(self, txn: lmdb.Transaction, index: int, cmd: dict[str, Any]) -> Result:
+        """``mig.tail``: re-apply the source's commands, numbered, in order, each at most once."""
+        child = self.store.env.begin(write=True, parent=txn)
+        ctx = Ctx(child, cmd, index)
+        try:
+            st = moving.tail_state(ctx)
+            seq = cmd["from"]
+            applied = 0
+            for source_index, data in cmd["entries"]:
+                if seq <= st["seq"]:
+                    seq += 1
+                    continue  # forwarded before (a retried proposal)
+                if seq != st["seq"] + 1:
+                    raise Reject("failed_precondition", f"tail entry {seq} before entry {st['seq'] + 1}")
+                inner = C.decode(data)
+                if (inner["org"], inner["ns"]) != (ctx.org, ctx.ns) or inner["op"].startswith("mig."):
+                    raise Reject("invalid_argument", "a tail entry of another shard")
+                self._apply_cmd(child, source_index, inner, data, replay=True)
+                st["seq"] = seq
+                seq += 1
+                applied += 1
+            moving.save_tail_seq(child, ctx.org, ctx.ns, st)
+        except Reject as r:
+            child.abort()
+            return {**r.result, "_op": "mig.tail"}
+        except C.CommandError as e:
+            child.abort()
+            return {**C.err("invalid_argument", str(e)), "_op": "mig.tail"}
+        child.commit()
+        return C.ok(seq=st["seq"], applied=applied, _op="mig.tail")

@@ -294,3 +294,88 @@ def due_activity_timers(
 ) -> list[tuple[int, str, str, str]]:
     """Activity timers due at ``now``: (at, kind, activityId, runId)."""
     return _due(txn, ShardKeys(org, ns).activity_timer_prefix(), now, limit)
+
+
+# ---- task queues (SPEC §4.5) ---------------------------------------------------
+
+OPEN_STATUSES = frozenset(("RUNNING", "CANCELING"))
+
+
+def queue_run_stats(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, list[int]]:
+    """Per task queue of the shard: ``[workflows, running, latestStart (ms, 0 = none)]``.
+
+    One pass over every run record of the namespace, so O(runs) with each record
+    decoded: a run's queue is only in its record (there is no index by queue,
+    and adding one would change the stored layout for an operator view). Keys
+    are the stored queue names, ``""`` included; callers fold that into ``default``.
+    """
+    out: dict[str, list[int]] = {}
+    runs = ShardKeys(org, ns).p + b"w"  # every run record: ``w <wid> 0 <rid>`` (shard/keys.py)
+    for _, v in _scan(txn, runs):
+        r = unpack(v)
+        s = out.setdefault(r.get("taskQueue") or "", [0, 0, 0])
+        s[0] += 1
+        if r.get("status") in OPEN_STATUSES:
+            s[1] += 1
+        s[2] = max(s[2], int(r.get("startTime") or 0))
+    return out
+
+
+def queue_backlog(txn: lmdb.Transaction, org: str, ns: str, tq: str | None = None) -> dict[str, list[int]]:
+    """Pending tasks per task queue: ``[workflowTasks, oldestWorkflow, activityTasks, oldestActivity]``.
+
+    Counts every pending entry, visible or still in a retry back-off; the
+    oldest times are the smallest visible-at of each kind (``0`` = none). The
+    index is ordered by visible-at within a queue, so the first key of a queue
+    is its oldest. Keys only, no record is read: O(pending tasks). With ``tq``
+    given, only that queue's key range is walked.
+    """
+    k = ShardKeys(org, ns)
+    out: dict[str, list[int]] = {}
+    for slot, base in ((0, k.pending_prefix()), (2, k.activity_pending_prefix())):
+        prefix = base + (tq.encode() + b"\x00" if tq is not None else b"")
+        for key, _ in _scan(txn, prefix, values=False):
+            name, _, tail = key[len(base):].partition(b"\x00")
+            visible = int.from_bytes(tail[:8], "big")
+            s = out.setdefault(name.decode(), [0, 0, 0, 0])
+            if s[slot] == 0 or visible < s[slot + 1]:
+                s[slot + 1] = visible
+            s[slot] += 1
+    return out
+
+
+def queue_runs(
+    txn: lmdb.Transaction, org: str, ns: str, tqs: frozenset[str], after: bytes | None, limit: int
+) -> tuple[list[dict[str, Any]], bytes | None, int, int]:
+    """The runs of the queues ``tqs`` in list order, paged, with their totals.
+
+    Returns (page, cursor key when more follow, total runs, open runs). One pass
+    over the list index (start time descending), reading every run record of
+    the namespace: O(runs), because the totals need them all anyway and there
+    is no index by queue.
+    """
+    k = ShardKeys(org, ns)
+    prefix = k.list_prefix()
+    items: list[dict[str, Any]] = []
+    last: bytes | None = None
+    more = False
+    total = running = 0
+    for key, _ in _scan(txn, prefix, values=False):
+        wid, rid = keys.split_run_suffix(key[len(prefix) + 8 :])
+        raw = txn.get(k.run(wid, rid))
+        if raw is None:
+            continue
+        r = unpack(raw)
+        if (r.get("taskQueue") or "") not in tqs:
+            continue
+        total += 1
+        if r.get("status") in OPEN_STATUSES:
+            running += 1
+        if after is not None and key <= after:
+            continue
+        if len(items) < limit:
+            items.append(r)
+            last = key
+        else:
+            more = True
+    return items, (last if more else None), total, running
