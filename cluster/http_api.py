@@ -21,6 +21,8 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from cluster import inputs as I
+from cluster import migrations_api as MIG
+from cluster import task_queues as TQ
 from cluster.service import Service
 from protocol.errors import ApiError
 
@@ -416,6 +418,34 @@ async def h_act_history(s: Service, c: Call) -> Json:
     )
 
 
+async def h_tq_list(s: Service, c: Call) -> Json:
+    return await TQ.list_task_queues(s, c.request.app[NODE_KEY], c.org, _ns(c), I.page_size(c.query),
+                                     c.query.get("nextPageToken"))
+
+
+async def h_tq_get(s: Service, c: Call) -> Json:
+    return await TQ.describe_task_queue(s, c.org, _ns(c), c.params["q"], I.page_size(c.query),
+                                        c.query.get("nextPageToken"))
+
+
+async def h_tq_workers(s: Service, c: Call) -> Json:
+    return await TQ.list_workers(s, c.request.app[NODE_KEY], c.org, _ns(c), c.params["q"], I.page_size(c.query),
+                                 c.query.get("nextPageToken"))
+
+
+async def h_tq_partitions(s: Service, c: Call) -> Json:
+    return await TQ.task_queue_partitions(s, c.org, _ns(c), c.params["q"])
+
+
+async def h_workers_list(s: Service, c: Call) -> Json:
+    return await TQ.list_workers(s, c.request.app[NODE_KEY], c.org, _ns(c), None, I.page_size(c.query),
+                                 c.query.get("nextPageToken"))
+
+
+async def h_worker_get(s: Service, c: Call) -> Json:
+    return await TQ.get_worker(s, c.request.app[NODE_KEY], c.org, _ns(c), c.params["identity"])
+
+
 def build_router() -> Router:
     r = Router()
     r.add("GET", "/healthz", h_health)
@@ -426,6 +456,7 @@ def build_router() -> Router:
     r.add("POST", "/v1/tasks/cluster/members", h_member_add)
     r.add("DELETE", "/v1/tasks/cluster/members/{id}", h_member_remove)
     r.add("GET", "/v1/tasks/namespaces", h_ns_list)
+    MIG.add_routes(r, NS)
     r.add("GET", "/v1/tasks/nexus", h_nexus_all)
     r.add("POST", "/v1/tasks/namespaces", h_ns_create)
     r.add("GET", NS, h_ns_get)
@@ -469,6 +500,13 @@ def build_router() -> Router:
     r.add("POST", act + "/{aid}/{rid}/fail", h_act_fail)
     r.add("POST", act + "/{aid}/{rid}/heartbeat", h_act_heartbeat)
     r.add("GET", act + "/{aid}/{rid}/history", h_act_history)
+    tq = NS + "/task-queues"
+    r.add("GET", tq, h_tq_list)
+    r.add("GET", tq + "/{q}", h_tq_get)
+    r.add("GET", tq + "/{q}/workers", h_tq_workers)
+    r.add("GET", tq + "/{q}/partitions", h_tq_partitions)
+    r.add("GET", NS + "/workers", h_workers_list)
+    r.add("GET", NS + "/workers/{identity}", h_worker_get)
     return r
 
 

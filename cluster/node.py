@@ -80,6 +80,7 @@ class Node:
         self.service: Service | None = None
         self.timers: ScheduleTimers | None = None
         self.dispatcher: Any = None
+        self.migrations: Any = None
         self.metrics = Metrics(self.version, self._stores, self._peer_rejected, lambda: self.replicator)
         self.fatal: str | None = None
         self.leaving = False
@@ -146,6 +147,13 @@ class Node:
         self.dispatcher = Dispatcher(self, secret)
         await self.dispatcher.start()
         self.service.query_handler = self.dispatcher.query
+        from migration import Migrations
+
+        self.migrations = Migrations(
+            self.replicator, node_id=self.node_id, clock=self.clock, max_fence_ms=cfg.migration.max_fence,
+            on_change=self.metrics.on_migration if hasattr(self.metrics, "on_migration") else None,
+        )
+        await self.migrations.start()
         loop = asyncio.get_running_loop()
         timers = self.timers
         self.membership.subscribe(lambda old, new: loop.call_soon_threadsafe(timers.on_membership_change, old, new))
@@ -408,6 +416,8 @@ class Node:
             await self._runner.shutdown()
             await self._runner.cleanup()
             self._runner = None
+        if self.migrations is not None:
+            await self.migrations.stop()
         if self.timers is not None:
             await self.timers.stop()
         if self.dispatcher is not None:
@@ -415,6 +425,41 @@ class Node:
         if self.replicator is not None:
             await self.replicator.stop()
         log.info("node %s stopped", self.node_id)
+
+    # ---- migration (SPEC §4.10) ---------------------------------------------
+
+    async def migrate(self, org: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST NS/migrate: resolve the destination partition and record the job."""
+        from migration import shard_counts
+
+        rep = self.replicator
+        await self.service.ensure_namespace(org, ns)
+        with self.service._read(org, ns) as txn:
+            from shard import reads
+
+            if reads.namespace(txn, org, ns) is None:
+                raise ApiError("not_found", f"namespace {ns} not found")
+        src = self.service.partition(org, ns)
+        if not isinstance(body, dict) or ("toNode" in body) == ("toPartition" in body):
+            raise ApiError("invalid_argument", "give exactly one of toNode or toPartition")
+        if "toPartition" in body:
+            dst = body["toPartition"]
+            if not isinstance(dst, int) or isinstance(dst, bool) or not 0 <= dst < rep.partitions:
+                raise ApiError("invalid_argument", f"toPartition must be a partition id from 0 to {rep.partitions - 1}")
+        else:
+            to = body["toNode"]
+            if not isinstance(to, str) or to not in set(self.member_ids()) | {self.node_id}:
+                raise ApiError("invalid_argument", f"unknown node {to!r}")
+            led = [p for p in range(rep.partitions) if rep.leader(p) == to]
+            if src in led:
+                dst = src  # already home on a partition that node leads
+            elif not led:
+                raise ApiError("failed_precondition", f"node {to} leads no partition right now; retry")
+            else:
+                counts = shard_counts(rep)
+                dst = min(led, key=lambda p: (counts.get(p, 0), p))
+        job = await self.migrations.create(org, ns, src, dst)
+        return job
 
     # ---- service routes that describe the node -----------------------------
 

@@ -11,6 +11,7 @@ field names; the rules live here, once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -78,14 +79,28 @@ class Service:
         self.proposal_errors = 0
         self.on_proposed: Callable[[float], None] | None = None
         self.query_handler: Any = None  # set by the node's dispatcher
+        self.fence_wait = cfg.migration.fence_wait / 1000.0
+        # (org, ns) -> {partition, epoch}: shards a migration moved off their HRW partition.
+        self.pins: dict[tuple[str, str], Json] = {}
+        meta = getattr(replicator, "meta", None)
+        if meta is not None:
+            self.pins = meta.pins()
         replicator.subscribe(self._on_apply)
 
     # ---- plumbing ----------------------------------------------------------
 
     def partition(self, org: str, ns: str) -> int:
+        """The shard's partition: its pin when a migration moved it, else its HRW choice."""
+        pin = self.pins.get((org, ns))
+        if pin is not None:
+            return pin["partition"]
         return partition_of(org, ns, self.cfg.seed, self.replicator.partitions)
 
     def _on_apply(self, group: int, index: int, result: Json) -> None:
+        pin = result.get("pin")
+        if pin is not None:  # a migration flipped: route the shard to its new partition
+            org, ns, part, epoch = pin
+            self.pins[(org, ns)] = {"partition": part, "epoch": epoch}
         for ev in result.get("_events", ()):
             if ev["kind"].startswith("namespace."):
                 self._ns_cache.pop((ev["org"], ev["namespace"]), None)
@@ -95,20 +110,32 @@ class Service:
         cmd: Json = {"v": 1, "op": op, "org": org, "ns": ns, "now": self.clock()}
         cmd["rnd"] = secrets.token_hex(16)
         cmd.update(fields)
-        group = self.partition(org, ns)
         try:
             data = encode(cmd)
         except (OverflowError, TypeError, ValueError) as e:
             # JSON allows integers msgpack cannot carry (beyond 64 bits).
             raise ApiError("invalid_argument", f"a value cannot be stored: {e}") from None
-        started = time.perf_counter()
-        try:
-            res = await self.replicator.propose(group, data)
-            if self.on_proposed is not None:
-                self.on_proposed(time.perf_counter() - started)
-        except NotLeader as e:
-            self.proposal_errors += 1
-            raise ApiError("unavailable", f"shard unavailable: {e}", retry_after=1) from None
+        fence_deadline: float | None = None
+        while True:
+            group = self.partition(org, ns)
+            started = time.perf_counter()
+            try:
+                res = await self.replicator.propose(group, data)
+                if self.on_proposed is not None:
+                    self.on_proposed(time.perf_counter() - started)
+            except NotLeader as e:
+                self.proposal_errors += 1
+                raise ApiError("unavailable", f"shard unavailable: {e}", retry_after=1) from None
+            if res.get("code") != "fenced":
+                break
+            # The shard is moving (SPEC §4.10): wait for the cutover, then follow
+            # its pin; the same command (same rnd) is applied at most once.
+            now = time.monotonic()
+            if fence_deadline is None:
+                fence_deadline = now + self.fence_wait
+            if now >= fence_deadline:
+                raise ApiError("unavailable", f"namespace {ns} is being migrated; retry", retry_after=1)
+            await asyncio.sleep(0.02)
         if not res.get("ok"):
             code = res.get("code", "internal")
             if code in ("unavailable", "storage_full", "internal"):
@@ -234,7 +261,7 @@ class Service:
         for p in range(self.replicator.partitions):
             with self.replicator.store(p).read() as txn:
                 all_names.extend(reads.namespace_names(txn, org))
-        all_names.sort()
+        all_names = sorted(set(all_names))  # a moving namespace is in two partitions for a moment
         if after is not None:
             all_names = [n for n in all_names if n.encode() > after]
         page = all_names[:size]

@@ -136,7 +136,12 @@ class ScheduleTimers:
         self._plan(key, s)
 
     def _on_apply(self, group: int, index: int, result: dict[str, Any]) -> None:
+        if result.get("pin") is not None:  # a migration flipped (the service saw it first)
+            self.rebuild(only=result["pin"][2])
         for ev in result.get("_events", ()):
+            if ev["kind"] == "shard.activated":  # a migrated shard arrived: plan its schedules
+                self.rebuild(only=group)
+                continue
             sid = ev.get("schedule_id")
             if sid is None or ev["kind"] == "schedule.fired":
                 continue

@@ -18,6 +18,12 @@ from shard.store import PartitionStore
 
 PARTITIONS = b"m/partitions"
 MEMBER = b"m/member/"
+JOB = b"m/job/"
+PIN = b"m/pin/"
+TERMINAL = ("done", "failed")
+JOB_FIELDS = ("id", "org", "namespace", "from", "to", "fromPartition", "toPartition", "placementEpoch", "status",
+              "snapshotIndex", "tailEntries", "bytes", "fencedMs", "startedAt", "finishedAt", "error")
+PROGRESS_FIELDS = ("status", "snapshotIndex", "tailEntries", "bytes", "fencedMs", "finishedAt", "error")
 
 
 def _pack(v: Any) -> bytes:
@@ -90,7 +96,48 @@ class MetaMachine:
             return C.ok(removed=mid)
         if op == "sys.barrier":
             return C.ok()
+        if op in ("mig.job", "mig.update", "mig.pin"):
+            return self._migration(txn, op, cmd)
         return C.err("invalid_argument", f"unknown meta op {op!r}")
+
+    def _migration(self, txn: Any, op: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Migration job records and shard pins (SPEC §4.10)."""
+        if op == "mig.job":
+            job = cmd.get("job")
+            if not isinstance(job, dict) or not isinstance(job.get("id"), str):
+                return C.err("invalid_argument", "bad job")
+            if txn.get(JOB + job["id"].encode()) is not None:
+                return C.ok(job=_unpack(txn.get(JOB + job["id"].encode())), created=False)
+            for other in _scan(txn, JOB):
+                if (other["org"], other["namespace"]) == (job["org"], job["namespace"]) and \
+                        other["status"] not in TERMINAL:
+                    return C.err("already_exists", f"namespace {job['namespace']} already has a running migration",
+                                 {"id": other["id"]})
+            rec = {f: job.get(f) for f in JOB_FIELDS}
+            txn.put(JOB + job["id"].encode(), _pack(rec))
+            return C.ok(job=rec, created=True, migration=rec["id"])
+        raw = txn.get(JOB + str(cmd.get("id")).encode())
+        if raw is None:
+            return C.err("not_found", f"migration {cmd.get('id')} not found")
+        rec = _unpack(raw)
+        if rec["status"] in TERMINAL:
+            return C.err("failed_precondition", f"migration {rec['id']} is {rec['status']}")
+        if op == "mig.pin":
+            pin_key = PIN + rec["org"].encode() + b"\x00" + rec["namespace"].encode()
+            old = txn.get(pin_key)
+            epoch = (_unpack(old)["epoch"] if old is not None else 0) + 1
+            pin = {"partition": rec["toPartition"], "epoch": epoch}
+            txn.put(pin_key, _pack(pin))
+            rec["placementEpoch"] = epoch
+            rec["flipped"] = True
+        for f in PROGRESS_FIELDS:
+            if f in cmd:
+                rec[f] = cmd[f]
+        txn.put(JOB + rec["id"].encode(), _pack(rec))
+        out = C.ok(job=rec, migration=rec["id"])
+        if op == "mig.pin":
+            out["pin"] = [rec["org"], rec["namespace"], rec["toPartition"], rec["placementEpoch"]]
+        return out
 
     # ---- reads -----------------------------------------------------------------
 
@@ -98,6 +145,28 @@ class MetaMachine:
         with self.store.read() as txn:
             raw = txn.get(PARTITIONS)
         return None if raw is None else _unpack(raw)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        with self.store.read() as txn:
+            return list(_scan(txn, JOB))
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        with self.store.read() as txn:
+            raw = txn.get(JOB + job_id.encode())
+        return None if raw is None else _unpack(raw)
+
+    def pins(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(org, ns) -> {partition, epoch}: shards moved away from their HRW partition."""
+        out = {}
+        with self.store.read() as txn:
+            cur = txn.cursor()
+            if cur.set_range(PIN):
+                for k, v in cur:
+                    if not k.startswith(PIN):
+                        break
+                    org, _, ns = k[len(PIN):].partition(b"\x00")
+                    out[(org.decode(), ns.decode())] = _unpack(v)
+        return out
 
     def members(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -109,3 +178,12 @@ class MetaMachine:
                         break
                     out[k[len(MEMBER) :].decode()] = _unpack(v)
         return out
+
+
+def _scan(txn: Any, prefix: bytes) -> Any:
+    cur = txn.cursor()
+    if cur.set_range(prefix):
+        for k, v in cur:
+            if not k.startswith(prefix):
+                break
+            yield _unpack(v)

@@ -218,6 +218,8 @@ def op_chunk(ctx: Ctx) -> Result:
             raise Reject("invalid_argument", "a chunk key outside the shard's range")
         ctx.txn.put(k, v)
     st["chunk"] = n + 1
+    if n == 0:  # the copy already contains the source's tail up to ``base``
+        st["seq"] = int(ctx.cmd.get("base") or 0)
     _write_state(ctx.txn, ctx.org, ctx.ns, st)
     return C.ok(duplicate=False)
 

@@ -1,0 +1,371 @@
+"""The migration coordinator: snapshot + tail + fenced cutover (ARCHITECTURE.md "Migration").
+
+Jobs are records in the meta group; the **meta leader** runs them, so there
+is exactly one coordinator at a time and a job survives its coordinator:
+
+1. ``snapshotting`` — the destination partition is told to expect the shard
+   (``mig.incoming``), the source starts recording the shard's tail
+   (``mig.begin``), then one LMDB read transaction of a source replica that is
+   caught up (a barrier) yields the range and the tail position it contains.
+   The range goes to the destination leader as numbered, checksummed
+   ``mig.chunk`` proposals (so every destination replica installs the same
+   bytes), paced by a bandwidth limit.
+2. ``catching-up`` — tail entries after that position are forwarded in order
+   (``mig.tail``, re-applied with their source log index) until little is left.
+3. ``cutover`` — ``mig.fence`` on the source; the rest of the tail is
+   forwarded; both copies are hashed and must be equal; the pin
+   ``(org, ns) -> destination`` is committed in the meta group with a new
+   placement epoch (the flip); the destination is activated. Writes that hit
+   the fence wait in the proposer and follow the pin.
+4. ``done`` — the source range is garbage-collected.
+
+Any failure before the flip aborts (``mig.unfence`` on the source, ``mig.drop``
+on the destination) and the job ends ``failed``; after the flip the job can
+only go forward. A new meta leader finishes flipped jobs and aborts the others,
+so every job ends ``done`` or ``failed`` and re-running one is always possible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from shard import encode, keys, moving, reads
+
+log = logging.getLogger("tasks.migration")
+
+Json = dict[str, Any]
+
+CHUNK_BYTES = 256 * 1024
+TAIL_BATCH = 256
+CATCH_UP_LAG = 64
+"""Tail entries left over when the fence goes up (they are forwarded while fenced)."""
+STEP_RETRY_FOR = 30.0
+
+
+class MigrationError(Exception):
+    """A job cannot go on; it is aborted (before the flip) with this message."""
+
+
+class Migrations:
+    """Creates, runs, recovers and reports migration jobs on one node."""
+
+    def __init__(
+        self,
+        replicator: Any,
+        *,
+        node_id: str,
+        clock: Callable[[], int],
+        max_fence_ms: int = 5000,
+        bandwidth: int = 64 << 20,
+        on_change: Callable[[Json], None] | None = None,
+    ) -> None:
+        self.rep = replicator
+        self.node_id = node_id
+        self.clock = clock
+        self.max_fence_ms = max_fence_ms
+        self.bandwidth = bandwidth
+        self.on_change = on_change
+        self._running: dict[str, asyncio.Task] = {}
+        self._local_jobs: dict[str, Json] = {}  # local mode: no meta group
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.fenced_ms: list[int] = []
+
+    @property
+    def clustered(self) -> bool:
+        return getattr(self.rep, "kind", "local") == "raft"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if not self.clustered:
+            return
+        self.rep.subscribe(self._on_apply)
+        self.rep.on_leadership(self._on_leadership)
+        if self.rep.is_leader(self.rep.meta_group):
+            self._recover()
+
+    async def stop(self) -> None:
+        tasks = list(self._running.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- records -----------------------------------------------------------------
+
+    def jobs(self) -> list[Json]:
+        if not self.clustered:
+            return sorted(self._local_jobs.values(), key=lambda j: (j["startedAt"], j["id"]))
+        return sorted(self.rep.meta.jobs(), key=lambda j: (j["startedAt"], j["id"]))
+
+    def job(self, job_id: str) -> Json | None:
+        if not self.clustered:
+            return self._local_jobs.get(job_id)
+        return self.rep.meta.job(job_id)
+
+    async def create(self, org: str, ns: str, from_partition: int, to_partition: int) -> Json:
+        """Record a job; the meta leader picks it up. Returns the record as created."""
+        now = self.clock()
+        job: Json = {
+            "id": secrets.token_hex(8), "org": org, "namespace": ns,
+            "from": self.rep.leader(from_partition), "to": self.rep.leader(to_partition),
+            "fromPartition": from_partition, "toPartition": to_partition, "placementEpoch": None,
+            "status": "pending", "snapshotIndex": None, "tailEntries": 0, "bytes": 0, "fencedMs": 0,
+            "startedAt": now, "finishedAt": None, "error": None,
+        }
+        if from_partition == to_partition:  # already home: nothing to copy or fence
+            job.update(status="done", finishedAt=now)
+        if not self.clustered:
+            self._local_jobs[job["id"]] = job
+            return job
+        res = await self._meta({"op": "mig.job", "job": job})
+        return res["job"]
+
+    # ---- who runs what ----------------------------------------------------------------
+
+    def _on_apply(self, group: int, index: int, result: Json) -> None:
+        if group != self.rep.meta_group or "migration" not in result:
+            return
+        job = result.get("job")
+        if job and self.on_change is not None:
+            self.on_change(job)
+        if result.get("created") and job["status"] == "pending" and self.rep.is_leader(self.rep.meta_group):
+            self._spawn(job["id"], self._run(job))
+
+    def _on_leadership(self, group: int, leading: bool) -> None:
+        if group == self.rep.meta_group and leading:
+            self._recover()
+
+    def _recover(self) -> None:
+        """A new coordinator: finish flipped jobs, abort the others (their coordinator is gone)."""
+        for job in self.rep.meta.jobs():
+            if job["status"] in ("done", "failed") or job["id"] in self._running:
+                continue
+            if job.get("flipped"):
+                self._spawn(job["id"], self._finish(job))
+            elif job["status"] == "pending":
+                self._spawn(job["id"], self._run(job))
+            else:
+                self._spawn(job["id"], self._abort(job, "the coordinator changed before the cutover"))
+
+    def _spawn(self, job_id: str, coro: Any) -> None:
+        if job_id in self._running:
+            coro.close()
+            return
+        t = asyncio.get_running_loop().create_task(coro, name=f"migration-{job_id}")
+        self._running[job_id] = t
+        t.add_done_callback(lambda _t: self._running.pop(job_id, None))
+
+    # ---- the protocol -------------------------------------------------------------------
+
+    async def _run(self, job: Json) -> None:
+        try:
+            await self._copy(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure before the flip aborts the job
+            if (self.rep.meta.job(job["id"]) or {}).get("flipped"):
+                log.exception("migration %s failed after its flip; finishing", job["id"])
+                await self._finish(job)
+                return
+            log.warning("migration %s of %s aborted: %s", job["id"], job["namespace"], e)
+            await self._abort(job, str(e) or type(e).__name__)
+
+    async def _copy(self, job: Json) -> None:
+        org, ns, src, dst, jid = job["org"], job["namespace"], job["fromPartition"], job["toPartition"], job["id"]
+        await self._update(jid, status="snapshotting")
+        await self._shard(dst, org, ns, "mig.incoming", job=jid)
+        await self._shard(src, org, ns, "mig.begin", job=jid)
+        await self._shard(src, org, ns, "sys.barrier")  # the local replica now has the begin
+        forwarded, snapshot_index, chunks = await asyncio.to_thread(self._snapshot, src, org, ns, jid)
+        await self._update(jid, snapshotIndex=snapshot_index)
+        sent = 0
+        started = time.monotonic()
+        for n, pairs in enumerate(chunks or [[]]):
+            await self._chunk(dst, org, ns, jid, n, pairs, base=forwarded)
+            sent += sum(len(k) + len(v) for k, v in pairs)
+            await self._pace(sent, started)
+            if n % 16 == 15:
+                await self._update(jid, bytes=sent)
+        del chunks
+        await self._update(jid, status="catching-up", bytes=sent)
+        tail = 0
+        while True:  # forward until the lag is small
+            entries = self._tail(src, org, ns, forwarded)
+            if entries:
+                forwarded = await self._forward(dst, org, ns, jid, entries)
+                tail += len(entries)
+                await self._update(jid, tailEntries=tail)
+            if len(entries) < CATCH_UP_LAG:
+                break
+        await self._update(jid, status="cutover")
+        fenced_at = time.monotonic()
+        res = await self._shard(src, org, ns, "mig.fence", job=jid)
+        last = res["seq"]
+        while forwarded < last:
+            entries = self._tail(src, org, ns, forwarded)
+            if not entries:
+                await asyncio.sleep(0.005)  # the local replica is applying the fence's predecessors
+                if (time.monotonic() - fenced_at) * 1000 > self.max_fence_ms:
+                    raise MigrationError("the source's tail did not arrive within migration.max_fence")
+                continue
+            entries = [e for e in entries if e[0] <= last]
+            forwarded = await self._forward(dst, org, ns, jid, entries)
+            tail += len(entries)
+        await self._shard(dst, org, ns, "sys.barrier")
+        if self._range_hash(src, org, ns) != self._range_hash(dst, org, ns):
+            raise MigrationError("the destination's copy differs from the source")
+        fenced_ms = int((time.monotonic() - fenced_at) * 1000)
+        if fenced_ms > self.max_fence_ms:
+            raise MigrationError(f"the fence lasted {fenced_ms} ms, over migration.max_fence")
+        await self._meta({"op": "mig.pin", "id": jid, "tailEntries": tail, "bytes": sent})
+        await self._shard(dst, org, ns, "mig.activate", job=jid)
+        fenced_ms = int((time.monotonic() - fenced_at) * 1000)
+        self.fenced_ms.append(fenced_ms)
+        await self._update(jid, fencedMs=fenced_ms)
+        await self._finish(job)
+
+    async def _finish(self, job: Json) -> None:
+        """After the flip: activate the destination, drop the source range, done."""
+        org, ns, jid = job["org"], job["namespace"], job["id"]
+        await self._shard(job["toPartition"], org, ns, "mig.activate", job=jid)
+        while not (await self._shard(job["fromPartition"], org, ns, "mig.gc", job=jid,
+                                     to=job["toPartition"])).get("done"):
+            await asyncio.sleep(0)
+        await self._update(jid, status="done", finishedAt=self.clock())
+        log.info("migration %s: %s/%s moved to partition %d", jid, org, ns, job["toPartition"])
+
+    async def _abort(self, job: Json, why: str) -> None:
+        org, ns, jid = job["org"], job["namespace"], job["id"]
+        try:
+            await self._shard(job["fromPartition"], org, ns, "mig.unfence", job=jid)
+            while not (await self._shard(job["toPartition"], org, ns, "mig.drop", job=jid)).get("done"):
+                await asyncio.sleep(0)
+        except Exception as e:  # noqa: BLE001 - the job still ends failed; a retry cleans up
+            log.warning("migration %s: cleanup after abort incomplete: %s", jid, e)
+        try:
+            await self._update(jid, status="failed", finishedAt=self.clock(), error=why)
+        except Exception as e:  # noqa: BLE001
+            log.warning("migration %s: could not record its failure: %s", jid, e)
+
+    # ---- steps -------------------------------------------------------------------------
+
+    def _snapshot(self, src: int, org: str, ns: str, jid: str) -> tuple[int, int, list[list[list[bytes]]]]:
+        """One read transaction of the source replica (in a worker thread): the
+        shard's range in chunks, the tail position it already contains and the
+        applied index it was read at. The view is closed before any chunk is
+        sent, so a slow copy never holds the store (or its map growth) up."""
+        prefix = keys.shard_prefix(org, ns)
+        chunks: list[list[list[bytes]]] = []
+        pairs: list[list[bytes]] = []
+        size = 0
+        with self.rep.store(src).read() as txn:
+            st = moving.read_state(txn, org, ns)
+            if st is None or st.get("role") != "src" or st.get("job") != jid:
+                raise MigrationError("the source is not recording this job's tail")
+            cur = txn.cursor()
+            more = cur.set_range(prefix)
+            while more:
+                k = cur.key()
+                if not k.startswith(prefix):
+                    break
+                v = cur.value()
+                pairs.append([k, v])
+                size += len(k) + len(v)
+                if size >= CHUNK_BYTES:
+                    chunks.append(pairs)
+                    pairs, size = [], 0
+                more = cur.next()
+            if pairs:
+                chunks.append(pairs)
+            return st["seq"], keys.get_applied(txn), chunks
+
+    def _tail(self, src: int, org: str, ns: str, after: int) -> list[tuple[int, int, bytes]]:
+        with self.rep.store(src).read() as txn:
+            return moving.read_tail(txn, org, ns, after, TAIL_BATCH)
+
+    async def _forward(self, dst: int, org: str, ns: str, jid: str, entries: list[tuple[int, int, bytes]]) -> int:
+        await self._shard(dst, org, ns, "mig.tail", job=jid, **{"from": entries[0][0]},
+                          entries=[[index, data] for _, index, data in entries])
+        return entries[-1][0]
+
+    async def _chunk(
+        self, dst: int, org: str, ns: str, jid: str, n: int, pairs: list[list[bytes]], base: int
+    ) -> None:
+        await self._shard(dst, org, ns, "mig.chunk", job=jid, n=n, pairs=pairs, crc=moving.chunk_crc(pairs),
+                          base=base)
+
+    async def _pace(self, sent: int, started: float) -> None:
+        ahead = sent / self.bandwidth - (time.monotonic() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+    def _range_hash(self, group: int, org: str, ns: str) -> str:
+        with self.rep.store(group).read() as txn:
+            return range_hash(txn, org, ns)
+
+    async def _update(self, jid: str, **fields: Any) -> None:
+        await self._meta({"op": "mig.update", "id": jid, **fields})
+
+    async def _meta(self, cmd: Json) -> Json:
+        data = msgpack.packb(cmd, use_bin_type=True)
+        res = await self._retry(lambda: self.rep.propose(self.rep.meta_group, data))
+        if not res.get("ok"):
+            raise MigrationError(res.get("message", "meta group refused the step"))
+        return res
+
+    async def _shard(self, group: int, org: str, ns: str, op: str, **fields: Any) -> Json:
+        cmd = {"v": 1, "op": op, "org": org, "ns": ns, "now": self.clock(), **fields}
+        data = encode(cmd)
+        res = await self._retry(lambda: self.rep.propose(group, data))
+        if not res.get("ok"):
+            raise MigrationError(f"{op} refused by partition {group}: {res.get('message', res.get('code'))}")
+        return res
+
+    async def _retry(self, call: Callable[[], Any]) -> Json:
+        """Every step is idempotent: retry it while its group is unavailable."""
+        deadline = time.monotonic() + STEP_RETRY_FOR
+        delay = 0.05
+        while True:
+            try:
+                res = await call()
+            except Exception as e:  # NotLeader and friends
+                res = {"ok": False, "code": "unavailable", "message": str(e)}
+            if res.get("ok") or res.get("code") != "unavailable" or time.monotonic() > deadline:
+                return res
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def range_hash(txn: Any, org: str, ns: str) -> str:
+    """sha256 over a shard's keys and values: equal copies hash equal."""
+    h = hashlib.sha256()
+    prefix = keys.shard_prefix(org, ns)
+    cur = txn.cursor()
+    more = cur.set_range(prefix)
+    while more:
+        k = cur.key()
+        if not k.startswith(prefix):
+            break
+        h.update(len(k).to_bytes(4, "big"))
+        h.update(k)
+        v = cur.value()
+        h.update(len(v).to_bytes(4, "big"))
+        h.update(v)
+        more = cur.next()
+    return h.hexdigest()
+
+
+def shard_counts(rep: Any) -> dict[int, int]:
+    """Shards per partition, from this node's replicas."""
+    out = {}
+    for p in range(rep.partitions):
+        with rep.store(p).read() as txn:
+            out[p] = len(reads.shards(txn))
+    return out
