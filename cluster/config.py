@@ -535,6 +535,7 @@ class MigrationConfig:
 
     max_fence: int = _key(_DUR, "5s", "Longest write pause of a cutover; overrunning aborts the job")
     fence_wait: int = _key(_DUR, "5s", "How long a write waits on a fence before 503")
+    bandwidth: int = _key(_Size(minimum=1024), "64MiB", "Snapshot copy rate limit per job, bytes per second")
 
 
 @dataclass(frozen=True)

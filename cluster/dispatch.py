@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster import render, task_commands
+from cluster.task_queues import WorkerBook
 from cluster.tokens import TaskToken, Tokens
 from protocol import names
 from protocol.errors import ApiError
@@ -65,6 +66,10 @@ class Subscription:
     in_flight: set[TaskKey] = field(default_factory=set)
     kind: str = "workflow"
     """"workflow" (0x00A0) or "activity" (0x00A1): which pending tasks it is offered."""
+    created: int = 0
+    """Wall-clock ms when this node first dispatched for it: the worker registry's firstSeen (SPEC §5.1)."""
+    build_id: str = ""
+    """``build_id`` of the subscribe request, when it was a valid Id; shown on the Worker record."""
 
     def free(self) -> int:
         return self.max_concurrent - len(self.in_flight)
@@ -101,6 +106,7 @@ class Dispatcher:
         # Their deadlines are durable shard timers; this only tracks slots and the holder.
         self.act_leases: dict[TaskKey, tuple[TaskToken, Subscription]] = {}
         self.relay: Any = None  # cluster.relay.Relay in raft mode
+        self.book = WorkerBook(self)  # recently departed workers, for the worker registry (SPEC §4.5)
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -236,7 +242,11 @@ class Dispatcher:
         if sub is not None and sub.conn is conn and sub.kind == kind:
             sub.types, sub.max_concurrent = types, mc
         else:
-            sub = Subscription(sub_id or secrets.token_hex(12), conn, org, ns, tq, types, mc, str(identity), kind=kind)
+            sub = Subscription(sub_id or secrets.token_hex(12), conn, org, ns, tq, types, mc, str(identity), kind=kind,
+                               created=self.service.clock())
+            build = body.get("build_id")
+            if names.is_id(build):
+                sub.build_id = build
             self.subs[sub.id] = sub
         self._wake.set()
         return {"subscription_id": sub.id}
@@ -245,6 +255,7 @@ class Dispatcher:
         sub = self.subs.get(sid) if isinstance(sid, str) else None
         if sub is not None and sub.conn is conn:
             del self.subs[sid]  # tasks already started keep their leases
+            self.book.ended(sub)
         return {}
 
     def remote_done(self, key: TaskKey, nonce: str) -> None:
@@ -266,6 +277,7 @@ class Dispatcher:
             if sub.conn is not conn:
                 continue
             del self.subs[sid]
+            self.book.ended(sub)
             for key in list(sub.in_flight):
                 if sub.kind == "activity":
                     held = self.act_leases.pop(key, None)

@@ -123,6 +123,9 @@ class _RaftCollector:
         yield changes
 
 
+MIGRATION_STATUSES = ("pending", "snapshotting", "catching-up", "cutover", "done", "failed")
+
+
 class Metrics:
     def __init__(
         self,
@@ -186,6 +189,29 @@ class Metrics:
         )
         for reason in ("too_large", "bad_version", "bad_body", "protocol"):
             self.zap_frames_rejected.labels(reason)
+        self.migrations = Gauge("tasks_migrations", "Migration jobs known to the meta group", ["status"], registry=r)
+        self.migration_fenced = Histogram(
+            "tasks_migration_fenced_seconds", "Write pause of migration cutovers",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        self.migration_bytes = Counter("tasks_migration_bytes_total", "Bytes copied by migrations", registry=r)
+        for status in MIGRATION_STATUSES:
+            self.migrations.labels(status)
+        self._job_status: dict[str, str] = {}
+
+    def on_migration(self, job: dict) -> None:
+        """A job record changed in the meta group (called on every node)."""
+        old = self._job_status.get(job["id"])
+        new = job["status"]
+        if old == new:
+            return
+        if old is not None:
+            self.migrations.labels(old).dec()
+        self.migrations.labels(new).inc()
+        self._job_status[job["id"]] = new
+        if new == "done":
+            self.migration_fenced.observe((job.get("fencedMs") or 0) / 1000.0)
+            self.migration_bytes.inc(job.get("bytes") or 0)
 
     def on_apply(self, result: dict) -> None:
         op = result.get("_op")

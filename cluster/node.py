@@ -151,6 +151,7 @@ class Node:
 
         self.migrations = Migrations(
             self.replicator, node_id=self.node_id, clock=self.clock, max_fence_ms=cfg.migration.max_fence,
+            bandwidth=cfg.migration.bandwidth,
             on_change=self.metrics.on_migration if hasattr(self.metrics, "on_migration") else None,
         )
         await self.migrations.start()
@@ -428,6 +429,17 @@ class Node:
 
     # ---- migration (SPEC §4.10) ---------------------------------------------
 
+    def _shard_info(self, org: str, ns: str, partition: int) -> dict[str, Any]:
+        """A shard as GET /v1/tasks/cluster lists it: where it lives and whether it is moving."""
+        from shard import moving
+
+        pin = self.service.pins.get((org, ns)) if self.service else None
+        with self.replicator.store(partition).read() as txn:
+            st = moving.read_state(txn, org, ns)
+        fenced = st is not None and (st["role"] != "src" or bool(st.get("fenced")))
+        return {"org": org, "namespace": ns, "partition": partition, "pinned": pin is not None,
+                "fenced": fenced, "placementEpoch": pin["epoch"] if pin else 0}
+
     async def migrate(self, org: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST NS/migrate: resolve the destination partition and record the job."""
         from migration import shard_counts
@@ -602,10 +614,7 @@ class Node:
             "metaLeader": meta_leader,
             "partitionCount": rep.partitions,
             "partitions": partitions,
-            "namespaces": [
-                {"org": o, "namespace": n, "partition": p, "pinned": False, "fenced": False, "placementEpoch": 0}
-                for _, o, n, p in page
-            ],
+            "namespaces": [self._shard_info(o, n, p) for _, o, n, p in page],
             "nextPageToken": I.make_token("cluster", org, page[-1][0].encode() if more else None),
             "stats": {
                 "partitionsLocal": rep.partitions,

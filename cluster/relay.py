@@ -283,6 +283,25 @@ class Relay:
             raise ApiError(code, message, retry_after=1 if code in ("no_workers", "unavailable") else None)
         return reply.get("ok")
 
+    async def workers(self, org: str, ns: str, timeout: float) -> list[Json]:
+        """The worker reports (``WorkerBook.report``) of every connected peer for ``(org, ns)``.
+
+        Asked of all peers at once; one that does not answer within ``timeout``
+        (or is not connected) is left out, so a listing never waits on a dead node.
+        """
+
+        async def ask(peer: str) -> Json | None:
+            try:
+                reply = await self._call(peer, {"t": "workers", "org": org, "ns": ns}, timeout)
+            except TimeoutError:
+                return None
+            report = reply.get("w")
+            return report if isinstance(report, dict) else None
+
+        peers = [p for p in self._peers() if self.rep.peer_connected(p)]
+        answers = await asyncio.gather(*(ask(p) for p in peers))
+        return [a for a in answers if a is not None]
+
     # ---- the owner side ----------------------------------------------------------
 
     async def _push_remote(self, rc: RemoteConn, opcode: int, body: Json, timeout: float) -> int:
@@ -430,6 +449,14 @@ class Relay:
 
         self._spawn(ask())
 
+    def _h_workers(self, peer: str, msg: Json) -> None:
+        """A peer lists workers: answer with this node's report for the org and namespace it names."""
+        org, ns = msg["org"], msg["ns"]
+        if not isinstance(org, str):
+            raise ValueError("bad workers request")
+        names.check_namespace(ns)
+        self._reply(peer, msg.get("c"), {"w": self.dispatcher.book.report(org, ns)})
+
 
 def _sub_fields(body: Json) -> Json:
     """What the owner needs to dispatch a relayed subscription."""
@@ -446,4 +473,5 @@ _HANDLERS = {
     "hb": Relay._h_hb,
     "qans": Relay._h_qans,
     "query": Relay._h_query,
+    "workers": Relay._h_workers,
 }

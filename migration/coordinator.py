@@ -88,6 +88,9 @@ class Migrations:
             return
         self.rep.subscribe(self._on_apply)
         self.rep.on_leadership(self._on_leadership)
+        if self.on_change is not None:
+            for job in self.rep.meta.jobs():
+                self.on_change(job)
         if self.rep.is_leader(self.rep.meta_group):
             self._recover()
 
