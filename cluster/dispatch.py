@@ -221,6 +221,8 @@ class Dispatcher:
     def validate_subscription(body: Json) -> tuple[str, int, frozenset[str] | None]:
         tq = body.get("task_queue")
         names.check_id(tq, "task_queue")
+        if body.get("identity") not in (None, ""):
+            names.check_id(body["identity"], "identity")  # workers are addressed by it (NS/workers/{identity})
         mc = body.get("max_concurrent")
         if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 1000:
             raise ApiError("invalid_argument", "max_concurrent must be an integer from 1 to 1000")

@@ -6,6 +6,7 @@ from typing import Any
 
 from cluster import inputs as I
 from cluster import render
+from protocol import names
 from protocol.errors import ApiError
 
 Json = dict[str, Any]
@@ -53,8 +54,8 @@ async def h_list(s: Any, c: Any) -> Json:
 
 async def h_get(s: Any, c: Any) -> Json:
     node = _node(c)
-    jid = c.params["id"]
-    rec = node.migrations.job(jid) if node.migrations and len(jid) <= 64 else None
+    jid = names.check_id(c.params["id"], "migration id")
+    rec = node.migrations.job(jid) if node.migrations else None
     if rec is None or rec["org"] != c.org:
         raise ApiError("not_found", f"migration {jid} not found")
     return job(rec)

@@ -443,7 +443,9 @@ class Node:
     async def migrate(self, org: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST NS/migrate: resolve the destination partition and record the job."""
         from migration import shard_counts
+        from protocol import names
 
+        names.check_namespace(ns)
         rep = self.replicator
         await self.service.ensure_namespace(org, ns)
         with self.service._read(org, ns) as txn:

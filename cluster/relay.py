@@ -173,9 +173,9 @@ class Relay:
         tq = body.get("task_queue")
         names.check_id(tq, "task_queue")
         body = dict(body)
-        body.setdefault("identity", getattr(conn.session, "client_id", "") or "")
+        self.dispatcher.validate_subscription(body)
         if not body.get("identity"):
-            body["identity"] = getattr(conn.session, "client_id", "")
+            body["identity"] = getattr(conn.session, "client_id", "") or ""
         sid = body.get("subscription_id")
         route = self.routes.get(sid) if isinstance(sid, str) else None
         if route is not None and (route.conn is not conn or route.kind != kind):
@@ -460,7 +460,7 @@ class Relay:
 
 def _sub_fields(body: Json) -> Json:
     """What the owner needs to dispatch a relayed subscription."""
-    keep = ("task_queue", "max_concurrent", "types", "identity", "subscription_id")
+    keep = ("task_queue", "max_concurrent", "types", "identity", "subscription_id", "build_id")
     return {k: body[k] for k in keep if k in body}
 
 

@@ -597,7 +597,10 @@ class Service:
         raw = I.read_token(token, "activities", bound)
         after: tuple[str, str] | None = None
         if raw is not None:
-            aid, _, rid = raw.decode().partition("\x00")
+            try:
+                aid, _, rid = raw.decode().partition("\x00")
+            except UnicodeDecodeError:
+                raise I.bad("malformed nextPageToken") from None
             after = (aid, rid)
         elif cursor:
             aid, sep, rid = cursor.partition("|")

@@ -134,9 +134,9 @@ class World:
         if victims:
             ns = "victim-ns" if route is not None and route.template == NSP + "/{ns}" else self.ns
             return {"ns": ns, "id": "victim-wf", "sid": "victim-sched", "name": "Victim", "aid": "victim-act",
-                    "rid": self.arid}
+                    "rid": self.arid, "q": "victim-queue", "identity": "victim-worker"}
         return {"ns": self.ns, "id": self.wid, "sid": self.sid, "name": self.attr, "aid": self.aid,
-                "rid": self.arid}
+                "rid": self.arid, "q": "nobody", "identity": "no-worker"}
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +194,7 @@ ACT = NSP + "/{ns}/activities"
 
 PAGED = {
     ("GET", "/v1/tasks/cluster"),
+    ("GET", "/v1/tasks/migrations"),
     ("GET", NSP),
     ("GET", NSP + "/{ns}/dead-letters"),
     ("GET", WF),
@@ -203,6 +204,10 @@ PAGED = {
     ("GET", NSP + "/{ns}/search-attributes"),
     ("GET", ACT),
     ("GET", ACT + "/{aid}/{rid}/history"),
+    ("GET", NSP + "/{ns}/task-queues"),
+    ("GET", NSP + "/{ns}/task-queues/{q}"),
+    ("GET", NSP + "/{ns}/task-queues/{q}/workers"),
+    ("GET", NSP + "/{ns}/workers"),
 }
 RUN_ID = {
     ("GET", WF + "/{id}"),
@@ -312,6 +317,10 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
         ("POST", ACT + "/{aid}/{rid}/complete"): [{"identity": 5}],
         ("POST", ACT + "/{aid}/{rid}/fail"): [{"cause": 5}, {}, {"cause": "x", "nonRetryable": "yes"},
                                               {"cause": "x", "identity": 5}],
+        ("POST", NSP + "/{ns}/migrate"): [
+            {}, {"toNode": 5}, {"toPartition": "0"}, {"toPartition": 99}, {"toPartition": -1},
+            {"toPartition": True}, {"toPartition": 0.5}, {"toNode": "n1", "toPartition": 0}, {"toNode": "nobody"},
+        ],
         ("POST", "/v1/tasks/cluster/members"): [
             {"nodeId": 5, "peer": "127.0.0.1:1"}, {"nodeId": "n9", "peer": 5}, {"nodeId": "..", "peer": "a:1"},
             {"nodeId": "n9"}, {"nodeId": "n9", "peer": "no-port"},
@@ -349,7 +358,10 @@ MALFORMED = [
 @pytest.mark.parametrize("route", ROUTES, ids=route_id)
 def test_malformed_json_bodies(api: Api, world: World, route: Route) -> None:
     path = path_of(route, world.params())
-    expect: int | set[int] = 400 if reads_body(route) else {200}
+    # No worker is connected here: a worker by identity is a 404 (SPEC §4.5), every other GET a 200.
+    # Nor is there a migration job: GET migrations/{id} is a 404 too.
+    expect: int | set[int] = 400 if reads_body(route) else (
+        {404} if "{identity}" in route.template or route.template.endswith("migrations/{id}") else {200})
     check_all(api, [(route.method, path, raw, expect) for raw in MALFORMED])
 
 
@@ -457,10 +469,11 @@ def test_bad_names_in_path_params(api: Api, world: World, route: Route) -> None:
 def test_unknown_but_valid_names_are_404(api: Api, world: World, route: Route) -> None:
     base = world.params()
     cases = []
-    for name in ("ns", "id", "sid", "name"):
+    for name in ("ns", "id", "sid", "name", "identity"):  # not "q": an unknown queue has zero counts (§4.5)
         if "{" + name + "}" not in route.template:
             continue
-        missing = {"ns": "no-such-ns", "id": "no-such-wf", "sid": "no-such-sched", "name": "NoSuchAttr"}[name]
+        missing = {"ns": "no-such-ns", "id": "no-such-wf", "sid": "no-such-sched", "name": "NoSuchAttr",
+                   "identity": "no-such-worker"}[name]
         cases.append((route.method, path_of(route, {**base, name: missing}), None, 404))
     check_all(api, cases)
 
@@ -782,6 +795,8 @@ def test_forged_page_token_cursor_is_400(api: Api, world: World) -> None:
             cases.append(("GET", f"{NSP}/{ns}/workflows/{wid}/executions?nextPageToken={t1}", None, {200, 400}))
         if t2:
             cases.append(("GET", f"{NSP}/{ns}/workflows/{wid}/history?nextPageToken={t2}", None, {200, 400}))
+        t3 = _forged_token("activities", f"_/{ns}", cursor + b"\xfe")  # not UTF-8: was a 500
+        cases.append(("GET", f"{NSP}/{ns}/activities?nextPageToken={t3}", None, {200, 400}))
     raw = base64.urlsafe_b64encode(msgpack.packb([1, b"\x00" * 8, "not-bytes"])).rstrip(b"=").decode()
     cases.append(("GET", f"{NSP}/{ns}/workflows/{wid}/history?nextPageToken={raw}", None, 400))
     check_all(api, cases)
