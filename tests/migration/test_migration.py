@@ -195,3 +195,30 @@ def test_back_and_forth_ten_times_ends_identical(cluster: Cluster) -> None:
     assert {shard_hash(c, nid, src, "ping") for nid in c.ids} == {before}
     empty = shard_hash(c, "n1", src, "never-existed")
     assert {shard_hash(c, nid, other, "ping") for nid in c.ids} == {empty}
+
+
+def test_tasksctl_migrate_to_node_waits_with_progress(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    c = cluster
+    n1 = c.nodes["n1"]
+    create_ns(n1, "ctl")
+    for i in range(30):
+        start_wf(n1, "ctl", f"c-{i}")
+    src = home("ctl")
+    target = next(nid for nid in c.ids if c.leader_of(src) != nid and
+                  any(c.leader_of(p) == nid for p in range(P)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.ctl", "--url", n1.url, "migrate", "ctl", "--to", target, "--wait",
+         "--output", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "done" in proc.stderr and "bytes=" in proc.stderr  # the progress lines
+    import json
+
+    job = json.loads(proc.stdout)
+    assert job["status"] == "done" and job["to"] == target and c.leader_of(job["toPartition"]) == target
+    status, d = call(c.nodes[target], "GET", f"{NSP}/ctl/workflows/c-3")
+    assert status == 200, d
