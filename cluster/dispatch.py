@@ -337,12 +337,23 @@ class Dispatcher:
                 key = (org, ns, run["workflowId"], run["runId"])
                 if key in self._claiming:
                     continue
-                sub = self._pick(subs, run["type"])
+                sub = self._sticky(subs, run) or self._pick(subs, run["type"])
                 if sub is None:
                     continue
                 self._claiming.add(key)
                 sub.in_flight.add(key)
                 self._spawn(self._deliver(sub, key, run))
+
+    @staticmethod
+    def _sticky(subs: list[Subscription], run: Json) -> Subscription | None:
+        """The subscription that completed the run's previous task, if connected and free (SPEC §5.7)."""
+        sticky = run.get("sticky")
+        if not sticky:
+            return None
+        for s in subs:
+            if s.id == sticky["sub"]:
+                return s if s.free() > 0 and s.handles(run["type"]) and not s.conn.closed else None
+        return None
 
     def _dispatch_activities(self, qkey: QueueKey, subs: list[Subscription]) -> None:
         """Offer the queue's visible activity attempts to its activity subscriptions."""
@@ -477,9 +488,12 @@ class Dispatcher:
             self._wake.set()
 
     def _task_body(self, sub: Subscription, run: Json, tok: TaskToken) -> Json:
+        """The 0xB0 body: the whole history, or only what is new to a sticky subscription (SPEC §5.6)."""
         org, ns = tok.org, tok.ns
+        sticky = run.get("sticky")
+        after = sticky["started"] if sticky and sticky["sub"] == sub.id else 0
         with self.service._read(org, ns) as txn:
-            events, _ = reads.history(txn, org, ns, run["runId"], 0, False, MAX_HISTORY, run["historyLength"])
+            events, _ = reads.history(txn, org, ns, run["runId"], after, False, MAX_HISTORY, run["historyLength"])
         wt = run["wt"]
         return {
             "task_token": self.tokens.make(tok),
@@ -493,9 +507,9 @@ class Dispatcher:
             "attempt": wt["attempt"],
             "workflow_attempt": run["attempt"],
             "started_event_id": wt["startedEventId"],
-            "previous_started_event_id": 0,
-            "full_history": True,
-            "history_truncated": run["historyLength"] > MAX_HISTORY,
+            "previous_started_event_id": after,
+            "full_history": after == 0,
+            "history_truncated": run["historyLength"] - after > MAX_HISTORY,
             "history": [render.event(e) for e in events],
             "task_timeout_ms": run["workflowTaskTimeout"],
             "cancel_requested": run["status"] == "CANCELING",

@@ -927,6 +927,7 @@ def _task_failed(ctx: Ctx, run: dict[str, Any], cause: str, failure: Any, identi
     if failure is not None:
         attrs["failure"] = failure
     add_event(ctx, run, "WORKFLOW_TASK_FAILED", attrs)
+    run.pop("sticky", None)  # after a failure the next task carries the whole history
     attempt = wt["attempt"] + 1
     drop_workflow_task(ctx, run)
     at_once = cause in ("worker_lost", "push_refused")
@@ -1000,6 +1001,8 @@ def op_wt_complete(ctx: Ctx) -> Result:
         "scheduledEventId": wt["eventId"], "startedEventId": wt["startedEventId"], "identity": identity,
     })
     trigger = run.get("triggerPending")
+    if wt.get("subscriptionId"):  # its next task goes preferably to the same subscription (sticky)
+        run["sticky"] = {"sub": wt["subscriptionId"], "started": wt["startedEventId"]}
     drop_workflow_task(ctx, run)
     wf_commands.apply(ctx, run, commands, eid, identity)
     if run["status"] in OPEN and (trigger or run["status"] == "CANCELING") and not run.get("wt"):
@@ -1025,6 +1028,7 @@ def op_wt_timeout(ctx: Ctx) -> Result:
     add_event(ctx, run, "WORKFLOW_TASK_TIMED_OUT", {
         "scheduledEventId": wt["eventId"], "startedEventId": wt["startedEventId"], "timeoutType": "START_TO_CLOSE",
     })
+    run.pop("sticky", None)
     attempt = wt["attempt"] + 1
     drop_workflow_task(ctx, run)
     schedule_workflow_task(ctx, run, attempt=attempt)

@@ -470,6 +470,9 @@ class _Outcome:
 # the worker
 
 
+MAX_STICKY_RUNS = 10_000
+
+
 class Worker:
     """Runs registered handlers for tasks the server pushes over ZAP (SPEC §3).
 
@@ -535,6 +538,9 @@ class Worker:
         self._wf_sub: str | None = None
         self._act_sub: str | None = None
         self._runs: dict[str, _Run] = {}
+        # Signals seen per run, for sticky deliveries that carry only the new
+        # events (SPEC §5.6 ``full_history: false``); oldest runs forgotten first.
+        self._seen_signals: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._busy = {"workflow": 0, "activity": 0}
         self._activity_waiters: dict[tuple[str, str], asyncio.Future[dict[str, Any]]] = {}
         self._done_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -1015,8 +1021,24 @@ class Worker:
 
     async def _run_workflow(self, run: _Run) -> None:
         try:
-            if run.body.get("history_truncated"):
+            ctx = run.ctx
+            assert isinstance(ctx, TaskContext)
+            key = (ctx.workflow_id, ctx.run_id)
+            if run.body.get("full_history") is False:
+                earlier = self._seen_signals.get(key)
+                if earlier is None:  # not cached here (a restart): page the whole history
+                    ctx.signals = []
+                    await self._page_signals(run, after=0)
+                else:
+                    ctx.signals = earlier + ctx.signals
+                    if run.body.get("history_truncated"):
+                        await self._page_signals(run)
+            elif run.body.get("history_truncated"):
                 await self._page_signals(run)
+            self._seen_signals.pop(key, None)
+            self._seen_signals[key] = list(ctx.signals)
+            while len(self._seen_signals) > MAX_STICKY_RUNS:
+                self._seen_signals.pop(next(iter(self._seen_signals)))
             fn, args = self._call_for(run)
             timeout_ms = (
                 _int(run.body, "task_timeout_ms", DEFAULT_TASK_TIMEOUT_MS)
@@ -1243,21 +1265,26 @@ class Worker:
                 log.error("%s rejected: %s (%s)", name, e, e.details or "")
                 return False
 
-    async def _page_signals(self, run: _Run) -> None:
-        """A truncated history (§5.6): page the rest (0x0066) so ``signals`` is complete."""
+    async def _page_signals(self, run: _Run, after: int | None = None) -> None:
+        """A truncated or partial history (§5.6): page the rest (0x0066) so ``signals`` is complete.
+
+        ``after``: page from this event id (0: the whole history) instead of
+        from the last delivered event.
+        """
         assert self._conn is not None
         ctx = run.ctx
         assert isinstance(ctx, TaskContext)
         history = run.body.get("history")
         events = history if isinstance(history, list) else []
-        after = max(
-            (
-                e.get("eventId", 0)
-                for e in events
-                if isinstance(e, dict) and isinstance(e.get("eventId"), int)
-            ),
-            default=0,
-        )
+        if after is None:
+            after = max(
+                (
+                    e.get("eventId", 0)
+                    for e in events
+                    if isinstance(e, dict) and isinstance(e.get("eventId"), int)
+                ),
+                default=0,
+            )
         page_token: Any = None
         more: list[Any] = []
         try:

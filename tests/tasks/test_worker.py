@@ -598,6 +598,34 @@ def test_truncated_history_is_paged_for_signals(fake: FakeZap, client: tasks.Cli
     assert command(fake)["result"] == ["s1", "s2"]
 
 
+def _signal(eid: int, name: str) -> dict[str, Any]:
+    return {"eventId": eid, "eventType": "WORKFLOW_EXECUTION_SIGNALED",
+            "attributes": {"signalName": name, "input": None}}
+
+
+def test_sticky_partial_history_keeps_earlier_signals(fake: FakeZap, client: tasks.Client) -> None:
+    started(client, {"wf": lambda: [s["name"] for s in tasks.context().signals]})
+    full = [{"eventId": 1, "eventType": "WORKFLOW_EXECUTION_STARTED", "attributes": {}}, _signal(2, "s1")]
+    deliver(fake, "tt-1", history=full)
+    assert command(fake, "tt-1")["result"] == ["s1"]
+    deliver(fake, "tt-2", history=[_signal(6, "s2")], full_history=False, previous_started_event_id=4)
+    assert command(fake, "tt-2")["result"] == ["s1", "s2"]
+
+
+def test_sticky_partial_history_of_an_unknown_run_is_paged_from_the_start(
+    fake: FakeZap, client: tasks.Client
+) -> None:
+    def page(_c: FakeConn, body: dict[str, Any]) -> dict[str, Any]:
+        assert body["after_event_id"] == 0
+        return {"events": [{"eventId": 1, "eventType": "WORKFLOW_EXECUTION_STARTED", "attributes": {}},
+                           _signal(2, "s0"), _signal(6, "s1")], "next_page_token": ""}
+
+    fake.handlers[Z.Op.GetWorkflowHistory] = page
+    started(client, {"wf": lambda: [s["name"] for s in tasks.context().signals]})
+    deliver(fake, "tt-9", history=[_signal(6, "s1")], full_history=False, previous_started_event_id=4)
+    assert command(fake, "tt-9")["result"] == ["s0", "s1"]
+
+
 def test_queries(fake: FakeZap, client: tasks.Client) -> None:
     release = threading.Event()
 
