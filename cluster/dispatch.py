@@ -49,6 +49,8 @@ MAX_HISTORY = 1000
 SCAN_EVERY = 0.1
 REARM_EVERY = 5.0
 """Seconds between sweeps that give every started task of a led partition a lease here."""
+HEARTBEAT_PERSIST = 10.0
+"""Seconds between committed heartbeats of one activity attempt (at most; SPEC §5.7)."""
 RETRY_FOR = 120.0
 """How long a command that frees a task (fail, timeout) is retried while its shard is unavailable."""
 
@@ -106,6 +108,7 @@ class Dispatcher:
         # Their deadlines are durable shard timers; this only tracks slots and the holder.
         self.act_leases: dict[TaskKey, tuple[TaskToken, Subscription]] = {}
         self.relay: Any = None  # cluster.relay.Relay in raft mode
+        self._hb_persisted: dict[TaskKey, float] = {}  # activity attempt -> when a heartbeat was last committed
         self.book = WorkerBook(self)  # recently departed workers, for the worker registry (SPEC §4.5)
 
     # ---- lifecycle -----------------------------------------------------------
@@ -741,14 +744,41 @@ class Dispatcher:
                 self.relay.notify_done(t.org, t.ns, t.wid, t.rid, t.nonce)
         return {}
 
+    async def _activity_heartbeat(self, t: TaskToken, body: Json) -> Json:
+        """0x00A5 on an activity: persisted at most every ``HEARTBEAT_PERSIST`` (SPEC §5.7).
+
+        A heartbeat is committed when the last one committed for this attempt
+        is older than min(10 s, heartbeatTimeout / 2), so the durable heartbeat
+        deadline is always pushed out before it can pass; in between, the
+        token is checked against this node's replica and the latest details
+        wait for the next commit.
+        """
+        key = (t.org, t.ns, t.wid, t.rid)
+        with self.service._read(t.org, t.ns) as txn:
+            act = reads.activity(txn, t.org, t.ns, t.wid, t.rid)
+        if (act is None or act["status"] != "STARTED" or act["attempt"] != t.attempt
+                or act.get("nonce") != t.nonce):
+            self._hb_persisted.pop(key, None)
+            raise ApiError("not_found", "activity task not current")
+        every = HEARTBEAT_PERSIST
+        if act.get("heartbeatTimeout"):
+            every = min(every, act["heartbeatTimeout"] / 2000.0)
+        now = time.monotonic()
+        last = self._hb_persisted.get(key)
+        if last is not None and now - last < every:
+            return {"cancel_requested": bool(act.get("cancelRequested"))}
+        res = await self.service.propose(t.org, t.ns, "act.heartbeat", activityId=t.wid, runId=t.rid,
+                                         attempt=t.attempt, nonce=t.nonce, details=body.get("details"))
+        self._hb_persisted[key] = now
+        while len(self._hb_persisted) > 100_000:
+            self._hb_persisted.pop(next(iter(self._hb_persisted)))
+        return {"cancel_requested": bool(res.get("cancelRequested"))}
+
     async def heartbeat(self, org: str, body: Json) -> Json:
         if isinstance(body.get("task_token"), str):
             peek = self.tokens.read(body["task_token"])
             if peek.kind == "at":
-                t = self._token(org, body["task_token"], kind="at")
-                res = await self.service.propose(t.org, t.ns, "act.heartbeat", activityId=t.wid, runId=t.rid,
-                                                 attempt=t.attempt, nonce=t.nonce, details=body.get("details"))
-                return {"cancel_requested": bool(res.get("cancelRequested"))}
+                return await self._activity_heartbeat(self._token(org, body["task_token"], kind="at"), body)
         t = self._token(org, body.get("task_token"))
         with self.service._read(t.org, t.ns) as txn:
             run = reads.run(txn, t.org, t.ns, t.wid, t.rid)
