@@ -117,3 +117,38 @@ def test_query_asked_on_any_node_reaches_the_worker_holding_the_run(cluster: Clu
         assert w.complete(task["task_token"], "ok")["status"] == 200
     finally:
         w.close()
+
+
+def test_killing_the_queue_owner_moves_dispatch_to_the_next_owner(cluster: Cluster) -> None:
+    import signal
+
+    from routing import winner
+
+    c = cluster
+    owner = winner("_", "default", "q", "tasks", list(c.ids))
+    survivors = [nid for nid in c.ids if nid != owner]
+    workers = {nid: RawWorker(c.zap_addr(nid), slots=4) for nid in survivors}
+    try:
+        time.sleep(1.0)
+        for i in range(10):
+            start(c.nodes[survivors[i % 2]], f"k-{i}")
+        c.nodes[owner].kill(signal.SIGKILL)  # the node pushing this queue's tasks dies
+        for i in range(10, 20):
+            start(c.nodes[survivors[i % 2]], f"k-{i}")
+        done: set[str] = set()
+        deadline = time.monotonic() + 60
+        while len(done) < 20 and time.monotonic() < deadline:
+            for w in workers.values():
+                try:
+                    task = w.next_task(timeout=0.2)
+                except (TimeoutError, OSError):
+                    continue
+                if w.complete(task["task_token"], task["workflow_id"])["status"] == 200:
+                    done.add(task["workflow_id"])
+        assert done == {f"k-{i}" for i in range(20)}, sorted({f"k-{i}" for i in range(20)} - done)
+        for i in range(20):
+            status, d = c.nodes[survivors[0]].get(f"{WF}/k-{i}")
+            assert d["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
+    finally:
+        for w in workers.values():
+            w.close()
