@@ -662,6 +662,8 @@ class _Connection:
             except Z.ProtocolError as e:
                 metrics.zap_frames_rejected.labels("protocol").inc()
                 log.debug("zap: closing connection: %s", e)
+                if self.tasks:  # complete requests before the bad bytes still get their answers
+                    await asyncio.wait(set(self.tasks), timeout=EOF_DRAIN_TIMEOUT)
                 return
             except (ConnectionError, OSError):
                 return
