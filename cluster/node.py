@@ -511,7 +511,9 @@ class Node:
         for g in groups:
             st = rep.group_status(g)
             name = "meta" if g == rep.meta_group else f"partition:{g}"
-            if st["leader"] is None:
+            if g in getattr(rep, "stalled", ()):
+                reasons.append({"group": name, "reason": "storage_full"})
+            elif st["leader"] is None:
                 reasons.append({"group": name, "reason": "no_leader"})
             elif not st["hasQuorum"]:
                 reasons.append({"group": name, "reason": "no_quorum"})

@@ -110,6 +110,13 @@ class GroupTransport(Transport):
         self._onNodeDisconnected(node)
 
 
+class StorageStalled(Exception):
+    """A committed entry cannot be applied here (the partition's map is at its
+    maximum or the disk is full). Raised out of pysyncobj's apply loop so that
+    its applied index does not move past the entry: the replica stops applying
+    instead of skipping (SPEC §10.1), and applies it once there is room again."""
+
+
 class RaftGroup(SyncObj):
     """A pysyncobj group whose state machine is a partition's LMDB."""
 
@@ -160,8 +167,16 @@ class RaftGroup(SyncObj):
         if not command or command[0] != _REGULAR_BYTE:
             return None  # no-op and version entries carry no state
         result = self.machine.apply(index, command[1:])
+        if result is not None and result.get("code") == "storage_full":
+            raise StorageStalled(f"group {self.group_id}: entry {index} does not fit")
         self._on_applied(self.group_id, index, result)
         return result
+
+    def hold_elections(self, seconds: float) -> None:
+        """Do not stand for election for a while (a replica that cannot apply must not lead)."""
+        from pysyncobj.monotonic import monotonic
+
+        self._SyncObj__raftElectionDeadline = monotonic() + seconds  # type: ignore[attr-defined]
 
     @property
     def transport(self) -> GroupTransport:

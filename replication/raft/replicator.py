@@ -32,7 +32,13 @@ from pysyncobj.node import Node
 
 from replication.base import Listener, NotLeader, Result
 from replication.raft import codec
-from replication.raft.group import REGULAR, GroupTransport, RaftGroup, membership_command
+from replication.raft.group import (
+    REGULAR,
+    GroupTransport,
+    RaftGroup,
+    StorageStalled,
+    membership_command,
+)
 from replication.raft.journal import DurableJournal
 from replication.raft.snapshots import LmdbSnapshotter
 from replication.raft.transport import RAFT, PeerMux
@@ -100,6 +106,7 @@ class RaftReplicator:
         self._leadership_listeners: list[Any] = []
         self._peer_listeners: list[Any] = []
         self._channel_handlers: dict[int, Any] = {}
+        self.stalled: set[int] = set()  # groups whose next committed entry does not fit here
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running = False
@@ -212,8 +219,8 @@ class RaftReplicator:
     async def propose(self, group: int, command: bytes) -> Result:
         if not self._running:
             raise NotLeader("replicator stopped")
-        if self._stores[group].disk_full():
-            return STORAGE_FULL
+        if self._stores[group].disk_full() or group in self.stalled:
+            return STORAGE_FULL  # refused before proposing: nothing was written anywhere
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
 
@@ -466,7 +473,18 @@ class RaftReplicator:
         try:
             self._journals[g].flush()
             commit, last = grp.raftCommitIndex, grp.last_log_index()
-            grp._onTick(0)
+            try:
+                grp._onTick(0)
+            except StorageStalled as e:
+                if g not in self.stalled:
+                    log.error("%s; this replica stops applying group %d until it has room", e, g)
+                    self.stalled.add(g)
+                grp.hold_elections(3600.0)  # a leader that cannot apply stops heartbeating and is replaced
+                return
+            if g in self.stalled:
+                log.warning("group %d applies again", g)
+                self.stalled.discard(g)
+                grp.hold_elections(2 * self._timings[0])
             leading = grp.state() == LEADER
             if leading and (grp.last_log_index() > last or grp.raftCommitIndex > commit):
                 grp.send_append_entries()
