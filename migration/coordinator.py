@@ -44,6 +44,7 @@ log = logging.getLogger("tasks.migration")
 Json = dict[str, Any]
 
 CHUNK_BYTES = 256 * 1024
+CHUNKS_IN_FLIGHT = 4
 TAIL_BATCH = 256
 CATCH_UP_LAG = 64
 """Tail entries left over when the fence goes up (they are forwarded while fenced)."""
@@ -142,12 +143,41 @@ class Migrations:
             self._spawn(job["id"], self._run(job))
 
     def _on_leadership(self, group: int, leading: bool) -> None:
-        if group == self.rep.meta_group and leading:
+        if group != self.rep.meta_group:
+            return
+        if leading:
+            self._spawn("recover", self._recover_after_barrier())
+        else:
+            # No longer the coordinator: stop driving jobs. The new meta leader
+            # finishes or aborts them; every step is idempotent, and an abort is
+            # recorded in the meta group before anything is undone, so a step of
+            # ours still in flight cannot flip a job that is being aborted.
+            for t in list(self._running.values()):
+                t.cancel()
+
+    async def _recover_after_barrier(self) -> None:
+        """See every committed job update before deciding what to do with the jobs."""
+        try:
+            await self._meta({"op": "sys.barrier"})
+        except MigrationError as e:
+            log.warning("migration recovery postponed: %s", e)
+            return
+        if self.rep.is_leader(self.rep.meta_group):
             self._recover()
 
     def _recover(self) -> None:
-        """A new coordinator: finish flipped jobs, abort the others (their coordinator is gone)."""
-        for job in self.rep.meta.jobs():
+        """A new coordinator: finish flipped jobs, abort the others (their coordinator is gone),
+        and clear move states that a failed job's late steps left in partitions."""
+        jobs = {j["id"]: j for j in self.rep.meta.jobs()}
+        for p in range(self.rep.partitions):
+            with self.rep.store(p).read() as txn:
+                states = moving.all_states(txn)
+            for org, ns, st in states:
+                job = jobs.get(st.get("job"))
+                if st["role"] in ("src", "dst") and (job is None or job["status"] == "failed"):
+                    op = "mig.unfence" if st["role"] == "src" else "mig.drop"
+                    self._spawn(f"clean-{p}-{org}-{ns}", self._clean(p, org, ns, op, st["job"]))
+        for job in jobs.values():
             if job["status"] in ("done", "failed") or job["id"] in self._running:
                 continue
             if job.get("flipped"):
@@ -163,7 +193,14 @@ class Migrations:
             return
         t = asyncio.get_running_loop().create_task(coro, name=f"migration-{job_id}")
         self._running[job_id] = t
-        t.add_done_callback(lambda _t: self._running.pop(job_id, None))
+
+        def done(task: asyncio.Task) -> None:
+            if self._running.get(job_id) is task:
+                del self._running[job_id]
+            if not task.cancelled() and task.exception() is not None:
+                log.error("migration task %s failed", job_id, exc_info=task.exception())
+
+        t.add_done_callback(done)
 
     # ---- the protocol -------------------------------------------------------------------
 
@@ -190,11 +227,14 @@ class Migrations:
         await self._update(jid, snapshotIndex=snapshot_index)
         sent = 0
         started = time.monotonic()
-        for n, pairs in enumerate(chunks or [[]]):
-            await self._chunk(dst, org, ns, jid, n, pairs, base=forwarded)
-            sent += sum(len(k) + len(v) for k, v in pairs)
+        chunks = chunks or [[]]
+        for first in range(0, len(chunks), CHUNKS_IN_FLIGHT):  # a few proposals in flight at once
+            window = chunks[first:first + CHUNKS_IN_FLIGHT]
+            await asyncio.gather(*(self._chunk(dst, org, ns, jid, first + i, pairs, base=forwarded)
+                                   for i, pairs in enumerate(window)))
+            sent += sum(len(k) + len(v) for pairs in window for k, v in pairs)
             await self._pace(sent, started)
-            if n % 16 == 15:
+            if (first // CHUNKS_IN_FLIGHT) % 8 == 7:
                 await self._update(jid, bytes=sent)
         del chunks
         await self._update(jid, status="catching-up", bytes=sent)
@@ -222,7 +262,9 @@ class Migrations:
             forwarded = await self._forward(dst, org, ns, jid, entries)
             tail += len(entries)
         await self._shard(dst, org, ns, "sys.barrier")
-        if self._range_hash(src, org, ns) != self._range_hash(dst, org, ns):
+        h_src, h_dst = await asyncio.gather(asyncio.to_thread(self._range_hash, src, org, ns),
+                                            asyncio.to_thread(self._range_hash, dst, org, ns))
+        if h_src != h_dst:
             raise MigrationError("the destination's copy differs from the source")
         fenced_ms = int((time.monotonic() - fenced_at) * 1000)
         if fenced_ms > self.max_fence_ms:
@@ -244,8 +286,29 @@ class Migrations:
         await self._update(jid, status="done", finishedAt=self.clock())
         log.info("migration %s: %s/%s moved to partition %d", jid, org, ns, job["toPartition"])
 
+    async def _clean(self, group: int, org: str, ns: str, op: str, jid: str) -> None:
+        try:
+            while not (await self._shard(group, org, ns, op, job=jid)).get("done", True):
+                await asyncio.sleep(0)
+            log.warning("migration %s: cleared its leftover %s state in partition %d", jid, op, group)
+        except MigrationError as e:
+            log.warning("migration %s: leftover state in partition %d not cleared: %s", jid, group, e)
+
     async def _abort(self, job: Json, why: str) -> None:
+        """Undo a job that has not flipped. The intent is committed first: from then
+        on the meta group refuses the job's pin, so a coordinator that lost its
+        leadership mid-cutover can no longer flip it; if the pin won the race,
+        the job is finished instead."""
         org, ns, jid = job["org"], job["namespace"], job["id"]
+        data = msgpack.packb({"op": "mig.update", "id": jid, "aborting": True}, use_bin_type=True)
+        res = await self._retry(lambda: self.rep.propose(self.rep.meta_group, data))
+        if not res.get("ok"):
+            if (res.get("details") or {}).get("flipped"):
+                log.warning("migration %s flipped before it could be aborted (%s); finishing it", jid, why)
+                await self._finish(job)
+            elif res.get("code") != "failed_precondition":  # failed_precondition: already terminal
+                log.warning("migration %s: could not record its abort: %s", jid, res.get("message"))
+            return
         try:
             await self._shard(job["fromPartition"], org, ns, "mig.unfence", job=jid)
             while not (await self._shard(job["toPartition"], org, ns, "mig.drop", job=jid)).get("done"):

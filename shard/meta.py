@@ -23,7 +23,7 @@ PIN = b"m/pin/"
 TERMINAL = ("done", "failed")
 JOB_FIELDS = ("id", "org", "namespace", "from", "to", "fromPartition", "toPartition", "placementEpoch", "status",
               "snapshotIndex", "tailEntries", "bytes", "fencedMs", "startedAt", "finishedAt", "error")
-PROGRESS_FIELDS = ("status", "snapshotIndex", "tailEntries", "bytes", "fencedMs", "finishedAt", "error")
+PROGRESS_FIELDS = ("status", "snapshotIndex", "tailEntries", "bytes", "fencedMs", "finishedAt", "error", "aborting")
 
 
 def _pack(v: Any) -> bytes:
@@ -122,7 +122,11 @@ class MetaMachine:
         rec = _unpack(raw)
         if rec["status"] in TERMINAL:
             return C.err("failed_precondition", f"migration {rec['id']} is {rec['status']}")
+        if cmd.get("aborting") and rec.get("flipped"):
+            return C.err("failed_precondition", f"migration {rec['id']} already flipped", {"flipped": True})
         if op == "mig.pin":
+            if rec.get("aborting"):
+                return C.err("failed_precondition", f"migration {rec['id']} is being aborted")
             pin_key = PIN + rec["org"].encode() + b"\x00" + rec["namespace"].encode()
             old = txn.get(pin_key)
             epoch = (_unpack(old)["epoch"] if old is not None else 0) + 1

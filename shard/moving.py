@@ -65,6 +65,19 @@ def _write_state(txn: lmdb.Transaction, org: str, ns: str, st: dict[str, Any] | 
         txn.put(state_key(org, ns), pack(st))
 
 
+def all_states(txn: lmdb.Transaction) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every move state of this partition: (org, ns, state)."""
+    out = []
+    cur = txn.cursor()
+    if cur.set_range(STATE):
+        for k, v in cur:
+            if not k.startswith(STATE):
+                break
+            org, _, ns = k[len(STATE):].partition(b"\x00")
+            out.append((org.decode(), ns.decode(), unpack(v)))
+    return out
+
+
 def check_writable(txn: lmdb.Transaction, cmd: dict[str, Any]) -> dict[str, Any] | None:
     """The shard's move state when a write must be refused or recorded, else None.
 
@@ -204,12 +217,14 @@ def op_incoming(ctx: Ctx) -> Result:
 
 
 def op_chunk(ctx: Ctx) -> Result:
+    """Install one chunk of the copy. Chunks hold disjoint keys of one snapshot, so
+    they may arrive in any order and a repeated one writes the same bytes; once
+    the tail has started, a late duplicate (a retried proposal that committed
+    after all) is refused so that it cannot overwrite newer values."""
     st = _job_state(ctx, "dst")
     n, pairs = ctx.cmd["n"], ctx.cmd["pairs"]
-    if n < st["chunk"]:
+    if st.get("tail"):
         return C.ok(duplicate=True)
-    if n > st["chunk"]:
-        raise Reject("failed_precondition", f"chunk {n} before chunk {st['chunk']}")
     if chunk_crc(pairs) != ctx.cmd["crc"]:
         raise Reject("invalid_argument", f"chunk {n} failed its checksum")
     prefix = keys.shard_prefix(ctx.org, ctx.ns)
@@ -217,9 +232,8 @@ def op_chunk(ctx: Ctx) -> Result:
         if not k.startswith(prefix):
             raise Reject("invalid_argument", "a chunk key outside the shard's range")
         ctx.txn.put(k, v)
-    st["chunk"] = n + 1
-    if n == 0:  # the copy already contains the source's tail up to ``base``
-        st["seq"] = int(ctx.cmd.get("base") or 0)
+    st["chunk"] = max(st["chunk"], n + 1)
+    st["seq"] = int(ctx.cmd.get("base") or 0)  # the copy already contains the source's tail up to here
     _write_state(ctx.txn, ctx.org, ctx.ns, st)
     return C.ok(duplicate=False)
 
@@ -248,7 +262,9 @@ def op_drop(ctx: Ctx) -> Result:
 
 def tail_state(ctx: Ctx) -> dict[str, Any]:
     """``mig.tail`` precondition (the machine applies the entries themselves)."""
-    return _job_state(ctx, "dst")
+    st = _job_state(ctx, "dst")
+    st["tail"] = True  # no chunk may land after this
+    return st
 
 
 def save_tail_seq(txn: lmdb.Transaction, org: str, ns: str, st: dict[str, Any]) -> None:
