@@ -19,6 +19,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory chaos-smoke
+
+# Chaos: real nodes, real faults, a checker over the recorded history (chaos/README.md).
+.PHONY: chaos-smoke chaos
+chaos-smoke: $(STAMP)
+	$(PY) -m chaos smoke --out chaos-smoke.json
+
+chaos: $(STAMP)
+	$(PY) -m chaos long --duration $${CHAOS_DURATION:-1800} --out chaos-long.json
 
 cluster: $(STAMP)
 	$(VENV)/bin/tasksd dev-cluster --nodes 3 --dir ./tasks-dev
@@ -30,7 +39,7 @@ bench: $(STAMP)
 	$(PY) -m bench.single_node
 
 clean:
-	rm -rf $(VENV) tasks-data .pytest_cache .ruff_cache
+	rm -rf $(VENV) tasks-data .pytest_cache .ruff_cache chaos-smoke.json chaos-long.json
 
 .PHONY: bench-dispatch
 bench-dispatch: $(STAMP)
@@ -39,3 +48,7 @@ bench-dispatch: $(STAMP)
 .PHONY: bench-cluster
 bench-cluster: $(STAMP)
 	$(PY) -m bench.cluster
+
+.PHONY: bench-migration
+bench-migration: $(STAMP)
+	$(PY) -m bench.migration
