@@ -81,6 +81,7 @@ class Node:
         self.timers: ScheduleTimers | None = None
         self.dispatcher: Any = None
         self.migrations: Any = None
+        self.sse: Any = None  # cluster.sse.SseHub, from start()
         self.metrics = Metrics(self.version, self._stores, self._peer_rejected, lambda: self.replicator)
         self.fatal: str | None = None
         self.leaving = False
@@ -139,6 +140,11 @@ class Node:
         duration = self.metrics.proposal_duration.labels("partition")
         self.service.on_proposed = duration.observe
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
+        from cluster.sse import SseHub
+
+        self.sse = SseHub(self, buffer_events=cfg.sse.buffer_events, keepalive_ms=cfg.sse.keepalive,
+                          clock=self.clock, metrics=self.metrics)
+        self.replicator.subscribe(self.sse.on_apply)
         self.timers = ScheduleTimers(self.service, self.metrics)
         await self.timers.start()
         from cluster.dispatch import Dispatcher
@@ -149,11 +155,20 @@ class Node:
         self.service.query_handler = self.dispatcher.query
         from migration import Migrations
 
+        metrics_on_migration = getattr(self.metrics, "on_migration", None)
+        sse = self.sse
+
+        def on_migration(job: dict[str, Any]) -> None:
+            if metrics_on_migration is not None:
+                metrics_on_migration(job)
+            sse.on_migration(job)
+
         self.migrations = Migrations(
             self.replicator, node_id=self.node_id, clock=self.clock, max_fence_ms=cfg.migration.max_fence,
             bandwidth=cfg.migration.bandwidth,
-            on_change=self.metrics.on_migration if hasattr(self.metrics, "on_migration") else None,
+            on_change=on_migration,
         )
+        self.sse.seen_jobs(self.migrations.jobs())  # jobs of earlier runs: no SSE for their past transitions
         await self.migrations.start()
         loop = asyncio.get_running_loop()
         timers = self.timers
@@ -410,6 +425,8 @@ class Node:
             except Exception:
                 log.exception("leadership hand-over failed")
         self.ready = False
+        if self.sse is not None:
+            self.sse.close()  # ends every event stream, so that draining HTTP does not wait on them
         if self._zap is not None:
             await self._zap.stop()
             self._zap = None
@@ -464,6 +481,10 @@ class Node:
             to = body["toNode"]
             if not isinstance(to, str) or to not in set(self.member_ids()) | {self.node_id}:
                 raise ApiError("invalid_argument", f"unknown node {to!r}")
+            if getattr(rep, "kind", "local") != "raft":
+                raise ApiError("failed_precondition", "migration needs replicator: raft")
+            if to != self.node_id and not self.membership.current.is_alive(to):
+                raise ApiError("failed_precondition", f"node {to} is not alive")
             led = [p for p in range(rep.partitions) if rep.leader(p) == to]
             if src in led:
                 dst = src  # already home on a partition that node leads
@@ -472,6 +493,8 @@ class Node:
             else:
                 counts = shard_counts(rep)
                 dst = min(led, key=lambda p: (counts.get(p, 0), p))
+        if getattr(rep, "kind", "local") != "raft":
+            raise ApiError("failed_precondition", "migration needs replicator: raft")
         job = await self.migrations.create(org, ns, src, dst)
         return job
 
@@ -629,7 +652,7 @@ class Node:
                 "forwarded": 0,
                 "zapConnections": self._zap.connections if self._zap is not None else 0,
                 "subscriptions": 0,
-                "sseSubscribers": 0,
+                "sseSubscribers": self.sse.count() if self.sse is not None else 0,
                 "uptimeSeconds": int(time.monotonic() - self.started_at),
             },
         }

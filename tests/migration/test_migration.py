@@ -53,7 +53,7 @@ def start_wf(node: Any, ns: str, wid: str) -> dict[str, Any]:
 
 def migrate(node: Any, ns: str, body: dict[str, Any], timeout: float = 90.0) -> dict[str, Any]:
     status, job = call(node, "POST", f"{NSP}/{ns}/migrate", body)
-    assert status == 200, job
+    assert status == 202, job
     deadline = time.monotonic() + timeout
     while job["status"] not in ("done", "failed") and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -121,7 +121,7 @@ def test_source_leader_killed_while_snapshotting(slow_cluster: Cluster) -> None:
     alive = [n for n in c.ids if n != victim]
     with Writers(c, "s1", alive) as w:
         status, job = call(c.nodes[alive[0]], "POST", f"{NSP}/s1/migrate", {"toPartition": dst})
-        assert status == 200, job
+        assert status == 202, job
         wait_status(c.nodes[alive[0]], job["id"], {"snapshotting", "catching-up", "failed", "done"})
         time.sleep(1.0)
         c.nodes[victim].kill(signal.SIGKILL)
@@ -145,7 +145,7 @@ def test_destination_leader_killed_while_catching_up(slow_cluster: Cluster) -> N
     alive = [n for n in c.ids if n != victim]
     with Writers(c, "s2", alive) as w:
         status, job = call(c.nodes[alive[0]], "POST", f"{NSP}/s2/migrate", {"toPartition": dst})
-        assert status == 200, job
+        assert status == 202, job
         wait_status(c.nodes[alive[0]], job["id"], {"catching-up", "cutover", "failed", "done"}, timeout=60)
         c.nodes[victim].kill(signal.SIGKILL)
         final = wait_status(c.nodes[alive[0]], job["id"], {"done", "failed"}, timeout=90)
@@ -169,7 +169,7 @@ def test_coordinator_cut_off_during_cutover(slow_cluster: Cluster) -> None:
     alive = [n for n in c.ids if n != coordinator]
     with Writers(c, "s3", alive) as w:
         status, job = call(c.nodes[alive[0]], "POST", f"{NSP}/s3/migrate", {"toPartition": dst})
-        assert status == 200, job
+        assert status == 202, job
         seen = wait_status(c.nodes[alive[0]], job["id"], {"cutover", "done", "failed"}, timeout=60)
         c.nodes[coordinator].proc.send_signal(signal.SIGSTOP)  # paused, not dead: its connections stay open
         try:
