@@ -22,6 +22,7 @@ from aiohttp import web
 
 from cluster import inputs as I
 from cluster import migrations_api as MIG
+from cluster import sse as SSE
 from cluster import task_queues as TQ
 from cluster.service import Service
 from protocol.errors import ApiError
@@ -458,6 +459,7 @@ def build_router() -> Router:
     r.add("GET", "/v1/tasks/namespaces", h_ns_list)
     MIG.add_routes(r, NS)
     r.add("GET", "/v1/tasks/nexus", h_nexus_all)
+    r.add("GET", "/v1/tasks/events", SSE.h_events)  # answers with its own text/event-stream response
     r.add("POST", "/v1/tasks/namespaces", h_ns_create)
     r.add("GET", NS, h_ns_get)
     r.add("DELETE", NS, h_ns_delete)
@@ -560,7 +562,9 @@ class HttpApi:
                     if "ns" in params and not I.query_bool(request.query, "stale"):
                         await node.service.read_barrier(call.org, params["ns"])
                 result = await route.handler(node.service, call)
-                if isinstance(result, _Status):
+                if isinstance(result, web.StreamResponse):
+                    resp = result  # a streaming handler (SSE) answered itself, X-Tasks-Node included
+                elif isinstance(result, _Status):
                     resp = json_response(result.status, result.body, node.node_id, {"Retry-After": "1"})
                 else:
                     resp = json_response(route.status, result, node.node_id)

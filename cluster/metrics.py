@@ -197,6 +197,9 @@ class Metrics:
         self.migration_bytes = Counter("tasks_migration_bytes_total", "Bytes copied by migrations", registry=r)
         for status in MIGRATION_STATUSES:
             self.migrations.labels(status)
+        # Server-Sent Events (SPEC §6): open streams, and gap events (resume past the ring, slow consumers).
+        self.sse_subscribers = Gauge("tasks_sse_subscribers", "Open SSE streams", registry=r)
+        self.sse_gaps = Counter("tasks_sse_gaps_total", "SSE gap events queued", registry=r)
         self._job_status: dict[str, str] = {}
 
     def on_migration(self, job: dict) -> None:
