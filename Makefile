@@ -27,7 +27,7 @@ chaos-smoke: $(STAMP)
 	$(PY) -m chaos smoke --out chaos-smoke.json
 
 chaos: $(STAMP)
-	$(PY) -m chaos long --duration $${CHAOS_DURATION:-1800} --out chaos-long.json
+	$(PY) -m chaos long --with-migration --duration $${CHAOS_DURATION:-1800} --out chaos-long.json
 
 cluster: $(STAMP)
 	$(VENV)/bin/tasksd dev-cluster --nodes 3 --dir ./tasks-dev

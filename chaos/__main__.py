@@ -42,6 +42,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", type=Path, help="run directory (must be empty; default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the run directory even without anomalies")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--with-migration", action="store_true",
+                   help="start a namespace migration right before each fault (a migration in flight during it)")
     p.add_argument("--stale-reads", action="store_true",
                    help="canary: read registers with ?stale=true; the checker must flag the stale reads")
 
@@ -70,7 +72,7 @@ def _config(a: argparse.Namespace, scenario: str, duration: float, sub: str | No
     d = a.dir if sub is None or a.dir is None else a.dir / sub
     return RunConfig(scenario=scenario, nodes=a.nodes, duration=duration, seed=a.seed, out=None if sub else a.out,
                      dir=d, partitions=a.partitions, clients_per_node=a.clients_per_node, keep=a.keep,
-                     quiet=a.quiet, stale_reads=a.stale_reads)
+                     quiet=a.quiet, stale_reads=a.stale_reads, with_migration=a.with_migration)
 
 
 def smoke(a: argparse.Namespace) -> int:

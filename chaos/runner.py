@@ -81,6 +81,7 @@ class RunConfig:
     keep: bool = False
     quiet: bool = False
     stale_reads: bool = False
+    with_migration: bool = False
 
     def command(self) -> str:
         parts = ["python", "-m", "chaos", "run", "--scenario", self.scenario, "--nodes", str(self.nodes),
@@ -91,6 +92,8 @@ class RunConfig:
             parts += ["--clients-per-node", str(self.clients_per_node)]
         if self.stale_reads:
             parts += ["--stale-reads"]
+        if self.with_migration:
+            parts += ["--with-migration"]
         return shlex.join(parts)
 
 
@@ -241,7 +244,7 @@ class Run:
         t0 = time.monotonic()
         self.log(f"workload + scenario for {cfg.duration:g}s")
         ctx = self.ctx = ScenarioContext(tb, self.rnd, cfg.duration, self.history, self.namespaces,
-                                         started=self.history.now())
+                                         started=self.history.now(), with_migration=cfg.with_migration)
         stop = asyncio.Event()
         mon_stop = asyncio.Event()
         timeline: list[dict[str, Any]] = []

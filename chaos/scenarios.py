@@ -58,6 +58,8 @@ class ScenarioContext:
     anomalies: list[Anomaly] = field(default_factory=list)
     skipped: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    with_migration: bool = False
+    """Start a namespace migration right before each fault (``--with-migration``)."""
 
     def elapsed(self) -> float:
         return self.history.now() - self.started
@@ -119,9 +121,31 @@ class ScenarioDef:
 
 async def _one_fault(ctx: ScenarioContext, make: Callable[[], Awaitable[Fault]], hold: float | None = None) -> None:
     await ctx.at(ctx.warmup())
+    job = await _migration_in_flight(ctx) if ctx.with_migration else None
     fault = await ctx.inject(await make())
     await ctx.at(ctx.warmup() + (ctx.hold() if hold is None else hold))
     await ctx.heal(fault)
+    if job:
+        await _finish_migration(ctx, job)
+
+
+async def _migration_in_flight(ctx: ScenarioContext) -> str | None:
+    """Start moving a random namespace to a random other node; the job id (None: not started)."""
+    ns = ctx.rnd.choice(ctx.namespaces)
+    to_node = ctx.rnd.choice(ctx.tb.ids)
+    rep = await _start_migration(ctx, ns, to_node)
+    job_id = rep.body.get("id") if rep is not None and rep.ok and isinstance(rep.body, dict) else None
+    ctx.events.append({"t": round(ctx.history.now(), 3), "migration": job_id, "ns": ns, "to": to_node,
+                       "answer": rep.brief() if rep is not None else None, "with_fault": True})
+    return job_id
+
+
+async def _finish_migration(ctx: ScenarioContext, job_id: str) -> None:
+    """Every job ends done or failed (never stuck) once the fault is healed."""
+    job = await _wait_job(ctx, job_id, timeout=60.0)
+    ctx.events.append({"t": round(ctx.history.now(), 3), "migration": job_id, "final": job})
+    if job is None or job.get("status") not in ("done", "failed"):
+        ctx.notes.append(f"migration {job_id} not finished 60s after heal: {job}")
 
 
 async def kill_meta_leader(ctx: ScenarioContext) -> None:
@@ -353,10 +377,13 @@ async def mixed(ctx: ScenarioContext) -> None:
     await ctx.at(ctx.warmup())
     tail = min(10.0, 0.2 * ctx.duration)
     while ctx.elapsed() < ctx.duration - tail - 2.0:
+        job = await _migration_in_flight(ctx) if ctx.with_migration and ctx.rnd.random() < 0.5 else None
         fault = await ctx.inject(await _random_fault(ctx))
         hold = ctx.rnd.uniform(1.0, 3.0) if isinstance(fault, KillAll) else ctx.rnd.uniform(2.0, 8.0)
         await asyncio.sleep(min(hold, max(0.5, ctx.duration - tail - ctx.elapsed())))
         await ctx.heal(fault)
+        if job:
+            await _finish_migration(ctx, job)
         await asyncio.sleep(ctx.rnd.uniform(2.0, 5.0))
 
 
