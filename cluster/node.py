@@ -174,7 +174,8 @@ class Node:
         timers = self.timers
         self.membership.subscribe(lambda old, new: loop.call_soon_threadsafe(timers.on_membership_change, old, new))
         api = HttpApi(self)
-        self._runner = web.AppRunner(api.app, access_log=None, handle_signals=False)
+        # SPEC §10.2: drain HTTP for at most 5 s on SIGTERM (aiohttp waits 60 s by default).
+        self._runner = web.AppRunner(api.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
         host, port = split_addr(cfg.http)
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
