@@ -28,8 +28,10 @@ so every job ends ``done`` or ``failed`` and re-running one is always possible.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import queue
 import secrets
 import threading
 import time
@@ -44,8 +46,10 @@ log = logging.getLogger("tasks.migration")
 
 Json = dict[str, Any]
 
-CHUNK_BYTES = 256 * 1024
+CHUNK_BYTES = 512 * 1024
 CHUNKS_IN_FLIGHT = 4
+SNAPSHOT_QUEUE = 8
+"""Chunks read ahead of the proposals (memory: about SNAPSHOT_QUEUE × CHUNK_BYTES)."""
 TAIL_BATCH = 256
 CATCH_UP_LAG = 64
 """Tail entries left over when the fence goes up (they are forwarded while fenced)."""
@@ -54,6 +58,10 @@ STEP_RETRY_FOR = 30.0
 
 class MigrationError(Exception):
     """A job cannot go on; it is aborted (before the flip) with this message."""
+
+
+class _Stopped(Exception):
+    """The snapshot reader was told to stop (the copy ended or failed)."""
 
 
 class Migrations:
@@ -224,20 +232,7 @@ class Migrations:
         await self._shard(dst, org, ns, "mig.incoming", job=jid)
         await self._shard(src, org, ns, "mig.begin", job=jid)
         await self._shard(src, org, ns, "sys.barrier")  # the local replica now has the begin
-        forwarded, snapshot_index, chunks = await asyncio.to_thread(self._snapshot, src, org, ns, jid)
-        await self._update(jid, snapshotIndex=snapshot_index)
-        sent = 0
-        started = time.monotonic()
-        chunks = chunks or [[]]
-        for first in range(0, len(chunks), CHUNKS_IN_FLIGHT):  # a few proposals in flight at once
-            window = chunks[first:first + CHUNKS_IN_FLIGHT]
-            await asyncio.gather(*(self._chunk(dst, org, ns, jid, first + i, pairs, base=forwarded)
-                                   for i, pairs in enumerate(window)))
-            sent += sum(len(k) + len(v) for pairs in window for k, v in pairs)
-            await self._pace(sent, started)
-            if (first // CHUNKS_IN_FLIGHT) % 8 == 7:
-                await self._update(jid, bytes=sent)
-        del chunks
+        forwarded, sent = await self._stream_snapshot(src, dst, org, ns, jid)
         await self._update(jid, status="catching-up", bytes=sent)
         tail = 0
         while True:  # forward until the lag is small
@@ -342,35 +337,101 @@ class Migrations:
 
     # ---- steps -------------------------------------------------------------------------
 
-    def _snapshot(self, src: int, org: str, ns: str, jid: str) -> tuple[int, int, list[list[list[bytes]]]]:
-        """One read transaction of the source replica (in a worker thread): the
-        shard's range in chunks, the tail position it already contains and the
-        applied index it was read at. The view is closed before any chunk is
-        sent, so a slow copy never holds the store (or its map growth) up."""
-        prefix = keys.shard_prefix(org, ns)
-        chunks: list[list[list[bytes]]] = []
-        pairs: list[list[bytes]] = []
-        size = 0
-        with self.rep.store(src).read() as txn:
-            st = moving.read_state(txn, org, ns)
-            if st is None or st.get("role") != "src" or st.get("job") != jid:
-                raise MigrationError("the source is not recording this job's tail")
-            cur = txn.cursor()
-            more = cur.set_range(prefix)
-            while more:
-                k = cur.key()
-                if not k.startswith(prefix):
+    async def _stream_snapshot(self, src: int, dst: int, org: str, ns: str, jid: str) -> tuple[int, int]:
+        """Copy the shard's range from one read view of the source replica.
+
+        A worker thread reads the view and hands chunks over through a small
+        queue; ``CHUNKS_IN_FLIGHT`` chunk proposals go out at a time. Memory
+        stays at a few chunks. The view is one LMDB read transaction held for
+        the whole copy; if the source's map must grow meanwhile (growth waits
+        for readers), the copy gives way and the job fails, to be retried.
+        Returns (the tail position the copy contains, bytes sent).
+        """
+        store = self.rep.store(src)
+        handoff: queue.Queue[Any] = queue.Queue(maxsize=SNAPSHOT_QUEUE)
+        stop = threading.Event()
+
+        def put(item: Any) -> None:
+            while True:
+                if stop.is_set():
+                    raise _Stopped
+                try:
+                    handoff.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    if store.resize_pending():
+                        raise MigrationError("the source partition's map is growing; retry the job") from None
+
+        def produce() -> None:
+            prefix = keys.shard_prefix(org, ns)
+            try:
+                with store.read() as txn:
+                    st = moving.read_state(txn, org, ns)
+                    if st is None or st.get("role") != "src" or st.get("job") != jid:
+                        raise MigrationError("the source is not recording this job's tail")
+                    put(("start", st["seq"], keys.get_applied(txn)))
+                    pairs: list[list[bytes]] = []
+                    size = 0
+                    cur = txn.cursor()
+                    more = cur.set_range(prefix)
+                    while more:
+                        k = cur.key()
+                        if not k.startswith(prefix):
+                            break
+                        v = cur.value()
+                        pairs.append([k, v])
+                        size += len(k) + len(v)
+                        if size >= CHUNK_BYTES:
+                            put(pairs)
+                            pairs, size = [], 0
+                        more = cur.next()
+                    put(pairs)  # the last one (possibly empty: there is always one chunk)
+                put(None)
+            except _Stopped:
+                return
+            except Exception as e:  # noqa: BLE001 - handed to the coordinator
+                while not stop.is_set():  # the copy is over: make room for the error if need be
+                    try:
+                        handoff.put_nowait(e)
+                        return
+                    except queue.Full:
+                        with contextlib.suppress(queue.Empty):
+                            handoff.get_nowait()
+
+        async def take() -> Any:
+            item = await asyncio.to_thread(handoff.get)
+            if isinstance(item, Exception):
+                raise item
+            return item
+
+        threading.Thread(target=produce, name=f"snapshot-{jid}", daemon=True).start()
+        try:
+            _, base, snapshot_index = await take()
+            await self._update(jid, snapshotIndex=snapshot_index)
+            sent, n, started, done = 0, 0, time.monotonic(), False
+            while not done:
+                window: list[list[list[bytes]]] = []
+                while len(window) < CHUNKS_IN_FLIGHT:
+                    item = await take()
+                    if item is None:
+                        done = True
+                        break
+                    window.append(item)
+                await asyncio.gather(*(self._chunk(dst, org, ns, jid, n + i, pairs, base=base)
+                                       for i, pairs in enumerate(window)))
+                n += len(window)
+                sent += sum(len(k) + len(v) for pairs in window for k, v in pairs)
+                await self._pace(sent, started)
+                if n % (8 * CHUNKS_IN_FLIGHT) < CHUNKS_IN_FLIGHT:
+                    await self._update(jid, bytes=sent)
+            return base, sent
+        finally:
+            stop.set()
+            while True:  # unblock the reader if it is waiting to hand over
+                try:
+                    handoff.get_nowait()
+                except queue.Empty:
                     break
-                v = cur.value()
-                pairs.append([k, v])
-                size += len(k) + len(v)
-                if size >= CHUNK_BYTES:
-                    chunks.append(pairs)
-                    pairs, size = [], 0
-                more = cur.next()
-            if pairs:
-                chunks.append(pairs)
-            return st["seq"], keys.get_applied(txn), chunks
 
     def _tail(self, src: int, org: str, ns: str, after: int) -> list[tuple[int, int, bytes]]:
         with self.rep.store(src).read() as txn:

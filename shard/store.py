@@ -145,6 +145,14 @@ class PartitionStore:
                 txn.abort()
                 del txn
 
+    def resize_pending(self) -> bool:
+        """True while a map growth waits for the open read views to close.
+
+        A long-lived reader (a migration's snapshot) checks this and gives way,
+        so that it never holds the writer up for long.
+        """
+        return self._guard._resizing
+
     def applied_index(self) -> int:
         with self.read() as txn:
             return keys.get_applied(txn)
