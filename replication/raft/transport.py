@@ -661,6 +661,11 @@ class PeerMux:
             while True:
                 channel, group, body = await read_frame(reader, key, seq, self.max_frame)
                 seq += 1
+                if self._inbound.get(peer_id) is not writer:
+                    # Superseded by a newer connection from the same peer: frames
+                    # still buffered here are older than the new connection's and
+                    # must not be delivered after them (Raft assumes no reordering).
+                    return
                 try:
                     self._on_frame(peer_id, channel, group, body)
                 except Exception:
