@@ -36,8 +36,8 @@ What ``data`` carries (the affected record, or the shapes §6 names):
 The record comes from the apply result when it is the one the event names,
 else it is read from the local replica (then it may already reflect later
 commands: delivery is best effort). When it cannot be read, ``data`` is left
-out. Kinds that the state machine does not notify in this build
-(``activity.started``, ``activity.heartbeat``, ``batch.*``) are never sent.
+out. ``activity.heartbeat`` carries ``{details}`` (one per *committed*
+heartbeat, SPEC §5.7). Batches are not in this build: ``batch.*`` is never sent.
 """
 
 from __future__ import annotations
@@ -330,6 +330,8 @@ class SseHub:
                     s = reads.schedule(txn, org, ns, sid)
             service = self.node.service
             return service.render_schedule(org, ns, s) if s is not None and service is not None else None
+        if kind == "activity.heartbeat":
+            return {"details": ev.get("details")}
         if family == "activity":
             aid, rid = ev.get("activity_id"), ev.get("run_id")
             a = result.get("activity")

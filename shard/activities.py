@@ -76,6 +76,7 @@ def _act_start_attempt(ctx: Ctx, act: dict[str, Any], identity: str, nonce: str 
     act.update(status="STARTED", startedTime=ctx.now, nonce=nonce, identity=identity or act.get("identity", ""))
     act["startedEventId"] = _act_event(ctx, act, "ACTIVITY_TASK_STARTED", {
         "scheduledEventId": 1, "attempt": act["attempt"], "identity": identity or ""})
+    ctx.notify("activity.started", activity_id=act["activityId"], run_id=act["runId"], attempt=act["attempt"])
     _act_arm(ctx, act, "startToClose", ctx.now + act["startToCloseTimeout"])
     if act.get("heartbeatTimeout"):
         _act_arm(ctx, act, "heartbeat", ctx.now + act["heartbeatTimeout"])
@@ -351,6 +352,7 @@ def op_act_heartbeat(ctx: Ctx) -> Result:
     act["lastHeartbeatTime"] = ctx.now
     if cmd.get("details") is not None:
         act["heartbeatDetails"] = cmd["details"]
+    ctx.notify("activity.heartbeat", activity_id=act["activityId"], run_id=act["runId"], details=cmd.get("details"))
     if act.get("heartbeatTimeout"):
         _act_arm(ctx, act, "heartbeat", ctx.now + act["heartbeatTimeout"])
     _act_save(ctx, act)

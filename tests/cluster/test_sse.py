@@ -287,6 +287,21 @@ def test_workflow_start_and_signal_events(node: NodeProcess, streams) -> None:
     assert sig["signal"] == "go" and sig["input"] == {"n": 1} and sig["history_length"] >= 3
 
 
+def test_activity_lifecycle_events(node: NodeProcess, streams) -> None:
+    ns = new_ns(node)
+    s = streams(node.url, f"{EVENTS}?namespace={ns}&kinds=activity.")
+    act = ok(node, "POST", f"{NSP}/{ns}/activities", {"activityId": "a1", "activityType": {"name": "A"},
+                                                      "taskQueue": "q"})
+    rid = act["execution"]["runId"]
+    ok(node, "POST", f"{NSP}/{ns}/activities/a1/{rid}/heartbeat", {"details": {"pct": 50}})
+    ok(node, "POST", f"{NSP}/{ns}/activities/a1/{rid}/complete", {"result": 1})
+    evs = s.events(10, until=lambda e: e["event"] == "activity.completed")
+    assert [e["event"] for e in evs] == ["activity.scheduled", "activity.started", "activity.heartbeat",
+                                         "activity.completed"], evs
+    assert evs[2]["data"]["data"] == {"details": {"pct": 50}}
+    assert all(e["data"]["activity_id"] == "a1" for e in evs)
+
+
 def test_namespace_and_kind_filters(node: NodeProcess, streams) -> None:
     everything = streams(node.url)
     ns1, ns2 = f"f1-{uuid.uuid4().hex[:6]}", f"f2-{uuid.uuid4().hex[:6]}"
