@@ -113,8 +113,10 @@ def test_writes_and_a_schedule_keep_going_through_a_migration(cluster: Cluster) 
     c = cluster
     n1 = c.nodes["n1"]
     create_ns(n1, "live")
-    for i in range(300):
-        start_wf(c.nodes[c.ids[i % 3]], "live", f"pre-{i}")
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:  # the namespace holds 10,000 workflows (issue 6)
+        list(pool.map(lambda i: start_wf(c.nodes[c.ids[i % 3]], "live", f"pre-{i}"), range(10_000)))
     status, body = call(n1, "POST", f"{NSP}/live/schedules", {
         "scheduleId": "tick", "spec": {"interval": [{"interval": "1s"}]},
         "action": {"workflowType": {"name": "Tick"}, "taskQueue": "t"},
@@ -160,6 +162,7 @@ def test_writes_and_a_schedule_keep_going_through_a_migration(cluster: Cluster) 
         status, body = call(reader, "GET", f"{NSP}/live/workflows?pageSize=1000&query=WorkflowType%3D%27Job%27"
                                            f"&nextPageToken={body['nextPageToken']}")
     assert len(seen) == len(set(seen)), "a workflow was applied twice"
+    assert {f"pre-{i}" for i in range(10_000)} <= set(seen)
     missing = set(acked) - set(seen)
     assert not missing, sorted(missing)[:10]
     status, body = call(reader, "GET", f"{NSP}/live/workflows?pageSize=1000&query=WorkflowType%3D%27Tick%27")
