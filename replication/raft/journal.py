@@ -244,6 +244,11 @@ class DurableJournal(Journal):
         self._offsets.append(offset)
         self._crcs.append(crc)
 
+    @property
+    def log_bytes(self) -> int:
+        """Bytes of the log (written and pending): what compaction would free."""
+        return self._written_end + len(self._pending)
+
     def clear(self) -> None:
         """Drop every entry: the log is cut back to its header, durable at the next flush."""
         self._check_writable()

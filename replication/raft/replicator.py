@@ -72,6 +72,7 @@ class RaftReplicator:
         reserve_disk: int = 0,
         max_frame: int = 16 << 20,
         snapshot_every: int = 10_000,
+        compact_bytes: int = 64 << 20,
     ) -> None:
         self.node_id = node_id
         self.partitions = partitions
@@ -83,6 +84,10 @@ class RaftReplicator:
         self._sync = sync
         self._max_frame = max_frame
         self._snapshot_every = snapshot_every
+        # Compaction is also due when a group's log (kept in memory by pysyncobj
+        # as well as on disk) outgrows this, e.g. after a migration's chunks.
+        self._compact_bytes = compact_bytes
+        self._forced_at: dict[int, float] = {}
         self._snapshotters: list[LmdbSnapshotter] = []
         self.propose_timeout = propose_timeout_ms / 1000.0
         self._timings = (election_timeout_ms / 1000.0, heartbeat_interval_ms / 1000.0)
@@ -481,6 +486,10 @@ class RaftReplicator:
                     self.stalled.add(g)
                 grp.hold_elections(3600.0)  # a leader that cannot apply stops heartbeating and is replaced
                 return
+            journal = self._journals[g]
+            if journal.log_bytes > self._compact_bytes and time.monotonic() - self._forced_at.get(g, 0.0) > 10.0:
+                self._forced_at[g] = time.monotonic()
+                grp.forceLogCompaction()
             if g in self.stalled:
                 log.warning("group %d applies again", g)
                 self.stalled.discard(g)
