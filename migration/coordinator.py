@@ -284,7 +284,7 @@ class Migrations:
             await self._update(jid, status="done", finishedAt=self.clock(),
                                error="the copy differs from the source (kept for inspection)")
             return
-        await self._finish(job)
+        await self._collect(job)
 
     def _compare(self, src: int, dst: int, org: str, ns: str, views_open: threading.Event) -> bool:
         with self.rep.store(src).read() as a, self.rep.store(dst).read() as b:
@@ -292,9 +292,13 @@ class Migrations:
             return range_hash(a, org, ns) == range_hash(b, org, ns)
 
     async def _finish(self, job: Json) -> None:
-        """After the flip: activate the destination, drop the source range, done."""
+        """A flipped job left unfinished (a new coordinator, a late error): activate, collect, done."""
+        await self._shard(job["toPartition"], job["org"], job["namespace"], "mig.activate", job=job["id"])
+        await self._collect(job)
+
+    async def _collect(self, job: Json) -> None:
+        """The destination is active: drop the source range (in batches), then the job is done."""
         org, ns, jid = job["org"], job["namespace"], job["id"]
-        await self._shard(job["toPartition"], org, ns, "mig.activate", job=jid)
         while not (await self._shard(job["fromPartition"], org, ns, "mig.gc", job=jid,
                                      to=job["toPartition"])).get("done"):
             await asyncio.sleep(0)
