@@ -37,13 +37,13 @@ import msgpack
 
 from protocol import names
 from protocol.errors import ApiError
+from replication.raft.transport import FORWARD  # SPEC §8.7 channel for forwarded requests
 from routing import NoOwner
 
 log = logging.getLogger("tasks.relay")
 
 Json = dict[str, Any]
 
-FORWARD = 2  # SPEC §8.7 peer channel for forwarded requests (replication.raft.transport.FORWARD)
 RESUBSCRIBE_EVERY = 2.0
 """Seconds between re-announcements of relayed subscriptions (heals lost frames and owner restarts)."""
 MAX_QUERY_ROUTES = 4096
@@ -170,10 +170,8 @@ class Relay:
 
     def subscribe(self, conn: Any, org: str, ns: str, body: Json, kind: str) -> Json:
         """0x00A0 / 0x00A1 from a worker connected here."""
-        tq = body.get("task_queue")
-        names.check_id(tq, "task_queue")
         body = dict(body)
-        self.dispatcher.validate_subscription(body)
+        tq, _, _ = self.dispatcher.validate_subscription(body)
         if not body.get("identity"):
             body["identity"] = getattr(conn.session, "client_id", "") or ""
         sid = body.get("subscription_id")
@@ -187,7 +185,6 @@ class Relay:
         if where == self.self_id:
             res = self.dispatcher.subscribe_local(conn, org, ns, body, kind, sub_id=sid)
         else:
-            self.dispatcher.validate_subscription(body)
             self._send(where, {"t": "sub", "s": sid, "org": org, "ns": ns, "k": kind, "b": _sub_fields(body)})
             self.stats.relayed_out += 1
             res = {"subscription_id": sid}
