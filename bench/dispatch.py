@@ -88,6 +88,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.cluster import machine_busy
+from bench.single_node import _die_with_parent
+
 if TYPE_CHECKING:
     from bench.cluster import System
 
@@ -210,24 +213,6 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("TASKSD_", "TASKS_"))}
 
 
-_LIBC: Any = None
-
-
-def _load_libc() -> None:
-    """Load libc in the parent, so that the child does nothing but one call before exec."""
-    global _LIBC
-    if _LIBC is None:
-        with contextlib.suppress(OSError):
-            import ctypes
-
-            _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
-
-
-def _die_with_parent() -> None:  # in the child between fork and exec: no imports, no locks
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _children() -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -258,14 +243,6 @@ def tree_cpu(pids: Sequence[int], kids: dict[int, list[int]] | None = None) -> f
         total += _proc_cpu(p)
         todo += kids.get(p, [])
     return total
-
-
-def machine_busy() -> float | None:
-    """CPU seconds all cores spent busy since boot (/proc/stat: all but idle and iowait)."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        vals = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return (sum(vals) - vals[3] - vals[4]) / CLK_TCK
-    return None
 
 
 def _emitter(fd: int) -> Callable[[str], None]:
@@ -1304,7 +1281,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return role_celery_worker(a)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
-    _load_libc()
     root = Path(tempfile.mkdtemp(prefix="tasks-bench-dispatch-", dir=a.tmp_dir))
     settings = {k: getattr(a, k) for k in ("tasks", "producers", "slots", "durability", "worker_impl",
                                            "celery_pool", "worker_counts", "system_list")}

@@ -339,10 +339,18 @@ def machine_info(tmp_dir: Path, client_loop: str) -> Machine:
 # the node subprocess
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _libc() -> Any:
+    with contextlib.suppress(OSError):
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    return None
+
+
+_LIBC: Any = _libc()  # loaded here, in the parent: the forked child only makes one call
+
+
+def _die_with_parent() -> None:  # in the child between fork and exec: no imports, no locks
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
