@@ -328,8 +328,8 @@ class Dispatcher:
             self._dispatch_activities(qkey, subs)
         for (org, ns, tq), subs in queues.items():
             free = sum(max(0, s.free()) for s in subs)
-            if free <= 0:
-                continue
+            if free <= 0 or not self.service.holds(org, ns):
+                continue  # (not held here: a relay fallback with no replica reachable)
             now = self.service.clock()
             with self.service._read(org, ns) as txn:
                 pending = reads.pending_tasks(txn, org, ns, tq, now, free * 2)
@@ -362,7 +362,7 @@ class Dispatcher:
         """Offer the queue's visible activity attempts to its activity subscriptions."""
         org, ns, tq = qkey
         free = sum(max(0, s.free()) for s in subs)
-        if free <= 0:
+        if free <= 0 or not self.service.holds(org, ns):
             return
         with self.service._read(org, ns) as txn:
             acts = [reads.activity(txn, org, ns, aid, rid)
@@ -592,7 +592,7 @@ class Dispatcher:
 
     async def _push_activity_result(self, org: str, ns: str, wid: str, rid: str, aid: str, arid: str) -> None:
         lease = self.leases.get((org, ns, wid, rid))
-        if lease is None or lease.sub is None or lease.sub.conn.closed:
+        if lease is None or lease.sub is None or lease.sub.conn.closed or not self.service.holds(org, ns):
             return  # not held here: the close was recorded in history (and is a trigger event)
         with self.service._read(org, ns) as txn:
             act = reads.activity(txn, org, ns, aid, arid)
@@ -754,8 +754,7 @@ class Dispatcher:
         wait for the next commit.
         """
         key = (t.org, t.ns, t.wid, t.rid)
-        with self.service._read(t.org, t.ns) as txn:
-            act = reads.activity(txn, t.org, t.ns, t.wid, t.rid)
+        act = await self.service.read(t.org, t.ns, "activity", t.wid, t.rid)
         if (act is None or act["status"] != "STARTED" or act["attempt"] != t.attempt
                 or act.get("nonce") != t.nonce):
             self._hb_persisted.pop(key, None)
@@ -780,8 +779,7 @@ class Dispatcher:
             if peek.kind == "at":
                 return await self._activity_heartbeat(self._token(org, body["task_token"], kind="at"), body)
         t = self._token(org, body.get("task_token"))
-        with self.service._read(t.org, t.ns) as txn:
-            run = reads.run(txn, t.org, t.ns, t.wid, t.rid)
+        run = await self.service.read(t.org, t.ns, "run", t.wid, t.rid)
         wt = run.get("wt") if run else None
         if (
             run is None or run["status"] not in ("RUNNING", "CANCELING") or not wt or wt["state"] != "STARTED"

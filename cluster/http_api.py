@@ -26,6 +26,7 @@ from cluster import sse as SSE
 from cluster import task_queues as TQ
 from cluster.service import Service
 from protocol.errors import ApiError
+from replication import NotReplica
 
 log = logging.getLogger("tasks.http")
 
@@ -214,7 +215,7 @@ async def h_settings(s: Service, c: Call) -> Json:
 
 
 async def h_cluster(s: Service, c: Call) -> Json:
-    return c.request.app[NODE_KEY].cluster_info(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
+    return await c.request.app[NODE_KEY].cluster_info(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_cluster_health(s: Service, c: Call) -> Any:
@@ -583,6 +584,8 @@ class HttpApi:
             resp = error_response(e, node.node_id)
         except web.HTTPException:
             raise
+        except NotReplica as e:  # the layout changed while the request was served here
+            resp = error_response(ApiError("unavailable", f"{e}; retry", retry_after=1), node.node_id)
         except Exception:
             log.exception("bug serving %s %s", method, request.rel_url.path)
             resp = error_response(ApiError("internal", "internal error"), node.node_id)

@@ -91,7 +91,8 @@ class Node:
     def _stores(self) -> list:
         if self.replicator is None:
             return []
-        return [self.replicator.store(p) for p in range(self.replicator.partitions)]
+        rep = self.replicator
+        return [rep.store(p) for p in rep.local_partitions() if rep.is_local(p)]
 
     def _peer_rejected(self) -> dict[str, int]:
         mux = getattr(self.replicator, "mux", None)
@@ -134,9 +135,16 @@ class Node:
                 )
         await self.replicator.start()
         if getattr(self.replicator, "kind", "local") == "raft":
+            from cluster.replica_sets import ReplicaKeeper
+
+            self.replica_keeper = ReplicaKeeper(self.replicator, replication_factor=cfg.replication_factor,
+                                                seed=cfg.seed)
             self._bg.append(asyncio.create_task(self._join_meta(), name="meta-join"))
             self._bg.append(asyncio.create_task(self._balance_leaders(), name="leader-balance"))
+            self._bg.append(asyncio.create_task(self.replica_keeper.run(), name="replica-sets"))
         self.service = Service(cfg, self.replicator, node_id=self.node_id, clock=self.clock)
+        if self.service.forwarder is not None:
+            self.replicator.rpc.register("shardinfo", self._serve_shard_info)
         duration = self.metrics.proposal_duration.labels("partition")
         self.service.on_proposed = duration.observe
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
@@ -273,8 +281,11 @@ class Node:
         peers = [{"id": p.id, "peer": p.peer, "http": p.http, "zap": p.zap} for p in cfg.peers]
         if not any(p["id"] == self.node_id for p in peers):
             peers.append({"id": self.node_id, "peer": cfg.advertise_peer, "http": None, "zap": None})
+        from cluster.replica_sets import bootstrap_layout
+
+        layout = bootstrap_layout(cfg.partitions, [p["id"] for p in peers], cfg.replication_factor, cfg.seed)
         commands = [
-            {"op": "meta.init", "partitions": cfg.partitions, "members": peers},
+            {"op": "meta.init", "partitions": cfg.partitions, "members": peers, "replicas": layout},
             {"op": "meta.member", "id": self.node_id, "peer": cfg.advertise_peer,
              "http": self.public_http, "zap": self.public_zap},
         ]
@@ -312,6 +323,10 @@ class Node:
     def _on_meta_apply(self, group: int, index: int, result: dict[str, Any]) -> None:
         """A member joined or left: dial and accept exactly the meta group's members."""
         rep = self.replicator
+        if group == rep.meta_group and result.get("layout"):
+            from cluster.replica_sets import current_layout
+
+            rep.set_replica_sets(current_layout(rep))  # open or drop this node's partitions
         if group != rep.meta_group or not ("member" in result or "removed" in result):
             return
         if result.get("removed") == self.node_id:
@@ -336,7 +351,9 @@ class Node:
         if not res.get("ok"):
             raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
         try:
-            await rep.change_membership("add", node_id)
+            # A voter of the meta group; partitions come to it when a replica set
+            # is short of replication_factor (cluster.replica_sets).
+            await rep.change_membership("add", node_id, groups=[rep.meta_group])
         except TimeoutError as e:
             raise ApiError("unavailable", str(e), retry_after=1) from None
         return {"status": "joined", "nodeId": node_id, "members": self.member_ids()}
@@ -354,7 +371,7 @@ class Node:
         rep = self.replicator
         raft = getattr(rep, "kind", "local") == "raft"
         known = node_id in self.member_ids() or (
-            raft and any(node_id in rep.voters(g) for g in range(rep.partitions + 1))
+            raft and any(node_id in rep.voters(g) for g in rep.local_partitions() + [rep.meta_group])
         )
         if not known:
             raise ApiError("not_found", f"node {node_id} is not a member")
@@ -367,15 +384,34 @@ class Node:
         if not res.get("ok"):
             raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
         try:
-            await rep.change_membership("rem", node_id)
+            await rep.change_membership("rem", node_id, groups=[rep.meta_group])
         except TimeoutError as e:
             raise ApiError("unavailable", str(e), retry_after=1) from None
+        # The meta leader moves its replicas to other members (add first, then
+        # remove); the node may be stopped once it holds none.
+        from cluster.replica_sets import current_layout
+
+        deadline = time.monotonic() + 120.0
+        while any(node_id in nodes for nodes in current_layout(rep).values()):
+            if time.monotonic() > deadline:
+                raise ApiError("unavailable", f"{node_id} still holds replicas; its removal goes on, retry to wait",
+                               retry_after=5)
+            await asyncio.sleep(0.2)
         return {"status": "removed", "nodeId": node_id, "members": self.member_ids()}
 
     def preferred_leaders(self) -> list[str]:
         from routing import preferred_leaders
 
-        return preferred_leaders(self.replicator.partitions, self.member_ids())
+        rep = self.replicator
+        base = preferred_leaders(rep.partitions, self.member_ids())
+        replicas = getattr(rep, "replicas", None)
+        if replicas is None:
+            return base
+        out = []
+        for p, lead in enumerate(base):
+            holders = list(replicas(p))
+            out.append(lead if not holders or lead in holders else holders[0])  # only a replica can lead
+        return out
 
     async def _balance_leaders(self) -> None:
         """Move each partition's leadership back to its preferred leader.
@@ -396,7 +432,8 @@ class Node:
                     continue
                 preferred = self.preferred_leaders()
                 for p, want in enumerate(preferred):
-                    if want != self.node_id and rep.is_leader(p) and rep.mux.is_connected(want):
+                    if want != self.node_id and rep.is_leader(p) and want in rep.voters(p) \
+                            and rep.mux.is_connected(want):
                         rep.transfer_leadership(p, want)
             except Exception:
                 log.exception("leader balancing failed")
@@ -458,6 +495,17 @@ class Node:
         return {"org": org, "namespace": ns, "partition": partition, "pinned": pin is not None,
                 "fenced": fenced, "placementEpoch": pin["epoch"] if pin else 0}
 
+    async def _serve_shard_info(self, peer: str, a: Any) -> Any:
+        """A peer lists the shards of a partition it does not hold (org None: all orgs)."""
+        from shard import reads
+
+        p, org = a["p"], a.get("org")
+        if not self.replicator.is_local(p):
+            return {"not_replica": True}
+        with self.replicator.store(p).read() as txn:
+            found = [(o, n) for o, n in reads.shards(txn) if org is None or o == org]
+        return {"ok": [self._shard_info(o, n, p) for o, n in found]}
+
     async def migrate(self, org: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST NS/migrate: resolve the destination partition and record the job."""
         from migration import shard_counts
@@ -466,11 +514,8 @@ class Node:
         names.check_namespace(ns)
         rep = self.replicator
         await self.service.ensure_namespace(org, ns)
-        with self.service._read(org, ns) as txn:
-            from shard import reads
-
-            if reads.namespace(txn, org, ns) is None:
-                raise ApiError("not_found", f"namespace {ns} not found")
+        if await self.service.read(org, ns, "namespace") is None:
+            raise ApiError("not_found", f"namespace {ns} not found")
         src = self.service.partition(org, ns)
         if not isinstance(body, dict) or ("toNode" in body) == ("toPartition" in body):
             raise ApiError("invalid_argument", "give exactly one of toNode or toPartition")
@@ -486,13 +531,23 @@ class Node:
                 raise ApiError("failed_precondition", "migration needs replicator: raft")
             if to != self.node_id and not self.membership.current.is_alive(to):
                 raise ApiError("failed_precondition", f"node {to} is not alive")
-            led = [p for p in range(rep.partitions) if rep.leader(p) == to]
+            # Partitions X leads (for partitions this node does not hold, their
+            # preferred leader stands in: leadership is moved back to it).
+            preferred = self.preferred_leaders()
+            led = [p for p in range(rep.partitions)
+                   if (rep.leader(p) == to if rep.is_local(p) else preferred[p] == to)]
             if src in led:
                 dst = src  # already home on a partition that node leads
             elif not led:
                 raise ApiError("failed_precondition", f"node {to} leads no partition right now; retry")
             else:
                 counts = shard_counts(rep)
+                for p in led:
+                    if not rep.is_local(p):
+                        try:
+                            counts[p] = len(await self.service.forwarder.call(p, "shardinfo", {"p": p, "org": None}, 5.0))
+                        except ApiError:
+                            counts[p] = 1 << 30
                 dst = min(led, key=lambda p: (counts.get(p, 0), p))
         if getattr(rep, "kind", "local") != "raft":
             raise ApiError("failed_precondition", "migration needs replicator: raft")
@@ -512,7 +567,9 @@ class Node:
         reasons = []
         if rep.leader(rep.meta_group) is None:
             reasons.append("meta: no leader")
-        for p in range(rep.partitions):
+        if rep.meta.partitions() is None:
+            reasons.append("partitions: layout not known yet")
+        for p in rep.local_partitions():
             if rep.leader(p) is None:
                 reasons.append(f"partition:{p}: no leader")
         return reasons
@@ -531,7 +588,7 @@ class Node:
         if getattr(rep, "kind", "local") != "raft":
             return 200, {"status": "ok", "nodeId": self.node_id, "groups": 1}
         reasons = []
-        groups = list(range(rep.partitions)) + [rep.meta_group]
+        groups = rep.local_partitions() + [rep.meta_group]
         for g in groups:
             st = rep.group_status(g)
             name = "meta" if g == rep.meta_group else f"partition:{g}"
@@ -572,16 +629,28 @@ class Node:
             },
         }
 
-    def cluster_info(self, org: str, size: int, token: str | None) -> dict[str, Any]:
+    async def cluster_info(self, org: str, size: int, token: str | None) -> dict[str, Any]:
         from cluster import inputs as I
         from shard import reads
 
         rep = self.replicator
         raft = getattr(rep, "kind", "local") == "raft"
         shards: list[tuple[str, str, int]] = []
+        infos: dict[tuple[str, str, int], dict[str, Any]] = {}
         for p in range(rep.partitions):
-            with rep.store(p).read() as txn:
-                shards.extend((o, n, p) for o, n in reads.shards(txn) if o == org)
+            if rep.is_local(p):
+                with rep.store(p).read() as txn:
+                    found = [(o, n) for o, n in reads.shards(txn) if o == org]
+                shards.extend((o, n, p) for o, n in found)
+                infos.update({(o, n, p): self._shard_info(o, n, p) for o, n in found})
+            else:
+                try:
+                    remote = await self.service.forwarder.call(p, "shardinfo", {"p": p, "org": org}, 5.0)
+                except ApiError:
+                    continue  # no replica reachable: its shards are left out of this listing
+                for info in remote:
+                    shards.append((info["org"], info["namespace"], p))
+                    infos[(info["org"], info["namespace"], p)] = info
         shards.sort()
         after = I.read_token(token, "cluster", org)
         keys = [(f"{o}\x00{n}", o, n, p) for o, n, p in shards]
@@ -612,10 +681,13 @@ class Node:
             preferred = self.preferred_leaders()
             for p in range(rep.partitions):
                 st = rep.group_status(p)
+                local = rep.is_local(p)
                 partitions.append({
-                    "id": p, "leader": st["leader"], "preferredLeader": preferred[p], "replicas": member_ids,
-                    "local": True, "appliedIndex": st["appliedIndex"], "commitIndex": st["commitIndex"],
-                    "term": st["term"], "shards": counts[p],
+                    "id": p, "leader": st["leader"], "preferredLeader": preferred[p],
+                    "replicas": sorted(rep.replicas(p)), "local": local,
+                    **({"appliedIndex": st["appliedIndex"], "commitIndex": st["commitIndex"], "term": st["term"]}
+                       if local else {}),
+                    "shards": counts[p],
                 })
             meta_leader = rep.leader(rep.meta_group)
             leading = sum(1 for p in range(rep.partitions) if rep.is_leader(p))
@@ -635,22 +707,23 @@ class Node:
             "nodeId": self.node_id,
             "version": self.version,
             "replicator": "raft" if raft else "local",
-            "replicationFactor": len(members) if raft else 1,
+            "replicationFactor": min(self.cfg.replication_factor, len(members)) if raft else 1,
             "seed": self.cfg.seed,
             "members": members,
             "membershipEpoch": self.membership.epoch,
             "metaLeader": meta_leader,
             "partitionCount": rep.partitions,
             "partitions": partitions,
-            "namespaces": [self._shard_info(o, n, p) for _, o, n, p in page],
+            "namespaces": [infos.get((o, n, p)) or self._shard_info(o, n, p) for _, o, n, p in page],
             "nextPageToken": I.make_token("cluster", org, page[-1][0].encode() if more else None),
             "stats": {
-                "partitionsLocal": rep.partitions,
+                "partitionsLocal": len(rep.local_partitions()),
                 "partitionsLeading": leading,
                 "taskQueuesOwned": 0,
                 "proposals": rep.proposals,
                 "proposalErrors": self.service.proposal_errors if self.service else 0,
-                "forwarded": 0,
+                "forwarded": (self.service.forwarder.forwarded if self.service and self.service.forwarder else 0)
+                + getattr(rep, "forwarded", 0),
                 "zapConnections": self._zap.connections if self._zap is not None else 0,
                 "subscriptions": 0,
                 "sseSubscribers": self.sse.count() if self.sse is not None else 0,

@@ -38,7 +38,7 @@ import msgpack
 from protocol import names
 from protocol.errors import ApiError
 from replication.raft.transport import FORWARD  # SPEC §8.7 channel for forwarded requests
-from routing import NoOwner
+from routing import NoOwner, rank
 
 log = logging.getLogger("tasks.relay")
 
@@ -152,18 +152,34 @@ class Relay:
 
     # ---- ownership ---------------------------------------------------------------
 
+    def _replicas(self, org: str, ns: str) -> list[str]:
+        """The nodes holding the shard's partition: only they can dispatch its tasks."""
+        replicas = getattr(self.rep, "replicas", None)
+        if replicas is None:
+            return sorted(self.node.membership.current.members)
+        return list(replicas(self.node.service.partition(org, ns))) or [self.self_id]
+
     def owner(self, org: str, ns: str, tq: str) -> str:
-        """The node that dispatches ``(org, ns, tq)``; this node when it cannot tell."""
+        """The node that dispatches ``(org, ns, tq)``: the HRW winner among the alive
+        replicas of its partition; this node when it cannot tell."""
         try:
-            return self.node.membership.current.owner(org, ns, tq, self.seed)
+            return self.node.membership.current.owner(org, ns, tq, self.seed, self._replicas(org, ns))
         except NoOwner:
             return self.self_id
 
     def _where(self, org: str, ns: str, tq: str) -> str:
-        """Where to dispatch a subscription from: its owner when reachable, else here."""
+        """Where to dispatch a subscription from: its owner when reachable, else
+        here if this node is a replica, else the next reachable replica (leases
+        keep every task at most once whichever node dispatches)."""
         owner = self.owner(org, ns, tq)
-        if owner != self.self_id and not self.rep.peer_connected(owner):
-            return self.self_id  # fallback: dispatch locally (leases keep it at most once)
+        if owner == self.self_id or self.rep.peer_connected(owner):
+            return owner
+        replicas = self._replicas(org, ns)
+        if self.self_id in replicas:
+            return self.self_id
+        for peer in rank(org, ns, tq, self.seed, replicas):
+            if self.rep.peer_connected(peer):
+                return peer
         return owner
 
     # ---- the holder side -----------------------------------------------------------

@@ -12,6 +12,7 @@ field names; the rules live here, once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
@@ -21,6 +22,7 @@ from typing import Any
 from cluster import inputs as I
 from cluster import render
 from cluster import schedules as S
+from cluster.forwarding import Forwarder, routed
 from cluster.ratelimit import TokenBuckets
 from protocol import names
 from protocol.errors import ApiError
@@ -34,6 +36,10 @@ from shard.visibility import QueryError, compile_query
 log = logging.getLogger("tasks.service")
 
 Json = dict[str, Any]
+
+# Set by read_barrier on a node that does not hold the shard: the barrier is
+# taken by the replica that serves the forwarded read (in the same task).
+_barrier_due: contextvars.ContextVar[bool] = contextvars.ContextVar("barrier_due", default=False)
 
 
 def wall_ms() -> int:
@@ -86,6 +92,8 @@ class Service:
         if meta is not None:
             self.pins = meta.pins()
         replicator.subscribe(self._on_apply)
+        rpc = getattr(replicator, "rpc", None)
+        self.forwarder: Forwarder | None = Forwarder(self, rpc) if rpc is not None else None
 
     # ---- plumbing ----------------------------------------------------------
 
@@ -95,6 +103,37 @@ class Service:
         if pin is not None:
             return pin["partition"]
         return partition_of(org, ns, self.cfg.seed, self.replicator.partitions)
+
+    def holds(self, org: str, ns: str) -> bool:
+        """Whether this node holds a replica of the shard's partition (else requests are forwarded)."""
+        is_local = getattr(self.replicator, "is_local", None)
+        return is_local is None or is_local(self.partition(org, ns))
+
+    async def forward(self, method: str, org: str, ns: str, args: list[Any], kwargs: Json) -> Any:
+        """Run a ``@routed`` method on a replica of the shard (see cluster.forwarding)."""
+        if self.forwarder is None:
+            raise ApiError("unavailable", "no replica of this namespace's partition here", retry_after=1)
+        barrier = _barrier_due.get()
+        _barrier_due.set(False)
+        return await self.forwarder.call(self.partition(org, ns), "svc",
+                                         {"m": method, "org": org, "ns": ns, "args": args, "kwargs": kwargs,
+                                          "barrier": barrier})
+
+    async def read(self, org: str, ns: str, fn: str, *args: Any, barrier: bool = False) -> Any:
+        """``shard.reads.<fn>(txn, org, ns, *args)`` on this node's replica, or on a
+        replica's when this node holds none (after a barrier there if asked)."""
+        if _barrier_due.get():
+            _barrier_due.set(False)
+            barrier = True
+        if self.holds(org, ns):
+            if barrier:
+                await self.read_barrier(org, ns)
+            with self._read(org, ns) as txn:
+                return getattr(reads, fn)(txn, org, ns, *args)
+        if self.forwarder is None:
+            raise ApiError("unavailable", "no replica of this namespace's partition here", retry_after=1)
+        return await self.forwarder.call(self.partition(org, ns), "read",
+                                         {"fn": fn, "org": org, "ns": ns, "args": list(args), "barrier": barrier})
 
     def _on_apply(self, group: int, index: int, result: Json) -> None:
         pin = result.get("pin")
@@ -153,11 +192,15 @@ class Service:
         if getattr(self.replicator, "kind", "local") == "local":
             return
         names.check_namespace(ns)
+        if not self.holds(org, ns):
+            _barrier_due.set(True)  # the replica that serves the read takes it
+            return
         await self.propose(org, ns, "sys.barrier")
 
     def _read(self, org: str, ns: str):
         return self.replicator.store(self.partition(org, ns)).read()
 
+    @routed
     async def ensure_namespace(self, org: str, ns: str) -> None:
         """The default namespace exists implicitly: the first request registers it."""
         if ns != self.default_namespace or (org, ns) in self._known_ns:
@@ -181,7 +224,12 @@ class Service:
     async def _prepare(self, org: str, ns: str, *, rate_limited: bool = False) -> Json:
         names.check_namespace(ns)
         await self.ensure_namespace(org, ns)
-        rec = self.namespace_record(org, ns)
+        if self.holds(org, ns):
+            rec = self.namespace_record(org, ns)
+        else:
+            rec = await self.read(org, ns, "namespace")
+            if rec is None:
+                raise ApiError("not_found", f"namespace {ns} not found")
         if rate_limited:
             limit = rec.get("apsLimit", 400)
             if limit and not self.buckets.take((org, ns), limit, self.clock()):
@@ -225,12 +273,18 @@ class Service:
         if name is None:
             raise I.bad("namespaceInfo.name is required")
         ns = names.check_namespace(name)
+        return await self.register_namespace_in(org, ns, body)
+
+    @routed
+    async def register_namespace_in(self, org: str, ns: str, body: Json) -> Json:
+        info = I.opt_obj(body, "namespaceInfo") or {}
         fields = self._ns_fields(info, create=True)
         cfg = I.opt_obj(body, "config") or {}
         fields.update(self._ns_fields(cfg, create=True))
         res = await self.propose(org, ns, "ns.register", region=self.cfg.region, **fields)
         return render.namespace(res["namespace"])
 
+    @routed
     async def update_namespace(self, org: str, ns: str, body: Json) -> Json:
         self._check_ns_writes()
         names.check_namespace(ns)
@@ -238,6 +292,7 @@ class Service:
         res = await self.propose(org, ns, "ns.update", **self._ns_fields(body, create=False))
         return render.namespace(res["namespace"])
 
+    @routed
     async def delete_namespace(self, org: str, ns: str) -> Json:
         self._check_ns_writes()
         names.check_namespace(ns)
@@ -245,6 +300,7 @@ class Service:
         res = await self.propose(org, ns, "ns.delete")
         return render.namespace(res["namespace"])
 
+    @routed
     async def get_namespace(self, org: str, ns: str) -> Json:
         names.check_namespace(ns)
         await self.ensure_namespace(org, ns)
@@ -258,17 +314,20 @@ class Service:
         await self.ensure_namespace(org, self.default_namespace)
         after = I.read_token(token, "namespaces", org)
         all_names: list[str] = []
+        is_local = getattr(self.replicator, "is_local", lambda p: True)
         for p in range(self.replicator.partitions):
-            with self.replicator.store(p).read() as txn:
-                all_names.extend(reads.namespace_names(txn, org))
+            if is_local(p):
+                with self.replicator.store(p).read() as txn:
+                    all_names.extend(reads.namespace_names(txn, org))
+            elif self.forwarder is not None:
+                all_names.extend(await self.forwarder.call(p, "nsnames", {"org": org, "p": p}))
         all_names = sorted(set(all_names))  # a moving namespace is in two partitions for a moment
         if after is not None:
             all_names = [n for n in all_names if n.encode() > after]
         page = all_names[:size]
         out = []
         for n in page:
-            with self._read(org, n) as txn:
-                rec = reads.namespace(txn, org, n)
+            rec = await self.read(org, n, "namespace")
             if rec is not None:
                 out.append(render.namespace(rec))
         more = len(all_names) > size
@@ -329,6 +388,7 @@ class Service:
                 raise I.bad(f"search attribute {name} must be of type {typ}")
         return sa
 
+    @routed
     async def start_workflow(self, org: str, ns: str, body: Json, *, signal: bool = False) -> Json:
         await self._prepare(org, ns, rate_limited=True)
         spec = self.start_spec(org, ns, body)
@@ -350,6 +410,7 @@ class Service:
         out["started"] = res["started"]
         return out
 
+    @routed
     async def signal_workflow(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
         await self._prepare(org, ns, rate_limited=True)
         names.check_id(wid, "workflowId")
@@ -377,6 +438,7 @@ class Service:
         res = await self.propose(org, ns, op, workflowId=wid, runId=rid, **fields)
         return render.run(res["run"])
 
+    @routed
     async def cancel_workflow(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
         return await self._run_op(
             "wf.cancel", org, ns, wid, rid,
@@ -384,12 +446,14 @@ class Service:
             cancelAckMs=self.cfg.timeouts.cancel_ack,
         )
 
+    @routed
     async def terminate_workflow(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
         return await self._run_op(
             "wf.terminate", org, ns, wid, rid,
             reason=I.opt_str(body, "reason") or "", identity=I.opt_str(body, "identity") or "",
         )
 
+    @routed
     async def reset_workflow(self, org: str, ns: str, wid: str, body: Json) -> Json:
         rid = I.opt_str(body, "runId") or None
         if rid:
@@ -407,6 +471,7 @@ class Service:
             requestId=I.request_id(body),
         )
 
+    @routed
     async def workflow_metadata(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
         fields: Json = {}
         for f in ("summary", "details", "updatedBy"):
@@ -417,6 +482,7 @@ class Service:
                 fields[f] = v
         return await self._run_op("wf.metadata", org, ns, wid, rid, **fields)
 
+    @routed
     async def describe_workflow(self, org: str, ns: str, wid: str, rid: str | None) -> Json:
         await self._prepare(org, ns)
         names.check_id(wid, "workflowId")
@@ -426,6 +492,7 @@ class Service:
             raise ApiError("not_found", f"workflow {wid} not found")
         return render.describe(r)
 
+    @routed
     async def query_metadata(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
         """SPEC §5.4 queries: ``__workflow_metadata`` here, others by the worker holding the run."""
         await self._prepare(org, ns)
@@ -461,6 +528,7 @@ class Service:
         except QueryError as e:
             raise I.bad(f"bad query: {e}") from None
 
+    @routed
     async def list_workflows(self, org: str, ns: str, query: str | None, size: int, token: str | None,
                              *, dead: bool = False) -> Json:
         await self._prepare(org, ns)
@@ -477,6 +545,7 @@ class Service:
             out.append(rec)
         return {"executions": out, "nextPageToken": I.make_token(kind, f"{org}/{ns}/{query or ''}", last)}
 
+    @routed
     async def history(self, org: str, ns: str, wid: str, rid: str | None, after: int, reverse: bool,
                       size: int, token: str | None) -> Json:
         await self._prepare(org, ns)
@@ -496,6 +565,7 @@ class Service:
             "nextCursor": nxt or 0,
         }
 
+    @routed
     async def executions(self, org: str, ns: str, wid: str, size: int, token: str | None) -> Json:
         await self._prepare(org, ns)
         names.check_id(wid, "workflowId")
@@ -515,6 +585,7 @@ class Service:
 
     # ---- standalone activities (SPEC §4.8) ----------------------------------------
 
+    @routed
     async def start_activity(self, org: str, ns: str, body: Json) -> Json:
         await self._prepare(org, ns, rate_limited=True)
         aid = I.opt_str(body, "activityId")
@@ -559,6 +630,7 @@ class Service:
         res = await self.propose(org, ns, op, activityId=aid, runId=rid, **fields)
         return render.activity(res["activity"])
 
+    @routed
     async def describe_activity(self, org: str, ns: str, aid: str, rid: str) -> Json:
         await self._prepare(org, ns)
         names.check_id(aid, "activityId")
@@ -569,15 +641,18 @@ class Service:
             raise ApiError("not_found", f"activity {aid} run {rid} not found")
         return render.activity(a)
 
+    @routed
     async def cancel_activity(self, org: str, ns: str, aid: str, rid: str, body: Json) -> Json:
         return await self._activity_op("act.cancel", org, ns, aid, rid, reason=I.opt_str(body, "reason") or "",
                                        identity=I.opt_str(body, "identity") or "")
 
+    @routed
     async def complete_activity(self, org: str, ns: str, aid: str, rid: str, body: Json) -> Json:
         return await self._activity_op("act.complete", org, ns, aid, rid,
                                        result=I.payload(body, "result", self.max_payload),
                                        identity=I.opt_str(body, "identity") or "")
 
+    @routed
     async def fail_activity(self, org: str, ns: str, aid: str, rid: str, body: Json) -> Json:
         cause = I.opt_str(body, "cause")
         if not cause:
@@ -587,10 +662,12 @@ class Service:
                                        failure={"message": cause, "type": "", "nonRetryable": nr},
                                        identity=I.opt_str(body, "identity") or "")
 
+    @routed
     async def heartbeat_activity(self, org: str, ns: str, aid: str, rid: str, body: Json) -> Json:
         return await self._activity_op("act.heartbeat", org, ns, aid, rid,
                                        details=I.payload(body, "details", self.max_payload))
 
+    @routed
     async def list_activities(self, org: str, ns: str, size: int, token: str | None, cursor: str | None) -> Json:
         await self._prepare(org, ns)
         bound = f"{org}/{ns}"
@@ -615,6 +692,7 @@ class Service:
             "nextCursor": f"{last[0]}|{last[1]}" if last else "",
         }
 
+    @routed
     async def activity_history(self, org: str, ns: str, aid: str, rid: str, after: int, reverse: bool,
                                size: int, token: str | None) -> Json:
         await self._prepare(org, ns)
@@ -645,6 +723,7 @@ class Service:
             "state": S.normalize_state(body.get("state")) if body.get("state") is not None else None,
         }
 
+    @routed
     async def create_schedule(self, org: str, ns: str, body: Json, *, upsert: bool) -> Json:
         await self._prepare(org, ns)
         sid = S.check_schedule_id(body.get("scheduleId", body.get("schedule_id")))
@@ -654,24 +733,28 @@ class Service:
         res = await self.propose(org, ns, "sched.create", scheduleId=sid, upsert=upsert, **fields)
         return self.render_schedule(org, ns, res["schedule"])
 
+    @routed
     async def update_schedule(self, org: str, ns: str, sid: str, body: Json) -> Json:
         await self._prepare(org, ns)
         S.check_schedule_id(sid)
         res = await self.propose(org, ns, "sched.update", scheduleId=sid, **self._schedule_fields(body))
         return self.render_schedule(org, ns, res["schedule"])
 
+    @routed
     async def delete_schedule(self, org: str, ns: str, sid: str) -> Json:
         await self._prepare(org, ns)
         S.check_schedule_id(sid)
         await self.propose(org, ns, "sched.delete", scheduleId=sid)
         return {"status": "deleted"}
 
+    @routed
     async def pause_schedule(self, org: str, ns: str, sid: str, body: Json, paused: bool) -> Json:
         await self._prepare(org, ns)
         S.check_schedule_id(sid)
         await self.propose(org, ns, "sched.pause", scheduleId=sid, paused=paused, note=I.opt_str(body, "note"))
         return {"status": "paused" if paused else "running"}
 
+    @routed
     async def trigger_schedule(self, org: str, ns: str, sid: str, body: Json) -> Json:
         await self._prepare(org, ns, rate_limited=True)
         S.check_schedule_id(sid)
@@ -692,6 +775,7 @@ class Service:
             raise ApiError("not_found", f"schedule {sid} not found")
         return s
 
+    @routed
     async def describe_schedule(self, org: str, ns: str, sid: str) -> Json:
         await self._prepare(org, ns)
         S.check_schedule_id(sid)
@@ -722,6 +806,7 @@ class Service:
                     status[(w, r)] = run["status"]
         return render.schedule(s, ns, future=self.future_times(s), run_status=status)
 
+    @routed
     async def list_schedules(self, org: str, ns: str, size: int, token: str | None) -> Json:
         await self._prepare(org, ns)
         bound = f"{org}/{ns}"
@@ -733,6 +818,7 @@ class Service:
             "nextPageToken": I.make_token("schedules", bound, last),
         }
 
+    @routed
     async def matching_times(self, org: str, ns: str, sid: str, q: Any) -> Json:
         await self._prepare(org, ns)
         S.check_schedule_id(sid)
@@ -761,6 +847,7 @@ class Service:
 
     # ---- search attributes -----------------------------------------------------
 
+    @routed
     async def add_search_attribute(self, org: str, ns: str, body: Json) -> Json:
         await self._prepare(org, ns)
         name = names.check_attr_name(body.get("name"))
@@ -772,12 +859,14 @@ class Service:
         await self.propose(org, ns, "sa.add", name=name, type=typ)
         return {"name": name, "type": typ}
 
+    @routed
     async def remove_search_attribute(self, org: str, ns: str, name: str) -> Json:
         await self._prepare(org, ns)
         names.check_attr_name(name)
         await self.propose(org, ns, "sa.remove", name=name)
         return {"status": "removed"}
 
+    @routed
     async def list_search_attributes(self, org: str, ns: str, size: int, token: str | None) -> Json:
         await self._prepare(org, ns)
         bound = f"{org}/{ns}"

@@ -42,7 +42,6 @@ from cluster import render
 from cluster.relay import RemoteConn
 from protocol import names
 from protocol.errors import ApiError
-from shard import reads
 from shard.keys import ShardKeys
 
 if TYPE_CHECKING:
@@ -362,9 +361,8 @@ async def list_task_queues(s: Service, node: Any, org: str, ns: str, size: int, 
     after = _name_cursor(token, "task-queues", bound)
     workers = await cluster_workers(node, org, ns)
     now = s.clock()
-    with s._read(org, ns) as txn:
-        stats = reads.queue_run_stats(txn, org, ns)
-        backlog = reads.queue_backlog(txn, org, ns)
+    stats = await s.read(org, ns, "queue_run_stats")
+    backlog = await s.read(org, ns, "queue_backlog")
     shown: dict[str, Json] = {}
 
     def entry(name: str) -> Json:
@@ -408,9 +406,8 @@ async def describe_task_queue(s: Service, org: str, ns: str, q: str, size: int, 
         raise I.bad("malformed nextPageToken")
     tqs = _queue_keys(q)
     now = s.clock()
-    with s._read(org, ns) as txn:
-        runs, last, total, running = reads.queue_runs(txn, org, ns, tqs, after, size)
-        rows = [row for tq in tqs for row in reads.queue_backlog(txn, org, ns, tq).values()]
+    runs, last, total, running = await s.read(org, ns, "queue_runs", tqs, after, size)
+    rows = [row for tq in tqs for row in (await s.read(org, ns, "queue_backlog", tq)).values()]
     return {
         "name": q,
         "workflows": [render.run(r, full=False) for r in runs],
@@ -426,8 +423,7 @@ async def task_queue_partitions(s: Service, org: str, ns: str, q: str) -> Json:
     names.check_id(q, "task queue")
     await s._prepare(org, ns)
     now = s.clock()
-    with s._read(org, ns) as txn:
-        rows = [row for tq in _queue_keys(q) for row in reads.queue_backlog(txn, org, ns, tq).values()]
+    rows = [row for tq in _queue_keys(q) for row in (await s.read(org, ns, "queue_backlog", tq)).values()]
     backlog, size, _ = _backlog(rows, now)
     return {"partitions": [{"key": 0, "backlogAge": backlog["oldestAge"], "backlogSize": size}]}
 

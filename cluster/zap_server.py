@@ -29,6 +29,7 @@ from protocol import zap as Z
 from protocol.durations import format_duration
 from protocol.errors import ApiError
 from protocol.schedule_spec import SpecError, classify
+from replication import NotReplica
 
 log = logging.getLogger("tasks.zap")
 
@@ -764,6 +765,8 @@ class _Connection:
             resp = self._error(e)
         except asyncio.CancelledError:
             raise
+        except NotReplica as e:  # the layout changed while the request was served here
+            resp = self._error(ApiError("unavailable", f"{e}; retry", retry_after=1))
         except Exception:
             log.exception("bug serving ZAP %s", _label(frame.opcode))
             resp = Z.error_body("internal", "internal error")

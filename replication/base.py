@@ -21,6 +21,10 @@ class NotLeader(Exception):
     """This node cannot serve the group now (no quorum, not the leader, stopped)."""
 
 
+class NotReplica(LookupError):
+    """This node holds no replica of the group: ask a node that does."""
+
+
 class Replicator(Protocol):
     partitions: int
 

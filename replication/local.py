@@ -101,6 +101,15 @@ class LocalReplicator:
     def leader(self, group: int) -> str | None:
         return self.node_id
 
+    def is_local(self, group: int) -> bool:
+        return 0 <= group < self.partitions
+
+    def local_partitions(self) -> list[int]:
+        return list(range(self.partitions))
+
+    def replicas(self, group: int) -> tuple[str, ...]:
+        return (self.node_id,)
+
     def store(self, group: int) -> PartitionStore:
         return self._stores[group]
 

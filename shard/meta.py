@@ -20,6 +20,7 @@ PARTITIONS = b"m/partitions"
 MEMBER = b"m/member/"
 JOB = b"m/job/"
 PIN = b"m/pin/"
+REPLICAS = b"m/replicas/"
 TERMINAL = ("done", "failed")
 JOB_FIELDS = ("id", "org", "namespace", "from", "to", "fromPartition", "toPartition", "placementEpoch", "status",
               "snapshotIndex", "tailEntries", "bytes", "fencedMs", "startedAt", "finishedAt", "error")
@@ -81,7 +82,23 @@ class MetaMachine:
                     rec = {k: m.get(k) for k in ("id", "peer", "http", "zap")}
                     txn.put(MEMBER + m["id"].encode(), _pack(rec))
                     seeded.append(m["id"])
-            return C.ok(partitions=want, created=True, member=seeded)
+            # Each partition's replica set, computed by the proposer from that
+            # same member list (routing.partition_plan). Clusters bootstrapped
+            # before replica sets existed have none stored: every member then
+            # replicates every partition.
+            layout = cmd.get("replicas")
+            if isinstance(layout, list) and len(layout) == want:
+                for p, nodes in enumerate(layout):
+                    if _node_list(nodes):
+                        txn.put(REPLICAS + str(p).encode(), _pack(list(nodes)))
+            return C.ok(partitions=want, created=True, member=seeded, layout=True)
+        if op == "meta.replicas":
+            p, nodes = cmd.get("partition"), cmd.get("replicas")
+            have = txn.get(PARTITIONS)
+            if have is None or not isinstance(p, int) or not 0 <= p < _unpack(have) or not _node_list(nodes):
+                return C.err("invalid_argument", "meta.replicas needs a partition and a non-empty node list")
+            txn.put(REPLICAS + str(p).encode(), _pack(list(nodes)))
+            return C.ok(layout=True, partition=p, replicas=list(nodes))
         if op == "meta.member":
             mid = cmd.get("id")
             if not isinstance(mid, str) or not mid:
@@ -172,6 +189,19 @@ class MetaMachine:
                     out[(org.decode(), ns.decode())] = _unpack(v)
         return out
 
+    def replica_sets(self) -> dict[int, list[str]]:
+        """partition -> its replica nodes, as recorded (empty before bootstrap, and
+        for clusters bootstrapped before replica sets were recorded)."""
+        out: dict[int, list[str]] = {}
+        with self.store.read() as txn:
+            cur = txn.cursor()
+            if cur.set_range(REPLICAS):
+                for k, v in cur:
+                    if not k.startswith(REPLICAS):
+                        break
+                    out[int(k[len(REPLICAS):])] = _unpack(v)
+        return out
+
     def members(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         with self.store.read() as txn:
@@ -182,6 +212,11 @@ class MetaMachine:
                         break
                     out[k[len(MEMBER) :].decode()] = _unpack(v)
         return out
+
+
+def _node_list(nodes: Any) -> bool:
+    return (isinstance(nodes, list) and bool(nodes) and len(set(nodes)) == len(nodes)
+            and all(isinstance(n, str) and n for n in nodes))
 
 
 def _scan(txn: Any, prefix: bytes) -> Any:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import Node
 
-from replication.base import Listener, NotLeader, Result
+from replication.base import Listener, NotLeader, NotReplica, Result
 from replication.raft import codec
 from replication.raft.group import (
     REGULAR,
@@ -41,7 +42,8 @@ from replication.raft.group import (
 )
 from replication.raft.journal import DurableJournal
 from replication.raft.snapshots import LmdbSnapshotter
-from replication.raft.transport import RAFT, PeerMux
+from replication.raft.transport import FORWARD, RAFT, PeerMux
+from replication.rpc import PeerRpc, PeerUnavailable, RemoteError
 from shard import STORAGE_FULL, PartitionStore, StateMachine
 from shard.meta import MetaMachine
 
@@ -88,24 +90,30 @@ class RaftReplicator:
         # as well as on disk) outgrows this, e.g. after a migration's chunks.
         self._compact_bytes = compact_bytes
         self._forced_at: dict[int, float] = {}
-        self._snapshotters: list[LmdbSnapshotter] = []
         self.propose_timeout = propose_timeout_ms / 1000.0
         self._timings = (election_timeout_ms / 1000.0, heartbeat_interval_ms / 1000.0)
-        self._stores: list[PartitionStore] = []
-        self._machines: list[Any] = []
-        self._journals: list[DurableJournal] = []
-        self._groups: list[RaftGroup] = []
-        for g in range(partitions + 1):
-            name = "meta" if g == partitions else str(g)
-            store = PartitionStore(
-                self.data_dir / "partitions" / name,
-                map_size=map_size,
-                map_size_max=map_size_max,
-                sync=False,
-                reserve_disk=reserve_disk,
-            )
-            self._stores.append(store)
-            self._machines.append(MetaMachine(store) if g == partitions else StateMachine(store))
+        self._store_opts = {"map_size": map_size, "map_size_max": map_size_max, "reserve_disk": reserve_disk}
+        # Groups this node holds a replica of: the meta group always, partitions
+        # by their replica sets (every partition when none are given). Keyed by
+        # group; a partition joins or leaves as the meta group's layout changes.
+        self._stores: dict[int, PartitionStore] = {}
+        self._machines: dict[int, Any] = {}
+        self._journals: dict[int, DurableJournal] = {}
+        self._snapshotters: dict[int, LmdbSnapshotter] = {}
+        self._groups: dict[int, RaftGroup] = {}
+        self._open_store(partitions)
+        # The layout comes from the meta group: until this node has applied the
+        # cluster's bootstrap (meta.init) it holds no partition, and serves none
+        # from an empty store. Clusters bootstrapped before layouts were recorded
+        # have every member replicate every partition.
+        self._replicas: dict[int, tuple[str, ...]] = {}
+        if self.meta.partitions() is not None:
+            stored = self.meta.replica_sets()
+            everyone = tuple(sorted(self.meta.members())) or tuple(sorted(set(self.peer_addrs) | {node_id}))
+            self._replicas = {p: tuple(stored.get(p) or everyone) for p in range(partitions)}
+        for p, nodes in self._replicas.items():
+            if node_id in nodes:
+                self._open_store(p)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._listeners: list[Listener] = []
         self._leadership_listeners: list[Any] = []
@@ -122,6 +130,12 @@ class RaftReplicator:
         # (a copy the event loop may read without racing pysyncobj's own sets).
         self._members: list[frozenset[str]] = [frozenset(self.peer_addrs)] * (partitions + 1)
         self.mux: PeerMux | None = None
+        self.rpc = PeerRpc(lambda peer, body: self.send_peer(peer, FORWARD, body))
+        self.rpc.register("propose", self._serve_propose)
+        self.rpc.register("membership", self._serve_membership)
+        self.rpc.register("progress", lambda peer, args: self.group_progress(int(args["g"])))
+        self._leader_hint: dict[int, str] = {}  # partitions held elsewhere: who answered last
+        self.forwarded = 0
         self.proposals = 0
         self.proposal_errors = 0
         self.leader_changes = 0
@@ -168,22 +182,76 @@ class RaftReplicator:
             max_frame=self._max_frame,
         )
         await self.mux.start()
-        peer_ids = sorted(self.peer_addrs)
-        for g in range(self.partitions + 1):
-            name = "meta" if g == self.partitions else str(g)
-            jdir = self.data_dir / "raft"
-            jdir.mkdir(parents=True, exist_ok=True)
-            journal = DurableJournal(str(jdir / f"{name}.journal"), sync=self._sync)
-            self._journals.append(journal)
-            self._snapshotters.append(LmdbSnapshotter(self._stores[g], jdir / f"{name}.snapshot"))
-        for g in range(self.partitions + 1):
-            self._groups.append(
-                RaftGroup(g, self.node_id, peer_ids, self._conf(g), self._machines[g],
-                          self._transport_factory(g), self._on_applied)
-            )
+        self._make_group(self.meta_group, sorted(self.peer_addrs))
+        for p in range(self.partitions):
+            if p in self._stores:
+                self._make_group(p, [n for n in self._replicas[p] if n != self.node_id])
         self._running = True
         self._thread = threading.Thread(target=self._run, name="tasks-raft", daemon=True)
         self._thread.start()
+
+    def _name(self, g: int) -> str:
+        return "meta" if g == self.meta_group else str(g)
+
+    def _open_store(self, g: int) -> PartitionStore:
+        store = self._stores.get(g)
+        if store is None:
+            store = PartitionStore(self.data_dir / "partitions" / self._name(g), sync=False, **self._store_opts)
+            self._machines[g] = MetaMachine(store) if g == self.meta_group else StateMachine(store)
+            self._stores[g] = store
+        return store
+
+    def _make_group(self, g: int, peer_ids: list[str], hold: float = 0.0) -> None:
+        """Open group ``g``'s journal, snapshot file and pysyncobj object (at start,
+        or on the Raft thread when this node becomes a replica)."""
+        self._open_store(g)
+        jdir = self.data_dir / "raft"
+        jdir.mkdir(parents=True, exist_ok=True)
+        self._journals[g] = DurableJournal(str(jdir / f"{self._name(g)}.journal"), sync=self._sync)
+        self._snapshotters[g] = LmdbSnapshotter(self._stores[g], jdir / f"{self._name(g)}.snapshot")
+        grp = RaftGroup(g, self.node_id, sorted(peer_ids), self._conf(g), self._machines[g],
+                        self._transport_factory(g), self._on_applied)
+        if hold > 0:
+            # A new replica waits for the leader's first append instead of
+            # standing for election (and raising the group's term) at once.
+            grp.hold_elections(hold)
+        self._members[g] = frozenset(peer_ids)
+        self._groups[g] = grp
+        mux = self.mux
+        if mux is not None:
+            for peer in peer_ids:
+                if mux.is_connected(peer):
+                    grp.transport.node_up(grp.nodes.get(peer) or Node(peer))
+
+    def _drop_group(self, g: int) -> None:
+        """This node is no longer a replica of partition ``g`` (its removal is
+        committed in the group): stop the group and delete its local copy."""
+        grp = self._groups.pop(g, None)
+        if grp is None:
+            return
+        journal = self._journals.pop(g, None)
+        self._snapshotters.pop(g, None)
+        store = self._stores.pop(g, None)
+        self._machines.pop(g, None)
+        self.stalled.discard(g)
+        try:
+            grp.transport.destroy()
+        except Exception:
+            log.debug("transport of group %d: destroy failed", g, exc_info=True)
+        if journal is not None:
+            try:
+                journal._destroy()
+            except Exception:
+                log.debug("journal of group %d: close failed", g, exc_info=True)
+        if store is not None:
+            store.close()
+            shutil.rmtree(store.path, ignore_errors=True)
+        jdir = self.data_dir / "raft"
+        for suffix in (".journal", ".snapshot"):
+            for f in jdir.glob(f"{self._name(g)}{suffix}*"):
+                f.unlink(missing_ok=True)
+        self._track_leader(g, None, False)
+        log.info("dropped the replica of partition %d (no longer in its replica set)", g)
 
     def _transport_factory(self, g: int) -> Any:
         mux = self.mux
@@ -202,17 +270,18 @@ class RaftReplicator:
         if not self._running:
             return
         self._running = False
+        self.rpc.cancel_all()
         self._inbox.put(("stop", None))
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
         if self.mux is not None:
             await self.mux.stop()
-        for j in self._journals:
+        for j in self._journals.values():
             try:
                 j._destroy()  # flush, persist the commit index, close
             except Exception:
                 log.exception("journal close at stop failed")
-        for s in self._stores:
+        for s in self._stores.values():
             try:
                 s.env.sync(True)
             except Exception:
@@ -224,6 +293,8 @@ class RaftReplicator:
     async def propose(self, group: int, command: bytes) -> Result:
         if not self._running:
             raise NotLeader("replicator stopped")
+        if group not in self._groups:
+            return await self._forward_propose(group, command)
         if self._stores[group].disk_full() or group in self.stalled:
             return STORAGE_FULL  # refused before proposing: nothing was written anywhere
         loop = asyncio.get_running_loop()
@@ -246,6 +317,104 @@ class RaftReplicator:
             return {"ok": False, "code": "unavailable",
                     "message": "the write did not commit in time; its outcome is unknown, retry with the same requestId"}
 
+    # ---- replica sets -----------------------------------------------------------
+
+    def replicas(self, group: int) -> tuple[str, ...]:
+        """The nodes holding ``group`` (every node for the meta group)."""
+        if group == self.meta_group:
+            return tuple(sorted(set(self.peer_addrs) | {self.node_id}))
+        return self._replicas[group]
+
+    def is_local(self, group: int) -> bool:
+        """Whether this node holds a replica of ``group`` (may read its store)."""
+        return group in self._groups
+
+    def local_partitions(self) -> list[int]:
+        return sorted(g for g in list(self._groups) if g != self.meta_group)
+
+    def set_replica_sets(self, layout: Mapping[int, Sequence[str]]) -> None:
+        """The meta group's layout changed: open the partitions this node now
+        replicates and drop the ones it no longer does. A replica added to a
+        running group holds back from elections until the leader reaches it
+        (at bootstrap, when the partition was not known before, it does not)."""
+        for p, nodes in layout.items():
+            if not 0 <= p < self.partitions or not nodes:
+                continue
+            nodes = tuple(nodes)
+            if nodes == self._replicas.get(p):
+                continue
+            hold = 3 * self._timings[0] if p in self._replicas else 0.0
+            self._replicas[p] = nodes
+            self._inbox.put(("layout", p, nodes, hold))
+
+    async def _forward_propose(self, group: int, command: bytes) -> Result:
+        """A partition this node does not hold: a replica proposes it for us.
+
+        The leader a replica last named is tried first. A peer we cannot reach
+        (the request was not sent) is skipped; a sent request that gets no
+        answer in time has an unknown outcome, reported as ``unavailable`` like
+        a local proposal that timed out (retrying with the same requestId is safe).
+        """
+        replicas = [n for n in self._replicas.get(group, ()) if n != self.node_id]
+        hint = self._leader_hint.get(group)
+        order = sorted(replicas, key=lambda n: (n != hint, not self.peer_connected(n), n))
+        for peer in order:
+            try:
+                answer = await self.rpc.call(peer, "propose", {"g": group, "c": command}, self.propose_timeout + 1.0)
+            except PeerUnavailable:
+                continue
+            except TimeoutError:
+                return {"ok": False, "code": "unavailable",
+                        "message": "the write did not commit in time; its outcome is unknown, retry with the same requestId"}
+            except RemoteError as e:
+                return {"ok": False, "code": "unavailable", "message": f"replica {peer}: {e}"}
+            self.forwarded += 1
+            if answer.get("leader"):
+                self._leader_hint[group] = answer["leader"]
+            res = answer.get("res") or {}
+            if res.get("code") == "not_replica":
+                continue  # its layout changed under us: ask the next one
+            return res
+        return {"ok": False, "code": "unavailable", "message": f"no replica of partition {group} is reachable"}
+
+    async def _serve_propose(self, peer: str, args: Any) -> Any:
+        group, command = args["g"], args["c"]
+        if not isinstance(group, int) or not isinstance(command, bytes):
+            raise ValueError("bad propose")
+        if group not in self._groups:
+            return {"res": {"ok": False, "code": "not_replica", "message": f"{self.node_id} does not hold {group}"}}
+        res = await self.propose(group, command)
+        return {"res": res, "leader": self._leaders[group]}
+
+    async def _serve_membership(self, peer: str, args: Any) -> Any:
+        group, op, node = args["g"], args["op"], args["node"]
+        if group not in self._groups:
+            raise NotReplica(f"{self.node_id} does not hold partition {group}")
+        await self.change_membership(op, node, groups=[group], timeout=float(args.get("timeout", 20.0)))
+        return True
+
+    async def change_group_membership(self, group: int, op: str, node_id: str, *, timeout: float = 20.0) -> None:
+        """Add or remove a voter of one group, from any node (a replica does it)."""
+        if group in self._groups:
+            await self.change_membership(op, node_id, groups=[group], timeout=timeout)
+            return
+        last: Exception | None = None
+        for peer in [n for n in self._replicas.get(group, ()) if n != self.node_id]:
+            try:
+                await self.rpc.call(peer, "membership", {"g": group, "op": op, "node": node_id, "timeout": timeout},
+                                    timeout + 5.0)
+                return
+            except (PeerUnavailable, TimeoutError, RemoteError) as e:
+                last = e
+        raise TimeoutError(f"membership change {op} {node_id} in group {group}: {last}")
+
+    async def group_progress(self, group: int) -> dict[str, int] | None:
+        """This node's applied index of ``group`` and the commit index it knows (None: not held)."""
+        grp = self._groups.get(group)
+        if grp is None:
+            return None
+        return {"applied": grp.raftLastApplied, "commit": grp.raftCommitIndex}
+
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
@@ -260,7 +429,10 @@ class RaftReplicator:
         return self._leaders[group]
 
     def store(self, group: int) -> PartitionStore:
-        return self._stores[group]
+        try:
+            return self._stores[group]
+        except KeyError:
+            raise NotReplica(f"{self.node_id} holds no replica of partition {group}") from None
 
     def machine(self, group: int) -> Any:
         return self._machines[group]
@@ -270,6 +442,8 @@ class RaftReplicator:
         return self._machines[self.meta_group]  # type: ignore[return-value]
 
     def voters(self, group: int) -> frozenset[str]:
+        if group not in self._groups:
+            return frozenset(self._replicas.get(group, ()))
         return self._members[group] | {self.node_id}
 
     def sees_quorum(self, group: int) -> bool:
@@ -289,7 +463,10 @@ class RaftReplicator:
         return now - heard.get(leader, 0.0) <= window
 
     def group_status(self, group: int) -> dict[str, Any]:
-        g = self._groups[group]
+        g = self._groups.get(group)
+        if g is None:
+            return {"leader": self._leader_hint.get(group), "appliedIndex": None, "commitIndex": None,
+                    "term": None, "hasQuorum": None}
         return {
             "leader": self._leaders[group],
             "appliedIndex": g.raftLastApplied,
@@ -300,12 +477,15 @@ class RaftReplicator:
 
     def snapshot_counts(self) -> dict[str, int]:
         return {
-            "taken": sum(s.taken for s in self._snapshotters),
-            "installed": sum(s.installed for s in self._snapshotters),
+            "taken": sum(s.taken for s in list(self._snapshotters.values())),
+            "installed": sum(s.installed for s in list(self._snapshotters.values())),
         }
 
-    async def change_membership(self, op: str, node_id: str, *, timeout: float = 30.0) -> None:
-        """Add ("add") or remove ("rem") a voter in every group, one group at a time.
+    async def change_membership(
+        self, op: str, node_id: str, *, timeout: float = 30.0, groups: Sequence[int] | None = None
+    ) -> None:
+        """Add ("add") or remove ("rem") a voter in every group this node holds (or
+        in ``groups``), one group at a time.
 
         pysyncobj applies one change per group at a time and refuses one while the
         leader's first entry of its term is uncommitted; refused or unknown
@@ -313,8 +493,10 @@ class RaftReplicator:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        for g in range(len(self._groups)):
+        for g in (sorted(self._groups) if groups is None else groups):
             while True:
+                if g not in self._groups:
+                    break
                 members = self._members[g] | {self.node_id}
                 if node_id != self.node_id and (op == "add") == (node_id in members):
                     break  # already so in this node's view of the group
@@ -366,6 +548,9 @@ class RaftReplicator:
         """
         if channel == RAFT:
             raise ValueError("the Raft channel belongs to the replicator")
+        if channel == FORWARD:
+            self.rpc.fallback = handler  # the channel is shared with node-to-node calls
+            return
         self._channel_handlers[channel] = handler
 
     def send_peer(self, peer: str, channel: int, body: bytes) -> bool:
@@ -380,6 +565,9 @@ class RaftReplicator:
     def _on_frame(self, peer: str, channel: int, group: int, body: bytes) -> None:
         if channel == RAFT:
             self._inbox.put(("frame", peer, group, body))
+            return
+        if channel == FORWARD:
+            self.rpc.on_frame(peer, body)
             return
         handler = self._channel_handlers.get(channel)
         if handler is not None:
@@ -403,10 +591,12 @@ class RaftReplicator:
         kind = item[0]
         if kind == "frame":
             _, peer, group, body = item
-            if not 0 <= group < len(self._groups):
+            if not 0 <= group <= self.partitions:
                 self.bad_messages += 1
                 return True
-            grp = self._groups[group]
+            grp = self._groups.get(group)
+            if grp is None:
+                return True  # a group this node does not (or not yet) hold
             if peer not in grp.member_ids():
                 return True  # not (yet, or any more) a voter of this group
             node = grp.nodes.get(peer) or Node(peer)
@@ -423,15 +613,28 @@ class RaftReplicator:
             touched.add(group)
         elif kind == "propose":
             _, group, data, cb = item
-            self._groups[group]._applyCommand(data, cb)
+            grp = self._groups.get(group)
+            if grp is None:
+                cb(None, FAIL_REASON.MISSING_LEADER)
+                return True
+            grp._applyCommand(data, cb)
             touched.add(group)
+        elif kind == "layout":
+            _, group, nodes, hold = item
+            if self.node_id in nodes and group not in self._groups:
+                self._make_group(group, [n for n in nodes if n != self.node_id], hold=hold)
+                touched.add(group)
+            elif self.node_id not in nodes and group in self._groups:
+                self._drop_group(group)
         elif kind == "up" or kind == "down":
-            for grp in self._groups:
+            for grp in list(self._groups.values()):
                 node = grp.nodes.get(item[1]) or Node(item[1])
                 (grp.transport.node_up if kind == "up" else grp.transport.node_down)(node)
         elif kind == "transfer":
             _, group, to = item
-            grp = self._groups[group]
+            grp = self._groups.get(group)
+            if grp is None:
+                return True
             target = grp.nodes.get(to) if to else None
             grp.transferLeadership(target)
             touched.add(group)
@@ -467,11 +670,12 @@ class RaftReplicator:
             now = time.monotonic()
             if now - last_full >= tick_every:
                 last_full = now
-                todo: Any = range(len(self._groups))
+                todo: Any = sorted(self._groups)
             else:
                 todo = sorted(touched)
             for g in todo:
-                self._tick(g)
+                if g in self._groups:
+                    self._tick(g)
 
     def _tick(self, g: int) -> None:
         grp = self._groups[g]
@@ -505,8 +709,8 @@ class RaftReplicator:
             log.exception("raft tick of group %d failed", g)
             time.sleep(0.01)
 
-    def _track_leader(self, g: int, grp: RaftGroup, leading: bool) -> None:
-        leader = grp.leader_id()
+    def _track_leader(self, g: int, grp: RaftGroup | None, leading: bool) -> None:
+        leader = grp.leader_id() if grp is not None else None
         if leader != self._leaders[g]:
             self._leaders[g] = leader
             if leader is not None:  # count elections won, not the leaderless gaps

@@ -1,0 +1,148 @@
+"""Serving a namespace this node holds no replica of (ARCHITECTURE.md "Routing").
+
+With ``replication_factor`` below the cluster size, a partition lives on some
+nodes only, yet any node accepts any request. The service layer is where a
+request meets its shard, so that is where it is forwarded: a service method
+marked ``@routed`` runs here when this node holds the shard's partition, and
+otherwise on a replica, over the peer port (``replication.rpc``), with the
+same arguments; its answer or its ``ApiError`` comes back unchanged. HTTP and
+ZAP thus never see the difference, and no transport repeats the routing.
+
+Narrow reads that code outside the service needs (a dispatcher checking a
+task token) go through ``Service.read``: one function of ``shard.reads``,
+by name, run against a replica's store. Only that module's public functions
+can be named, so a peer can ask for nothing else.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from protocol.errors import ApiError
+from replication import NotReplica
+from replication.rpc import PeerUnavailable, RemoteError
+from shard import reads
+
+log = logging.getLogger("tasks.forwarding")
+
+Json = dict[str, Any]
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+ROUTED: set[str] = set()
+"""Names of the service methods a peer may ask this node to run."""
+
+READS = frozenset(
+    name for name, fn in vars(reads).items()
+    if callable(fn) and not name.startswith("_") and getattr(fn, "__module__", "") == reads.__name__
+)
+
+CALL_TIMEOUT = 65.0
+"""Bound of one forwarded call; queries and long polls carry their own smaller bounds."""
+
+
+def routed(fn: F) -> F:
+    """Run ``fn(self, org, ns, ...)`` on a replica of the shard when this node is not one."""
+    ROUTED.add(fn.__name__)
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, org: str, ns: str, *args: Any, **kwargs: Any) -> Any:
+        if self.holds(org, ns):
+            return await fn(self, org, ns, *args, **kwargs)
+        return await self.forward(fn.__name__, org, ns, list(args), kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def pack_error(e: ApiError) -> Json:
+    return {"err": [e.code, e.message, e.details, e.retry_after]}
+
+
+def unpack(answer: Any) -> Any:
+    if isinstance(answer, dict) and "err" in answer:
+        code, message, details, retry_after = answer["err"]
+        raise ApiError(code, message, details, retry_after)
+    return answer.get("ok") if isinstance(answer, dict) else None
+
+
+class Forwarder:
+    """Both ends of forwarding for one node's service."""
+
+    def __init__(self, service: Any, rpc: Any) -> None:
+        self.service = service
+        self.rpc = rpc
+        self.forwarded = 0
+        self.served = 0
+        rpc.register("svc", self._serve_call)
+        rpc.register("read", self._serve_read)
+        rpc.register("nsnames", self._serve_names)
+
+    # ---- the asking side -------------------------------------------------------
+
+    def _targets(self, group: int) -> list[str]:
+        rep = self.service.replicator
+        me = self.service.node_id
+        hint = rep.leader(group) or getattr(rep, "_leader_hint", {}).get(group)
+        replicas = [n for n in rep.replicas(group) if n != me]
+        return sorted(replicas, key=lambda n: (not rep.peer_connected(n), n != hint, n))
+
+    async def call(self, group: int, method: str, args: Any, timeout: float = CALL_TIMEOUT) -> Any:
+        """Ask a replica of ``group``; peers that cannot be reached are skipped."""
+        for peer in self._targets(group):
+            try:
+                answer = await self.rpc.call(peer, method, args, timeout)
+            except PeerUnavailable:
+                continue
+            except TimeoutError:
+                raise ApiError("unavailable", f"replica {peer} did not answer in time; retry",
+                               retry_after=1) from None
+            except RemoteError as e:
+                raise ApiError("unavailable", f"replica {peer} failed: {e}", retry_after=1) from None
+            if isinstance(answer, dict) and answer.get("not_replica"):
+                continue  # its layout changed under us: ask the next one
+            self.forwarded += 1
+            return unpack(answer)
+        raise ApiError("unavailable", f"no replica of partition {group} is reachable", retry_after=1)
+
+    # ---- the serving side ------------------------------------------------------
+
+    async def _serve_call(self, peer: str, a: Any) -> Any:
+        name, org, ns = a["m"], a["org"], a["ns"]
+        if name not in ROUTED:
+            raise ValueError(f"{name!r} cannot be called by a peer")
+        if not self.service.holds(org, ns):
+            return {"not_replica": True}
+        fn = getattr(type(self.service), name).__wrapped__
+        self.served += 1
+        try:
+            if a.get("barrier"):
+                await self.service.read_barrier(org, ns)
+            return {"ok": await fn(self.service, org, ns, *a.get("args", ()), **a.get("kwargs", {}))}
+        except ApiError as e:
+            return pack_error(e)
+        except NotReplica:
+            return {"not_replica": True}
+
+    async def _serve_read(self, peer: str, a: Any) -> Any:
+        fn, org, ns = a["fn"], a["org"], a["ns"]
+        if fn not in READS:
+            raise ValueError(f"{fn!r} is not a read")
+        if not self.service.holds(org, ns):
+            return {"not_replica": True}
+        if a.get("barrier"):
+            await self.service.read_barrier(org, ns)
+        try:
+            with self.service._read(org, ns) as txn:
+                return {"ok": getattr(reads, fn)(txn, org, ns, *a.get("args", ()))}
+        except NotReplica:
+            return {"not_replica": True}
+
+    async def _serve_names(self, peer: str, a: Any) -> Any:
+        rep = self.service.replicator
+        group = a["p"]
+        if not rep.is_local(group):
+            return {"not_replica": True}
+        with rep.store(group).read() as txn:
+            return {"ok": reads.namespace_names(txn, a["org"])}
