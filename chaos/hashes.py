@@ -68,5 +68,7 @@ def replica_digests(root: Path, node_ids: list[str], partitions: int) -> dict[st
     for p in [*(str(i) for i in range(partitions)), "meta"]:
         prefixes = META_PREFIXES if p == "meta" else PREFIXES
         for nid in node_ids:
+            if not (root / nid / "partitions" / p / "data.mdb").exists():
+                continue  # not a replica of this partition (replication_factor below the node count)
             out.setdefault(p, {})[nid] = partition_digest(root / nid / "partitions" / p, prefixes)
     return out

@@ -85,7 +85,7 @@ class _RaftCollector:
             return
         sums: dict[str, list[int]] = {"meta": [0, 0, 0], "partition": [0, 0, 0]}
         roles: dict[tuple[str, str], int] = {}
-        for g in range(rep.partitions + 1):  # type: ignore[attr-defined]
+        for g in [*rep.local_partitions(), rep.meta_group]:  # type: ignore[attr-defined]
             kind = "meta" if g == rep.meta_group else "partition"  # type: ignore[attr-defined]
             st = rep.group_status(g)  # type: ignore[attr-defined]
             acc = sums[kind]

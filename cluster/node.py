@@ -153,6 +153,7 @@ class Node:
         self.sse = SseHub(self, buffer_events=cfg.sse.buffer_events, keepalive_ms=cfg.sse.keepalive,
                           clock=self.clock, metrics=self.metrics)
         self.replicator.subscribe(self.sse.on_apply)
+        self.sse.attach(self.replicator)
         self.timers = ScheduleTimers(self.service, self.metrics)
         await self.timers.start()
         from cluster.dispatch import Dispatcher
@@ -259,6 +260,7 @@ class Node:
             heartbeat_interval_ms=cfg.raft.heartbeat_interval,
             propose_timeout_ms=cfg.raft.propose_timeout,
             snapshot_every=cfg.raft.snapshot_every,
+            await_layout=True,
             max_frame=cfg.limits.max_frame,
             **storage,
         )
@@ -495,6 +497,21 @@ class Node:
         return {"org": org, "namespace": ns, "partition": partition, "pinned": pin is not None,
                 "fenced": fenced, "placementEpoch": pin["epoch"] if pin else 0}
 
+    async def _remote_leaders(self) -> dict[int, str | None]:
+        """Leaders of the partitions this node does not hold, as their replicas see them (1 s bound)."""
+        rep = self.replicator
+        missing = [p for p in range(rep.partitions) if not rep.is_local(p)]
+        peers = {n for p in missing for n in rep.replicas(p) if n != self.node_id and rep.peer_connected(n)}
+        answers = await asyncio.gather(*(rep.rpc.call(n, "leaders", {}, 1.0) for n in sorted(peers)),
+                                       return_exceptions=True)
+        out: dict[int, str | None] = {}
+        for answer in answers:
+            if isinstance(answer, dict):
+                for p, leader in answer.items():
+                    if leader and int(p) in missing:
+                        out.setdefault(int(p), leader)
+        return out
+
     async def _serve_shard_info(self, peer: str, a: Any) -> Any:
         """A peer lists the shards of a partition it does not hold (org None: all orgs)."""
         from shard import reads
@@ -679,9 +696,12 @@ class Node:
             for _, _, p in shards:
                 counts[p] += 1
             preferred = self.preferred_leaders()
+            elsewhere = await self._remote_leaders()
             for p in range(rep.partitions):
                 st = rep.group_status(p)
                 local = rep.is_local(p)
+                if not local:
+                    st["leader"] = elsewhere.get(p) or st["leader"]
                 partitions.append({
                     "id": p, "leader": st["leader"], "preferredLeader": preferred[p],
                     "replicas": sorted(rep.replicas(p)), "local": local,

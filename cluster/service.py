@@ -200,13 +200,11 @@ class Service:
     def _read(self, org: str, ns: str):
         return self.replicator.store(self.partition(org, ns)).read()
 
-    @routed
     async def ensure_namespace(self, org: str, ns: str) -> None:
         """The default namespace exists implicitly: the first request registers it."""
         if ns != self.default_namespace or (org, ns) in self._known_ns:
             return
-        with self._read(org, ns) as txn:
-            exists = reads.namespace(txn, org, ns) is not None
+        exists = await self.read(org, ns, "namespace") is not None
         if not exists:
             await self.propose(org, ns, "ns.register", implicit=True, region=self.cfg.region)
         self._known_ns.add((org, ns))

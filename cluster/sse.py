@@ -56,6 +56,7 @@ from aiohttp import web
 from cluster import migrations_api, render
 from protocol import names
 from protocol.errors import ApiError
+from replication.raft.transport import EVENTS  # SPEC §8.7 channel "events"
 
 log = logging.getLogger("tasks.sse")
 
@@ -262,6 +263,51 @@ class SseHub:
                 log.debug("no data for %s event", kind, exc_info=True)
                 data = None
             self.publish(kind, ev.get("org") or "_", ev.get("namespace"), ev, data)
+            self._relay(group, kind, ev, data)
+
+    # ---- nodes that hold no replica of a partition --------------------------------
+
+    def attach(self, replicator: Any) -> None:
+        """Receive the events of partitions this node does not hold (channel EVENTS)."""
+        if hasattr(replicator, "replicas") and hasattr(replicator, "on_channel"):
+            replicator.on_channel(EVENTS, self._on_relayed)
+
+    def _relay(self, group: int, kind: str, ev: Json, data: Any) -> None:
+        """The partition's leader sends its events to the members that hold no
+        replica of it, so every node's stream covers every namespace. Best
+        effort, like the stream itself: around a leader change an event can be
+        missed there."""
+        rep = self.node.replicator
+        replicas = getattr(rep, "replicas", None)
+        if replicas is None or getattr(rep, "kind", "local") != "raft" or not rep.is_leader(group):
+            return
+        holders = set(replicas(group))
+        others = [m for m in self.node.member_ids() if m not in holders]
+        if not others:
+            return
+        import msgpack
+
+        ids = {f: ev[f] for f in ID_FIELDS if ev.get(f)}
+        try:
+            frame = msgpack.packb({"k": kind, "o": ev.get("org") or "_", "n": ev.get("namespace"), "i": ids,
+                                   "d": data}, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError):
+            return
+        for peer in others:
+            rep.send_peer(peer, EVENTS, frame)
+
+    def _on_relayed(self, peer: str, body: bytes) -> None:
+        import msgpack
+
+        try:
+            m = msgpack.unpackb(body, raw=False)
+            kind, org, ns, ids = m["k"], m["o"], m.get("n"), m.get("i") or {}
+            if not (isinstance(kind, str) and isinstance(org, str) and isinstance(ids, dict)):
+                raise ValueError("bad event")
+        except Exception as e:  # noqa: BLE001 - an authenticated peer sent nonsense: drop it
+            log.warning("dropped a relayed event from %s: %s", peer, e)
+            return
+        self.publish(kind, org, ns if isinstance(ns, str) else None, ids, m.get("d"))
 
     def seen_jobs(self, jobs: list[Json]) -> None:
         """Jobs that existed before this process started: their past transitions are not re-sent."""

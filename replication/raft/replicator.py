@@ -75,6 +75,7 @@ class RaftReplicator:
         max_frame: int = 16 << 20,
         snapshot_every: int = 10_000,
         compact_bytes: int = 64 << 20,
+        await_layout: bool = False,
     ) -> None:
         self.node_id = node_id
         self.partitions = partitions
@@ -106,11 +107,15 @@ class RaftReplicator:
         # cluster's bootstrap (meta.init) it holds no partition, and serves none
         # from an empty store. Clusters bootstrapped before layouts were recorded
         # have every member replicate every partition.
+        # ``await_layout`` is what a node asks for; without it (a replicator used
+        # on its own) an unbootstrapped cluster has every peer in every group.
         self._replicas: dict[int, tuple[str, ...]] = {}
+        everyone = tuple(sorted(self.meta.members())) or tuple(sorted(set(self.peer_addrs) | {node_id}))
         if self.meta.partitions() is not None:
             stored = self.meta.replica_sets()
-            everyone = tuple(sorted(self.meta.members())) or tuple(sorted(set(self.peer_addrs) | {node_id}))
             self._replicas = {p: tuple(stored.get(p) or everyone) for p in range(partitions)}
+        elif not await_layout:
+            self._replicas = dict.fromkeys(range(partitions), everyone)
         for p, nodes in self._replicas.items():
             if node_id in nodes:
                 self._open_store(p)
@@ -134,6 +139,7 @@ class RaftReplicator:
         self.rpc.register("propose", self._serve_propose)
         self.rpc.register("membership", self._serve_membership)
         self.rpc.register("progress", lambda peer, args: self.group_progress(int(args["g"])))
+        self.rpc.register("leaders", self._serve_leaders)
         self._leader_hint: dict[int, str] = {}  # partitions held elsewhere: who answered last
         self.forwarded = 0
         self.proposals = 0
@@ -385,6 +391,10 @@ class RaftReplicator:
             return {"res": {"ok": False, "code": "not_replica", "message": f"{self.node_id} does not hold {group}"}}
         res = await self.propose(group, command)
         return {"res": res, "leader": self._leaders[group]}
+
+    async def _serve_leaders(self, peer: str, args: Any) -> Any:
+        """The leaders of the partitions this node holds, as it sees them."""
+        return {str(p): self._leaders[p] for p in self.local_partitions()}
 
     async def _serve_membership(self, peer: str, args: Any) -> Any:
         group, op, node = args["g"], args["op"], args["node"]
