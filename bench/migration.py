@@ -3,44 +3,72 @@
 Run it from the repository root::
 
     .venv/bin/python -m bench.migration [--quick] [--size-mb 200] [--migrations 20]
-                                        [--writers 8] [--json PATH]
+                                        [--writers 8] [--nodes 3] [--replication-factor 3]
+                                        [--json PATH]
 
 It is a measurement, not a test: nothing here asserts on speed. It starts a
-3-node Raft cluster of ``tasksd serve`` subprocesses (``--replicator raft``,
-``--partitions`` 4 + the meta group, server-default Raft timings, durability
-``sync``, every node with ``--migration-bandwidth`` 1GiB so that the copy is
-not paced) on free loopback ports, with fresh data dirs and a fresh 64-byte
-cluster secret under one temporary directory. The node launcher is
-``bench.cluster.System``; every node is stopped in a ``finally`` block (SIGTERM,
-SIGKILL after 15 s; SIGTERM/SIGHUP/SIGINT of the benchmark unwind through it)
-and tied to this process with ``PR_SET_PDEATHSIG``.
+``--nodes``-node (3) Raft cluster of ``tasksd serve`` subprocesses
+(``--replicator raft``, ``--partitions`` 4 + the meta group, every node with
+``--replication-factor`` R (3), server-default Raft timings, durability
+``sync``, ``--migration-bandwidth`` 1GiB so that the copy is not paced) on
+free loopback ports, with fresh data dirs and a fresh 64-byte cluster secret
+under one temporary directory. The node launcher is ``bench.cluster.System``;
+every node is stopped in a ``finally`` block (SIGTERM, SIGKILL after 15 s;
+SIGTERM/SIGHUP/SIGINT of the benchmark unwind through it) and tied to this
+process with ``PR_SET_PDEATHSIG``.
+
+**Topology.** With R = N (the default 3 and 3) every node holds every
+partition, so a migration moves the shard between Raft groups of the same
+three machines. With R < N (e.g. ``--nodes 4 --replication-factor 3``) each
+partition lives on R of the N nodes (``replicas`` of ``GET
+/v1/tasks/cluster``), a node without a replica forwards, and a migration
+between partitions with different replica sets moves the data to other
+machines: destinations are then chosen among such partitions, and the report
+says for every migration whether the replica set changed (and, for the
+throughput move, which nodes gained and lost the shard). Every direct read of
+a partition's LMDB (calibration, baseline, the copies' digests) goes to a node
+that holds that partition (its leader when known, else a replica), after a
+barrier on that node. The layout seen at start (leader and replicas of each
+partition, which nodes have the partition on disk) is reported; a node with
+data of a partition it is not a replica of, or a replica without it, is
+flagged.
 
 1. **Snapshot throughput.** Namespace ``bulk`` (``apsLimit: 0``) is filled with
    ~``--size-mb`` MB of shard data: workflow starts with a ``--input-kb`` KB
    input, ``--fill-clients`` concurrent keep-alive HTTP clients, all sent to
    the leader of the namespace's partition (retried on 503 with the same
    requestId). The bytes per start are calibrated on the first starts by
-   reading the shard's key range from the leader's LMDB. Then the namespace is
-   migrated (``{"toPartition": p}``, p led by another node when possible) and
-   the job is polled every 50 ms (``GET /v1/tasks/migrations/{id}`` on the meta
-   leader, i.e. the coordinator): the moment it is first seen in each status
-   is recorded (±25 ms: the midpoint between that poll and the one before).
+   reading the shard's key range from the leader's LMDB (a replica's if no
+   leader is known). Then the namespace is migrated (``{"toPartition": p}``, p
+   with another replica set when R < N, and led by another node when
+   possible) and the job is polled every 50 ms (``GET
+   /v1/tasks/migrations/{id}`` on the meta leader, i.e. the coordinator): the
+   moment it is first seen in each status is recorded (±25 ms: the midpoint
+   between that poll and the one before).
    ``snapshot MB/s`` = the job's ``bytes`` ÷ (catching-up − snapshotting);
    ``streaming MB/s`` = the growth of ``bytes`` between the first and last
    polls that saw it change (leaves out the snapshot read, ``bytes`` moves
-   every 16 chunks = 4 MiB); ``job total`` = POST → done.
+   every 32 chunks of 512 KiB = 16 MiB); ``job total`` = POST → done. After
+   the move the shard's range is hashed (SHA-256 of keys and values) on every
+   node that holds the destination and compared with the source's digest
+   taken before the move, and the source replicas' leftover keys are counted
+   (waiting up to 15 s for followers to apply).
 
    **Baseline** (same run, same disk, nodes idle): the same key range read
-   from the source leader's LMDB (one read transaction, opened read-only by
-   this process) and written into a fresh LMDB environment
-   (``sync=metasync=True``) with one commit, i.e. one fsync: the raw local
-   copy rate, no Raft, no network, no Python state machine. A second row
-   commits every 256 KiB (one fsync per chunk, what applying chunk proposals
-   one by one costs at least). ``ours ÷ baseline`` < 1 = slower than a copy.
+   from a source replica's LMDB (the leader's when known; one read
+   transaction, opened read-only by this process) and written into a fresh
+   LMDB environment (``sync=metasync=True``) with one commit, i.e. one
+   fsync: the raw local copy rate, no Raft, no network, no Python state
+   machine. A second row commits every 512 KiB (one fsync per chunk, what
+   applying chunk proposals one by one costs at least). ``ours ÷ baseline``
+   < 1 = slower than a copy.
+   With R < N the migration also crosses the loopback network to machines
+   that had no copy, which the baseline does not.
 
 2. **Fenced write pause.** Namespace ``pingpong`` (~``--small-mb`` MB) is
    moved back and forth ``--migrations`` times between its home partition and
-   another one while ``--writers`` clients (round-robin over the nodes) start
+   another one (with another replica set when R < N) while ``--writers``
+   clients (round-robin over all the nodes, replicas or not) start
    workflows back to back with a unique workflowId/requestId each, retrying a
    503 (or a transport error) with the same requestId after 50 ms, for at most
    30 s. Between two jobs the writers run ``--gap`` s without a job. Reported:
@@ -56,7 +84,8 @@ and tied to this process with ``PR_SET_PDEATHSIG``.
    none listed twice, the filled workflows all there.
 
 The report (markdown tables) records the machine (nproc, CPU, Python, load
-average), the exact command, node CPU during the copy, peak RSS, the CPU of
+average), the exact command, the topology (nodes, replication factor, the
+layout, whether each migration changed the replica set), node CPU during the copy, peak RSS, the CPU of
 *other* processes on the machine during each section (more than a few % means
 the numbers are suspect), any failed job with its ``error`` field, and the
 WARNING-and-above lines of the node logs.
@@ -67,6 +96,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -86,7 +116,7 @@ from typing import Any
 import aiohttp
 import lmdb
 
-from bench.cluster import READY_TIMEOUT, ForeignCpu, System, log_summary
+from bench.cluster import READY_TIMEOUT, BenchNode, ForeignCpu, System, log_summary
 from bench.cluster import Settings as ClusterSettings
 from bench.single_node import (
     JSON_HEADERS,
@@ -101,12 +131,13 @@ MiB = 1 << 20
 MB = 1_000_000
 NSP = "/v1/tasks/namespaces"
 POLL_S = 0.05
-CHUNK_BYTES = 256 * 1024  # migration/coordinator.py CHUNK_BYTES
+CHUNK_BYTES = 512 * 1024  # migration/remote.py CHUNK_BYTES (one chunk proposal)
 CALIBRATE_STARTS = 256
 WRITE_GIVE_UP_S = 30.0
 RETRY_DELAY_S = 0.05
 TERMINAL = ("done", "failed")
 STATUSES = ("pending", "snapshotting", "catching-up", "cutover", "done")
+SETTLE_S = 15.0  # how long followers get to apply a move before their copies are judged
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +201,40 @@ class JobRun:
 
 
 @dataclass
+class PartitionLayout:
+    """One partition as the cluster view shows it, and which data dirs actually hold it."""
+
+    id: int
+    leader: str | None
+    preferred_leader: str | None
+    replicas: list[str]
+    on_disk: list[str]  # nodes with ``partitions/<id>/data.mdb``
+
+
+@dataclass
+class Topology:
+    nodes: int
+    replication_factor: int  # as asked (``--replication-factor``)
+    effective_rf: int | None  # ``replicationFactor`` of the cluster view: min(R, N)
+    meta_leader: str | None = None
+    partitions: list[PartitionLayout] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)  # replicas vs data on disk
+
+
+@dataclass
+class CopyCheck:
+    """The moved shard on disk after the job: the destination's copies against the source's digest."""
+
+    source_node: str = ""
+    source_keys: int = 0
+    source_sha256: str = ""
+    dest: dict[str, Json] = field(default_factory=dict)  # node -> {keys, sha256, same}
+    source_left: dict[str, int] = field(default_factory=dict)  # node -> keys still in the source range
+    waited_s: float = 0.0
+    ok: bool | None = None
+
+
+@dataclass
 class CopyRow:
     label: str
     bytes: int
@@ -185,6 +250,13 @@ class ThroughputResult:
     baseline: list[CopyRow] = field(default_factory=list)
     job: Json | None = None
     leaders: Json = field(default_factory=dict)
+    source_replicas: list[str] = field(default_factory=list)
+    dest_replicas: list[str] = field(default_factory=list)
+    replica_set_changed: bool | None = None
+    gained: list[str] = field(default_factory=list)  # nodes that hold the shard only after the move
+    lost: list[str] = field(default_factory=list)  # nodes that held it only before
+    baseline_node: str = ""
+    copy_check: CopyCheck | None = None
     phases_s: dict[str, float | None] = field(default_factory=dict)
     snapshot_mb_per_s: float | None = None
     streaming_mb_per_s: float | None = None
@@ -214,6 +286,8 @@ class PauseResult:
     fill: FillResult | None = None
     partitions: list[int] = field(default_factory=list)
     leaders: Json = field(default_factory=dict)
+    replicas: dict[int, list[str]] = field(default_factory=dict)  # of the two partitions
+    replica_set_changed: bool | None = None
     writers: int = 0
     jobs: list[Json] = field(default_factory=list)
     per_job: list[Json] = field(default_factory=list)
@@ -240,6 +314,7 @@ class Report:
     machine: Machine
     command: str
     settings: Json
+    topology: Topology | None = None
     startup_s: float | None = None
     throughput: ThroughputResult | None = None
     pause: PauseResult | None = None
@@ -260,6 +335,8 @@ class Settings:
     input_kb: float
     bandwidth: str
     partitions: int
+    nodes: int
+    replication_factor: int
     durability: str
     gap_s: float
     job_timeout_s: float
@@ -310,6 +387,30 @@ def range_size(path: Path, prefix: bytes) -> tuple[int, int]:
                     n += 1
                     size += len(k) + len(v)
         return n, size
+    finally:
+        env.close()
+
+
+def range_digest(path: Path, prefix: bytes) -> tuple[int, str]:
+    """(keys, SHA-256 of the range, each key and value length-prefixed as migration/remote.py
+    ``hash_range`` does): a migration copies the range byte for byte, so equal digests on two
+    nodes mean the same shard data, whichever partition each holds it in."""
+    env = open_readonly(path)
+    try:
+        h = hashlib.sha256()
+        n = 0
+        with env.begin(buffers=True) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if bytes(k[:len(prefix)]) != prefix:
+                        break
+                    n += 1
+                    h.update(len(k).to_bytes(4, "big"))
+                    h.update(k)
+                    h.update(len(v).to_bytes(4, "big"))
+                    h.update(v)
+        return n, h.hexdigest()
     finally:
         env.close()
 
@@ -407,6 +508,52 @@ def leaders_of(view: Json) -> dict[int, str | None]:
     return {p["id"]: p.get("leader") for p in view.get("partitions", [])}
 
 
+def replicas_of(view: Json) -> dict[int, list[str]]:
+    """partition -> the nodes that replicate it (sorted; empty if the view does not say)."""
+    return {p["id"]: sorted(p.get("replicas") or []) for p in view.get("partitions", [])}
+
+
+def on_disk(node: BenchNode, part: int | str) -> bool:
+    """Whether ``node``'s data dir holds partition ``part``: a node that is not one of its replicas
+    has no ``partitions/<p>`` or an empty one (no ``data.mdb``)."""
+    return (node.data_dir / "partitions" / str(part) / "data.mdb").exists()
+
+
+def holder(system: System, view: Json, part: int) -> BenchNode:
+    """A node to read partition ``part``'s LMDB from: its leader when known (the node the fill
+    talks to, so one barrier there covers the read), else the first replica with the partition on
+    disk. With R < N, assuming a node (the first, or the leader of another partition) would read
+    a directory that does not exist, or an empty range."""
+    led = leaders_of(view).get(part)
+    reps = replicas_of(view).get(part) or [n.name for n in system.nodes]  # no list: every node
+    by_name = {n.name: n for n in system.nodes}
+    for name in ([led] if led in reps else []) + reps:
+        node = by_name.get(name)
+        if node is not None and on_disk(node, part):
+            return node
+    raise RuntimeError(f"no node has partition {part} on disk (replicas {reps}, leader {led})")
+
+
+def layout(system: System, view: Json, s: Settings) -> Topology:
+    """The cluster's placement as seen now, checked against the data dirs: every replica should
+    have the partition on disk and no other node should (that would be a replica the view does not
+    list, or data left behind)."""
+    topo = Topology(nodes=len(system.nodes), replication_factor=s.replication_factor,
+                    effective_rf=view.get("replicationFactor"), meta_leader=view.get("metaLeader"))
+    for p in view.get("partitions", []):
+        reps = sorted(p.get("replicas") or [])
+        disk = [n.name for n in system.nodes if on_disk(n, p["id"])]
+        topo.partitions.append(PartitionLayout(id=p["id"], leader=p.get("leader"),
+                                               preferred_leader=p.get("preferredLeader"),
+                                               replicas=reps, on_disk=disk))
+        if set(disk) != set(reps):
+            topo.anomalies.append(f"partition {p['id']}: replicas {reps} but on disk on {disk}")
+        if topo.effective_rf is not None and len(reps) != topo.effective_rf:
+            topo.anomalies.append(f"partition {p['id']}: {len(reps)} replicas, replicationFactor "
+                                  f"{topo.effective_rf}")
+    return topo
+
+
 def partition_of_ns(view: Json, ns: str) -> int:
     for n in view.get("namespaces", []):
         if n["namespace"] == ns:
@@ -415,15 +562,34 @@ def partition_of_ns(view: Json, ns: str) -> int:
 
 
 def pick_destination(view: Json, src: int, avoid: Sequence[int] = ()) -> int:
-    """Another partition, preferably led by another node than the source's leader."""
+    """Another partition, preferably led by another node than the source's leader.
+
+    When the replication factor is below the node count, partitions whose replica set differs
+    from the source's come first (the fewest nodes in common first), so that the move puts the
+    data on machines that did not have it, which is what such a cluster's migrations cost; the
+    leader preference then applies among them. When every node holds every partition no replica
+    set differs and the choice is the same as it always was.
+    """
     led = leaders_of(view)
+    reps = {p: set(r) for p, r in replicas_of(view).items()}
     others = [p for p in sorted(led) if p != src]
-    for cands in ([p for p in others if p not in avoid and led[p] and led[p] != led[src]],
-                  [p for p in others if led[p] and led[p] != led[src]],
-                  [p for p in others if p not in avoid], others):
-        if cands:
-            return cands[0]
+    mine = reps.get(src, set())
+    moved = sorted((p for p in others if reps.get(p, set()) != mine),
+                   key=lambda p: len(mine & reps.get(p, set())))
+    for pool in (moved, others):
+        for cands in ([p for p in pool if p not in avoid and led[p] and led[p] != led[src]],
+                      [p for p in pool if led[p] and led[p] != led[src]],
+                      [p for p in pool if p not in avoid], pool):
+            if cands:
+                return cands[0]
     raise RuntimeError("the cluster has a single partition: nothing to migrate to")
+
+
+def replica_change(view: Json, src: int, dst: int) -> tuple[bool, list[str], list[str]]:
+    """(replica set changed, nodes that gain the shard, nodes that lose it) for a move src → dst."""
+    reps = replicas_of(view)
+    a, b = set(reps.get(src, [])), set(reps.get(dst, []))
+    return a != b, sorted(b - a), sorted(a - b)
 
 
 async def create_ns(http: Http, url: str, name: str) -> None:
@@ -529,12 +695,13 @@ async def fill_namespace(http: Http, system: System, ns: str, target_mb: float, 
     view = await http.cluster(urls[0])
     part = partition_of_ns(view, ns)
     leader = leaders_of(view).get(part)
-    node = next((n for n in system.nodes if n.name == leader), system.nodes[0])
+    node = holder(system, view, part)  # the leader, so the starts are not forwarded
     path = node.data_dir / "partitions" / str(part)
     payload = fill_payload(input_bytes)
     target = int(target_mb * MB)
     calib = max(1, min(CALIBRATE_STARTS, target // max(1, input_bytes * 2)))
-    print(f"fill {ns}: ~{target_mb:g} MB via {node.name} (leader of partition {part}), "
+    role = "leader" if node.name == leader else f"a replica; leader {leader}"
+    print(f"fill {ns}: ~{target_mb:g} MB via {node.name} ({role} of partition {part}), "
           f"{clients} clients ...", file=sys.stderr)
     ok, saw, errors, seconds = await fill([node.url], ns, 0, calib, clients, payload)
     await barrier(http, node.url, ns)
@@ -650,9 +817,17 @@ async def section_throughput(http: Http, system: System, s: Settings, root: Path
         meta = view.get("metaLeader")
         res.leaders = {"sourcePartition": src, "sourceLeader": led.get(src), "destPartition": dst,
                        "destLeader": led.get(dst), "coordinator (meta leader)": meta}
-        src_node = next(n for n in system.nodes if n.name == led.get(src))
+        reps = replicas_of(view)
+        res.source_replicas, res.dest_replicas = reps.get(src, []), reps.get(dst, [])
+        res.replica_set_changed, res.gained, res.lost = replica_change(view, src, dst)
+        src_node = holder(system, view, src)
+        res.baseline_node = src_node.name
         src_path = src_node.data_dir / "partitions" / str(src)
-        print("  baseline: raw LMDB copy of the same range ...", file=sys.stderr)
+        await barrier(http, src_node.url, "bulk")  # that replica has applied the whole fill
+        check = CopyCheck(source_node=src_node.name)
+        check.source_keys, check.source_sha256 = await asyncio.to_thread(range_digest, src_path,
+                                                                         shard_prefix("bulk"))
+        print(f"  baseline: raw LMDB copy of the same range on {src_node.name} ...", file=sys.stderr)
         tries: list[list[CopyRow]] = [[], []]
         for _ in range(2):  # alternating, best of two per row
             for k, chunk in enumerate((None, CHUNK_BYTES)):
@@ -663,8 +838,8 @@ async def section_throughput(http: Http, system: System, s: Settings, root: Path
         rss0 = {n.name: n.proc_status() for n in system.nodes}
         foreign = ForeignCpu(system.nodes)
         changes0 = await leader_changes(http, system)
-        print(f"  migrating bulk p{src} ({led.get(src)}) -> p{dst} ({led.get(dst)}), "
-              f"coordinator {meta} ...", file=sys.stderr)
+        print(f"  migrating bulk p{src} ({led.get(src)}; on {','.join(res.source_replicas)}) -> p{dst} "
+              f"({led.get(dst)}; on {','.join(res.dest_replicas)}), coordinator {meta} ...", file=sys.stderr)
         run = await run_job(http, system, poll_url, poll_url, "bulk", dst, s.job_timeout_s, sample_cpu=True)
         res.foreign_cpu_pct = foreign.pct()
         changes1 = await leader_changes(http, system)
@@ -712,9 +887,43 @@ async def section_throughput(http: Http, system: System, s: Settings, root: Path
                           f"partition {now_at}")
         except RuntimeError as e:
             res.verify = f"FAILED: {e}"
+        if job["status"] == "done":
+            res.copy_check = await check_copies(system, "bulk", src, dst, res.source_replicas,
+                                                res.dest_replicas, check)
     except Exception as e:  # noqa: BLE001 - reported, the next section still runs
         res.error = (res.error + "; " if res.error else "") + f"{type(e).__name__}: {e}"
     return res
+
+
+async def check_copies(system: System, ns: str, src: int, dst: int, src_reps: Sequence[str],
+                       dst_reps: Sequence[str], check: CopyCheck) -> CopyCheck:
+    """Hash the moved range on every node that holds ``dst`` and count what is left of it in
+    ``src`` on every source replica, until the copies match the source's digest and the source
+    range is gone everywhere, or ``SETTLE_S``: ``done`` only says the leaders applied the move,
+    a follower (possibly a node that had no copy before) may still be applying it."""
+    prefix = shard_prefix(ns)
+    by_name = {n.name: n for n in system.nodes}
+    t0 = time.perf_counter()
+    while True:
+        check.dest, check.source_left = {}, {}
+        for name in dst_reps:
+            node = by_name.get(name)
+            if node is None or not on_disk(node, dst):
+                check.dest[name] = {"keys": None, "sha256": None, "same": False, "note": "not on disk"}
+                continue
+            keys, digest = await asyncio.to_thread(range_digest, node.data_dir / "partitions" / str(dst),
+                                                   prefix)
+            check.dest[name] = {"keys": keys, "sha256": digest[:12], "same": digest == check.source_sha256}
+        for name in src_reps:
+            node = by_name.get(name)
+            if node is not None and on_disk(node, src):
+                check.source_left[name] = (await asyncio.to_thread(
+                    range_size, node.data_dir / "partitions" / str(src), prefix))[0]
+        check.ok = all(d["same"] for d in check.dest.values()) and not any(check.source_left.values())
+        check.waited_s = round(time.perf_counter() - t0, 2)
+        if check.ok or check.waited_s > SETTLE_S:
+            return check
+        await asyncio.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------
@@ -742,6 +951,9 @@ async def section_pause(http: Http, system: System, s: Settings) -> PauseResult:
         meta = view.get("metaLeader")
         res.leaders = {"home": home, "homeLeader": led.get(home), "other": other,
                        "otherLeader": led.get(other), "coordinator (meta leader)": meta}
+        reps = replicas_of(view)
+        res.replicas = {home: reps.get(home, []), other: reps.get(other, [])}
+        res.replica_set_changed = replica_change(view, home, other)[0]
         url_of = {n.name: n.url for n in system.nodes}
         poll_url = url_of.get(meta or "", system.urls[0])
         urls = system.urls
@@ -823,6 +1035,8 @@ async def section_pause(http: Http, system: System, s: Settings) -> PauseResult:
         res.per_job.append({
             "from": j.get("fromPartition"), "to": j.get("toPartition"), "status": j.get("status"),
             "bytes": j.get("bytes"), "tailEntries": j.get("tailEntries"), "fencedMs": j.get("fencedMs"),
+            "replicaSetChanged": (set(res.replicas.get(j.get("fromPartition"), []))
+                                  != set(res.replicas.get(j.get("toPartition"), []))),
             "jobS": round(r.end_s - r.posted_s, 3),
             "cutoverWindowMs": round((cut[1] - cut[0]) * 1000) if cut else None,
             "writesInCutover": len(inside),
@@ -915,10 +1129,22 @@ def render(rep: Report) -> str:
         f"- command: `{rep.command}`",
         f"- machine: nproc {m.nproc}, {m.cpu}; {m.os}; load average at start {m.load_average}",
         f"- python {m.python}; {m.lmdb}; data in {m.tmp_dir} ({m.filesystem})",
-        f"- cluster: 3 nodes, --replicator raft, {st['partitions']} partitions + meta, server-default Raft "
+        f"- cluster: {st['nodes']} nodes, --replication-factor {st['replication_factor']}, --replicator raft, "
+        f"{st['partitions']} partitions + meta, server-default Raft "
         f"timings, --durability {st['durability']}, --migration-bandwidth {st['bandwidth']}; "
         f"started in {_f(rep.startup_s)} s; whole run {rep.wall_s:.0f} s",
     ]
+    topo = rep.topology
+    if topo is not None:
+        every = topo.effective_rf is not None and topo.effective_rf >= topo.nodes
+        L += [f"- topology: {topo.nodes} nodes, replication factor {topo.replication_factor} (cluster view: "
+              f"{topo.effective_rf if topo.effective_rf is not None else '?'} replicas per partition; "
+              + ("every node holds every partition" if every else "each partition on a subset of the nodes")
+              + f"); meta leader {topo.meta_leader}; layout at start: "
+              + "; ".join(f"p{x.id} leader {x.leader} on {','.join(x.replicas) or '?'}"
+                          + ("" if set(x.on_disk) == set(x.replicas) else f" (on disk: {','.join(x.on_disk)})")
+                          for x in topo.partitions)]
+        L += [f"- **!! layout: {a}**" for a in topo.anomalies]
     tp = rep.throughput
     if tp is not None:
         L += ["", f"## 1. Snapshot throughput (~{st['size_mb']:g} MB shard)", ""]
@@ -932,6 +1158,14 @@ def render(rep: Report) -> str:
                   f"errors: {f.errors or 0}", ""]
         if tp.leaders:
             L += ["Placement: " + ", ".join(f"{k} {v}" for k, v in tp.leaders.items()), ""]
+        if tp.source_replicas or tp.dest_replicas:
+            changed = "-" if tp.replica_set_changed is None else ("yes" if tp.replica_set_changed else "no")
+            moved = (f" (gained by {', '.join(tp.gained) or 'none'}, lost by {', '.join(tp.lost) or 'none'})"
+                     if tp.replica_set_changed else " (the same machines hold it before and after)")
+            L += [f"Replica sets: source p{tp.leaders.get('sourcePartition')} on "
+                  f"{', '.join(tp.source_replicas)} → destination p{tp.leaders.get('destPartition')} on "
+                  f"{', '.join(tp.dest_replicas)}; **replica set changed: {changed}**{moved}; baseline and "
+                  f"source digest read on {tp.baseline_node}", ""]
         base = tp.baseline[0] if tp.baseline else None
         j = tp.job or {}
         nbytes = j.get("bytes") or 0
@@ -952,13 +1186,13 @@ def render(rep: Report) -> str:
         if len(tp.baseline) > 1 and tp.snapshot_mb_per_s:
             L += ["", f"ours ÷ baseline: snapshot {_ratio(tp.snapshot_mb_per_s, tp.baseline[0].mb_per_s)} "
                       f"(vs 1 commit), {_ratio(tp.snapshot_mb_per_s, tp.baseline[1].mb_per_s)} "
-                      f"(vs a commit per 256 KiB); whole job "
+                      f"(vs a commit per {CHUNK_BYTES // 1024} KiB); whole job "
                       f"{_ratio(tp.total_mb_per_s, tp.baseline[0].mb_per_s)}"]
         if j:
             L += ["", f"Job: {job_summary(j)}, snapshotIndex={j.get('snapshotIndex')}"]
             ph = ", ".join(f"{k} {_f(v, 3)} s" for k, v in tp.phases_s.items())
             L += [f"Phases (entry times ±25 ms, polled every 50 ms): {ph}; first `bytes` > 0 seen "
-                  f"{_f(tp.first_bytes_s, 2)} s after snapshotting began (snapshot read + first 16 chunks)"]
+                  f"{_f(tp.first_bytes_s, 2)} s after snapshotting began (snapshot read + first 32 chunks)"]
         if tp.node_cpu_snapshot:
             L += ["", "Node CPU while snapshotting (% of one core; loop = main thread, other = Raft/apply "
                       "threads) and RSS:", ""]
@@ -966,7 +1200,9 @@ def render(rep: Report) -> str:
             for name, c in tp.node_cpu_snapshot.items():
                 rss = tp.rss_mib.get(name, {})
                 role = [k for k, v in tp.leaders.items() if v == name and not k.endswith("Partition")]
-                rows.append([name, ", ".join(role) or "-", _f(c.get("loop")), _f(c.get("other")),
+                holds = [w for w, reps in (("src", tp.source_replicas), ("dst", tp.dest_replicas)) if name in reps]
+                role.append("holds " + ("+".join(holds) if holds else "neither"))
+                rows.append([name, ", ".join(role), _f(c.get("loop")), _f(c.get("other")),
                              _f(rss.get("before"), 0), _f(rss.get("after"), 0), _f(rss.get("peak"), 0)])
             L += md_table(["node", "role", "loop %", "other %", "RSS before MiB", "RSS after MiB",
                            "peak RSS MiB"], rows)
@@ -974,6 +1210,15 @@ def render(rep: Report) -> str:
                   f"core; Raft leader changes during the job (most seen by a node): {tp.leader_changes or '-'}"]
         if tp.verify:
             L += [f"After the move: {tp.verify}"]
+        cc = tp.copy_check
+        if cc is not None:
+            dest = "; ".join(f"{k} {d.get('keys')} keys " + ("= source" if d.get("same") else
+                                                            f"≠ source ({d.get('note') or d.get('sha256')})")
+                             for k, d in cc.dest.items())
+            left = ", ".join(f"{k} {v}" for k, v in cc.source_left.items())
+            L += [f"On disk after the move ({'OK' if cc.ok else 'MISMATCH'}, checked for {cc.waited_s:g} s): "
+                  f"source digest on {cc.source_node} {cc.source_keys:,} keys sha256 {cc.source_sha256[:12]}; "
+                  f"destination copies: {dest or '-'}; keys left in the source range: {left or '-'}"]
         if tp.error:
             L += [f"**!! {tp.error}**"]
     pz = rep.pause
@@ -985,6 +1230,11 @@ def render(rep: Report) -> str:
                   f"{f.seconds:.1f} s), moved between partitions {pz.partitions} ("
                   + ", ".join(f"{k} {v}" for k, v in pz.leaders.items()) + f"); gap between jobs "
                   f"{st['gap_s']:g} s", ""]
+        if pz.replicas:
+            changed = "-" if pz.replica_set_changed is None else ("yes" if pz.replica_set_changed else "no")
+            L += ["Replica sets: " + ", ".join(f"p{k} on {','.join(v)}" for k, v in pz.replicas.items())
+                  + f"; **replica set changed: {changed}** (every move); writers round-robin over all "
+                  f"{st['nodes']} nodes", ""]
         nj = Counter(j.get("status") for j in pz.jobs)
         L += md_table(["fencedMs over done jobs", "n", "p50", "p99", "max", "mean"],
                       [["job record `fencedMs`", str(pz.fenced_ms.get("n")), _f(pz.fenced_ms.get("p50"), 0),
@@ -1002,12 +1252,12 @@ def render(rep: Report) -> str:
         if pz.per_job:
             L += ["", "Per job (cutover window = poll before `cutover` was seen → first poll that saw "
                       "`done`; writes = acknowledged writes overlapping it):", ""]
-            rows = [[str(i + 1), f"p{x['from']}→p{x['to']}", str(x["status"]),
-                     _f((x["bytes"] or 0) / MB, 2), str(x["tailEntries"]), str(x["fencedMs"]),
+            rows = [[str(i + 1), f"p{x['from']}→p{x['to']}", "yes" if x["replicaSetChanged"] else "no",
+                     str(x["status"]), _f((x["bytes"] or 0) / MB, 2), str(x["tailEntries"]), str(x["fencedMs"]),
                      _f(x["jobS"], 2), _f(x["cutoverWindowMs"], 0), str(x["writesInCutover"]),
                      _f(x["maxLatencyInCutoverMs"], 1)] for i, x in enumerate(pz.per_job)]
-            L += md_table(["#", "move", "status", "MB", "tail", "fencedMs", "job s", "window ms",
-                           "writes", "max write ms"], rows)
+            L += md_table(["#", "move", "replicas changed", "status", "MB", "tail", "fencedMs", "job s",
+                           "window ms", "writes", "max write ms"], rows)
         js = sorted(pz.job_seconds)
         L += ["",
               f"Writes: acked {pz.acked:,} ({pz.writes_per_s:,.1f}/s over {pz.seconds:.1f} s), "
@@ -1048,8 +1298,9 @@ def render(rep: Report) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.migration",
-        description="Namespace migration on a 3-node cluster: snapshot throughput against a raw "
-                    "LMDB copy, and the fenced write pause over repeated migrations under load.",
+        description="Namespace migration on an N-node cluster (3 by default, replication factor R): "
+                    "snapshot throughput against a raw LMDB copy, and the fenced write pause over "
+                    "repeated migrations under load.",
     )
     p.add_argument("--quick", action="store_true", help="40 MB shard, 6 migrations, 2 MB ping-pong shard")
     p.add_argument("--size-mb", type=float, help="shard size for the throughput test (default 200, quick 40)")
@@ -1060,6 +1311,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--input-kb", type=float, default=8.0, help="workflow input size of the fill, KB (8)")
     p.add_argument("--migration-bandwidth", default="1GiB", help="--migration-bandwidth of every node (1GiB)")
     p.add_argument("--partitions", type=int, default=4, help="partitions of the cluster (4)")
+    p.add_argument("--nodes", type=int, default=3, help="nodes of the cluster (3)")
+    p.add_argument("--replication-factor", type=int, default=3,
+                   help="--replication-factor of every node: replicas per partition (3); below --nodes, "
+                        "a migration can move the shard to other machines")
     p.add_argument("--durability", choices=("sync", "nosync"), default="sync", help="node durability (sync)")
     p.add_argument("--gap", type=float, default=1.0, help="seconds of load between two migrations (1)")
     p.add_argument("--job-timeout", type=float, default=300.0, help="longest wait for one job (300 s)")
@@ -1080,12 +1335,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--migrations, --writers and --fill-clients must be >= 1")
     if a.partitions < 2:
         p.error("--partitions must be >= 2")
+    if a.nodes < 1 or a.replication_factor < 1:
+        p.error("--nodes and --replication-factor must be >= 1")
     return a
 
 
 async def run(s: Settings, system: System, root: Path, rep: Report) -> None:
     http = Http()
     try:
+        rep.topology = layout(system, await http.cluster(system.urls[0]), s)
         if "throughput" in s.sections:
             rep.throughput = await section_throughput(http, system, s, root)
         if "pause" in s.sections:
@@ -1103,7 +1361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     s = Settings(size_mb=a.size_mb, small_mb=a.small_mb, migrations=a.migrations, writers=a.writers,
                  fill_clients=a.fill_clients, input_kb=a.input_kb, bandwidth=a.migration_bandwidth,
-                 partitions=a.partitions, durability=a.durability, gap_s=a.gap, job_timeout_s=a.job_timeout,
+                 partitions=a.partitions, nodes=a.nodes, replication_factor=a.replication_factor,
+                 durability=a.durability, gap_s=a.gap, job_timeout_s=a.job_timeout,
                  sections=a.sections, tmp_parent=a.tmp_dir, keep=a.keep)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_sigterm)
@@ -1125,12 +1384,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         secret.write_text(secrets.token_hex(32) + "\n")
         os.chmod(secret, 0o600)
         cs = ClusterSettings(schedules=0, namespaces=0, duration=0, grace=0, idle_settle=0, idle_window=0,
-                             durability=s.durability, partitions=s.partitions, nodes=3,
+                             durability=s.durability, partitions=s.partitions, nodes=s.nodes,
                              tmp_parent=s.tmp_parent, keep=s.keep)
         system = System("cluster", root / "cluster", cs, secret)
         for n in system.nodes:
-            n.extra += ["--migration-bandwidth", s.bandwidth, "--zap", "127.0.0.1:0"]
-        print("starting a 3-node cluster ...", file=sys.stderr)
+            n.extra += ["--migration-bandwidth", s.bandwidth, "--zap", "127.0.0.1:0",
+                        "--replication-factor", str(s.replication_factor)]
+        print(f"starting a {s.nodes}-node cluster, replication factor {s.replication_factor} ...",
+              file=sys.stderr)
         t0 = time.monotonic()
         system.launch()
         system.wait_ready(t0 + READY_TIMEOUT)

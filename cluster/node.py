@@ -323,23 +323,38 @@ class Node:
         return sorted({p.id for p in self.cfg.peers} | {self.node_id})
 
     def _on_meta_apply(self, group: int, index: int, result: dict[str, Any]) -> None:
-        """A member joined or left: dial and accept exactly the meta group's members."""
+        """A member joined or left, or a replica set changed: open or drop this
+        node's partitions, and dial and accept the meta group's members plus any
+        former member that still holds a replica (until its replicas moved)."""
         rep = self.replicator
-        if group == rep.meta_group and result.get("layout"):
+        if group != rep.meta_group:
+            return
+        layout_changed = bool(result.get("layout"))
+        if layout_changed:
             from cluster.replica_sets import current_layout
 
-            rep.set_replica_sets(current_layout(rep))  # open or drop this node's partitions
-        if group != rep.meta_group or not ("member" in result or "removed" in result):
+            rep.set_replica_sets(current_layout(rep))
+        if not ("member" in result or "removed" in result or layout_changed):
             return
         if result.get("removed") == self.node_id:
             self.leaving = True  # the balancer now gives every leadership away
             log.warning("this node was removed from the cluster; handing over and no longer voting")
+        self._refresh_peers()
+        self.membership.update(members=frozenset(self.member_ids()))
+
+    def _refresh_peers(self) -> None:
+        from cluster.replica_sets import current_layout
+
+        rep = self.replicator
         known = rep.meta.members()
         peers = {mid: m["peer"] for mid, m in known.items() if m.get("peer")}
+        holding = {n for nodes in current_layout(rep).values() for n in nodes}
+        for n in holding - set(peers):
+            if n in rep.peer_addrs:  # removed, but its replicas are still being moved
+                peers[n] = rep.peer_addrs[n]
         if self.leaving:
             peers.update({p.id: p.peer for p in self.cfg.peers})  # keep talking while handing over
         rep.set_peer_addresses(peers)
-        self.membership.update(members=frozenset(self.member_ids()))
 
     async def add_member(self, node_id: str, peer: str, http: str | None, zap: str | None) -> dict[str, Any]:
         """Join: record the member, then make it a voter of every group."""

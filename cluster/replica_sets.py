@@ -40,8 +40,31 @@ CATCH_UP_WAIT = 120.0
 
 
 def bootstrap_layout(partitions: int, members: list[str], replication_factor: int, seed: str) -> list[list[str]]:
-    """The layout a new cluster starts with (recorded by meta.init)."""
-    return [list(pp.replicas) for pp in partition_plan(partitions, members, replication_factor, seed)]
+    """The layout a new cluster starts with (recorded by meta.init).
+
+    Each partition's preferred leader (balanced by ``partition_plan``) first,
+    then the members holding the fewest partitions so far, ties broken by
+    the partition's HRW order, so that every node stores about as many
+    partitions as every other (``P * rf / N``).
+    """
+    plan = partition_plan(partitions, members, replication_factor, seed)
+    ms = sorted(set(members))
+    k = min(replication_factor, len(ms))
+    share = -(-partitions * k // len(ms))
+    held = dict.fromkeys(ms, 0)
+    for pp in plan:
+        held[pp.preferred_leader] += 1
+    out = []
+    for pp in plan:
+        nodes = [pp.preferred_leader]
+        ranked = rank("", "", str(pp.id), seed, ms)
+        while len(nodes) < k:
+            m = min((m for m in ranked if m not in nodes),
+                    key=lambda m: (held[m] >= share, held[m], ranked.index(m)))
+            nodes.append(m)
+            held[m] += 1
+        out.append(nodes)
+    return out
 
 
 def current_layout(rep: Any) -> dict[int, list[str]]:

@@ -1,4 +1,6 @@
-"""Namespace migration between partitions on a real 3-node cluster (SPEC §4.10)."""
+"""Namespace migration between partitions on real clusters (SPEC §4.10): three
+nodes (every node holds every partition), and four nodes with replication
+factor 3, where a move takes the shard to other machines."""
 
 from __future__ import annotations
 
@@ -18,9 +20,41 @@ NSP = "/v1/tasks/namespaces"
 P = 4
 
 
-@pytest.fixture
-def cluster(tmp_path: Path):
-    c = Cluster(tmp_path / "c", n=3, partitions=P)
+TOPOLOGIES = {"3-nodes": (3, []), "4-nodes-rf3": (4, ["--replication-factor", "3"])}
+
+
+def make_cluster(root: Path, topology: str, extra: list[str] | None = None) -> Cluster:
+    n, more = TOPOLOGIES[topology]
+    return Cluster(root, n=n, partitions=P, extra=[*more, *(extra or [])])
+
+
+def holders(c: Cluster, partition: int) -> list[str]:
+    """The nodes holding a partition (the layout is fixed while no member leaves)."""
+    layout = getattr(c, "_layout", None)
+    if layout is None:
+        for node in c.nodes.values():
+            status, body = node.get("/v1/tasks/cluster") if node.proc is not None else (0, None)
+            if status == 200:
+                layout = {p["id"]: sorted(p["replicas"]) for p in body["partitions"]}
+                break
+        assert layout is not None, "no node answered"
+        c._layout = layout  # type: ignore[attr-defined]
+    return layout[partition]
+
+
+def moved_to(c: Cluster, src: int, step: int = 1) -> int:
+    """A destination for a shard of ``src``: ``step`` partitions on, or the next one
+    held by other machines when replicas are a subset (so data changes hands)."""
+    for k in range(P - 1):
+        p = (src + step + k) % P
+        if p != src and set(holders(c, p)) != set(holders(c, src)):
+            return p
+    return (src + step) % P if (src + step) % P != src else (src + 1) % P
+
+
+@pytest.fixture(params=list(TOPOLOGIES))
+def cluster(tmp_path: Path, request: Any):
+    c = make_cluster(tmp_path / "c", request.param)
     c.start()
     try:
         yield c
@@ -82,9 +116,9 @@ def test_migrate_moves_every_record_and_routes_writes_to_the_destination(cluster
     n1 = c.nodes["n1"]
     create_ns(n1, "mv")
     for i in range(150):
-        start_wf(c.nodes[c.ids[i % 3]], "mv", f"w-{i}")
+        start_wf(c.nodes[c.ids[i % len(c.ids)]], "mv", f"w-{i}")
     src = home("mv")
-    dst = (src + 1) % P
+    dst = moved_to(c, src)
     job = migrate(n1, "mv", {"toPartition": dst})
     assert job["status"] == "done", job
     assert job["fromPartition"] == src and job["toPartition"] == dst and job["bytes"] > 0
@@ -101,12 +135,14 @@ def test_migrate_moves_every_record_and_routes_writes_to_the_destination(cluster
     assert status == 200
     status, jobs = call(n1, "GET", "/v1/tasks/migrations")
     assert [j["id"] for j in jobs["jobs"]] == [job["id"]]
+    src_nodes, dst_nodes = holders(c, src), holders(c, dst)
     for n in c.nodes.values():
         n.stop()
-    hashes = {nid: shard_hash(c, nid, dst, "mv") for nid in c.ids}
+    hashes = {nid: shard_hash(c, nid, dst, "mv") for nid in dst_nodes}
     assert len(set(hashes.values())) == 1, hashes  # every destination replica identical
-    empty = shard_hash(c, "n1", src, "never-existed")
-    assert {shard_hash(c, nid, src, "mv") for nid in c.ids} == {empty}  # source range collected
+    empty = shard_hash(c, src_nodes[0], src, "never-existed")
+    assert empty not in hashes.values()
+    assert {shard_hash(c, nid, src, "mv") for nid in src_nodes} == {empty}  # source range collected
 
 
 def test_writes_and_a_schedule_keep_going_through_a_migration(cluster: Cluster) -> None:
@@ -116,7 +152,7 @@ def test_writes_and_a_schedule_keep_going_through_a_migration(cluster: Cluster) 
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(16) as pool:  # the namespace holds 10,000 workflows (issue 6)
-        list(pool.map(lambda i: start_wf(c.nodes[c.ids[i % 3]], "live", f"pre-{i}"), range(10_000)))
+        list(pool.map(lambda i: start_wf(c.nodes[c.ids[i % len(c.ids)]], "live", f"pre-{i}"), range(10_000)))
     status, body = call(n1, "POST", f"{NSP}/live/schedules", {
         "scheduleId": "tick", "spec": {"interval": [{"interval": "1s"}]},
         "action": {"workflowType": {"name": "Tick"}, "taskQueue": "t"},
@@ -126,7 +162,7 @@ def test_writes_and_a_schedule_keep_going_through_a_migration(cluster: Cluster) 
     stop = threading.Event()
 
     def writer(k: int) -> None:
-        node = c.nodes[c.ids[k % 3]]
+        node = c.nodes[c.ids[k % len(c.ids)]]
         i = 0
         while not stop.is_set():
             wid = f"live-{k}-{i}"
@@ -143,7 +179,7 @@ def test_writes_and_a_schedule_keep_going_through_a_migration(cluster: Cluster) 
     try:
         time.sleep(2.0)
         src = home("live")
-        job = migrate(n1, "live", {"toPartition": (src + 2) % P})
+        job = migrate(n1, "live", {"toPartition": moved_to(c, src, 2)})
         assert job["status"] == "done", job["error"]
         time.sleep(2.5)
     finally:
@@ -181,23 +217,24 @@ def test_back_and_forth_ten_times_ends_identical(cluster: Cluster) -> None:
     for i in range(40):
         start_wf(n1, "ping", f"p-{i}")
     src = home("ping")
-    other = (src + 3) % P
+    other = moved_to(c, src, 3)
+    src_nodes, other_nodes = holders(c, src), holders(c, other)
     for n in c.nodes.values():  # the never-moved copy: the shard's bytes before any move
         n.stop()
-    before = shard_hash(c, "n1", src, "ping")
-    assert before != shard_hash(c, "n1", src, "never-existed")
+    before = shard_hash(c, src_nodes[0], src, "ping")
+    assert before != shard_hash(c, src_nodes[0], src, "never-existed")
     c.start()
     for k in range(10):
-        job = migrate(c.nodes[c.ids[k % 3]], "ping", {"toPartition": other if k % 2 == 0 else src})
+        job = migrate(c.nodes[c.ids[k % len(c.ids)]], "ping", {"toPartition": other if k % 2 == 0 else src})
         assert job["status"] == "done", job["error"]
         assert job["placementEpoch"] == k + 1
     status, d = call(c.nodes["n2"], "GET", f"{NSP}/ping/workflows/p-7")
     assert status == 200, d
     for n in c.nodes.values():
         n.stop()
-    assert {shard_hash(c, nid, src, "ping") for nid in c.ids} == {before}
-    empty = shard_hash(c, "n1", src, "never-existed")
-    assert {shard_hash(c, nid, other, "ping") for nid in c.ids} == {empty}
+    assert {shard_hash(c, nid, src, "ping") for nid in src_nodes} == {before}
+    empty = shard_hash(c, src_nodes[0], src, "never-existed")
+    assert {shard_hash(c, nid, other, "ping") for nid in other_nodes} == {empty}
 
 
 def test_tasksctl_migrate_to_node_waits_with_progress(cluster: Cluster) -> None:

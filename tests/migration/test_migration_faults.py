@@ -14,7 +14,18 @@ from typing import Any
 import pytest
 
 from tests.cluster.raft_support import Cluster
-from tests.migration.test_migration import NSP, P, call, create_ns, home, migrate
+from tests.migration.test_migration import (
+    NSP,
+    TOPOLOGIES,
+    P,
+    call,
+    create_ns,
+    holders,
+    home,
+    make_cluster,
+    migrate,
+    moved_to,
+)
 
 PAD = "x" * 2000
 
@@ -22,7 +33,7 @@ PAD = "x" * 2000
 def fill(c: Cluster, ns: str, n: int) -> None:
     """~n × 2 KB of workflows, so that a slow copy (bandwidth-limited) takes a few seconds."""
     for i in range(n):
-        status, body = call(c.nodes[c.ids[i % 3]], "POST", f"{NSP}/{ns}/workflows",
+        status, body = call(c.nodes[c.ids[i % len(c.ids)]], "POST", f"{NSP}/{ns}/workflows",
                             {"workflowId": f"f-{i}", "requestId": f"rf-{i}", "workflowType": {"name": "Fill"},
                              "taskQueue": {"name": "q"}, "input": PAD})
         assert status == 200, body
@@ -102,9 +113,9 @@ def wait_status(node: Any, jid: str, wanted: set[str], timeout: float = 30.0) ->
     raise AssertionError(f"job {jid} never reached {wanted}")
 
 
-@pytest.fixture
-def slow_cluster(tmp_path: Path):
-    c = Cluster(tmp_path / "c", n=3, partitions=P, extra=["--migration-bandwidth", "256KiB"])
+@pytest.fixture(params=list(TOPOLOGIES))
+def slow_cluster(tmp_path: Path, request: Any):
+    c = make_cluster(tmp_path / "c", request.param, ["--migration-bandwidth", "256KiB"])
     c.start()
     try:
         yield c
@@ -116,7 +127,8 @@ def test_source_leader_killed_while_snapshotting(slow_cluster: Cluster) -> None:
     c = slow_cluster
     create_ns(c.nodes["n1"], "s1")
     fill(c, "s1", 600)  # ~1.2 MB: ~5 s at 256 KiB/s
-    src, dst = home("s1"), (home("s1") + 1) % P
+    src = home("s1")
+    dst = moved_to(c, src)
     victim = c.leader_of(src)
     alive = [n for n in c.ids if n != victim]
     with Writers(c, "s1", alive) as w:
@@ -140,7 +152,9 @@ def test_destination_leader_killed_while_catching_up(slow_cluster: Cluster) -> N
     create_ns(c.nodes["n1"], "s2")
     fill(c, "s2", 400)
     src = home("s2")
-    dst = next(p for p in range(P) if p != src and c.leader_of(p) != c.meta_leader())
+    meta = c.meta_leader()
+    options = [p for p in range(P) if p != src and c.leader_of(p) != meta]
+    dst = next((p for p in options if set(holders(c, p)) != set(holders(c, src))), options[0])
     victim = c.leader_of(dst)
     alive = [n for n in c.ids if n != victim]
     with Writers(c, "s2", alive) as w:
@@ -163,7 +177,7 @@ def test_coordinator_cut_off_during_cutover(slow_cluster: Cluster) -> None:
     create_ns(c.nodes["n1"], "s3")
     fill(c, "s3", 150)
     src = home("s3")
-    dst = (src + 2) % P
+    dst = moved_to(c, src, 2)
     coordinator = c.meta_leader()
     assert coordinator is not None
     alive = [n for n in c.ids if n != coordinator]
