@@ -39,8 +39,9 @@ READS = frozenset(
     if callable(fn) and not name.startswith("_") and getattr(fn, "__module__", "") == reads.__name__
 )
 
-CALL_TIMEOUT = 65.0
-"""Bound of one forwarded call; queries and long polls carry their own smaller bounds."""
+CALL_TIMEOUT = 20.0
+"""Bound of one forwarded call: a proposal (``raft.propose_timeout``) plus a fence
+wait (``migration.fence_wait``) with room to spare; queries add their own timeout."""
 
 
 def routed(fn: F) -> F:
@@ -50,10 +51,26 @@ def routed(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: Any, org: str, ns: str, *args: Any, **kwargs: Any) -> Any:
         if self.holds(org, ns):
-            return await fn(self, org, ns, *args, **kwargs)
+            return await run_here(self, fn, org, ns, args, kwargs)
         return await self.forward(fn.__name__, org, ns, list(args), kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+async def run_here(service: Any, fn: Callable[..., Awaitable[Any]], org: str, ns: str,
+                   args: Any, kwargs: Json) -> Any:
+    """Run a routed method on this replica. A "not found" may come from this
+    replica lagging behind a write acknowledged through another node (a
+    namespace or run created a moment ago): it is only believed after a
+    barrier, and the call is run once more. Safe for writes too: a command
+    rejected as not found changed nothing."""
+    try:
+        return await fn(service, org, ns, *args, **kwargs)
+    except ApiError as e:
+        if e.code != "not_found" or getattr(service.replicator, "kind", "local") == "local":
+            raise
+    await service.propose(org, ns, "sys.barrier")
+    return await fn(service, org, ns, *args, **kwargs)
 
 
 def pack_error(e: ApiError) -> Json:
@@ -119,7 +136,7 @@ class Forwarder:
         try:
             if a.get("barrier"):
                 await self.service.read_barrier(org, ns)
-            return {"ok": await fn(self.service, org, ns, *a.get("args", ()), **a.get("kwargs", {}))}
+            return {"ok": await run_here(self.service, fn, org, ns, a.get("args", ()), a.get("kwargs", {}))}
         except ApiError as e:
             return pack_error(e)
         except NotReplica:

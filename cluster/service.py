@@ -22,7 +22,7 @@ from typing import Any
 from cluster import inputs as I
 from cluster import render
 from cluster import schedules as S
-from cluster.forwarding import Forwarder, routed
+from cluster.forwarding import CALL_TIMEOUT, Forwarder, routed
 from cluster.ratelimit import TokenBuckets
 from protocol import names
 from protocol.errors import ApiError
@@ -115,9 +115,10 @@ class Service:
             raise ApiError("unavailable", "no replica of this namespace's partition here", retry_after=1)
         barrier = _barrier_due.get()
         _barrier_due.set(False)
+        timeout = CALL_TIMEOUT + (self.cfg.timeouts.query_max / 1000.0 if method == "query_metadata" else 0.0)
         return await self.forwarder.call(self.partition(org, ns), "svc",
                                          {"m": method, "org": org, "ns": ns, "args": args, "kwargs": kwargs,
-                                          "barrier": barrier})
+                                          "barrier": barrier}, timeout)
 
     async def read(self, org: str, ns: str, fn: str, *args: Any, barrier: bool = False) -> Any:
         """``shard.reads.<fn>(txn, org, ns, *args)`` on this node's replica, or on a

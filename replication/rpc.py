@@ -41,12 +41,13 @@ class PeerRpc:
     def __init__(self, send: Callable[[str, bytes], bool]) -> None:
         self._send = send
         self._handlers: dict[str, Handler] = {}
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future]] = {}
         self._ids = itertools.count(1)
         self.fallback: Callable[[str, bytes], None] | None = None
         self.calls = 0
         self.served = 0
         self.bad_frames = 0
+        self.timeouts = 0
         self._tasks: set[asyncio.Task] = set()
 
     def register(self, method: str, handler: Handler) -> None:
@@ -57,13 +58,18 @@ class PeerRpc:
         rid = next(self._ids)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
-        self._pending[rid] = fut
+        self._pending[rid] = (peer, fut)
         try:
             body = msgpack.packb({"q": rid, "m": method, "a": args}, use_bin_type=True)
             if not self._send(peer, body):
                 raise PeerUnavailable(f"no connection to {peer}")
             self.calls += 1
-            msg = await asyncio.wait_for(fut, timeout)
+            try:
+                msg = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                self.timeouts += 1
+                log.warning("no answer from %s to %s within %.1f s (outcome unknown)", peer, method, timeout)
+                raise
         finally:
             self._pending.pop(rid, None)
         if "e" in msg:
@@ -78,9 +84,9 @@ class PeerRpc:
             self.bad_frames += 1
             return
         if isinstance(msg, dict) and "p" in msg:
-            fut = self._pending.get(msg["p"])
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            pending = self._pending.get(msg["p"])
+            if pending is not None and pending[0] == peer and not pending[1].done():
+                pending[1].set_result(msg)
             return
         if isinstance(msg, dict) and "q" in msg and isinstance(msg.get("m"), str):
             task = asyncio.get_running_loop().create_task(self._serve(peer, msg))
@@ -111,6 +117,13 @@ class PeerRpc:
         except (TypeError, ValueError, OverflowError) as e:
             data = msgpack.packb({"p": msg["q"], "e": f"unencodable answer: {e}"}, use_bin_type=True)
         self._send(peer, data)
+
+    def peer_down(self, peer: str) -> None:
+        """The link to ``peer`` dropped: its answers in flight are lost, so the
+        calls waiting on it end now (outcome unknown) instead of at their timeout."""
+        for p, fut in list(self._pending.values()):
+            if p == peer and not fut.done():
+                fut.set_exception(TimeoutError(f"the link to {peer} dropped"))
 
     def cancel_all(self) -> None:
         for t in list(self._tasks):

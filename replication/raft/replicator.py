@@ -543,6 +543,8 @@ class RaftReplicator:
 
     def _peer_change(self, peer: str, up: bool) -> None:
         self._inbox.put(("up" if up else "down", peer))
+        if not up:
+            self.rpc.peer_down(peer)
         for listener in self._peer_listeners:
             try:
                 listener(peer, up)

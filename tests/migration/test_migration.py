@@ -74,7 +74,8 @@ def call(node: Any, method: str, path: str, body: Any = None, tries: int = 100) 
 
 def create_ns(node: Any, ns: str) -> None:
     status, body = call(node, "POST", NSP, {"name": ns})
-    assert status == 200, body
+    # 409 only after a retried 503 (an unknown outcome that did commit): every test uses fresh names.
+    assert status == 200 or body.get("code") == "already_exists", body
 
 
 def start_wf(node: Any, ns: str, wid: str) -> dict[str, Any]:
