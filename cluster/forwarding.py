@@ -103,7 +103,8 @@ class Forwarder:
         me = self.service.node_id
         hint = rep.leader(group) or getattr(rep, "_leader_hint", {}).get(group)
         replicas = [n for n in rep.replicas(group) if n != me]
-        return sorted(replicas, key=lambda n: (not rep.peer_connected(n), n != hint, n))
+        alive = getattr(rep, "peer_responsive", rep.peer_connected)
+        return sorted(replicas, key=lambda n: (not alive(n), n != hint, n))
 
     async def call(self, group: int, method: str, args: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """Ask a replica of ``group``; peers that cannot be reached are skipped."""

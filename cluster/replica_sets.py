@@ -36,7 +36,7 @@ from routing import partition_plan, rank
 log = logging.getLogger("tasks.replicas")
 
 ROUND_EVERY = 1.0
-CATCH_UP_WAIT = 120.0
+CATCH_UP_WAIT = 60.0
 
 
 def bootstrap_layout(partitions: int, members: list[str], replication_factor: int, seed: str) -> list[list[str]]:
@@ -109,7 +109,9 @@ class ReplicaKeeper:
             await asyncio.sleep(ROUND_EVERY)
             try:
                 self.sync_local()
-                if self.rep.is_leader(self.rep.meta_group):
+                # The meta leader keeps the sets; a node being removed hands its
+                # leadership over and leaves this to the next one.
+                if self.rep.is_leader(self.rep.meta_group) and self.rep.node_id in self.rep.meta.members():
                     await self.round()
             except asyncio.CancelledError:
                 raise

@@ -179,8 +179,10 @@ class PartitionReads:
 
     def _peers(self, group: int) -> list[str]:
         me = self.rep.node_id
+        alive = getattr(self.rep, "peer_responsive", self.rep.peer_connected)
+        leader = self.rep.leader(group)
         return sorted((n for n in self.rep.replicas(group) if n != me),
-                      key=lambda n: (not self.rep.peer_connected(n), n))
+                      key=lambda n: (not alive(n), n != leader, n))
 
     async def _call(self, peer: str, method: str, args: Any) -> Any:
         try:

@@ -67,10 +67,11 @@ class GroupTransport(Transport):
     """pysyncobj's view of the peer port, for one group."""
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *, send: Callable[[str, bytes], bool],
-                 flush: Callable[[], None]) -> None:
+                 flush: Callable[[], None], connected: Callable[[str], bool] | None = None) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
         self._send = send
         self._flush = flush
+        self._connected = connected
         self.sent = 0
 
     @property
@@ -84,7 +85,10 @@ class GroupTransport(Transport):
         return None
 
     def addNode(self, node: Node) -> None:
-        return None
+        # A voter added while its link is already up gets no "up" event: say so
+        # now, or the leader would never send it anything.
+        if self._connected is not None and self._connected(node.id):
+            self._onNodeConnected(node)
 
     def dropNode(self, node: Node) -> None:
         return None

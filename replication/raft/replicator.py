@@ -268,7 +268,8 @@ class RaftReplicator:
             return mux.send(peer, RAFT, g, body)
 
         def factory(syncObj: Any, selfNode: Any, otherNodes: Any) -> GroupTransport:
-            return GroupTransport(syncObj, selfNode, otherNodes, send=send, flush=journal.flush)
+            return GroupTransport(syncObj, selfNode, otherNodes, send=send, flush=journal.flush,
+                                  connected=mux.is_connected)
 
         return factory
 
@@ -326,10 +327,10 @@ class RaftReplicator:
     # ---- replica sets -----------------------------------------------------------
 
     def replicas(self, group: int) -> tuple[str, ...]:
-        """The nodes holding ``group`` (every node for the meta group)."""
+        """The nodes holding ``group`` (every node for the meta group; none before the layout is known)."""
         if group == self.meta_group:
             return tuple(sorted(set(self.peer_addrs) | {self.node_id}))
-        return self._replicas[group]
+        return self._replicas.get(group, ())
 
     def is_local(self, group: int) -> bool:
         """Whether this node holds a replica of ``group`` (may read its store)."""
@@ -363,7 +364,7 @@ class RaftReplicator:
         """
         replicas = [n for n in self._replicas.get(group, ()) if n != self.node_id]
         hint = self._leader_hint.get(group)
-        order = sorted(replicas, key=lambda n: (n != hint, not self.peer_connected(n), n))
+        order = sorted(replicas, key=lambda n: (not self.peer_responsive(n), n != hint, n))
         for peer in order:
             try:
                 answer = await self.rpc.call(peer, "propose", {"g": group, "c": command}, self.propose_timeout + 1.0)
@@ -573,6 +574,16 @@ class RaftReplicator:
     def peer_connected(self, peer: str) -> bool:
         mux = self.mux
         return mux is not None and mux.is_connected(peer)
+
+    def peer_responsive(self, peer: str) -> bool:
+        """Connected, and heard from (any group's Raft traffic, the meta group's
+        heartbeats at least) within 2 x election timeout: a paused process keeps
+        its TCP connections but goes quiet."""
+        if not self.peer_connected(peer):
+            return False
+        window = 2 * self._timings[0]
+        now = time.monotonic()
+        return any(now - heard.get(peer, -1e9) <= window for heard in self._heard)
 
     def _on_frame(self, peer: str, channel: int, group: int, body: bytes) -> None:
         if channel == RAFT:
