@@ -13,9 +13,10 @@ one partition and one node at a time, and always adding before removing:
    short: the HRW-next member is made a voter of the partition's Raft group,
    then recorded in the layout (it opens the group and catches up from the
    leader, by snapshot if need be);
-2. once every wanted replica has applied what the group had committed when it
-   was added, a replica that is no longer a member is removed from the group,
-   then from the layout (it drops its copy when it sees that).
+2. once the added replica caught up (and a majority of the set that remains
+   has applied what the group had committed), a replica that is no longer a
+   member is removed from the group, then from the layout (it drops its copy
+   when it sees that).
 
 Each step is idempotent and re-derived from the meta group every round, so a
 new meta leader simply continues. A joining node gets replicas only where a
@@ -138,7 +139,11 @@ class ReplicaKeeper:
                 return  # one step per round: the next round re-reads the layout
             drop = [n for n in cur if n not in want]
             if drop and len(cur) > 1:
-                if not all([await self._caught_up(p, n, wait=0.0) for n in want]):
+                # A majority of the set that remains must be caught up (the added
+                # replica was waited for): a member that is down does not block
+                # the removal of another.
+                caught = [n for n in want if await self._caught_up(p, n, wait=0.0)]
+                if len(caught) <= len(want) // 2:
                     continue
                 node = drop[0]
                 log.info("partition %d: removing replica %s from %s", p, node, cur)

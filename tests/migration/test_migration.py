@@ -248,6 +248,12 @@ def test_tasksctl_migrate_to_node_waits_with_progress(cluster: Cluster) -> None:
     for i in range(30):
         start_wf(n1, "ctl", f"c-{i}")
     src = home("ctl")
+    deadline = time.monotonic() + 30  # leaders settle on their preferred nodes first
+    while time.monotonic() < deadline:
+        status, info = call(n1, "GET", "/v1/tasks/cluster")
+        if all(p["leader"] == p["preferredLeader"] for p in info["partitions"]):
+            break
+        time.sleep(0.2)
     target = next(nid for nid in c.ids if c.leader_of(src) != nid and
                   any(c.leader_of(p) == nid for p in range(P)))
     proc = subprocess.run(
