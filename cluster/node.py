@@ -563,11 +563,12 @@ class Node:
                 raise ApiError("failed_precondition", "migration needs replicator: raft")
             if to != self.node_id and not self.membership.current.is_alive(to):
                 raise ApiError("failed_precondition", f"node {to} is not alive")
-            # Partitions X leads (for partitions this node does not hold, their
-            # preferred leader stands in: leadership is moved back to it).
+            # Partitions X leads (for partitions this node does not hold, as
+            # their replicas see it, else their preferred leader).
             preferred = self.preferred_leaders()
+            elsewhere = await self._remote_leaders()
             led = [p for p in range(rep.partitions)
-                   if (rep.leader(p) == to if rep.is_local(p) else preferred[p] == to)]
+                   if (rep.leader(p) if rep.is_local(p) else elsewhere.get(p, preferred[p])) == to]
             if src in led:
                 dst = src  # already home on a partition that node leads
             elif not led:
@@ -583,7 +584,8 @@ class Node:
                 dst = min(led, key=lambda p: (counts.get(p, 0), p))
         if getattr(rep, "kind", "local") != "raft":
             raise ApiError("failed_precondition", "migration needs replicator: raft")
-        job = await self.migrations.create(org, ns, src, dst)
+        leaders = await self._remote_leaders() if getattr(rep, "kind", "local") == "raft" else {}
+        job = await self.migrations.create(org, ns, src, dst, leaders)
         return job
 
     # ---- service routes that describe the node -----------------------------

@@ -112,12 +112,16 @@ class Migrations:
             return self._local_jobs.get(job_id)
         return self.rep.meta.job(job_id)
 
-    async def create(self, org: str, ns: str, from_partition: int, to_partition: int) -> Json:
-        """Record a job; the meta leader picks it up. Returns the record as created."""
+    async def create(self, org: str, ns: str, from_partition: int, to_partition: int,
+                     leaders: dict[int, str | None] | None = None) -> Json:
+        """Record a job; the meta leader picks it up. Returns the record as created.
+        ``leaders``: the leaders of partitions this node does not hold, as their replicas see them."""
         now = self.clock()
+        known = leaders or {}
         job: Json = {
             "id": secrets.token_hex(8), "org": org, "namespace": ns,
-            "from": self.rep.leader(from_partition), "to": self.rep.leader(to_partition),
+            "from": self.rep.leader(from_partition) or known.get(from_partition),
+            "to": self.rep.leader(to_partition) or known.get(to_partition),
             "fromPartition": from_partition, "toPartition": to_partition, "placementEpoch": None,
             "status": "pending", "snapshotIndex": None, "tailEntries": 0, "bytes": 0, "fencedMs": 0,
             "startedAt": now, "finishedAt": None, "error": None,
