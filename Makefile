@@ -49,6 +49,9 @@ bench-dispatch: $(STAMP)
 bench-cluster: $(STAMP)
 	$(PY) -m bench.cluster
 
+# 4 nodes with replication factor 3, so a move takes the shard to other machines
+# (MIGRATION_ARGS="--nodes 3" for every node holding every partition; --quick: ~40 s).
+MIGRATION_ARGS ?= --nodes 4 --replication-factor 3
 .PHONY: bench-migration
 bench-migration: $(STAMP)
-	$(PY) -m bench.migration
+	$(PY) -m bench.migration $(MIGRATION_ARGS)
