@@ -1,9 +1,14 @@
 """``python -m chaos``: run, list, smoke, long.
 
     python -m chaos list
-    python -m chaos run --scenario NAME [--nodes 3] [--duration S] [--seed N] [--out report.json] [--dir D]
-    python -m chaos smoke [--seed N] [--out smoke.json] [--dir D]
-    python -m chaos long [--duration 1800] [--seed N] [--out long.json] [--dir D]
+    python -m chaos run --scenario NAME [--nodes 3] [--replication-factor 3] [--duration S] [--seed N]
+                        [--out report.json] [--dir D]
+    python -m chaos smoke [--nodes 3] [--replication-factor 3] [--seed N] [--out smoke.json] [--dir D]
+    python -m chaos long [--duration 1800] [--nodes 3] [--replication-factor 3] [--seed N] [--out long.json] [--dir D]
+
+``--replication-factor R`` (every node's, the server default 3): below
+``--nodes``, each partition is replicated by R of the nodes, and the faults
+and checks follow the replica sets the cluster reports.
     python -m chaos check --dir D      re-run the data checks on a kept run directory
 
 Exit status: 0 no anomaly, 1 at least one anomaly, 2 the harness could not
@@ -35,6 +40,9 @@ SMOKE = (
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
+    p.add_argument("--replication-factor", type=int, default=3,
+                   help="replicas per partition, passed to every node (default 3, the server's); below --nodes, "
+                        "each partition lives on R of the nodes")
     p.add_argument("--seed", type=int, default=1, help="seed of fault choices and workload (default 1)")
     p.add_argument("--partitions", type=int, default=4, help="Raft partitions (default 4)")
     p.add_argument("--clients-per-node", type=int, default=2, help="workload clients per node (default 2)")
@@ -72,7 +80,8 @@ def _config(a: argparse.Namespace, scenario: str, duration: float, sub: str | No
     d = a.dir if sub is None or a.dir is None else a.dir / sub
     return RunConfig(scenario=scenario, nodes=a.nodes, duration=duration, seed=a.seed, out=None if sub else a.out,
                      dir=d, partitions=a.partitions, clients_per_node=a.clients_per_node, keep=a.keep,
-                     quiet=a.quiet, stale_reads=a.stale_reads, with_migration=a.with_migration)
+                     quiet=a.quiet, stale_reads=a.stale_reads, with_migration=a.with_migration,
+                     replication_factor=a.replication_factor)
 
 
 def smoke(a: argparse.Namespace) -> int:
@@ -84,7 +93,8 @@ def smoke(a: argparse.Namespace) -> int:
         reports.append(report)
         worst = max(worst, code)
     summary = {
-        "suite": "smoke", "seed": a.seed, "elapsed_s": round(time.monotonic() - started, 1),
+        "suite": "smoke", "seed": a.seed, "nodes": a.nodes, "replication_factor": a.replication_factor,
+        "elapsed_s": round(time.monotonic() - started, 1),
         "result": {EXIT_OK: "ok", EXIT_ANOMALIES: "anomalies", EXIT_ERROR: "error"}[worst],
         "faults": sum(len(r.get("faults", [])) for r in reports),
         "operations_checked": sum(r.get("operations_checked", 0) for r in reports),
@@ -94,7 +104,8 @@ def smoke(a: argparse.Namespace) -> int:
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(summary, indent=2, default=str))
-    print(f"smoke: {summary['result'].upper()} in {summary['elapsed_s']}s: {len(reports)} scenarios, "
+    print(f"smoke: {summary['result'].upper()} in {summary['elapsed_s']}s (nodes={a.nodes}, "
+          f"replication-factor={a.replication_factor}): {len(reports)} scenarios, "
           f"{summary['faults']} faults, {summary['operations_checked']} operations checked, "
           f"{summary['anomalies']} anomalies", flush=True)
     return worst
@@ -130,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(a, "nodes", 3) < 3:
         print("chaos: --nodes must be at least 3 (a majority must survive one fault)", file=sys.stderr)
         return EXIT_ERROR
+    if getattr(a, "replication_factor", 3) < 1:
+        print("chaos: --replication-factor must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    if getattr(a, "replication_factor", 3) < 3 and not getattr(a, "quiet", False):
+        print("chaos: warning: with --replication-factor below 3 one fault can leave a partition without a "
+              "quorum (less availability, which is reported, never an anomaly)", file=sys.stderr)
     if a.cmd == "run":
         return run(_config(a, a.scenario, a.duration))[0]
     if a.cmd == "smoke":

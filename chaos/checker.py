@@ -6,7 +6,9 @@ histories that must be flagged (``tests/chaos/test_checker.py``). The inputs:
 - ``ops``: the client history (``chaos.history.Op``), with outcomes
   ``ok`` / ``failed`` / ``unknown`` (see ``chaos.api``);
 - ``runs_by_node``: node -> (namespace, workflowId) -> runIds that node's
-  replica holds, read from every node after the heal;
+  replica holds, read from every node after the heal (with a replication
+  factor below the node count, a node is read only for the namespaces it
+  holds: ``holders``, namespace -> nodes);
 - ``histories``: (namespace, workflowId) -> the history events of its run;
 - ``schedules``: what each schedule says about itself and the runs it fired;
 - ``digests``: partition -> node -> content hash of the replica (nodes stopped).
@@ -66,7 +68,8 @@ class CheckResult:
 
 
 def check_acknowledged_starts(ops: Iterable[Op], runs_by_node: dict[str, dict[RunKey, list[str]]],
-                              *, prefixes: tuple[str, ...] = ("job-", "reg-")) -> CheckResult:
+                              *, prefixes: tuple[str, ...] = ("job-", "reg-"),
+                              holders: dict[str, list[str]] | None = None) -> CheckResult:
     """No acknowledged start lost, no start applied twice, no failed start applied.
 
     For every start: acknowledged -> every replica holds exactly the run that
@@ -74,19 +77,27 @@ def check_acknowledged_starts(ops: Iterable[Op], runs_by_node: dict[str, dict[Ru
     failed -> no run anywhere. A run of one of our workflow ids that no start
     asked for is a phantom. Workflow ids are unique per start, so "one run
     per workflowId" is "one run per requestId".
+
+    ``holders`` (namespace -> the nodes holding its partition): the replicas
+    of a start are those nodes only; None (or a namespace it does not name):
+    every node read.
     """
     res = CheckResult("acknowledged-starts")
     starts = [op for op in ops if op.kind == "start"]
     res.checked = len(starts)
     asked: set[RunKey] = set()
+    unread: Counter[str] = Counter()
     if not runs_by_node:
         res.notes.append("no node could be read: nothing checked")
         return res
     for op in starts:
         key = (op.ns, op.wid)
         asked.add(key)
-        seen = {node: runs.get(key, []) for node, runs in runs_by_node.items()}
+        held = holders.get(op.ns) if holders is not None else None
+        seen = {node: runs.get(key, []) for node, runs in runs_by_node.items() if held is None or node in held}
         distinct = {r for rs in seen.values() for r in rs}
+        if not seen:
+            unread[op.ns] += 1
         for node, rs in seen.items():
             if len(rs) > 1:
                 res.flag("applied-twice", f"{op.ns}/{op.wid} has {len(rs)} runs on {node} (one start, requestId "
@@ -111,6 +122,8 @@ def check_acknowledged_starts(ops: Iterable[Op], runs_by_node: dict[str, dict[Ru
         phantoms.update(k for k in runs if k[1].startswith(prefixes) and k not in asked)
     for ns, wid in sorted(phantoms):
         res.flag("phantom", f"{ns}/{wid} exists but no client started it", ns=ns, wid=wid)
+    if unread:
+        res.notes.append(f"no replica of these namespaces could be read, their starts are unchecked: {dict(unread)}")
     res.stats = dict(Counter(op.outcome for op in starts))
     return res
 

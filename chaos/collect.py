@@ -51,15 +51,24 @@ async def list_runs(api: Api, url: str, ns: str, *, query: str | None = None,
     return None
 
 
-async def runs_by_node(api: Api, nodes: dict[str, str], namespaces: list[str]
+async def runs_by_node(api: Api, nodes: dict[str, str], namespaces: list[str],
+                       holders: dict[str, list[str]] | None = None,
                        ) -> tuple[dict[str, dict[RunKey, list[str]]], list[str]]:
-    """node -> (ns, workflowId) -> runIds, read from each node's own replica."""
+    """node -> (ns, workflowId) -> runIds, read from each node's own replica.
+
+    ``holders`` (namespace -> nodes holding its partition; None: every node
+    holds everything): a node is read only for the namespaces it holds, since
+    a node without a replica would forward the read to one, and that would
+    not be a read of *its* replica.
+    """
     out: dict[str, dict[RunKey, list[str]]] = {}
     errors: list[str] = []
     for node, url in nodes.items():
         runs: dict[RunKey, list[str]] = {}
         complete = True
         for ns in namespaces:
+            if holders is not None and node not in holders.get(ns, [node]):
+                continue
             items = await list_runs(api, url, ns)
             if items is None:
                 errors.append(f"{node}: could not list {ns}")
@@ -113,6 +122,22 @@ async def histories(api: Api, url: str, runs: dict[RunKey, list[str]], *, concur
 
     await asyncio.gather(*(one(k) for k in sorted(runs)))
     return out, errors
+
+
+def merged_runs(runs_by_node: dict[str, dict[RunKey, list[str]]], ref: str,
+                holders: dict[str, list[str]] | None = None) -> dict[RunKey, list[str]]:
+    """Every run the cluster holds, as ``ref`` reads it, and for the namespaces
+    ``ref`` holds no replica of (``holders``), as their first holder read them."""
+    out = dict(runs_by_node.get(ref, {}))
+    if holders is None:
+        return out
+    for ns, nodes in holders.items():
+        if ref in nodes:
+            continue
+        src = next((n for n in nodes if n in runs_by_node), None)
+        if src is not None:
+            out.update({k: v for k, v in runs_by_node[src].items() if k[0] == ns})
+    return out
 
 
 def signals_received(hists: dict[RunKey, list[dict[str, Any]]]) -> dict[RunKey, Counter[str]]:

@@ -62,13 +62,25 @@ def partition_digest(path: Path, prefixes: tuple[bytes, ...] = PREFIXES) -> dict
         env.close()
 
 
-def replica_digests(root: Path, node_ids: list[str], partitions: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """partition (``"0"``…, and ``"meta"``) -> node -> digest, for ``<root>/<node>/partitions/<p>``."""
+def replica_digests(root: Path, node_ids: list[str], partitions: int,
+                    replicas: dict[int, list[str]] | dict[int, tuple[str, ...]] | None = None,
+                    ) -> dict[str, dict[str, dict[str, Any]]]:
+    """partition (``"0"``…, and ``"meta"``) -> node -> digest, for ``<root>/<node>/partitions/<p>``.
+
+    ``replicas`` (partition -> node ids, from the cluster's layout): a replica
+    without the partition's ``data.mdb`` is reported ``{"error": "missing"}``.
+    Nodes outside it, or every node when it is not known, are read only when
+    they have the file (a node holds no replica of a partition when the
+    replication factor is below the node count).
+    """
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for p in [*(str(i) for i in range(partitions)), "meta"]:
         prefixes = META_PREFIXES if p == "meta" else PREFIXES
+        expected = set(replicas.get(int(p), ())) if replicas is not None and p != "meta" else set()
         for nid in node_ids:
             if not (root / nid / "partitions" / p / "data.mdb").exists():
+                if nid in expected:
+                    out.setdefault(p, {})[nid] = {"error": "missing"}
                 continue  # not a replica of this partition (replication_factor below the node count)
             out.setdefault(p, {})[nid] = partition_digest(root / nid / "partitions" / p, prefixes)
     return out

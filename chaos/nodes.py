@@ -215,8 +215,13 @@ def build_nodes(
     *,
     partitions: int,
     raft_args: list[str] | None = None,
+    replication_factor: int = 3,
 ) -> list[NodeProcess]:
-    """``n`` node processes (not started) using ``4 * n`` ports from ``ports``."""
+    """``n`` node processes (not started) using ``4 * n`` ports from ``ports``.
+
+    Every node gets ``--replication-factor replication_factor`` (the server
+    default is 3): below ``n``, each partition is replicated by that many nodes.
+    """
     if len(ports) < 4 * n:
         raise ValueError("need four ports per node")
     secret = root / "cluster.secret"
@@ -232,6 +237,7 @@ def build_nodes(
         "--peers", peers,
         "--cluster-secret-file", str(secret),
         "--partitions", str(partitions),
+        "--replication-factor", str(replication_factor),
         "--storage-reserve-disk", "0",
         *(raft_args or []),
     ]

@@ -36,10 +36,14 @@ def expected_result(key: RunKey) -> Any:
 
 def data_checks(ops: list[Op], runs_by_node: dict[str, dict[RunKey, list[str]]],
                 histories: dict[RunKey, list[dict[str, Any]]], schedules: list[ScheduleObs],
-                digests: dict[str, dict[str, dict[str, Any]]], registers: set[RunKey]) -> list[CheckResult]:
-    """Every check over the recorded history and what the cluster held after the heal."""
+                digests: dict[str, dict[str, dict[str, Any]]], registers: set[RunKey],
+                holders: dict[str, list[str]] | None = None) -> list[CheckResult]:
+    """Every check over the recorded history and what the cluster held after the heal.
+
+    ``holders``: namespace -> the nodes holding its partition (None: every node holds everything).
+    """
     return [
-        check_acknowledged_starts(ops, runs_by_node),
+        check_acknowledged_starts(ops, runs_by_node, holders=holders),
         check_histories(ops, histories, expected_result),
         check_signals(ops, collect.signals_received({k: v for k, v in histories.items() if k in registers})),
         check_schedules(schedules),
@@ -62,6 +66,7 @@ def save(root: Path, observed: dict[str, Any], digests: dict[str, Any], register
         "runs_by_node": {n: {f"{k[0]}/{k[1]}": v for k, v in r.items()} for n, r in observed["runs_by_node"].items()},
         "schedules": [asdict(s) for s in observed["schedules"]],
         "registers": sorted(f"{ns}/{wid}" for ns, wid in registers),
+        "holders": observed.get("holders"),
     }
     (root / "observed.json").write_text(json.dumps(dump, default=str))
     (root / "histories.json").write_text(
@@ -83,4 +88,5 @@ def recheck(root: Path) -> list[CheckResult]:
         [ScheduleObs(**s) for s in obs["schedules"]],
         digests,
         {_key(k) for k in obs.get("registers", [])},
+        obs.get("holders"),
     )

@@ -77,6 +77,7 @@ def summary(report: dict[str, Any]) -> str:
     """A few lines for a human: what ran, what was injected, what was found."""
     lines = [
         f"chaos {report['scenario']} seed={report['seed']} nodes={report['nodes']} "
+        f"replication-factor={report.get('replication_factor', 3)} "
         f"duration={report['duration']}s -> {report['result'].upper()}"
         + (f" ({report['skipped']})" if report.get("skipped") else ""),
     ]
@@ -96,6 +97,14 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"  fault {f['kind']} {','.join(f['targets'])}{extra} {when}"
                      + (f" ready {f['ready_after_s']}s after heal" if f.get("ready_after_s") is not None else "")
                      + (f" [{'; '.join(f['notes'])}]" if f.get("notes") else ""))
+    for e in report.get("events", []):
+        if "final" in e:
+            j = e.get("final") or {}
+            lines.append(f"  migration {e.get('migration')}: {j.get('status', 'unknown')} {j.get('namespace')} "
+                         f"partition {j.get('fromPartition')}->{j.get('toPartition')}"
+                         + (f" error={j.get('error')!r}" if j.get("error") else ""))
+        elif "migration" in e and e.get("migration") is None:
+            lines.append(f"  migration of {e.get('ns')} not started: {e.get('answer')}")
     ops = report.get("operations", {})
     if ops:
         lines.append("  ops: " + ", ".join(

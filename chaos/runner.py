@@ -40,6 +40,7 @@ from chaos.checker import (
 )
 from chaos.hashes import replica_digests
 from chaos.history import History
+from chaos.layout import Layout, holders_by_namespace
 from chaos.nodes import NodeProcess
 from chaos.scenarios import SCENARIOS, ScenarioContext
 from chaos.testbed import Testbed
@@ -82,10 +83,14 @@ class RunConfig:
     quiet: bool = False
     stale_reads: bool = False
     with_migration: bool = False
+    #: ``--replication-factor`` of every node (the server default is 3).
+    replication_factor: int = 3
 
     def command(self) -> str:
-        parts = ["python", "-m", "chaos", "run", "--scenario", self.scenario, "--nodes", str(self.nodes),
-                 "--duration", f"{self.duration:g}", "--seed", str(self.seed)]
+        parts = ["python", "-m", "chaos", "run", "--scenario", self.scenario, "--nodes", str(self.nodes)]
+        if self.replication_factor != 3 or self.nodes != 3:
+            parts += ["--replication-factor", str(self.replication_factor)]
+        parts += ["--duration", f"{self.duration:g}", "--seed", str(self.seed)]
         if self.partitions != 4:
             parts += ["--partitions", str(self.partitions)]
         if self.clients_per_node != 2:
@@ -169,8 +174,11 @@ class Run:
         #: Nodes that never answered /readyz after the heal (checked as an anomaly;
         #: the other checks go on with the nodes that did).
         self.unrecovered: list[str] = []
+        #: Replica sets and namespace placement read after the heal (None: not read yet / no answer).
+        self.layout: Layout | None = None
         self.report: dict[str, Any] = {
-            "scenario": cfg.scenario, "seed": cfg.seed, "nodes": cfg.nodes, "partitions": cfg.partitions,
+            "scenario": cfg.scenario, "seed": cfg.seed, "nodes": cfg.nodes,
+            "replication_factor": cfg.replication_factor, "partitions": cfg.partitions,
             "duration": cfg.duration, "run_dir": str(self.root), "command": cfg.command(),
             "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "namespaces": self.namespaces, "result": "error", "skipped": None, "error": None,
@@ -223,13 +231,19 @@ class Run:
     async def _execute(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
-        self.tb = tb = Testbed(self.root, cfg.nodes, partitions=cfg.partitions, raft_args=cfg.raft_args)
-        initial = self.sdef.initial(tb.ids, self.rnd) if self.sdef.initial else {}
-        self.log(f"starting {cfg.nodes} nodes in {self.root}")
+        self.tb = tb = Testbed(self.root, cfg.nodes, partitions=cfg.partitions, raft_args=cfg.raft_args,
+                               replication_factor=cfg.replication_factor)
+        initial = self.sdef.initial(tb.ids, self.rnd, _expected_layout(tb)) if self.sdef.initial else {}
+        self.log(f"starting {cfg.nodes} nodes (replication factor {cfg.replication_factor}) in {self.root}")
         try:
             await tb.start(initial, READY_TIMEOUT)
         except RuntimeError as e:
             raise HarnessError(str(e)) from None
+        layout = await tb.layout()
+        self.report["layout"] = layout.to_json() if layout is not None else None
+        if layout is not None and not tb.full_replication and layout.full(tb.ids):
+            self.notes.append(f"--replication-factor {cfg.replication_factor} < --nodes {cfg.nodes}, yet every "
+                              f"node holds every partition: {layout.to_json()['replicas']}")
         self._phase("start", t0)
 
         t0 = time.monotonic()
@@ -311,7 +325,8 @@ class Run:
         if unclean:
             self.notes.append(f"SIGTERM did not end every node with exit 0 (SPEC §10.2; None = SIGKILLed "
                               f"after 40s): {unclean}")
-        digests = await asyncio.to_thread(replica_digests, self.root, tb.ids, cfg.partitions)
+        replicas = self.layout.replicas if self.layout is not None else None
+        digests = await asyncio.to_thread(replica_digests, self.root, tb.ids, cfg.partitions, replicas)
         self._phase("stop", t0)
 
         self.log("checking")
@@ -391,17 +406,30 @@ class Run:
         tb = self.tb
         nodes = {n.node_id: n.spec.http_url for n in self._ready_nodes()}
         all_ns = [*self.namespaces, SCHED_NS]
-        rbn, errors = await collect.runs_by_node(tb.api, nodes, all_ns)
+        # Where each namespace lives now (migrations included): with R < N a node
+        # is read only for the namespaces its own replicas hold.
+        self.layout = layout = await tb.layout()
+        holders = None
+        if not tb.full_replication:
+            if layout is None:
+                raise HarnessError("no node answered GET /v1/tasks/cluster after the heal (replica sets unknown)")
+            holders = holders_by_namespace(layout, all_ns, tb.ids)
+            self.report["holders"] = holders
+        if layout is not None:
+            self.report["layout_after"] = layout.to_json()
+        rbn, errors = await collect.runs_by_node(tb.api, nodes, all_ns, holders)
         if not rbn:
             raise HarnessError(f"no node could list its workflows after the heal: {errors}")
         ref = next(iter(rbn))
-        hists, herr = await collect.histories(tb.api, nodes[ref], rbn[ref])
+        runs = collect.merged_runs(rbn, ref, holders)
+        hists, herr = await collect.histories(tb.api, nodes[ref], runs)
         scheds, serr = await collect.schedules(tb.api, nodes[ref], WorkloadConfig(self.namespaces).schedules,
-                                               rbn[ref], due_until_ms=self.due_until_ms)
+                                               runs, due_until_ms=self.due_until_ms)
         errs = errors + herr + serr
         if errs:
             self.notes.append(f"collection incomplete: {errs[:10]}")
-        observed = {"reference_node": ref, "runs_by_node": rbn, "histories": hists, "schedules": scheds}
+        observed = {"reference_node": ref, "runs_by_node": rbn, "histories": hists, "schedules": scheds,
+                    "holders": holders}
         return observed
 
     # ------------------------------------------------------------ check
@@ -411,7 +439,7 @@ class Run:
         with contextlib.suppress(Exception):
             recheck.save(self.root, observed, digests, regs)
         results = recheck.data_checks(list(self.history.ops), observed["runs_by_node"], observed["histories"],
-                                      observed["schedules"], digests, regs)
+                                      observed["schedules"], digests, regs, observed.get("holders"))
         if self.tb is not None:
             self.tb.reap()
             processes = CheckResult("processes", checked=len(self.tb.nodes))
@@ -448,6 +476,24 @@ class Run:
         self.report["workers"] = R.worker_stats(self.root / "workers.jsonl")
         proxy = self.tb.hub.stats if self.tb is not None else {}
         self.report["proxy"] = {f"{a}->{b}": asdict(s) for (a, b), s in sorted(proxy.items())}
+
+
+def _expected_layout(tb: Testbed) -> dict[int, list[str]] | None:
+    """The replica sets the cluster will record at bootstrap (None: every node
+    holds every partition, or the server's layout function cannot be used).
+
+    Scenarios that choose a node before it starts (the disk-full victim) need
+    them; the cluster's own answer is recorded in the report once it runs.
+    """
+    if tb.full_replication:
+        return None
+    try:
+        from cluster.replica_sets import bootstrap_layout
+
+        sets = bootstrap_layout(tb.partitions, tb.ids, tb.replication_factor, "tasks")
+    except Exception:
+        return None
+    return dict(enumerate(sets))
 
 
 def run(cfg: RunConfig) -> tuple[int, dict[str, Any]]:

@@ -7,6 +7,12 @@ must leave every fault healed: the runner heals anything left over anyway.
 
 Timing and choices come from ``ctx.rnd`` (``random.Random(seed)``): a seed
 reproduces which node is hit, when, for how long, by what.
+
+With ``--replication-factor`` below ``--nodes`` a partition lives on some
+nodes only: whatever concerns "the nodes of partition p" (its leader, a full
+node's partitions, a migration's source and destination) comes from the
+replica sets the cluster reports (``Testbed.layout``, ``chaos.layout``).
+With R >= N every choice is the one made before replica sets existed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from chaos.faults import (
     RestartNormal,
 )
 from chaos.history import History
+from chaos.layout import Layout, choose_destination, most_loaded
 from chaos.nodes import NodeOptions
 from chaos.testbed import Testbed
 
@@ -114,8 +121,11 @@ class ScenarioDef:
     name: str
     doc: str
     run: Scenario
-    #: Node id -> options the node *starts* with (before any fault).
-    initial: Callable[[list[str], random.Random], dict[str, NodeOptions]] | None = None
+    #: Node id -> options the node *starts* with (before any fault), given the
+    #: node ids, the run's rng and the replica sets the cluster will bootstrap
+    #: with (None when every node holds every partition, or unknown).
+    initial: Callable[[list[str], random.Random, dict[int, list[str]] | None],
+                      dict[str, NodeOptions]] | None = None
     payload_bytes: int = 0
 
 
@@ -130,14 +140,55 @@ async def _one_fault(ctx: ScenarioContext, make: Callable[[], Awaitable[Fault]],
 
 
 async def _migration_in_flight(ctx: ScenarioContext) -> str | None:
-    """Start moving a random namespace to a random other node; the job id (None: not started)."""
+    """Start moving a random namespace to a random other node; the job id (None: not started).
+
+    With R < N, to another *partition*, one whose replica set differs from the
+    source's when there is one (``chaos.layout.choose_destination``), so that
+    the data changes machines.
+    """
     ns = ctx.rnd.choice(ctx.namespaces)
-    to_node = ctx.rnd.choice(ctx.tb.ids)
-    rep = await _start_migration(ctx, ns, to_node)
+    plan = await _plan_subset_migration(ctx, ns) if not ctx.tb.full_replication else None
+    if plan is not None:
+        body, where = plan
+        to_node = where["to"]
+    else:
+        to_node = ctx.rnd.choice(ctx.tb.ids)
+        body, where = {"toNode": to_node}, {"to": to_node}
+    rep = await _start_migration(ctx, ns, body)
     job_id = rep.body.get("id") if rep is not None and rep.ok and isinstance(rep.body, dict) else None
-    ctx.events.append({"t": round(ctx.history.now(), 3), "migration": job_id, "ns": ns, "to": to_node,
+    ctx.events.append({"t": round(ctx.history.now(), 3), "migration": job_id, "ns": ns, **where,
                        "answer": rep.brief() if rep is not None else None, "with_fault": True})
     return job_id
+
+
+async def _plan_subset_migration(ctx: ScenarioContext, ns: str,
+                                 layout: Layout | None = None) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """With R < N: (``{"toPartition": dst}``, what to record) for moving ``ns``
+    to a partition on other machines; None when the layout is unknown.
+
+    ``to`` in the record is the destination partition's leader (the node a
+    ``toNode`` migration would have named), ``from`` the source's.
+    """
+    tb = ctx.tb
+    layout = layout or await tb.layout()
+    if layout is None:
+        ctx.notes.append(f"migration of {ns}: no node reported the replica sets; migrating with toNode")
+        return None
+    src = layout.namespaces.get(ns)
+    if src is None:
+        src = await tb.partition_of_namespace(ns)
+    if src is None or src not in layout.replicas:
+        ctx.notes.append(f"migration of {ns}: its partition is unknown; migrating with toNode")
+        return None
+    dst = choose_destination(layout.replicas, src, ctx.rnd)
+    if dst is None:
+        return None
+    _, leaders = await tb.leaders()
+    to_node = leaders.get(dst) or ctx.rnd.choice(sorted(layout.replicas[dst]))
+    from_node = leaders.get(src) or ctx.rnd.choice(sorted(layout.replicas[src]))
+    where = {"from": from_node, "to": to_node, "fromPartition": src, "toPartition": dst,
+             "fromReplicas": list(layout.replicas[src]), "toReplicas": list(layout.replicas[dst])}
+    return {"toPartition": dst}, where
 
 
 async def _finish_migration(ctx: ScenarioContext, job_id: str) -> None:
@@ -197,14 +248,23 @@ async def clock_skew(ctx: ScenarioContext) -> None:
     await _one_fault(ctx, make)
 
 
-def _tiny_map_victim(ids: list[str], rnd: random.Random) -> dict[str, NodeOptions]:
-    return {rnd.choice(ids): NodeOptions(extra_args=list(TINY_MAP))}
+def _tiny_map_victim(ids: list[str], rnd: random.Random,
+                     layout: dict[int, list[str]] | None = None) -> dict[str, NodeOptions]:
+    """Any node; with R < N one of those holding the most partitions (a node
+    with no partition could only fill its meta group)."""
+    pool = ids if layout is None else most_loaded(layout, ids)
+    return {rnd.choice(pool): NodeOptions(extra_args=list(TINY_MAP))}
 
 
-def _filled(root: Path, node: str, partitions: int) -> list[str]:
-    """Partitions of ``node`` whose LMDB file reached the tiny map's size."""
+def _filled(root: Path, node: str, partitions: int | list[int]) -> list[str]:
+    """Partitions of ``node`` whose LMDB file reached the tiny map's size.
+
+    ``partitions``: a partition count (every partition), or the partitions
+    ``node`` holds a replica of (R < N); the meta group always.
+    """
+    held = range(partitions) if isinstance(partitions, int) else partitions
     out = []
-    for p in [*(str(i) for i in range(partitions)), "meta"]:
+    for p in [*(str(i) for i in held), "meta"]:
         try:
             size = (root / node / "partitions" / p / "data.mdb").stat().st_size
         except OSError:
@@ -217,19 +277,31 @@ def _filled(root: Path, node: str, partitions: int) -> list[str]:
 async def disk_full(ctx: ScenarioContext) -> None:
     """The victim started with a 1 MiB map; the workload's big payloads fill it.
 
-    While full, the cluster must keep serving through the other two nodes,
+    While full, the cluster must keep serving through the other replicas,
     and the victim must say ``storage_full`` in its cluster health. Healing
-    restarts it with the normal map size, and it must catch up.
+    restarts it with the normal map size, and it must catch up. With R < N
+    only the partitions the victim holds a replica of can fill.
     """
     tb = ctx.tb
     victim = next(nid for nid in tb.ids if tb.normal[nid].extra_args != tb.by_id[nid].options.extra_args)
+    held: int | list[int] = tb.partitions
+    if not tb.full_replication:
+        layout = await tb.layout()
+        if layout is not None:
+            held = layout.partitions_of(victim)
+        else:
+            ctx.notes.append("disk-full: no node reported the replica sets; watching every partition directory")
     fault = await ctx.inject(RestartNormal([victim], map_size_max=TINY_MAP[-1]))
+    if not isinstance(held, int):
+        fault.record.params["partitions"] = held
+        if not held:
+            ctx.notes.append(f"disk-full: {victim} holds no partition replica; only its meta group can fill")
     end = ctx.warmup() + ctx.hold()
     filled_at: float | None = None
     reported_at: float | None = None
     reasons: list[Any] = []
     while ctx.elapsed() < end:
-        filled = _filled(tb.root, victim, tb.partitions)
+        filled = _filled(tb.root, victim, held)
         if filled and filled_at is None:
             filled_at = round(ctx.elapsed(), 2)
             fault.record.notes.append(f"partitions {filled} of {victim} full at +{filled_at}s")
@@ -250,7 +322,7 @@ async def disk_full(ctx: ScenarioContext) -> None:
     elif reported_at is None:
         ctx.anomalies.append(Anomaly(
             "disk-full", "health-missing-storage-full",
-            f"{victim}'s LMDB is full (partitions {_filled(tb.root, victim, tb.partitions)}, {refused} writes "
+            f"{victim}'s LMDB is full (partitions {_filled(tb.root, victim, held)}, {refused} writes "
             f"answered 507) but GET /v1/tasks/cluster/health never reported storage_full (last reasons: {reasons})",
             {"node": victim},
         ))
@@ -265,10 +337,18 @@ async def migration(ctx: ScenarioContext) -> None:
     tb, rnd = ctx.tb, ctx.rnd
     await ctx.at(ctx.warmup())
     ns = rnd.choice(ctx.namespaces)
-    _, leaders = await tb.leaders()
-    part = await tb.partition_of_namespace(ns)
-    source = leaders.get(part if part is not None else -1) or rnd.choice(tb.ids)
-    to_node = rnd.choice([n for n in tb.ids if n != source])
+    plan = await _plan_subset_migration(ctx, ns) if not tb.full_replication else None
+    if plan is not None:
+        # R < N: to another partition, on other machines when possible; the
+        # "target" is the destination partition's leader.
+        body, where = plan
+        source, to_node = where["from"], where["to"]
+    else:
+        _, leaders = await tb.leaders()
+        part = await tb.partition_of_namespace(ns)
+        source = leaders.get(part if part is not None else -1) or rnd.choice(tb.ids)
+        to_node = rnd.choice([n for n in tb.ids if n != source])
+        body, where = {"toNode": to_node}, {"from": source, "to": to_node}
     how = rnd.choice(("kill-source", "kill-target", "isolate-source"))
     when = rnd.choice(("after-start", "before-start"))
     fault: Fault
@@ -282,7 +362,7 @@ async def migration(ctx: ScenarioContext) -> None:
     if when == "before-start":
         await ctx.inject(fault)
         await asyncio.sleep(1.0)
-    rep = await _start_migration(ctx, ns, to_node)
+    rep = await _start_migration(ctx, ns, body)
     if rep is None or rep.status in (404, 405, 501, 503) and (rep.status != 404 or _no_route(rep)):
         if rep is None or rep.status != 503 or when == "after-start":
             ctx.skipped = "migration not available"
@@ -292,8 +372,8 @@ async def migration(ctx: ScenarioContext) -> None:
     if when == "after-start":
         await ctx.inject(fault)  # at once: the job is still snapshotting or catching up
     job_id = rep.body.get("id") if rep is not None and rep.ok and isinstance(rep.body, dict) else None
-    ctx.events.append({"t": round(ctx.history.now(), 3), "migration": job_id, "ns": ns, "from": source,
-                       "to": to_node, "answer": rep.brief() if rep is not None else None})
+    ctx.events.append({"t": round(ctx.history.now(), 3), "migration": job_id, "ns": ns, **where,
+                       "answer": rep.brief() if rep is not None else None})
     await ctx.at(ctx.warmup() + ctx.hold())
     await ctx.heal(fault)
     if job_id:
@@ -303,14 +383,15 @@ async def migration(ctx: ScenarioContext) -> None:
             ctx.notes.append(f"migration {job_id} not finished 60s after heal: {job}")
 
 
-async def _start_migration(ctx: ScenarioContext, ns: str, to_node: str) -> Reply | None:
-    """POST migrate on the running nodes in turn, through elections (503), for up to ~10 s."""
+async def _start_migration(ctx: ScenarioContext, ns: str, body: dict[str, Any]) -> Reply | None:
+    """POST migrate (``{"toNode": n}`` or ``{"toPartition": p}``) on the running nodes in turn,
+    through elections (503), for up to ~10 s."""
     rep: Reply | None = None
     for attempt in range(20):
         node = ctx.tb.nodes[attempt % len(ctx.tb.nodes)]
         if not node.running or node.paused:
             continue
-        rep = await ctx.tb.api.post(node.spec.http_url, f"/v1/tasks/namespaces/{ns}/migrate", {"toNode": to_node})
+        rep = await ctx.tb.api.post(node.spec.http_url, f"/v1/tasks/namespaces/{ns}/migrate", body)
         if rep.status is not None and rep.status != 503:
             return rep
         await asyncio.sleep(0.5)

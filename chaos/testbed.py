@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from chaos.api import Api
+from chaos.layout import Layout
 from chaos.nodes import NodeOptions, NodeProcess, build_nodes, kill_all
 from chaos.ports import pick_ports, release
 from chaos.proxy import ProxyHub
@@ -32,18 +33,26 @@ class ClusterView:
     terms: dict[int, int]
     applied: dict[int, int]
     commit: dict[int, int]
+    #: Partition -> its replica set, as this node reports it (every node when the server does not say).
+    replicas: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    #: The partitions this node holds a replica of (the only ones whose term,
+    #: applied and commit indexes it reports: ``applied``/``commit`` have no others).
+    local: frozenset[int] = frozenset()
 
 
 class Testbed:
     __test__ = False  # not a pytest test class, despite its name
-    def __init__(self, root: Path, n: int, *, partitions: int, raft_args: list[str] | None = None) -> None:
+    def __init__(self, root: Path, n: int, *, partitions: int, raft_args: list[str] | None = None,
+                 replication_factor: int = 3) -> None:
         self.root = root
         self.n = n
         self.partitions = partitions
+        #: ``--replication-factor`` of every node; below ``n``, each partition lives on some nodes only.
+        self.replication_factor = replication_factor
         root.mkdir(parents=True, exist_ok=True)
         self.ports = pick_ports(4 * n)
         self.nodes: list[NodeProcess] = build_nodes(root, self.ports, n, partitions=partitions,
-                                                    raft_args=raft_args)
+                                                    raft_args=raft_args, replication_factor=replication_factor)
         self.by_id = {node.node_id: node for node in self.nodes}
         self.hub = ProxyHub()
         self.api = Api()
@@ -53,6 +62,11 @@ class Testbed:
     @property
     def ids(self) -> list[str]:
         return [node.node_id for node in self.nodes]
+
+    @property
+    def full_replication(self) -> bool:
+        """Every node holds every partition (R >= N): the behaviour of a run before replica sets."""
+        return self.replication_factor >= self.n
 
     def targets(self) -> list[Target]:
         return [Target(node.node_id, node.spec.http_url) for node in self.nodes]
@@ -131,13 +145,18 @@ class Testbed:
             return None
         b = rep.body
         parts = b.get("partitions") or []
+        # A server without replica sets says neither "local" nor "replicas": every partition is local.
+        local = [p for p in parts if p.get("local", True)]
+        everyone = tuple(sorted(self.ids))
         return ClusterView(
             node_id=node.node_id,
             meta_leader=b.get("metaLeader"),
             leaders={p["id"]: p.get("leader") for p in parts},
             terms={p["id"]: p.get("term") or 0 for p in parts},
-            applied={p["id"]: p.get("appliedIndex") or 0 for p in parts},
-            commit={p["id"]: p.get("commitIndex") or 0 for p in parts},
+            applied={p["id"]: p.get("appliedIndex") or 0 for p in local},
+            commit={p["id"]: p.get("commitIndex") or 0 for p in local},
+            replicas={p["id"]: tuple(sorted(p.get("replicas") or everyone)) for p in parts},
+            local=frozenset(p["id"] for p in local),
         )
 
     async def views(self) -> list[ClusterView]:
@@ -145,16 +164,35 @@ class Testbed:
         return [v for v in got if v is not None]
 
     async def leaders(self) -> tuple[str | None, dict[int, str]]:
-        """(meta leader, partition -> leader), each from the view with the newest term."""
+        """(meta leader, partition -> leader), each from the view with the newest term.
+
+        A partition's leader is taken from its replicas' views (they know the
+        term); a node that holds no replica of it only relays what a replica
+        told it, so it is believed only when no replica answered.
+        """
         views = await self.views()
         metas = Counter(v.meta_leader for v in views if v.meta_leader)
         meta = metas.most_common(1)[0][0] if metas else None
         out: dict[int, str] = {}
         for p in range(self.partitions):
-            best = max((v for v in views if v.leaders.get(p)), key=lambda v: v.terms.get(p, 0), default=None)
+            with_leader = [v for v in views if v.leaders.get(p)]
+            pool = [v for v in with_leader if p in v.local] or with_leader
+            best = max(pool, key=lambda v: v.terms.get(p, 0), default=None)
             if best is not None:
                 out[p] = best.leaders[p]  # type: ignore[assignment]
         return meta, out
+
+    async def layout(self) -> Layout | None:
+        """Replica sets and namespace placement, from the first node that answers (None: none did)."""
+        for node in self.nodes:
+            if not node.running or node.paused:
+                continue
+            rep = await self.api.get(node.spec.http_url, "/v1/tasks/cluster?pageSize=1000", timeout=3.0)
+            if rep.ok:
+                got = Layout.from_cluster(rep.body, self.ids)
+                if got is not None:
+                    return got
+        return None
 
     async def partition_of_namespace(self, ns: str) -> int | None:
         """The partition a namespace lives in now (pins from migrations included)."""
@@ -190,8 +228,10 @@ class Testbed:
     # ------------------------------------------------------------ convergence
 
     async def wait_converged(self, timeout: float, settle: float = 1.0) -> dict[str, Any]:
-        """Wait until every node reports, for every partition, the same applied
-        index equal to its commit index, twice in a row ``settle`` s apart.
+        """Wait until every replica of every partition reports the same applied
+        index equal to its commit index, twice in a row ``settle`` s apart
+        (every node must answer; with R < N a node speaks only for the
+        partitions it holds, and each partition's replica set must all be there).
 
         Returns what was seen last (``converged`` says whether it held).
         """
@@ -201,11 +241,8 @@ class Testbed:
         while time.monotonic() < deadline:
             views = await self.views()
             applied = {v.node_id: v.applied for v in views}
-            same = len(views) == len(self.nodes) and all(
-                len({v.applied.get(p) for v in views}) == 1
-                and all(v.applied.get(p) == v.commit.get(p) for v in views)
-                for p in range(self.partitions)
-            )
+            same = len(views) == len(self.nodes) and all(_partition_converged(views, p)
+                                                         for p in range(self.partitions))
             last = {"converged": False, "applied": applied}
             if same and previous == applied:
                 last["converged"] = True
@@ -218,3 +255,13 @@ class Testbed:
         """SIGTERM every node at once and wait (each is SIGKILLed after ``timeout``)."""
         codes = await asyncio.gather(*(asyncio.to_thread(n.terminate, timeout) for n in self.nodes))
         return {n.node_id: rc for n, rc in zip(self.nodes, codes, strict=True)}
+
+
+def _partition_converged(views: list[ClusterView], p: int) -> bool:
+    """Every replica of ``p`` answered, with one applied index equal to its commit index."""
+    holding = [v for v in views if p in v.local]
+    expected = set().union(*(v.replicas.get(p, ()) for v in views)) if views else set()
+    if not holding or not expected <= {v.node_id for v in holding}:
+        return False
+    return len({v.applied.get(p) for v in holding}) == 1 and all(v.applied.get(p) == v.commit.get(p)
+                                                                   for v in holding)

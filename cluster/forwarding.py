@@ -101,13 +101,14 @@ class Forwarder:
     def _targets(self, group: int) -> list[str]:
         rep = self.service.replicator
         me = self.service.node_id
-        hint = rep.leader(group) or getattr(rep, "_leader_hint", {}).get(group)
+        hint = rep.leader(group) or getattr(rep, "leader_hint", lambda g: None)(group)
         replicas = [n for n in rep.replicas(group) if n != me]
         alive = getattr(rep, "peer_responsive", rep.peer_connected)
         return sorted(replicas, key=lambda n: (not alive(n), n != hint, n))
 
     async def call(self, group: int, method: str, args: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """Ask a replica of ``group``; peers that cannot be reached are skipped."""
+        last_full: Json | None = None
         for peer in self._targets(group):
             try:
                 answer = await self.rpc.call(peer, method, args, timeout)
@@ -120,8 +121,17 @@ class Forwarder:
                 raise ApiError("unavailable", f"replica {peer} failed: {e}", retry_after=1) from None
             if isinstance(answer, dict) and answer.get("not_replica"):
                 continue  # its layout changed under us: ask the next one
+            if isinstance(answer, dict) and answer.get("leader"):
+                note = getattr(self.service.replicator, "note_leader", None)
+                if note is not None:
+                    note(group, answer["leader"])
+            if isinstance(answer, dict) and (answer.get("err") or [None])[0] == "storage_full":
+                last_full = answer
+                continue  # that replica's disk refused it before proposing: another may take it
             self.forwarded += 1
             return unpack(answer)
+        if last_full is not None:
+            return unpack(last_full)
         raise ApiError("unavailable", f"no replica of partition {group} is reachable", retry_after=1)
 
     # ---- the serving side ------------------------------------------------------
@@ -134,14 +144,17 @@ class Forwarder:
             return {"not_replica": True}
         fn = getattr(type(self.service), name).__wrapped__
         self.served += 1
+        leader = self.service.replicator.leader(self.service.partition(org, ns))
         try:
             if a.get("barrier"):
                 await self.service.read_barrier(org, ns)
-            return {"ok": await run_here(self.service, fn, org, ns, a.get("args", ()), a.get("kwargs", {}))}
+            out = {"ok": await run_here(self.service, fn, org, ns, a.get("args", ()), a.get("kwargs", {}))}
         except ApiError as e:
-            return pack_error(e)
+            out = pack_error(e)
         except NotReplica:
             return {"not_replica": True}
+        out["leader"] = leader
+        return out
 
     async def _serve_read(self, peer: str, a: Any) -> Any:
         fn, org, ns = a["fn"], a["org"], a["ns"]

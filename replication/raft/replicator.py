@@ -354,6 +354,14 @@ class RaftReplicator:
             self._replicas[p] = nodes
             self._inbox.put(("layout", p, nodes, hold))
 
+    def leader_hint(self, group: int) -> str | None:
+        """The leader of a partition held elsewhere, as a replica last reported it."""
+        return self._leader_hint.get(group)
+
+    def note_leader(self, group: int, leader: str) -> None:
+        if group not in self._groups:
+            self._leader_hint[group] = leader
+
     async def _forward_propose(self, group: int, command: bytes) -> Result:
         """A partition this node does not hold: a replica proposes it for us.
 
@@ -364,6 +372,7 @@ class RaftReplicator:
         """
         replicas = [n for n in self._replicas.get(group, ()) if n != self.node_id]
         hint = self._leader_hint.get(group)
+        full: Result | None = None
         order = sorted(replicas, key=lambda n: (not self.peer_responsive(n), n != hint, n))
         for peer in order:
             try:
@@ -381,8 +390,11 @@ class RaftReplicator:
             res = answer.get("res") or {}
             if res.get("code") == "not_replica":
                 continue  # its layout changed under us: ask the next one
+            if res.get("code") == "storage_full":
+                full = res  # refused by that replica's disk before proposing: another may take it
+                continue
             return res
-        return {"ok": False, "code": "unavailable", "message": f"no replica of partition {group} is reachable"}
+        return full or {"ok": False, "code": "unavailable", "message": f"no replica of partition {group} is reachable"}
 
     async def _serve_propose(self, peer: str, args: Any) -> Any:
         group, command = args["g"], args["c"]
