@@ -642,6 +642,8 @@ class RaftReplicator:
                 log.warning("dropped a raft message from %s: %s", peer, e)
                 return True
             self._heard[group][peer] = time.monotonic()
+            if msg["type"] == "timeout_now" and group in self.stalled:
+                return True  # a replica that cannot apply must not take leadership over (balancer hand-over)
             if msg["type"] == "append_entries":
                 msg = grp.normalize_append(msg)
             grp.transport.deliver(node, msg)
