@@ -281,8 +281,11 @@ class SseHub:
         replicas = getattr(rep, "replicas", None)
         if replicas is None or getattr(rep, "kind", "local") != "raft" or not rep.is_leader(group):
             return
-        holders = set(replicas(group))
-        others = [m for m in self.node.member_ids() if m not in holders]
+        holders = replicas(group)
+        members = self.node.membership.current.members  # in memory: this runs for every applied event
+        if len(holders) >= len(members):
+            return
+        others = [m for m in members if m not in holders]
         if not others:
             return
         import msgpack
