@@ -19,8 +19,11 @@ one partition and one node at a time, and always adding before removing:
    when it sees that).
 
 Each step is idempotent and re-derived from the meta group every round, so a
-new meta leader simply continues. A joining node gets replicas only where a
-set is short; spreading existing replicas onto new nodes is not automatic.
+new meta leader simply continues. When every set is whole and every member answers,
+replicas are spread onto members that hold fewer (a node that joined): the
+receiving node is added to a partition of the most loaded node (preferring
+one it is the preferred leader of), catches up, and the set then sheds its
+most loaded member, until every member holds within one of every other.
 """
 
 from __future__ import annotations
@@ -79,17 +82,66 @@ def current_layout(rep: Any) -> dict[int, list[str]]:
     return {p: stored.get(p) or everyone for p in range(rep.partitions)}
 
 
-def wanted(current: list[str], members: set[str], partition: int, replication_factor: int, seed: str) -> list[str]:
+def wanted(current: list[str], members: set[str], partition: int, replication_factor: int, seed: str,
+           load: dict[str, int] | None = None, leader: str | None = None) -> list[str]:
     """The set ``current`` should become: its members that are still members,
-    topped up in HRW order to ``min(rf, members)``."""
+    topped up in HRW order to ``min(rf, members)``. With ``load`` (replicas
+    per member), a set left one too large by a balancing move sheds its most
+    loaded member other than the partition's preferred ``leader`` (ties: the
+    last in HRW order)."""
     keep = [n for n in current if n in members]
     target = min(replication_factor, len(members))
-    for m in rank("", "", str(partition), seed, sorted(members)):
+    ranked = rank("", "", str(partition), seed, sorted(members))
+    for m in ranked:
         if len(keep) >= target:
             break
         if m not in keep:
             keep.append(m)
+    if load is not None:
+        while len(keep) > target:
+            keep.remove(max(keep, key=lambda n: (n != leader, load.get(n, 0), ranked.index(n))))
     return keep
+
+
+def effective_leader(preferred: str | None, nodes: list[str]) -> str | None:
+    """The leader a partition is moved back to: its preferred leader when that
+    node holds a replica, else the first replica (as ``Node.preferred_leaders``)."""
+    if preferred in nodes:
+        return preferred
+    return nodes[0] if nodes else None
+
+
+def replica_load(layout: dict[int, list[str]], members: set[str]) -> dict[str, int]:
+    """Replicas per member (members holding none count 0)."""
+    load = dict.fromkeys(members, 0)
+    for nodes in layout.values():
+        for n in nodes:
+            if n in load:
+                load[n] += 1
+    return load
+
+
+def balancing_move(layout: dict[int, list[str]], members: set[str], replication_factor: int,
+                   seed: str) -> tuple[int, str] | None:
+    """One replica to add so that replicas spread evenly (a node that joined
+    holds none): ``(partition, node)``, or None when every member holds within
+    one of every other. The set then sheds its most loaded member (``wanted``).
+    Partitions whose preferred leader is the receiving node go first, so that
+    leadership can follow."""
+    if not layout or len(members) <= min(replication_factor, len(members)):
+        return None
+    load = replica_load(layout, members)
+    lo = min(sorted(members), key=lambda n: load[n])
+    leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, replication_factor, seed)}
+    for hi in sorted(members, key=lambda n: (-load[n], n)):
+        if load[hi] - load[lo] <= 1:
+            return None
+        # Only where ``hi`` can then be shed: it must not be the set's preferred leader.
+        options = [p for p, nodes in layout.items() if hi in nodes and lo not in nodes
+                   and effective_leader(leaders.get(p), [*nodes, lo]) != hi]
+        if options:
+            return min(options, key=lambda p: (leaders.get(p) != lo, p)), lo
+    return None
 
 
 class ReplicaKeeper:
@@ -124,8 +176,10 @@ class ReplicaKeeper:
         members = set(self.rep.meta.members())
         if not layout or not members:
             return
+        load = replica_load(layout, members)
+        leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, self.rf, self.seed)}
         for p, cur in sorted(layout.items()):
-            want = wanted(cur, members, p, self.rf, self.seed)
+            want = wanted(cur, members, p, self.rf, self.seed, load, effective_leader(leaders.get(p), cur))
             if want == cur:
                 continue
             add = [n for n in want if n not in cur]
@@ -146,11 +200,51 @@ class ReplicaKeeper:
                 if len(caught) <= len(want) // 2:
                     continue
                 node = drop[0]
+                if node in members and await self._leader_of(p) == node:
+                    # A leader cannot commit its own removal: hand the partition
+                    # over first (the next round removes it).
+                    await self._hand_over(p, node)
+                    return
                 log.info("partition %d: removing replica %s from %s", p, node, cur)
                 await self.rep.change_group_membership(p, "rem", node)
                 await self._record(p, [n for n in cur if n != node])
                 self.moves += 1
                 return
+        # Every set is whole: spread replicas onto members that hold fewer (a
+        # node that joined), but only while every member answers, so that no
+        # move waits on a node that is down (a rolling restart pauses it).
+        if not all(n == self.rep.node_id or self.rep.peer_responsive(n) for n in members):
+            return
+        move = balancing_move(layout, members, self.rf, self.seed)
+        if move is not None:
+            p, node = move
+            log.info("partition %d: adding replica %s to %s (spreading replicas)", p, node, layout[p])
+            await self.rep.change_group_membership(p, "add", node)
+            await self._record(p, layout[p] + [node])
+            self.moves += 1
+            await self._caught_up(p, node)
+
+    async def _leader_of(self, partition: int) -> str | None:
+        if self.rep.is_local(partition):
+            return self.rep.leader(partition)
+        for n in self.rep.replicas(partition):
+            try:
+                leaders = await self.rep.rpc.call(n, "leaders", {}, 2.0)
+            except Exception:  # noqa: BLE001 - ask the next replica
+                continue
+            if isinstance(leaders, dict) and leaders.get(str(partition)):
+                return leaders[str(partition)]
+        return None
+
+    async def _hand_over(self, partition: int, node: str) -> None:
+        log.info("partition %d: asking its leader %s to hand over before it leaves the set", partition, node)
+        if node == self.rep.node_id:
+            self.rep.transfer_leadership(partition, None)
+            return
+        try:
+            await self.rep.rpc.call(node, "transfer", {"g": partition}, 2.0)
+        except Exception as e:  # noqa: BLE001 - the next round tries again
+            log.warning("partition %d: hand-over request to %s failed: %s", partition, node, e)
 
     async def _record(self, partition: int, nodes: list[str]) -> None:
         data = msgpack.packb({"op": "meta.replicas", "partition": partition, "replicas": nodes}, use_bin_type=True)

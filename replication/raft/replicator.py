@@ -140,6 +140,7 @@ class RaftReplicator:
         self.rpc.register("membership", self._serve_membership)
         self.rpc.register("progress", lambda peer, args: self.group_progress(int(args["g"])))
         self.rpc.register("leaders", self._serve_leaders)
+        self.rpc.register("transfer", self._serve_transfer)
         self._leader_hint: dict[int, str] = {}  # partitions held elsewhere: who answered last
         self.forwarded = 0
         self.proposals = 0
@@ -405,6 +406,13 @@ class RaftReplicator:
         res = await self.propose(group, command)
         return {"res": res, "leader": self._leaders[group]}
 
+    async def _serve_transfer(self, peer: str, args: Any) -> Any:
+        """Hand the leadership of a partition to another voter (its replica set is shrinking)."""
+        group = int(args["g"])
+        if group in self._groups and self._leading[group]:
+            self.transfer_leadership(group, None)
+        return True
+
     async def _serve_leaders(self, peer: str, args: Any) -> Any:
         """The leaders of the partitions this node holds, as it sees them."""
         return {str(p): self._leaders[p] for p in self.local_partitions()}
@@ -417,12 +425,16 @@ class RaftReplicator:
         return True
 
     async def change_group_membership(self, group: int, op: str, node_id: str, *, timeout: float = 20.0) -> None:
-        """Add or remove a voter of one group, from any node (a replica does it)."""
-        if group in self._groups:
+        """Add or remove a voter of one group, from any node (a replica does it).
+
+        A node never removes itself: once the change commits, the leader stops
+        sending it entries, so it would not see its own change commit. Another
+        replica does it, and sees it."""
+        if group in self._groups and not (op == "rem" and node_id == self.node_id):
             await self.change_membership(op, node_id, groups=[group], timeout=timeout)
             return
         last: Exception | None = None
-        for peer in [n for n in self._replicas.get(group, ()) if n != self.node_id]:
+        for peer in [n for n in self._replicas.get(group, ()) if n not in (self.node_id, node_id)]:
             try:
                 await self.rpc.call(peer, "membership", {"g": group, "op": op, "node": node_id, "timeout": timeout},
                                     timeout + 5.0)

@@ -45,6 +45,17 @@ def test_join_then_leave(tmp_path: Path) -> None:
         while time.monotonic() < deadline and set(members(n1).values()) != {"alive"}:
             time.sleep(0.2)
         assert members(n1) == {"n1": "alive", "n2": "alive", "n3": "alive", "n4": "alive"}
+        # Replicas spread onto the new node (4 partitions x 3 replicas over 4 nodes: 3 each).
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            status, info = n1.get("/v1/tasks/cluster")
+            held = {m: sum(m in p["replicas"] for p in info["partitions"]) for m in ("n1", "n2", "n3", "n4")}
+            if held == {"n1": 3, "n2": 3, "n3": 3, "n4": 3}:
+                break
+            time.sleep(0.5)
+        assert held == {"n1": 3, "n2": 3, "n3": 3, "n4": 3}, held
+        for i in (0, 19):
+            assert wait_visible(n4, "default", f"before-{i}", 20)
 
         # Leave: another member removes n2 (n2 hands its leaderships over), then n2 stops.
         status, body, _ = n1.request("DELETE", "/v1/tasks/cluster/members/n2", timeout=60)

@@ -47,3 +47,34 @@ def test_a_leaving_member_is_replaced_by_one_node() -> None:
         if "n2" in nodes:
             want = wanted(nodes, {"n1", "n3", "n4"}, p, 3, "tasks")
             assert sorted(want) == ["n1", "n3", "n4"]
+
+
+@given(st.integers(min_value=1, max_value=16), st.integers(min_value=2, max_value=7), st.integers(min_value=1, max_value=4))
+def test_balancing_moves_converge_to_an_even_spread(partitions: int, n: int, rf: int) -> None:
+    """Start from the layout of a smaller cluster, add a member, apply the
+    keeper's steps (a balancing add, then the shed) until none is left."""
+    from cluster.replica_sets import balancing_move, effective_leader, replica_load
+
+    before = [f"n{i}" for i in range(1, n)]
+    members = {*before, f"n{n}"}
+    layout = {p: nodes for p, nodes in enumerate(bootstrap_layout(partitions, before, rf, "tasks"))}
+    k = min(rf, len(members))
+    for _ in range(4 * partitions * k):
+        move = balancing_move(layout, members, rf, "tasks")
+        if move is None:
+            break
+        p, node = move
+        assert node not in layout[p]
+        layout[p] = [*layout[p], node]
+        load = replica_load(layout, members)
+        leader = effective_leader(partition_plan(partitions, members, rf, "tasks")[p].preferred_leader, layout[p])
+        layout[p] = wanted(layout[p], members, p, rf, "tasks", load, leader)
+        assert len(layout[p]) == len(set(layout[p])) == max(k, len(layout[p]))
+    else:
+        raise AssertionError("balancing did not converge")
+    load = replica_load(layout, members)
+    if len(members) > k and k >= 2:
+        # With one replica per partition that replica is its leader, and a
+        # preferred leader is never shed: the spread then follows leadership.
+        assert max(load.values()) - min(load.values()) <= 1, load
+    assert all(len(nodes) == k or len(before) < k for nodes in layout.values())
