@@ -61,15 +61,19 @@ async def run_here(service: Any, fn: Callable[..., Awaitable[Any]], org: str, ns
                    args: Any, kwargs: Json) -> Any:
     """Run a routed method on this replica. A "not found" may come from this
     replica lagging behind a write acknowledged through another node (a
-    namespace or run created a moment ago): it is only believed after a
-    barrier, and the call is run once more. Safe for writes too: a command
-    rejected as not found changed nothing."""
+    namespace or run created a moment ago), or from a pin this node has not
+    seen yet (the shard moved): it is only believed after a barrier (which
+    follows the pin), and the call is run once more, here or where the shard
+    now lives. Safe for writes too: a command rejected as not found changed
+    nothing."""
     try:
         return await fn(service, org, ns, *args, **kwargs)
     except ApiError as e:
         if e.code != "not_found" or getattr(service.replicator, "kind", "local") == "local":
             raise
-    await service.propose(org, ns, "sys.barrier")
+    await service.read_barrier(org, ns)  # catches up, and follows a shard a migration moved
+    if not service.holds(org, ns):
+        return await service.forward(fn.__name__, org, ns, list(args), kwargs)
     return await fn(service, org, ns, *args, **kwargs)
 
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from cluster import inputs as I
 from cluster import render
 from cluster import schedules as S
@@ -30,7 +32,7 @@ from protocol.schedule_spec import jitter_offset
 from protocol.timefmt import parse_time
 from replication import NotLeader, Replicator
 from routing import partition_of
-from shard import encode, reads
+from shard import encode, moving, reads
 from shard.visibility import QueryError, compile_query
 
 log = logging.getLogger("tasks.service")
@@ -173,6 +175,8 @@ class Service:
             now = time.monotonic()
             if fence_deadline is None:
                 fence_deadline = now + self.fence_wait
+                if (res.get("details") or {}).get("moveRole") == "moved":
+                    await self.meta_barrier()  # moved already: this node's pins lag
             if now >= fence_deadline:
                 raise ApiError("unavailable", f"namespace {ns} is being migrated; retry", retry_after=1)
             await asyncio.sleep(0.02)
@@ -189,14 +193,38 @@ class Service:
         With Raft, a barrier entry is committed through the leader (which needs a
         quorum, so a deposed leader cannot answer) and applied here; reads that
         follow see everything committed before. A single node needs nothing.
+
+        A shard that a migration fenced or moved away is read only after this
+        node's meta replica has caught up too (a meta barrier): a node that
+        restarted, or lags, may still route to the old partition, whose copy
+        stops receiving writes at the fence and is collected after the flip.
+        When the pin moved, the read follows it.
         """
         if getattr(self.replicator, "kind", "local") == "local":
             return
         names.check_namespace(ns)
-        if not self.holds(org, ns):
-            _barrier_due.set(True)  # the replica that serves the read takes it
+        for _ in range(3):
+            if not self.holds(org, ns):
+                _barrier_due.set(True)  # the replica that serves the read takes it
+                return
+            group = self.partition(org, ns)
+            await self.propose(org, ns, "sys.barrier")
+            with self._read(org, ns) as txn:
+                st = moving.read_state(txn, org, ns)
+            if st is None or not (st["role"] == "moved" or (st["role"] == "src" and st.get("fenced"))):
+                return
+            await self.meta_barrier()
+            if self.partition(org, ns) == group:
+                return  # not flipped (yet): the fenced source is still the authoritative copy
+
+    async def meta_barrier(self) -> None:
+        """Apply every committed meta entry here (placement pins) before going on."""
+        meta_group = getattr(self.replicator, "meta_group", None)
+        if meta_group is None:
             return
-        await self.propose(org, ns, "sys.barrier")
+        res = await self.replicator.propose(meta_group, msgpack.packb({"op": "sys.barrier"}, use_bin_type=True))
+        if not res.get("ok"):
+            raise ApiError("unavailable", f"cluster directory unavailable: {res.get('message')}", retry_after=1)
 
     def _read(self, org: str, ns: str):
         return self.replicator.store(self.partition(org, ns)).read()

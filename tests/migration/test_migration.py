@@ -269,3 +269,32 @@ def test_tasksctl_migrate_to_node_waits_with_progress(cluster: Cluster) -> None:
     assert job["status"] == "done" and job["to"] == target and c.leader_of(job["toPartition"]) == target
     status, d = call(c.nodes[target], "GET", f"{NSP}/ctl/workflows/c-3")
     assert status == 200, d
+
+
+def test_a_node_that_missed_the_flip_reads_the_new_home(cluster: Cluster) -> None:
+    """A node down during a migration restarts with the old placement in its meta
+    replica: its reads must follow the pin (never a 404 from the collected
+    source range, never a stale copy) and see writes made after the move."""
+    c = cluster
+    create_ns(c.nodes["n1"], "late")
+    for i in range(20):
+        start_wf(c.nodes["n1"], "late", f"l-{i}")
+    late = c.ids[-1]
+    c.nodes[late].kill()
+    src = home("late")
+    job = migrate(c.nodes["n1"], "late", {"toPartition": moved_to(c, src)})
+    assert job["status"] == "done", job["error"]
+    start_wf(c.nodes["n1"], "late", "after-move")
+    c.nodes[late].start(ready=False)
+    deadline = time.monotonic() + 60
+    answers: list[tuple[str, int]] = []
+    while time.monotonic() < deadline and len(answers) < 30:  # from the first moment it answers
+        for wid in ("after-move", "l-0", "l-19"):
+            try:
+                status, body, _ = c.nodes[late].request("GET", f"{NSP}/late/workflows/{wid}")
+            except OSError:
+                time.sleep(0.02)
+                continue
+            if status != 503:
+                answers.append((wid, status))
+                assert status == 200, (wid, body)
