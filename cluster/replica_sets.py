@@ -68,7 +68,21 @@ def bootstrap_layout(partitions: int, members: list[str], replication_factor: in
             nodes.append(m)
             held[m] += 1
         out.append(nodes)
-    return out
+    # The greedy pass can leave a spread of more than one: hand a follower slot
+    # from the most to the least loaded member while one can take it.
+    while True:
+        hi = max(ms, key=lambda m: (held[m], m))
+        lo = min(ms, key=lambda m: (held[m], m))
+        if held[hi] - held[lo] <= 1:
+            return out
+        for nodes in out:
+            if hi in nodes[1:] and lo not in nodes:
+                nodes[nodes.index(hi)] = lo
+                held[hi] -= 1
+                held[lo] += 1
+                break
+        else:
+            return out
 
 
 def current_layout(rep: Any) -> dict[int, list[str]]:

@@ -230,7 +230,8 @@ def test_reconnect_after_drop_rehellos_and_runs_hooks(fake: FakeZap, conn: ZapCo
     assert wait_until(lambda: generations == [1])
     fake.drop()
     assert wait_until(lambda: len(fake.conns) == 2 and generations == [1, 2], timeout=3)
-    assert fake.opcodes(conn=1)[:2] == [Z.Op.Hello, Z.Op.Health]
+    # The hook is called before its request reaches the server: wait for that too.
+    assert wait_until(lambda: fake.opcodes(conn=1)[:2] == [Z.Op.Hello, Z.Op.Health], timeout=3)
     assert fake.requests[-1].body == {"resubscribed": 2}
     assert conn.generation == 2
 
