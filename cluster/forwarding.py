@@ -102,18 +102,10 @@ class Forwarder:
 
     # ---- the asking side -------------------------------------------------------
 
-    def _targets(self, group: int) -> list[str]:
-        rep = self.service.replicator
-        me = self.service.node_id
-        hint = rep.leader(group) or getattr(rep, "leader_hint", lambda g: None)(group)
-        replicas = [n for n in rep.replicas(group) if n != me]
-        alive = getattr(rep, "peer_responsive", rep.peer_connected)
-        return sorted(replicas, key=lambda n: (not alive(n), n != hint, n))
-
     async def call(self, group: int, method: str, args: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """Ask a replica of ``group``; peers that cannot be reached are skipped."""
         last_full: Json | None = None
-        for peer in self._targets(group):
+        for peer in self.service.replicator.peers_for(group):
             try:
                 answer = await self.rpc.call(peer, method, args, timeout)
             except PeerUnavailable:

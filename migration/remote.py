@@ -177,13 +177,6 @@ class PartitionReads:
 
     # ---- the asking side -------------------------------------------------------
 
-    def _peers(self, group: int) -> list[str]:
-        me = self.rep.node_id
-        alive = getattr(self.rep, "peer_responsive", self.rep.peer_connected)
-        leader = self.rep.leader(group)
-        return sorted((n for n in self.rep.replicas(group) if n != me),
-                      key=lambda n: (not alive(n), n != leader, n))
-
     async def _call(self, peer: str, method: str, args: Any) -> Any:
         try:
             answer = await self.rep.rpc.call(peer, method, args, CALL_TIMEOUT)
@@ -193,7 +186,7 @@ class PartitionReads:
 
     async def _ask(self, group: int, method: str, args: Any) -> tuple[str, Any]:
         last = "no replica reachable"
-        for peer in self._peers(group):
+        for peer in self.rep.peers_for(group):
             try:
                 return peer, await self.rep.rpc.call(peer, method, {"g": group, **args}, CALL_TIMEOUT)
             except PeerUnavailable:

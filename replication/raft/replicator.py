@@ -355,6 +355,16 @@ class RaftReplicator:
             self._replicas[p] = nodes
             self._inbox.put(("layout", p, nodes, hold))
 
+    def peers_for(self, group: int, exclude: Sequence[str] = ()) -> list[str]:
+        """The other replicas of ``group``, in the order to ask them: responsive
+        ones first, then the leader (as this node sees it, or as a replica last
+        named it), then by id. The one place every node-to-replica call picks
+        its peer (proposals, service calls, reads, migration reads)."""
+        leader = self._leaders[group] or self._leader_hint.get(group)
+        skip = {self.node_id, *exclude}
+        return sorted((n for n in self.replicas(group) if n not in skip),
+                      key=lambda n: (not self.peer_responsive(n), n != leader, n))
+
     def leader_hint(self, group: int) -> str | None:
         """The leader of a partition held elsewhere, as a replica last reported it."""
         return self._leader_hint.get(group)
@@ -371,11 +381,8 @@ class RaftReplicator:
         answer in time has an unknown outcome, reported as ``unavailable`` like
         a local proposal that timed out (retrying with the same requestId is safe).
         """
-        replicas = [n for n in self._replicas.get(group, ()) if n != self.node_id]
-        hint = self._leader_hint.get(group)
         full: Result | None = None
-        order = sorted(replicas, key=lambda n: (not self.peer_responsive(n), n != hint, n))
-        for peer in order:
+        for peer in self.peers_for(group):
             try:
                 answer = await self.rpc.call(peer, "propose", {"g": group, "c": command}, self.propose_timeout + 1.0)
             except PeerUnavailable:
@@ -434,7 +441,7 @@ class RaftReplicator:
             await self.change_membership(op, node_id, groups=[group], timeout=timeout)
             return
         last: Exception | None = None
-        for peer in [n for n in self._replicas.get(group, ()) if n not in (self.node_id, node_id)]:
+        for peer in self.peers_for(group, exclude=(node_id,)):
             try:
                 await self.rpc.call(peer, "membership", {"g": group, "op": op, "node": node_id, "timeout": timeout},
                                     timeout + 5.0)

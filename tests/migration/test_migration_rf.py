@@ -11,15 +11,23 @@ from typing import Any
 import pytest
 
 from tests.cluster.raft_support import Cluster
-from tests.migration.test_migration import NSP, call, create_ns, migrate, shard_hash, start_wf
+from tests.migration.test_migration import (
+    NSP,
+    P,
+    call,
+    create_ns,
+    make_cluster,
+    migrate,
+    shard_hash,
+    start_wf,
+)
 
-P = 4
 EMPTY = hashlib.sha256().hexdigest()
 
 
 @pytest.fixture
 def cluster4(tmp_path: Path):
-    c = Cluster(tmp_path / "c", n=4, partitions=P, extra=["--replication-factor", "3"])
+    c = make_cluster(tmp_path / "c", "4-nodes-rf3")
     c.start()
     try:
         yield c
