@@ -102,7 +102,8 @@ def wanted(current: list[str], members: set[str], partition: int, replication_fa
     topped up in HRW order to ``min(rf, members)``. With ``load`` (replicas
     per member), a set left one too large by a balancing move sheds its most
     loaded member other than the partition's preferred ``leader`` (ties: the
-    last in HRW order)."""
+    last in HRW order); a preferred leader that holds no replica protects
+    nobody, and the keeper hands leadership over before it removes a leader."""
     keep = [n for n in current if n in members]
     target = min(replication_factor, len(members))
     ranked = rank("", "", str(partition), seed, sorted(members))
@@ -115,14 +116,6 @@ def wanted(current: list[str], members: set[str], partition: int, replication_fa
         while len(keep) > target:
             keep.remove(max(keep, key=lambda n: (n != leader, load.get(n, 0), ranked.index(n))))
     return keep
-
-
-def effective_leader(preferred: str | None, nodes: list[str]) -> str | None:
-    """The leader a partition is moved back to: its preferred leader when that
-    node holds a replica, else the first replica (as ``Node.preferred_leaders``)."""
-    if preferred in nodes:
-        return preferred
-    return nodes[0] if nodes else None
 
 
 def replica_load(layout: dict[int, list[str]], members: set[str]) -> dict[str, int]:
@@ -140,22 +133,53 @@ def balancing_move(layout: dict[int, list[str]], members: set[str], replication_
     """One replica to add so that replicas spread evenly (a node that joined
     holds none): ``(partition, node)``, or None when every member holds within
     one of every other. The set then sheds its most loaded member (``wanted``).
-    Partitions whose preferred leader is the receiving node go first, so that
-    leadership can follow."""
+
+    The most loaded member that can shed a replica gives one to the least
+    loaded member that holds two fewer and can take it; each such move lowers
+    the sum of squared loads, so the steps end. A member can shed any replica
+    but one of a partition it is the preferred leader of; partitions whose
+    preferred leader is the receiving node go first, so that leadership can
+    follow. When no such move exists but a member two above another is
+    still there, one replica goes to a member holding one fewer, chosen so
+    that the direct move exists afterwards (the pair lowers the sum)."""
     if not layout or len(members) <= min(replication_factor, len(members)):
         return None
-    load = replica_load(layout, members)
-    lo = min(sorted(members), key=lambda n: load[n])
     leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, replication_factor, seed)}
-    for hi in sorted(members, key=lambda n: (-load[n], n)):
-        if load[hi] - load[lo] <= 1:
-            return None
-        # Only where ``hi`` can then be shed: it must not be the set's preferred leader.
-        options = [p for p, nodes in layout.items() if hi in nodes and lo not in nodes
-                   and effective_leader(leaders.get(p), [*nodes, lo]) != hi]
-        if options:
-            return min(options, key=lambda p: (leaders.get(p) != lo, p)), lo
+    move = _direct_move(layout, members, leaders, 2)
+    if move is not None:
+        return move
+    load = replica_load(layout, members)
+    if max(load.values()) - min(load.values()) <= 1:
+        return None
+    for step in _moves(layout, members, leaders, 1):
+        p, node = step
+        after = dict(layout)
+        after[p] = wanted([*layout[p], node], members, p, replication_factor, seed,
+                          replica_load({**layout, p: [*layout[p], node]}, members), leaders.get(p))
+        if _direct_move(after, members, leaders, 2) is not None:
+            return step
     return None
+
+
+def _moves(layout: dict[int, list[str]], members: set[str], leaders: dict[int, str], gap: int):
+    """Candidate ``(partition, receiver)`` moves from a member to one holding
+    at least ``gap`` fewer replicas, most loaded giver and least loaded
+    receiver first."""
+    load = replica_load(layout, members)
+    by_load = sorted(members, key=lambda n: (load[n], n))
+    for hi in reversed(by_load):
+        for lo in by_load:
+            if load[hi] - load[lo] < gap:
+                break
+            options = [p for p, nodes in layout.items()
+                       if hi in nodes and lo not in nodes and leaders.get(p) != hi]
+            for p in sorted(options, key=lambda p: (leaders.get(p) != lo, p)):
+                yield p, lo
+
+
+def _direct_move(layout: dict[int, list[str]], members: set[str], leaders: dict[int, str],
+                 gap: int) -> tuple[int, str] | None:
+    return next(_moves(layout, members, leaders, gap), None)
 
 
 class ReplicaKeeper:
@@ -193,7 +217,7 @@ class ReplicaKeeper:
         load = replica_load(layout, members)
         leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, self.rf, self.seed)}
         for p, cur in sorted(layout.items()):
-            want = wanted(cur, members, p, self.rf, self.seed, load, effective_leader(leaders.get(p), cur))
+            want = wanted(cur, members, p, self.rf, self.seed, load, leaders.get(p))
             if want == cur:
                 continue
             add = [n for n in want if n not in cur]
@@ -216,7 +240,12 @@ class ReplicaKeeper:
                 node = drop[0]
                 if node in members and await self._leader_of(p) == node:
                     # A leader cannot commit its own removal: hand the partition
-                    # over first (the next round removes it).
+                    # over first (the next round removes it). A replica that is
+                    # first in its set is where leader balancing sends a
+                    # partition whose preferred leader holds none, so it goes
+                    # last first, or balancing would hand leadership back.
+                    if cur[0] == node and leaders.get(p) not in cur:
+                        await self._record(p, [*cur[1:], node])
                     await self._hand_over(p, node)
                     return
                 log.info("partition %d: removing replica %s from %s", p, node, cur)
