@@ -72,7 +72,11 @@ def serve(argv: list[str]) -> int:
             print(f"tasksd: {e}", file=sys.stderr)
             return 2
     _install_loop()
-    node = Node(cfg, clock=clock)
+    try:
+        node = Node(cfg, clock=clock)
+    except ConfigError as e:  # a key source of auth.* that cannot be used
+        print(f"tasksd: {e}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run_until_signalled(node))
     except ConfigMismatch as e:

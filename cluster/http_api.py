@@ -24,6 +24,7 @@ from cluster import inputs as I
 from cluster import migrations_api as MIG
 from cluster import sse as SSE
 from cluster import task_queues as TQ
+from cluster.auth import DEV_CALLER, Caller, role_allows
 from cluster.service import Service
 from protocol.errors import ApiError
 from replication import NotReplica
@@ -42,6 +43,7 @@ class Call:
     request: web.Request
     params: dict[str, str]
     org: str
+    caller: Caller = DEV_CALLER
     _body: Json | None = field(default=None)
 
     @property
@@ -71,15 +73,24 @@ class Route:
     handler: Handler
     parts: tuple[str, ...]
     status: int = 200
+    role: str | None = None
+    """The least role that may call it when auth is on (SPEC §4, column Role); None: no token needed."""
+
+
+# The roles of SPEC §5.13, as the route table names them.
+V, D, A, OWNER = "viewer", "developer", "admin", "owner"
 
 
 class Router:
     def __init__(self) -> None:
         self.routes: list[Route] = []
 
-    def add(self, method: str, template: str, handler: Handler, status: int = 200) -> None:
+    def add(self, method: str, template: str, handler: Handler, status: int = 200, *,
+            role: str | None) -> None:
+        """``role`` must be given for every route (None only for the health and
+        settings routes), so that no route is ever added without a decision."""
         parts = tuple(template.strip("/").split("/")) if template != "/" else ()
-        self.routes.append(Route(method, template, handler, parts, status))
+        self.routes.append(Route(method, template, handler, parts, status, role))
 
     def match(self, segments: list[str], method: str) -> tuple[Route | None, dict[str, str], list[str], str]:
         """(route, params, allowed methods, template of the path)."""
@@ -450,66 +461,66 @@ async def h_worker_get(s: Service, c: Call) -> Json:
 
 def build_router() -> Router:
     r = Router()
-    r.add("GET", "/healthz", h_health)
-    r.add("GET", "/v1/tasks/health", h_health)
-    r.add("GET", "/v1/tasks/settings", h_settings)
-    r.add("GET", "/v1/tasks/cluster", h_cluster)
-    r.add("GET", "/v1/tasks/cluster/health", h_cluster_health)
-    r.add("POST", "/v1/tasks/cluster/members", h_member_add)
-    r.add("DELETE", "/v1/tasks/cluster/members/{id}", h_member_remove)
-    r.add("GET", "/v1/tasks/namespaces", h_ns_list)
+    r.add("GET", "/healthz", h_health, role=None)
+    r.add("GET", "/v1/tasks/health", h_health, role=None)
+    r.add("GET", "/v1/tasks/settings", h_settings, role=None)
+    r.add("GET", "/v1/tasks/cluster", h_cluster, role=V)
+    r.add("GET", "/v1/tasks/cluster/health", h_cluster_health, role=None)
+    r.add("POST", "/v1/tasks/cluster/members", h_member_add, role=OWNER)
+    r.add("DELETE", "/v1/tasks/cluster/members/{id}", h_member_remove, role=OWNER)
+    r.add("GET", "/v1/tasks/namespaces", h_ns_list, role=V)
     MIG.add_routes(r, NS)
-    r.add("GET", "/v1/tasks/nexus", h_nexus_all)
-    r.add("GET", "/v1/tasks/events", SSE.h_events)  # answers with its own text/event-stream response
-    r.add("POST", "/v1/tasks/namespaces", h_ns_create)
-    r.add("GET", NS, h_ns_get)
-    r.add("DELETE", NS, h_ns_delete)
-    r.add("POST", NS + "/metadata", h_ns_metadata)
-    r.add("GET", NS + "/archival", h_ns_archival)
-    r.add("GET", NS + "/dead-letters", h_dead_letters)
+    r.add("GET", "/v1/tasks/nexus", h_nexus_all, role=V)
+    r.add("GET", "/v1/tasks/events", SSE.h_events, role=V)  # answers with its own text/event-stream response
+    r.add("POST", "/v1/tasks/namespaces", h_ns_create, role=A)
+    r.add("GET", NS, h_ns_get, role=V)
+    r.add("DELETE", NS, h_ns_delete, role=A)
+    r.add("POST", NS + "/metadata", h_ns_metadata, role=A)
+    r.add("GET", NS + "/archival", h_ns_archival, role=V)
+    r.add("GET", NS + "/dead-letters", h_dead_letters, role=V)
     wf = NS + "/workflows"
-    r.add("GET", wf, h_wf_list)
-    r.add("POST", wf, h_wf_start)
-    r.add("POST", wf + "/signal-with-start", h_wf_sws)
-    r.add("GET", wf + "/{id}", h_wf_describe)
-    r.add("POST", wf + "/{id}/cancel", h_wf_cancel)
-    r.add("POST", wf + "/{id}/terminate", h_wf_terminate)
-    r.add("POST", wf + "/{id}/signal", h_wf_signal)
-    r.add("GET", wf + "/{id}/history", h_wf_history)
-    r.add("POST", wf + "/{id}/query", h_wf_query)
-    r.add("POST", wf + "/{id}/metadata", h_wf_metadata)
-    r.add("GET", wf + "/{id}/executions", h_wf_executions)
-    r.add("POST", wf + "/{id}/reset", h_wf_reset)
+    r.add("GET", wf, h_wf_list, role=V)
+    r.add("POST", wf, h_wf_start, role=D)
+    r.add("POST", wf + "/signal-with-start", h_wf_sws, role=D)
+    r.add("GET", wf + "/{id}", h_wf_describe, role=V)
+    r.add("POST", wf + "/{id}/cancel", h_wf_cancel, role=D)
+    r.add("POST", wf + "/{id}/terminate", h_wf_terminate, role=D)
+    r.add("POST", wf + "/{id}/signal", h_wf_signal, role=D)
+    r.add("GET", wf + "/{id}/history", h_wf_history, role=V)
+    r.add("POST", wf + "/{id}/query", h_wf_query, role=V)
+    r.add("POST", wf + "/{id}/metadata", h_wf_metadata, role=D)
+    r.add("GET", wf + "/{id}/executions", h_wf_executions, role=V)
+    r.add("POST", wf + "/{id}/reset", h_wf_reset, role=D)
     sc = NS + "/schedules"
-    r.add("GET", sc, h_sched_list)
-    r.add("POST", sc, h_sched_create)
-    r.add("GET", sc + "/{sid}", h_sched_get)
-    r.add("POST", sc + "/{sid}", h_sched_update)
-    r.add("DELETE", sc + "/{sid}", h_sched_delete)
-    r.add("POST", sc + "/{sid}/trigger", h_sched_trigger)
-    r.add("GET", sc + "/{sid}/matching-times", h_sched_times)
-    r.add("POST", sc + "/{sid}/pause", h_sched_pause)
-    r.add("POST", sc + "/{sid}/unpause", h_sched_unpause)
+    r.add("GET", sc, h_sched_list, role=V)
+    r.add("POST", sc, h_sched_create, role=A)
+    r.add("GET", sc + "/{sid}", h_sched_get, role=V)
+    r.add("POST", sc + "/{sid}", h_sched_update, role=A)
+    r.add("DELETE", sc + "/{sid}", h_sched_delete, role=A)
+    r.add("POST", sc + "/{sid}/trigger", h_sched_trigger, role=A)
+    r.add("GET", sc + "/{sid}/matching-times", h_sched_times, role=V)
+    r.add("POST", sc + "/{sid}/pause", h_sched_pause, role=A)
+    r.add("POST", sc + "/{sid}/unpause", h_sched_unpause, role=A)
     sa = NS + "/search-attributes"
-    r.add("GET", sa, h_sa_list)
-    r.add("POST", sa, h_sa_add)
-    r.add("DELETE", sa + "/{name}", h_sa_remove)
+    r.add("GET", sa, h_sa_list, role=V)
+    r.add("POST", sa, h_sa_add, role=A)
+    r.add("DELETE", sa + "/{name}", h_sa_remove, role=A)
     act = NS + "/activities"
-    r.add("GET", act, h_act_list)
-    r.add("POST", act, h_act_start)
-    r.add("GET", act + "/{aid}/{rid}", h_act_get)
-    r.add("POST", act + "/{aid}/{rid}/cancel", h_act_cancel)
-    r.add("POST", act + "/{aid}/{rid}/complete", h_act_complete)
-    r.add("POST", act + "/{aid}/{rid}/fail", h_act_fail)
-    r.add("POST", act + "/{aid}/{rid}/heartbeat", h_act_heartbeat)
-    r.add("GET", act + "/{aid}/{rid}/history", h_act_history)
+    r.add("GET", act, h_act_list, role=V)
+    r.add("POST", act, h_act_start, role=D)
+    r.add("GET", act + "/{aid}/{rid}", h_act_get, role=V)
+    r.add("POST", act + "/{aid}/{rid}/cancel", h_act_cancel, role=D)
+    r.add("POST", act + "/{aid}/{rid}/complete", h_act_complete, role=D)
+    r.add("POST", act + "/{aid}/{rid}/fail", h_act_fail, role=D)
+    r.add("POST", act + "/{aid}/{rid}/heartbeat", h_act_heartbeat, role=D)
+    r.add("GET", act + "/{aid}/{rid}/history", h_act_history, role=V)
     tq = NS + "/task-queues"
-    r.add("GET", tq, h_tq_list)
-    r.add("GET", tq + "/{q}", h_tq_get)
-    r.add("GET", tq + "/{q}/workers", h_tq_workers)
-    r.add("GET", tq + "/{q}/partitions", h_tq_partitions)
-    r.add("GET", NS + "/workers", h_workers_list)
-    r.add("GET", NS + "/workers/{identity}", h_worker_get)
+    r.add("GET", tq, h_tq_list, role=V)
+    r.add("GET", tq + "/{q}", h_tq_get, role=V)
+    r.add("GET", tq + "/{q}/workers", h_tq_workers, role=V)
+    r.add("GET", tq + "/{q}/partitions", h_tq_partitions, role=V)
+    r.add("GET", NS + "/workers", h_workers_list, role=V)
+    r.add("GET", NS + "/workers/{identity}", h_worker_get, role=V)
     return r
 
 
@@ -522,6 +533,22 @@ class HttpApi:
         self.app = web.Application(client_max_size=node.cfg.limits.max_body + 1)
         self.app[NODE_KEY] = node
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
+
+    async def authenticate(self, request: web.Request, route: Route) -> Caller:
+        """The caller of a route (SPEC §9): the dev caller while auth is off or
+        for the routes that need no token; else the verified token's org and
+        role, which must reach the route's role (403 otherwise). Client-sent
+        ``X-Org-Id`` and similar headers are never read."""
+        auth = self.node.auth
+        if not auth.enabled or route.role is None:
+            return DEV_CALLER
+        token = request.headers.get("Authorization")
+        if token is None and route.handler is SSE.h_events:
+            token = request.query.get("access_token")  # browsers cannot set headers on EventSource
+        caller = await auth.authenticate(token)
+        if not role_allows(caller.role, route.role):
+            raise ApiError("permission_denied", f"this needs the {route.role} role; the token grants {caller.role}")
+        return caller
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         node = self.node
@@ -553,7 +580,8 @@ class HttpApi:
                     if allowed:
                         raise _MethodNotAllowed(allowed)
                     raise ApiError("not_found", f"no route for {method} {request.rel_url.path}")
-                call = Call(request, params, org=node.org_of(request))
+                caller = await self.authenticate(request, route)
+                call = Call(request, params, org=caller.stored_org, caller=caller)
                 if method in ("POST", "PUT", "PATCH", "DELETE"):
                     call._body = await read_body(request, node.cfg.limits.max_body)
                     if method == "DELETE" and call._body is None:

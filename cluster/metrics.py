@@ -169,6 +169,9 @@ class Metrics:
         self.map_grows = Counter("tasks_lmdb_map_grows_total", "LMDB map doublings", registry=r)
         self.storage_full = Counter("tasks_storage_full_total", "Writes refused for full storage", registry=r)
         self.rate_limited = Counter("tasks_rate_limited_total", "Requests refused by rate limits", ["scope"], registry=r)
+        self.auth_failures = Counter(
+            "tasks_auth_failures_total", "Callers refused for a missing or invalid token (SPEC §9)", ["reason"], registry=r
+        )
         self.proposal_duration = Histogram(
             "tasks_raft_proposal_duration_seconds", "Proposal latency (commit + apply)", ["group_kind"],
             buckets=LATENCY_BUCKETS, registry=r,

@@ -62,6 +62,6 @@ async def h_get(s: Any, c: Any) -> Json:
 
 
 def add_routes(r: Any, ns: str) -> None:
-    r.add("POST", ns + "/migrate", h_migrate, status=202)
-    r.add("GET", "/v1/tasks/migrations", h_list)
-    r.add("GET", "/v1/tasks/migrations/{id}", h_get)
+    r.add("POST", ns + "/migrate", h_migrate, status=202, role="admin")
+    r.add("GET", "/v1/tasks/migrations", h_list, role="viewer")
+    r.add("GET", "/v1/tasks/migrations/{id}", h_get, role="viewer")

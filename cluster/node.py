@@ -18,13 +18,13 @@ from typing import Any
 
 from aiohttp import web
 
+from cluster.auth import Authenticator
 from cluster.http_api import HttpApi, json_response
 from cluster.metrics import Metrics
 from cluster.service import Service, wall_ms
 from cluster.timers import ScheduleTimers
 from cluster.zap_server import ZapServer
 from protocol.errors import ApiError
-from protocol.names import storage_org
 from replication import LocalReplicator
 from routing import Membership, MembershipWatcher
 
@@ -83,6 +83,8 @@ class Node:
         self.migrations: Any = None
         self.sse: Any = None  # cluster.sse.SseHub, from start()
         self.metrics = Metrics(self.version, self._stores, self._peer_rejected, lambda: self.replicator)
+        # Reads the key files now: a bad key source is a startup error (ConfigError).
+        self.auth = Authenticator(cfg.auth, on_failure=lambda reason: self.metrics.auth_failures.labels(reason).inc())
         self.fatal: str | None = None
         self.leaving = False
         self.stopping = asyncio.Event()
@@ -97,10 +99,6 @@ class Node:
     def _peer_rejected(self) -> dict[str, int]:
         mux = getattr(self.replicator, "mux", None)
         return dict(mux.rejected) if mux is not None else {}
-
-    def org_of(self, request: web.Request) -> str:
-        """The caller's org as stored. Auth arrives in a later issue: dev org."""
-        return storage_org("")
 
     def node_secret(self) -> bytes:
         """``<data_dir>/node.secret``: 32 random bytes, created once (task tokens)."""
@@ -231,6 +229,8 @@ class Node:
             log.warning("ZAP not served: cannot listen on the default %s (%s); set zap to serve it", self.cfg.zap, e)
             return
         self._zap = zap
+        if host not in ("127.0.0.1", "localhost", "::1") and not self.cfg.auth.require_identity:
+            log.warning("auth disabled and listening on %s", self.cfg.zap)
         shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self.zap_addr = f"[{shown}]:{bound}" if ":" in shown else f"{shown}:{bound}"
 
@@ -497,6 +497,7 @@ class Node:
             await self.dispatcher.stop()
         if self.replicator is not None:
             await self.replicator.stop()
+        await self.auth.close()
         log.info("node %s stopped", self.node_id)
 
     # ---- migration (SPEC §4.10) ---------------------------------------------

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.auth import DEV_CALLER, Caller, role_allows
 from protocol import names
 from protocol import zap as Z
 from protocol.durations import format_duration
@@ -515,47 +516,49 @@ async def op_respond_query(c: Call) -> Json:
 @dataclass(frozen=True, slots=True)
 class Route:
     handler: Handler
+    role: str
+    """The least role a session needs when auth is on (SPEC §5.13; the roles of the matching HTTP routes)."""
     read: bool = False
     """Reads pass the service's read barrier first, as HTTP GETs do (§4.1 "Reads")."""
     barrier_ns: Callable[[Call], str] | None = None
 
 
 ROUTES: dict[int, Route] = {
-    Z.Op.SubmitTask: Route(op_submit_task),
-    Z.Op.ScheduleRecurring: Route(op_schedule_recurring),
-    Z.Op.StartWorkflow: Route(op_start),
-    Z.Op.SignalWorkflow: Route(op_signal),
-    Z.Op.CancelWorkflow: Route(op_cancel),
-    Z.Op.TerminateWorkflow: Route(op_terminate),
-    Z.Op.DescribeWorkflow: Route(op_describe, read=True),
-    Z.Op.ListWorkflows: Route(op_list_workflows, read=True),
-    Z.Op.GetWorkflowHistory: Route(op_history, read=True),
-    Z.Op.QueryWorkflow: Route(op_query, read=True),
-    Z.Op.ResetWorkflow: Route(op_reset),
-    Z.Op.SignalWithStart: Route(op_signal_with_start),
-    Z.Op.CreateSchedule: Route(op_create_schedule),
-    Z.Op.DeleteSchedule: Route(op_delete_schedule),
-    Z.Op.ListSchedules: Route(op_list_schedules, read=True),
-    Z.Op.PauseSchedule: Route(op_pause_schedule),
-    Z.Op.UnpauseSchedule: Route(op_unpause_schedule),
-    Z.Op.TriggerSchedule: Route(op_trigger_schedule),
-    Z.Op.DescribeSchedule: Route(op_describe_schedule, read=True),
-    Z.Op.UpdateSchedule: Route(op_update_schedule),
-    Z.Op.RegisterNamespace: Route(op_register_namespace),
-    Z.Op.DescribeNamespace: Route(op_describe_namespace, read=True, barrier_ns=_ns_name),
-    Z.Op.ListNamespaces: Route(op_list_namespaces),
-    Z.Op.Health: Route(op_health),
-    **{op: Route(op_workers_later) for op in Z.WORKER_OPCODES},
-    Z.Op.SubscribeWorkflowTasks: Route(op_subscribe_workflow_tasks),
-    Z.Op.Unsubscribe: Route(op_unsubscribe),
-    Z.Op.SubscribeActivityTasks: Route(op_subscribe_activity_tasks),
-    Z.Op.RespondActivityTaskCompleted: Route(op_activity_task_completed),
-    Z.Op.RespondActivityTaskFailed: Route(op_activity_task_failed),
-    Z.Op.RespondWorkflowTaskCompleted: Route(op_workflow_task_completed),
-    Z.Op.RespondWorkflowTaskFailed: Route(op_workflow_task_failed),
-    Z.Op.RecordHeartbeat: Route(op_heartbeat),
-    Z.Op.RespondQuery: Route(op_respond_query),
-    Z.Op.ScheduleActivity: Route(op_schedule_activity),
+    Z.Op.SubmitTask: Route(op_submit_task, "developer"),
+    Z.Op.ScheduleRecurring: Route(op_schedule_recurring, "admin"),
+    Z.Op.StartWorkflow: Route(op_start, "developer"),
+    Z.Op.SignalWorkflow: Route(op_signal, "developer"),
+    Z.Op.CancelWorkflow: Route(op_cancel, "developer"),
+    Z.Op.TerminateWorkflow: Route(op_terminate, "developer"),
+    Z.Op.DescribeWorkflow: Route(op_describe, "viewer", read=True),
+    Z.Op.ListWorkflows: Route(op_list_workflows, "viewer", read=True),
+    Z.Op.GetWorkflowHistory: Route(op_history, "viewer", read=True),
+    Z.Op.QueryWorkflow: Route(op_query, "viewer", read=True),
+    Z.Op.ResetWorkflow: Route(op_reset, "developer"),
+    Z.Op.SignalWithStart: Route(op_signal_with_start, "developer"),
+    Z.Op.CreateSchedule: Route(op_create_schedule, "admin"),
+    Z.Op.DeleteSchedule: Route(op_delete_schedule, "admin"),
+    Z.Op.ListSchedules: Route(op_list_schedules, "viewer", read=True),
+    Z.Op.PauseSchedule: Route(op_pause_schedule, "admin"),
+    Z.Op.UnpauseSchedule: Route(op_unpause_schedule, "admin"),
+    Z.Op.TriggerSchedule: Route(op_trigger_schedule, "admin"),
+    Z.Op.DescribeSchedule: Route(op_describe_schedule, "viewer", read=True),
+    Z.Op.UpdateSchedule: Route(op_update_schedule, "admin"),
+    Z.Op.RegisterNamespace: Route(op_register_namespace, "admin"),
+    Z.Op.DescribeNamespace: Route(op_describe_namespace, "viewer", read=True, barrier_ns=_ns_name),
+    Z.Op.ListNamespaces: Route(op_list_namespaces, "viewer"),
+    Z.Op.Health: Route(op_health, "viewer"),
+    **{op: Route(op_workers_later, "developer") for op in Z.WORKER_OPCODES},
+    Z.Op.SubscribeWorkflowTasks: Route(op_subscribe_workflow_tasks, "developer"),
+    Z.Op.Unsubscribe: Route(op_unsubscribe, "developer"),
+    Z.Op.SubscribeActivityTasks: Route(op_subscribe_activity_tasks, "developer"),
+    Z.Op.RespondActivityTaskCompleted: Route(op_activity_task_completed, "developer"),
+    Z.Op.RespondActivityTaskFailed: Route(op_activity_task_failed, "developer"),
+    Z.Op.RespondWorkflowTaskCompleted: Route(op_workflow_task_completed, "developer"),
+    Z.Op.RespondWorkflowTaskFailed: Route(op_workflow_task_failed, "developer"),
+    Z.Op.RecordHeartbeat: Route(op_heartbeat, "developer"),
+    Z.Op.RespondQuery: Route(op_respond_query, "developer"),
+    Z.Op.ScheduleActivity: Route(op_schedule_activity, "developer"),
 }
 """Every request opcode but Hello (handled by the connection itself)."""
 
@@ -570,10 +573,15 @@ class Session:
 
     hello: bool = False
     client_id: str = ""
-    org: str = ""
-    """The caller's org as the API shows it: "" (the dev org) while auth is off."""
+    caller: Caller = DEV_CALLER
+    """Who HELLO's token proved the caller to be (the dev caller while auth is off)."""
     namespace: str | None = None
     sdk: tuple[str, str] = ("", "")
+
+    @property
+    def org(self) -> str:
+        """The caller's org as the API shows it: "" (the dev org) while auth is off."""
+        return self.caller.org
 
 
 def _label(opcode: int) -> str:
@@ -691,12 +699,19 @@ class _Connection:
             await self._respond(op, frame.frame_id, Z.error_body("invalid_argument", f"bad body: {e}"), started)
             return
         if op == Z.Op.Hello:
-            await self._respond(op, frame.frame_id, self._hello(body), started)
+            resp = await self._hello(body)
+            await self._respond(op, frame.frame_id, resp, started)
+            if resp.get("status") == 401:  # SPEC §8.3: a missing or invalid token closes the session
+                await self._linger_close()
             return
         route = ROUTES.get(op)
         if route is None:
             msg = f"unknown opcode 0x{op:04X}" if op not in Z.OPCODES else f"{Z.OPCODES[op]} is not a request"
             await self._respond(op, frame.frame_id, Z.error_body("not_implemented", msg), started)
+            return
+        refused = self._refused(route)
+        if refused is not None:
+            await self._respond(op, frame.frame_id, self._error(refused), started)
             return
         if len(self.tasks) >= Z.MAX_IN_FLIGHT:
             self.node.metrics.rate_limited.labels("zap_inflight").inc()
@@ -717,8 +732,13 @@ class _Connection:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _hello(self, body: Json) -> Json:
-        """HELLO (0x0001). Auth is off in this build: the org is "" and the token is ignored."""
+    async def _hello(self, body: Json) -> Json:
+        """HELLO (0x0001): who the caller is (SPEC §8.3).
+
+        With auth on, ``auth_token`` is verified (401 closes the session); a
+        later HELLO refreshes the token but may not change the org (403: the
+        session keeps its identity). With auth off the token is ignored and
+        the org is the dev org."""
         try:
             client_id = names.check_id(body.get("client_id"), "client_id")
             sdk_name = _str(body, "sdk_name") or ""
@@ -726,10 +746,16 @@ class _Connection:
             ns = body.get("namespace")
             if ns is not None:
                 names.check_namespace(ns)
+            token = body.get("auth_token")
+            if token is not None and not isinstance(token, str):
+                raise ApiError("invalid_argument", "auth_token must be a string")
+            caller = await self.node.auth.authenticate(token)
         except ApiError as e:
             return self._error(e)
         s = self.session
-        s.hello, s.client_id, s.sdk = True, client_id, (sdk_name, sdk_version)
+        if s.hello and caller.org != s.caller.org:
+            return self._error(ApiError("permission_denied", "HELLO may not change the session's org"))
+        s.hello, s.client_id, s.sdk, s.caller = True, client_id, (sdk_name, sdk_version), caller
         if ns is not None:
             s.namespace = ns
         return Z.response_body(200, {
@@ -739,6 +765,20 @@ class _Connection:
             "org": s.org,
             "namespace": s.namespace or self.server.default_namespace,
         })
+
+    def _refused(self, route: Route) -> ApiError | None:
+        """Why the session may not make this request now: its token expired
+        (a fresh HELLO cures it; subscriptions are kept), or its role is too
+        low. None while auth is off."""
+        caller = self.session.caller
+        if not self.node.auth.enabled:
+            return None
+        if caller.expired():
+            self.node.metrics.auth_failures.labels("expired").inc()
+            return ApiError("unauthenticated", "token expired")
+        if not role_allows(caller.role, route.role):
+            return ApiError("permission_denied", f"this needs the {route.role} role; the token grants {caller.role}")
+        return None
 
     def _namespace(self, body: Json) -> str:
         ns = body.get("namespace")
