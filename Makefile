@@ -29,6 +29,14 @@ chaos-smoke: $(STAMP)
 chaos: $(STAMP)
 	$(PY) -m chaos long --with-migration --duration $${CHAOS_DURATION:-1800} --out chaos-long.json
 
+# The property tests with fresh random examples (`make test` uses fixed ones);
+# FUZZ_ROUNDS runs of every file that uses hypothesis.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	for i in $$(seq $${FUZZ_ROUNDS:-5}); do \
+	  HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider $$(grep -rl "from hypothesis" tests) || exit 1; \
+	done
+
 cluster: $(STAMP)
 	$(VENV)/bin/tasksd dev-cluster --nodes 3 --dir ./tasks-dev
 
@@ -46,7 +54,15 @@ bench-dispatch: $(STAMP)
 	$(PY) -m bench.dispatch
 
 .PHONY: bench-cluster
-bench-cluster: $(STAMP)
+bench-# The property tests with fresh random examples (`make test` uses fixed ones);
+# FUZZ_ROUNDS runs of every file that uses hypothesis.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	for i in $$(seq $${FUZZ_ROUNDS:-5}); do \
+	  HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider $$(grep -rl "from hypothesis" tests) || exit 1; \
+	done
+
+cluster: $(STAMP)
 	$(PY) -m bench.cluster
 
 # 4 nodes with replication factor 3, so a move takes the shard to other machines
