@@ -260,6 +260,18 @@ async def h_nexus_all(s: Service, c: Call) -> Json:
     return {"endpoints": [], "nextPageToken": ""}
 
 
+async def h_identities(s: Service, c: Call) -> Json:
+    return await s.list_identities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_identity_grant(s: Service, c: Call) -> Json:
+    return await s.grant_identity(c.org, _ns(c), c.body())
+
+
+async def h_identity_revoke(s: Service, c: Call) -> Json:
+    return await s.revoke_identity(c.org, _ns(c), c.params["email"])
+
+
 async def h_ns_list(s: Service, c: Call) -> Json:
     return await s.list_namespaces(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
 
@@ -514,6 +526,10 @@ def build_router() -> Router:
     r.add("POST", act + "/{aid}/{rid}/fail", h_act_fail, role=D)
     r.add("POST", act + "/{aid}/{rid}/heartbeat", h_act_heartbeat, role=D)
     r.add("GET", act + "/{aid}/{rid}/history", h_act_history, role=V)
+    ids = NS + "/identities"
+    r.add("GET", ids, h_identities, role=V)
+    r.add("POST", ids, h_identity_grant, role=OWNER)
+    r.add("DELETE", ids + "/{email}", h_identity_revoke, role=OWNER)
     tq = NS + "/task-queues"
     r.add("GET", tq, h_tq_list, role=V)
     r.add("GET", tq + "/{q}", h_tq_get, role=V)
@@ -534,7 +550,7 @@ class HttpApi:
         self.app[NODE_KEY] = node
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
 
-    async def authenticate(self, request: web.Request, route: Route) -> Caller:
+    async def authenticate(self, request: web.Request, route: Route, params: dict[str, str]) -> Caller:
         """The caller of a route (SPEC §9): the dev caller while auth is off or
         for the routes that need no token; else the verified token's org and
         role, which must reach the route's role (403 otherwise). Client-sent
@@ -546,8 +562,11 @@ class HttpApi:
         if token is None and route.handler is SSE.h_events:
             token = request.query.get("access_token")  # browsers cannot set headers on EventSource
         caller = await auth.authenticate(token)
-        if not role_allows(caller.role, route.role):
-            raise ApiError("permission_denied", f"this needs the {route.role} role; the token grants {caller.role}")
+        role = caller.role
+        if "ns" in params:  # an Identity record in the namespace replaces the org role
+            role = await self.node.service.role_in(caller.stored_org, params["ns"], caller.email, role)
+        if not role_allows(role, route.role):
+            raise ApiError("permission_denied", f"this needs the {route.role} role; the caller has {role}")
         return caller
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -580,7 +599,7 @@ class HttpApi:
                     if allowed:
                         raise _MethodNotAllowed(allowed)
                     raise ApiError("not_found", f"no route for {method} {request.rel_url.path}")
-                caller = await self.authenticate(request, route)
+                caller = await self.authenticate(request, route, params)
                 call = Call(request, params, org=caller.stored_org, caller=caller)
                 if method in ("POST", "PUT", "PATCH", "DELETE"):
                     call._body = await read_body(request, node.cfg.limits.max_body)

@@ -910,6 +910,63 @@ class Service:
         }
 
 
+    # ---- identities (SPEC §4.7, §5.13) -------------------------------------------
+
+    @routed
+    async def list_identities(self, org: str, ns: str, size: int, token: str | None) -> Json:
+        await self._prepare(org, ns)
+        bound = f"{org}/{ns}"
+        after = I.read_token(token, "identities", bound)
+        with self._read(org, ns) as txn:
+            found = reads.identities(txn, org, ns, after.decode() if after is not None else None, size + 1)
+        page = found[:size]
+        more = len(found) > size
+        return {
+            "identities": [_identity(i) for i in page],
+            "nextPageToken": I.make_token("identities", bound, page[-1]["email"].encode() if more else None),
+        }
+
+    @routed
+    async def grant_identity(self, org: str, ns: str, body: Json) -> Json:
+        await self._prepare(org, ns)
+        email = check_email(body.get("email"))
+        role = body.get("role")
+        if role not in ROLES:
+            raise I.bad(f"role must be one of {', '.join(ROLES)}")
+        res = await self.propose(org, ns, "id.put", email=email, role=role)
+        return _identity(res["identity"])
+
+    @routed
+    async def revoke_identity(self, org: str, ns: str, email: str) -> Json:
+        await self._prepare(org, ns)
+        await self.propose(org, ns, "id.delete", email=check_email(email))
+        return {"status": "revoked"}
+
+    async def role_in(self, org: str, ns: str, email: str | None, org_role: str) -> str:
+        """The caller's role in a namespace: its Identity record there (matched
+        by the token's email) replaces the org role (SPEC §5.13)."""
+        if not email or not names.is_namespace(ns):
+            return org_role
+        rec = await self.read(org, ns, "identity", email)
+        return rec["role"] if isinstance(rec, dict) and rec.get("role") in ROLES else org_role
+
+
+ROLES = ("viewer", "developer", "admin", "owner")
+
+
+def _identity(rec: Json) -> Json:
+    return {**rec, "grantTime": render.t(rec["grantTime"])}
+
+
+def check_email(value: Any) -> str:
+    """An identity's email, lower-cased (tokens are matched the same way)."""
+    if (not isinstance(value, str) or not 3 <= len(value.encode()) <= 254 or value.count("@") != 1
+            or value.startswith("@") or value.endswith("@")
+            or any(c.isspace() or ord(c) < 32 or c in "\x7f/" for c in value)):
+        raise I.bad("invalid email")
+    return value.lower()
+
+
 RESERVED_ATTRS = frozenset(
     ("WorkflowId", "RunId", "WorkflowType", "TaskQueue", "ExecutionStatus", "StartTime",
      "CloseTime", "HistoryLength", "Attempt")

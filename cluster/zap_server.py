@@ -768,17 +768,24 @@ class _Connection:
 
     def _refused(self, route: Route) -> ApiError | None:
         """Why the session may not make this request now: its token expired
-        (a fresh HELLO cures it; subscriptions are kept), or its role is too
-        low. None while auth is off."""
+        (a fresh HELLO cures it; subscriptions are kept). None while auth is off."""
         caller = self.session.caller
         if not self.node.auth.enabled:
             return None
         if caller.expired():
             self.node.metrics.auth_failures.labels("expired").inc()
             return ApiError("unauthenticated", "token expired")
-        if not role_allows(caller.role, route.role):
-            return ApiError("permission_denied", f"this needs the {route.role} role; the token grants {caller.role}")
         return None
+
+    async def _check_role(self, route: Route, call: Call) -> None:
+        """403 unless the session's role in the request's namespace (its
+        Identity record there, else the token's org role) reaches the route's."""
+        caller = self.session.caller
+        if not self.node.auth.enabled:
+            return
+        role = await call.service.role_in(call.org, call.ns, caller.email, caller.role)
+        if not role_allows(role, route.role):
+            raise ApiError("permission_denied", f"this needs the {route.role} role; the caller has {role}")
 
     def _namespace(self, body: Json) -> str:
         ns = body.get("namespace")
@@ -797,6 +804,7 @@ class _Connection:
 
     async def _serve(self, frame: Z.Frame, route: Route, call: Call, started: float) -> None:
         try:
+            await self._check_role(route, call)
             if route.read:
                 ns = route.barrier_ns(call) if route.barrier_ns else call.ns
                 await call.service.read_barrier(call.org, ns)

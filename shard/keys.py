@@ -24,6 +24,10 @@ which makes NUL a safe separator.
     s <org> 0 <ns> 0 R <requestId>          activity start dedup -> (aid, rid)
     s <org> 0 <ns> 0 q <tq> 0 <visible:u64> <aid> 0 <rid>   pending activity task
     s <org> 0 <ns> 0 U <at:u64> <kind> 0 <aid> 0 <rid>   durable activity timer
+    s <org> 0 <ns> 0 o <email>              identity (a caller's role in the namespace)
+    s <org> 0 <ns> 0 k <name>               nexus endpoint record
+    s <org> 0 <ns> 0 m <name>               deployment record (its versions inside)
+    s <org> 0 <ns> 0 b <batchId>            batch operation record
     \x01 applied                            applied index of the partition
     \x01 reg <org> 0 <ns>                   namespace registry of the partition
 """
@@ -168,6 +172,32 @@ class ShardKeys:
 
     def attr_prefix(self) -> bytes:
         return self.p + b"a"
+
+    # ---- identities, nexus endpoints, deployments, batches (SPEC §4.7) --------
+
+    def identity(self, email: str) -> bytes:
+        return self.p + b"o" + email.encode()
+
+    def identity_prefix(self) -> bytes:
+        return self.p + b"o"
+
+    def nexus(self, name: str) -> bytes:
+        return self.p + b"k" + name.encode()
+
+    def nexus_prefix(self) -> bytes:
+        return self.p + b"k"
+
+    def deployment(self, name: str) -> bytes:
+        return self.p + b"m" + name.encode()
+
+    def deployment_prefix(self) -> bytes:
+        return self.p + b"m"
+
+    def batch(self, batch_id: str) -> bytes:
+        return self.p + b"b" + batch_id.encode()
+
+    def batch_prefix(self) -> bytes:
+        return self.p + b"b"
 
     # ---- standalone activities (SPEC §4.8, §5.7) ----------------------------
 

@@ -24,7 +24,7 @@ from typing import Any
 import lmdb
 
 from shard import commands as C
-from shard import keys, moving, wf_commands
+from shard import identities, keys, moving, records, wf_commands
 from shard.activities import (
     op_act_cancel,
     op_act_complete,
@@ -1096,6 +1096,8 @@ HANDLERS: dict[str, Callable[[Ctx], Result]] = {
     "sa.add": op_sa_add,
     "sa.remove": op_sa_remove,
     **moving.HANDLERS,
+    **identities.HANDLERS,
+    **records.HANDLERS,
 }
 assert set(HANDLERS) | {"mig.tail"} == set(C.OPS)
 

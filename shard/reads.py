@@ -176,6 +176,25 @@ def search_attrs(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, str]:
     return {key[len(prefix) :].decode(): unpack(v) for key, v in _scan(txn, prefix)}
 
 
+def identity(txn: lmdb.Transaction, org: str, ns: str, email: str) -> dict[str, Any] | None:
+    """The Identity record of ``email`` (matched lower-cased), or None."""
+    raw = txn.get(ShardKeys(org, ns).identity(email.lower()))
+    return unpack(raw) if raw is not None else None
+
+
+def identities(txn: lmdb.Transaction, org: str, ns: str, after: str | None, limit: int) -> list[dict[str, Any]]:
+    """Identities in email order after ``after`` (paging), at most ``limit``."""
+    prefix = ShardKeys(org, ns).identity_prefix()
+    out: list[dict[str, Any]] = []
+    for key, v in _scan(txn, prefix):
+        if after is not None and key[len(prefix):].decode() <= after:
+            continue
+        if len(out) >= limit:
+            break
+        out.append(unpack(v))
+    return out
+
+
 def pending_tasks(
     txn: lmdb.Transaction, org: str, ns: str, tq: str | None, now: int, limit: int
 ) -> list[tuple[str, str, int]]:

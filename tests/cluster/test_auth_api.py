@@ -220,6 +220,42 @@ def test_sse_never_carries_another_orgs_events(node: NodeProcess) -> None:
         conn.close()
 
 
+def test_identities_give_a_role_in_one_namespace(node: NodeProcess) -> None:
+    org = org_name("ids")
+    owner = bearer(token(org, "owner"))
+    for ns in ("locked", "open"):
+        create_namespace(node, token(org), ns)
+    base = "/v1/tasks/namespaces/locked/identities"
+    # Only an owner manages identities; bad input is 400, not a silent grant.
+    assert node.post(base, {"email": "a@x.io", "role": "viewer"}, headers=bearer(token(org, "admin")))[0] == 403
+    assert node.post(base, {"email": "a@x.io", "role": "root"}, headers=owner)[0] == 400
+    assert node.post(base, {"email": "not-an-email", "role": "viewer"}, headers=owner)[0] == 400
+    status, rec = node.post(base, {"email": "Dev@Example.com", "role": "viewer"}, headers=owner)
+    assert status == 200 and rec["email"] == "dev@example.com" and rec["role"] == "viewer", rec
+    assert rec["namespace"] == "locked" and isinstance(rec["grantTime"], str)
+    # An admin of the org whose identity in "locked" is viewer: reads there, no writes;
+    # the org role still applies in "open". The email matches case-insensitively.
+    dev = token(org, "admin", email="DEV@example.com")
+    assert node.get("/v1/tasks/namespaces/locked/workflows", headers=bearer(dev))[0] == 200
+    assert start(node, dev, "locked", "w1")[0] == 403
+    assert start(node, dev, "open", "w1")[0] == 200
+    # A viewer of the org raised to developer in one namespace.
+    assert node.post(base, {"email": "v@x.io", "role": "developer"}, headers=owner)[0] == 200
+    viewer = token(org, "viewer", email="v@x.io")
+    assert start(node, viewer, "locked", "w2")[0] == 200
+    assert start(node, viewer, "open", "w2")[0] == 403
+    # Listed in email order, paged.
+    status, page = node.get(base + "?pageSize=1", headers=owner)
+    assert status == 200 and [i["email"] for i in page["identities"]] == ["dev@example.com"], page
+    status, rest = node.get(base + "?pageSize=1&nextPageToken=" + page["nextPageToken"], headers=owner)
+    assert [i["email"] for i in rest["identities"]] == ["v@x.io"] and rest["nextPageToken"] == "", rest
+    # Revoked: the org role applies again.
+    status, body, _ = node.request("DELETE", base + "/dev%40example.com", headers=owner)
+    assert status == 200 and body == {"status": "revoked"}, body
+    assert node.request("DELETE", base + "/dev@example.com", headers=owner)[0] == 404
+    assert start(node, dev, "locked", "w3")[0] == 200
+
+
 # ---- ZAP --------------------------------------------------------------------
 
 
@@ -278,6 +314,21 @@ def test_zap_session_is_scoped_to_the_tokens_org_and_role(secured: Any) -> None:
     assert r["status"] == 403, r
     r = viewer.call(Op.SubscribeWorkflowTasks, {"task_queue": "q", "max_concurrent": 1})
     assert r["status"] == 403, r
+
+
+def test_zap_applies_the_identity_of_the_requests_namespace(secured: Any) -> None:
+    node, addr = secured
+    org = org_name("zid")
+    create_namespace(node, token(org), "zlocked")
+    status, _ = node.post("/v1/tasks/namespaces/zlocked/identities", {"email": "w@x.io", "role": "viewer"},
+                          headers=bearer(token(org)))
+    assert status == 200
+    conn = Conn(addr, hello=False)
+    assert hello(conn, token(org, "developer", email="w@x.io"))["status"] == 200
+    r = conn.call(Op.StartWorkflow, {"namespace": "zlocked", "workflow_type": "z", "workflow_id": "i", "task_queue": "q"})
+    assert r["status"] == 403, r
+    r = conn.call(Op.StartWorkflow, {"namespace": "default", "workflow_type": "z", "workflow_id": "i", "task_queue": "q"})
+    assert r["status"] == 200, r
 
 
 def test_zap_rehello_refreshes_the_token_but_cannot_change_the_org(secured: Any) -> None:

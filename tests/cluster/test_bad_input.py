@@ -124,6 +124,7 @@ class World:
         self.wid = "wf-1"
         self.sid = "sched-1"
         self.attr = "Attr"
+        self.email = "someone@example.com"
         self.token = ""
         self.aid = "act-1"
         self.arid = ""  # set once the world's activity is started
@@ -134,9 +135,9 @@ class World:
         if victims:
             ns = "victim-ns" if route is not None and route.template == NSP + "/{ns}" else self.ns
             return {"ns": ns, "id": "victim-wf", "sid": "victim-sched", "name": "Victim", "aid": "victim-act",
-                    "rid": self.arid, "q": "victim-queue", "identity": "victim-worker"}
+                    "rid": self.arid, "q": "victim-queue", "identity": "victim-worker", "email": "victim@x.io"}
         return {"ns": self.ns, "id": self.wid, "sid": self.sid, "name": self.attr, "aid": self.aid,
-                "rid": self.arid, "q": "nobody", "identity": "no-worker"}
+                "rid": self.arid, "q": "nobody", "identity": "no-worker", "email": self.email}
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +160,7 @@ def world(api: Api) -> World:
     api.ok("POST", f"{NSP}/{w.ns}/schedules", {"scheduleId": w.sid, "spec": {"interval": ["1h"]},
                                                "action": {"workflowType": {"name": "Job"}}})
     api.ok("POST", f"{NSP}/{w.ns}/search-attributes", {"name": w.attr, "type": "Keyword"})
+    api.ok("POST", f"{NSP}/{w.ns}/identities", {"email": w.email, "role": "viewer"})
     # an activity on a queue nobody serves: it stays SCHEDULED for the GET routes
     w.arid = api.ok("POST", f"{NSP}/{w.ns}/activities", {"activityId": w.aid, "activityType": {"name": "Act"},
                                                          "taskQueue": "nobody"})["execution"]["runId"]
@@ -202,6 +204,7 @@ PAGED = {
     ("GET", WF + "/{id}/executions"),
     ("GET", SC),
     ("GET", NSP + "/{ns}/search-attributes"),
+    ("GET", NSP + "/{ns}/identities"),
     ("GET", ACT),
     ("GET", ACT + "/{aid}/{rid}/history"),
     ("GET", NSP + "/{ns}/task-queues"),
@@ -302,6 +305,10 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
         ("POST", NSP + "/{ns}/search-attributes"): [
             {"name": 5, "type": "Keyword"}, {"name": "Ok1", "type": 5}, {"name": ["Ok2"], "type": "Keyword"},
         ],
+        ("POST", NSP + "/{ns}/identities"): [
+            {}, {"email": 5, "role": "viewer"}, {"email": "a@b.c", "role": 5}, {"email": "a@b.c", "role": "root"},
+            {"email": "no-at", "role": "viewer"}, {"email": ["a@b.c"], "role": "viewer"}, {"email": "a b@c", "role": "viewer"},
+        ],
         ("POST", ACT): [
             {"activityType": {"name": "A"}}, {"activityId": 5, "activityType": {"name": "A"}},
             {"activityId": "a", "activityType": 5}, {"activityId": "a"},
@@ -338,6 +345,7 @@ NON_STREAMING = [r for r in ROUTES if (r.method, r.template) not in STREAMING]
 BODY_FREE = {  # routes that read no body field (GET, and deletes by path)
     (r.method, r.template) for r in ROUTES if r.method == "GET"
 } | {("DELETE", NSP + "/{ns}"), ("DELETE", SC + "/{sid}"), ("DELETE", NSP + "/{ns}/search-attributes/{name}"),
+     ("DELETE", NSP + "/{ns}/identities/{email}"),
      ("DELETE", "/v1/tasks/cluster/members/{id}"),
      ("POST", ACT + "/{aid}/{rid}/heartbeat")}  # details may be any JSON value
 
