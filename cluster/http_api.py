@@ -260,6 +260,22 @@ async def h_nexus_all(s: Service, c: Call) -> Json:
     return {"endpoints": [], "nextPageToken": ""}
 
 
+async def h_batch_list(s: Service, c: Call) -> Json:
+    return await s.list_batches(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_batch_start(s: Service, c: Call) -> Json:
+    return await s.start_batch(c.org, _ns(c), c.body())
+
+
+async def h_batch_get(s: Service, c: Call) -> Json:
+    return await s.describe_batch(c.org, _ns(c), c.params["bid"])
+
+
+async def h_batch_terminate(s: Service, c: Call) -> Json:
+    return await s.terminate_batch(c.org, _ns(c), c.params["bid"], c.body())
+
+
 async def h_identities(s: Service, c: Call) -> Json:
     return await s.list_identities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
@@ -526,6 +542,11 @@ def build_router() -> Router:
     r.add("POST", act + "/{aid}/{rid}/fail", h_act_fail, role=D)
     r.add("POST", act + "/{aid}/{rid}/heartbeat", h_act_heartbeat, role=D)
     r.add("GET", act + "/{aid}/{rid}/history", h_act_history, role=V)
+    bt = NS + "/batches"
+    r.add("GET", bt, h_batch_list, role=V)
+    r.add("POST", bt, h_batch_start, role=A)
+    r.add("GET", bt + "/{bid}", h_batch_get, role=V)
+    r.add("POST", bt + "/{bid}/terminate", h_batch_terminate, role=A)
     ids = NS + "/identities"
     r.add("GET", ids, h_identities, role=V)
     r.add("POST", ids, h_identity_grant, role=OWNER)

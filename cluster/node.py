@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from cluster.auth import Authenticator
+from cluster.batches import BatchRunner
 from cluster.http_api import HttpApi, json_response
 from cluster.metrics import Metrics
 from cluster.service import Service, wall_ms
@@ -79,6 +80,7 @@ class Node:
         self.replicator: Any = None
         self.service: Service | None = None
         self.timers: ScheduleTimers | None = None
+        self.batches: BatchRunner | None = None
         self.dispatcher: Any = None
         self.migrations: Any = None
         self.sse: Any = None  # cluster.sse.SseHub, from start()
@@ -154,6 +156,8 @@ class Node:
         self.sse.attach(self.replicator)
         self.timers = ScheduleTimers(self.service, self.metrics)
         await self.timers.start()
+        self.batches = BatchRunner(self.service)
+        await self.batches.start()
         from cluster.dispatch import Dispatcher
 
         secret = read_secret(cfg.cluster_secret_file) if cfg.replicator == "raft" else self.node_secret()
@@ -491,6 +495,8 @@ class Node:
             self._runner = None
         if self.migrations is not None:
             await self.migrations.stop()
+        if self.batches is not None:
+            await self.batches.stop()
         if self.timers is not None:
             await self.timers.stop()
         if self.dispatcher is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import logging
 import secrets
 import time
@@ -32,8 +33,8 @@ from protocol.schedule_spec import jitter_offset
 from protocol.timefmt import parse_time
 from replication import NotLeader, Replicator
 from routing import partition_of
-from shard import encode, moving, reads
-from shard.visibility import QueryError, compile_query
+from shard import batches, encode, moving, reads
+from shard.visibility import QueryError, compile_query, run_view
 
 log = logging.getLogger("tasks.service")
 
@@ -48,20 +49,7 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _view(r: Json) -> Json:
-    """The fields the visibility query language sees."""
-    return {
-        "WorkflowId": r["workflowId"],
-        "RunId": r["runId"],
-        "WorkflowType": r["type"],
-        "TaskQueue": r["taskQueue"],
-        "ExecutionStatus": r["status"],
-        "StartTime": r["startTime"],
-        "CloseTime": r.get("closeTime"),
-        "HistoryLength": r["historyLength"],
-        "Attempt": r["attempt"],
-        "searchAttrs": r.get("searchAttrs") or {},
-    }
+_view = run_view  # the fields the visibility query language sees
 
 
 class Service:
@@ -910,6 +898,76 @@ class Service:
         }
 
 
+    # ---- batches (SPEC §4.7, §5.9) ---------------------------------------------
+
+    @routed
+    async def start_batch(self, org: str, ns: str, body: Json) -> Json:
+        await self._prepare(org, ns, rate_limited=True)
+        op = body.get("operation")
+        if op == "BATCH_OPERATION_TYPE_RESET":
+            raise I.bad("BATCH_OPERATION_TYPE_RESET is not supported")
+        if op not in batches.OPERATIONS:
+            raise I.bad(f"operation must be one of {', '.join(batches.OPERATIONS)}")
+        query = body.get("query")
+        if not isinstance(query, str):
+            raise I.bad("query (the visibility query of the runs to act on) is required")
+        self._compile(org, ns, query)  # a bad query is 400 now, not a failed batch
+        signal = None
+        if op == "BATCH_OPERATION_TYPE_SIGNAL":
+            sig = body.get("signal")
+            if not isinstance(sig, dict) or not isinstance(sig.get("name"), str) or not sig["name"]:
+                raise I.bad("signal {name, input?} is required for BATCH_OPERATION_TYPE_SIGNAL")
+            names.check_id(sig["name"], "signal name")
+            signal = {"name": sig["name"], "input": I.payload(sig, "input", self.max_payload)}
+        rps = body.get("rps", 50)
+        if isinstance(rps, bool) or not isinstance(rps, int | float) or not 0 < rps <= 10_000:
+            raise I.bad("rps must be a number above 0 and at most 10000")
+        rid = I.request_id(body)
+        # The id is the proposer's: from the requestId when there is one, so a
+        # repeated start finds the batch it started (idempotent).
+        bid = hashlib.sha256(f"{org}/{ns}/{rid}".encode()).hexdigest()[:32] if rid else secrets.token_hex(16)
+        res = await self.propose(
+            org, ns, "batch.start", batchId=bid, operation=op, query=query, signal=signal, rps=rps,
+            reason=I.opt_str(body, "reason") or "", identity=I.opt_str(body, "identity") or "",
+            max=self.cfg.limits.max_batch_size,
+        )
+        return render_batch(res["batch"])
+
+    @routed
+    async def describe_batch(self, org: str, ns: str, bid: str) -> Json:
+        await self._prepare(org, ns)
+        names.check_id(bid, "batch id")
+        with self._read(org, ns) as txn:
+            rec = reads.batch(txn, org, ns, bid)
+        if rec is None:
+            raise ApiError("not_found", f"batch {bid} not found")
+        return render_batch(rec)
+
+    @routed
+    async def terminate_batch(self, org: str, ns: str, bid: str, body: Json) -> Json:
+        await self._prepare(org, ns)
+        names.check_id(bid, "batch id")
+        res = await self.propose(org, ns, "batch.terminate", batchId=bid, reason=I.opt_str(body, "reason") or "",
+                                 identity=I.opt_str(body, "identity") or "")
+        return render_batch(res["batch"])
+
+    @routed
+    async def list_batches(self, org: str, ns: str, size: int, token: str | None) -> Json:
+        """Newest first (startTime descending, then id)."""
+        await self._prepare(org, ns)
+        bound = f"{org}/{ns}"
+        after = I.read_token(token, "batches", bound)
+        with self._read(org, ns) as txn:
+            recs = reads.all_batches(txn, org, ns)
+
+        def order(r: Json) -> bytes:
+            return f"{(1 << 63) - r['startTime']:020d}/{r['batchId']}".encode()
+
+        recs = sorted((r for r in recs if after is None or order(r) > after), key=order)
+        page, more = recs[:size], len(recs) > size
+        return {"batches": [render_batch(r) for r in page],
+                "nextPageToken": I.make_token("batches", bound, order(page[-1]) if more else None)}
+
     # ---- identities (SPEC §4.7, §5.13) -------------------------------------------
 
     @routed
@@ -952,6 +1010,15 @@ class Service:
 
 
 ROLES = ("viewer", "developer", "admin", "owner")
+
+
+def render_batch(rec: Json) -> Json:
+    """A BatchOperation as the API shows it (the cursor is internal)."""
+    out = {k: v for k, v in rec.items() if k not in ("cursor", "terminateReason")}
+    out["startTime"] = render.t(rec["startTime"])
+    if rec.get("closeTime") is not None:
+        out["closeTime"] = render.t(rec["closeTime"])
+    return out
 
 
 def _identity(rec: Json) -> Json:

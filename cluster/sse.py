@@ -37,7 +37,7 @@ The record comes from the apply result when it is the one the event names,
 else it is read from the local replica (then it may already reflect later
 commands: delivery is best effort). When it cannot be read, ``data`` is left
 out. ``activity.heartbeat`` carries ``{details}`` (one per *committed*
-heartbeat, SPEC §5.7). Batches are not in this build: ``batch.*`` is never sent.
+heartbeat, SPEC §5.7).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def event_kind(ev: Json) -> str | None:
     kind = ev.get("kind")
     if kind == "activity.closed":
         return _ACTIVITY_CLOSE.get(ev.get("status") or "")
-    if kind in KINDS and not kind.startswith(("migration.", "batch.")):
+    if kind in KINDS and not kind.startswith("migration."):
         return kind
     return None  # activity.released / result / cancel_requested, shard.*, ...
 
@@ -379,6 +379,16 @@ class SseHub:
                     s = reads.schedule(txn, org, ns, sid)
             service = self.node.service
             return service.render_schedule(org, ns, s) if s is not None and service is not None else None
+        if kind == "batch.terminated":
+            return {"reason": ev.get("reason") or "", "identity": ev.get("identity") or ""}
+        if family == "batch":
+            b = result.get("batch")
+            if not (isinstance(b, dict) and b.get("batchId") == ev.get("batch_id")):
+                with rep.store(group).read() as txn:
+                    b = reads.batch(txn, org, ns, ev.get("batch_id"))
+            from cluster.service import render_batch
+
+            return render_batch(b) if b is not None else None
         if kind == "activity.heartbeat":
             return {"details": ev.get("details")}
         if family == "activity":

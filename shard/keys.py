@@ -28,6 +28,7 @@ which makes NUL a safe separator.
     s <org> 0 <ns> 0 k <name>               nexus endpoint record
     s <org> 0 <ns> 0 m <name>               deployment record (its versions inside)
     s <org> 0 <ns> 0 b <batchId>            batch operation record
+    s <org> 0 <ns> 0 B <batchId> 0 <wid> 0 <rid>   a batch's targets, captured at start
     \x01 applied                            applied index of the partition
     \x01 reg <org> 0 <ns>                   namespace registry of the partition
 """
@@ -102,6 +103,10 @@ class ShardKeys:
 
     def run(self, wid: str, rid: str) -> bytes:
         return self.p + b"w" + run_suffix(wid, rid)
+
+    def runs_prefix(self) -> bytes:
+        """Every run record, in (workflowId, runId) order."""
+        return self.p + b"w"
 
     def runs_of(self, wid: str) -> bytes:
         return self.p + b"w" + wid.encode() + b"\x00"
@@ -198,6 +203,13 @@ class ShardKeys:
 
     def batch_prefix(self) -> bytes:
         return self.p + b"b"
+
+    def batch_target(self, batch_id: str, suffix: bytes) -> bytes:
+        """One target of a batch; ``suffix`` is the run's ``<wid> 0 <rid>``."""
+        return self.batch_targets(batch_id) + suffix
+
+    def batch_targets(self, batch_id: str) -> bytes:
+        return self.p + b"B" + batch_id.encode() + b"\x00"
 
     # ---- standalone activities (SPEC §4.8, §5.7) ----------------------------
 

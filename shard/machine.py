@@ -23,8 +23,8 @@ from typing import Any
 
 import lmdb
 
+from shard import batches, identities, keys, moving, records, wf_commands
 from shard import commands as C
-from shard import identities, keys, moving, records, wf_commands
 from shard.activities import (
     op_act_cancel,
     op_act_complete,
@@ -1097,6 +1097,7 @@ HANDLERS: dict[str, Callable[[Ctx], Result]] = {
     "sa.remove": op_sa_remove,
     **moving.HANDLERS,
     **identities.HANDLERS,
+    **batches.HANDLERS,
     **records.HANDLERS,
 }
 assert set(HANDLERS) | {"mig.tail"} == set(C.OPS)

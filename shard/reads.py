@@ -176,6 +176,16 @@ def search_attrs(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, str]:
     return {key[len(prefix) :].decode(): unpack(v) for key, v in _scan(txn, prefix)}
 
 
+def batch(txn: lmdb.Transaction, org: str, ns: str, batch_id: str) -> dict[str, Any] | None:
+    raw = txn.get(ShardKeys(org, ns).batch(batch_id))
+    return unpack(raw) if raw is not None else None
+
+
+def all_batches(txn: lmdb.Transaction, org: str, ns: str) -> list[dict[str, Any]]:
+    """Every batch record of the shard (a namespace keeps few; the caller sorts)."""
+    return [unpack(v) for _, v in _scan(txn, ShardKeys(org, ns).batch_prefix())]
+
+
 def identity(txn: lmdb.Transaction, org: str, ns: str, email: str) -> dict[str, Any] | None:
     """The Identity record of ``email`` (matched lower-cased), or None."""
     raw = txn.get(ShardKeys(org, ns).identity(email.lower()))
@@ -398,3 +408,43 @@ def queue_runs(
         else:
             more = True
     return items, (last if more else None), total, running
+
+
+# ---- nexus endpoints and deployments (SPEC §4.7) ---------------------------------------
+
+
+def _named_after(
+    txn: lmdb.Transaction, prefix: bytes, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Records keyed ``prefix + name`` in name order, strictly after ``after``."""
+    start = prefix + after.encode() if after is not None else None
+    out: list[dict[str, Any]] = []
+    for _, v in _scan(txn, prefix, start):
+        if len(out) >= limit:
+            break
+        out.append(unpack(v))
+    return out
+
+
+def nexus_endpoints(
+    txn: lmdb.Transaction, org: str, ns: str, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Nexus endpoints in name order after ``after`` (paging), at most ``limit``."""
+    return _named_after(txn, ShardKeys(org, ns).nexus_prefix(), after, limit)
+
+
+def nexus_endpoint(txn: lmdb.Transaction, org: str, ns: str, name: str) -> dict[str, Any] | None:
+    raw = txn.get(ShardKeys(org, ns).nexus(name))
+    return unpack(raw) if raw is not None else None
+
+
+def deployments(
+    txn: lmdb.Transaction, org: str, ns: str, after: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Deployments (versions inside) in name order after ``after`` (paging), at most ``limit``."""
+    return _named_after(txn, ShardKeys(org, ns).deployment_prefix(), after, limit)
+
+
+def deployment(txn: lmdb.Transaction, org: str, ns: str, name: str) -> dict[str, Any] | None:
+    raw = txn.get(ShardKeys(org, ns).deployment(name))
+    return unpack(raw) if raw is not None else None

@@ -776,3 +776,19 @@ def compile_query(text: str, search_attrs: Mapping[str, str]) -> Query:
     tokens = _tokenize(text)
     pred = _Parser(tokens, search_attrs).parse()
     return Query(text, pred)
+
+
+def run_view(r: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a run record the query language sees."""
+    return {
+        "WorkflowId": r["workflowId"],
+        "RunId": r["runId"],
+        "WorkflowType": r["type"],
+        "TaskQueue": r["taskQueue"],
+        "ExecutionStatus": r["status"],
+        "StartTime": r["startTime"],
+        "CloseTime": r.get("closeTime"),
+        "HistoryLength": r["historyLength"],
+        "Attempt": r["attempt"],
+        "searchAttrs": r.get("searchAttrs") or {},
+    }

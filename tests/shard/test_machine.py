@@ -17,6 +17,7 @@ NAMESPACES = ["default", "billing"]
 WIDS = ["w1", "w2", "w3"]
 REQS = ["r1", "r2", "r3", None]
 SIDS = ["s1", "s2"]
+BIDS = ["b1", "b2"]
 
 
 def cmd(op: str, now: int, ns: str = "default", rnd: str = "", **fields: Any) -> dict[str, Any]:
@@ -51,7 +52,8 @@ def command_streams(draw: Any) -> list[dict[str, Any]]:
         kind = draw(
             st.sampled_from(
                 ["register", "start", "signal", "cancel", "terminate", "reset", "metadata",
-                 "sched", "fire", "trigger", "pause", "delete_ns", "garbage", "task"]
+                 "sched", "fire", "trigger", "pause", "delete_ns", "garbage", "task",
+                 "batch", "batch_progress", "batch_terminate", "identity"]
             )
         )
         wid = draw(st.sampled_from(WIDS))
@@ -101,6 +103,21 @@ def command_streams(draw: Any) -> list[dict[str, Any]]:
                                                    [{"type": "StartTimer", "timer_id": "t",
                                                      "start_to_fire_timeout_ms": 5}],
                                                    [{"type": "ContinueAsNew"}]])))
+        elif kind == "batch":
+            c = cmd("batch.start", now, ns, batchId=draw(st.sampled_from(BIDS)),
+                    operation=draw(st.sampled_from(["BATCH_OPERATION_TYPE_TERMINATE", "BATCH_OPERATION_TYPE_SIGNAL"])),
+                    query=draw(st.sampled_from(["", "WorkflowType = 'Charge'", "Nope = 1"])),
+                    signal={"name": "s", "input": None}, rps=50, reason="", identity="", max=draw(st.integers(0, 3)))
+        elif kind == "batch_progress":
+            c = cmd("batch.progress", now, ns, batchId=draw(st.sampled_from(BIDS)),
+                    cursor=draw(st.sampled_from(["", "w1\x00", "w2\x00", "w3\x00z"])),
+                    complete=draw(st.integers(0, 3)), failure=draw(st.integers(0, 3)))
+        elif kind == "batch_terminate":
+            c = cmd("batch.terminate", now, ns, batchId=draw(st.sampled_from(BIDS)), reason="r", identity="i")
+        elif kind == "identity":
+            email = draw(st.sampled_from(["a@x.io", "b@x.io"]))
+            c = (cmd("id.put", now, ns, email=email, role=draw(st.sampled_from(["viewer", "owner", "root"])))
+                 if draw(st.booleans()) else cmd("id.delete", now, ns, email=email))
         elif kind == "delete_ns":
             c = cmd("ns.delete", now, ns)
         else:
