@@ -42,10 +42,17 @@ class BatchRunner:
         self.service = service
         self._workers: dict[Key, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self.items = 0
 
     async def start(self) -> None:
+        self.service.replicator.subscribe(self._on_apply)
         self._task = asyncio.create_task(self._scan_loop(), name="batch-runner")
+
+    def _on_apply(self, group: int, index: int, result: dict[str, Any]) -> None:
+        """A batch started (or leadership moved a shard here): scan now, not at the next tick."""
+        if any(ev.get("kind") in ("batch.started", "shard.activated") for ev in result.get("_events", ())):
+            self._wake.set()
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._workers.values()) if t is not None]
@@ -85,7 +92,11 @@ class BatchRunner:
                 raise
             except Exception:
                 log.exception("batch scan failed")
-            await asyncio.sleep(SCAN_EVERY)
+            try:
+                await asyncio.wait_for(self._wake.wait(), SCAN_EVERY)
+            except TimeoutError:
+                pass
+            self._wake.clear()
 
     async def _work(self, key: Key) -> None:
         org, ns, bid = key

@@ -21,7 +21,9 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from cluster import inputs as I
+from cluster import mcp as MCP
 from cluster import migrations_api as MIG
+from cluster import records_api as REC
 from cluster import sse as SSE
 from cluster import task_queues as TQ
 from cluster.auth import DEV_CALLER, Caller, role_allows
@@ -251,13 +253,6 @@ async def h_member_remove(s: Service, c: Call) -> Json:
     from protocol.names import check_node_id
 
     return await c.request.app[NODE_KEY].remove_member(check_node_id(c.params["id"]))
-
-
-async def h_nexus_all(s: Service, c: Call) -> Json:
-    """Nexus endpoints across the caller's namespaces: records only, none registered in this build."""
-    I.page_size(c.query)
-    I.read_token(c.query.get("nextPageToken"), "nexus", c.org)
-    return {"endpoints": [], "nextPageToken": ""}
 
 
 async def h_batch_list(s: Service, c: Call) -> Json:
@@ -498,7 +493,8 @@ def build_router() -> Router:
     r.add("DELETE", "/v1/tasks/cluster/members/{id}", h_member_remove, role=OWNER)
     r.add("GET", "/v1/tasks/namespaces", h_ns_list, role=V)
     MIG.add_routes(r, NS)
-    r.add("GET", "/v1/tasks/nexus", h_nexus_all, role=V)
+    REC.add_routes(r, NS)
+    r.add("POST", "/v1/tasks/mcp", MCP.h_mcp, role=V)  # each tool checks its own role (SPEC §7)
     r.add("GET", "/v1/tasks/events", SSE.h_events, role=V)  # answers with its own text/event-stream response
     r.add("POST", "/v1/tasks/namespaces", h_ns_create, role=A)
     r.add("GET", NS, h_ns_get, role=V)
