@@ -618,7 +618,9 @@ class HttpApi:
                     raise ApiError("not_found", f"no route for {method} {request.rel_url.path}")
                 caller = await self.authenticate(request, route, params)
                 call = Call(request, params, org=caller.stored_org, caller=caller)
-                if method in ("POST", "PUT", "PATCH", "DELETE"):
+                if route.handler is MCP.h_mcp:
+                    call._body = {}  # MCP reads its own body: a batch or bad JSON is a JSON-RPC error (SPEC §7)
+                elif method in ("POST", "PUT", "PATCH", "DELETE"):
                     call._body = await read_body(request, node.cfg.limits.max_body)
                     if method == "DELETE" and call._body is None:
                         call._body = {}

@@ -27,6 +27,7 @@ from cluster import render
 from cluster import schedules as S
 from cluster.forwarding import CALL_TIMEOUT, Forwarder, routed
 from cluster.ratelimit import TokenBuckets
+from cluster.records_service import RecordsService
 from protocol import names
 from protocol.errors import ApiError
 from protocol.schedule_spec import jitter_offset
@@ -52,7 +53,7 @@ def wall_ms() -> int:
 _view = run_view  # the fields the visibility query language sees
 
 
-class Service:
+class Service(RecordsService):
     """One node's engine operations over its replicator."""
 
     def __init__(

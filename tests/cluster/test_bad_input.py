@@ -128,6 +128,8 @@ class World:
         self.token = ""
         self.aid = "act-1"
         self.arid = ""  # set once the world's activity is started
+        self.build = "build-1"  # the current (only) version of the world's deployment {name}
+        self.bid = ""  # set once the world's (empty, so completed) batch is started
 
     def params(self, *, victims: bool = False, route: Route | None = None) -> dict[str, str]:
         """Valid parameters. ``victims``: ids that do not exist (in the real namespace), for
@@ -135,9 +137,11 @@ class World:
         if victims:
             ns = "victim-ns" if route is not None and route.template == NSP + "/{ns}" else self.ns
             return {"ns": ns, "id": "victim-wf", "sid": "victim-sched", "name": "Victim", "aid": "victim-act",
-                    "rid": self.arid, "q": "victim-queue", "identity": "victim-worker", "email": "victim@x.io"}
+                    "rid": self.arid, "q": "victim-queue", "identity": "victim-worker", "email": "victim@x.io",
+                    "buildId": "victim-build", "bid": "victim-batch"}
         return {"ns": self.ns, "id": self.wid, "sid": self.sid, "name": self.attr, "aid": self.aid,
-                "rid": self.arid, "q": "nobody", "identity": "no-worker", "email": self.email}
+                "rid": self.arid, "q": "nobody", "identity": "no-worker", "email": self.email,
+                "buildId": self.build, "bid": self.bid}
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +165,15 @@ def world(api: Api) -> World:
                                                "action": {"workflowType": {"name": "Job"}}})
     api.ok("POST", f"{NSP}/{w.ns}/search-attributes", {"name": w.attr, "type": "Keyword"})
     api.ok("POST", f"{NSP}/{w.ns}/identities", {"email": w.email, "role": "viewer"})
+    w.bid = api.ok("POST", f"{NSP}/{w.ns}/batches", {"operation": "BATCH_OPERATION_TYPE_TERMINATE",
+                                                     "query": "WorkflowType = 'Nothing'"})["batchId"]
     # an activity on a queue nobody serves: it stays SCHEDULED for the GET routes
     w.arid = api.ok("POST", f"{NSP}/{w.ns}/activities", {"activityId": w.aid, "activityType": {"name": "Act"},
                                                          "taskQueue": "nobody"})["execution"]["runId"]
+    # a deployment and a nexus endpoint named like the attribute, for the {name} routes
+    api.ok("POST", f"{NSP}/{w.ns}/deployments", {"name": w.attr})
+    api.ok("POST", f"{NSP}/{w.ns}/deployments/{w.attr}/versions", {"buildId": w.build})
+    api.ok("POST", f"{NSP}/{w.ns}/nexus", {"name": w.attr, "target": "ns2://elsewhere/handler"})
     w.token = api.ok("GET", f"{NSP}/{w.ns}/workflows?pageSize=1")["nextPageToken"]
     assert w.token
     return w
@@ -193,6 +203,7 @@ def changes_state(route: Route) -> bool:
 WF = NSP + "/{ns}/workflows"
 SC = NSP + "/{ns}/schedules"
 ACT = NSP + "/{ns}/activities"
+DEP = NSP + "/{ns}/deployments"
 
 PAGED = {
     ("GET", "/v1/tasks/cluster"),
@@ -205,12 +216,16 @@ PAGED = {
     ("GET", SC),
     ("GET", NSP + "/{ns}/search-attributes"),
     ("GET", NSP + "/{ns}/identities"),
+    ("GET", NSP + "/{ns}/batches"),
     ("GET", ACT),
     ("GET", ACT + "/{aid}/{rid}/history"),
     ("GET", NSP + "/{ns}/task-queues"),
     ("GET", NSP + "/{ns}/task-queues/{q}"),
     ("GET", NSP + "/{ns}/task-queues/{q}/workers"),
     ("GET", NSP + "/{ns}/workers"),
+    ("GET", NSP + "/{ns}/deployments"),
+    ("GET", NSP + "/{ns}/nexus"),
+    ("GET", "/v1/tasks/nexus"),
 }
 RUN_ID = {
     ("GET", WF + "/{id}"),
@@ -223,6 +238,7 @@ RUN_ID = {
 }
 
 _T = {"workflowType": {"name": "Job"}}
+_TERM, _SIG = "BATCH_OPERATION_TYPE_TERMINATE", "BATCH_OPERATION_TYPE_SIGNAL"
 _START_WRONG: list[dict] = [
     {"workflowType": 5}, {"workflowType": {"name": 5}}, {"workflowType": []}, {"workflowType": True},
     {**_T, "requestId": 7}, {**_T, "requestId": ["r"]},
@@ -268,6 +284,7 @@ def _sched_wrong(*, with_id: bool) -> list[dict]:
 def wrong_type_bodies(method: str, template: str) -> list[dict]:
     """Bodies whose known fields have the wrong JSON type: each must be a 400."""
     ns_name = f"wt-{uuid.uuid4().hex[:8]}"
+    dep_name = f"wt-{uuid.uuid4().hex[:8]}"
     table: dict[tuple[str, str], list[dict]] = {
         ("POST", NSP): [
             {"namespaceInfo": 5}, {"namespaceInfo": {"name": 5}}, {"namespaceInfo": {"name": ns_name, "description": 5}},
@@ -305,6 +322,15 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
         ("POST", NSP + "/{ns}/search-attributes"): [
             {"name": 5, "type": "Keyword"}, {"name": "Ok1", "type": 5}, {"name": ["Ok2"], "type": "Keyword"},
         ],
+        ("POST", NSP + "/{ns}/batches"): [
+            {}, {"operation": 5, "query": ""}, {"operation": _TERM}, {"operation": _TERM, "query": 5},
+            {"operation": _TERM, "query": "", "rps": "x"}, {"operation": _TERM, "query": "", "rps": -1},
+            {"operation": _TERM, "query": "", "rps": True}, {"operation": _SIG, "query": "", "signal": 5},
+            {"operation": _SIG, "query": "", "signal": {"name": 5}}, {"operation": _SIG, "query": ""},
+            {"operation": _TERM, "query": "", "reason": 5}, {"operation": _TERM, "query": "", "requestId": 7},
+            {"operation": _TERM, "query": "", "identity": 5}, {"operation": _TERM, "query": "Nope = 1"},
+        ],
+        ("POST", NSP + "/{ns}/batches/{bid}/terminate"): [{"reason": 5}, {"identity": 5}],
         ("POST", NSP + "/{ns}/identities"): [
             {}, {"email": 5, "role": "viewer"}, {"email": "a@b.c", "role": 5}, {"email": "a@b.c", "role": "root"},
             {"email": "no-at", "role": "viewer"}, {"email": ["a@b.c"], "role": "viewer"}, {"email": "a b@c", "role": "viewer"},
@@ -328,6 +354,30 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
             {}, {"toNode": 5}, {"toPartition": "0"}, {"toPartition": 99}, {"toPartition": -1},
             {"toPartition": True}, {"toPartition": 0.5}, {"toNode": "n1", "toPartition": 0}, {"toNode": "nobody"},
         ],
+        ("POST", DEP): [
+            {}, {"name": ""}, {"name": 5}, {"name": ["d"]}, {"name": ".."}, {"name": "a/b"},
+            {"name": dep_name, "description": 5}, {"name": dep_name, "ownerEmail": 5},
+            {"name": dep_name, "ownerEmail": "no-at"}, {"name": dep_name, "defaultCompute": 5},
+            {"name": dep_name, "defaultCompute": {"cpu": 1}},
+        ],
+        ("POST", DEP + "/{name}"): [
+            {"description": 5}, {"ownerEmail": 5}, {"ownerEmail": "no-at"}, {"defaultCompute": []},
+        ],
+        ("POST", DEP + "/{name}/set-current"): [
+            {}, {"buildId": ""}, {"buildId": 5}, {"buildId": ["b"]}, {"buildId": "a/b"},
+        ],
+        ("POST", DEP + "/{name}/versions"): [
+            {}, {"buildId": ""}, {"buildId": 5}, {"buildId": ".."}, {"buildId": "v", "description": 5},
+            {"buildId": "v", "compute": 5}, {"buildId": "v", "image": []}, {"buildId": "v", "env": []},
+            {"buildId": "v", "env": "A=1"}, {"buildId": "v", "env": {"A": 1}},
+        ],
+        ("POST", DEP + "/{name}/versions/{buildId}"): [
+            {"description": 5}, {"compute": {}}, {"image": 5}, {"env": []}, {"env": {"A": None}},
+        ],
+        ("POST", NSP + "/{ns}/nexus"): [
+            {}, {"name": "n"}, {"name": "n", "target": ""}, {"name": "n", "target": 5}, {"name": 5, "target": "t"},
+            {"name": "..", "target": "t"}, {"name": "n", "target": "t", "description": 5},
+        ],
         ("POST", "/v1/tasks/cluster/members"): [
             {"nodeId": 5, "peer": "127.0.0.1:1"}, {"nodeId": "n9", "peer": 5}, {"nodeId": "..", "peer": "a:1"},
             {"nodeId": "n9"}, {"nodeId": "n9", "peer": "no-port"},
@@ -340,12 +390,17 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
 # a response to its end and would hang on them, so they are left out of those tables (NON_STREAMING)
 # and checked by test_streaming_routes_bad_input, which reads only the response head.
 STREAMING = {("GET", "/v1/tasks/events")}
-NON_STREAMING = [r for r in ROUTES if (r.method, r.template) not in STREAMING]
+# MCP speaks JSON-RPC (SPEC §7): a malformed body is a JSON-RPC error, not a 400; tests/cluster/test_mcp.py
+# drives its own rules, and only the rules every body route shares (413, 405) are checked here.
+JSON_RPC = {("POST", "/v1/tasks/mcp")}
+NON_STREAMING = [r for r in ROUTES if (r.method, r.template) not in STREAMING | JSON_RPC]
 
 BODY_FREE = {  # routes that read no body field (GET, and deletes by path)
     (r.method, r.template) for r in ROUTES if r.method == "GET"
 } | {("DELETE", NSP + "/{ns}"), ("DELETE", SC + "/{sid}"), ("DELETE", NSP + "/{ns}/search-attributes/{name}"),
      ("DELETE", NSP + "/{ns}/identities/{email}"),
+     ("DELETE", DEP + "/{name}"), ("DELETE", DEP + "/{name}/versions/{buildId}"),
+     ("POST", DEP + "/{name}/versions/{buildId}/validate"), ("DELETE", NSP + "/{ns}/nexus/{name}"),
      ("DELETE", "/v1/tasks/cluster/members/{id}"),
      ("POST", ACT + "/{aid}/{rid}/heartbeat")}  # details may be any JSON value
 
@@ -354,7 +409,7 @@ def test_every_route_is_classified() -> None:
     """A new route must be added to this file's tables before it can ship untested."""
     for r in ROUTES:
         key = (r.method, r.template)
-        assert key in BODY_FREE or wrong_type_bodies(*key), f"unclassified route {route_id(r)}"
+        assert key in BODY_FREE | JSON_RPC or wrong_type_bodies(*key), f"unclassified route {route_id(r)}"
     templates = {r.template for r in ROUTES}
     assert {t for _, t in PAGED | RUN_ID} <= templates
 
@@ -483,11 +538,11 @@ def test_bad_names_in_path_params(api: Api, world: World, route: Route) -> None:
 def test_unknown_but_valid_names_are_404(api: Api, world: World, route: Route) -> None:
     base = world.params()
     cases = []
-    for name in ("ns", "id", "sid", "name", "identity"):  # not "q": an unknown queue has zero counts (§4.5)
+    for name in ("ns", "id", "sid", "name", "identity", "buildId"):  # not "q": an unknown queue has zero counts (§4.5)
         if "{" + name + "}" not in route.template:
             continue
         missing = {"ns": "no-such-ns", "id": "no-such-wf", "sid": "no-such-sched", "name": "NoSuchAttr",
-                   "identity": "no-such-worker"}[name]
+                   "identity": "no-such-worker", "buildId": "no-such-build"}[name]
         cases.append((route.method, path_of(route, {**base, name: missing}), None, 404))
     check_all(api, cases)
 

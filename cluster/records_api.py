@@ -1,0 +1,157 @@
+"""HTTP face of deployments and nexus endpoints (SPEC §4.7), and the org-wide nexus list.
+
+Handlers only parse HTTP (path parameters, query flags, the body) and call the
+service (``cluster.records_service``). Path parameters are checked here first,
+so a bad name is a 400 before anything is looked up or forwarded.
+
+Validate is the one route that needs more than the shard: whether a worker of
+the build is subscribed lives in the node's worker registry
+(``cluster.task_queues``), merged from this node and its peers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster import inputs as I
+from cluster import task_queues as TQ
+from cluster.records_service import build_state, check_name
+from protocol import names
+
+Json = dict[str, Any]
+
+
+def _node(c: Any) -> Any:
+    from cluster.http_api import NODE_KEY
+
+    return c.request.app[NODE_KEY]
+
+
+def _ns(c: Any) -> str:
+    return names.check_namespace(c.params["ns"])
+
+
+def _name(c: Any) -> str:
+    return check_name(c.params["name"], "deployment name")
+
+
+def _build(c: Any) -> str:
+    return check_name(c.params["buildId"], "buildId")
+
+
+# ---- deployments -----------------------------------------------------------------------
+
+
+async def h_dep_list(s: Any, c: Any) -> Json:
+    ns = _ns(c)
+    return await s.list_deployments(c.org, ns, I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_dep_create(s: Any, c: Any) -> Json:
+    return await s.create_deployment(c.org, _ns(c), c.body())
+
+
+async def h_dep_get(s: Any, c: Any) -> Json:
+    ns = _ns(c)
+    return await s.get_deployment(c.org, ns, _name(c))
+
+
+async def h_dep_update(s: Any, c: Any) -> Json:
+    ns = _ns(c)
+    return await s.update_deployment(c.org, ns, _name(c), c.body())
+
+
+async def h_dep_delete(s: Any, c: Any) -> Json:
+    ns, name = _ns(c), _name(c)
+    return await s.delete_deployment(c.org, ns, name, force=I.query_bool(c.query, "force"))
+
+
+async def h_dep_set_current(s: Any, c: Any) -> Json:
+    ns = _ns(c)
+    return await s.set_current_deployment_version(c.org, ns, _name(c), c.body())
+
+
+async def h_ver_add(s: Any, c: Any) -> Json:
+    ns = _ns(c)
+    return await s.add_deployment_version(c.org, ns, _name(c), c.body())
+
+
+async def h_ver_update(s: Any, c: Any) -> Json:
+    ns, name = _ns(c), _name(c)
+    return await s.update_deployment_version(c.org, ns, name, _build(c), c.body())
+
+
+async def h_ver_delete(s: Any, c: Any) -> Json:
+    ns, name = _ns(c), _name(c)
+    return await s.delete_deployment_version(c.org, ns, name, _build(c))
+
+
+async def h_ver_validate(s: Any, c: Any) -> Json:
+    """SPEC §5.12: networkOk, the latency of one shard read, and the build's workers."""
+    ns, name = _ns(c), _name(c)
+    build_id = _build(c)
+    shard = await s.validate_deployment_version(c.org, ns, name, build_id)
+    reports = await _worker_reports(_node(c), c.org, ns)
+    state = build_state(reports, build_id, int(s.clock()))
+    errors: list[str] = []
+    if not state["workerRegistered"]:
+        errors.append(f"no worker subscription in namespace {ns} carries buildId {build_id}")
+    if not state["heartbeatReceived"]:
+        errors.append(f"no worker of buildId {build_id} was seen in the last 60s")
+    return {"networkOk": shard["networkOk"], "workerRegistered": state["workerRegistered"],
+            "heartbeatReceived": state["heartbeatReceived"], "latencyMs": shard["latencyMs"], "errors": errors}
+
+
+async def _worker_reports(node: Any, org: str, ns: str) -> list[Json]:
+    """This node's worker report for ``(org, ns)`` and those of the peers that answer in time."""
+    d = getattr(node, "dispatcher", None)
+    if d is None:
+        return []
+    reports = [d.book.report(org, ns)]
+    if d.relay is not None:
+        reports.extend(await d.relay.workers(org, ns, TQ.FANOUT_TIMEOUT))
+    return reports
+
+
+# ---- nexus endpoints ----------------------------------------------------------------------
+
+
+async def h_nexus_list(s: Any, c: Any) -> Json:
+    ns = _ns(c)
+    return await s.list_nexus_endpoints(c.org, ns, I.page_size(c.query), c.query.get("nextPageToken"))
+
+
+async def h_nexus_put(s: Any, c: Any) -> Json:
+    return await s.put_nexus_endpoint(c.org, _ns(c), c.body())
+
+
+async def h_nexus_delete(s: Any, c: Any) -> Json:
+    ns = _ns(c)
+    return await s.delete_nexus_endpoint(c.org, ns, check_name(c.params["name"], "nexus endpoint name"))
+
+
+async def h_nexus_org(s: Any, c: Any) -> Json:
+    """GET /v1/tasks/nexus: the endpoints of every namespace of the caller's org."""
+    size = I.page_size(c.query)
+    stale = I.query_bool(c.query, "stale")
+    return await s.list_org_nexus_endpoints(c.org, size, c.query.get("nextPageToken"), stale=stale)
+
+
+def add_routes(r: Any, ns: str) -> None:
+    """The rows of SPEC §4.7 for deployments and nexus, with their roles."""
+    dep = ns + "/deployments"
+    r.add("GET", dep, h_dep_list, role="viewer")
+    r.add("POST", dep, h_dep_create, role="admin")
+    r.add("GET", dep + "/{name}", h_dep_get, role="viewer")
+    r.add("POST", dep + "/{name}", h_dep_update, role="admin")
+    r.add("DELETE", dep + "/{name}", h_dep_delete, role="admin")
+    r.add("POST", dep + "/{name}/set-current", h_dep_set_current, role="admin")
+    r.add("POST", dep + "/{name}/versions", h_ver_add, role="admin")
+    r.add("POST", dep + "/{name}/versions/{buildId}", h_ver_update, role="admin")
+    r.add("DELETE", dep + "/{name}/versions/{buildId}", h_ver_delete, role="admin")
+    r.add("POST", dep + "/{name}/versions/{buildId}/validate", h_ver_validate, role="admin")
+    nx = ns + "/nexus"
+    r.add("GET", nx, h_nexus_list, role="viewer")
+    r.add("POST", nx, h_nexus_put, role="admin")
+    r.add("DELETE", nx + "/{name}", h_nexus_delete, role="admin")
+    r.add("GET", "/v1/tasks/nexus", h_nexus_org, role="viewer")
