@@ -54,15 +54,7 @@ bench-dispatch: $(STAMP)
 	$(PY) -m bench.dispatch
 
 .PHONY: bench-cluster
-bench-# The property tests with fresh random examples (`make test` uses fixed ones);
-# FUZZ_ROUNDS runs of every file that uses hypothesis.
-.PHONY: fuzz
-fuzz: $(STAMP)
-	for i in $$(seq $${FUZZ_ROUNDS:-5}); do \
-	  HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider $$(grep -rl "from hypothesis" tests) || exit 1; \
-	done
-
-cluster: $(STAMP)
+bench-cluster: $(STAMP)
 	$(PY) -m bench.cluster
 
 # 4 nodes with replication factor 3, so a move takes the shard to other machines
