@@ -203,6 +203,8 @@ class Metrics:
         # Server-Sent Events (SPEC §6): open streams, and gap events (resume past the ring, slow consumers).
         self.sse_subscribers = Gauge("tasks_sse_subscribers", "Open SSE streams", registry=r)
         self.sse_gaps = Counter("tasks_sse_gaps_total", "SSE gap events queued", registry=r)
+        # MCP (SPEC §7): tool calls by tool (a fixed set of names) and outcome (ok, error).
+        self.mcp_calls = Counter("tasks_mcp_calls_total", "MCP tool calls", ["tool", "outcome"], registry=r)
         self._job_status: dict[str, str] = {}
 
     def on_migration(self, job: dict) -> None:

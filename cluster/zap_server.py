@@ -231,19 +231,24 @@ async def op_submit_task(c: Call) -> Json:
     return _started(await c.service.start_workflow(c.org, c.ns, body))
 
 
-async def op_schedule_recurring(c: Call) -> Json:
-    b = c.body
-    name = _str(b, "name", required=True)
-    spec = b.get("spec")
+def recurring_spec(name: str | None, spec: Any) -> Json:
+    """A duration or cron string, classified as SPEC §2.2 says, as a ScheduleSpec
+    (§5.8). Shared with MCP ``create_schedule`` so both read a spec string alike."""
     if not isinstance(spec, str):
         raise _bad("spec must be a string (a duration or a cron expression)")
     try:
         kind, value = classify(spec)
     except SpecError as e:
         raise _bad(f'spec for "{name}": {e}') from None
-    sched_spec: Json = (
-        {"interval": [{"interval": format_duration(int(value))}]} if kind == "interval" else {"cronString": [value]}
-    )
+    if kind == "interval":
+        return {"interval": [{"interval": format_duration(int(value))}]}
+    return {"cronString": [value]}
+
+
+async def op_schedule_recurring(c: Call) -> Json:
+    b = c.body
+    name = _str(b, "name", required=True)
+    sched_spec = recurring_spec(name, b.get("spec"))
     action: Json = {"workflowType": {"name": name}, "taskQueue": {"name": _str(b, "task_queue") or "default"}}
     if "input" in b:
         action["input"] = b["input"]
