@@ -72,6 +72,7 @@ class Service(RecordsService):
         self.max_payload: int = cfg.limits.max_payload
         self._known_ns: set[tuple[str, str]] = set()
         self._ns_cache: dict[tuple[str, str], Json] = {}
+        self._roles: dict[tuple[str, str, str], tuple[float, str | None]] = {}  # role_in's cache
         self.buckets = TokenBuckets()
         self.proposal_errors = 0
         self.on_proposed: Callable[[float], None] | None = None
@@ -135,6 +136,8 @@ class Service(RecordsService):
         for ev in result.get("_events", ()):
             if ev["kind"].startswith("namespace."):
                 self._ns_cache.pop((ev["org"], ev["namespace"]), None)
+            elif ev["kind"] == "identity.changed":  # replicas see a grant at once; other nodes within ROLE_CACHE_S
+                self._roles.pop((ev["org"], ev["namespace"], ev["email"]), None)
 
     async def propose(self, org: str, ns: str, op: str, **fields: Any) -> Json:
         """Stamp, propose and unwrap one command; business errors raise ApiError."""
@@ -1006,11 +1009,23 @@ class Service(RecordsService):
         by the token's email) replaces the org role (SPEC §5.13)."""
         if not email or not names.is_namespace(ns):
             return org_role
-        rec = await self.read(org, ns, "identity", email)
-        return rec["role"] if isinstance(rec, dict) and rec.get("role") in ROLES else org_role
+        key = (org, ns, email.lower())
+        now = time.monotonic()
+        cached = self._roles.get(key)
+        if cached is None or cached[0] < now:
+            # Looked up at most once a second per caller and namespace: a worker's
+            # every completion must not cost a read (or an RPC) of its own; a grant
+            # or revocation takes effect within that second.
+            rec = await self.read(org, ns, "identity", email)
+            role = rec["role"] if isinstance(rec, dict) and rec.get("role") in ROLES else None
+            if len(self._roles) > 10_000:
+                self._roles.clear()
+            cached = self._roles[key] = (now + ROLE_CACHE_S, role)
+        return cached[1] or org_role
 
 
 ROLES = ("viewer", "developer", "admin", "owner")
+ROLE_CACHE_S = 1.0
 
 
 def render_batch(rec: Json) -> Json:

@@ -22,6 +22,7 @@ def op_id_put(ctx: Ctx) -> Result:
         raise Reject("invalid_argument", f"role must be one of {', '.join(ROLES)}")
     rec = {"email": email, "namespace": ctx.ns, "role": role, "grantTime": ctx.now}
     ctx.put(ctx.k.identity(email), rec)
+    ctx.notify("identity.changed", email=email)  # for role caches; not an SSE kind
     return C.ok(identity=rec)
 
 
@@ -30,6 +31,7 @@ def op_id_delete(ctx: Ctx) -> Result:
     if not ctx.exists(ctx.k.identity(email)):
         raise Reject("not_found", f"identity {email} not found")
     ctx.delete(ctx.k.identity(email))
+    ctx.notify("identity.changed", email=email)
     return C.ok()
 
 
