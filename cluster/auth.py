@@ -49,6 +49,9 @@ log = logging.getLogger("tasks.auth")
 ROLES: tuple[str, ...] = ("viewer", "developer", "admin", "owner")  # increasing power
 
 MIN_SECRET_BYTES = 32
+# Cluster membership is not any org's business: it takes a token with this
+# claim set to true (minted by whoever holds a signing key), not an org role.
+OPERATOR_CLAIM = "tasks_cluster_admin"
 JWKS_FETCH_TIMEOUT = 10.0  # seconds, whole request including the body
 JWKS_MAX_BODY = 1 << 20  # 1 MiB
 FORCED_REFRESH_INTERVAL = 30.0  # seconds between unknown-kid refreshes
@@ -81,6 +84,7 @@ class Caller:
     user: str | None = None  # sub, else preferred_username
     email: str | None = None
     expires_at: float | None = None  # the token's exp (unix seconds); None when auth is off
+    operator: bool = False  # the token carries ``tasks_cluster_admin: true`` (cluster membership)
 
     @property
     def stored_org(self) -> str:
@@ -95,7 +99,7 @@ class Caller:
         return (time.time() if now is None else now) >= self.expires_at
 
 
-DEV_CALLER = Caller(org="", role="owner")
+DEV_CALLER = Caller(org="", role="owner", operator=True)
 
 
 class AuthFailure(ApiError):
@@ -354,6 +358,7 @@ class Authenticator:
             user=user,
             email=email if isinstance(email, str) and email else None,
             expires_at=float(exp),
+            operator=claims.get(OPERATOR_CLAIM) is True,
         )
 
     # ------------------------------------------------------------ key selection

@@ -77,6 +77,8 @@ class Route:
     status: int = 200
     role: str | None = None
     """The least role that may call it when auth is on (SPEC §4, column Role); None: no token needed."""
+    operator: bool = False
+    """Cluster-wide, not an org's: with auth on, only an operator token (claim tasks_cluster_admin)."""
 
 
 # The roles of SPEC §5.13, as the route table names them.
@@ -88,11 +90,11 @@ class Router:
         self.routes: list[Route] = []
 
     def add(self, method: str, template: str, handler: Handler, status: int = 200, *,
-            role: str | None) -> None:
+            role: str | None, operator: bool = False) -> None:
         """``role`` must be given for every route (None only for the health and
         settings routes), so that no route is ever added without a decision."""
         parts = tuple(template.strip("/").split("/")) if template != "/" else ()
-        self.routes.append(Route(method, template, handler, parts, status, role))
+        self.routes.append(Route(method, template, handler, parts, status, role, operator))
 
     def match(self, segments: list[str], method: str) -> tuple[Route | None, dict[str, str], list[str], str]:
         """(route, params, allowed methods, template of the path)."""
@@ -489,8 +491,8 @@ def build_router() -> Router:
     r.add("GET", "/v1/tasks/settings", h_settings, role=None)
     r.add("GET", "/v1/tasks/cluster", h_cluster, role=V)
     r.add("GET", "/v1/tasks/cluster/health", h_cluster_health, role=None)
-    r.add("POST", "/v1/tasks/cluster/members", h_member_add, role=OWNER)
-    r.add("DELETE", "/v1/tasks/cluster/members/{id}", h_member_remove, role=OWNER)
+    r.add("POST", "/v1/tasks/cluster/members", h_member_add, role=OWNER, operator=True)  # see Route.operator
+    r.add("DELETE", "/v1/tasks/cluster/members/{id}", h_member_remove, role=OWNER, operator=True)
     r.add("GET", "/v1/tasks/namespaces", h_ns_list, role=V)
     MIG.add_routes(r, NS)
     REC.add_routes(r, NS)
@@ -579,6 +581,11 @@ class HttpApi:
         if token is None and route.handler is SSE.h_events:
             token = request.query.get("access_token")  # browsers cannot set headers on EventSource
         caller = await auth.authenticate(token)
+        if route.operator:  # the claim is the capability; no org role grants it
+            if not caller.operator:
+                raise ApiError("permission_denied", "cluster membership needs an operator token "
+                                                    "(claim tasks_cluster_admin: true), not an org role")
+            return caller
         role = caller.role
         if "ns" in params:  # an Identity record in the namespace replaces the org role
             role = await self.node.service.role_in(caller.stored_org, params["ns"], caller.email, role)

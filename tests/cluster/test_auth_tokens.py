@@ -229,7 +229,7 @@ def test_caller_expired_and_stored_org() -> None:
     assert not Caller(org="acme", role="admin", expires_at=time.time() + 60).expired()
     assert not DEV_CALLER.expired(now=1e12)
     assert c.stored_org == "acme"
-    assert DEV_CALLER == Caller(org="", role="owner")
+    assert DEV_CALLER == Caller(org="", role="owner", operator=True)  # auth off: may do everything
     assert DEV_CALLER.stored_org == "_"
 
 
@@ -349,6 +349,14 @@ def test_valid_hs256_caller(hs: tuple[Authenticator, Recorder]) -> None:
     assert c.stored_org == "acme"
     assert not c.expired()
     assert rec.reasons == []
+
+
+def test_only_a_true_cluster_admin_claim_makes_an_operator(hs: tuple[Authenticator, Recorder]) -> None:
+    auth, _ = hs
+    assert run(auth, mint(SECRET, tasks_cluster_admin=True)).operator is True
+    for value in ("true", 1, [True], {"a": True}, False, None):
+        assert run(auth, mint(SECRET, tasks_cluster_admin=value)).operator is False, value
+    assert run(auth, mint(SECRET)).operator is False
 
 
 def test_bearer_prefix_and_bare_token(hs: tuple[Authenticator, Recorder]) -> None:

@@ -79,12 +79,12 @@ class Cluster:
                     proc.kill()
 
 
-def mint_token(pod: Pod, org: str) -> str:
+def mint_token(pod: Pod, org: str, *extra: str) -> str:
     """A token from the chart's own mint-token.py and the pod's mounted key,
     as NOTES.txt tells an operator to do with kubectl exec."""
     script = pod.local("/etc/tasks/config/mint-token.py")
     out = subprocess.run(
-        [str(VENV_BIN / "python"), str(script), "--org", org, "--ttl", "600"],
+        [str(VENV_BIN / "python"), str(script), "--org", org, "--ttl", "600", *extra],
         env=pod.env, capture_output=True, text=True, timeout=30, check=True,
     )
     token = out.stdout.strip()
@@ -246,7 +246,8 @@ def test_scale_to_five_then_roll_an_upgrade_one_pod_at_a_time(tmp_path: Path) ->
     try:
         c.start()
         c.wait_ready()
-        c.headers = {"Authorization": f"Bearer {mint_token(pods[0], 'acme')}"}
+        tenant = {"Authorization": f"Bearer {mint_token(pods[0], 'acme')}"}
+        c.headers = {"Authorization": f"Bearer {mint_token(pods[0], 'acme', '--cluster-admin')}"}
         written = {"before-scale": start_workflow(c, "tasks-0", "before-scale")}
 
         upgraded = manifests(render({"replicas": 5, **secret_values(first)}))
@@ -260,6 +261,10 @@ def test_scale_to_five_then_roll_an_upgrade_one_pod_at_a_time(tmp_path: Path) ->
                 "http": f"{pod.net.ip}:{pod.net.ports[7243]}",
                 "zap": f"{pod.net.ip}:{pod.net.ports[9999]}",
             }
+            operator, c.headers = c.headers, tenant  # an org's token, even its owner's, may not
+            status, body = c.request("tasks-1", "POST", "/v1/tasks/cluster/members", member)
+            c.headers = operator
+            assert status == 403 and body["code"] == "permission_denied", body
             status, body = c.request("tasks-1", "POST", "/v1/tasks/cluster/members", member)
             assert status == 200, body
             c.procs[pod.name] = PodProcess(pod)
