@@ -48,6 +48,8 @@ TAIL_BATCH = 256
 CATCH_UP_LAG = 64
 """Tail entries left over when the fence goes up (they are forwarded while fenced)."""
 STEP_RETRY_FOR = 30.0
+LEFTOVER_RETRY = 2.0
+LEFTOVER_PATIENCE = 120.0
 
 
 class Migrations:
@@ -172,7 +174,7 @@ class Migrations:
         """A new coordinator: finish flipped jobs, abort the others (their coordinator is gone),
         and clear move states that a failed job's late steps left in partitions."""
         jobs = {j["id"]: j for j in self.rep.meta.jobs()}
-        self._spawn("clean-leftovers", self._clean_leftovers(jobs))
+        self._spawn("clean-leftovers", self._clean_leftovers())
         for job in jobs.values():
             if job["status"] in ("done", "failed") or job["id"] in self._running:
                 continue
@@ -183,18 +185,37 @@ class Migrations:
             else:
                 self._spawn(job["id"], self._abort(job, "the coordinator changed before the cutover"))
 
-    async def _clean_leftovers(self, jobs: dict[str, Json]) -> None:
-        for p in range(self.rep.partitions):
-            try:
-                states = await self.reads.states(p)
-            except MigrationError as e:
-                log.warning("move states of partition %d not checked: %s", p, e)
-                continue
-            for org, ns, st in states:
-                job = jobs.get(st.get("job"))
-                if st["role"] in ("src", "dst") and (job is None or job["status"] == "failed"):
-                    op = "mig.unfence" if st["role"] == "src" else "mig.drop"
-                    self._spawn(f"clean-{p}-{org}-{ns}", self._clean(p, org, ns, op, st["job"]))
+    async def _clean_leftovers(self) -> None:
+        """Every partition is checked: one that cannot be read yet (a new
+        coordinator often starts before its peers applied the replica layout)
+        is tried again, every ``LEFTOVER_RETRY`` s for ``LEFTOVER_PATIENCE`` s,
+        so that a fence a failed job left behind is never forgotten."""
+        pending = list(range(self.rep.partitions))
+        deadline = time.monotonic() + LEFTOVER_PATIENCE
+        while pending:
+            retry = []
+            for p in pending:
+                try:
+                    states = await self.reads.states(p)
+                except MigrationError as e:
+                    retry.append(p)
+                    if time.monotonic() >= deadline:
+                        log.warning("move states of partition %d not checked: %s", p, e)
+                    continue
+                # The jobs as of now, read after the states: a job that began
+                # meanwhile is known (its record precedes its move states), not a leftover.
+                self._clean_states(p, {j["id"]: j for j in self.rep.meta.jobs()}, states)
+            if not retry or time.monotonic() >= deadline or not self.rep.is_leader(self.rep.meta_group):
+                return
+            pending = retry
+            await asyncio.sleep(LEFTOVER_RETRY)
+
+    def _clean_states(self, p: int, jobs: dict[str, Json], states: Any) -> None:
+        for org, ns, st in states:
+            job = jobs.get(st.get("job"))
+            if st["role"] in ("src", "dst") and (job is None or job["status"] == "failed"):
+                op = "mig.unfence" if st["role"] == "src" else "mig.drop"
+                self._spawn(f"clean-{p}-{org}-{ns}", self._clean(p, org, ns, op, st["job"]))
 
     def _spawn(self, job_id: str, coro: Any) -> None:
         if job_id in self._running:
