@@ -41,12 +41,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from yarl import URL
 
 from cluster.config import AuthConfig, ConfigError
+from protocol import names
 from protocol.errors import ApiError
 from protocol.names import check_org, storage_org
 
 log = logging.getLogger("tasks.auth")
 
-ROLES: tuple[str, ...] = ("viewer", "developer", "admin", "owner")  # increasing power
+ROLES = names.ROLES  # viewer < developer < admin < owner (SPEC §5.13)
 
 MIN_SECRET_BYTES = 32
 # Cluster membership is not any org's business: it takes a token with this

@@ -27,7 +27,7 @@ from shard.keys import ShardKeys
 
 log = logging.getLogger("tasks.batches")
 
-SCAN_EVERY = 0.5
+SCAN_EVERY = 5.0  # a safety net: starts and leadership changes wake the scan at once
 RECORD_EVERY_ITEMS = 100
 RECORD_EVERY_S = 1.0
 
@@ -46,8 +46,15 @@ class BatchRunner:
         self.items = 0
 
     async def start(self) -> None:
-        self.service.replicator.subscribe(self._on_apply)
+        rep = self.service.replicator
+        rep.subscribe(self._on_apply)
+        if hasattr(rep, "on_leadership"):
+            rep.on_leadership(self._on_leadership)
         self._task = asyncio.create_task(self._scan_loop(), name="batch-runner")
+
+    def _on_leadership(self, group: int, leading: bool) -> None:
+        if leading:  # a new leader resumes the partition's batches now
+            self._wake.set()
 
     def _on_apply(self, group: int, index: int, result: dict[str, Any]) -> None:
         """A batch started (or leadership moved a shard here): scan now, not at the next tick."""
@@ -111,6 +118,9 @@ class BatchRunner:
                 log.warning("batch %s of %s: %s", bid, ns, e.message)
         except Exception:
             log.exception("batch %s of %s failed; the next scan resumes it", bid, ns)
+        # Whatever stopped this worker, a scan in a second picks the batch up again if it
+        # is still RUNNING here (a step that met an unavailable partition, say).
+        asyncio.get_running_loop().call_later(1.0, self._wake.set)
 
     def _state(self, org: str, ns: str, bid: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
         with self.service._read(org, ns) as txn:

@@ -79,6 +79,10 @@ class Route:
     """The least role that may call it when auth is on (SPEC §4, column Role); None: no token needed."""
     operator: bool = False
     """Cluster-wide, not an org's: with auth on, only an operator token (claim tasks_cluster_admin)."""
+    raw_body: bool = False
+    """The handler reads and judges its own body (MCP: bad JSON is a JSON-RPC error, not a 400)."""
+    query_token: bool = False
+    """The token may come as ``?access_token=`` (SSE: a browser's EventSource cannot set headers)."""
 
 
 # The roles of SPEC §5.13, as the route table names them.
@@ -90,11 +94,11 @@ class Router:
         self.routes: list[Route] = []
 
     def add(self, method: str, template: str, handler: Handler, status: int = 200, *,
-            role: str | None, operator: bool = False) -> None:
+            role: str | None, operator: bool = False, raw_body: bool = False, query_token: bool = False) -> None:
         """``role`` must be given for every route (None only for the health and
         settings routes), so that no route is ever added without a decision."""
         parts = tuple(template.strip("/").split("/")) if template != "/" else ()
-        self.routes.append(Route(method, template, handler, parts, status, role, operator))
+        self.routes.append(Route(method, template, handler, parts, status, role, operator, raw_body, query_token))
 
     def match(self, segments: list[str], method: str) -> tuple[Route | None, dict[str, str], list[str], str]:
         """(route, params, allowed methods, template of the path)."""
@@ -496,8 +500,8 @@ def build_router() -> Router:
     r.add("GET", "/v1/tasks/namespaces", h_ns_list, role=V)
     MIG.add_routes(r, NS)
     REC.add_routes(r, NS)
-    r.add("POST", "/v1/tasks/mcp", MCP.h_mcp, role=V)  # each tool checks its own role (SPEC §7)
-    r.add("GET", "/v1/tasks/events", SSE.h_events, role=V)  # answers with its own text/event-stream response
+    r.add("POST", "/v1/tasks/mcp", MCP.h_mcp, role=V, raw_body=True)  # each tool checks its own role (SPEC §7)
+    r.add("GET", "/v1/tasks/events", SSE.h_events, role=V, query_token=True)  # answers with its own stream
     r.add("POST", "/v1/tasks/namespaces", h_ns_create, role=A)
     r.add("GET", NS, h_ns_get, role=V)
     r.add("DELETE", NS, h_ns_delete, role=A)
@@ -578,8 +582,8 @@ class HttpApi:
         if not auth.enabled or route.role is None:
             return DEV_CALLER
         token = request.headers.get("Authorization")
-        if token is None and route.handler is SSE.h_events:
-            token = request.query.get("access_token")  # browsers cannot set headers on EventSource
+        if token is None and route.query_token:
+            token = request.query.get("access_token")
         caller = await auth.authenticate(token)
         if route.operator:  # the claim is the capability; no org role grants it
             if not caller.operator:
@@ -625,8 +629,8 @@ class HttpApi:
                     raise ApiError("not_found", f"no route for {method} {request.rel_url.path}")
                 caller = await self.authenticate(request, route, params)
                 call = Call(request, params, org=caller.stored_org, caller=caller)
-                if route.handler is MCP.h_mcp:
-                    call._body = {}  # MCP reads its own body: a batch or bad JSON is a JSON-RPC error (SPEC §7)
+                if route.raw_body:
+                    call._body = {}
                 elif method in ("POST", "PUT", "PATCH", "DELETE"):
                     call._body = await read_body(request, node.cfg.limits.max_body)
                     if method == "DELETE" and call._body is None:

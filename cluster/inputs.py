@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -283,3 +284,27 @@ def read_token(token: str | None, kind: str, bound: str) -> bytes | None:
     if binding != _binding(kind, bound):
         raise bad("nextPageToken was made for a different query")
     return cursor
+
+
+def name_cursor(token: str | None, kind: str, bound: str) -> str | None:
+    """The name a name-ordered page starts after; a token not made for this query is a 400."""
+    raw = read_token(token, kind, bound)
+    if raw is None:
+        return None
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("malformed nextPageToken") from None
+    if not name:
+        raise bad("malformed nextPageToken")
+    return name
+
+
+def name_page(fetch: Callable[[str | None, int], list[Any]], token: str | None, kind: str, bound: str,
+              size: int, name_of: Callable[[Any], str]) -> tuple[list[Any], str]:
+    """One page of a name-ordered list: ``fetch(after, limit)`` returns the items
+    after a name; one more than the page is asked for, so a full last page
+    ends the list (no extra empty page). Returns (page, nextPageToken)."""
+    found = fetch(name_cursor(token, kind, bound), size + 1)
+    page = found[:size]
+    return page, make_token(kind, bound, name_of(page[-1]).encode() if len(found) > size else None)

@@ -110,20 +110,6 @@ def version_fields(body: Json) -> Json:
     return out
 
 
-def name_cursor(token: str | None, kind: str, bound: str) -> str | None:
-    """The name a name-ordered page starts after; a token of another query is a 400."""
-    raw = I.read_token(token, kind, bound)
-    if raw is None:
-        return None
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise I.bad("malformed nextPageToken") from None
-    if not name:
-        raise I.bad("malformed nextPageToken")
-    return name
-
-
 def org_nexus_cursor(token: str | None, org: str) -> tuple[str, str] | None:
     """(namespace, name) after which the org-wide nexus list resumes."""
     raw = I.read_token(token, "nexus", org)
@@ -171,16 +157,10 @@ class RecordsService:
     @routed
     async def list_deployments(self, org: str, ns: str, size: int, token: str | None) -> Json:
         await self._prepare(org, ns)
-        bound = f"{org}/{ns}"
-        after = name_cursor(token, "deployments", bound)
         with self._read(org, ns) as txn:
-            found = reads.deployments(txn, org, ns, after, size + 1)
-        page = found[:size]
-        more = len(found) > size
-        return {
-            "deployments": [render_deployment(d) for d in page],
-            "nextPageToken": I.make_token("deployments", bound, page[-1]["name"].encode() if more else None),
-        }
+            page, nxt = I.name_page(lambda after, n: reads.deployments(txn, org, ns, after, n), token,
+                                    "deployments", f"{org}/{ns}", size, lambda d: d["name"])
+        return {"deployments": [render_deployment(d) for d in page], "nextPageToken": nxt}
 
     @routed
     async def create_deployment(self, org: str, ns: str, body: Json) -> Json:
@@ -274,16 +254,10 @@ class RecordsService:
     @routed
     async def list_nexus_endpoints(self, org: str, ns: str, size: int, token: str | None) -> Json:
         await self._prepare(org, ns)
-        bound = f"{org}/{ns}"
-        after = name_cursor(token, "nexus-endpoints", bound)
         with self._read(org, ns) as txn:
-            found = reads.nexus_endpoints(txn, org, ns, after, size + 1)
-        page = found[:size]
-        more = len(found) > size
-        return {
-            "endpoints": [render_nexus(e) for e in page],
-            "nextPageToken": I.make_token("nexus-endpoints", bound, page[-1]["name"].encode() if more else None),
-        }
+            page, nxt = I.name_page(lambda after, n: reads.nexus_endpoints(txn, org, ns, after, n), token,
+                                    "nexus-endpoints", f"{org}/{ns}", size, lambda e: e["name"])
+        return {"endpoints": [render_nexus(e) for e in page], "nextPageToken": nxt}
 
     @routed
     async def put_nexus_endpoint(self, org: str, ns: str, body: Json) -> Json:

@@ -977,16 +977,10 @@ class Service(RecordsService):
     @routed
     async def list_identities(self, org: str, ns: str, size: int, token: str | None) -> Json:
         await self._prepare(org, ns)
-        bound = f"{org}/{ns}"
-        after = I.read_token(token, "identities", bound)
         with self._read(org, ns) as txn:
-            found = reads.identities(txn, org, ns, after.decode() if after is not None else None, size + 1)
-        page = found[:size]
-        more = len(found) > size
-        return {
-            "identities": [_identity(i) for i in page],
-            "nextPageToken": I.make_token("identities", bound, page[-1]["email"].encode() if more else None),
-        }
+            page, nxt = I.name_page(lambda after, n: reads.identities(txn, org, ns, after, n), token,
+                                    "identities", f"{org}/{ns}", size, lambda i: i["email"])
+        return {"identities": [_identity(i) for i in page], "nextPageToken": nxt}
 
     @routed
     async def grant_identity(self, org: str, ns: str, body: Json) -> Json:
@@ -1024,7 +1018,7 @@ class Service(RecordsService):
         return cached[1] or org_role
 
 
-ROLES = ("viewer", "developer", "admin", "owner")
+ROLES = names.ROLES
 ROLE_CACHE_S = 1.0
 
 

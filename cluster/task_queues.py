@@ -304,20 +304,6 @@ async def cluster_workers(node: Any, org: str, ns: str) -> dict[str, Json]:
 # ---- paging ----------------------------------------------------------------------------
 
 
-def _name_cursor(token: str | None, kind: str, bound: str) -> str | None:
-    """The name a name-ordered page starts after; a token not made for this query is a 400."""
-    raw = I.read_token(token, kind, bound)
-    if raw is None:
-        return None
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise I.bad("malformed nextPageToken") from None
-    if not name:
-        raise I.bad("malformed nextPageToken")
-    return name
-
-
 def _page(items: list[tuple[str, Json]], size: int, after: str | None, kind: str, bound: str) -> tuple[list[Json], str]:
     """Items sorted by name after ``after``: (page, nextPageToken); "" exactly when nothing follows."""
     items.sort(key=lambda kv: kv[0].encode("utf-8", "surrogatepass"))
@@ -358,7 +344,7 @@ async def list_task_queues(s: Service, node: Any, org: str, ns: str, size: int, 
     """
     await s._prepare(org, ns)
     bound = f"{org}/{ns}"
-    after = _name_cursor(token, "task-queues", bound)
+    after = I.name_cursor(token, "task-queues", bound)
     workers = await cluster_workers(node, org, ns)
     now = s.clock()
     stats = await s.read(org, ns, "queue_run_stats")
@@ -434,7 +420,7 @@ async def list_workers(s: Service, node: Any, org: str, ns: str, q: str | None, 
         names.check_id(q, "task queue")
     await s._prepare(org, ns)
     kind, bound = ("workers", f"{org}/{ns}") if q is None else ("task-queue-workers", f"{org}/{ns}/{q}")
-    after = _name_cursor(token, kind, bound)
+    after = I.name_cursor(token, kind, bound)
     workers = await cluster_workers(node, org, ns)
     items = [(ident, w) for ident, w in workers.items() if q is None or _live_on(w, q)]
     page, nxt = _page(items, size, after, kind, bound)

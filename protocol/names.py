@@ -20,6 +20,9 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 DEV_ORG = "_"
 
+#: The roles of SPEC §5.13, in increasing power.
+ROLES: tuple[str, ...] = ("viewer", "developer", "admin", "owner")
+
 
 def _bad(what: str, value: object) -> ApiError:
     shown = value if isinstance(value, str) and len(value) <= 80 else "…"

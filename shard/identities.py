@@ -8,10 +8,9 @@ not depend on how a provider capitalises them.
 
 from __future__ import annotations
 
+from protocol.names import ROLES
 from shard import commands as C
 from shard.ctx import Ctx, Reject, Result, require_namespace
-
-ROLES = ("viewer", "developer", "admin", "owner")
 
 
 def op_id_put(ctx: Ctx) -> Result:

@@ -194,15 +194,7 @@ def identity(txn: lmdb.Transaction, org: str, ns: str, email: str) -> dict[str, 
 
 def identities(txn: lmdb.Transaction, org: str, ns: str, after: str | None, limit: int) -> list[dict[str, Any]]:
     """Identities in email order after ``after`` (paging), at most ``limit``."""
-    prefix = ShardKeys(org, ns).identity_prefix()
-    out: list[dict[str, Any]] = []
-    for key, v in _scan(txn, prefix):
-        if after is not None and key[len(prefix):].decode() <= after:
-            continue
-        if len(out) >= limit:
-            break
-        out.append(unpack(v))
-    return out
+    return _named_after(txn, ShardKeys(org, ns).identity_prefix(), after, limit)
 
 
 def pending_tasks(
