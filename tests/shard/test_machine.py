@@ -5,13 +5,17 @@ Real LMDB in temporary directories; command streams drawn by hypothesis.
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shard import STORAGE_FULL, PartitionStore, StateMachine, encode, reads
+from tests.shard.determinism import (
+    assert_identical_replicas,
+    assert_prefix_replay_changes_nothing,
+    fresh,
+)
 
 NAMESPACES = ["default", "billing"]
 WIDS = ["w1", "w2", "w3"]
@@ -126,43 +130,19 @@ def command_streams(draw: Any) -> list[dict[str, Any]]:
     return out
 
 
-def fresh(tmp: str, name: str) -> StateMachine:
-    return StateMachine(PartitionStore(f"{tmp}/{name}", map_size=1 << 20, sync=False))
-
-
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
 @given(stream=command_streams(), split=st.integers(min_value=1, max_value=7))
 def test_same_stream_gives_byte_identical_replicas(stream: list[dict[str, Any]], split: int) -> None:
-    entries = [(i + 1, encode(c)) for i, c in enumerate(stream)]
-    with tempfile.TemporaryDirectory() as tmp:
-        a, b = fresh(tmp, "a"), fresh(tmp, "b")
-        ra = [a.apply(i, data) for i, data in entries]  # one transaction per entry
-        rb: list[Any] = []
-        for k in range(0, len(entries), split):  # group commit, as a replica under load
-            rb.extend(b.apply_batch(entries[k : k + split]))
-        strip = [{k: v for k, v in (r or {}).items()} for r in ra]
-        assert strip == [{k: v for k, v in (r or {}).items()} for r in rb]
-        assert a.store.content_hash() == b.store.content_hash()
-        assert a.store.applied_index() == len(entries)
+    assert_identical_replicas(stream, split, malformed=lambda c: c["op"] == "wf.start" and "start" not in c)
 
 
 @SETTINGS
 @given(stream=command_streams(), cut=st.integers(min_value=0, max_value=40))
 def test_replaying_any_prefix_changes_nothing(stream: list[dict[str, Any]], cut: int) -> None:
-    entries = [(i + 1, encode(c)) for i, c in enumerate(stream)]
-    prefix = entries[: min(cut, len(entries))]
-    with tempfile.TemporaryDirectory() as tmp:
-        once, twice = fresh(tmp, "once"), fresh(tmp, "twice")
-        once.apply_batch(entries)
-        twice.apply_batch(prefix)
-        before = twice.store.content_hash()
-        assert all(r is None for r in twice.apply_batch(prefix)), "an applied index applied again"
-        assert twice.store.content_hash() == before
-        twice.apply_batch(entries)  # a journal replayed after a crash: the prefix again, then the rest
-        assert twice.store.content_hash() == once.store.content_hash()
+    assert_prefix_replay_changes_nothing(stream, cut)
 
 
 def test_rejected_command_changes_nothing(tmp_path: Any) -> None:

@@ -13,7 +13,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shard import PartitionStore, StateMachine, encode, reads
+from shard import encode, reads
+from tests.shard.determinism import (
+    assert_identical_replicas,
+    assert_prefix_replay_changes_nothing,
+    fresh,
+)
 
 T0 = 1_700_000_000_000
 
@@ -22,10 +27,6 @@ def cmd(op: str, now: int, ns: str = "default", **fields: Any) -> dict[str, Any]
     c: dict[str, Any] = {"v": 1, "op": op, "org": "_", "ns": ns, "now": now, "rnd": f"{now:032x}"}
     c.update(fields)
     return c
-
-
-def fresh(tmp: str, name: str) -> StateMachine:
-    return StateMachine(PartitionStore(f"{tmp}/{name}", map_size=1 << 20, sync=False))
 
 
 class Shard:
@@ -249,40 +250,16 @@ def streams(draw: Any) -> list[dict[str, Any]]:
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _plain(results: list[Any]) -> list[Any]:
-    return [dict(r) if r is not None else None for r in results]
-
-
 @SETTINGS
 @given(stream=streams(), split=st.integers(min_value=1, max_value=7))
 def test_same_stream_gives_identical_replicas(stream: list[dict[str, Any]], split: int) -> None:
-    entries = [(i + 1, encode(c)) for i, c in enumerate(stream)]
-    with tempfile.TemporaryDirectory() as tmp:
-        a, b = fresh(tmp, "a"), fresh(tmp, "b")
-        ra = [a.apply(i, data) for i, data in entries]
-        rb: list[Any] = []
-        for k in range(0, len(entries), split):
-            rb.extend(b.apply_batch(entries[k : k + split]))
-        assert _plain(ra) == _plain(rb)
-        assert not [r for r in ra if r is not None and r.get("code") == "internal"], "a handler raised"
-        assert a.store.content_hash() == b.store.content_hash()
-        assert a.store.applied_index() == len(entries)
+    assert_identical_replicas(stream, split)
 
 
 @SETTINGS
 @given(stream=streams(), cut=st.integers(min_value=0, max_value=41))
 def test_replaying_any_prefix_changes_nothing(stream: list[dict[str, Any]], cut: int) -> None:
-    entries = [(i + 1, encode(c)) for i, c in enumerate(stream)]
-    prefix = entries[: min(cut, len(entries))]
-    with tempfile.TemporaryDirectory() as tmp:
-        once, twice = fresh(tmp, "once"), fresh(tmp, "twice")
-        once.apply_batch(entries)
-        twice.apply_batch(prefix)
-        before = twice.store.content_hash()
-        assert all(r is None for r in twice.apply_batch(prefix)), "an applied index applied again"
-        assert twice.store.content_hash() == before
-        twice.apply_batch(entries)
-        assert twice.store.content_hash() == once.store.content_hash()
+    assert_prefix_replay_changes_nothing(stream, cut)
 
 
 @SETTINGS
