@@ -278,3 +278,17 @@ def activity(a: Json) -> Json:
     if a.get("lastHeartbeatTime") is not None:
         out["lastHeartbeatTime"] = t(a["lastHeartbeatTime"])
     return out
+
+
+def batch(rec: Json) -> Json:
+    """A BatchOperation as the API shows it (the cursor is internal)."""
+    out = {k: v for k, v in rec.items() if k != "cursor"}
+    out["startTime"] = t(rec["startTime"])
+    if rec.get("closeTime") is not None:
+        out["closeTime"] = t(rec["closeTime"])
+    return out
+
+
+def identity(rec: Json) -> Json:
+    """An Identity record (SPEC §5.1)."""
+    return {**rec, "grantTime": t(rec["grantTime"])}

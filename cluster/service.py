@@ -935,7 +935,7 @@ class Service(RecordsService):
             reason=I.opt_str(body, "reason") or "", identity=I.opt_str(body, "identity") or "",
             max=self.cfg.limits.max_batch_size,
         )
-        return render_batch(res["batch"])
+        return render.batch(res["batch"])
 
     @routed
     async def describe_batch(self, org: str, ns: str, bid: str) -> Json:
@@ -945,7 +945,7 @@ class Service(RecordsService):
             rec = reads.batch(txn, org, ns, bid)
         if rec is None:
             raise ApiError("not_found", f"batch {bid} not found")
-        return render_batch(rec)
+        return render.batch(rec)
 
     @routed
     async def terminate_batch(self, org: str, ns: str, bid: str, body: Json) -> Json:
@@ -953,7 +953,7 @@ class Service(RecordsService):
         names.check_id(bid, "batch id")
         res = await self.propose(org, ns, "batch.terminate", batchId=bid, reason=I.opt_str(body, "reason") or "",
                                  identity=I.opt_str(body, "identity") or "")
-        return render_batch(res["batch"])
+        return render.batch(res["batch"])
 
     @routed
     async def list_batches(self, org: str, ns: str, size: int, token: str | None) -> Json:
@@ -969,7 +969,7 @@ class Service(RecordsService):
 
         recs = sorted((r for r in recs if after is None or order(r) > after), key=order)
         page, more = recs[:size], len(recs) > size
-        return {"batches": [render_batch(r) for r in page],
+        return {"batches": [render.batch(r) for r in page],
                 "nextPageToken": I.make_token("batches", bound, order(page[-1]) if more else None)}
 
     # ---- identities (SPEC §4.7, §5.13) -------------------------------------------
@@ -980,7 +980,7 @@ class Service(RecordsService):
         with self._read(org, ns) as txn:
             page, nxt = I.name_page(lambda after, n: reads.identities(txn, org, ns, after, n), token,
                                     "identities", f"{org}/{ns}", size, lambda i: i["email"])
-        return {"identities": [_identity(i) for i in page], "nextPageToken": nxt}
+        return {"identities": [render.identity(i) for i in page], "nextPageToken": nxt}
 
     @routed
     async def grant_identity(self, org: str, ns: str, body: Json) -> Json:
@@ -990,7 +990,7 @@ class Service(RecordsService):
         if role not in ROLES:
             raise I.bad(f"role must be one of {', '.join(ROLES)}")
         res = await self.propose(org, ns, "id.put", email=email, role=role)
-        return _identity(res["identity"])
+        return render.identity(res["identity"])
 
     @routed
     async def revoke_identity(self, org: str, ns: str, email: str) -> Json:
@@ -1020,19 +1020,6 @@ class Service(RecordsService):
 
 ROLES = names.ROLES
 ROLE_CACHE_S = 1.0
-
-
-def render_batch(rec: Json) -> Json:
-    """A BatchOperation as the API shows it (the cursor is internal)."""
-    out = {k: v for k, v in rec.items() if k not in ("cursor", "terminateReason")}
-    out["startTime"] = render.t(rec["startTime"])
-    if rec.get("closeTime") is not None:
-        out["closeTime"] = render.t(rec["closeTime"])
-    return out
-
-
-def _identity(rec: Json) -> Json:
-    return {**rec, "grantTime": render.t(rec["grantTime"])}
 
 
 def check_email(value: Any) -> str:

@@ -386,9 +386,7 @@ class SseHub:
             if not (isinstance(b, dict) and b.get("batchId") == ev.get("batch_id")):
                 with rep.store(group).read() as txn:
                     b = reads.batch(txn, org, ns, ev.get("batch_id"))
-            from cluster.service import render_batch
-
-            return render_batch(b) if b is not None else None
+            return render.batch(b) if b is not None else None
         if kind == "activity.heartbeat":
             return {"details": ev.get("details")}
         if family == "activity":

@@ -133,7 +133,6 @@ def op_batch_terminate(ctx: Ctx) -> Result:
         raise Reject("not_found", f"batch {bid} not found")
     if rec["state"] == RUNNING:
         _close(ctx, rec, TERMINATED)
-        rec["terminateReason"] = ctx.cmd.get("reason") or ""
         ctx.notify("batch.terminated", batch_id=bid, reason=ctx.cmd.get("reason") or "",
                    identity=ctx.cmd.get("identity") or "")
         ctx.put(ctx.k.batch(bid), rec)
