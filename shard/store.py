@@ -95,6 +95,30 @@ class ReadView:
         return self._txn.cursor()
 
 
+class PinnedRead:
+    """An LMDB read transaction held across threads (see ``PartitionStore.pin_read``)."""
+
+    def __init__(self, store: PartitionStore) -> None:
+        self._store = store
+        self._cm = store._guard.shared()
+        self._cm.__enter__()
+        try:
+            self.txn: lmdb.Transaction | None = store.env.begin(write=False)
+        except BaseException:
+            self._cm.__exit__(None, None, None)
+            raise
+
+    def close(self) -> None:
+        txn, self.txn = self.txn, None
+        if txn is None:
+            return
+        try:
+            txn.abort()
+        finally:
+            del txn
+            self._cm.__exit__(None, None, None)
+
+
 class PartitionStore:
     """An LMDB environment holding the shards of one partition."""
 
@@ -144,6 +168,17 @@ class PartitionStore:
                 view._txn = None
                 txn.abort()
                 del txn
+
+    def pin_read(self) -> PinnedRead:
+        """A read transaction that another thread may carry and must close.
+
+        The snapshot writer fixes its image on the Raft thread (the applied
+        index is exact there) and copies it on a worker thread. The pin holds
+        the guard's shared side until ``close``, so a map resize or a restore
+        waits for the copy instead of remapping or closing the environment
+        under it.
+        """
+        return PinnedRead(self)
 
     def resize_pending(self) -> bool:
         """True while a map growth waits for the open read views to close.

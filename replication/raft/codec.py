@@ -28,6 +28,7 @@ ALLOWED_TYPES = frozenset(
         "apply_command",
         "apply_command_response",
         "timeout_now",
+        "snapshot_ack",  # ours: a follower acknowledges the image bytes it holds
     )
 )
 
@@ -38,6 +39,18 @@ class BadMessage(ValueError):
 
 def encode(message: dict[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
+
+
+def _is_chunk(c: Any) -> bool:
+    """``[data, first, last, offset, size, crc32, index]`` (``LmdbSnapshotter.getTransmissionData``)."""
+    return (
+        isinstance(c, list)
+        and len(c) == 7
+        and isinstance(c[0], bytes)
+        and isinstance(c[1], bool)
+        and isinstance(c[2], bool)
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in c[3:])
+    )
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -66,14 +79,13 @@ def decode(body: bytes) -> dict[str, Any]:
             ):
                 raise BadMessage("malformed entry")
     serialized = msg.get("serialized")
-    if serialized is not None and (
-        not isinstance(serialized, list)
-        or len(serialized) != 3
-        or not isinstance(serialized[0], bytes)
-        or not isinstance(serialized[1], bool)
-        or not isinstance(serialized[2], bool)
-    ):
+    if serialized is not None and not _is_chunk(serialized):
         raise BadMessage("malformed snapshot chunk")
+    if msg["type"] == "snapshot_ack" and not (
+        all(isinstance(msg.get(k), int) and not isinstance(msg.get(k), bool) for k in ("term", "id", "offset"))
+        and isinstance(msg.get("gap"), bool)
+    ):
+        raise BadMessage("malformed snapshot_ack")
     if msg["type"] == "apply_command" and not isinstance(msg.get("command"), bytes):
         raise BadMessage("apply_command without command bytes")
     return msg

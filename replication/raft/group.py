@@ -9,7 +9,15 @@ rules forbid or that are not durable:
 - the journal: ours fsyncs (``DurableJournal``) instead of pysyncobj's mmap file;
 - the apply path: ``_SyncObj__doApplyCommand`` is overridden so a command is
   msgpack bytes handed to ``StateMachine.apply`` with its log index; pysyncobj
-  never unpickles a command.
+  never unpickles a command;
+- snapshots: ``LmdbSnapshotter`` replaces pysyncobj's Serializer (LMDB images,
+  acknowledged and checksummed installs), and ``_SyncObj__loadDumpFile`` keeps
+  the log after an image by Raft's rule instead of clearing it.
+
+And we close three gaps in pysyncobj's Raft (see ``deliver``): a follower's
+commit index moves only on a log-checked AppendEntries, never on a snapshot
+chunk; AppendEntries batches stay inside one peer frame; a failed image load
+is an error, never a silent success.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
 from replication.raft import codec
+from replication.raft.snapshots import INSTALLED, LmdbSnapshotter
 
 log = logging.getLogger("tasks.raft")
 
@@ -33,6 +42,14 @@ REGULAR = b"\x00"  # pysyncobj's _COMMAND_TYPE.REGULAR
 MEMBERSHIP = b"\x02"  # pysyncobj's _COMMAND_TYPE.MEMBERSHIP, with a msgpack body (never pickle)
 _REGULAR_BYTE = 0
 _MEMBERSHIP_BYTE = 2
+#: What one entry adds to an AppendEntries message besides its command bytes
+#: (msgpack array header, index, term): counted so a batch fits in one frame.
+ENTRY_OVERHEAD = 32
+
+
+class SnapshotMismatch(RuntimeError):
+    """The log and the snapshot image cannot both be right (the log starts after
+    the image): refusing to start beats guessing which entries are missing."""
 
 
 def membership_command(op: str, node_id: str) -> bytes:
@@ -121,6 +138,9 @@ class StorageStalled(Exception):
     instead of skipping (SPEC §10.1), and applies it once there is room again."""
 
 
+_LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
+
+
 class RaftGroup(SyncObj):
     """A pysyncobj group whose state machine is a partition's LMDB."""
 
@@ -133,10 +153,12 @@ class RaftGroup(SyncObj):
         machine: Any,
         transport_factory: Callable[..., GroupTransport],
         on_applied: Callable[[int, int, dict[str, Any] | None], None],
+        snapshotter: LmdbSnapshotter,
     ) -> None:
         self.group_id = group_id
         self.machine = machine
         self._on_applied = on_applied
+        self.snapshotter = snapshotter
         self.nodes = {pid: Node(pid) for pid in peer_ids}
         self.self_node = Node(self_id)
         super().__init__(
@@ -146,6 +168,67 @@ class RaftGroup(SyncObj):
             transport=None,
             transportClass=transport_factory,
         )
+        self._SyncObj__serializer = snapshotter
+        # Load the image now, not at the first tick: a journal that does not
+        # fit its image must stop the node before it serves or votes.
+        self._SyncObj__needLoadDumpFile = False
+        if snapshotter.has_image():
+            self._SyncObj__loadDumpFile(False)
+
+    # ---- snapshots ----------------------------------------------------------
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:  # noqa: N802
+        """Load the snapshot image and fit the log to it, by Raft's rule.
+
+        pysyncobj clears the whole log whenever its first two entries are not
+        the image's, which erases acknowledged entries after a crash between
+        an image going into place and the log prefix being dropped. Raft says:
+        when the log holds the image's last entry (same index and term), keep
+        what follows it and drop only the prefix; otherwise the image replaces
+        the log. A log that starts after the image cannot be fitted at all.
+        Errors propagate (pysyncobj swallowed them and answered success).
+        """
+        _, e_last, e_prev, cluster = self.snapshotter.deserialize()
+        journal = self._SyncObj__raftLog
+        first, last = journal[0][1], journal[-1][1]
+        idx_last, term_last = e_last[1], e_last[2]
+        if first <= idx_last <= last and journal[idx_last - first][2] == term_last:
+            keep_from = max(idx_last - 1, first)  # pysyncobj keeps the image's two entries at the head
+            if keep_from > first:
+                journal.deleteEntriesTo(keep_from - first)
+        elif first > idx_last + 1:
+            raise SnapshotMismatch(
+                f"group {self.group_id}: the log starts at {first}, after the image's last entry {idx_last}")
+        else:
+            journal.clear()
+            journal.add(*e_prev)
+            journal.add(*e_last)
+        self._SyncObj__raftLastApplied = idx_last
+        commit = self._SyncObj__raftCommitIndex
+        # An image holds committed entries only: its index is committed.
+        commit = min(max(commit, idx_last), self.last_log_index())
+        if commit != self._SyncObj__raftCommitIndex:
+            self._SyncObj__raftCommitIndex = commit
+            journal.setRaftCommitIndex(commit)
+        self._SyncObj__updateClusterConfiguration([n for n in cluster if n != self.self_node])
+        self._SyncObj__onSetCodeVersion(0)
+
+    def _SyncObj__getEntries(self, fromIDx: int, count: int | None = None,  # noqa: N802, N803
+                             maxSizeBytes: int | None = None) -> list[Any]:  # noqa: N803
+        """pysyncobj's batch may overshoot its byte budget by a whole entry, and the
+        peer port drops a frame over ``max_frame``, so the same batch was dropped
+        at every heartbeat: a follower far enough behind never caught up. Here a
+        batch stays within the budget (entry overhead counted) and holds at
+        least one entry; proposals larger than one batch are refused upstream."""
+        entries = SyncObj._SyncObj__getEntries(self, fromIDx, count)  # type: ignore[attr-defined]
+        if maxSizeBytes is None:
+            return entries
+        total = 0
+        for i, entry in enumerate(entries):
+            total += len(entry[0]) + ENTRY_OVERHEAD
+            if total > maxSizeBytes and i > 0:
+                return entries[:i]
+        return entries
 
     # pysyncobj parses membership entries with pickle; ours are msgpack [op, id].
     def _SyncObj__parseChangeClusterRequest(self, command: bytes) -> list[Any] | None:  # noqa: N802
@@ -228,6 +311,47 @@ class RaftGroup(SyncObj):
         out["prevLogIdx"] = entries[k - 1][1]
         out["prevLogTerm"] = entries[k - 1][2]
         return out
+
+    def deliver(self, node: Node, msg: dict[str, Any]) -> None:
+        """Hand one received message to pysyncobj, after the checks it lacks.
+
+        - AppendEntries is trimmed of entries this log already holds (see
+          ``normalize_append``).
+        - A snapshot chunk (``serialized``) is taken by the snapshotter, which
+          checks its offset and CRC and acknowledges it (``snapshot_ack``);
+          pysyncobj sees the chunk only once the whole image is verified.
+        - A message without a log check (a snapshot chunk, or the heartbeat a
+          leader sends while it cannot send a chunk) never advances the commit
+          index: pysyncobj set ``commit = min(leaderCommit, own last index)``
+          there, so a follower holding a dead term's suffix applied entries
+          that never committed.
+        - ``snapshot_ack`` goes to the leader's snapshotter, and the next
+          chunks leave at once.
+        """
+        kind = msg["type"]
+        if kind == "snapshot_ack":
+            if self.state() == _LEADER and msg["term"] == self.raftCurrentTerm:
+                self.snapshotter.on_ack(node.id, msg["id"], msg["offset"], msg["gap"])
+                self.send_append_entries()
+            return
+        if kind == "append_entries":
+            if "prevLogIdx" in msg:
+                msg = self.normalize_append(msg)
+            else:
+                msg = dict(msg)
+                msg["commit_index"] = min(msg["commit_index"], self.raftCommitIndex)
+                chunk = msg.get("serialized")
+                if chunk is not None:
+                    msg["serialized"] = self._take_chunk(node, msg["term"], chunk)
+        self.transport.deliver(node, msg)
+
+    def _take_chunk(self, node: Node, term: int, chunk: list[Any]) -> Any:
+        if term < self.raftCurrentTerm:
+            return None  # a deposed leader's stream: pysyncobj ignores the message too
+        got = self.snapshotter.receive(chunk)
+        self.transport.send(node, {"type": "snapshot_ack", "term": term, "id": got.index,
+                                   "offset": got.offset, "gap": got.gap})
+        return INSTALLED if got.complete else None
 
     def member_ids(self) -> set[str]:
         """The other voters of this group as pysyncobj knows them now."""

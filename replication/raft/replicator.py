@@ -34,6 +34,7 @@ from pysyncobj.node import Node
 from replication.base import Listener, NotLeader, NotReplica, Result
 from replication.raft import codec
 from replication.raft.group import (
+    ENTRY_OVERHEAD,
     REGULAR,
     GroupTransport,
     RaftGroup,
@@ -50,6 +51,7 @@ from shard.meta import MetaMachine
 log = logging.getLogger("tasks.raft")
 
 LEADER = 2
+FRAME_MARGIN = 64 << 10  # an AppendEntries' fields besides its entries, with room to spare
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 
 
@@ -86,6 +88,10 @@ class RaftReplicator:
         self._secret = secret
         self._sync = sync
         self._max_frame = max_frame
+        # The largest command a group takes: one AppendEntries of it (with the
+        # message's own fields and the frame header) fits in one peer frame.
+        # pysyncobj would pickle a larger entry into "transmissions".
+        self.max_entry = max_frame - FRAME_MARGIN
         self._snapshot_every = snapshot_every
         # Compaction is also due when a group's log (kept in memory by pysyncobj
         # as well as on disk) outgrows this, e.g. after a migration's chunks.
@@ -160,16 +166,17 @@ class RaftReplicator:
             raftMaxTimeout=election * 2,
             appendEntriesPeriod=heartbeat,
             appendEntriesUseBatch=True,
-            appendEntriesBatchSizeBytes=self._max_frame * 2,  # never chunk (see codec)
+            appendEntriesBatchSizeBytes=self.max_entry,  # a batch fits one peer frame (RaftGroup.__getEntries)
             connectionTimeout=max(3.5, election * 2),
             leaderFallbackTimeout=max(election * 2, heartbeat * 4),
             logCompactionMinEntries=max(2, self._snapshot_every),
             logCompactionMinTime=1e9,  # compaction is driven by entries, not time
             logCompactionBatchSize=1 << 20,  # snapshot install chunk size
+            # RaftGroup replaces pysyncobj's Serializer with the snapshotter; these
+            # only tell pysyncobj that the state is serialized outside it.
             fullDumpFile=str(self._snapshotters[g].path),
-            serializer=self._snapshotters[g].serialize,
-            deserializer=self._snapshotters[g].deserialize,
-            serializeChecker=self._snapshotters[g].check,
+            serializer=_unused_hook,
+            deserializer=_unused_hook,
             commandsWaitLeader=True,  # wait (up to propose_timeout) through an election
             dynamicMembershipChange=True,
             useFork=False,
@@ -217,7 +224,7 @@ class RaftReplicator:
         self._journals[g] = DurableJournal(str(jdir / f"{self._name(g)}.journal"), sync=self._sync)
         self._snapshotters[g] = LmdbSnapshotter(self._stores[g], jdir / f"{self._name(g)}.snapshot")
         grp = RaftGroup(g, self.node_id, sorted(peer_ids), self._conf(g), self._machines[g],
-                        self._transport_factory(g), self._on_applied)
+                        self._transport_factory(g), self._on_applied, self._snapshotters[g])
         if hold > 0:
             # A new replica waits for the leader's first append instead of
             # standing for election (and raising the group's term) at once.
@@ -305,6 +312,10 @@ class RaftReplicator:
             return await self._forward_propose(group, command)
         if self._stores[group].disk_full() or group in self.stalled:
             return STORAGE_FULL  # refused before proposing: nothing was written anywhere
+        if len(command) + ENTRY_OVERHEAD > self.max_entry:
+            return {"ok": False, "code": "too_large",
+                    "message": f"the command is {len(command)} bytes; a log entry holds at most "
+                               f"{self.max_entry - ENTRY_OVERHEAD} (limits.max_frame)"}
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
 
@@ -663,9 +674,7 @@ class RaftReplicator:
             self._heard[group][peer] = time.monotonic()
             if msg["type"] == "timeout_now" and group in self.stalled:
                 return True  # a replica that cannot apply must not take leadership over (balancer hand-over)
-            if msg["type"] == "append_entries":
-                msg = grp.normalize_append(msg)
-            grp.transport.deliver(node, msg)
+            grp.deliver(node, msg)
             touched.add(group)
         elif kind == "propose":
             _, group, data, cb = item
@@ -779,6 +788,10 @@ class RaftReplicator:
             if loop is not None:
                 for listener in self._leadership_listeners:
                     loop.call_soon_threadsafe(listener, g, leading)
+
+
+def _unused_hook(*_: Any) -> Any:
+    raise AssertionError("pysyncobj's Serializer is replaced by LmdbSnapshotter")
 
 
 def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:
