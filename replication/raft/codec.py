@@ -29,6 +29,9 @@ ALLOWED_TYPES = frozenset(
         "apply_command_response",
         "timeout_now",
         "snapshot_ack",  # ours: a follower acknowledges the image bytes it holds
+        "pre_vote",  # ours, with the two below (replication.raft.elections)
+        "pre_vote_response",
+        "term_notice",
     )
 )
 
@@ -51,6 +54,28 @@ def _is_chunk(c: Any) -> bool:
         and isinstance(c[2], bool)
         and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in c[3:])
     )
+
+
+_INT_FIELDS = {
+    "snapshot_ack": ("term", "id", "offset"),
+    "pre_vote": ("term", "last_log_index", "last_log_term"),
+    "pre_vote_response": ("term", "current"),
+    "term_notice": ("term",),
+}
+_BOOL_FIELDS = {"snapshot_ack": ("gap",), "pre_vote_response": ("granted",)}
+
+
+def _check_fields(msg: dict[str, Any]) -> None:
+    kind = msg["type"]
+    for k in _INT_FIELDS.get(kind, ()):
+        v = msg.get(k)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise BadMessage(f"{kind}: {k} must be an integer")
+    for k in _BOOL_FIELDS.get(kind, ()):
+        if not isinstance(msg.get(k), bool):
+            raise BadMessage(f"{kind}: {k} must be a boolean")
+    if "transfer" in msg and not isinstance(msg["transfer"], bool):
+        raise BadMessage("transfer must be a boolean")
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -81,11 +106,8 @@ def decode(body: bytes) -> dict[str, Any]:
     serialized = msg.get("serialized")
     if serialized is not None and not _is_chunk(serialized):
         raise BadMessage("malformed snapshot chunk")
-    if msg["type"] == "snapshot_ack" and not (
-        all(isinstance(msg.get(k), int) and not isinstance(msg.get(k), bool) for k in ("term", "id", "offset"))
-        and isinstance(msg.get("gap"), bool)
-    ):
-        raise BadMessage("malformed snapshot_ack")
+
+    _check_fields(msg)
     if msg["type"] == "apply_command" and not isinstance(msg.get("command"), bytes):
         raise BadMessage("apply_command without command bytes")
     return msg

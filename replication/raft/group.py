@@ -34,6 +34,7 @@ from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
 from replication.raft import codec
+from replication.raft.elections import Elections
 from replication.raft.snapshots import INSTALLED, LmdbSnapshotter
 
 log = logging.getLogger("tasks.raft")
@@ -86,6 +87,7 @@ class GroupTransport(Transport):
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *, send: Callable[[str, bytes], bool],
                  flush: Callable[[], None], connected: Callable[[str], bool] | None = None) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
+        self._group = syncObj
         self._send = send
         self._flush = flush
         self._connected = connected
@@ -115,6 +117,13 @@ class GroupTransport(Transport):
         # entry sent to followers is never ahead of this node's disk.
         self._flush()
         self.sent += 1
+        kind = message.get("type")
+        if kind == "next_node_idx":
+            # pysyncobj's replies carry no term: a late one from an earlier term
+            # could move a re-elected leader's matchIndex. RaftGroup.deliver drops those.
+            message = {**message, "term": self._group.raftCurrentTerm}
+        elif kind == "request_vote" and getattr(self._group, "campaign_transfer", False):
+            message = {**message, "transfer": True}  # a hand-over: voters' leader stickiness gives way
         return self._send(node.id, codec.encode(message))
 
     def destroy(self) -> None:
@@ -169,11 +178,48 @@ class RaftGroup(SyncObj):
             transportClass=transport_factory,
         )
         self._SyncObj__serializer = snapshotter
+        self.elections = Elections(self)
+        self.campaign_transfer = False
         # Load the image now, not at the first tick: a journal that does not
         # fit its image must stop the node before it serves or votes.
         self._SyncObj__needLoadDumpFile = False
         if snapshotter.has_image():
             self._SyncObj__loadDumpFile(False)
+
+    # ---- elections and hand-overs -----------------------------------------------
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803 - pysyncobj's name
+        """One tick of pysyncobj, with a pre-vote round in front of every
+        election that is not a hand-over (see ``Elections``)."""
+        self.campaign_transfer = self.elections.before_tick()
+        try:
+            super()._onTick(timeToWait)
+        finally:
+            self.campaign_transfer = False
+        self.elections.after_tick()
+
+    def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's name
+        """New commands wait while leadership is being handed over: a log that
+        keeps growing would never let the target catch up (Raft §3.10)."""
+        if self.elections.transfer_pending():
+            return
+        super()._checkCommandsToApply()
+
+    def begin_transfer(self, target: str | None) -> bool:
+        """Hand leadership to ``target`` (a current voter; None: the most
+        caught-up connected one) once it holds the whole log. False when this
+        node does not lead or the target is no voter."""
+        return self.elections.begin_transfer(target)
+
+    def voter_nodes(self) -> dict[str, Node]:
+        """The group's other voters now (joined ones included), by id."""
+        return {n.id: n for n in self._SyncObj__otherNodes}  # type: ignore[attr-defined]
+
+    def match_index(self, node: Node) -> int:
+        return self._SyncObj__raftMatchIndex.get(node, 0)  # type: ignore[attr-defined]
+
+    def connected_nodes(self) -> set[Node]:
+        return set(self._SyncObj__connectedNodes)  # type: ignore[attr-defined]
 
     # ---- snapshots ----------------------------------------------------------
 
@@ -327,8 +373,24 @@ class RaftGroup(SyncObj):
           that never committed.
         - ``snapshot_ack`` goes to the leader's snapshotter, and the next
           chunks leave at once.
+        - PreVote and leader stickiness (``Elections``): pre-vote messages are
+          ours; a RequestVote reaches pysyncobj only when no live leader is
+          heard (or it is a hand-over); a reply from another term is dropped;
+          a leader of an older term is told the newer one.
         """
         kind = msg["type"]
+        if kind in ("pre_vote", "pre_vote_response", "term_notice"):
+            self.elections.on_message(node, msg)
+            return
+        if kind == "request_vote" and not self.elections.may_vote(msg):
+            return  # a live leader is not deposed by a node that lost touch (CheckQuorum)
+        if kind == "next_node_idx" and msg.get("term", self.raftCurrentTerm) != self.raftCurrentTerm:
+            return  # a reply to another term's AppendEntries
+        if kind == "append_entries":
+            if msg["term"] < self.raftCurrentTerm:
+                self.elections.notify_stale_leader(node)
+            else:
+                self.elections.heard_leader()
         if kind == "snapshot_ack":
             if self.state() == _LEADER and msg["term"] == self.raftCurrentTerm:
                 self.snapshotter.on_ack(node.id, msg["id"], msg["offset"], msg["gap"])

@@ -700,8 +700,7 @@ class RaftReplicator:
             grp = self._groups.get(group)
             if grp is None:
                 return True
-            target = grp.nodes.get(to) if to else None
-            grp.transferLeadership(target)
+            grp.begin_transfer(to)  # among the current voters, once the target holds the whole log
             touched.add(group)
         elif kind == "call":
             item[1]()
