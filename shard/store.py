@@ -28,6 +28,25 @@ import lmdb
 from shard import keys
 
 MiB = 1 << 20
+CLEAN_MARK = "closed-cleanly"
+BOOT_ID_FILE = "boot-id"
+
+
+def _boot_id() -> str | None:
+    """This boot's id (Linux); None where the OS does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class StorageFull(Exception):
@@ -141,18 +160,56 @@ class PartitionStore:
         self._write_lock = threading.Lock()
         self._disk_checked = 0.0
         self._disk_ok = True
-        self.env = lmdb.open(
+        self.env = self._open_env(map_size)
+        # A map bigger than configured may have been grown by an earlier run.
+        self.map_size = self.env.info()["map_size"]
+        self.lost_on_reboot = self._note_boot()
+
+    # ---- crashes -------------------------------------------------------
+
+    def _note_boot(self) -> bool:
+        """Whether the machine rebooted since this store was last open and it
+        was not closed cleanly (an OS crash or a power cut).
+
+        Without ``sync``, LMDB's commits reach the disk when the kernel
+        writes them back: a process crash loses nothing, but an OS crash may
+        leave the applied index ahead of the data it describes, or a torn
+        file. Such a store cannot be trusted; the replicator rebuilds it from
+        the snapshot image and the (fsynced) Raft journal. A process crash on
+        a running machine needs nothing: the page cache survived.
+        """
+        clean = self.path / CLEAN_MARK
+        boot_file = self.path / BOOT_ID_FILE
+        was_clean = clean.exists()
+        before = boot_file.read_text().strip() if boot_file.exists() else None
+        now = _boot_id()
+        clean.unlink(missing_ok=True)
+        if now is not None and before != now:
+            tmp = boot_file.with_name(BOOT_ID_FILE + ".tmp")
+            tmp.write_text(now)
+            os.replace(tmp, boot_file)
+            _fsync_dir(self.path)
+        return not self.sync and not was_clean and before is not None and now is not None and before != now
+
+    def wipe(self) -> None:
+        """Drop everything (the journal will replay it all from index 1)."""
+        with self._write_lock, self._guard.exclusive():
+            self.env.close()
+            for name in ("data.mdb", "lock.mdb"):
+                (self.path / name).unlink(missing_ok=True)
+            self.env = self._open_env(self.map_size)
+
+    def _open_env(self, map_size: int) -> lmdb.Environment:
+        return lmdb.open(
             str(self.path),
             map_size=map_size,
             subdir=True,
-            sync=sync,
-            metasync=sync,
+            sync=self.sync,
+            metasync=self.sync,
             max_dbs=0,
             max_readers=4096,
             lock=True,
         )
-        # A map bigger than configured may have been grown by an earlier run.
-        self.map_size = self.env.info()["map_size"]
 
     # ---- reads ---------------------------------------------------------
 
@@ -306,5 +363,11 @@ class PartitionStore:
         return h.hexdigest()
 
     def close(self) -> None:
+        """Flush and close; a store closed here is known to be whole at its next open."""
         with self._write_lock, self._guard.exclusive():
+            try:
+                self.env.sync(True)
+                (self.path / CLEAN_MARK).touch()
+            except (lmdb.Error, OSError):
+                pass  # closing anyway: the next open treats it as unclean
             self.env.close()

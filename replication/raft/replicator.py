@@ -211,9 +211,16 @@ class RaftReplicator:
         store = self._stores.get(g)
         if store is None:
             store = PartitionStore(self.data_dir / "partitions" / self._name(g), sync=False, **self._store_opts)
+            if store.lost_on_reboot:
+                log.warning("group %s: the machine went down without this store being closed; "
+                            "rebuilding it from its snapshot image and the Raft journal", self._name(g))
+                LmdbSnapshotter(store, self._snapshot_path(g)).rebuild_store()
             self._machines[g] = MetaMachine(store) if g == self.meta_group else StateMachine(store)
             self._stores[g] = store
         return store
+
+    def _snapshot_path(self, g: int) -> Path:
+        return self.data_dir / "raft" / f"{self._name(g)}.snapshot"
 
     def _make_group(self, g: int, peer_ids: list[str], hold: float = 0.0) -> None:
         """Open group ``g``'s journal, snapshot file and pysyncobj object (at start,
@@ -222,7 +229,7 @@ class RaftReplicator:
         jdir = self.data_dir / "raft"
         jdir.mkdir(parents=True, exist_ok=True)
         self._journals[g] = DurableJournal(str(jdir / f"{self._name(g)}.journal"), sync=self._sync)
-        self._snapshotters[g] = LmdbSnapshotter(self._stores[g], jdir / f"{self._name(g)}.snapshot")
+        self._snapshotters[g] = LmdbSnapshotter(self._stores[g], self._snapshot_path(g))
         grp = RaftGroup(g, self.node_id, sorted(peer_ids), self._conf(g), self._machines[g],
                         self._transport_factory(g), self._on_applied, self._snapshotters[g])
         if hold > 0:

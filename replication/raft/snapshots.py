@@ -238,6 +238,18 @@ class LmdbSnapshotter:
         e_last, e_prev = (tuple(e) for e in header["entries"])
         return None, e_last, e_prev, {Node(i) for i in header["cluster"]}
 
+    def rebuild_store(self) -> None:
+        """The store cannot be trusted (``PartitionStore.lost_on_reboot``): put
+        the image back, or empty it when no image was taken (then the journal
+        still holds every entry from the first). Raft replays the rest."""
+        if self.has_image():
+            with open(self.path, "rb") as f:
+                read_header(f)
+                offset = f.tell()
+            self._restore(offset)
+        else:
+            self.store.wipe()
+
     def _restore(self, offset: int) -> None:
         tmp = Path(tempfile.mkdtemp(dir=self.store.path.parent, prefix=".restore-"))
         try:
