@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import lmdb
 import msgpack
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import Node
@@ -363,6 +364,7 @@ class LmdbSnapshotter:
                 header_index = read_header(f)["index"]
             if header_index != cur.index:
                 raise ValueError(f"image announced as {cur.index} holds {header_index}")
+            self._verify_lmdb(cur.path)
         except Exception as e:
             log.error("received snapshot %d for %s is unusable: %s", cur.index, self.store.path, e)
             cur.path.unlink(missing_ok=True)
@@ -374,6 +376,26 @@ class LmdbSnapshotter:
         self.installed_index = max(self.installed_index, cur.index)
         self.installed += 1
         return Received(cur.index, cur.size, False, True)
+
+    def _verify_lmdb(self, image: Path) -> None:
+        """Open the image's LMDB read-only before it replaces anything: an image
+        that is no database would otherwise become both the snapshot file and
+        the store, and the node could neither serve nor restart."""
+        tmp = Path(tempfile.mkdtemp(dir=self.store.path.parent, prefix=".verify-"))
+        try:
+            with open(image, "rb") as src, open(tmp / "data.mdb", "wb") as dst:
+                header = read_header(src)
+                shutil.copyfileobj(src, dst, 1 << 20)
+            env = lmdb.open(str(tmp), readonly=True, lock=False, subdir=True, max_dbs=0)
+            try:
+                with env.begin() as txn:
+                    applied = keys.get_applied(txn)
+            finally:
+                env.close()
+            if applied > header["index"]:
+                raise ValueError(f"the image's store applied {applied}, past its index {header['index']}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def _abort_incoming(self) -> None:
         cur, self._in = self._in, None

@@ -428,3 +428,25 @@ def test_a_process_crash_keeps_the_store(tmp_path: Path) -> None:
     again = PartitionStore(tmp_path / "p", sync=False)
     assert not again.lost_on_reboot  # same boot: the page cache kept every commit
     again.close()
+
+
+def test_an_image_that_is_no_database_is_refused_and_nothing_is_replaced(tmp_path: Path) -> None:
+    """pysyncobj logged a failed load and still answered success with the
+    follower's own last index; here an image that is no LMDB is refused before
+    it replaces the snapshot file or the store, and nothing is acknowledged."""
+    import zlib
+
+    import msgpack
+
+    from replication.raft.snapshots import _LEN, MAGIC
+
+    grp, store, wire = _lone_group(tmp_path, ["l"])
+    header = msgpack.packb({"index": 40, "entries": [[REGULAR, 40, 1], [REGULAR, 39, 1]], "cluster": ["f", "l"]})
+    image = MAGIC + _LEN.pack(len(header)) + header + b"not an lmdb file" * 100
+    chunk = [image, True, True, 0, len(image), zlib.crc32(image), 40]
+    grp.deliver(grp.nodes["l"], {"type": "append_entries", "term": 1, "commit_index": 40, "serialized": chunk})
+    assert not [m for _, m in wire.sent if m["type"] == "next_node_idx" and m["success"]]
+    assert [m["gap"] for _, m in wire.sent if m["type"] == "snapshot_ack"] == [True]
+    assert grp.raftCommitIndex == 1 and not grp.snapshotter.has_image()
+    assert store.applied_index() == 0
+    store.close()
