@@ -56,8 +56,6 @@ FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.starts
 # several rounds first, yet a group whose only up-to-date log is on the
 # stalled replica is not leaderless for ever.
 STALL_GRACE_ELECTIONS = 10
-# What makes the replicator unable to go on (``fatal``), as counted in ``fatal_counts``.
-FATAL_REASONS = ("raft_thread", "journal", "apply")
 
 
 class RaftReplicator:
@@ -142,7 +140,7 @@ class RaftReplicator:
         # can), counted by kind; errors it logged and contained; when the Raft
         # thread last went round its loop.
         self.fatal: str | None = None
-        self.fatal_counts: dict[str, int] = {}
+        self.fatal_kind: str | None = None  # "raft_thread", "journal" or "apply" (tasks_fatal_errors_total)
         self.contained_errors = 0
         self.loop_at = time.monotonic()
         self._leading: list[bool] = [False] * (partitions + 1)
@@ -806,7 +804,7 @@ class RaftReplicator:
         if self.fatal is not None:
             return
         self.fatal = reason
-        self.fatal_counts[kind] = self.fatal_counts.get(kind, 0) + 1
+        self.fatal_kind = kind
         self._running = False
         log.critical("replication cannot go on: %s; this node stops and must be restarted", reason)
         for g in range(self.partitions + 1):
