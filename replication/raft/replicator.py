@@ -765,8 +765,7 @@ class RaftReplicator:
                     if g in self._groups and self.fatal is None:
                         self._tick(g)
         except BaseException as e:  # whatever ends this thread ends replication
-            log.critical("the Raft thread died", exc_info=True)
-            self._fail("raft_thread", f"the Raft thread died: {e!r}")
+            self._fail("raft_thread", f"the Raft thread died: {e!r}", exc_info=True)
         else:
             if not self._stopping:
                 self._fail("raft_thread", "the Raft thread exited")
@@ -779,6 +778,10 @@ class RaftReplicator:
         try:
             return self._handle(item, touched)
         except Exception as e:
+            if item[0] == "layout":
+                # This node would silently not hold (or still hold) a partition the meta group says otherwise of.
+                self._fail("apply", f"acting on the layout of partition {item[1]} failed: {e!r}", exc_info=True)
+                return False
             group = item[2] if item[0] == "frame" else item[1] if item[0] in ("propose", "transfer") else None
             self._contain(e, f"handling a {item[0]} item", group)
             return self.fatal is None
@@ -790,14 +793,14 @@ class RaftReplicator:
         if failed or isinstance(e, JournalError):
             g = failed[0] if failed else group
             name = self._name(g) if isinstance(g, int) else "?"
-            self._fail("journal", f"the journal of group {name} failed ({what}): {e!r}")
+            self._fail("journal", f"the journal of group {name} failed ({what}): {e!r}", exc_info=True)
         elif isinstance(e, ApplyFailed):
-            self._fail("apply", f"{e}: {e.__cause__!r}")
+            self._fail("apply", f"{e}: {e.__cause__!r}", exc_info=True)
         else:
             self.contained_errors += 1
             log.exception("raft: %s failed; contained, replication goes on", what)
 
-    def _fail(self, kind: str, reason: str) -> None:
+    def _fail(self, kind: str, reason: str, exc_info: bool = False) -> None:
         """Replication cannot go on here: stop the Raft loop, let go of every
         leadership at once (no stale ``is_leader``), and record why; the node's
         watchdog turns it not-ready and exits. Only the first reason counts."""
@@ -806,7 +809,8 @@ class RaftReplicator:
         self.fatal = reason
         self.fatal_kind = kind
         self._running = False
-        log.critical("replication cannot go on: %s; this node stops and must be restarted", reason)
+        log.critical("replication cannot go on: %s; this node stops and must be restarted", reason,
+                     exc_info=exc_info)
         for g in range(self.partitions + 1):
             self._track_leader(g, None, False)
 

@@ -127,3 +127,28 @@ async def _thread_dies(tmp: Path) -> None:
 
 def test_a_dead_raft_thread_is_fatal_and_leadership_is_released(tmp_path: Path) -> None:
     asyncio.run(_thread_dies(tmp_path))
+
+
+async def _apply_fails(tmp: Path) -> None:
+    t = Trio(tmp, partitions=1)
+    await t.start("a", "b", "c")
+    try:
+        leader = await t.wait_leader(0)
+        await t.register(0)
+        await t.caught_up(0)
+        follower = next(n for n in t.ids if n != leader)
+        rep = t.reps[follower]
+        # Its LMDB environment goes away between two applies (on the Raft thread,
+        # as nothing else may touch it): the next apply gets a real lmdb.Error.
+        rep._inbox.put(("call", lambda: rep.store(0).env.close()))
+        assert (await t.propose(0, t.command()))["ok"]  # committed by the other two
+        await t.wait(lambda: rep.fatal is not None, 5.0, "the replica to record its failed apply")
+        assert rep.fatal_kind == "apply" and "applying entry" in rep.fatal, rep.fatal
+        assert not rep.raft_thread_alive()
+        assert (await t.propose(0, t.command(), via=leader))["ok"]
+    finally:
+        await t.stop_all()
+
+
+def test_an_apply_that_raises_is_fatal(tmp_path: Path) -> None:
+    asyncio.run(_apply_fails(tmp_path))
