@@ -253,7 +253,7 @@ class RaftGroup(SyncObj):
         self._SyncObj__raftElectionDeadline = max(current, deadline)  # type: ignore[attr-defined]
 
     def hold_elections(self, seconds: float) -> None:
-        """Do not stand for election for a while (a replica that cannot apply must not lead)."""
+        """Do not stand for election for a while (a replica just added waits for the leader's first append)."""
         from pysyncobj.monotonic import monotonic
 
         self._SyncObj__raftElectionDeadline = monotonic() + seconds  # type: ignore[attr-defined]
