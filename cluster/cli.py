@@ -7,6 +7,10 @@
     tasksd serve --help         every configuration key, with its default
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 configuration or usage error.
+A runtime failure includes the watchdog's stop: replication cannot go on in
+this process (the Raft thread died, a journal failed on an I/O error such as a
+full disk, or applying a committed entry failed); the node reports it on
+/readyz and in the log, then exits 1 for its supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from cluster.logs import setup_logging
 from cluster.node import ConfigMismatch, Node, package_version, run_until_signalled
 
 USAGE = __doc__ or ""
+EXIT_FAILURE = 1  # SPEC §10: runtime failure (the watchdog's stop included)
 
 
 def _install_loop() -> None:
@@ -88,6 +93,9 @@ def serve(argv: list[str]) -> int:
     except Exception:
         logging.getLogger("tasks").exception("node failed")
         return 1
+    if node.failure:
+        print(f"tasksd: replication failed: {node.failure}", file=sys.stderr)
+        return EXIT_FAILURE
     if node.fatal:
         print(f"tasksd: {node.fatal}", file=sys.stderr)
         return 2

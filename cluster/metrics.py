@@ -21,6 +21,9 @@ from prometheus_client.process_collector import ProcessCollector
 
 from shard import OPS
 
+# Why replication stopped (RaftReplicator.fatal_kind; "apply" also for local mode's apply thread).
+FATAL_REASONS = ("raft_thread", "journal", "apply")
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -68,6 +71,24 @@ class _PeerCollector:
         yield fam
 
 
+class _FatalCollector:
+    """The watchdog (issue 23): replication failures that stop the node (it
+    exits 1 a second later), read at scrape time so that the first scrape
+    after the failure shows it (at most 1 per process: it stops)."""
+
+    def __init__(self, kind: Callable[[], str | None]) -> None:
+        self._kind = kind
+
+    def collect(self):
+        fam = CounterMetricFamily(
+            "tasks_fatal_errors", "Replication failures that stop the node", labels=["reason"]
+        )
+        kind = self._kind()
+        for reason in FATAL_REASONS:
+            fam.add_metric([reason], 1 if kind == reason else 0)
+        yield fam
+
+
 class _RaftCollector:
     """Raft gauges of the node's groups, read at scrape time (empty in local mode)."""
 
@@ -83,6 +104,10 @@ class _RaftCollector:
         changes = CounterMetricFamily("tasks_raft_leader_changes", "Leader changes seen", labels=["group_kind"])
         if rep is None or getattr(rep, "kind", "local") != "raft":
             return
+        yield GaugeMetricFamily(
+            "tasks_raft_thread_alive", "1 while the Raft thread runs and replication has not failed (else 0)",
+            value=1 if rep.raft_thread_alive() else 0,  # type: ignore[attr-defined]
+        )
         sums: dict[str, list[int]] = {"meta": [0, 0, 0], "partition": [0, 0, 0]}
         roles: dict[tuple[str, str], int] = {}
         for g in [*rep.local_partitions(), rep.meta_group]:  # type: ignore[attr-defined]
@@ -133,6 +158,7 @@ class Metrics:
         stores: Callable[[], list],
         peer_rejected: Callable[[], dict[str, int]] | None = None,
         replicator: Callable[[], object] | None = None,
+        fatal_kind: Callable[[], str | None] | None = None,
     ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=r)
@@ -140,6 +166,7 @@ class Metrics:
         r.register(_StorageCollector(stores))
         r.register(_PeerCollector(peer_rejected or dict))
         r.register(_RaftCollector(replicator or (lambda: None)))
+        r.register(_FatalCollector(fatal_kind or (lambda: None)))
         Gauge("tasks_build_info", "Build information", ["version"], registry=r).labels(version).set(1)
         self.http_requests = Counter(
             "tasks_http_requests_total", "HTTP requests", ["route", "method", "code"], registry=r

@@ -31,6 +31,33 @@ from routing import Membership, MembershipWatcher
 
 log = logging.getLogger("tasks.node")
 
+# The watchdog (issue 23): how often it looks, how long a failed node keeps
+# answering /readyz (503, with the reason) and /metrics before it stops, so
+# that probes and scrapes see why, and how long the Raft loop may go without a
+# round before the node reports not-ready (a stuck thread is not dead: no exit).
+WATCHDOG_PERIOD_S = 0.1
+FATAL_LINGER_S = 1.0
+RAFT_STUCK_S = 10.0
+
+
+def replication_failure_kind(rep: Any) -> str | None:
+    """What failed ("raft_thread", "journal", "apply"; the label of
+    tasks_fatal_errors_total), or None while replication can go on."""
+    if replication_failure(rep) is None:
+        return None
+    return getattr(rep, "fatal_kind", None) or ("raft_thread" if getattr(rep, "kind", "") == "raft" else "apply")
+
+
+def replication_failure(rep: Any) -> str | None:
+    """Why the replicator cannot make progress (None: it can): a Raft thread
+    that died or a journal or apply that failed, or local mode's apply thread."""
+    if rep is None:
+        return None
+    failure = getattr(rep, "failure", None)
+    if callable(failure):
+        return failure()
+    return "the apply thread failed" if getattr(rep, "failed", False) else None
+
 
 def package_version() -> str:
     try:
@@ -84,10 +111,12 @@ class Node:
         self.dispatcher: Any = None
         self.migrations: Any = None
         self.sse: Any = None  # cluster.sse.SseHub, from start()
-        self.metrics = Metrics(self.version, self._stores, self._peer_rejected, lambda: self.replicator)
+        self.metrics = Metrics(self.version, self._stores, self._peer_rejected, lambda: self.replicator,
+                               lambda: replication_failure_kind(self.replicator))
         # Reads the key files now: a bad key source is a startup error (ConfigError).
         self.auth = Authenticator(cfg.auth, on_failure=lambda reason: self.metrics.auth_failures.labels(reason).inc())
         self.fatal: str | None = None
+        self.failure: str | None = None  # set by the watchdog: replication failed, the node stops (exit 1)
         self.leaving = False
         self.stopping = asyncio.Event()
         self._bg: list[asyncio.Task] = []
@@ -134,6 +163,7 @@ class Node:
                     f"this node is configured with partitions: {cfg.partitions}"
                 )
         await self.replicator.start()
+        self._bg.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         if getattr(self.replicator, "kind", "local") == "raft":
             from cluster.replica_sets import ReplicaKeeper
 
@@ -459,6 +489,23 @@ class Node:
             except Exception:
                 log.exception("leader balancing failed")
 
+    async def _watchdog(self) -> None:
+        """Deliverable 4 of issue 23: a replicator that cannot make progress any
+        more (its Raft thread died, a journal failed, an apply failed) cannot
+        recover in-process. /readyz answers 503 with the reason from that moment
+        (``readiness_reasons`` asks the replicator itself, so does the metric
+        ``tasks_fatal_errors_total``); this logs why, keeps answering for FATAL_LINGER_S,
+        then stops the node: ``tasksd`` exits 1 and its supervisor restarts it,
+        which recovers from disk (the journal is replayed)."""
+        rep = self.replicator
+        while (reason := replication_failure(rep)) is None:
+            await asyncio.sleep(WATCHDOG_PERIOD_S)
+        self.failure = reason
+        log.critical("watchdog: %s; this node is not ready and stops in %.1f s (exit 1) for its supervisor "
+                     "to restart it", reason, FATAL_LINGER_S)
+        await asyncio.sleep(FATAL_LINGER_S)
+        self.stopping.set()
+
     async def hand_over(self, timeout: float = 5.0) -> None:
         """Before stopping: give away every group this node leads (SIGTERM path)."""
         rep = self.replicator
@@ -478,7 +525,7 @@ class Node:
     async def stop(self) -> None:
         for t in self._bg:
             t.cancel()
-        if self.ready:
+        if self.ready and self.failure is None:  # a failed replicator hands nothing over
             try:
                 await self.hand_over()
             except Exception:
@@ -598,14 +645,18 @@ class Node:
     # ---- service routes that describe the node -----------------------------
 
     def readiness_reasons(self) -> list[str]:
+        rep = self.replicator
+        failure = self.failure or replication_failure(rep)
+        if failure is not None:
+            return [f"replication failed: {failure}"]
         if not self.ready:
             return ["starting"]
-        rep = self.replicator
-        if getattr(rep, "failed", False):
-            return ["apply thread failed"]
         if getattr(rep, "kind", "local") != "raft":
             return []
         reasons = []
+        stuck = time.monotonic() - rep.loop_at
+        if stuck > RAFT_STUCK_S:
+            reasons.append(f"raft: the Raft thread has not gone round its loop for {stuck:.0f} s")
         if rep.leader(rep.meta_group) is None:
             reasons.append("meta: no leader")
         if rep.meta.partitions() is None:

@@ -23,12 +23,15 @@ is an error, never a silent success.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+import lmdb
 import msgpack
 import pysyncobj.syncobj as _syncobj
 from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import Journal
 from pysyncobj.node import Node
 from pysyncobj.transport import Transport
@@ -51,6 +54,9 @@ ENTRY_OVERHEAD = 32
 class SnapshotMismatch(RuntimeError):
     """The log and the snapshot image cannot both be right (the log starts after
     the image): refusing to start beats guessing which entries are missing."""
+
+
+STALL_RETRY_S = 1.0  # how often a stalled replica tries the entry that did not fit again
 
 
 def membership_command(op: str, node_id: str) -> bytes:
@@ -142,9 +148,23 @@ class GroupTransport(Transport):
 
 class StorageStalled(Exception):
     """A committed entry cannot be applied here (the partition's map is at its
-    maximum or the disk is full). Raised out of pysyncobj's apply loop so that
-    its applied index does not move past the entry: the replica stops applying
-    instead of skipping (SPEC §10.1), and applies it once there is room again."""
+    maximum or the disk is full). Raised by the apply of one entry and caught by
+    the apply loop (``RaftGroup._SyncObj__applyLogEntries``), so that the applied
+    index does not move past the entry: the replica stops applying instead of
+    skipping (SPEC §10.1), and applies it once there is room again. Only the
+    applying stops: the group keeps voting, appending and heartbeating."""
+
+
+class ApplyFailed(Exception):
+    """Applying a committed entry raised something other than a stall (an LMDB
+    or I/O error: handler bugs are contained by the state machine itself). The
+    replica cannot make progress past that entry in-process, so the replicator
+    treats it as fatal (fail-stop; a restart replays the journal)."""
+
+    def __init__(self, group_id: int, index: int) -> None:
+        super().__init__(f"group {group_id}: applying entry {index} failed")
+        self.group_id = group_id
+        self.index = index
 
 
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
@@ -170,6 +190,9 @@ class RaftGroup(SyncObj):
         self.snapshotter = snapshotter
         self.nodes = {pid: Node(pid) for pid in peer_ids}
         self.self_node = Node(self_id)
+        # Why this replica stopped applying (None while it applies); the replicator reads it every tick.
+        self.stall: StorageStalled | None = None
+        self._stall_retry_at = 0.0
         super().__init__(
             self.self_node,
             list(self.nodes.values()),
@@ -299,14 +322,69 @@ class RaftGroup(SyncObj):
             return None
         if not command or command[0] != _REGULAR_BYTE:
             return None  # no-op and version entries carry no state
-        result = self.machine.apply(index, command[1:])
+        try:
+            result = self.machine.apply(index, command[1:])
+        except (lmdb.MapFullError, lmdb.DiskError) as e:  # a store that does not grow (meta), a full disk
+            raise StorageStalled(f"group {self.group_id}: entry {index} does not fit ({e})") from e
         if result is not None and result.get("code") == "storage_full":
             raise StorageStalled(f"group {self.group_id}: entry {index} does not fit")
         self._on_applied(self.group_id, index, result)
         return result
 
+    # pysyncobj's apply loop, called from ``_onTick`` before heartbeats, the
+    # commands queue and compaction. Ours stops at an entry that does not fit
+    # (StorageStalled) and returns, so the rest of the tick still runs: a
+    # stalled replica keeps voting, appending, acknowledging and heartbeating
+    # (pysyncobj's own loop would let the exception abort the tick). Callers
+    # waiting for an entry are answered only once it applied, so a stall loses
+    # no callback; any other error of the apply is ApplyFailed (fatal).
+    def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802
+        commit = self._SyncObj__raftCommitIndex  # type: ignore[attr-defined]
+        applied = self._SyncObj__raftLastApplied  # type: ignore[attr-defined]
+        if commit <= applied or (self.stall is not None and time.monotonic() < self._stall_retry_at):
+            return False
+        waiting = self._SyncObj__commandsWaitingCommit  # type: ignore[attr-defined]
+        for command, idx, term in self._SyncObj__getEntries(applied + 1, commit - applied):  # type: ignore[attr-defined]
+            try:
+                result = self._SyncObj__doApplyCommand(command)
+            except StorageStalled as e:
+                # Retried once a second, not every tick: each attempt redoes the whole entry.
+                self.stall = e
+                self._stall_retry_at = time.monotonic() + STALL_RETRY_S
+                return False
+            except Exception as e:
+                raise ApplyFailed(self.group_id, idx) from e
+            self.stall = None
+            self._SyncObj__raftLastApplied += 1  # type: ignore[attr-defined]
+            for subscribed_term, callback in waiting.pop(idx, ()):
+                ok = subscribed_term == term
+                try:
+                    callback(result if ok else None, FAIL_REASON.SUCCESS if ok else FAIL_REASON.DISCARDED)
+                except Exception:
+                    log.exception("group %d: a commit callback failed", self.group_id)
+        return not self._SyncObj__conf.appendEntriesUseBatch  # type: ignore[attr-defined]
+
+    def abandon_waiting(self) -> None:
+        """Answer every caller still waiting for a commit with UNKNOWN_OUTCOME
+        (the replicator stopped for good; the process is about to exit)."""
+        waiting = [cb for subs in self._SyncObj__commandsWaitingCommit.values() for _, cb in subs]  # type: ignore[attr-defined]
+        waiting += list(self._SyncObj__commandsWaitingReply.values())  # type: ignore[attr-defined]
+        self._SyncObj__commandsWaitingCommit.clear()  # type: ignore[attr-defined]
+        self._SyncObj__commandsWaitingReply.clear()  # type: ignore[attr-defined]
+        for callback in waiting:
+            try:
+                callback(None, FAIL_REASON.UNKNOWN_OUTCOME)
+            except Exception:
+                log.debug("group %d: answering a waiting caller failed", self.group_id, exc_info=True)
+
+    def hold_elections_until(self, deadline: float) -> None:
+        """Do not stand for election before ``deadline`` (pysyncobj's monotonic clock);
+        a later election deadline of pysyncobj's own is kept."""
+        current = self._SyncObj__raftElectionDeadline  # type: ignore[attr-defined]
+        self._SyncObj__raftElectionDeadline = max(current, deadline)  # type: ignore[attr-defined]
+
     def hold_elections(self, seconds: float) -> None:
-        """Do not stand for election for a while (a replica that cannot apply must not lead)."""
+        """Do not stand for election for a while (a replica just added waits for the leader's first append)."""
         from pysyncobj.monotonic import monotonic
 
         self._SyncObj__raftElectionDeadline = monotonic() + seconds  # type: ignore[attr-defined]

@@ -82,6 +82,7 @@ node to prevent (one lock on its data directory), not for each journal.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -93,6 +94,8 @@ from typing import Any, Final, overload
 
 import msgpack
 from pysyncobj.journal import Journal
+
+from replication.raft import faults
 
 __all__ = [
     "DurableJournal",
@@ -424,6 +427,8 @@ class DurableJournal(Journal):
         """Hand the buffered records to the OS, then fsync them (and any truncation)."""
         assert self._fd is not None
         try:
+            if faults.fault("journal.flush"):
+                raise OSError(errno.ENOSPC, "No space left on device (injected fault journal.flush)")
             if self._pending:
                 written = 0
                 try:

@@ -32,16 +32,16 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import Node
 
 from replication.base import Listener, NotLeader, NotReplica, Result
-from replication.raft import codec
+from replication.raft import codec, faults
 from replication.raft.group import (
     ENTRY_OVERHEAD,
     REGULAR,
+    ApplyFailed,
     GroupTransport,
     RaftGroup,
-    StorageStalled,
     membership_command,
 )
-from replication.raft.journal import DurableJournal
+from replication.raft.journal import DurableJournal, JournalError
 from replication.raft.snapshots import LmdbSnapshotter
 from replication.raft.transport import FORWARD, RAFT, PeerMux
 from replication.rpc import PeerRpc, PeerUnavailable, RemoteError
@@ -53,6 +53,11 @@ log = logging.getLogger("tasks.raft")
 LEADER = 2
 FRAME_MARGIN = 64 << 10  # an AppendEntries' fields besides its entries, with room to spare
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
+# A stalled replica does not stand for election until it has heard no leader
+# for this many (minimum) election timeouts: the others, which can apply, get
+# several rounds first, yet a group whose only up-to-date log is on the
+# stalled replica is not leaderless for ever.
+STALL_GRACE_ELECTIONS = 10
 
 
 class RaftReplicator:
@@ -131,9 +136,19 @@ class RaftReplicator:
         self._peer_listeners: list[Any] = []
         self._channel_handlers: dict[int, Any] = {}
         self.stalled: set[int] = set()  # groups whose next committed entry does not fit here
+        self._stalled_since: dict[int, float] = {}
+        self._handover_at: dict[int, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._running = False
+        self._stopping = False
+        # Liveness (issue 23): why this replicator cannot go on (None while it
+        # can), counted by kind; errors it logged and contained; when the Raft
+        # thread last went round its loop.
+        self.fatal: str | None = None
+        self.fatal_kind: str | None = None  # "raft_thread", "journal" or "apply" (tasks_fatal_errors_total)
+        self.contained_errors = 0
+        self.loop_at = time.monotonic()
         self._leading: list[bool] = [False] * (partitions + 1)
         self._leaders: list[str | None] = [None] * (partitions + 1)
         self._heard: list[dict[str, float]] = [{} for _ in range(partitions + 1)]
@@ -289,8 +304,9 @@ class RaftReplicator:
         return factory
 
     async def stop(self) -> None:
-        if not self._running:
-            return
+        if self._stopping or self._thread is None:
+            return  # stopped, or never started
+        self._stopping = True
         self._running = False
         self.rpc.cancel_all()
         self._inbox.put(("stop", None))
@@ -313,6 +329,8 @@ class RaftReplicator:
     # ---- the boundary ------------------------------------------------------
 
     async def propose(self, group: int, command: bytes) -> Result:
+        if self.fatal is not None:
+            return {"ok": False, "code": "unavailable", "message": f"replication failed on {self.node_id}: {self.fatal}"}
         if not self._running:
             raise NotLeader("replicator stopped")
         if group not in self._groups:
@@ -716,69 +734,197 @@ class RaftReplicator:
         return True
 
     def _run(self) -> None:
-        # Messages and proposals wake the thread at once and tick only the groups
-        # they touch; every group is ticked at least every `tick_every` for its
-        # heartbeats and election timers (a fraction of the heartbeat interval).
+        """The Raft thread.
+
+        Messages and proposals wake the thread at once and tick only the groups
+        they touch; every group is ticked at least every `tick_every` for its
+        heartbeats and election timers (a fraction of the heartbeat interval).
+
+        Liveness (issue 23): an exception while one inbox item is handled or one
+        group is ticked is logged and contained (``_contain``): the other groups,
+        and that group's next messages, go on. What cannot be undone in-process
+        is fatal (``_fail``): a failed journal (after an OSError its file is in
+        an unknown state), a failed apply, or an exception escaping this loop.
+        The node then reports not-ready and exits; a restart recovers from disk.
+        """
         tick_every = min(0.02, self._timings[1] / 5)
         last_full = 0.0
-        while self._running:
-            touched: set[int] = set()
-            timeout = max(0.0, last_full + tick_every - time.monotonic())
+        try:
+            while self._running:
+                self.loop_at = time.monotonic()
+                if faults.fault("raft.thread"):
+                    raise faults.InjectedFault("fault point raft.thread")
+                touched: set[int] = set()
+                timeout = max(0.0, last_full + tick_every - time.monotonic())
+                try:
+                    item = self._inbox.get(timeout=timeout)
+                    if not self._handle_contained(item, touched):
+                        break
+                    for _ in range(10_000):
+                        try:
+                            item = self._inbox.get_nowait()
+                        except queue.Empty:
+                            break
+                        if not self._handle_contained(item, touched):
+                            self._running = False
+                            break
+                except queue.Empty:
+                    pass
+                now = time.monotonic()
+                if now - last_full >= tick_every:
+                    last_full = now
+                    todo: Any = sorted(self._groups)
+                else:
+                    todo = sorted(touched)
+                for g in todo:
+                    if g in self._groups and self.fatal is None:
+                        self._tick(g)
+        except BaseException as e:  # whatever ends this thread ends replication
+            self._fail("raft_thread", f"the Raft thread died: {e!r}", exc_info=True)
+        else:
+            if not self._stopping:
+                self._fail("raft_thread", "the Raft thread exited")
+        finally:
+            if self.fatal is not None:
+                self._refuse_queued()
+
+    def _handle_contained(self, item: tuple, touched: set[int]) -> bool:
+        """``_handle`` with its exceptions contained; False: stop the loop."""
+        try:
+            return self._handle(item, touched)
+        except Exception as e:
+            if item[0] == "layout":
+                # This node would silently not hold (or still hold) a partition the meta group says otherwise of.
+                self._fail("apply", f"acting on the layout of partition {item[1]} failed: {e!r}", exc_info=True)
+                return False
+            group = item[2] if item[0] == "frame" else item[1] if item[0] in ("propose", "transfer") else None
+            self._contain(e, f"handling a {item[0]} item", group)
+            return self.fatal is None
+
+    def _contain(self, e: Exception, what: str, group: Any = None) -> None:
+        """An exception on the Raft thread: fatal if it failed a journal or an
+        apply, else logged and counted (the node keeps replicating)."""
+        failed = [g for g, j in list(self._journals.items()) if j.failed]
+        if failed or isinstance(e, JournalError):
+            g = failed[0] if failed else group
+            name = self._name(g) if isinstance(g, int) else "?"
+            self._fail("journal", f"the journal of group {name} failed ({what}): {e!r}", exc_info=True)
+        elif isinstance(e, ApplyFailed):
+            self._fail("apply", f"{e}: {e.__cause__!r}", exc_info=True)
+        else:
+            self.contained_errors += 1
+            log.exception("raft: %s failed; contained, replication goes on", what)
+
+    def _fail(self, kind: str, reason: str, exc_info: bool = False) -> None:
+        """Replication cannot go on here: stop the Raft loop, let go of every
+        leadership at once (no stale ``is_leader``), and record why; the node's
+        watchdog turns it not-ready and exits. Only the first reason counts."""
+        if self.fatal is not None:
+            return
+        self.fatal = reason
+        self.fatal_kind = kind
+        self._running = False
+        log.critical("replication cannot go on: %s; this node stops and must be restarted", reason,
+                     exc_info=exc_info)
+        for g in range(self.partitions + 1):
+            self._track_leader(g, None, False)
+
+    def _refuse_queued(self) -> None:
+        """After a fatal error: answer every waiting proposer now (they would
+        otherwise wait out the proposal timeout and hold up the node's exit).
+        Those that never reached Raft were not written; those in the log have
+        an unknown outcome."""
+        while True:
             try:
-                item = self._inbox.get(timeout=timeout)
-                if not self._handle(item, touched):
-                    break
-                for _ in range(10_000):
-                    try:
-                        item = self._inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if not self._handle(item, touched):
-                        self._running = False
-                        break
+                item = self._inbox.get_nowait()
             except queue.Empty:
-                pass
-            now = time.monotonic()
-            if now - last_full >= tick_every:
-                last_full = now
-                todo: Any = sorted(self._groups)
-            else:
-                todo = sorted(touched)
-            for g in todo:
-                if g in self._groups:
-                    self._tick(g)
+                break
+            if item[0] == "propose":
+                try:
+                    item[3](None, FAIL_REASON.REQUEST_DENIED)
+                except Exception:
+                    log.debug("refusing a queued proposal failed", exc_info=True)
+        for grp in list(self._groups.values()):
+            grp.abandon_waiting()
+
+    def raft_thread_alive(self) -> bool:
+        """The Raft thread runs and nothing fatal happened (the metric and the watchdog)."""
+        t = self._thread
+        return t is not None and t.is_alive() and self.fatal is None
+
+    def failure(self) -> str | None:
+        """Why this replicator cannot make progress, or None (read by the node's watchdog)."""
+        if self.fatal is not None:
+            return self.fatal
+        t = self._thread
+        if t is not None and not t.is_alive() and not self._stopping:
+            return "the Raft thread is not running"
+        return None
 
     def _tick(self, g: int) -> None:
         grp = self._groups[g]
+        journal = self._journals[g]
         try:
-            self._journals[g].flush()
+            journal.flush()
             commit, last = grp.raftCommitIndex, grp.last_log_index()
-            try:
-                grp._onTick(0)
-            except StorageStalled as e:
-                if g not in self.stalled:
-                    log.error("%s; this replica stops applying group %d until it has room", e, g)
-                    self.stalled.add(g)
-                grp.hold_elections(3600.0)  # a leader that cannot apply stops heartbeating and is replaced
+            grp._onTick(0)
+            if journal.failed:  # failed under a pysyncobj path that swallows errors (loading a dump)
+                self._fail("journal", f"the journal of group {self._name(g)} failed: {journal!r}")
                 return
-            journal = self._journals[g]
+            self._note_stall(g, grp)
             if journal.log_bytes > self._compact_bytes and time.monotonic() - self._forced_at.get(g, 0.0) > 10.0:
                 self._forced_at[g] = time.monotonic()
                 grp.forceLogCompaction()
-            if g in self.stalled:
-                log.warning("group %d applies again", g)
-                self.stalled.discard(g)
-                grp.hold_elections(2 * self._timings[0])
             leading = grp.state() == LEADER
+            if g in self.stalled:
+                self._while_stalled(g, grp, leading)
             if leading and (grp.last_log_index() > last or grp.raftCommitIndex > commit):
                 grp.send_append_entries()
-            self._track_leader(g, grp, leading)
             members = grp.member_ids()
             if members != self._members[g]:
                 self._members[g] = frozenset(members)
-        except Exception:
-            log.exception("raft tick of group %d failed", g)
-            time.sleep(0.01)
+        except Exception as e:
+            self._contain(e, f"the tick of group {self._name(g)}", g)
+            if self.fatal is None:
+                time.sleep(0.01)
+        finally:
+            # Every tick, whatever happened in it: is_leader() and leader() never freeze.
+            if self.fatal is None and self._groups.get(g) is grp:
+                self._track_leader(g, grp, grp.state() == LEADER)
+
+    def _note_stall(self, g: int, grp: RaftGroup) -> None:
+        """Follow the group's apply stall (set by RaftGroup's apply loop)."""
+        if grp.stall is not None and g not in self.stalled:
+            log.error("%s; this replica stops applying group %d until it has room (it keeps replicating)",
+                      grp.stall, g)
+            self.stalled.add(g)
+            self._stalled_since[g] = time.monotonic()
+        elif grp.stall is None and g in self.stalled:
+            log.warning("group %d applies again", g)
+            self.stalled.discard(g)
+
+    def _while_stalled(self, g: int, grp: RaftGroup, leading: bool) -> None:
+        """A replica that cannot apply should not lead: as leader it hands over
+        to a caught-up voter (pysyncobj sends TimeoutNow only to one whose log
+        matches its own; until then it keeps leading, which is safe: it still
+        replicates and commits, it only does not apply). As follower it does not
+        stand for election while it hears a leader, nor for a grace period after;
+        then it may, so that a group whose only up-to-date log is here gets a
+        leader, which hands over once another voter caught up."""
+        now = time.monotonic()
+        election = self._timings[0]
+        if leading:
+            last = self._handover_at.get(g, 0.0)
+            if now - last >= election:
+                if last < self._stalled_since.get(g, now):
+                    log.warning("group %d: this replica leads but cannot apply; handing leadership over", g)
+                self._handover_at[g] = now
+                grp.begin_transfer(None)  # once a voter holds the whole log (commands wait meanwhile)
+            return
+        leader = grp.leader_id()
+        heard = self._heard[g].get(leader, 0.0) if leader is not None and leader != self.node_id else 0.0
+        since = max(heard, self._stalled_since.get(g, now))
+        grp.hold_elections_until(since + STALL_GRACE_ELECTIONS * election)
 
     def _track_leader(self, g: int, grp: RaftGroup | None, leading: bool) -> None:
         leader = grp.leader_id() if grp is not None else None
@@ -805,6 +951,9 @@ def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:
         return
     if err == FAIL_REASON.SUCCESS:
         fut.set_result(res if res is not None else {"ok": True})
+    elif err == FAIL_REASON.UNKNOWN_OUTCOME:
+        fut.set_result({"ok": False, "code": "unavailable",
+                        "message": "the write's outcome is unknown; retry with the same requestId"})
     else:
         fut.set_result({
             "ok": False,

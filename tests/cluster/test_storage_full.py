@@ -33,3 +33,58 @@ def test_full_map_answers_507_and_keeps_acknowledged_writes(node_factory) -> Non
     # Small writes that still fit are served; the node did not crash.
     assert node.get("/healthz")[0] == 200
     assert "tasks_storage_full_total 1.0" in node.request("GET", "/metrics")[1]
+
+
+def _leader_seen_by(node, partition: int) -> str | None:
+    status, body = node.get("/v1/tasks/cluster")
+    if status != 200:
+        return None
+    return next((p["leader"] for p in body["partitions"] if p["id"] == partition), None)
+
+
+def _stalled(node) -> bool:
+    status, body = node.get("/v1/tasks/cluster/health")
+    return status == 503 and {"group": "partition:0", "reason": "storage_full"} in body.get("reasons", [])
+
+
+def test_a_leader_that_fills_up_hands_its_partition_over(tmp_path) -> None:
+    """Issue 23, defect 10, on three real nodes: the preferred leader of the one
+    partition has a small map. Once it cannot apply, it hands leadership over
+    (it keeps replicating), every node, itself included, reports the new leader,
+    and writes go on."""
+    import time
+
+    from routing import preferred_leaders
+    from tests.cluster.raft_support import Cluster
+
+    c = Cluster(tmp_path / "c", n=3, partitions=1)
+    small = preferred_leaders(1, c.ids)[0]
+    c.nodes[small].args += ["--storage-map-size", "1MiB", "--storage-map-size-max", "2MiB"]
+    others = [c.nodes[n] for n in c.ids if n != small]
+    try:
+        c.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _leader_seen_by(c.nodes[small], 0) != small:
+            time.sleep(0.1)  # the leader balancer moves the partition to its preferred leader
+        assert _leader_seen_by(c.nodes[small], 0) == small
+        big = "x" * 150_000
+        for i in range(60):
+            if _stalled(c.nodes[small]):
+                break
+            others[i % 2].post(WF, {"workflowId": f"big-{i}", "workflowType": {"name": "Big"}, "input": big},
+                               timeout=15)
+        assert _stalled(c.nodes[small]), "the small replica never filled up"
+        deadline = time.monotonic() + 10
+        views: dict[str, str | None] = {}
+        while time.monotonic() < deadline:
+            views = {nid: _leader_seen_by(n, 0) for nid, n in c.nodes.items()}
+            if len(set(views.values())) == 1 and views[small] not in (None, small):
+                break
+            time.sleep(0.1)
+        new = views[small]
+        assert new not in (None, small) and set(views.values()) == {new}, views
+        assert c.nodes[new].post(WF, {"workflowId": "after", "workflowType": {"name": "T"}})[0] == 200
+        time.sleep(1.5)  # and it stays so: the balancer's hand-backs are refused while it cannot apply
+        assert {_leader_seen_by(n, 0) for n in c.nodes.values()} == {new}
+    finally:
+        c.kill_all()
