@@ -50,6 +50,8 @@ CATCH_UP_LAG = 64
 STEP_RETRY_FOR = 30.0
 LEFTOVER_RETRY = 2.0
 LEFTOVER_PATIENCE = 120.0
+COMPARE_RETRY_FOR = 120.0
+"""How long the digests of the two copies are asked for before the job ends uncompared."""
 
 
 class Migrations:
@@ -294,11 +296,35 @@ class Migrations:
         fenced_ms = int((time.monotonic() - fenced_at) * 1000)
         self.fenced_ms.append(fenced_ms)
         await self._update(jid, fencedMs=fenced_ms)
-        try:
-            same = await src_digest() == await dst_digest()
-        except MigrationError as e:
-            log.warning("migration %s: the copies could not be compared: %s", jid, e)
-            same = True  # not compared: nothing says they differ (apply is deterministic)
+        same, why = await self._compare(jid, src_digest, dst_digest)
+        await self._conclude(job, same, why)
+
+    async def _compare(self, jid: str, src_digest: Callable[[], Any],
+                       dst_digest: Callable[[], Any]) -> tuple[bool | None, str]:
+        """Compare the two copies' digests: (equal?, why not compared). A digest that
+        cannot be fetched (its replica unreachable, slow or restarted) is asked for
+        again, for ``COMPARE_RETRY_FOR`` s; then the answer is None: not compared,
+        which is never taken for equal (the source would be collected on it)."""
+        deadline = time.monotonic() + COMPARE_RETRY_FOR
+        delay = 0.05
+        while True:
+            try:
+                return await src_digest() == await dst_digest(), ""
+            except MigrationError as e:
+                if time.monotonic() >= deadline:
+                    return None, str(e) or type(e).__name__
+                log.warning("migration %s: the copies could not be compared yet (%s); retrying", jid, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _conclude(self, job: Json, same: bool | None, why: str) -> None:
+        """After the flip: collect the source only when its copy was compared equal."""
+        jid, ns = job["id"], job["namespace"]
+        if same is None:
+            log.error("migration %s: the copies of %s could not be compared (%s); source range kept", jid, ns, why)
+            await self._update(jid, status="done", finishedAt=self.clock(),
+                               error=f"the copies were not compared ({why}); the source range is kept, not collected")
+            return
         if not same:
             # Cannot happen if apply is deterministic; if it does, keep the source
             # range (not collected) for inspection and say so loudly.
@@ -306,12 +332,30 @@ class Migrations:
             await self._update(jid, status="done", finishedAt=self.clock(),
                                error="the copy differs from the source (kept for inspection)")
             return
+        await self._update(jid, compared=True)  # a coordinator that takes over may collect
         await self._collect(job)
 
     async def _finish(self, job: Json) -> None:
-        """A flipped job left unfinished (a new coordinator, a late error): activate, collect, done."""
-        await self._shard(job["toPartition"], job["org"], job["namespace"], "mig.activate", job=job["id"])
-        await self._collect(job)
+        """A flipped job left unfinished (a new coordinator, a late error): activate,
+        compare, collect, done. The copies can still be compared while the
+        destination is not active (both are frozen); once it is, they cannot, and
+        unless the job recorded an equal comparison the source range is kept."""
+        org, ns, jid = job["org"], job["namespace"], job["id"]
+        src, dst = job["fromPartition"], job["toPartition"]
+        if (self.rep.meta.job(jid) or job).get("compared"):
+            await self._shard(dst, org, ns, "mig.activate", job=jid)
+            await self._collect(job)
+            return
+        arrived = await self.reads.state(dst, org, ns)
+        if arrived is not None and arrived.get("role") == "dst" and arrived.get("job") == jid:
+            src_digest = await self.reads.open_hash(src, org, ns)
+            dst_digest = await self.reads.open_hash(dst, org, ns)
+            await self._shard(dst, org, ns, "mig.activate", job=jid)
+            same, why = await self._compare(jid, src_digest, dst_digest)
+        else:
+            await self._shard(dst, org, ns, "mig.activate", job=jid)
+            same, why = None, "the destination went live before its coordinator compared them"
+        await self._conclude(job, same, why)
 
     async def _collect(self, job: Json) -> None:
         """The destination is active: drop the source range (in batches), then the job is done."""

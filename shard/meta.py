@@ -24,7 +24,8 @@ REPLICAS = b"m/replicas/"
 TERMINAL = ("done", "failed")
 JOB_FIELDS = ("id", "org", "namespace", "from", "to", "fromPartition", "toPartition", "placementEpoch", "status",
               "snapshotIndex", "tailEntries", "bytes", "fencedMs", "startedAt", "finishedAt", "error")
-PROGRESS_FIELDS = ("status", "snapshotIndex", "tailEntries", "bytes", "fencedMs", "finishedAt", "error", "aborting")
+PROGRESS_FIELDS = ("status", "snapshotIndex", "tailEntries", "bytes", "fencedMs", "finishedAt", "error", "aborting",
+                   "compared")
 
 
 def _pack(v: Any) -> bytes:

@@ -100,13 +100,19 @@ class Cluster:
         return partition_of(ORG, ns, self.cfg.seed, PARTITIONS)
 
 
-def fault_point(rep: RaftReplicator, before: Callable[[int, bytes], Awaitable[None]]) -> None:
-    """Run ``before(group, command)`` ahead of every proposal of ``rep`` (the real one follows)."""
+def fault_point(rep: RaftReplicator, before: Callable[[int, bytes], Awaitable[None]] | None = None,
+                after: Callable[[int, bytes, Any], None] | None = None) -> None:
+    """Run ``before(group, command)`` ahead of every proposal of ``rep`` and
+    ``after(group, command, result)`` once it is answered (the real proposal in between)."""
     real = rep.propose
 
     async def propose(group: int, command: bytes) -> Any:
-        await before(group, command)
-        return await real(group, command)
+        if before is not None:
+            await before(group, command)
+        res = await real(group, command)
+        if after is not None:
+            after(group, command, res)
+        return res
 
     rep.propose = propose  # type: ignore[method-assign]
 
