@@ -45,6 +45,10 @@ Json = dict[str, Any]
 # taken by the replica that serves the forwarded read (in the same task).
 _barrier_due: contextvars.ContextVar[bool] = contextvars.ContextVar("barrier_due", default=False)
 
+READ_BARRIER_ROUNDS = 4
+"""Partitions one read barrier follows: each extra round means a migration flipped
+the shard while the previous barrier was in flight, which takes a whole job."""
+
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
@@ -118,9 +122,12 @@ class Service(RecordsService):
         if _barrier_due.get():
             _barrier_due.set(False)
             barrier = True
+        if barrier and self.holds(org, ns):
+            # Returns with the partition to read barriered, or (the shard moved to
+            # a partition held elsewhere) leaves the barrier to the replica asked below.
+            await self.read_barrier(org, ns)
+            _barrier_due.set(False)
         if self.holds(org, ns):
-            if barrier:
-                await self.read_barrier(org, ns)
             with self._read(org, ns) as txn:
                 return getattr(reads, fn)(txn, org, ns, *args)
         if self.forwarder is None:
@@ -186,6 +193,12 @@ class Service(RecordsService):
         quorum, so a deposed leader cannot answer) and applied here; reads that
         follow see everything committed before. A single node needs nothing.
 
+        The barrier speaks only for the partition it went through, so it returns
+        only once the partition the shard resolves to now (the one the read that
+        follows opens, with no await in between) is the one just barriered. A
+        pin applied while a barrier was in flight (a migration flipped) sends
+        the loop round again, to barrier the new partition before it is read.
+
         A shard that a migration fenced or moved away is read only after this
         node's meta replica has caught up too (a meta barrier): a node that
         restarted, or lags, may still route to the old partition, whose copy
@@ -195,19 +208,35 @@ class Service(RecordsService):
         if getattr(self.replicator, "kind", "local") == "local":
             return
         names.check_namespace(ns)
-        for _ in range(3):
+        for _ in range(READ_BARRIER_ROUNDS):
             if not self.holds(org, ns):
                 _barrier_due.set(True)  # the replica that serves the read takes it
                 return
             group = self.partition(org, ns)
-            await self.propose(org, ns, "sys.barrier")
-            with self._read(org, ns) as txn:
+            await self._barrier_on(group, org, ns)
+            with self.replicator.store(group).read() as txn:  # the partition barriered, whatever pins say now
                 st = moving.read_state(txn, org, ns)
-            if st is None or not (st["role"] == "moved" or (st["role"] == "src" and st.get("fenced"))):
-                return
-            await self.meta_barrier()
+            if st is not None and (st["role"] == "moved" or (st["role"] == "src" and st.get("fenced"))):
+                await self.meta_barrier()
             if self.partition(org, ns) == group:
-                return  # not flipped (yet): the fenced source is still the authoritative copy
+                return  # not flipped (or not yet: the fenced source is still the authoritative copy)
+            # The pin moved while we waited: barrier where the shard lives now.
+        raise ApiError("unavailable", f"namespace {ns} kept moving while it was read; retry", retry_after=1)
+
+    async def _barrier_on(self, group: int, org: str, ns: str) -> None:
+        """Commit a ``sys.barrier`` through ``group`` itself (never re-resolved: see read_barrier)."""
+        cmd: Json = {"v": 1, "op": "sys.barrier", "org": org, "ns": ns, "now": self.clock(),
+                     "rnd": secrets.token_hex(16)}
+        try:
+            res = await self.replicator.propose(group, encode(cmd))
+        except NotLeader as e:
+            self.proposal_errors += 1
+            raise ApiError("unavailable", f"shard unavailable: {e}", retry_after=1) from None
+        if not res.get("ok"):
+            self.proposal_errors += 1
+            code = res.get("code", "unavailable")
+            raise ApiError(code, res.get("message", code), res.get("details"),
+                           retry_after=1 if code == "unavailable" else None)
 
     async def meta_barrier(self) -> None:
         """Apply every committed meta entry here (placement pins) before going on."""

@@ -1,7 +1,12 @@
 """The migration coordinator: snapshot + tail + fenced cutover (ARCHITECTURE.md "Migration").
 
-Jobs are records in the meta group; the **meta leader** runs them, so there
-is exactly one coordinator at a time and a job survives its coordinator:
+Jobs are records in the meta group; the **meta leader** runs them, and a job
+survives its coordinator. A coordinator first *claims* the job (``mig.claim``
+raises the job's claim number in the meta group) and every step it takes
+carries that number: the meta group and the partitions refuse steps with an
+older one (shard.moving), so a deposed leader that has not noticed yet cannot
+act on a job its successor took over (two copies of one job would otherwise
+mix their snapshots in the destination):
 
 1. ``snapshotting`` — the destination partition is told to expect the shard
    (``mig.incoming``), the source starts recording the shard's tail
@@ -21,8 +26,11 @@ is exactly one coordinator at a time and a job survives its coordinator:
 
 Any failure before the flip aborts (``mig.unfence`` on the source, ``mig.drop``
 on the destination) and the job ends ``failed``; after the flip the job can
-only go forward. A new meta leader finishes flipped jobs and aborts the others,
-so every job ends ``done`` or ``failed`` and re-running one is always possible.
+only go forward. A new meta leader claims every unfinished job and finishes
+flipped ones, runs pending ones (nobody took a step of them: a step comes only
+after the claimant recorded ``snapshotting``) and aborts the others, so every
+job ends ``done`` or ``failed`` and re-running one is always possible. The
+source range is collected only after both copies were compared equal.
 """
 
 from __future__ import annotations
@@ -50,6 +58,16 @@ CATCH_UP_LAG = 64
 STEP_RETRY_FOR = 30.0
 LEFTOVER_RETRY = 2.0
 LEFTOVER_PATIENCE = 120.0
+COMPARE_RETRY_FOR = 120.0
+"""How long the digests of the two copies are asked for before the job ends uncompared."""
+
+
+class Superseded(MigrationError):
+    """Another coordinator claimed the job since: this one stops touching it (no abort, no finish)."""
+
+
+def _superseded(res: Json) -> bool:
+    return bool((res.get("details") or {}).get("superseded"))
 
 
 class Migrations:
@@ -73,6 +91,7 @@ class Migrations:
         self.on_change = on_change
         self._running: dict[str, asyncio.Task] = {}
         self._local_jobs: dict[str, Json] = {}  # local mode: no meta group
+        self._claims: dict[str, int] = {}  # job id -> the claim this coordinator holds on it
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fenced_ms: list[int] = []
         self.reads = PartitionReads(replicator, self._barrier_step)
@@ -171,19 +190,15 @@ class Migrations:
             self._recover()
 
     def _recover(self) -> None:
-        """A new coordinator: finish flipped jobs, abort the others (their coordinator is gone),
-        and clear move states that a failed job's late steps left in partitions."""
+        """A new coordinator: take every unfinished job over (``_run`` claims it and
+        finishes, runs or aborts it), and clear move states that a failed job's
+        late steps left in partitions."""
         jobs = {j["id"]: j for j in self.rep.meta.jobs()}
         self._spawn("clean-leftovers", self._clean_leftovers())
         for job in jobs.values():
             if job["status"] in ("done", "failed") or job["id"] in self._running:
                 continue
-            if job.get("flipped"):
-                self._spawn(job["id"], self._finish(job))
-            elif job["status"] == "pending":
-                self._spawn(job["id"], self._run(job))
-            else:
-                self._spawn(job["id"], self._abort(job, "the coordinator changed before the cutover"))
+            self._spawn(job["id"], self._run(job))
 
     async def _clean_leftovers(self) -> None:
         """Every partition is checked: one that cannot be read yet (a new
@@ -235,9 +250,39 @@ class Migrations:
     # ---- the protocol -------------------------------------------------------------------
 
     async def _run(self, job: Json) -> None:
+        """Claim the job, then drive it from where its record (as claimed) says it is:
+        a flipped job is finished, a pending one run, any other aborted (its
+        coordinator is gone: a copy half made by another cannot be continued)."""
+        jid = job["id"]
+        try:
+            job = await self._claim(job)
+        except MigrationError as e:
+            log.info("migration %s not taken over: %s", jid, e)
+            return
+        try:
+            if job.get("flipped"):
+                await self._finish(job)
+            elif job["status"] == "pending" and not job.get("aborting"):
+                await self._drive(job)
+            else:
+                await self._abort(job, "the coordinator changed before the cutover")
+        except Superseded as e:
+            log.info("migration %s: another coordinator took it over (%s); leaving it", jid, e)
+        finally:
+            self._claims.pop(jid, None)
+
+    async def _claim(self, job: Json) -> Json:
+        """Claim ``job`` in the meta group: returns its record as of the claim."""
+        jid = job["id"]
+        cmd = {"op": "mig.claim", "id": jid, "owner": self.node_id, "token": secrets.token_hex(8)}
+        res = await self._meta(cmd)
+        self._claims[jid] = int(res["claim"])
+        return res["job"]
+
+    async def _drive(self, job: Json) -> None:
         try:
             await self._copy(job)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Superseded):
             raise
         except Exception as e:  # noqa: BLE001 - every failure before the flip aborts the job
             if (self.rep.meta.job(job["id"]) or {}).get("flipped"):
@@ -289,16 +334,41 @@ class Migrations:
         fenced_ms = int((time.monotonic() - fenced_at) * 1000)
         if fenced_ms > self.max_fence_ms:
             raise MigrationError(f"the fence lasted {fenced_ms} ms, over migration.max_fence")
-        await self._meta({"op": "mig.pin", "id": jid, "tailEntries": tail, "bytes": sent})
+        await self._meta({"op": "mig.pin", "id": jid, "claim": self._claims.get(jid), "tailEntries": tail,
+                          "bytes": sent})
         await self._shard(dst, org, ns, "mig.activate", job=jid)
         fenced_ms = int((time.monotonic() - fenced_at) * 1000)
         self.fenced_ms.append(fenced_ms)
         await self._update(jid, fencedMs=fenced_ms)
-        try:
-            same = await src_digest() == await dst_digest()
-        except MigrationError as e:
-            log.warning("migration %s: the copies could not be compared: %s", jid, e)
-            same = True  # not compared: nothing says they differ (apply is deterministic)
+        same, why = await self._compare(jid, src_digest, dst_digest)
+        await self._conclude(job, same, why)
+
+    async def _compare(self, jid: str, src_digest: Callable[[], Any],
+                       dst_digest: Callable[[], Any]) -> tuple[bool | None, str]:
+        """Compare the two copies' digests: (equal?, why not compared). A digest that
+        cannot be fetched (its replica unreachable, slow or restarted) is asked for
+        again, for ``COMPARE_RETRY_FOR`` s; then the answer is None: not compared,
+        which is never taken for equal (the source would be collected on it)."""
+        deadline = time.monotonic() + COMPARE_RETRY_FOR
+        delay = 0.05
+        while True:
+            try:
+                return await src_digest() == await dst_digest(), ""
+            except MigrationError as e:
+                if time.monotonic() >= deadline:
+                    return None, str(e) or type(e).__name__
+                log.warning("migration %s: the copies could not be compared yet (%s); retrying", jid, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _conclude(self, job: Json, same: bool | None, why: str) -> None:
+        """After the flip: collect the source only when its copy was compared equal."""
+        jid, ns = job["id"], job["namespace"]
+        if same is None:
+            log.error("migration %s: the copies of %s could not be compared (%s); source range kept", jid, ns, why)
+            await self._update(jid, status="done", finishedAt=self.clock(),
+                               error=f"the copies were not compared ({why}); the source range is kept, not collected")
+            return
         if not same:
             # Cannot happen if apply is deterministic; if it does, keep the source
             # range (not collected) for inspection and say so loudly.
@@ -306,12 +376,30 @@ class Migrations:
             await self._update(jid, status="done", finishedAt=self.clock(),
                                error="the copy differs from the source (kept for inspection)")
             return
+        await self._update(jid, compared=True)  # a coordinator that takes over may collect
         await self._collect(job)
 
     async def _finish(self, job: Json) -> None:
-        """A flipped job left unfinished (a new coordinator, a late error): activate, collect, done."""
-        await self._shard(job["toPartition"], job["org"], job["namespace"], "mig.activate", job=job["id"])
-        await self._collect(job)
+        """A flipped job left unfinished (a new coordinator, a late error): activate,
+        compare, collect, done. The copies can still be compared while the
+        destination is not active (both are frozen); once it is, they cannot, and
+        unless the job recorded an equal comparison the source range is kept."""
+        org, ns, jid = job["org"], job["namespace"], job["id"]
+        src, dst = job["fromPartition"], job["toPartition"]
+        if (self.rep.meta.job(jid) or job).get("compared"):
+            await self._shard(dst, org, ns, "mig.activate", job=jid)
+            await self._collect(job)
+            return
+        arrived = await self.reads.state(dst, org, ns)
+        if arrived is not None and arrived.get("role") == "dst" and arrived.get("job") == jid:
+            src_digest = await self.reads.open_hash(src, org, ns)
+            dst_digest = await self.reads.open_hash(dst, org, ns)
+            await self._shard(dst, org, ns, "mig.activate", job=jid)
+            same, why = await self._compare(jid, src_digest, dst_digest)
+        else:
+            await self._shard(dst, org, ns, "mig.activate", job=jid)
+            same, why = None, "the destination went live before its coordinator compared them"
+        await self._conclude(job, same, why)
 
     async def _collect(self, job: Json) -> None:
         """The destination is active: drop the source range (in batches), then the job is done."""
@@ -336,9 +424,12 @@ class Migrations:
         leadership mid-cutover can no longer flip it; if the pin won the race,
         the job is finished instead."""
         org, ns, jid = job["org"], job["namespace"], job["id"]
-        data = msgpack.packb({"op": "mig.update", "id": jid, "aborting": True}, use_bin_type=True)
+        data = msgpack.packb({"op": "mig.update", "id": jid, "claim": self._claims.get(jid), "aborting": True},
+                             use_bin_type=True)
         res = await self._retry(lambda: self.rep.propose(self.rep.meta_group, data))
         if not res.get("ok"):
+            if _superseded(res):
+                raise Superseded(res.get("message", "superseded"))
             if (res.get("details") or {}).get("flipped"):
                 log.warning("migration %s flipped before it could be aborted (%s); finishing it", jid, why)
                 await self._finish(job)
@@ -349,10 +440,14 @@ class Migrations:
             await self._shard(job["fromPartition"], org, ns, "mig.unfence", job=jid)
             while not (await self._shard(job["toPartition"], org, ns, "mig.drop", job=jid)).get("done"):
                 await asyncio.sleep(0)
+        except Superseded:
+            raise
         except Exception as e:  # noqa: BLE001 - the job still ends failed; a retry cleans up
             log.warning("migration %s: cleanup after abort incomplete: %s", jid, e)
         try:
             await self._update(jid, status="failed", finishedAt=self.clock(), error=why)
+        except Superseded:
+            raise
         except Exception as e:  # noqa: BLE001
             log.warning("migration %s: could not record its failure: %s", jid, e)
 
@@ -413,20 +508,28 @@ class Migrations:
             await asyncio.sleep(ahead)
 
     async def _update(self, jid: str, **fields: Any) -> None:
-        await self._meta({"op": "mig.update", "id": jid, **fields})
+        await self._meta({"op": "mig.update", "id": jid, "claim": self._claims.get(jid), **fields})
 
     async def _meta(self, cmd: Json) -> Json:
         data = msgpack.packb(cmd, use_bin_type=True)
         res = await self._retry(lambda: self.rep.propose(self.rep.meta_group, data))
         if not res.get("ok"):
+            if _superseded(res):
+                raise Superseded(res.get("message", "superseded"))
             raise MigrationError(res.get("message", "meta group refused the step"))
         return res
 
     async def _shard(self, group: int, org: str, ns: str, op: str, **fields: Any) -> Json:
+        """One step in a partition; a job's steps carry this coordinator's claim on it."""
+        claim = self._claims.get(fields.get("job", ""))
+        if claim is not None:
+            fields["claim"] = claim
         cmd = {"v": 1, "op": op, "org": org, "ns": ns, "now": self.clock(), **fields}
         data = encode(cmd)
         res = await self._retry(lambda: self.rep.propose(group, data))
         if not res.get("ok"):
+            if _superseded(res):
+                raise Superseded(f"{op} refused by partition {group}: {res.get('message')}")
             raise MigrationError(f"{op} refused by partition {group}: {res.get('message', res.get('code'))}")
         return res
 

@@ -325,7 +325,9 @@ class PartitionReads:
         return token
 
     async def _h_hash_get(self, peer: str, a: Any) -> Any:
-        fut = self._hashes.pop(a["t"], None)
+        # Kept until it expires (not popped): a coordinator whose call timed out
+        # (a big range hashes for long) asks again for the same digest.
+        fut = self._hashes.get(a["t"])
         if fut is None:
             raise MigrationError("no such hash (expired)")
-        return await fut
+        return await asyncio.shield(fut)

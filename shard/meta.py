@@ -24,7 +24,8 @@ REPLICAS = b"m/replicas/"
 TERMINAL = ("done", "failed")
 JOB_FIELDS = ("id", "org", "namespace", "from", "to", "fromPartition", "toPartition", "placementEpoch", "status",
               "snapshotIndex", "tailEntries", "bytes", "fencedMs", "startedAt", "finishedAt", "error")
-PROGRESS_FIELDS = ("status", "snapshotIndex", "tailEntries", "bytes", "fencedMs", "finishedAt", "error", "aborting")
+PROGRESS_FIELDS = ("status", "snapshotIndex", "tailEntries", "bytes", "fencedMs", "finishedAt", "error", "aborting",
+                   "compared")
 
 
 def _pack(v: Any) -> bytes:
@@ -113,12 +114,12 @@ class MetaMachine:
             return C.ok(removed=mid)
         if op == "sys.barrier":
             return C.ok()
-        if op in ("mig.job", "mig.update", "mig.pin"):
+        if op in ("mig.job", "mig.update", "mig.pin", "mig.claim"):
             return self._migration(txn, op, cmd)
         return C.err("invalid_argument", f"unknown meta op {op!r}")
 
     def _migration(self, txn: Any, op: str, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Migration job records and shard pins (SPEC §4.10)."""
+        """Migration job records, their claims by a coordinator, and shard pins (SPEC §4.10)."""
         if op == "mig.job":
             job = cmd.get("job")
             if not isinstance(job, dict) or not isinstance(job.get("id"), str):
@@ -139,6 +140,20 @@ class MetaMachine:
         rec = _unpack(raw)
         if rec["status"] in TERMINAL:
             return C.err("failed_precondition", f"migration {rec['id']} is {rec['status']}")
+        if op == "mig.claim":
+            # One coordinator drives a job at a time: each claim raises the job's
+            # claim number, and steps carrying an older one are refused here and
+            # in the partitions (shard.moving). The same request committed twice
+            # (a retried proposal) is one claim.
+            token = cmd.get("token")
+            if token is None or token != rec.get("claimToken"):
+                rec["claim"] = int(rec.get("claim") or 0) + 1
+                rec["owner"], rec["claimToken"] = cmd.get("owner"), token
+                txn.put(JOB + rec["id"].encode(), _pack(rec))
+            return C.ok(job=rec, migration=rec["id"], claim=rec["claim"])
+        if "claim" in cmd and cmd["claim"] != rec.get("claim"):
+            return C.err("failed_precondition", f"migration {rec['id']} is driven by another coordinator now",
+                         {"superseded": True})
         if cmd.get("aborting") and rec.get("flipped"):
             return C.err("failed_precondition", f"migration {rec['id']} already flipped", {"flipped": True})
         if op == "mig.pin":

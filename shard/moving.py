@@ -21,6 +21,17 @@ itself copies byte for byte):
 Every step is idempotent: chunks and tail entries are numbered, and a repeated
 or stale step (another job's, or one already applied) changes nothing. Reads
 and ``sys.barrier`` are never fenced.
+
+One coordinator drives a job at a time (a fencing token): its steps carry the
+job's *claim* number from the meta group (``mig.claim``), and each partition
+keeps, per job, the highest claim it has seen and whether the job has *ended*
+here (unfenced, dropped, collected or activated). A step with a lower claim
+is refused, so a coordinator that was replaced (a deposed meta leader that has
+not noticed yet) cannot mix its snapshot into its successor's copy; and once
+the job has ended here only its idempotent closing steps are accepted, so a
+late ``mig.begin`` or ``mig.incoming`` cannot bring back a move state after the
+job was aborted or finished. Steps without a claim (logs written before claims
+existed) are not checked against it.
 """
 
 from __future__ import annotations
@@ -38,7 +49,14 @@ STATE = b"\x01mstate"
 TAIL = b"\x01mtail"
 GC_BATCH = 20_000
 """Keys deleted per ``mig.gc`` / ``mig.drop`` command (a big range takes several)."""
+JOB = b"\x01mjob"
 UNFENCED_OPS = frozenset({"sys.barrier"})
+CLOSING_OPS = frozenset({"mig.unfence", "mig.gc", "mig.activate", "mig.drop"})
+"""Steps that end a job in a partition; they stay accepted after it ended (each is idempotent)."""
+
+
+def job_key(jid: str) -> bytes:
+    return JOB + jid.encode()
 
 
 def state_key(org: str, ns: str) -> bytes:
@@ -144,6 +162,27 @@ def _delete_prefix(txn: lmdb.Transaction, prefix: bytes, limit: int) -> bool:
     return True
 
 
+def _claimed(ctx: Ctx) -> None:
+    """Refuse a step of a superseded coordinator, or one that comes after the job ended here;
+    record the step's claim (and, for a closing step, that the job ends here)."""
+    jid = ctx.cmd.get("job")
+    if not isinstance(jid, str):
+        return
+    op = ctx.cmd["op"]
+    raw = ctx.txn.get(job_key(jid))
+    rec = unpack(raw) if raw is not None else {"claim": 0, "ended": False}
+    claim = ctx.cmd.get("claim")
+    if isinstance(claim, int) and claim < rec["claim"]:
+        raise Reject("failed_precondition", f"job {jid} is driven by a newer coordinator (claim {rec['claim']})",
+                     {"superseded": True})
+    if rec["ended"] and op not in CLOSING_OPS:
+        raise Reject("failed_precondition", f"job {jid} has ended in this partition", {"superseded": True})
+    new = {"claim": max(rec["claim"], claim if isinstance(claim, int) else 0),
+           "ended": rec["ended"] or op in CLOSING_OPS}
+    if new != rec or raw is None:
+        ctx.txn.put(job_key(jid), pack(new))
+
+
 def _job_state(ctx: Ctx, role: str) -> dict[str, Any]:
     st = read_state(ctx.txn, ctx.org, ctx.ns)
     if st is None or st["role"] != role or st.get("job") != ctx.cmd.get("job"):
@@ -155,6 +194,7 @@ def _job_state(ctx: Ctx, role: str) -> dict[str, Any]:
 
 
 def op_begin(ctx: Ctx) -> Result:
+    _claimed(ctx)
     st = read_state(ctx.txn, ctx.org, ctx.ns)
     if st is not None and st["role"] == "src" and st.get("job") == ctx.cmd["job"]:
         return C.ok(seq=st["seq"], fenced=bool(st.get("fenced")))
@@ -166,6 +206,7 @@ def op_begin(ctx: Ctx) -> Result:
 
 
 def op_fence(ctx: Ctx) -> Result:
+    _claimed(ctx)
     st = _job_state(ctx, "src")
     st["fenced"] = True
     _write_state(ctx.txn, ctx.org, ctx.ns, st)
@@ -174,6 +215,7 @@ def op_fence(ctx: Ctx) -> Result:
 
 def op_unfence(ctx: Ctx) -> Result:
     """Abort at the source: writes go on here, the tail is dropped."""
+    _claimed(ctx)
     st = read_state(ctx.txn, ctx.org, ctx.ns)
     if st is None or st["role"] != "src" or st.get("job") != ctx.cmd["job"]:
         return C.ok(changed=False)
@@ -184,6 +226,7 @@ def op_unfence(ctx: Ctx) -> Result:
 
 def op_gc(ctx: Ctx) -> Result:
     """After the flip: delete the range (in batches), then remember where it went."""
+    _claimed(ctx)
     st = read_state(ctx.txn, ctx.org, ctx.ns)
     if st is not None and st["role"] == "moved" and st.get("job") == ctx.cmd["job"]:
         return C.ok(done=True)
@@ -203,6 +246,7 @@ def op_gc(ctx: Ctx) -> Result:
 
 
 def op_incoming(ctx: Ctx) -> Result:
+    _claimed(ctx)
     st = read_state(ctx.txn, ctx.org, ctx.ns)
     if st is not None and st["role"] == "dst" and st.get("job") == ctx.cmd["job"]:
         return C.ok(chunk=st["chunk"], seq=st["seq"])
@@ -221,6 +265,7 @@ def op_chunk(ctx: Ctx) -> Result:
     they may arrive in any order and a repeated one writes the same bytes; once
     the tail has started, a late duplicate (a retried proposal that committed
     after all) is refused so that it cannot overwrite newer values."""
+    _claimed(ctx)
     st = _job_state(ctx, "dst")
     n, pairs = ctx.cmd["n"], ctx.cmd["pairs"]
     if st.get("tail"):
@@ -239,6 +284,7 @@ def op_chunk(ctx: Ctx) -> Result:
 
 
 def op_activate(ctx: Ctx) -> Result:
+    _claimed(ctx)
     st = read_state(ctx.txn, ctx.org, ctx.ns)
     if st is None and ctx.txn.get(keys.registry_key(ctx.org, ctx.ns)) is not None:
         return C.ok(changed=False)  # already active
@@ -251,6 +297,7 @@ def op_activate(ctx: Ctx) -> Result:
 
 def op_drop(ctx: Ctx) -> Result:
     """Abort at the destination: drop what was copied (in batches)."""
+    _claimed(ctx)
     st = read_state(ctx.txn, ctx.org, ctx.ns)
     if st is None or st["role"] != "dst" or st.get("job") != ctx.cmd["job"]:
         return C.ok(done=True)
@@ -262,6 +309,7 @@ def op_drop(ctx: Ctx) -> Result:
 
 def tail_state(ctx: Ctx) -> dict[str, Any]:
     """``mig.tail`` precondition (the machine applies the entries themselves)."""
+    _claimed(ctx)
     st = _job_state(ctx, "dst")
     st["tail"] = True  # no chunk may land after this
     return st

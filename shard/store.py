@@ -49,6 +49,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or unlink in ``path`` durable (the entry lives in the directory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
 class StorageFull(Exception):
     """The map is at its configured maximum, or the disk is below its reserve."""
 
@@ -304,7 +318,8 @@ class PartitionStore:
 
         LMDB's copy runs inside one read transaction, so the image is exactly
         the state at one applied index, which is returned. Safe to call from
-        any thread while writes go on.
+        any thread while writes go on. The image is on disk when this returns
+        (fsynced, and its directory entry too).
         """
         dest_path = Path(dest)
         dest_path.mkdir(parents=True, exist_ok=True)
@@ -315,6 +330,8 @@ class PartitionStore:
                 self.env.copy(str(dest_path), compact=True, txn=txn)
             finally:
                 txn.abort()
+        fsync_file(dest_path / "data.mdb")
+        fsync_dir(dest_path)
         return index
 
     def restore(self, src: str | os.PathLike[str]) -> int:
@@ -322,18 +339,25 @@ class PartitionStore:
 
         The environment is closed, its files swapped for the snapshot's, and
         reopened. Returns the applied index of the restored image.
+
+        Durable when it returns, in this order: the new image is written to a
+        temporary file and fsynced, renamed over ``data.mdb``, and the directory
+        is fsynced (without that, a power loss can bring the old ``data.mdb``
+        back while Raft already counts the snapshot as installed).
         """
         src_file = Path(src) / "data.mdb"
         with self._write_lock, self._guard.exclusive():
             self.env.close()
             tmp = self.path / "data.mdb.restore"
-            shutil.copyfile(src_file, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+            with open(src_file, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                fout.flush()
+                os.fsync(fout.fileno())
             os.replace(tmp, self.path / "data.mdb")
             lock = self.path / "lock.mdb"
             if lock.exists():
                 lock.unlink()
+            fsync_dir(self.path)
             self.env = lmdb.open(
                 str(self.path),
                 map_size=max(self.map_size, os.path.getsize(self.path / "data.mdb") * 2),
