@@ -136,6 +136,9 @@ class RaftGroup(SyncObj):
     ) -> None:
         self.group_id = group_id
         self.machine = machine
+        # Log index of the membership change this node appended as leader and
+        # has not applied yet (see _SyncObj__changeCluster).
+        self.pending_change: int | None = None
         self._on_applied = on_applied
         self.nodes = {pid: Node(pid) for pid in peer_ids}
         self.self_node = Node(self_id)
@@ -158,6 +161,58 @@ class RaftGroup(SyncObj):
         if not (isinstance(req, list) and len(req) == 2 and req[0] in ("add", "rem") and isinstance(req[1], str)):
             return None
         return [req[0], req[1], Node(req[1])]
+
+    # pysyncobj's one-change-at-a-time guard reads ``__changeClusterIDx``, which
+    # nothing ever sets: a leader would append a second change while the first
+    # is uncommitted, and two configurations in flight can have majorities that
+    # do not overlap (two leaders in one term). This is the guard it meant to
+    # be: the change's index is remembered when it is appended, and the next
+    # one is refused until this node applied (so the group committed) it. A
+    # leader's changes of earlier terms are covered by the no-op check: once
+    # its term's no-op is applied, every entry before it is committed.
+    def _SyncObj__changeCluster(self, request: list[Any]) -> bool:  # noqa: N802
+        noop = self._SyncObj__noopIDx  # type: ignore[attr-defined]
+        if noop is None or self.raftLastApplied < noop:
+            return False
+        if self.pending_change is not None and self.raftLastApplied < self.pending_change:
+            return False
+        index = self.last_log_index() + 1  # where pysyncobj appends it once this returns True
+        if not self._SyncObj__doChangeCluster(request):  # type: ignore[attr-defined]
+            return False
+        self.pending_change = index
+        return True
+
+    def membership(self) -> tuple[set[str], bool]:
+        """The voters (this node included) as of the applied index, and whether a
+        membership change beyond it is in the log (not yet known committed).
+
+        pysyncobj switches to a configuration when its entry is appended (the
+        Raft rule), so its node set runs ahead of the commit; undoing the
+        changes logged after the applied index gives the committed one. Undoing
+        is by set, so a change pysyncobj did not apply (an uncommitted tail
+        read back from the journal at start) is undone harmlessly.
+        """
+        voters = {self.self_node.id} | self.member_ids()
+        applied, last = self.raftLastApplied, self.last_log_index()
+        pending = False
+        if last > applied:
+            entries = self._SyncObj__getEntries(applied + 1, last - applied)  # type: ignore[attr-defined]
+            for entry in reversed(entries):
+                req = self._SyncObj__parseChangeClusterRequest(entry[0])
+                if req is None:
+                    continue
+                pending = True
+                op, node = req[0], req[1]
+                if op == "add" and node != self.self_node.id:
+                    voters.discard(node)
+                elif op == "rem":
+                    voters.add(node)
+        return voters, pending
+
+    def settled(self) -> bool:
+        """A leader that applied its term's no-op: it knows every committed entry."""
+        noop = self._SyncObj__noopIDx  # type: ignore[attr-defined]
+        return self._isLeader() and noop is not None and self.raftLastApplied >= noop
 
     # pysyncobj calls this (name-mangled) for every committed entry, in order.
     def _SyncObj__doApplyCommand(self, command: bytes) -> dict[str, Any] | None:  # noqa: N802

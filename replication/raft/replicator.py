@@ -50,6 +50,11 @@ from shard.meta import MetaMachine
 log = logging.getLogger("tasks.raft")
 
 LEADER = 2
+# A replica opened ahead of its addition to a group (prepare_replica) is not
+# dropped for not being in the layout for this long: the keeper adds it, waits
+# for the commit and records it well within.
+JOIN_GRACE = 60.0
+DROP_CHECK_EVERY = 0.5
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 
 
@@ -141,6 +146,10 @@ class RaftReplicator:
         self.rpc.register("progress", lambda peer, args: self.group_progress(int(args["g"])))
         self.rpc.register("leaders", self._serve_leaders)
         self.rpc.register("transfer", self._serve_transfer)
+        self.rpc.register("voters", lambda peer, args: self.group_membership(int(args["g"])))
+        self.rpc.register("prepare", self._serve_prepare)
+        self._joining: dict[int, float] = {}  # groups opened ahead of their addition (prepare_replica)
+        self._drops: dict[int, asyncio.Task] = {}  # groups left by the layout: dropped once removal is committed
         self._leader_hint: dict[int, str] = {}  # partitions held elsewhere: who answered last
         self.forwarded = 0
         self.proposals = 0
@@ -279,6 +288,8 @@ class RaftReplicator:
             return
         self._running = False
         self.rpc.cancel_all()
+        for task in list(self._drops.values()):
+            task.cancel()
         self._inbox.put(("stop", None))
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
@@ -301,7 +312,7 @@ class RaftReplicator:
     async def propose(self, group: int, command: bytes) -> Result:
         if not self._running:
             raise NotLeader("replicator stopped")
-        if group not in self._groups:
+        if not self.is_local(group):
             return await self._forward_propose(group, command)
         if self._stores[group].disk_full() or group in self.stalled:
             return STORAGE_FULL  # refused before proposing: nothing was written anywhere
@@ -334,8 +345,12 @@ class RaftReplicator:
         return self._replicas.get(group, ())
 
     def is_local(self, group: int) -> bool:
-        """Whether this node holds a replica of ``group`` (may read its store)."""
-        return group in self._groups
+        """Whether this node holds a replica of ``group`` and the layout says so
+        (may read its store). A group opened ahead of its addition, or left by
+        the layout and waiting for its removal to commit, serves nothing."""
+        if group not in self._groups:
+            return False
+        return group == self.meta_group or self.node_id in self._replicas.get(group, ())
 
     def local_partitions(self) -> list[int]:
         return sorted(g for g in list(self._groups) if g != self.meta_group)
@@ -344,16 +359,88 @@ class RaftReplicator:
         """The meta group's layout changed: open the partitions this node now
         replicates and drop the ones it no longer does. A replica added to a
         running group holds back from elections until the leader reaches it
-        (at bootstrap, when the partition was not known before, it does not)."""
+        (at bootstrap, when the partition was not known before, it does not).
+
+        A replica is dropped (its log and store deleted) only once a leader of
+        the group confirms that its removal committed: a layout recorded for a
+        removal that did not commit must not leave a voter without its log.
+        Called again every round (``ReplicaKeeper.sync_local``), so a drop that
+        could not be confirmed yet is retried."""
         for p, nodes in layout.items():
             if not 0 <= p < self.partitions or not nodes:
                 continue
             nodes = tuple(nodes)
-            if nodes == self._replicas.get(p):
+            if nodes != self._replicas.get(p):
+                hold = 3 * self._timings[0] if p in self._replicas else 0.0
+                self._replicas[p] = nodes
+                if self.node_id in nodes:
+                    self._joining.pop(p, None)  # recorded: a replica like any other
+                    self._inbox.put(("layout", p, nodes, hold))
+            if self.node_id not in nodes and p in self._groups:
+                self._drop_once_removed(p)
+
+    async def prepare_replica(self, group: int, node_id: str, nodes: Sequence[str], timeout: float = 5.0) -> None:
+        """Have ``node_id`` open ``group`` (its peers: ``nodes``) before it is made a
+        voter, so that it takes part in committing its own addition: a set of
+        one (or of two with one down) cannot commit the addition without it,
+        and the replica catches up from the moment the leader appends it. It
+        serves nothing until the layout records it (``is_local``)."""
+        if node_id == self.node_id:
+            self._open_joining(group, nodes)
+            return
+        await self.rpc.call(node_id, "prepare", {"g": group, "nodes": list(nodes)}, timeout)
+
+    async def _serve_prepare(self, peer: str, args: Any) -> Any:
+        group, nodes = args["g"], args["nodes"]
+        if not (isinstance(group, int) and 0 <= group < self.partitions and isinstance(nodes, list)
+                and nodes and all(isinstance(n, str) and n for n in nodes)):
+            raise ValueError("bad prepare")
+        self._open_joining(group, nodes)
+        return True
+
+    def _open_joining(self, group: int, nodes: Sequence[str]) -> None:
+        if group in self._groups or self.node_id in self._replicas.get(group, ()):
+            return  # holds it already (or is about to)
+        self._joining[group] = time.monotonic()
+        self._inbox.put(("layout", group, (*[n for n in nodes if n != self.node_id], self.node_id),
+                         3 * self._timings[0]))
+
+    def _drop_once_removed(self, group: int) -> None:
+        joined = self._joining.get(group)
+        if joined is not None and time.monotonic() - joined < JOIN_GRACE:
+            return  # its addition is under way
+        if group in self._drops or self._loop is None or not self._running:
+            return
+        self._drops[group] = self._loop.create_task(self._confirm_and_drop(group), name=f"drop-{group}")
+
+    async def _confirm_and_drop(self, group: int) -> None:
+        try:
+            while self._running and group in self._groups and self.node_id not in self._replicas.get(group, ()):
+                if await self._removal_committed(group):
+                    self._joining.pop(group, None)
+                    self._inbox.put(("layout", group, self._replicas.get(group, ()), 0.0))
+                    return
+                await asyncio.sleep(DROP_CHECK_EVERY)
+        finally:
+            self._drops.pop(group, None)
+
+    async def _removal_committed(self, group: int) -> bool:
+        """Whether a leader of ``group`` that knows every committed entry (its
+        term's no-op applied) has this node out of the group, with no
+        membership change in flight. A lagging follower's view is not enough:
+        it may not have applied this node's addition yet."""
+        leader = self._leader_hint.get(group)
+        asked = [*([leader] if leader else []), *self.peers_for(group)]
+        for peer in dict.fromkeys(asked):
+            if peer == self.node_id:
                 continue
-            hold = 3 * self._timings[0] if p in self._replicas else 0.0
-            self._replicas[p] = nodes
-            self._inbox.put(("layout", p, nodes, hold))
+            try:
+                view = await self.rpc.call(peer, "voters", {"g": group}, 2.0)
+            except (PeerUnavailable, TimeoutError, RemoteError):
+                continue
+            if isinstance(view, dict) and view.get("settled"):
+                return not view.get("pending") and self.node_id not in view.get("voters", ())
+        return False
 
     def peers_for(self, group: int, exclude: Sequence[str] = ()) -> list[str]:
         """The other replicas of ``group``, in the order to ask them: responsive
@@ -408,7 +495,7 @@ class RaftReplicator:
         group, command = args["g"], args["c"]
         if not isinstance(group, int) or not isinstance(command, bytes):
             raise ValueError("bad propose")
-        if group not in self._groups:
+        if not self.is_local(group):
             return {"res": {"ok": False, "code": "not_replica", "message": f"{self.node_id} does not hold {group}"}}
         res = await self.propose(group, command)
         return {"res": res, "leader": self._leaders[group]}
@@ -449,6 +536,39 @@ class RaftReplicator:
             except (PeerUnavailable, TimeoutError, RemoteError) as e:
                 last = e
         raise TimeoutError(f"membership change {op} {node_id} in group {group}: {last}")
+
+    async def group_membership(self, group: int) -> dict[str, Any] | None:
+        """This node's view of ``group``'s voters as of its applied index (so
+        committed), whether a membership change is in its log beyond that, and
+        whether it is a leader that knows every committed entry ("settled": its
+        term's no-op applied). None: not held. Read on the Raft thread."""
+        def read() -> dict[str, Any] | None:
+            grp = self._groups.get(group)
+            if grp is None:
+                return None
+            voters, pending = grp.membership()
+            return {"voters": sorted(voters), "pending": pending, "settled": grp.settled(),
+                    "applied": grp.raftLastApplied}
+
+        if group not in self._groups:
+            return None
+        return await self._on_raft_thread(read)
+
+    async def _on_raft_thread(self, fn: Any, timeout: float = 5.0) -> Any:
+        """Run ``fn()`` on the Raft thread (pysyncobj's state is not thread-safe) and return its result."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def run() -> None:
+            try:
+                res = fn()
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                loop.call_soon_threadsafe(_settle, fut, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, fut, res, None)
+
+        self._inbox.put(("call", run))
+        return await asyncio.wait_for(fut, timeout)
 
     async def group_progress(self, group: int) -> dict[str, int] | None:
         """This node's applied index of ``group`` and the commit index it knows (None: not held)."""
@@ -527,21 +647,26 @@ class RaftReplicator:
         self, op: str, node_id: str, *, timeout: float = 30.0, groups: Sequence[int] | None = None
     ) -> None:
         """Add ("add") or remove ("rem") a voter in every group this node holds (or
-        in ``groups``), one group at a time.
+        in ``groups``), one group at a time; returns once each change is
+        committed, raises TimeoutError when one did not commit by the deadline
+        (its outcome is then unknown: the caller re-reads the group).
 
-        pysyncobj applies one change per group at a time and refuses one while the
-        leader's first entry of its term is uncommitted; refused or unknown
-        outcomes are retried until the deadline. Already-done changes are no-ops.
+        A group takes one change at a time (``RaftGroup._SyncObj__changeCluster``)
+        and none while its leader's first entry of the term is uncommitted;
+        refused or unknown outcomes are retried until the deadline. pysyncobj
+        reports success when this node applies the entry, so after its commit.
+        A change already committed is a no-op; one only appended (pysyncobj's
+        node set switches at append) is not done yet.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for g in (sorted(self._groups) if groups is None else groups):
             while True:
-                if g not in self._groups:
+                view = await self.group_membership(g)
+                if view is None:
                     break
-                members = self._members[g] | {self.node_id}
-                if node_id != self.node_id and (op == "add") == (node_id in members):
-                    break  # already so in this node's view of the group
+                if node_id != self.node_id and not view["pending"] and (op == "add") == (node_id in view["voters"]):
+                    break  # committed so (this node's own view never drops itself)
                 fut: asyncio.Future = loop.create_future()
 
                 def done(res: Any, err: int, _fut: asyncio.Future = fut) -> None:
@@ -549,11 +674,11 @@ class RaftReplicator:
 
                 self._inbox.put(("propose", g, membership_command(op, node_id), done))
                 try:
-                    res = await asyncio.wait_for(asyncio.shield(fut), 5.0)
+                    res = await asyncio.wait_for(asyncio.shield(fut), max(0.1, min(5.0, deadline - loop.time())))
                 except TimeoutError:
                     res = {"ok": False}
                 if res.get("ok"):
-                    break  # committed (this node's own view never drops itself)
+                    break  # applied here, so committed
                 if loop.time() > deadline:
                     raise TimeoutError(f"membership change {op} {node_id} did not commit in group {g}")
                 await asyncio.sleep(0.05)
@@ -677,11 +802,12 @@ class RaftReplicator:
             touched.add(group)
         elif kind == "layout":
             _, group, nodes, hold = item
-            if self.node_id in nodes and group not in self._groups:
-                self._make_group(group, [n for n in nodes if n != self.node_id], hold=hold)
-                touched.add(group)
-            elif self.node_id not in nodes and group in self._groups:
-                self._drop_group(group)
+            if self.node_id in nodes:
+                if group not in self._groups:
+                    self._make_group(group, [n for n in nodes if n != self.node_id], hold=hold)
+                    touched.add(group)
+            elif group in self._groups and self.node_id not in self._replicas.get(group, ()):
+                self._drop_group(group)  # queued once its removal was seen committed (_confirm_and_drop)
         elif kind == "up" or kind == "down":
             for grp in list(self._groups.values()):
                 node = grp.nodes.get(item[1]) or Node(item[1])
@@ -691,8 +817,12 @@ class RaftReplicator:
             grp = self._groups.get(group)
             if grp is None:
                 return True
-            target = grp.nodes.get(to) if to else None
-            grp.transferLeadership(target)
+            # ``grp.nodes`` holds the group's first peers only: a voter added
+            # later is found among the current ones. A target that is not a
+            # voter (any more) gets nothing, rather than whoever pysyncobj picks.
+            if to and to not in grp.member_ids():
+                return True
+            grp.transferLeadership(Node(to) if to else None)
             touched.add(group)
         elif kind == "call":
             item[1]()
@@ -779,6 +909,15 @@ class RaftReplicator:
             if loop is not None:
                 for listener in self._leadership_listeners:
                     loop.call_soon_threadsafe(listener, g, leading)
+
+
+def _settle(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(res)
 
 
 def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:
