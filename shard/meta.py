@@ -97,6 +97,14 @@ class MetaMachine:
             have = txn.get(PARTITIONS)
             if have is None or not isinstance(p, int) or not 0 <= p < _unpack(have) or not _node_list(nodes):
                 return C.err("invalid_argument", "meta.replicas needs a partition and a non-empty node list")
+            # A conditional record (the replica keeper's): applied only over the
+            # set it was computed from. No record yet means the set is implied
+            # (every member, in clusters bootstrapped before sets were recorded).
+            expect = cmd.get("expect")
+            raw = txn.get(REPLICAS + str(p).encode())
+            if expect is not None and raw is not None and _unpack(raw) != expect:
+                return C.err("failed_precondition", f"partition {p}'s replica set changed meanwhile",
+                             {"replicas": _unpack(raw)})
             txn.put(REPLICAS + str(p).encode(), _pack(list(nodes)))
             return C.ok(layout=True, partition=p, replicas=list(nodes))
         if op == "meta.member":

@@ -209,6 +209,19 @@ class RaftGroup(SyncObj):
                     voters.add(node)
         return voters, pending
 
+    def answering(self, window: float) -> set[str]:
+        """On a leader: the voters that answered an AppendEntries within the last
+        ``window`` seconds, itself included (empty on a follower). A voter that
+        is down, or up but not running this group, does not answer."""
+        if not self._isLeader():
+            return set()
+        from pysyncobj.monotonic import monotonic
+
+        now = monotonic()
+        last = self._SyncObj__lastResponseTime  # type: ignore[attr-defined]
+        others = self._SyncObj__otherNodes  # type: ignore[attr-defined]
+        return {self.self_node.id} | {n.id for n in others if now - last.get(n, 0.0) <= window}
+
     def settled(self) -> bool:
         """A leader that applied its term's no-op: it knows every committed entry."""
         noop = self._SyncObj__noopIDx  # type: ignore[attr-defined]

@@ -541,14 +541,17 @@ class RaftReplicator:
         """This node's view of ``group``'s voters as of its applied index (so
         committed), whether a membership change is in its log beyond that, and
         whether it is a leader that knows every committed entry ("settled": its
-        term's no-op applied). None: not held. Read on the Raft thread."""
+        term's no-op applied), with the voters that answered it lately
+        ("answering", on a leader). None: not held. Read on the Raft thread."""
+        window = 2 * self._timings[0]
+
         def read() -> dict[str, Any] | None:
             grp = self._groups.get(group)
             if grp is None:
                 return None
             voters, pending = grp.membership()
             return {"voters": sorted(voters), "pending": pending, "settled": grp.settled(),
-                    "applied": grp.raftLastApplied}
+                    "answering": sorted(grp.answering(window)), "applied": grp.raftLastApplied}
 
         if group not in self._groups:
             return None
