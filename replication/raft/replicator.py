@@ -399,15 +399,20 @@ class RaftReplicator:
         return True
 
     def _open_joining(self, group: int, nodes: Sequence[str]) -> None:
-        if group in self._groups or self.node_id in self._replicas.get(group, ()):
-            return  # holds it already (or is about to)
-        self._joining[group] = time.monotonic()
+        if self.node_id in self._replicas.get(group, ()):
+            return  # a recorded replica: holds it already (or is about to)
+        self._joining[group] = time.monotonic()  # also holds off a drop being confirmed meanwhile
+        if group in self._groups:
+            return
         self._inbox.put(("layout", group, (*[n for n in nodes if n != self.node_id], self.node_id),
                          3 * self._timings[0]))
 
-    def _drop_once_removed(self, group: int) -> None:
+    def _joining_now(self, group: int) -> bool:
         joined = self._joining.get(group)
-        if joined is not None and time.monotonic() - joined < JOIN_GRACE:
+        return joined is not None and time.monotonic() - joined < JOIN_GRACE
+
+    def _drop_once_removed(self, group: int) -> None:
+        if self._joining_now(group):
             return  # its addition is under way
         if group in self._drops or self._loop is None or not self._running:
             return
@@ -416,8 +421,7 @@ class RaftReplicator:
     async def _confirm_and_drop(self, group: int) -> None:
         try:
             while self._running and group in self._groups and self.node_id not in self._replicas.get(group, ()):
-                if await self._removal_committed(group):
-                    self._joining.pop(group, None)
+                if await self._removal_committed(group) and not self._joining_now(group):
                     self._inbox.put(("layout", group, self._replicas.get(group, ()), 0.0))
                     return
                 await asyncio.sleep(DROP_CHECK_EVERY)
@@ -513,7 +517,7 @@ class RaftReplicator:
 
     async def _serve_membership(self, peer: str, args: Any) -> Any:
         group, op, node = args["g"], args["op"], args["node"]
-        if group not in self._groups:
+        if not self.is_local(group):
             raise NotReplica(f"{self.node_id} does not hold partition {group}")
         await self.change_membership(op, node, groups=[group], timeout=float(args.get("timeout", 20.0)))
         return True
@@ -523,8 +527,9 @@ class RaftReplicator:
 
         A node never removes itself: once the change commits, the leader stops
         sending it entries, so it would not see its own change commit. Another
-        replica does it, and sees it."""
-        if group in self._groups and not (op == "rem" and node_id == self.node_id):
+        replica does it, and sees it. A replica opened ahead of its own addition
+        is not a voter yet: a voter does it."""
+        if self.is_local(group) and not (op == "rem" and node_id == self.node_id):
             await self.change_membership(op, node_id, groups=[group], timeout=timeout)
             return
         last: Exception | None = None
@@ -809,7 +814,8 @@ class RaftReplicator:
                 if group not in self._groups:
                     self._make_group(group, [n for n in nodes if n != self.node_id], hold=hold)
                     touched.add(group)
-            elif group in self._groups and self.node_id not in self._replicas.get(group, ()):
+            elif group in self._groups and self.node_id not in self._replicas.get(group, ()) \
+                    and not self._joining_now(group):
                 self._drop_group(group)  # queued once its removal was seen committed (_confirm_and_drop)
         elif kind == "up" or kind == "down":
             for grp in list(self._groups.values()):
