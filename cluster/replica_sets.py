@@ -30,6 +30,12 @@ groups' committed voters (as their leaders see them) and a difference (a
 change that committed unrecorded, a record of one that never committed) is
 repaired by recording the voters; the steps above then continue from there.
 
+The meta group itself has at most ``MAX_META_VOTERS`` voters; other members
+follow it as learners (the leader streams them the log; they neither vote
+nor count towards a commit). The meta leader makes a learner a voter once it
+answers and has caught up, while the group has fewer voters than five (or
+than members), and removes the vote of a node that is no longer a member.
+
 Each step is idempotent and re-derived from the meta group every round, so a
 new meta leader simply continues. When every set is whole and every member answers,
 replicas are spread onto members that hold fewer (a node that joined): the
@@ -48,6 +54,7 @@ from typing import Any
 import msgpack
 
 from routing import partition_plan, rank
+from shard.meta import MAX_META_VOTERS
 
 log = logging.getLogger("tasks.replicas")
 
@@ -229,6 +236,8 @@ class ReplicaKeeper:
         members = set(self.rep.meta.members())
         if not layout or not members:
             return
+        if await self._meta_voters(members):
+            return
         if time.monotonic() - self._reconciled_at >= RECONCILE_EVERY:
             self._reconciled_at = time.monotonic()
             if await self._reconcile(layout):
@@ -289,6 +298,33 @@ class ReplicaKeeper:
             log.info("partition %d: adding replica %s to %s (spreading replicas)", p, node, layout[p])
             if await self._change(p, layout[p], "add", node):
                 await self._caught_up(p, node)
+
+    async def _meta_voters(self, members: set[str]) -> bool:
+        """One change of the meta group's voters, if one is due (True: made).
+
+        Clusters bootstrapped before meta voters were recorded keep every
+        member a voter (a join adds it; see ``Node.add_member``)."""
+        rep = self.rep
+        if rep.meta.voters() is None:
+            return False
+        view = await rep.group_membership(rep.meta_group)
+        if view is None or not view["settled"] or view["pending"]:
+            return False
+        voters = set(view["voters"])
+        gone = sorted(voters - members - {rep.node_id})
+        if gone:  # a member that left kept its vote (its removal gave up half-way)
+            log.info("meta group: removing the vote of %s, no longer a member", gone[0])
+            await rep.change_membership("rem", gone[0], groups=[rep.meta_group], timeout=20.0)
+            return True
+        if len(voters) >= min(MAX_META_VOTERS, len(members)):
+            return False
+        for node in sorted(members - voters):
+            if node in view["answering"] and await self._caught_up(rep.meta_group, node, wait=2.0):
+                log.info("meta group: %s becomes a voter (%d of at most %d)", node, len(voters) + 1,
+                         MAX_META_VOTERS)
+                await rep.change_membership("add", node, groups=[rep.meta_group], timeout=20.0)
+                return True
+        return False
 
     async def _change(self, partition: int, cur: list[str], op: str, node: str) -> bool:
         """One membership change of the partition's group, recorded once it

@@ -64,15 +64,30 @@ _install_journal_factory()
 
 
 class GroupTransport(Transport):
-    """pysyncobj's view of the peer port, for one group."""
+    """pysyncobj's view of the peer port, for one group.
+
+    With ``learners`` (the meta group), a connected peer that is not a voter is
+    a pysyncobj read-only node: the leader sends it every entry (and the
+    snapshot), it neither votes nor counts towards a commit. A voter removed
+    while connected becomes one; a learner added as a voter stops being one.
+    """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *, send: Callable[[str, bytes], bool],
-                 flush: Callable[[], None], connected: Callable[[str], bool] | None = None) -> None:
+                 flush: Callable[[], None], connected: Callable[[str], bool] | None = None,
+                 learners: bool = False) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
         self._send = send
         self._flush = flush
         self._connected = connected
+        self._learners = learners
+        self._group = syncObj
         self.sent = 0
+
+    def _voter(self, node: Node) -> bool:
+        return node in self._group._SyncObj__otherNodes
+
+    def _readonly(self) -> set[Node]:
+        return self._group._SyncObj__readonlyNodes
 
     @property
     def ready(self) -> bool:
@@ -87,11 +102,14 @@ class GroupTransport(Transport):
     def addNode(self, node: Node) -> None:
         # A voter added while its link is already up gets no "up" event: say so
         # now, or the leader would never send it anything.
+        if self._learners:
+            self._readonly().discard(node)  # its indexes are the voter's now (pysyncobj just set them)
         if self._connected is not None and self._connected(node.id):
             self._onNodeConnected(node)
 
     def dropNode(self, node: Node) -> None:
-        return None
+        if self._learners and self._connected is not None and self._connected(node.id):
+            self._onReadonlyNodeConnected(node)
 
     def send(self, node: Node, message: dict[str, Any]) -> bool:
         # Durable before anything leaves: a vote, an acknowledgement or an
@@ -108,10 +126,16 @@ class GroupTransport(Transport):
         self._onMessageReceived(node, message)
 
     def node_up(self, node: Node) -> None:
-        self._onNodeConnected(node)
+        if self._learners and not self._voter(node):
+            self._onReadonlyNodeConnected(node)
+        else:
+            self._onNodeConnected(node)
 
     def node_down(self, node: Node) -> None:
-        self._onNodeDisconnected(node)
+        if self._learners and node in self._readonly():
+            self._onReadonlyNodeDisconnected(node)
+        else:
+            self._onNodeDisconnected(node)
 
 
 class StorageStalled(Exception):
@@ -133,9 +157,14 @@ class RaftGroup(SyncObj):
         machine: Any,
         transport_factory: Callable[..., GroupTransport],
         on_applied: Callable[[int, int, dict[str, Any] | None], None],
+        learner: bool = False,
     ) -> None:
         self.group_id = group_id
         self.machine = machine
+        # A learner is a pysyncobj read-only node (no self node: it never stands
+        # for election nor votes); the leader streams the log to it. Its node
+        # set is the voters', and includes itself once it is added as one.
+        self.learner = learner
         # Log index of the membership change this node appended as leader and
         # has not applied yet (see _SyncObj__changeCluster).
         self.pending_change: int | None = None
@@ -143,7 +172,7 @@ class RaftGroup(SyncObj):
         self.nodes = {pid: Node(pid) for pid in peer_ids}
         self.self_node = Node(self_id)
         super().__init__(
-            self.self_node,
+            None if learner else self.self_node,
             list(self.nodes.values()),
             conf=conf,
             transport=None,
@@ -192,7 +221,8 @@ class RaftGroup(SyncObj):
         is by set, so a change pysyncobj did not apply (an uncommitted tail
         read back from the journal at start) is undone harmlessly.
         """
-        voters = {self.self_node.id} | self.member_ids()
+        me = self.self_node.id
+        voters = self.member_ids() | (set() if self.learner else {me})
         applied, last = self.raftLastApplied, self.last_log_index()
         pending = False
         if last > applied:
@@ -203,7 +233,7 @@ class RaftGroup(SyncObj):
                     continue
                 pending = True
                 op, node = req[0], req[1]
-                if op == "add" and node != self.self_node.id:
+                if op == "add" and (self.learner or node != me):
                     voters.discard(node)
                 elif op == "rem":
                     voters.add(node)
@@ -219,8 +249,19 @@ class RaftGroup(SyncObj):
 
         now = monotonic()
         last = self._SyncObj__lastResponseTime  # type: ignore[attr-defined]
-        others = self._SyncObj__otherNodes  # type: ignore[attr-defined]
+        others = self._SyncObj__otherNodes | self._SyncObj__readonlyNodes  # type: ignore[attr-defined]
         return {self.self_node.id} | {n.id for n in others if now - last.get(n, 0.0) <= window}
+
+    def readonly_ids(self) -> set[str]:
+        """Connected peers the leader streams the log to without their vote (learners)."""
+        return {n.id for n in self._SyncObj__readonlyNodes}  # type: ignore[attr-defined]
+
+    def promoted(self) -> bool:
+        """A learner whose addition as a voter committed (it must now run as one)."""
+        if not self.learner:
+            return False
+        voters, pending = self.membership()
+        return self.self_node.id in voters and not pending
 
     def settled(self) -> bool:
         """A leader that applied its term's no-op: it knows every committed entry."""
@@ -235,6 +276,9 @@ class RaftGroup(SyncObj):
             req = self._SyncObj__parseChangeClusterRequest(command)
             if req is not None:
                 self._SyncObj__doChangeCluster(req)  # type: ignore[attr-defined]
+                record = getattr(self.machine, "apply_membership", None)
+                if record is not None:  # the meta group keeps its voter set in its state
+                    record(index, req[0], req[1])
             return None
         if not command or command[0] != _REGULAR_BYTE:
             return None  # no-op and version entries carry no state

@@ -45,7 +45,7 @@ from replication.raft.snapshots import LmdbSnapshotter
 from replication.raft.transport import FORWARD, RAFT, PeerMux
 from replication.rpc import PeerRpc, PeerUnavailable, RemoteError
 from shard import STORAGE_FULL, PartitionStore, StateMachine
-from shard.meta import MetaMachine
+from shard.meta import MetaMachine, initial_meta_voters
 
 log = logging.getLogger("tasks.raft")
 
@@ -55,6 +55,11 @@ LEADER = 2
 # for the commit and records it well within.
 JOIN_GRACE = 60.0
 DROP_CHECK_EVERY = 0.5
+# How long a node with no meta state asks its peers for the meta voters
+# (joining a running cluster, or bootstrapping a new one with them).
+META_VOTERS_WAIT = 3.0
+# What a meta learner (a pysyncobj read-only node) may send a voter.
+LEARNER_SENDS = frozenset({"next_node_idx", "apply_command"})
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 
 
@@ -148,6 +153,9 @@ class RaftReplicator:
         self.rpc.register("transfer", self._serve_transfer)
         self.rpc.register("voters", lambda peer, args: self.group_membership(int(args["g"])))
         self.rpc.register("prepare", self._serve_prepare)
+        self.rpc.register("meta_voters", self._serve_meta_voters)
+        self._promoting = False  # a learner's promotion to meta voter is queued
+        self._settling: asyncio.Task | None = None  # a guessed meta voter asking the members (start)
         self._joining: dict[int, float] = {}  # groups opened ahead of their addition (prepare_replica)
         self._drops: dict[int, asyncio.Task] = {}  # groups left by the layout: dropped once removal is committed
         self._leader_hint: dict[int, str] = {}  # partitions held elsewhere: who answered last
@@ -198,7 +206,12 @@ class RaftReplicator:
             max_frame=self._max_frame,
         )
         await self.mux.start()
-        self._make_group(self.meta_group, sorted(self.peer_addrs))
+        voters, known = self._meta_role_at_start()
+        self._make_group(self.meta_group, sorted(n for n in voters if n != self.node_id),
+                         learner=self.node_id not in voters)
+        if not known and self.node_id in voters:
+            self._groups[self.meta_group].hold_elections(META_VOTERS_WAIT + 60.0)  # until _settle_meta_role
+            self._settling = asyncio.get_running_loop().create_task(self._settle_meta_role(), name="meta-role")
         for p in range(self.partitions):
             if p in self._stores:
                 self._make_group(p, [n for n in self._replicas[p] if n != self.node_id])
@@ -217,7 +230,105 @@ class RaftReplicator:
             self._stores[g] = store
         return store
 
-    def _make_group(self, g: int, peer_ids: list[str], hold: float = 0.0) -> None:
+    def _meta_role_at_start(self) -> tuple[list[str], bool]:
+        """The meta group's voters this node starts with (it is a learner when
+        not among them), and whether that is known rather than guessed.
+
+        Known from its own meta state when it has one (clusters bootstrapped
+        before voters were recorded have every member vote). A node with none
+        either bootstraps a new cluster with its peers, whose static list
+        decides (``initial_meta_voters``, as ``meta.init`` records it), or
+        joins a running one, whose members know: ``_settle_meta_role`` asks
+        them, while a guessed voter holds back from elections (a node that
+        stands for election wrongly inflates its term and stops following the
+        leader). A learner needs no such care: once its addition as a voter
+        is in the log it runs as one (``_check_promoted``)."""
+        everyone = sorted(set(self.peer_addrs) | {self.node_id})
+        recorded = self.meta.voters()
+        if recorded is not None:
+            return recorded, True
+        if self.meta.partitions() is not None:
+            return everyone, True
+        return initial_meta_voters(everyone), False
+
+    async def _settle_meta_role(self) -> None:
+        """A guessed voter with no meta state asks its peers (the links are still
+        being dialled) until one answers with the cluster's voters, every peer
+        said it has none (a new cluster), or the wait is over; it becomes a
+        learner when the cluster's voters do not include it, and stands for
+        election from then on otherwise."""
+        unanswered = set(self.peer_addrs)
+        deadline = time.monotonic() + META_VOTERS_WAIT
+        voters: list[str] | None = None
+        while unanswered and voters is None and time.monotonic() < deadline and self._running:
+            for peer in sorted(unanswered):
+                try:
+                    answer = await self.rpc.call(peer, "meta_voters", {}, 1.0)
+                except (PeerUnavailable, TimeoutError, RemoteError):
+                    continue
+                unanswered.discard(peer)
+                if isinstance(answer, dict) and answer.get("bootstrapped"):
+                    got = answer.get("voters")
+                    voters = list(got) if isinstance(got, list) and got else list(self.peer_addrs) + [self.node_id]
+                    break
+            else:
+                await asyncio.sleep(0.1)
+        learner = voters is not None and self.node_id not in voters
+
+        def settle() -> None:
+            grp = self._groups.get(self.meta_group)
+            if grp is None or grp.learner:
+                return
+            if learner:
+                self._rebuild_meta(sorted(voters or ()), learner=True)
+                log.warning("this node joined a running cluster as a learner of the meta group")
+            else:
+                grp.hold_elections(self._timings[0])
+
+        self._inbox.put(("call", settle))
+
+    async def _serve_meta_voters(self, peer: str, args: Any) -> Any:
+        return {"bootstrapped": self.meta.partitions() is not None, "voters": self.meta.voters()}
+
+    def meta_learner(self) -> bool:
+        """Whether this node follows the meta group without a vote."""
+        grp = self._groups.get(self.meta_group)
+        return grp is not None and grp.learner
+
+    def _check_promoted(self) -> None:
+        """On the Raft thread after each tick of a learning meta group: once its
+        addition as a voter committed, run it as a voter (pysyncobj cannot turn
+        a read-only node into one: the group is rebuilt from its journal,
+        snapshot and store, which stay)."""
+        grp = self._groups.get(self.meta_group)
+        if grp is None or self._promoting or not grp.promoted():
+            return
+        self._promoting = True
+        self._inbox.put(("call", self._promote))
+
+    def _promote(self) -> None:
+        grp = self._groups.get(self.meta_group)
+        self._promoting = False
+        if grp is None or not grp.learner:
+            return
+        voters, _ = grp.membership()
+        self._rebuild_meta(sorted(voters), learner=False)
+        log.warning("this node is now a voter of the meta group (was a learner)")
+
+    def _rebuild_meta(self, voters: list[str], learner: bool) -> None:
+        """Rebuild the meta group's pysyncobj object as a voter or a learner (on
+        the Raft thread) from its journal, snapshot and store, which stay."""
+        g = self.meta_group
+        snapshotter = self._snapshotters.get(g)
+        worker = getattr(snapshotter, "_thread", None)
+        if worker is not None:
+            worker.join(30)  # an image being written belongs to the old object's serializer
+        journal = self._journals.pop(g, None)
+        if journal is not None:
+            journal._destroy()  # flushed and closed: the new object reopens it
+        self._make_group(g, [n for n in voters if n != self.node_id], learner=learner)
+
+    def _make_group(self, g: int, peer_ids: list[str], hold: float = 0.0, learner: bool = False) -> None:
         """Open group ``g``'s journal, snapshot file and pysyncobj object (at start,
         or on the Raft thread when this node becomes a replica)."""
         self._open_store(g)
@@ -226,7 +337,9 @@ class RaftReplicator:
         self._journals[g] = DurableJournal(str(jdir / f"{self._name(g)}.journal"), sync=self._sync)
         self._snapshotters[g] = LmdbSnapshotter(self._stores[g], jdir / f"{self._name(g)}.snapshot")
         grp = RaftGroup(g, self.node_id, sorted(peer_ids), self._conf(g), self._machines[g],
-                        self._transport_factory(g), self._on_applied)
+                        self._transport_factory(g), self._on_applied, learner=learner)
+        if learner:
+            grp.addOnTickCallback(self._check_promoted)
         if hold > 0:
             # A new replica waits for the leader's first append instead of
             # standing for election (and raising the group's term) at once.
@@ -235,7 +348,8 @@ class RaftReplicator:
         self._groups[g] = grp
         mux = self.mux
         if mux is not None:
-            for peer in peer_ids:
+            # The meta group streams to connected learners too (GroupTransport).
+            for peer in (sorted(self.peer_addrs) if g == self.meta_group else peer_ids):
                 if mux.is_connected(peer):
                     grp.transport.node_up(grp.nodes.get(peer) or Node(peer))
 
@@ -279,7 +393,7 @@ class RaftReplicator:
 
         def factory(syncObj: Any, selfNode: Any, otherNodes: Any) -> GroupTransport:
             return GroupTransport(syncObj, selfNode, otherNodes, send=send, flush=journal.flush,
-                                  connected=mux.is_connected)
+                                  connected=mux.is_connected, learners=g == self.meta_group)
 
         return factory
 
@@ -288,7 +402,7 @@ class RaftReplicator:
             return
         self._running = False
         self.rpc.cancel_all()
-        for task in list(self._drops.values()):
+        for task in [*self._drops.values(), *([self._settling] if self._settling else [])]:
             task.cancel()
         self._inbox.put(("stop", None))
         if self._thread is not None:
@@ -612,9 +726,10 @@ class RaftReplicator:
         return self._machines[self.meta_group]  # type: ignore[return-value]
 
     def voters(self, group: int) -> frozenset[str]:
-        if group not in self._groups:
+        grp = self._groups.get(group)
+        if grp is None:
             return frozenset(self._replicas.get(group, ()))
-        return self._members[group] | {self.node_id}
+        return self._members[group] if grp.learner else self._members[group] | {self.node_id}
 
     def sees_quorum(self, group: int) -> bool:
         """SPEC §4.9: a leader heard from a majority, or a follower heard from its
@@ -784,8 +899,9 @@ class RaftReplicator:
             grp = self._groups.get(group)
             if grp is None:
                 return True  # a group this node does not (or not yet) hold
-            if peer not in grp.member_ids():
-                return True  # not (yet, or any more) a voter of this group
+            voter = peer in grp.member_ids()
+            if not voter and peer not in grp.readonly_ids():
+                return True  # not (yet, or any more) a voter of this group, nor a learner of it
             node = grp.nodes.get(peer) or Node(peer)
             try:
                 msg = codec.decode(body)
@@ -793,6 +909,8 @@ class RaftReplicator:
                 self.bad_messages += 1
                 log.warning("dropped a raft message from %s: %s", peer, e)
                 return True
+            if not voter and msg["type"] not in LEARNER_SENDS:
+                return True  # a learner acknowledges entries and forwards proposals, nothing else
             self._heard[group][peer] = time.monotonic()
             if msg["type"] == "timeout_now" and group in self.stalled:
                 return True  # a replica that cannot apply must not take leadership over (balancer hand-over)

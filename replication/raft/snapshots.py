@@ -73,7 +73,7 @@ class LmdbSnapshotter:
         header = {
             "index": index,
             "entries": [[bytes(e[0]), e[1], e[2]] for e in (e_last, e_prev)],
-            "cluster": sorted(str(n.id) for n in cluster),
+            "cluster": sorted(str(n.id) for n in cluster if n is not None),  # a learner has no self node
         }
         # pysyncobj renames tmp_file over the snapshot path when we return: make
         # it the current image (a hard link, free) so the old snapshot stays valid

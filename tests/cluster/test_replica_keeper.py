@@ -26,6 +26,7 @@ import pytest
 
 from cluster.replica_sets import ReplicaKeeper, current_layout
 from replication.raft.replicator import RaftReplicator
+from shard.meta import initial_meta_voters
 from tests.replication.test_membership_changes import until
 from tests.replication.test_no_pickle import _free_ports, cmd
 
@@ -55,7 +56,7 @@ class Nodes:
             await rep.start()
         members = [{"id": n, "peer": self.addrs[n]} for n in self.ids]
         await self.meta({"op": "meta.init", "partitions": len(self.layout), "members": members,
-                         "replicas": self.layout})
+                         "replicas": self.layout, "voters": initial_meta_voters(self.ids)})
         for p, nodes in enumerate(self.layout):
             await until(lambda p=p, nodes=nodes: all(self.reps[n].is_local(p) for n in nodes), 10.0)
 
@@ -76,6 +77,18 @@ class Nodes:
         if task is not None:
             task.cancel()
         await self.reps[nid].stop()
+
+    async def restart(self, nid: str) -> RaftReplicator:
+        old = self.reps[nid]
+        rep = RaftReplicator(self.tmp / nid, node_id=nid, listen=self.addrs[nid], peers=self.addrs,
+                             secret=old._secret, partitions=old.partitions, sync=False, election_timeout_ms=300,
+                             heartbeat_interval_ms=50, propose_timeout_ms=5000, await_layout=True)
+        rep.subscribe(self._on_meta_apply(rep))
+        await rep.start()
+        self.reps[nid] = rep
+        keeper = ReplicaKeeper(rep, replication_factor=self.rf, seed=SEED)
+        self.keepers[nid] = asyncio.get_running_loop().create_task(keeper.run())
+        return rep
 
     def live(self) -> list[RaftReplicator]:
         return [r for r in self.reps.values() if r._running]
