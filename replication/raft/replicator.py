@@ -260,19 +260,22 @@ class RaftReplicator:
         unanswered = set(self.peer_addrs)
         deadline = time.monotonic() + META_VOTERS_WAIT
         voters: list[str] | None = None
-        while unanswered and voters is None and time.monotonic() < deadline and self._running:
-            for peer in sorted(unanswered):
-                try:
-                    answer = await self.rpc.call(peer, "meta_voters", {}, 1.0)
-                except (PeerUnavailable, TimeoutError, RemoteError):
-                    continue
-                unanswered.discard(peer)
-                if isinstance(answer, dict) and answer.get("bootstrapped"):
-                    got = answer.get("voters")
-                    voters = list(got) if isinstance(got, list) and got else list(self.peer_addrs) + [self.node_id]
-                    break
-            else:
-                await asyncio.sleep(0.1)
+        try:
+            while unanswered and voters is None and time.monotonic() < deadline and self._running:
+                for peer in sorted(unanswered):
+                    try:
+                        answer = await self.rpc.call(peer, "meta_voters", {}, 1.0)
+                    except (PeerUnavailable, TimeoutError, RemoteError):
+                        continue
+                    unanswered.discard(peer)
+                    if isinstance(answer, dict) and answer.get("bootstrapped"):
+                        got = answer.get("voters")
+                        voters = list(got) if isinstance(got, list) and got else [*self.peer_addrs, self.node_id]
+                        break
+                else:
+                    await asyncio.sleep(0.1)
+        except Exception:  # noqa: BLE001 - never leave the hold on: stand for election as guessed
+            log.exception("asking the members for the meta voters failed")
         learner = voters is not None and self.node_id not in voters
 
         def settle() -> None:
