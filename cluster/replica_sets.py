@@ -10,9 +10,9 @@ The **meta leader** keeps every set at full strength as members come and go,
 one partition and one node at a time:
 
 1. a replica that is no longer a member and does not answer the group's
-   leader is removed from the group first: it cannot vote, and adding before removing would make the
-   group need 3 of 4 votes with one of them dead (a set of the live replicas
-   commits the next addition on its own);
+   leader is removed from the group first: it cannot vote, and adding before
+   removing would make the group need 3 of 4 votes with one of them dead (a
+   set of the live replicas commits the next addition on its own);
 2. a member left (``DELETE /v1/tasks/cluster/members/{id}``) or the set is
    short: the HRW-next member opens the group (``prepare_replica``, so that
    it takes part in committing its own addition and catches up at once), is

@@ -240,9 +240,10 @@ class RaftGroup(SyncObj):
         return voters, pending
 
     def answering(self, window: float) -> set[str]:
-        """On a leader: the voters that answered an AppendEntries within the last
-        ``window`` seconds, itself included (empty on a follower). A voter that
-        is down, or up but not running this group, does not answer."""
+        """On a leader: the voters (and learners) that answered an AppendEntries
+        within the last ``window`` seconds, itself included (empty on a
+        follower). A voter that is down, or up but not running this group,
+        does not answer."""
         if not self._isLeader():
             return set()
         from pysyncobj.monotonic import monotonic
