@@ -182,6 +182,42 @@ def test_a_dead_replica_is_replaced_without_a_leaderless_partition(tmp_path: Pat
     assert out["slowest"] < 2.5, f"a write waited {out['slowest']:.1f} s while the dead replica was replaced"
 
 
+def test_a_single_replica_moves_to_another_member(tmp_path: Path) -> None:
+    """Replication factor 1: the set of one leaves, so its addition of the new
+    replica needs that replica's vote (2 of 2). The new replica opens the
+    group before it is added (``prepare_replica``); were it to open only once
+    the layout records it, the addition (recorded only once committed) could
+    never commit."""
+    async def run() -> list[str]:
+        nodes = Nodes(tmp_path, ["a", "b", "c"], [["a"]], rf=1)
+        await nodes.start()
+        try:
+            a = nodes.reps["a"]
+            assert (await _write(a, 0, 0)).get("ok")
+
+            async def leaving() -> None:  # as cluster.node does once it learns of its removal
+                while True:
+                    for g in (0, a.meta_group):
+                        if a.is_leader(g):
+                            a.transfer_leadership(g, None)
+                    await asyncio.sleep(0.3)
+
+            hand_over = asyncio.get_running_loop().create_task(leaving())
+            await until(lambda: not a.is_leader(a.meta_group), 10.0)
+            nodes.run_keepers()
+            await nodes.meta({"op": "meta.remove", "id": "a"})
+            await until(lambda: current_layout(a)[0] != ["a"] and _converged(nodes, 0, 1), 30.0, step=0.25)
+            hand_over.cancel()
+            new = nodes.reps[current_layout(a)[0][0]]
+            res = await new.propose(0, cmd(1, "ns.register"))
+            assert res.get("ok") or res.get("code") == "already_exists", res
+            return current_layout(a)[0]
+        finally:
+            await nodes.stop()
+
+    assert asyncio.run(run()) in (["b"], ["c"])
+
+
 def test_an_addition_that_committed_unrecorded_is_recorded(tmp_path: Path) -> None:
     """A keeper that stopped between the commit and the record (or a change that
     committed after its caller gave up) leaves a voter the layout does not name."""
