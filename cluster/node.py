@@ -318,10 +318,13 @@ class Node:
         if not any(p["id"] == self.node_id for p in peers):
             peers.append({"id": self.node_id, "peer": cfg.advertise_peer, "http": None, "zap": None})
         from cluster.replica_sets import bootstrap_layout
+        from shard.meta import initial_meta_voters
 
         layout = bootstrap_layout(cfg.partitions, [p["id"] for p in peers], cfg.replication_factor, cfg.seed)
+        voters = initial_meta_voters(p["id"] for p in peers)  # as every node computed it at start
         commands = [
-            {"op": "meta.init", "partitions": cfg.partitions, "members": peers, "replicas": layout},
+            {"op": "meta.init", "partitions": cfg.partitions, "members": peers, "replicas": layout,
+             "voters": voters},
             {"op": "meta.member", "id": self.node_id, "peer": cfg.advertise_peer,
              "http": self.public_http, "zap": self.public_zap},
         ]
@@ -401,12 +404,16 @@ class Node:
         res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
         if not res.get("ok"):
             raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
-        try:
-            # A voter of the meta group; partitions come to it when a replica set
+        if rep.meta.voters() is None:
+            # A cluster bootstrapped before meta voters were recorded: every member
+            # votes. Otherwise the node starts as a learner of the meta group and
+            # the replica keeper makes it a voter once it caught up, while the
+            # group has fewer than five. Partitions come to it when a replica set
             # is short of replication_factor (cluster.replica_sets).
-            await rep.change_membership("add", node_id, groups=[rep.meta_group])
-        except TimeoutError as e:
-            raise ApiError("unavailable", str(e), retry_after=1) from None
+            try:
+                await rep.change_membership("add", node_id, groups=[rep.meta_group])
+            except TimeoutError as e:
+                raise ApiError("unavailable", str(e), retry_after=1) from None
         return {"status": "joined", "nodeId": node_id, "members": self.member_ids()}
 
     async def remove_member(self, node_id: str) -> dict[str, Any]:
@@ -751,6 +758,7 @@ class Node:
         if raft:
             known = rep.meta.members()
             member_ids = self.member_ids()
+            meta_voters = rep.meta.voters()
             addrs = {p.id: p for p in self.cfg.peers}
             members = []
             for mid in member_ids:
@@ -763,7 +771,7 @@ class Node:
                     "zapAddr": self.public_zap if mid == self.node_id else (rec.get("zap") or (peer.zap if peer else None)),
                     "peerAddr": rec.get("peer") or (peer.peer if peer else None),
                     "state": "alive" if up else "dead",
-                    "voter": True,
+                    "voter": meta_voters is None or mid in meta_voters,  # of the meta group
                     "lastSeen": None,
                 })
             partitions = []

@@ -7,16 +7,34 @@ chosen at bootstrap by ``routing.partition_plan`` and recorded by
 ``cluster.forwarding``).
 
 The **meta leader** keeps every set at full strength as members come and go,
-one partition and one node at a time, and always adding before removing:
+one partition and one node at a time:
 
-1. a member left (``DELETE /v1/tasks/cluster/members/{id}``) or the set is
-   short: the HRW-next member is made a voter of the partition's Raft group,
-   then recorded in the layout (it opens the group and catches up from the
-   leader, by snapshot if need be);
-2. once the added replica caught up (and a majority of the set that remains
+1. a replica that is no longer a member and does not answer the group's
+   leader is removed from the group first: it cannot vote, and adding before
+   removing would make the group need 3 of 4 votes with one of them dead (a
+   set of the live replicas commits the next addition on its own);
+2. a member left (``DELETE /v1/tasks/cluster/members/{id}``) or the set is
+   short: the HRW-next member opens the group (``prepare_replica``, so that
+   it takes part in committing its own addition and catches up at once), is
+   made a voter of the partition's Raft group, then recorded in the layout;
+3. once the added replica caught up (and a majority of the set that remains
    has applied what the group had committed), a replica that is no longer a
-   member is removed from the group, then from the layout (it drops its copy
-   when it sees that).
+   member but still answers is removed from the group, then from the layout
+   (it drops its copy once a leader confirms the removal committed).
+
+Every change is recorded only after it committed in the group, with the set
+it changed as the expected current value (a keeper that lost the meta
+leadership cannot overwrite its successor's record), and a group takes one
+change at a time. Every few rounds the recorded sets are compared with the
+groups' committed voters (as their leaders see them) and a difference (a
+change that committed unrecorded, a record of one that never committed) is
+repaired by recording the voters; the steps above then continue from there.
+
+The meta group itself has at most ``MAX_META_VOTERS`` voters; other members
+follow it as learners (the leader streams them the log; they neither vote
+nor count towards a commit). The meta leader makes a learner a voter once it
+answers and has caught up, while the group has fewer voters than five (or
+than members), and removes the vote of a node that is no longer a member.
 
 Each step is idempotent and re-derived from the meta group every round, so a
 new meta leader simply continues. When every set is whole and every member answers,
@@ -36,11 +54,13 @@ from typing import Any
 import msgpack
 
 from routing import partition_plan, rank
+from shard.meta import MAX_META_VOTERS
 
 log = logging.getLogger("tasks.replicas")
 
 ROUND_EVERY = 1.0
 CATCH_UP_WAIT = 60.0
+RECONCILE_EVERY = 5.0
 
 
 def bootstrap_layout(partitions: int, members: list[str], replication_factor: int, seed: str) -> list[list[str]]:
@@ -188,6 +208,8 @@ class ReplicaKeeper:
         self.rf = replication_factor
         self.seed = seed
         self.moves = 0
+        self.repairs = 0
+        self._reconciled_at = 0.0
 
     def sync_local(self) -> None:
         """Open/drop this node's partitions to match the recorded layout (cheap, idempotent)."""
@@ -214,22 +236,36 @@ class ReplicaKeeper:
         members = set(self.rep.meta.members())
         if not layout or not members:
             return
+        if await self._meta_voters(members):
+            return
+        if time.monotonic() - self._reconciled_at >= RECONCILE_EVERY:
+            self._reconciled_at = time.monotonic()
+            if await self._reconcile(layout):
+                return
         load = replica_load(layout, members)
         leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, self.rf, self.seed)}
         for p, cur in sorted(layout.items()):
             want = wanted(cur, members, p, self.rf, self.seed, load, leaders.get(p))
             if want == cur:
                 continue
+            drop = [n for n in cur if n not in want]
+            view = await self._membership_of(p) if drop and len(cur) > 1 else None
+            gone = [n for n in drop if view is not None and n not in view["answering"]]
+            if gone:
+                # A replica that does not answer its leader (down, or not
+                # running the group) cannot vote: removing it never needs more
+                # live votes than the group needs now; adding first would.
+                node = gone[0]
+                log.info("partition %d: removing replica %s, which does not answer, from %s", p, node, cur)
+                await self._change(p, cur, "rem", node)
+                return
             add = [n for n in want if n not in cur]
             if add:
                 node = add[0]
                 log.info("partition %d: adding replica %s to %s", p, node, cur)
-                await self.rep.change_group_membership(p, "add", node)
-                await self._record(p, cur + [node])
-                self.moves += 1
-                await self._caught_up(p, node)
+                if await self._change(p, cur, "add", node):
+                    await self._caught_up(p, node)
                 return  # one step per round: the next round re-reads the layout
-            drop = [n for n in cur if n not in want]
             if drop and len(cur) > 1:
                 # A majority of the set that remains must be caught up (the added
                 # replica was waited for): a member that is down does not block
@@ -245,13 +281,11 @@ class ReplicaKeeper:
                     # partition whose preferred leader holds none, so it goes
                     # last first, or balancing would hand leadership back.
                     if cur[0] == node and leaders.get(p) not in cur:
-                        await self._record(p, [*cur[1:], node])
+                        await self._record(p, [*cur[1:], node], expect=cur)
                     await self._hand_over(p, node)
                     return
                 log.info("partition %d: removing replica %s from %s", p, node, cur)
-                await self.rep.change_group_membership(p, "rem", node)
-                await self._record(p, [n for n in cur if n != node])
-                self.moves += 1
+                await self._change(p, cur, "rem", node)
                 return
         # Every set is whole: spread replicas onto members that hold fewer (a
         # node that joined), but only while every member answers, so that no
@@ -262,10 +296,103 @@ class ReplicaKeeper:
         if move is not None:
             p, node = move
             log.info("partition %d: adding replica %s to %s (spreading replicas)", p, node, layout[p])
-            await self.rep.change_group_membership(p, "add", node)
-            await self._record(p, layout[p] + [node])
-            self.moves += 1
-            await self._caught_up(p, node)
+            if await self._change(p, layout[p], "add", node):
+                await self._caught_up(p, node)
+
+    async def _meta_voters(self, members: set[str]) -> bool:
+        """One change of the meta group's voters, if one is due (True: made).
+
+        Clusters bootstrapped before meta voters were recorded keep every
+        member a voter (a join adds it; see ``Node.add_member``)."""
+        rep = self.rep
+        if rep.meta.voters() is None:
+            return False
+        view = await rep.group_membership(rep.meta_group)
+        if view is None or not view["settled"] or view["pending"]:
+            return False
+        voters = set(view["voters"])
+        gone = sorted(voters - members - {rep.node_id})
+        if gone:  # a member that left kept its vote (its removal gave up half-way)
+            log.info("meta group: removing the vote of %s, no longer a member", gone[0])
+            await rep.change_membership("rem", gone[0], groups=[rep.meta_group], timeout=20.0)
+            return True
+        if len(voters) >= min(MAX_META_VOTERS, len(members)):
+            return False
+        for node in sorted(members - voters):
+            if node in view["answering"] and await self._caught_up(rep.meta_group, node, wait=2.0):
+                log.info("meta group: %s becomes a voter (%d of at most %d)", node, len(voters) + 1,
+                         MAX_META_VOTERS)
+                await rep.change_membership("add", node, groups=[rep.meta_group], timeout=20.0)
+                return True
+        return False
+
+    async def _change(self, partition: int, cur: list[str], op: str, node: str) -> bool:
+        """One membership change of the partition's group, recorded once it
+        committed (``change_group_membership`` returns then, or raises).
+
+        Made only when the group's committed voters are the recorded set and
+        no change is in flight (else the set is repaired first, or the next
+        round waits). An added replica opens the group first. False: nothing
+        was changed this round."""
+        view = await self._membership_of(partition)
+        if view is None or view["pending"]:
+            log.info("partition %d: no settled leader, or a membership change in flight; waiting", partition)
+            return False
+        if set(view["voters"]) != set(cur):
+            await self._repair(partition, cur, view["voters"])
+            return False
+        if op == "add":
+            try:
+                await self.rep.prepare_replica(partition, node, cur)
+            except Exception as e:  # noqa: BLE001 - it opens the group when it sees the layout
+                log.warning("partition %d: %s did not open the group ahead of its addition: %s", partition, node, e)
+        await self.rep.change_group_membership(partition, op, node)
+        await self._record(partition, [*cur, node] if op == "add" else [n for n in cur if n != node], expect=cur)
+        self.moves += 1
+        return True
+
+    async def _membership_of(self, partition: int) -> dict[str, Any] | None:
+        """The group's committed voters as a leader that knows every committed
+        entry sees them (``RaftReplicator.group_membership``); None when no
+        such leader answers. A follower's view may predate a committed change."""
+        rep = self.rep
+        view = await rep.group_membership(partition)
+        if view is not None and view["settled"]:
+            return view
+        hint = rep.leader(partition) or rep.leader_hint(partition)
+        for n in dict.fromkeys([*([hint] if hint else []), *rep.peers_for(partition)]):
+            if n == rep.node_id:
+                continue
+            try:
+                view = await rep.rpc.call(n, "voters", {"g": partition}, 2.0)
+            except Exception:  # noqa: BLE001 - ask the next replica
+                continue
+            if isinstance(view, dict) and view.get("settled"):
+                return view
+        return None
+
+    async def _reconcile(self, layout: dict[int, list[str]]) -> bool:
+        """Compare every recorded set with its group's committed voters and
+        repair the first difference (True: a repair was recorded)."""
+        for p, cur in sorted(layout.items()):
+            view = await self._membership_of(p)
+            if view is None or view["pending"]:
+                continue
+            if set(view["voters"]) != set(cur):
+                await self._repair(p, cur, view["voters"])
+                return True
+        return False
+
+    async def _repair(self, partition: int, cur: list[str], voters: list[str]) -> None:
+        """Record the group's committed voters as its set (the recorded order
+        kept): a voter the layout missed opens the group, a node that is not
+        a voter drops its copy (once a leader confirms it is not one). The
+        usual steps then take the set where it should be."""
+        fixed = [n for n in cur if n in voters] + [n for n in voters if n not in cur]
+        log.warning("partition %d: recorded replicas %s differ from the group's voters %s; recording %s",
+                    partition, cur, voters, fixed)
+        await self._record(partition, fixed, expect=cur)
+        self.repairs += 1
 
     async def _leader_of(self, partition: int) -> str | None:
         if self.rep.is_local(partition):
@@ -289,8 +416,14 @@ class ReplicaKeeper:
         except Exception as e:  # noqa: BLE001 - the next round tries again
             log.warning("partition %d: hand-over request to %s failed: %s", partition, node, e)
 
-    async def _record(self, partition: int, nodes: list[str]) -> None:
-        data = msgpack.packb({"op": "meta.replicas", "partition": partition, "replicas": nodes}, use_bin_type=True)
+    async def _record(self, partition: int, nodes: list[str], expect: list[str] | None = None) -> None:
+        """Record the partition's set, provided it is still ``expect`` (a
+        keeper that lost the meta leadership mid-step cannot overwrite its
+        successor's record)."""
+        cmd: dict[str, Any] = {"op": "meta.replicas", "partition": partition, "replicas": nodes}
+        if expect is not None:
+            cmd["expect"] = expect
+        data = msgpack.packb(cmd, use_bin_type=True)
         res = await self.rep.propose(self.rep.meta_group, data)
         if not res.get("ok"):
             raise RuntimeError(f"meta.replicas for partition {partition}: {res.get('message')}")

@@ -21,11 +21,23 @@ MEMBER = b"m/member/"
 JOB = b"m/job/"
 PIN = b"m/pin/"
 REPLICAS = b"m/replicas/"
+VOTERS = b"m/voters"
+# The meta group's voters: at most five (3 survive 1 loss, 5 survive 2); every
+# other member follows the group as a learner (it receives every committed
+# entry but neither votes nor counts towards a commit).
+MAX_META_VOTERS = 5
 TERMINAL = ("done", "failed")
 JOB_FIELDS = ("id", "org", "namespace", "from", "to", "fromPartition", "toPartition", "placementEpoch", "status",
               "snapshotIndex", "tailEntries", "bytes", "fencedMs", "startedAt", "finishedAt", "error")
 PROGRESS_FIELDS = ("status", "snapshotIndex", "tailEntries", "bytes", "fencedMs", "finishedAt", "error", "aborting",
                    "compared")
+
+
+def initial_meta_voters(ids: Any) -> list[str]:
+    """The meta group's voters when a cluster bootstraps from its static peer
+    list: the first ``MAX_META_VOTERS`` ids in order, so that every node of
+    the same list computes the same set (``meta.init`` records it)."""
+    return sorted(set(ids))[:MAX_META_VOTERS]
 
 
 def _pack(v: Any) -> bytes:
@@ -42,6 +54,24 @@ class MetaMachine:
 
     def apply(self, index: int, data: bytes) -> dict[str, Any] | None:
         return self.apply_batch([(index, data)])[0]
+
+    def apply_membership(self, index: int, op: str, node: str) -> None:
+        """A committed membership change of the meta group itself (Raft's own
+        entry, not a meta command), applied in log order like any entry: the
+        recorded voter set follows the group's configuration, so that a node
+        knows at start whether it votes or learns."""
+        with self.store.write() as txn:
+            if index <= keys.get_applied(txn):
+                return
+            raw = txn.get(VOTERS)
+            if raw is not None:
+                voters = set(_unpack(raw))
+                if op == "add":
+                    voters.add(node)
+                elif op == "rem":
+                    voters.discard(node)
+                txn.put(VOTERS, _pack(sorted(voters)))
+            keys.put_applied(txn, index)
 
     def apply_batch(self, entries: list[tuple[int, bytes]]) -> list[dict[str, Any] | None]:
         out: list[dict[str, Any] | None] = []
@@ -92,12 +122,26 @@ class MetaMachine:
                 for p, nodes in enumerate(layout):
                     if _node_list(nodes):
                         txn.put(REPLICAS + str(p).encode(), _pack(list(nodes)))
+            # The meta group's voters at bootstrap; membership entries of the
+            # meta group keep it current (apply_membership). Clusters
+            # bootstrapped before it was recorded have every member vote.
+            voters = cmd.get("voters")
+            if _node_list(voters):
+                txn.put(VOTERS, _pack(sorted(voters)))
             return C.ok(partitions=want, created=True, member=seeded, layout=True)
         if op == "meta.replicas":
             p, nodes = cmd.get("partition"), cmd.get("replicas")
             have = txn.get(PARTITIONS)
             if have is None or not isinstance(p, int) or not 0 <= p < _unpack(have) or not _node_list(nodes):
                 return C.err("invalid_argument", "meta.replicas needs a partition and a non-empty node list")
+            # A conditional record (the replica keeper's): applied only over the
+            # set it was computed from. No record yet means the set is implied
+            # (every member, in clusters bootstrapped before sets were recorded).
+            expect = cmd.get("expect")
+            raw = txn.get(REPLICAS + str(p).encode())
+            if expect is not None and raw is not None and _unpack(raw) != expect:
+                return C.err("failed_precondition", f"partition {p}'s replica set changed meanwhile",
+                             {"replicas": _unpack(raw)})
             txn.put(REPLICAS + str(p).encode(), _pack(list(nodes)))
             return C.ok(layout=True, partition=p, replicas=list(nodes))
         if op == "meta.member":
@@ -216,6 +260,13 @@ class MetaMachine:
                         break
                     out[int(k[len(REPLICAS):])] = _unpack(v)
         return out
+
+    def voters(self) -> list[str] | None:
+        """The meta group's voters as of the applied index (None: not recorded,
+        every member votes)."""
+        with self.store.read() as txn:
+            raw = txn.get(VOTERS)
+        return None if raw is None else _unpack(raw)
 
     def members(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

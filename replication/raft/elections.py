@@ -108,8 +108,8 @@ class Elections:
         this tick is a hand-over. Delays an election due now until a pre-vote
         round for it has been won."""
         g = self.g
-        if g.state() == LEADER or g._SyncObj__raftElectionDeadline >= time.monotonic():
-            return False
+        if g.learner or g.state() == LEADER or g._SyncObj__raftElectionDeadline >= time.monotonic():
+            return False  # a learner (pysyncobj read-only node) never campaigns
         if not g._SyncObj__connectedToAnyone():
             return False
         if g._SyncObj__transferInProgress:

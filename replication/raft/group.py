@@ -88,16 +88,31 @@ _install_journal_factory()
 
 
 class GroupTransport(Transport):
-    """pysyncobj's view of the peer port, for one group."""
+    """pysyncobj's view of the peer port, for one group.
+
+    With ``learners`` (the meta group), a connected peer that is not a voter is
+    a pysyncobj read-only node: the leader sends it every entry (and the
+    snapshot), it neither votes nor counts towards a commit. A voter removed
+    while connected becomes one; a learner added as a voter stops being one.
+    """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *, send: Callable[[str, bytes], bool],
-                 flush: Callable[[], None], connected: Callable[[str], bool] | None = None) -> None:
+                 flush: Callable[[], None], connected: Callable[[str], bool] | None = None,
+                 learners: bool = False) -> None:
         super().__init__(syncObj, selfNode, otherNodes)
         self._group = syncObj
         self._send = send
         self._flush = flush
         self._connected = connected
+        self._learners = learners
+        self._group = syncObj
         self.sent = 0
+
+    def _voter(self, node: Node) -> bool:
+        return node in self._group._SyncObj__otherNodes
+
+    def _readonly(self) -> set[Node]:
+        return self._group._SyncObj__readonlyNodes
 
     @property
     def ready(self) -> bool:
@@ -112,11 +127,14 @@ class GroupTransport(Transport):
     def addNode(self, node: Node) -> None:
         # A voter added while its link is already up gets no "up" event: say so
         # now, or the leader would never send it anything.
+        if self._learners:
+            self._readonly().discard(node)  # its indexes are the voter's now (pysyncobj just set them)
         if self._connected is not None and self._connected(node.id):
             self._onNodeConnected(node)
 
     def dropNode(self, node: Node) -> None:
-        return None
+        if self._learners and self._connected is not None and self._connected(node.id):
+            self._onReadonlyNodeConnected(node)
 
     def send(self, node: Node, message: dict[str, Any]) -> bool:
         # Durable before anything leaves: a vote, an acknowledgement or an
@@ -140,10 +158,16 @@ class GroupTransport(Transport):
         self._onMessageReceived(node, message)
 
     def node_up(self, node: Node) -> None:
-        self._onNodeConnected(node)
+        if self._learners and not self._voter(node):
+            self._onReadonlyNodeConnected(node)
+        else:
+            self._onNodeConnected(node)
 
     def node_down(self, node: Node) -> None:
-        self._onNodeDisconnected(node)
+        if self._learners and node in self._readonly():
+            self._onReadonlyNodeDisconnected(node)
+        else:
+            self._onNodeDisconnected(node)
 
 
 class StorageStalled(Exception):
@@ -183,9 +207,17 @@ class RaftGroup(SyncObj):
         transport_factory: Callable[..., GroupTransport],
         on_applied: Callable[[int, int, dict[str, Any] | None], None],
         snapshotter: LmdbSnapshotter,
+        learner: bool = False,
     ) -> None:
         self.group_id = group_id
         self.machine = machine
+        # A learner is a pysyncobj read-only node (no self node: it never stands
+        # for election nor votes); the leader streams the log to it. Its node
+        # set is the voters', and includes itself once it is added as one.
+        self.learner = learner
+        # Log index of the membership change this node appended as leader and
+        # has not applied yet (see _SyncObj__changeCluster).
+        self.pending_change: int | None = None
         self._on_applied = on_applied
         self.snapshotter = snapshotter
         self.nodes = {pid: Node(pid) for pid in peer_ids}
@@ -194,7 +226,7 @@ class RaftGroup(SyncObj):
         self.stall: StorageStalled | None = None
         self._stall_retry_at = 0.0
         super().__init__(
-            self.self_node,
+            None if learner else self.self_node,
             list(self.nodes.values()),
             conf=conf,
             transport=None,
@@ -279,7 +311,8 @@ class RaftGroup(SyncObj):
         if commit != self._SyncObj__raftCommitIndex:
             self._SyncObj__raftCommitIndex = commit
             journal.setRaftCommitIndex(commit)
-        self._SyncObj__updateClusterConfiguration([n for n in cluster if n != self.self_node])
+        me = self._SyncObj__selfNode  # None on a learner, as in pysyncobj
+        self._SyncObj__updateClusterConfiguration([n for n in cluster if n != me])
         self._SyncObj__onSetCodeVersion(0)
 
     def _SyncObj__getEntries(self, fromIDx: int, count: int | None = None,  # noqa: N802, N803
@@ -311,6 +344,84 @@ class RaftGroup(SyncObj):
             return None
         return [req[0], req[1], Node(req[1])]
 
+    # pysyncobj's one-change-at-a-time guard reads ``__changeClusterIDx``, which
+    # nothing ever sets: a leader would append a second change while the first
+    # is uncommitted, and two configurations in flight can have majorities that
+    # do not overlap (two leaders in one term). This is the guard it meant to
+    # be: the change's index is remembered when it is appended, and the next
+    # one is refused until this node applied (so the group committed) it. A
+    # leader's changes of earlier terms are covered by the no-op check: once
+    # its term's no-op is applied, every entry before it is committed.
+    def _SyncObj__changeCluster(self, request: list[Any]) -> bool:  # noqa: N802
+        noop = self._SyncObj__noopIDx  # type: ignore[attr-defined]
+        if noop is None or self.raftLastApplied < noop:
+            return False
+        if self.pending_change is not None and self.raftLastApplied < self.pending_change:
+            return False
+        index = self.last_log_index() + 1  # where pysyncobj appends it once this returns True
+        if not self._SyncObj__doChangeCluster(request):  # type: ignore[attr-defined]
+            return False
+        self.pending_change = index
+        return True
+
+    def membership(self) -> tuple[set[str], bool]:
+        """The voters (this node included) as of the applied index, and whether a
+        membership change beyond it is in the log (not yet known committed).
+
+        pysyncobj switches to a configuration when its entry is appended (the
+        Raft rule), so its node set runs ahead of the commit; undoing the
+        changes logged after the applied index gives the committed one. Undoing
+        is by set, so a change pysyncobj did not apply (an uncommitted tail
+        read back from the journal at start) is undone harmlessly.
+        """
+        me = self.self_node.id
+        voters = self.member_ids() | (set() if self.learner else {me})
+        applied, last = self.raftLastApplied, self.last_log_index()
+        pending = False
+        if last > applied:
+            entries = self._SyncObj__getEntries(applied + 1, last - applied)  # type: ignore[attr-defined]
+            for entry in reversed(entries):
+                req = self._SyncObj__parseChangeClusterRequest(entry[0])
+                if req is None:
+                    continue
+                pending = True
+                op, node = req[0], req[1]
+                if op == "add" and (self.learner or node != me):
+                    voters.discard(node)
+                elif op == "rem":
+                    voters.add(node)
+        return voters, pending
+
+    def answering(self, window: float) -> set[str]:
+        """On a leader: the voters (and learners) that answered an AppendEntries
+        within the last ``window`` seconds, itself included (empty on a
+        follower). A voter that is down, or up but not running this group,
+        does not answer."""
+        if not self._isLeader():
+            return set()
+        from pysyncobj.monotonic import monotonic
+
+        now = monotonic()
+        last = self._SyncObj__lastResponseTime  # type: ignore[attr-defined]
+        others = self._SyncObj__otherNodes | self._SyncObj__readonlyNodes  # type: ignore[attr-defined]
+        return {self.self_node.id} | {n.id for n in others if now - last.get(n, 0.0) <= window}
+
+    def readonly_ids(self) -> set[str]:
+        """Connected peers the leader streams the log to without their vote (learners)."""
+        return {n.id for n in self._SyncObj__readonlyNodes}  # type: ignore[attr-defined]
+
+    def promoted(self) -> bool:
+        """A learner whose addition as a voter committed (it must now run as one)."""
+        if not self.learner:
+            return False
+        voters, pending = self.membership()
+        return self.self_node.id in voters and not pending
+
+    def settled(self) -> bool:
+        """A leader that applied its term's no-op: it knows every committed entry."""
+        noop = self._SyncObj__noopIDx  # type: ignore[attr-defined]
+        return self._isLeader() and noop is not None and self.raftLastApplied >= noop
+
     # pysyncobj calls this (name-mangled) for every committed entry, in order.
     def _SyncObj__doApplyCommand(self, command: bytes) -> dict[str, Any] | None:  # noqa: N802
         index = self.raftLastApplied + 1
@@ -319,6 +430,9 @@ class RaftGroup(SyncObj):
             req = self._SyncObj__parseChangeClusterRequest(command)
             if req is not None:
                 self._SyncObj__doChangeCluster(req)  # type: ignore[attr-defined]
+                record = getattr(self.machine, "apply_membership", None)
+                if record is not None:  # the meta group keeps its voter set in its state
+                    record(index, req[0], req[1])
             return None
         if not command or command[0] != _REGULAR_BYTE:
             return None  # no-op and version entries carry no state

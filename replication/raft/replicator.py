@@ -46,12 +46,23 @@ from replication.raft.snapshots import LmdbSnapshotter
 from replication.raft.transport import FORWARD, RAFT, PeerMux
 from replication.rpc import PeerRpc, PeerUnavailable, RemoteError
 from shard import STORAGE_FULL, PartitionStore, StateMachine
-from shard.meta import MetaMachine
+from shard.meta import MetaMachine, initial_meta_voters
 
 log = logging.getLogger("tasks.raft")
 
 LEADER = 2
 FRAME_MARGIN = 64 << 10  # an AppendEntries' fields besides its entries, with room to spare
+# A replica opened ahead of its addition to a group (prepare_replica) is not
+# dropped for not being in the layout for this long: the keeper adds it, waits
+# for the commit and records it well within.
+JOIN_GRACE = 60.0
+DROP_CHECK_EVERY = 0.5
+# How long a node with no meta state asks its peers for the meta voters
+# (joining a running cluster, or bootstrapping a new one with them).
+META_VOTERS_WAIT = 3.0
+# What a meta learner (a pysyncobj read-only node) may send a voter.
+# (snapshot_ack: a learner installs images too; term_notice: it learned a newer term from a leader.)
+LEARNER_SENDS = frozenset({"next_node_idx", "apply_command", "snapshot_ack", "term_notice"})
 FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
 # A stalled replica does not stand for election until it has heard no leader
 # for this many (minimum) election timeouts: the others, which can apply, get
@@ -162,6 +173,13 @@ class RaftReplicator:
         self.rpc.register("progress", lambda peer, args: self.group_progress(int(args["g"])))
         self.rpc.register("leaders", self._serve_leaders)
         self.rpc.register("transfer", self._serve_transfer)
+        self.rpc.register("voters", lambda peer, args: self.group_membership(int(args["g"])))
+        self.rpc.register("prepare", self._serve_prepare)
+        self.rpc.register("meta_voters", self._serve_meta_voters)
+        self._promoting = False  # a learner's promotion to meta voter is queued
+        self._settling: asyncio.Task | None = None  # a guessed meta voter asking the members (start)
+        self._joining: dict[int, float] = {}  # groups opened ahead of their addition (prepare_replica)
+        self._drops: dict[int, asyncio.Task] = {}  # groups left by the layout: dropped once removal is committed
         self._leader_hint: dict[int, str] = {}  # partitions held elsewhere: who answered last
         self.forwarded = 0
         self.proposals = 0
@@ -211,7 +229,12 @@ class RaftReplicator:
             max_frame=self._max_frame,
         )
         await self.mux.start()
-        self._make_group(self.meta_group, sorted(self.peer_addrs))
+        voters, known = self._meta_role_at_start()
+        self._make_group(self.meta_group, sorted(n for n in voters if n != self.node_id),
+                         learner=self.node_id not in voters)
+        if not known and self.node_id in voters:
+            self._groups[self.meta_group].hold_elections(META_VOTERS_WAIT + 60.0)  # until _settle_meta_role
+            self._settling = asyncio.get_running_loop().create_task(self._settle_meta_role(), name="meta-role")
         for p in range(self.partitions):
             if p in self._stores:
                 self._make_group(p, [n for n in self._replicas[p] if n != self.node_id])
@@ -237,7 +260,110 @@ class RaftReplicator:
     def _snapshot_path(self, g: int) -> Path:
         return self.data_dir / "raft" / f"{self._name(g)}.snapshot"
 
-    def _make_group(self, g: int, peer_ids: list[str], hold: float = 0.0) -> None:
+    def _meta_role_at_start(self) -> tuple[list[str], bool]:
+        """The meta group's voters this node starts with (it is a learner when
+        not among them), and whether that is known rather than guessed.
+
+        Known from its own meta state when it has one (clusters bootstrapped
+        before voters were recorded have every member vote). A node with none
+        either bootstraps a new cluster with its peers, whose static list
+        decides (``initial_meta_voters``, as ``meta.init`` records it), or
+        joins a running one, whose members know: ``_settle_meta_role`` asks
+        them, while a guessed voter holds back from elections (a node that
+        stands for election wrongly inflates its term and stops following the
+        leader). A learner needs no such care: once its addition as a voter
+        is in the log it runs as one (``_check_promoted``)."""
+        everyone = sorted(set(self.peer_addrs) | {self.node_id})
+        recorded = self.meta.voters()
+        if recorded is not None:
+            return recorded, True
+        if self.meta.partitions() is not None:
+            return everyone, True
+        return initial_meta_voters(everyone), False
+
+    async def _settle_meta_role(self) -> None:
+        """A guessed voter with no meta state asks its peers (the links are still
+        being dialled) until one answers with the cluster's voters, every peer
+        said it has none (a new cluster), or the wait is over; it becomes a
+        learner when the cluster's voters do not include it, and stands for
+        election from then on otherwise."""
+        unanswered = set(self.peer_addrs)
+        deadline = time.monotonic() + META_VOTERS_WAIT
+        voters: list[str] | None = None
+        try:
+            while unanswered and voters is None and time.monotonic() < deadline and self._running:
+                for peer in sorted(unanswered):
+                    try:
+                        answer = await self.rpc.call(peer, "meta_voters", {}, 1.0)
+                    except (PeerUnavailable, TimeoutError, RemoteError):
+                        continue
+                    unanswered.discard(peer)
+                    if isinstance(answer, dict) and answer.get("bootstrapped"):
+                        got = answer.get("voters")
+                        voters = list(got) if isinstance(got, list) and got else [*self.peer_addrs, self.node_id]
+                        break
+                else:
+                    await asyncio.sleep(0.1)
+        except Exception:  # noqa: BLE001 - never leave the hold on: stand for election as guessed
+            log.exception("asking the members for the meta voters failed")
+        learner = voters is not None and self.node_id not in voters
+
+        def settle() -> None:
+            grp = self._groups.get(self.meta_group)
+            if grp is None or grp.learner:
+                return
+            if learner:
+                self._rebuild_meta(sorted(voters or ()), learner=True)
+                log.warning("this node joined a running cluster as a learner of the meta group")
+            else:
+                grp.hold_elections(self._timings[0])
+
+        self._inbox.put(("call", settle))
+
+    async def _serve_meta_voters(self, peer: str, args: Any) -> Any:
+        return {"bootstrapped": self.meta.partitions() is not None, "voters": self.meta.voters()}
+
+    def meta_learner(self) -> bool:
+        """Whether this node follows the meta group without a vote."""
+        grp = self._groups.get(self.meta_group)
+        return grp is not None and grp.learner
+
+    def _check_promoted(self) -> None:
+        """On the Raft thread after each tick of a learning meta group: once its
+        addition as a voter committed, run it as a voter (pysyncobj cannot turn
+        a read-only node into one: the group is rebuilt from its journal,
+        snapshot and store, which stay)."""
+        grp = self._groups.get(self.meta_group)
+        if grp is None or self._promoting or not grp.promoted():
+            return
+        self._promoting = True
+        self._inbox.put(("call", self._promote))
+
+    def _promote(self) -> None:
+        grp = self._groups.get(self.meta_group)
+        self._promoting = False
+        if grp is None or not grp.learner:
+            return
+        voters, _ = grp.membership()
+        self._rebuild_meta(sorted(voters), learner=False)
+        log.warning("this node is now a voter of the meta group (was a learner)")
+
+    def _rebuild_meta(self, voters: list[str], learner: bool) -> None:
+        """Rebuild the meta group's pysyncobj object as a voter or a learner (on
+        the Raft thread) from its journal, snapshot and store, which stay."""
+        g = self.meta_group
+        snapshotter = self._snapshotters.get(g)
+        worker = getattr(snapshotter, "_thread", None)
+        if worker is not None:
+            worker.join(30)  # an image being written belongs to the old object's serializer
+        if snapshotter is not None:
+            snapshotter.close()  # open transmissions; the new object streams afresh
+        journal = self._journals.pop(g, None)
+        if journal is not None:
+            journal._destroy()  # flushed and closed: the new object reopens it
+        self._make_group(g, [n for n in voters if n != self.node_id], learner=learner)
+
+    def _make_group(self, g: int, peer_ids: list[str], hold: float = 0.0, learner: bool = False) -> None:
         """Open group ``g``'s journal, snapshot file and pysyncobj object (at start,
         or on the Raft thread when this node becomes a replica)."""
         self._open_store(g)
@@ -246,7 +372,9 @@ class RaftReplicator:
         self._journals[g] = DurableJournal(str(jdir / f"{self._name(g)}.journal"), sync=self._sync)
         self._snapshotters[g] = LmdbSnapshotter(self._stores[g], self._snapshot_path(g))
         grp = RaftGroup(g, self.node_id, sorted(peer_ids), self._conf(g), self._machines[g],
-                        self._transport_factory(g), self._on_applied, self._snapshotters[g])
+                        self._transport_factory(g), self._on_applied, self._snapshotters[g], learner=learner)
+        if learner:
+            grp.addOnTickCallback(self._check_promoted)
         if hold > 0:
             # A new replica waits for the leader's first append instead of
             # standing for election (and raising the group's term) at once.
@@ -255,7 +383,8 @@ class RaftReplicator:
         self._groups[g] = grp
         mux = self.mux
         if mux is not None:
-            for peer in peer_ids:
+            # The meta group streams to connected learners too (GroupTransport).
+            for peer in (sorted(self.peer_addrs) if g == self.meta_group else peer_ids):
                 if mux.is_connected(peer):
                     grp.transport.node_up(grp.nodes.get(peer) or Node(peer))
 
@@ -299,7 +428,7 @@ class RaftReplicator:
 
         def factory(syncObj: Any, selfNode: Any, otherNodes: Any) -> GroupTransport:
             return GroupTransport(syncObj, selfNode, otherNodes, send=send, flush=journal.flush,
-                                  connected=mux.is_connected)
+                                  connected=mux.is_connected, learners=g == self.meta_group)
 
         return factory
 
@@ -309,6 +438,8 @@ class RaftReplicator:
         self._stopping = True
         self._running = False
         self.rpc.cancel_all()
+        for task in [*self._drops.values(), *([self._settling] if self._settling else [])]:
+            task.cancel()
         self._inbox.put(("stop", None))
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
@@ -333,7 +464,7 @@ class RaftReplicator:
             return {"ok": False, "code": "unavailable", "message": f"replication failed on {self.node_id}: {self.fatal}"}
         if not self._running:
             raise NotLeader("replicator stopped")
-        if group not in self._groups:
+        if not self.is_local(group):
             return await self._forward_propose(group, command)
         if self._stores[group].disk_full() or group in self.stalled:
             return STORAGE_FULL  # refused before proposing: nothing was written anywhere
@@ -370,8 +501,12 @@ class RaftReplicator:
         return self._replicas.get(group, ())
 
     def is_local(self, group: int) -> bool:
-        """Whether this node holds a replica of ``group`` (may read its store)."""
-        return group in self._groups
+        """Whether this node holds a replica of ``group`` and the layout says so
+        (may read its store). A group opened ahead of its addition, or left by
+        the layout and waiting for its removal to commit, serves nothing."""
+        if group not in self._groups:
+            return False
+        return group == self.meta_group or self.node_id in self._replicas.get(group, ())
 
     def local_partitions(self) -> list[int]:
         return sorted(g for g in list(self._groups) if g != self.meta_group)
@@ -380,16 +515,92 @@ class RaftReplicator:
         """The meta group's layout changed: open the partitions this node now
         replicates and drop the ones it no longer does. A replica added to a
         running group holds back from elections until the leader reaches it
-        (at bootstrap, when the partition was not known before, it does not)."""
+        (at bootstrap, when the partition was not known before, it does not).
+
+        A replica is dropped (its log and store deleted) only once a leader of
+        the group confirms that its removal committed: a layout recorded for a
+        removal that did not commit must not leave a voter without its log.
+        Called again every round (``ReplicaKeeper.sync_local``), so a drop that
+        could not be confirmed yet is retried."""
         for p, nodes in layout.items():
             if not 0 <= p < self.partitions or not nodes:
                 continue
             nodes = tuple(nodes)
-            if nodes == self._replicas.get(p):
+            if nodes != self._replicas.get(p):
+                hold = 3 * self._timings[0] if p in self._replicas else 0.0
+                self._replicas[p] = nodes
+                if self.node_id in nodes:
+                    self._joining.pop(p, None)  # recorded: a replica like any other
+                    self._inbox.put(("layout", p, nodes, hold))
+            if self.node_id not in nodes and p in self._groups:
+                self._drop_once_removed(p)
+
+    async def prepare_replica(self, group: int, node_id: str, nodes: Sequence[str], timeout: float = 5.0) -> None:
+        """Have ``node_id`` open ``group`` (its peers: ``nodes``) before it is made a
+        voter, so that it takes part in committing its own addition: a set of
+        one (or of two with one down) cannot commit the addition without it,
+        and the replica catches up from the moment the leader appends it. It
+        serves nothing until the layout records it (``is_local``)."""
+        if node_id == self.node_id:
+            self._open_joining(group, nodes)
+            return
+        await self.rpc.call(node_id, "prepare", {"g": group, "nodes": list(nodes)}, timeout)
+
+    async def _serve_prepare(self, peer: str, args: Any) -> Any:
+        group, nodes = args["g"], args["nodes"]
+        if not (isinstance(group, int) and 0 <= group < self.partitions and isinstance(nodes, list)
+                and nodes and all(isinstance(n, str) and n for n in nodes)):
+            raise ValueError("bad prepare")
+        self._open_joining(group, nodes)
+        return True
+
+    def _open_joining(self, group: int, nodes: Sequence[str]) -> None:
+        if self.node_id in self._replicas.get(group, ()):
+            return  # a recorded replica: holds it already (or is about to)
+        self._joining[group] = time.monotonic()  # also holds off a drop being confirmed meanwhile
+        if group in self._groups:
+            return
+        self._inbox.put(("layout", group, (*[n for n in nodes if n != self.node_id], self.node_id),
+                         3 * self._timings[0]))
+
+    def _joining_now(self, group: int) -> bool:
+        joined = self._joining.get(group)
+        return joined is not None and time.monotonic() - joined < JOIN_GRACE
+
+    def _drop_once_removed(self, group: int) -> None:
+        if self._joining_now(group):
+            return  # its addition is under way
+        if group in self._drops or self._loop is None or not self._running:
+            return
+        self._drops[group] = self._loop.create_task(self._confirm_and_drop(group), name=f"drop-{group}")
+
+    async def _confirm_and_drop(self, group: int) -> None:
+        try:
+            while self._running and group in self._groups and self.node_id not in self._replicas.get(group, ()):
+                if await self._removal_committed(group) and not self._joining_now(group):
+                    self._inbox.put(("layout", group, self._replicas.get(group, ()), 0.0))
+                    return
+                await asyncio.sleep(DROP_CHECK_EVERY)
+        finally:
+            self._drops.pop(group, None)
+
+    async def _removal_committed(self, group: int) -> bool:
+        """Whether a leader of ``group`` that knows every committed entry (its
+        term's no-op applied) has this node out of the group, with no
+        membership change in flight. A lagging follower's view is not enough:
+        it may not have applied this node's addition yet."""
+        leader = self._leader_hint.get(group)
+        asked = [*([leader] if leader else []), *self.peers_for(group)]
+        for peer in dict.fromkeys(asked):
+            if peer == self.node_id:
                 continue
-            hold = 3 * self._timings[0] if p in self._replicas else 0.0
-            self._replicas[p] = nodes
-            self._inbox.put(("layout", p, nodes, hold))
+            try:
+                view = await self.rpc.call(peer, "voters", {"g": group}, 2.0)
+            except (PeerUnavailable, TimeoutError, RemoteError):
+                continue
+            if isinstance(view, dict) and view.get("settled"):
+                return not view.get("pending") and self.node_id not in view.get("voters", ())
+        return False
 
     def peers_for(self, group: int, exclude: Sequence[str] = ()) -> list[str]:
         """The other replicas of ``group``, in the order to ask them: responsive
@@ -444,7 +655,7 @@ class RaftReplicator:
         group, command = args["g"], args["c"]
         if not isinstance(group, int) or not isinstance(command, bytes):
             raise ValueError("bad propose")
-        if group not in self._groups:
+        if not self.is_local(group):
             return {"res": {"ok": False, "code": "not_replica", "message": f"{self.node_id} does not hold {group}"}}
         res = await self.propose(group, command)
         return {"res": res, "leader": self._leaders[group]}
@@ -462,7 +673,7 @@ class RaftReplicator:
 
     async def _serve_membership(self, peer: str, args: Any) -> Any:
         group, op, node = args["g"], args["op"], args["node"]
-        if group not in self._groups:
+        if not self.is_local(group):
             raise NotReplica(f"{self.node_id} does not hold partition {group}")
         await self.change_membership(op, node, groups=[group], timeout=float(args.get("timeout", 20.0)))
         return True
@@ -472,8 +683,9 @@ class RaftReplicator:
 
         A node never removes itself: once the change commits, the leader stops
         sending it entries, so it would not see its own change commit. Another
-        replica does it, and sees it."""
-        if group in self._groups and not (op == "rem" and node_id == self.node_id):
+        replica does it, and sees it. A replica opened ahead of its own addition
+        is not a voter yet: a voter does it."""
+        if self.is_local(group) and not (op == "rem" and node_id == self.node_id):
             await self.change_membership(op, node_id, groups=[group], timeout=timeout)
             return
         last: Exception | None = None
@@ -485,6 +697,42 @@ class RaftReplicator:
             except (PeerUnavailable, TimeoutError, RemoteError) as e:
                 last = e
         raise TimeoutError(f"membership change {op} {node_id} in group {group}: {last}")
+
+    async def group_membership(self, group: int) -> dict[str, Any] | None:
+        """This node's view of ``group``'s voters as of its applied index (so
+        committed), whether a membership change is in its log beyond that, and
+        whether it is a leader that knows every committed entry ("settled": its
+        term's no-op applied), with the voters that answered it lately
+        ("answering", on a leader). None: not held. Read on the Raft thread."""
+        window = 2 * self._timings[0]
+
+        def read() -> dict[str, Any] | None:
+            grp = self._groups.get(group)
+            if grp is None:
+                return None
+            voters, pending = grp.membership()
+            return {"voters": sorted(voters), "pending": pending, "settled": grp.settled(),
+                    "answering": sorted(grp.answering(window)), "applied": grp.raftLastApplied}
+
+        if group not in self._groups:
+            return None
+        return await self._on_raft_thread(read)
+
+    async def _on_raft_thread(self, fn: Any, timeout: float = 5.0) -> Any:
+        """Run ``fn()`` on the Raft thread (pysyncobj's state is not thread-safe) and return its result."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def run() -> None:
+            try:
+                res = fn()
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                loop.call_soon_threadsafe(_settle, fut, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, fut, res, None)
+
+        self._inbox.put(("call", run))
+        return await asyncio.wait_for(fut, timeout)
 
     async def group_progress(self, group: int) -> dict[str, int] | None:
         """This node's applied index of ``group`` and the commit index it knows (None: not held)."""
@@ -520,9 +768,10 @@ class RaftReplicator:
         return self._machines[self.meta_group]  # type: ignore[return-value]
 
     def voters(self, group: int) -> frozenset[str]:
-        if group not in self._groups:
+        grp = self._groups.get(group)
+        if grp is None:
             return frozenset(self._replicas.get(group, ()))
-        return self._members[group] | {self.node_id}
+        return self._members[group] if grp.learner else self._members[group] | {self.node_id}
 
     def sees_quorum(self, group: int) -> bool:
         """SPEC §4.9: a leader heard from a majority, or a follower heard from its
@@ -563,21 +812,26 @@ class RaftReplicator:
         self, op: str, node_id: str, *, timeout: float = 30.0, groups: Sequence[int] | None = None
     ) -> None:
         """Add ("add") or remove ("rem") a voter in every group this node holds (or
-        in ``groups``), one group at a time.
+        in ``groups``), one group at a time; returns once each change is
+        committed, raises TimeoutError when one did not commit by the deadline
+        (its outcome is then unknown: the caller re-reads the group).
 
-        pysyncobj applies one change per group at a time and refuses one while the
-        leader's first entry of its term is uncommitted; refused or unknown
-        outcomes are retried until the deadline. Already-done changes are no-ops.
+        A group takes one change at a time (``RaftGroup._SyncObj__changeCluster``)
+        and none while its leader's first entry of the term is uncommitted;
+        refused or unknown outcomes are retried until the deadline. pysyncobj
+        reports success when this node applies the entry, so after its commit.
+        A change already committed is a no-op; one only appended (pysyncobj's
+        node set switches at append) is not done yet.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         for g in (sorted(self._groups) if groups is None else groups):
             while True:
-                if g not in self._groups:
+                view = await self.group_membership(g)
+                if view is None:
                     break
-                members = self._members[g] | {self.node_id}
-                if node_id != self.node_id and (op == "add") == (node_id in members):
-                    break  # already so in this node's view of the group
+                if node_id != self.node_id and not view["pending"] and (op == "add") == (node_id in view["voters"]):
+                    break  # committed so (this node's own view never drops itself)
                 fut: asyncio.Future = loop.create_future()
 
                 def done(res: Any, err: int, _fut: asyncio.Future = fut) -> None:
@@ -585,11 +839,11 @@ class RaftReplicator:
 
                 self._inbox.put(("propose", g, membership_command(op, node_id), done))
                 try:
-                    res = await asyncio.wait_for(asyncio.shield(fut), 5.0)
+                    res = await asyncio.wait_for(asyncio.shield(fut), max(0.1, min(5.0, deadline - loop.time())))
                 except TimeoutError:
                     res = {"ok": False}
                 if res.get("ok"):
-                    break  # committed (this node's own view never drops itself)
+                    break  # applied here, so committed
                 if loop.time() > deadline:
                     raise TimeoutError(f"membership change {op} {node_id} did not commit in group {g}")
                 await asyncio.sleep(0.05)
@@ -687,8 +941,9 @@ class RaftReplicator:
             grp = self._groups.get(group)
             if grp is None:
                 return True  # a group this node does not (or not yet) hold
-            if peer not in grp.member_ids():
-                return True  # not (yet, or any more) a voter of this group
+            voter = peer in grp.member_ids()
+            if not voter and peer not in grp.readonly_ids():
+                return True  # not (yet, or any more) a voter of this group, nor a learner of it
             node = grp.nodes.get(peer) or Node(peer)
             try:
                 msg = codec.decode(body)
@@ -696,6 +951,8 @@ class RaftReplicator:
                 self.bad_messages += 1
                 log.warning("dropped a raft message from %s: %s", peer, e)
                 return True
+            if not voter and msg["type"] not in LEARNER_SENDS:
+                return True  # a learner acknowledges entries and forwards proposals, nothing else
             self._heard[group][peer] = time.monotonic()
             if msg["type"] == "timeout_now" and group in self.stalled:
                 return True  # a replica that cannot apply must not take leadership over (balancer hand-over)
@@ -711,11 +968,13 @@ class RaftReplicator:
             touched.add(group)
         elif kind == "layout":
             _, group, nodes, hold = item
-            if self.node_id in nodes and group not in self._groups:
-                self._make_group(group, [n for n in nodes if n != self.node_id], hold=hold)
-                touched.add(group)
-            elif self.node_id not in nodes and group in self._groups:
-                self._drop_group(group)
+            if self.node_id in nodes:
+                if group not in self._groups:
+                    self._make_group(group, [n for n in nodes if n != self.node_id], hold=hold)
+                    touched.add(group)
+            elif group in self._groups and self.node_id not in self._replicas.get(group, ()) \
+                    and not self._joining_now(group):
+                self._drop_group(group)  # queued once its removal was seen committed (_confirm_and_drop)
         elif kind == "up" or kind == "down":
             for grp in list(self._groups.values()):
                 node = grp.nodes.get(item[1]) or Node(item[1])
@@ -725,7 +984,10 @@ class RaftReplicator:
             grp = self._groups.get(group)
             if grp is None:
                 return True
-            grp.begin_transfer(to)  # among the current voters, once the target holds the whole log
+            # The target is found among the current voters (``grp.nodes`` holds the
+            # group's first peers only); one that is not a voter gets nothing,
+            # rather than whoever pysyncobj picks. It takes over once it holds the whole log.
+            grp.begin_transfer(to)
             touched.add(group)
         elif kind == "call":
             item[1]()
@@ -944,6 +1206,15 @@ class RaftReplicator:
 
 def _unused_hook(*_: Any) -> Any:
     raise AssertionError("pysyncobj's Serializer is replaced by LmdbSnapshotter")
+
+
+def _settle(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(res)
 
 
 def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:

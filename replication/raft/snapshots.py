@@ -167,7 +167,7 @@ class LmdbSnapshotter:
         header = {
             "index": index,
             "entries": [[bytes(e[0]), e[1], e[2]] for e in (e_last, e_prev)],
-            "cluster": sorted(str(n.id) for n in cluster),
+            "cluster": sorted(str(n.id) for n in cluster if n is not None),  # a learner has no self node
         }
         pin = self.store.pin_read()
         assert pin.txn is not None

@@ -25,7 +25,7 @@ def test_join_then_leave(tmp_path: Path) -> None:
         for i in range(20):
             start_acked([n1, n2, n3], "default", f"before-{i}")
 
-        # Join: record n4 and make it a voter everywhere, then start it.
+        # Join: record n4, then start it (it learns the meta group, then gets a vote there).
         (port,) = free_ports(1)
         addr = f"127.0.0.1:{port}"
         status, body = n2.post("/v1/tasks/cluster/members", {"nodeId": "n4", "peer": addr}, timeout=60)
@@ -45,6 +45,10 @@ def test_join_then_leave(tmp_path: Path) -> None:
         while time.monotonic() < deadline and set(members(n1).values()) != {"alive"}:
             time.sleep(0.2)
         assert members(n1) == {"n1": "alive", "n2": "alive", "n3": "alive", "n4": "alive"}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not all(m["voter"] for m in n1.get("/v1/tasks/cluster")[1]["members"]):
+            time.sleep(0.2)
+        assert all(m["voter"] for m in n1.get("/v1/tasks/cluster")[1]["members"]), "n4 got no meta vote"
         # Replicas spread onto the new node (4 partitions x 3 replicas over 4 nodes: 3 each).
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
