@@ -133,8 +133,8 @@ class Elections:
 
     def after_tick(self) -> None:
         g = self.g
-        if g.state() != FOLLOWER:
-            self._round_term = 0  # campaigning or leading: the round is over
+        if g.state() == LEADER or (self._round_term and self._term >= self._round_term):
+            self._round_term = 0  # the election it was for started (or we lead): the round is over
         if self._passed_term and self._passed_term <= self._term:
             self._passed_term = 0
         self._drive_transfer()

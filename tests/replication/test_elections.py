@@ -224,3 +224,24 @@ async def _hand_over_under_writes(tmp: Path) -> tuple[str, str, float]:
 def test_a_hand_over_completes_under_steady_writes(tmp_path: Path) -> None:
     target, new, took = asyncio.run(_hand_over_under_writes(tmp_path))
     assert new == target, f"leadership stayed put for {took:.1f} s of asking"
+
+
+def test_a_candidate_after_a_split_vote_pre_votes_again_and_campaigns(tmp_path: Path) -> None:
+    """All three start at once, each votes for itself: the next round must be
+    able to win (a round reset at every tick of a candidate left the group
+    leaderless for good)."""
+    grp, store, wire = _lone_group(tmp_path, ["x", "y"])
+    _expire(grp)
+    grp._onTick(0)
+    grp.deliver(grp.nodes["x"], {"type": "pre_vote_response", "term": 1, "granted": True, "current": 0})
+    grp._onTick(0)
+    assert grp.state() == 1 and grp.raftCurrentTerm == 1  # a candidate; nobody votes for it (split)
+    _expire(grp)
+    grp._onTick(0)
+    rounds = [m["term"] for _, m in _sent(wire, "pre_vote")]
+    assert rounds[-1] == 2 and grp.raftCurrentTerm == 1
+    grp._onTick(0)  # a tick between the round and its answers must not forget the round
+    grp.deliver(grp.nodes["y"], {"type": "pre_vote_response", "term": 2, "granted": True, "current": 1})
+    grp._onTick(0)
+    assert grp.raftCurrentTerm == 2 and grp.state() == 1
+    store.close()
