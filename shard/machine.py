@@ -45,12 +45,15 @@ from shard.ctx import (
     format_seconds,
     require_namespace,
 )
-from shard.store import PartitionStore, StorageFull
+from shard.store import PartitionStore, ResizeBusy, StorageFull
 
 log = logging.getLogger("tasks.shard")
 
 _namespace = require_namespace
 STORAGE_FULL: Result = C.err("storage_full", "storage full")
+#: The map must grow while a snapshot image is being copied: nothing was
+#: written, the same entries are applied again shortly (never returned to a client).
+RESIZE_DEFERRED: Result = C.err("resize_deferred", "the map grows once the snapshot image is written")
 MAX_BUFFERED = 1000
 RECENT_ACTIONS = 10
 
@@ -1122,14 +1125,17 @@ class StateMachine:
         Returns one result per entry; ``None`` for an entry at or below the
         applied index (already applied before). If the map is full at its
         maximum, returns STORAGE_FULL for every entry and writes nothing,
-        so the caller may retry those entries later (indexes not consumed).
+        so the caller may retry those entries later (indexes not consumed);
+        RESIZE_DEFERRED likewise while a snapshot image pins the map.
         """
         while True:
             try:
                 return self._apply_txn(entries)
             except lmdb.MapFullError:
                 try:
-                    self.store.grow()
+                    self.store.grow(wait_for_pins=False)
+                except ResizeBusy:
+                    return [RESIZE_DEFERRED] * len(entries)  # nothing written: retried at the next tick
                 except StorageFull:
                     if len(entries) > 1:
                         # Keep every entry that still fits; stop at the first that doesn't.

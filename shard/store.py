@@ -67,6 +67,10 @@ class StorageFull(Exception):
     """The map is at its configured maximum, or the disk is below its reserve."""
 
 
+class ResizeBusy(Exception):
+    """A map resize must wait for a pinned read (a snapshot image being written)."""
+
+
 class _Guard:
     """Readers share; a resize is exclusive."""
 
@@ -140,6 +144,8 @@ class PinnedRead:
         except BaseException:
             self._cm.__exit__(None, None, None)
             raise
+        with store._pin_lock:
+            store._pins += 1
 
     def close(self) -> None:
         txn, self.txn = self.txn, None
@@ -149,6 +155,8 @@ class PinnedRead:
             txn.abort()
         finally:
             del txn
+            with self._store._pin_lock:
+                self._store._pins -= 1
             self._cm.__exit__(None, None, None)
 
 
@@ -171,6 +179,8 @@ class PartitionStore:
         self.sync = sync
         self.map_grows = 0
         self._guard = _Guard()
+        self._pins = 0  # open PinnedReads (snapshot images being written)
+        self._pin_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._disk_checked = 0.0
         self._disk_ok = True
@@ -246,8 +256,8 @@ class PartitionStore:
         The snapshot writer fixes its image on the Raft thread (the applied
         index is exact there) and copies it on a worker thread. The pin holds
         the guard's shared side until ``close``, so a map resize or a restore
-        waits for the copy instead of remapping or closing the environment
-        under it.
+        never remaps or closes the environment under the copy: a restore
+        waits, the apply's resize is deferred (``grow(wait_for_pins=False)``).
         """
         return PinnedRead(self)
 
@@ -296,10 +306,18 @@ class PartitionStore:
     def at_max(self) -> bool:
         return self.map_size >= self.map_size_max
 
-    def grow(self) -> None:
-        """Double the map, up to the maximum; StorageFull when already there."""
+    def grow(self, wait_for_pins: bool = True) -> None:
+        """Double the map, up to the maximum; StorageFull when already there.
+
+        A resize waits for every open read. ``wait_for_pins=False`` (the Raft
+        thread's apply) raises ResizeBusy instead while a snapshot image is
+        being copied: that copy can take seconds, and a Raft thread waiting
+        for it would stop heartbeating; the apply is retried at the next tick.
+        """
         if self.at_max() or self.disk_full():
             raise StorageFull("storage full")
+        if not wait_for_pins and self._pins:
+            raise ResizeBusy("a snapshot image is being written")
         new = min(self.map_size * 2, self.map_size_max)
         with self._guard.exclusive():
             self.env.set_mapsize(new)

@@ -179,6 +179,11 @@ class StorageStalled(Exception):
     applying stops: the group keeps voting, appending and heartbeating."""
 
 
+class ApplyDeferred(Exception):
+    """The entry needs a larger map while a snapshot image is being copied:
+    nothing was written; the apply loop stops for this tick and retries."""
+
+
 class ApplyFailed(Exception):
     """Applying a committed entry raised something other than a stall (an LMDB
     or I/O error: handler bugs are contained by the state machine itself). The
@@ -442,6 +447,8 @@ class RaftGroup(SyncObj):
             raise StorageStalled(f"group {self.group_id}: entry {index} does not fit ({e})") from e
         if result is not None and result.get("code") == "storage_full":
             raise StorageStalled(f"group {self.group_id}: entry {index} does not fit")
+        if result is not None and result.get("code") == "resize_deferred":
+            raise ApplyDeferred(index)
         self._on_applied(self.group_id, index, result)
         return result
 
@@ -461,6 +468,8 @@ class RaftGroup(SyncObj):
         for command, idx, term in self._SyncObj__getEntries(applied + 1, commit - applied):  # type: ignore[attr-defined]
             try:
                 result = self._SyncObj__doApplyCommand(command)
+            except ApplyDeferred:
+                return False  # the map grows once the snapshot copy is done: the next tick retries
             except StorageStalled as e:
                 # Retried once a second, not every tick: each attempt redoes the whole entry.
                 self.stall = e

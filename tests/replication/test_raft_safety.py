@@ -345,21 +345,53 @@ def test_a_follower_more_than_a_frame_behind_catches_up(tmp_path: Path) -> None:
 
 # ---- defect 9: compaction against a map resize ----
 
-def test_an_image_being_written_holds_off_a_map_resize(tmp_path: Path) -> None:
+def test_an_image_being_written_defers_a_map_resize_without_blocking_the_apply(tmp_path: Path) -> None:
+    """The copy holds an LMDB read transaction on a worker thread: a resize
+    would remap the map under it. The apply that needs a larger map is told
+    to come back (nothing written, the Raft thread never waits for the copy);
+    a restore waits for the copy; once the image is written, the apply goes through."""
+    from shard.machine import RESIZE_DEFERRED
+
     store = PartitionStore(tmp_path / "p", sync=False, map_size=1 << 20, map_size_max=64 << 20)
+    machine = StateMachine(store)
+    assert machine.apply(1, cmd(0, "ns.register"))["ok"]
+    snap = LmdbSnapshotter(store, tmp_path / "p.snapshot")
+    faults.configure("snapshot.write:sleep=0.5")
+    try:
+        snap.serialize((None, (REGULAR, 1, 1), (REGULAR, 0, 0), {Node("a")}), 0)
+        big = _start(2, pad="q" * 1_500_000)  # does not fit the 1 MiB map
+        t0 = time.monotonic()
+        assert machine.apply(2, big) is RESIZE_DEFERRED
+        assert time.monotonic() - t0 < 0.3, "the apply waited for the image copy"
+        assert store.applied_index() == 1 and store.map_size == 1 << 20
+        while snap.checkSerializing()[0] == 1:  # SERIALIZING
+            time.sleep(0.02)
+        assert snap.taken == 1
+        res = machine.apply(2, big)
+        assert res is not None and res["ok"], res
+        assert store.map_size > 1 << 20
+    finally:
+        faults.configure("")
+        store.close()
+
+
+def test_a_restore_waits_for_an_image_being_written(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p", sync=False)
     with store.write() as txn:
-        txn.put(b"s1", b"v" * 1000)
+        txn.put(b"s1", b"v")
+    img = tmp_path / "img"
+    store.snapshot(img)
     snap = LmdbSnapshotter(store, tmp_path / "p.snapshot")
     faults.configure("snapshot.write:sleep=0.4")
     try:
         snap.serialize((None, (REGULAR, 3, 1), (REGULAR, 2, 1), {Node("a")}), 2)
-        grown = threading.Event()
-        t = threading.Thread(target=lambda: (store.grow(), grown.set()))
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (store.restore(img), done.set()))
         t.start()
         time.sleep(0.2)
-        assert not grown.is_set(), "the map was resized under an open snapshot transaction"
+        assert not done.is_set(), "the environment was closed under an open snapshot transaction"
         t.join(5)
-        assert grown.is_set()
+        assert done.is_set()
         while snap.checkSerializing()[0] == 1:
             time.sleep(0.02)
         assert snap.taken == 1
