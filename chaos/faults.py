@@ -26,7 +26,7 @@ from chaos.windows import (
     compaction_state,
     group_of,
     journal_first_index,
-    phases_in,
+    phase_files,
     snapshot_entries,
     swapped_images,
 )
@@ -245,25 +245,52 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
+def _identities(raft: Path, parts: Path, names: list[str], part_names: list[str]) -> dict[str, tuple[int, int, int]]:
+    out = {}
+    for d, ns in ((raft, names), (parts, part_names)):
+        for name in ns:
+            try:
+                st = os.stat(d / name)
+            except OSError:
+                continue
+            out[str(d / name)] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+
 def watch_phase(data_dir: Path, phases: tuple[str, ...], timeout: float, stop: threading.Event | None = None,
                 groups: set[str] | None = None, poll: float = 0.002) -> tuple[str, str, float] | None:
     """Poll a node's files until it shows one of ``phases`` (``chaos.windows``); (phase, group, seconds waited).
 
-    ``swapped``: a ``<g>.snapshot`` replaced after this call began. ``groups``:
-    only these groups count (None: any). None when ``timeout`` passed first.
-    Runs on a worker thread; 2 ms between looks.
+    A file counts only when it appeared or changed after this call began (a
+    leftover of an earlier crash is no window). ``swapped``: a
+    ``<g>.snapshot`` replaced since then. ``groups``: only these groups count
+    (None: any; a restore's scratch directory names no group and always
+    counts). None when ``timeout`` passed first. Runs on a worker thread;
+    2 ms between looks.
     """
     raft, parts = data_dir / "raft", data_dir / "partitions"
+    want_parts = "restoring" in phases
     t0 = time.monotonic()
-    base = _images(raft, _listdir(raft)) if "swapped" in phases else {}
+    names0 = _listdir(raft)
+    base = _identities(raft, parts, names0, _listdir(parts) if want_parts else [])
+    images0 = _images(raft, names0) if "swapped" in phases else {}
     while time.monotonic() - t0 < timeout and not (stop is not None and stop.is_set()):
         names = _listdir(raft)
-        seen = phases_in(names, _listdir(parts) if "restoring" in phases else ())
+        part_names = _listdir(parts) if want_parts else []
+        seen = phase_files(names, part_names)
+        fresh: dict[str, tuple[int, int, int]] | None = None
         for ph in phases:
             if ph == "swapped":
-                hit = [g for g in swapped_images(base, _images(raft, names)) if groups is None or g in groups]
+                hit = [g for g in swapped_images(images0, _images(raft, names)) if groups is None or g in groups]
+            elif seen.get(ph):
+                if fresh is None:
+                    now = _identities(raft, parts, names, part_names)
+                    fresh = {k: v for k, v in now.items() if base.get(k) != v}
+                changed = {Path(k).name for k in fresh}
+                hit = [g for g, name in seen[ph] if name in changed
+                       and (groups is None or g in groups or ph == "restoring")]
             else:
-                hit = [g for g in seen.get(ph, []) if groups is None or g in groups or ph == "restoring"]
+                hit = []
             if hit:
                 return ph, hit[0], time.monotonic() - t0
         time.sleep(poll)

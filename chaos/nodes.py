@@ -131,7 +131,8 @@ class NodeProcess:
         proc = self.proc
         if proc is None or self.stopping or proc.poll() is None:
             return False
-        self.crashes.append({"code": proc.returncode, "start": self.starts, "log": self.log_tail(1500)})
+        self.crashes.append({"code": proc.returncode, "start": self.starts, "log": self.log_tail(1500),
+                             "mono": time.monotonic()})
         procs.forget(proc.pid)
         self.proc = None
         self.paused = False

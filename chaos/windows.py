@@ -60,23 +60,28 @@ def group_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-def phases_in(raft_names: Iterable[str], partition_names: Iterable[str] = ()) -> dict[str, list[str]]:
-    """Phase -> the groups (or scratch names) showing it, from directory listings.
+def phase_files(raft_names: Iterable[str], partition_names: Iterable[str] = ()) -> dict[str, list[tuple[str, str]]]:
+    """Phase -> (group, file name) of every file showing it, from directory listings.
 
     ``raft_names``: the names in ``<data-dir>/raft/``; ``partition_names``:
     those in ``<data-dir>/partitions/``. A restore's scratch directory names
-    no group, so ``restoring`` lists the directory names themselves.
+    no group: its group is its own name.
     """
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[tuple[str, str]]] = {}
     for name in sorted(raft_names):
         for phase, pats in PHASES.items():
             if any(fnmatch.fnmatchcase(name, p) for p in pats):
-                out.setdefault(phase, []).append(group_of(name) or name)
+                out.setdefault(phase, []).append((group_of(name) or name, name))
     for name in sorted(partition_names):
         for phase, pats in PARTITION_PHASES.items():
             if any(fnmatch.fnmatchcase(name, p) for p in pats):
-                out.setdefault(phase, []).append(name)
+                out.setdefault(phase, []).append((name, name))
     return out
+
+
+def phases_in(raft_names: Iterable[str], partition_names: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Phase -> the groups (or scratch names) showing it (``phase_files`` without the file names)."""
+    return {ph: [g for g, _ in items] for ph, items in phase_files(raft_names, partition_names).items()}
 
 
 def swapped_images(before: dict[str, tuple[int, int]], now: dict[str, tuple[int, int]]) -> list[str]:
