@@ -550,11 +550,13 @@ class Ballast:
     """
 
     def __init__(self, ctx: ScenarioContext, namespaces: list[str], *, payload: int = BALLAST_PAYLOAD,
-                 cap: int = BALLAST_CAP) -> None:
+                 cap: int = BALLAST_CAP, avoid: set[str] | None = None) -> None:
         self.ctx = ctx
         self.namespaces = list(dict.fromkeys(namespaces))[:3] or list(ctx.namespaces[:1])
         self.payload = payload
         self.cap = cap
+        #: Nodes not to send to first (held behind: a frozen node would hold a writer for its timeout).
+        self.avoid = avoid or set()
         self.bytes = 0
         self.stats: dict[str, int] = {}
 
@@ -573,8 +575,10 @@ class Ballast:
             k = ctx.serial
             self.bytes += self.payload
             pad = rnd.randbytes(self.payload // 2).hex()
+            homes = [i for i, n in enumerate(ctx.tb.nodes) if n.running and not n.paused
+                     and n.node_id not in self.avoid] or list(range(len(ctx.tb.nodes)))
             try:
-                op = await tools.start_workflow(client, rnd.randrange(len(ctx.tb.ids)), rnd, ns, f"big-{k}",
+                op = await tools.start_workflow(client, rnd.choice(homes), rnd, ns, f"big-{k}",
                                                 f"bq-{k}", {"k": k, "pad": pad}, wtype=BALLAST_TYPE,
                                                 queue=IDLE_QUEUE)
                 self.stats[op.outcome] = self.stats.get(op.outcome, 0) + 1
@@ -584,17 +588,16 @@ class Ballast:
             await asyncio.sleep(0.02)
 
 
-async def _ballast_until(ctx: ScenarioContext, namespaces: list[str], until: Callable[[], Awaitable[bool]],
-                         deadline: float, at_least: float = 0.0) -> Ballast:
-    """Run a ballast until ``until()`` says enough (checked each second, after ``at_least`` s) or ``deadline``."""
-    ballast = Ballast(ctx, namespaces)
+async def _ballast_until(ctx: ScenarioContext, ballast: Ballast, until: Callable[[], Awaitable[bool]],
+                         deadline: float, at_least_bytes: int = 0) -> Ballast:
+    """Run ``ballast`` until it sent ``at_least_bytes`` and ``until()`` says enough (checked
+    each second), or its cap, or ``deadline``."""
     stop = asyncio.Event()
     task = asyncio.create_task(ballast.run(stop))
-    t0 = ctx.elapsed()
     try:
         while ctx.elapsed() < deadline and not task.done():
             await asyncio.sleep(1.0)
-            if ctx.elapsed() - t0 >= at_least and await until():
+            if ballast.bytes >= at_least_bytes and await until():
                 break
     finally:
         stop.set()
@@ -651,12 +654,18 @@ async def lagging_follower_episode(ctx: ScenarioContext, budget: float) -> None:
         installed0 = (await _snapshots(ctx, [victim], "installed")).get(victim, 0.0)
         await ctx.inject(hold)
 
+        held_from = ctx.elapsed()
+
         async def compacted_past() -> bool:
-            return _delta(taken0, await _snapshots(ctx, others, "taken")) >= 2 * len(others)
+            return ctx.elapsed() - held_from >= 5.0 and \
+                _delta(taken0, await _snapshots(ctx, others, "taken")) >= 2 * len(others)
 
         hold_until = ctx.elapsed() + max(6.0, min(0.45 * budget, 30.0))
-        ballast = await _ballast_until(ctx, ns, compacted_past, hold_until, at_least=5.0)
-        ep["ballast"] = {"namespaces": ballast.namespaces, "mib": round(ballast.bytes / 2**20, 1), **ballast.stats}
+        payload = ctx.rnd.choice((192, 768, 1536)) << 10
+        ballast = Ballast(ctx, ns, payload=payload, avoid={victim})
+        await _ballast_until(ctx, ballast, compacted_past, hold_until, at_least_bytes=BALLAST_CAP // 2)
+        ep["ballast"] = {"namespaces": ballast.namespaces, "payload": payload,
+                         "mib": round(ballast.bytes / 2**20, 1), **ballast.stats}
         ep["snapshots_taken_while_behind"] = _delta(taken0, await _snapshots(ctx, others, "taken"))
         rate = ctx.rnd.choice((1, 2, 4)) << 20
         slow = ThrottleLinks([victim], [(n, victim) for n in others], rate)
@@ -752,7 +761,9 @@ async def kill_install_episode(ctx: ScenarioContext, budget: float) -> None:
                 return _delta(taken0, await _snapshots(ctx, others, "taken")) >= 2 * len(others)
 
             hold_until = ctx.elapsed() + max(5.0, min(0.3 * budget, 20.0))
-            await _ballast_until(ctx, ns, compacted_past, hold_until, at_least=4.0)
+            ballast = Ballast(ctx, ns, avoid={victim}, cap=BALLAST_CAP // 2)
+            await _ballast_until(ctx, ballast, compacted_past, hold_until, at_least_bytes=BALLAST_CAP // 4)
+            ep.setdefault("ballast_mib", []).append(round(ballast.bytes / 2**20, 1))
             phase = ctx.rnd.choice(("receiving", "restoring"))
             kill = KillInWindow([victim], (phase,), timeout=20.0,
                                 delay=ctx.rnd.uniform(0.0, 0.3) if phase == "receiving" else 0.0,
