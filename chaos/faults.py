@@ -308,7 +308,10 @@ def _head(path: Path, n: int = 1 << 16) -> bytes:
 def files_state(data_dir: Path, group: str) -> dict[str, Any]:
     """What a killed node's files say about group ``group``'s compaction (``chaos.windows.compaction_state``)."""
     raft = data_dir / "raft"
-    entries = snapshot_entries(_head(raft / f"{group}.snapshot"))
+    head = _head(raft / f"{group}.snapshot", 12)
+    if len(head) == 12:  # the header holds the last two commands, which may be large
+        head = _head(raft / f"{group}.snapshot", 12 + int.from_bytes(head[8:12], "big"))
+    entries = snapshot_entries(head)
     first = journal_first_index(_head(raft / f"{group}.journal"))
     return {"image_entries": entries, "journal_first": first, "state": compaction_state(entries, first),
             "leftovers": sorted(n for n in _listdir(raft) if n.startswith(f"{group}.") and

@@ -698,10 +698,18 @@ async def kill_compaction_episode(ctx: ScenarioContext, budget: float) -> None:
     after the image was swapped in and before the log prefix was dropped (the
     window of issue 23 defect 1), with large starts making images and log
     entries big; restart it. The kill moment is found by polling its files
-    (``chaos.windows``) every 2 ms."""
+    (``chaos.windows``) every 2 ms.
+
+    One round in two is the *exposing* variant: the partition's third replica
+    is frozen first, so that the leader commits with the victim alone; when
+    the victim's files show the kill fell inside the window (the image is in
+    place, the journal still starts before it), the leader is SIGKILLed too
+    and the victim and the frozen replica must elect a leader between them:
+    if the victim forgot what it had acknowledged, acknowledged writes are
+    lost and the checks say so.
+    """
     name = "kill-during-compaction"
     end = ctx.elapsed() + budget
-    holding, _, placement = await _where(ctx)
     ep = _episode(ctx, name, kills=[])
     ballast = Ballast(ctx, list(ctx.namespaces))
     stop = asyncio.Event()
@@ -710,33 +718,82 @@ async def kill_compaction_episode(ctx: ScenarioContext, budget: float) -> None:
         rounds = 0
         while ctx.elapsed() < end - 12.0 and rounds < 3:
             rounds += 1
-            pool = [n for n in ctx.tb.ids if holding.get(n)] or list(ctx.tb.ids)
-            target = ctx.rnd.choice(pool)
-            if ctx.rnd.random() < 1 / 3:
-                phases: tuple[str, ...] = ("serializing",)
-                delay = ctx.rnd.uniform(0.0, 0.03)
-            else:
-                phases, delay = ("swapped", "dropping-prefix"), 0.0
-            kill = KillInWindow([target], phases, timeout=min(20.0, max(3.0, end - ctx.elapsed() - 8.0)),
-                                delay=delay, groups={str(p) for p in holding.get(target, [])},
-                                scenario=name)
-            await ctx.inject(kill)
-            ep["kills"].append({"node": target, "wanted": list(phases), "hit": kill.record.params.get("hit"),
-                                "group": kill.record.params.get("group"),
-                                "files": (kill.record.params.get("files") or {}).get("state")})
-            if kill.killed:
-                await asyncio.sleep(ctx.rnd.uniform(0.5, 2.0))
-            await ctx.heal(kill)
+            holding, leaders, placement = await _where(ctx)
+            expose = ctx.rnd.random() < 0.5
+            record = await (_kill_compaction_exposing(ctx, name, holding, leaders, placement, end, ballast) if expose
+                            else _kill_compaction_once(ctx, name, holding, end))
+            ep["kills"].append(record)
             await asyncio.sleep(ctx.rnd.uniform(1.0, 3.0))
     finally:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
         ep["ballast"] = {"mib": round(ballast.bytes / 2**20, 1), **ballast.stats}
-        ep["reached"] = any(k["hit"] for k in ep["kills"])
-        ep["in_prefix_window"] = sum(1 for k in ep["kills"] if k["files"] == "journal-prefix-kept")
+        ep["reached"] = any(k.get("hit") for k in ep["kills"])
+        ep["in_prefix_window"] = sum(1 for k in ep["kills"] if k.get("files") == "journal-prefix-kept")
         if not ep["reached"]:
             ctx.notes.append(f"{name}: no compaction seen on the chosen nodes (window not reached)")
         _done(ctx, ep)
+
+
+async def _kill_compaction_once(ctx: ScenarioContext, name: str, holding: dict[str, list[int]],
+                                end: float) -> dict[str, Any]:
+    pool = [n for n in ctx.tb.ids if holding.get(n)] or list(ctx.tb.ids)
+    target = ctx.rnd.choice(pool)
+    if ctx.rnd.random() < 1 / 3:
+        phases: tuple[str, ...] = ("serializing",)
+        delay = ctx.rnd.uniform(0.0, 0.03)
+    else:
+        phases, delay = ("swapped", "dropping-prefix"), 0.0
+    kill = KillInWindow([target], phases, timeout=min(20.0, max(3.0, end - ctx.elapsed() - 8.0)),
+                        delay=delay, groups={str(p) for p in holding.get(target, [])}, scenario=name)
+    await ctx.inject(kill)
+    if kill.killed:
+        await asyncio.sleep(ctx.rnd.uniform(0.5, 2.0))
+    await ctx.heal(kill)
+    return {"node": target, "wanted": list(phases), "hit": kill.record.params.get("hit"),
+            "group": kill.record.params.get("group"),
+            "files": (kill.record.params.get("files") or {}).get("state")}
+
+
+async def _kill_compaction_exposing(ctx: ScenarioContext, name: str, holding: dict[str, list[int]],
+                                    leaders: dict[int, str], placement: dict[str, int], end: float,
+                                    ballast: Ballast) -> dict[str, Any]:
+    candidates = [p for p, lead in leaders.items()
+                  if lead and sum(1 for ps in holding.values() if p in ps) >= 3]
+    if not candidates:
+        return await _kill_compaction_once(ctx, name, holding, end)
+    p = ctx.rnd.choice(sorted(candidates))
+    leader = leaders[p]
+    others = sorted(n for n, ps in holding.items() if p in ps and n != leader)
+    victim, frozen = ctx.rnd.sample(others, 2)
+    rec: dict[str, Any] = {"variant": "exposing", "partition": p, "node": victim, "leader": leader,
+                           "frozen": frozen, "wanted": ["swapped", "dropping-prefix"]}
+    pause = PauseNode([frozen], role="third-replica")
+    pause.record.params["scenario"] = name
+    kill = KillInWindow([victim], ("swapped", "dropping-prefix"),
+                        timeout=min(15.0, max(3.0, end - ctx.elapsed() - 8.0)), groups={str(p)},
+                        scenario=name, variant="exposing")
+    ballast.avoid.add(frozen)
+    try:
+        await ctx.inject(pause)
+        await ctx.inject(kill)
+        rec.update(hit=kill.record.params.get("hit"), group=kill.record.params.get("group"),
+                   files=(kill.record.params.get("files") or {}).get("state"))
+        if rec["files"] == "journal-prefix-kept":
+            lkill = KillNode([leader], role="partition-leader", scenario=name, variant="exposing")
+            await ctx.inject(lkill)
+            await ctx.heal(kill, wait_ready=False)
+            await ctx.heal(pause, wait_ready=False)
+            rec["leader_killed"] = True
+            await asyncio.sleep(ctx.rnd.uniform(3.0, 6.0))  # the two elect a leader between them
+            await ctx.heal(lkill)
+        else:
+            await ctx.heal(pause, wait_ready=False)
+            await ctx.heal(kill)
+    finally:
+        ballast.avoid.discard(frozen)
+        await ctx.heal(pause, wait_ready=False)
+    return rec
 
 
 async def kill_install_episode(ctx: ScenarioContext, budget: float) -> None:
