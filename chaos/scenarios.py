@@ -805,7 +805,7 @@ async def kill_install_episode(ctx: ScenarioContext, budget: float) -> None:
     victim, parts, ns, others = await _held_behind(ctx, name)
     ep = _episode(ctx, name, node=victim, partitions=parts, kills=[])
     try:
-        rounds = 2 if budget >= 50 else 1
+        rounds = 2 if budget >= 35 else 1
         for r in range(rounds):
             if ctx.elapsed() > end - 15.0:
                 break
@@ -814,8 +814,11 @@ async def kill_install_episode(ctx: ScenarioContext, budget: float) -> None:
             taken0 = await _snapshots(ctx, others, "taken")
             await ctx.inject(pause)
 
-            async def compacted_past(taken0: dict[str, float] = taken0) -> bool:
-                return _delta(taken0, await _snapshots(ctx, others, "taken")) >= 2 * len(others)
+            held_from = ctx.elapsed()
+
+            async def compacted_past(taken0: dict[str, float] = taken0, held_from: float = held_from) -> bool:
+                return ctx.elapsed() - held_from >= 4.0 and \
+                    _delta(taken0, await _snapshots(ctx, others, "taken")) >= 2 * len(others)
 
             hold_until = ctx.elapsed() + max(5.0, min(0.3 * budget, 20.0))
             ballast = Ballast(ctx, ns, avoid={victim}, cap=BALLAST_CAP // 2)
