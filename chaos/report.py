@@ -106,7 +106,7 @@ def summary(report: dict[str, Any]) -> str:
         elif "migration" in e and e.get("migration") is None:
             lines.append(f"  migration of {e.get('ns')} not started: {e.get('answer')}")
     for e in report.get("episodes", []):
-        keys = ("node", "down", "replaced", "how", "installs", "install_seen", "kills", "enospc", "exited",
+        keys = ("node", "down", "replaced", "how", "installs", "install_seen", "kills", "enospc_logged", "exited", "stalled",
                 "caught_up_after_s", "in_prefix_window", "flips_done", "hammer_ops", "longest_leaderless_s")
         info = {k: e[k] for k in keys if k in e and e[k] not in (None, [], {})}
         lines.append(f"  episode {e.get('scenario')} +{e.get('t0')}s..+{e.get('t1')}s: "

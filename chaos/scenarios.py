@@ -890,7 +890,7 @@ async def journal_full_episode(ctx: ScenarioContext, budget: float) -> None:
                 continue
             if await tb.ready(node) and _enospc_hits(ctx, victim, log_from):
                 ready_while_full += 1
-        ep["enospc"] = hits = _enospc_hits(ctx, victim, log_from)
+        ep["enospc_logged"] = hits = _enospc_hits(ctx, victim, log_from)
         ep["ready_seconds_while_full"] = ready_while_full
         ep["reached"] = hits > 0
         await ctx.heal(fault, wait_ready=False)
