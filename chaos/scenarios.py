@@ -1054,7 +1054,7 @@ async def reads_during_flips_episode(ctx: ScenarioContext, budget: float) -> Non
     end = ctx.elapsed() + budget
     ep = _episode(ctx, name, flips=[])
     tools = _tools(ctx)
-    hot: dict[str, str | None] = {"ns": None}
+    hot: dict[str, Any] = {"ns": None, "targets": list(range(len(ctx.tb.ids)))}
     stop = asyncio.Event()
     regs = [r for r in range(tools.cfg.registers_per_ns)]
 
@@ -1068,7 +1068,7 @@ async def reads_during_flips_episode(ctx: ScenarioContext, budget: float) -> Non
                 continue
             n += 1
             wid = f"reg-{rnd.choice(regs)}"
-            target = rnd.randrange(len(ctx.tb.ids))
+            target = rnd.choice(hot["targets"])
             try:
                 if writer:
                     await tools.write_register(c, target, ns, wid, f"h-{c}-{n}")
@@ -1079,7 +1079,7 @@ async def reads_during_flips_episode(ctx: ScenarioContext, budget: float) -> Non
                 await asyncio.sleep(0.5)
             await asyncio.sleep(rnd.uniform(0.003, 0.02))
 
-    clients = [asyncio.create_task(hammer(800 + i, writer=(i == 0))) for i in range(4)]
+    clients = [asyncio.create_task(hammer(800 + i, writer=(i < 2))) for i in range(6)]
     try:
         while ctx.elapsed() < end - 8.0:
             ns = ctx.rnd.choice(ctx.namespaces)
@@ -1092,6 +1092,11 @@ async def reads_during_flips_episode(ctx: ScenarioContext, budget: float) -> Non
                 src = leaders.get(part if part is not None else -1)
                 to = ctx.rnd.choice([n for n in ctx.tb.ids if n != src] or ctx.tb.ids)
                 body, where = {"toNode": to}, {"from": src, "to": to}
+            # Reads go to the nodes holding the source or the destination (with
+            # R < N a node holding neither only forwards), most of all to the
+            # destination's followers, which serve the read once the pin flips.
+            near = set(where.get("fromReplicas", [])) | set(where.get("toReplicas", []))
+            hot["targets"] = [i for i, n in enumerate(ctx.tb.ids) if n in near] or list(range(len(ctx.tb.ids)))
             hot["ns"] = ns
             t_start = ctx.elapsed()
             rep = await _start_migration(ctx, ns, body)
