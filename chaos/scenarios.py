@@ -829,7 +829,7 @@ async def kill_install_episode(ctx: ScenarioContext, budget: float) -> None:
                                 delay=ctx.rnd.uniform(0.0, 0.3) if phase == "receiving" else 0.0,
                                 groups={str(p) for p in parts}, scenario=name, round=r)
             armed = asyncio.create_task(ctx.inject(kill))
-            await asyncio.sleep(0.05)  # the watcher takes its baseline before the node wakes
+            await asyncio.sleep(0.2)  # the watcher takes its baseline before the node wakes
             await ctx.heal(pause, wait_ready=False)
             await armed
             ep["kills"].append({"wanted": phase, "hit": kill.record.params.get("hit"),
