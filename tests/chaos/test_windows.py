@@ -264,3 +264,30 @@ def test_journal_shim_fails_only_journal_writes_while_triggered(tmp_path: Path) 
     probe = "import os; print(os.write.__module__)"
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "posix", out.stdout
+
+
+TRUNCATED_PROBE = r"""
+import sys
+from pathlib import Path
+import lmdb
+from chaos.hashes import partition_digest
+d = Path(sys.argv[1])
+env = lmdb.open(str(d), map_size=1 << 24)
+with env.begin(write=True) as txn:
+    for i in range(2000):
+        txn.put(b"s" + i.to_bytes(4, "big"), bytes(3000))
+env.close()
+print(partition_digest(d)["hash"][:4] != "")
+with open(d / "data.mdb", "r+b") as f:
+    f.truncate((d / "data.mdb").stat().st_size // 2)
+print(partition_digest(d))
+"""
+
+
+def test_a_truncated_store_is_reported_not_read(tmp_path: Path) -> None:
+    """A snapshot image cut short that became a store: its digest is an error, not a SIGBUS."""
+    out = subprocess.run([sys.executable, "-c", TRUNCATED_PROBE, str(tmp_path / "p")], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert out.returncode == 0, f"rc {out.returncode}: {out.stderr}"
+    first, second = out.stdout.strip().splitlines()
+    assert first == "True" and "data.mdb truncated" in second, out.stdout
