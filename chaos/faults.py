@@ -203,9 +203,13 @@ def journal_full_env(tb: Testbed) -> dict[str, dict[str, str]]:
     """Per node, the environment that loads ``chaos/preload/sitecustomize.py`` with its trigger file.
 
     Harmless while the trigger does not exist (a set lookup per journal write).
+    The same file also arms the product's own fault point where it has one
+    (``HANZO_TASKS_FAULTS=journal.flush@<file>``, ``replication/raft/faults.py``);
+    a server without it ignores the variable, and the shim does the work.
     """
     path = os.pathsep.join(p for p in (str(PRELOAD), os.environ.get("PYTHONPATH", "")) if p)
-    return {nid: {"PYTHONPATH": path, JOURNAL_FULL_ENV: str(journal_full_trigger(tb, nid))} for nid in tb.ids}
+    return {nid: {"PYTHONPATH": path, JOURNAL_FULL_ENV: str(journal_full_trigger(tb, nid)),
+                  "HANZO_TASKS_FAULTS": f"journal.flush@{journal_full_trigger(tb, nid)}"} for nid in tb.ids}
 
 
 class JournalFull(Fault):

@@ -30,8 +30,8 @@ from typing import Any
 from chaos import procs
 
 #: Environment prefixes a node must not inherit from whoever runs the harness
-#: (a developer's TASKSD_CONFIG or TASKS_CLOCK_SKEW_MS would change the run).
-_SCRUB = ("TASKSD_", "TASKS_")
+#: (a developer's TASKSD_CONFIG, TASKS_CLOCK_SKEW_MS or HANZO_TASKS_FAULTS would change the run).
+_SCRUB = ("TASKSD_", "TASKS_", "HANZO_TASKS_")
 
 
 @dataclass
