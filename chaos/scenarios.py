@@ -1008,7 +1008,8 @@ async def replace_while_down_episode(ctx: ScenarioContext, budget: float) -> Non
         await ctx.heal(kill)
         step("restarted", node=x)
         want = len(ids)
-        deadline = time.monotonic() + max(30.0, min(120.0, budget))
+        wait = max(30.0, min(120.0, budget))
+        deadline = time.monotonic() + wait
         ok = False
         while time.monotonic() < deadline:
             layout = await tb.layout()
@@ -1021,7 +1022,7 @@ async def replace_while_down_episode(ctx: ScenarioContext, budget: float) -> Non
         step("balanced" if ok else "not-balanced", layout=layout.to_json()["replicas"] if layout else None)
         if not ok:
             ctx.notes.append(f"{name}: replica sets not whole and balanced over {want} members within "
-                             f"{deadline - t0:.0f}s of the restart")
+                             f"{wait:.0f}s of the restart")
     finally:
         stop.set()
         await asyncio.gather(sampler, return_exceptions=True)
