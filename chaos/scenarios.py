@@ -127,6 +127,13 @@ class ScenarioContext:
             else:
                 fault.record.ready_after_s = round(time.monotonic() - t0, 2)
 
+    def healed_by_hand(self, fault: Fault, note: str) -> None:
+        """The scenario undid ``fault`` itself (e.g. the killed node came back as a new member)."""
+        if fault in self.active:
+            self.active.remove(fault)
+            fault.record.healed_at = round(self.history.now(), 3)
+            fault.record.notes.append(note)
+
     async def heal_all(self) -> None:
         """Heal whatever is still injected (in reverse order); used by the runner too."""
         for fault in reversed(list(self.active)):
@@ -1005,8 +1012,11 @@ async def replace_while_down_episode(ctx: ScenarioContext, budget: float) -> Non
             missing = await tb.wait_ready(READY_TIMEOUT, [node])
             step("started", node=v, ready=not missing)
             ep["reached"] = True
-        await ctx.heal(kill)
-        step("restarted", node=x)
+        if v == x and removed:
+            ctx.healed_by_hand(kill, f"{x} came back as a new member (wiped, joined, started)")
+        else:
+            await ctx.heal(kill)
+            step("restarted", node=x)
         want = len(ids)
         wait = max(30.0, min(120.0, budget))
         deadline = time.monotonic() + wait
