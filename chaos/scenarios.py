@@ -524,6 +524,14 @@ async def _where(ctx: ScenarioContext) -> tuple[dict[str, list[int]], dict[int, 
     return holding, leaders, placement
 
 
+async def _healthy(ctx: ScenarioContext) -> set[str]:
+    """The nodes running, not frozen, and answering /readyz 200 (an episode's victims come from these:
+    in ``mixed`` an earlier fault may have left one crash-looping)."""
+    nodes = [n for n in ctx.tb.nodes if n.running and not n.paused]
+    ok = await asyncio.gather(*(ctx.tb.ready(n) for n in nodes))
+    return {n.node_id for n, good in zip(nodes, ok, strict=True) if good}
+
+
 async def _metric(ctx: ScenarioContext, node_id: str, name: str, **labels: str) -> float | None:
     node = ctx.tb.by_id[node_id]
     if not node.running or node.paused:
@@ -635,7 +643,9 @@ async def _caught_up(ctx: ScenarioContext, node: str, partitions: list[int], tim
 async def _held_behind(ctx: ScenarioContext, name: str) -> tuple[str, list[int], list[str], list[str]]:
     """(a node to hold behind, the partitions it follows, their namespaces, the other replicas)."""
     holding, leaders, placement = await _where(ctx)
-    victim = fewest_led(holding, leaders, ctx.rnd) or ctx.rnd.choice(ctx.tb.ids)
+    healthy = await _healthy(ctx)
+    victim = fewest_led({n: ps for n, ps in holding.items() if n in healthy}, leaders, ctx.rnd) \
+        or ctx.rnd.choice(sorted(healthy) or ctx.tb.ids)
     parts = followed(holding.get(victim, []), victim, leaders)
     ns = namespaces_in(parts, placement, ctx.namespaces) or list(ctx.namespaces)
     others = sorted({n for n, ps in holding.items() if n != victim and set(ps) & set(parts)}) or \
@@ -744,7 +754,8 @@ async def kill_compaction_episode(ctx: ScenarioContext, budget: float) -> None:
 
 async def _kill_compaction_once(ctx: ScenarioContext, name: str, holding: dict[str, list[int]],
                                 end: float) -> dict[str, Any]:
-    pool = [n for n in ctx.tb.ids if holding.get(n)] or list(ctx.tb.ids)
+    healthy = await _healthy(ctx)
+    pool = [n for n in ctx.tb.ids if holding.get(n) and n in healthy] or list(ctx.tb.ids)
     target = ctx.rnd.choice(pool)
     if ctx.rnd.random() < 1 / 3:
         phases: tuple[str, ...] = ("serializing",)
@@ -765,13 +776,14 @@ async def _kill_compaction_once(ctx: ScenarioContext, name: str, holding: dict[s
 async def _kill_compaction_exposing(ctx: ScenarioContext, name: str, holding: dict[str, list[int]],
                                     leaders: dict[int, str], placement: dict[str, int], end: float,
                                     ballast: Ballast) -> dict[str, Any]:
+    healthy = await _healthy(ctx)
     candidates = [p for p, lead in leaders.items()
-                  if lead and sum(1 for ps in holding.values() if p in ps) >= 3]
+                  if lead and sum(1 for n, ps in holding.items() if p in ps and n in healthy) >= 3]
     if not candidates:
         return await _kill_compaction_once(ctx, name, holding, end)
     p = ctx.rnd.choice(sorted(candidates))
     leader = leaders[p]
-    others = sorted(n for n, ps in holding.items() if p in ps and n != leader)
+    others = sorted(n for n, ps in holding.items() if p in ps and n != leader and n in healthy)
     victim, frozen = ctx.rnd.sample(others, 2)
     rec: dict[str, Any] = {"variant": "exposing", "partition": p, "node": victim, "leader": leader,
                            "frozen": frozen, "wanted": ["swapped", "dropping-prefix"]}
@@ -893,7 +905,7 @@ async def journal_full_episode(ctx: ScenarioContext, budget: float) -> None:
             tb.reap()
             if not node.running:
                 if exited_at is None:
-                    exited_at = round(ctx.elapsed(), 2)
+                    exited_at = round(ctx.history.now(), 2)
                     last = node.crashes[-1] if node.crashes else {}
                     ep["exited"] = {"at": exited_at, "code": last.get("code")}
                 continue
@@ -905,7 +917,7 @@ async def journal_full_episode(ctx: ScenarioContext, budget: float) -> None:
         await ctx.heal(fault, wait_ready=False)
         tb.reap()
         if not node.running:
-            ep.setdefault("exited", {"at": round(ctx.elapsed(), 2),
+            ep.setdefault("exited", {"at": round(ctx.history.now(), 2),
                                      "code": node.crashes[-1].get("code") if node.crashes else None})
             await tb.restart(node)  # a supervisor's restart, with the space back
         after = await _caught_up(ctx, victim, parts, 30.0)
@@ -972,15 +984,19 @@ async def replace_while_down_episode(ctx: ScenarioContext, budget: float) -> Non
     name = "replace-while-down"
     tb = ctx.tb
     ids = list(tb.ids)
-    x = ctx.rnd.choice(ids)
-    v = x if len(ids) < 4 else ctx.rnd.choice([n for n in ids if n != x])
+    healthy = sorted(await _healthy(ctx))
+    if len(healthy) < len(ids):
+        await tb.wait_ready(30.0)
+        healthy = sorted(await _healthy(ctx))
+    x = ctx.rnd.choice(healthy or ids)
+    v = x if len(ids) < 4 else ctx.rnd.choice([n for n in (healthy or ids) if n != x])
     ep = _episode(ctx, name, down=x, replaced=v, steps=[])
     samples: list[tuple[float, dict[int, str | None]]] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(_leader_samples(ctx, stop, samples))
 
     def step(what: str, **info: Any) -> None:
-        ep["steps"].append({"t": round(ctx.elapsed(), 2), "step": what, **info})
+        ep["steps"].append({"t": round(ctx.history.now(), 2), "step": what, **info})
 
     kill = KillNode([x], role="down-during-replace", scenario=name)
     try:
