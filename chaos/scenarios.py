@@ -928,7 +928,7 @@ async def journal_full_episode(ctx: ScenarioContext, budget: float) -> None:
             if ready and hits:
                 ctx.anomalies.append(Anomaly(
                     name, "stalled-but-ready",
-                    f"{victim}'s journal failed with ENOSPC ({hits} writes refused); 30 s after the space came "
+                    f"{victim}'s journal failed with ENOSPC ({hits} ENOSPC lines in its log); 30 s after the space came "
                     f"back it still had not applied what its partitions {parts} had committed, yet it answered "
                     f"/readyz 200 (a node that no longer replicates must turn not-ready or exit)",
                     {"node": victim, "partitions": parts}))
