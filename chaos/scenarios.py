@@ -1273,21 +1273,21 @@ SCENARIOS: dict[str, ScenarioDef] = {s.name: s for s in (
     ScenarioDef("lagging-follower-compaction", "hold a follower behind (SIGSTOP or silent links) while large "
                 "starts make the leaders compact past it, release it through throttled links: it must catch up "
                 "by snapshot install under back-pressure", _standalone(lagging_follower_episode),
-                node_args=WINDOW_ARGS, episode=lagging_follower_episode, episode_time=70.0),
+                node_args=WINDOW_ARGS, episode=lagging_follower_episode, episode_time=90.0),
     ScenarioDef("kill-during-compaction", "SIGKILL a node while it writes a compaction image, or between the "
                 "image swap and the log prefix drop; restart it", _standalone(kill_compaction_episode),
-                node_args=WINDOW_ARGS, episode=kill_compaction_episode, episode_time=50.0),
+                node_args=WINDOW_ARGS, episode=kill_compaction_episode, episode_time=60.0),
     ScenarioDef("kill-during-install", "freeze a follower until the leaders compact past it, SIGKILL it while "
                 "it receives or restores the snapshot; restart it", _standalone(kill_install_episode),
                 node_args=WINDOW_ARGS, episode=kill_install_episode, episode_time=70.0),
     ScenarioDef("disk-full-journal", "ENOSPC on a follower's Raft journal (writes and fsyncs), then space "
                 "back: it must recover or stop, never stay ready without replicating",
                 _standalone(journal_full_episode), node_args=WINDOW_ARGS, node_env=journal_full_env,
-                episode=journal_full_episode, episode_time=50.0),
+                episode=journal_full_episode, episode_time=60.0),
     ScenarioDef("replace-while-down", "SIGKILL a node; while it is down remove another member (its replica "
                 "sets are rebuilt around the dead one), wipe it and join it again; restart the first "
                 "(best with --nodes 4 --replication-factor 3)", _standalone(replace_while_down_episode),
-                node_args=WINDOW_ARGS, episode=replace_while_down_episode, episode_time=120.0),
+                node_args=WINDOW_ARGS, episode=replace_while_down_episode, episode_time=150.0),
     ScenarioDef("reads-during-flips", "migrate namespaces one after another while extra clients read and write "
                 "the moving namespace's registers on every node", _standalone(reads_during_flips_episode),
                 episode=reads_during_flips_episode, episode_time=45.0),
