@@ -491,6 +491,21 @@ def _episode(ctx: ScenarioContext, name: str, **info: Any) -> dict[str, Any]:
     return ep
 
 
+async def _all_healthy(ctx: ScenarioContext, name: str) -> bool:
+    """Every node ready (waiting up to 30 s). An episode that takes one more node out of a
+    cluster where another is already down (in ``mixed``, a node an earlier fault left
+    crash-looping) only measures a lost majority: it is skipped and says so."""
+    if not await ctx.tb.wait_ready(30.0):
+        return True
+    sick = sorted(set(ctx.tb.ids) - await _healthy(ctx))
+    if not sick:
+        return True
+    ep = _episode(ctx, name, skipped=f"nodes not ready: {sick}")
+    _done(ctx, ep)
+    ctx.notes.append(f"{name}: skipped, nodes not ready 30 s before it: {sick}")
+    return False
+
+
 def _done(ctx: ScenarioContext, ep: dict[str, Any]) -> None:
     ep["t1"] = round(ctx.history.now(), 3)
 
@@ -659,6 +674,8 @@ async def lagging_follower_episode(ctx: ScenarioContext, budget: float) -> None:
     throttled links (the leaders' sends back up), so it must catch up by
     snapshot install under back-pressure."""
     name = "lagging-follower-compaction"
+    if not await _all_healthy(ctx, name):
+        return
     end = ctx.elapsed() + budget
     victim, parts, ns, others = await _held_behind(ctx, name)
     how = ctx.rnd.choice(("pause", "isolate"))
@@ -726,6 +743,8 @@ async def kill_compaction_episode(ctx: ScenarioContext, budget: float) -> None:
     lost and the checks say so.
     """
     name = "kill-during-compaction"
+    if not await _all_healthy(ctx, name):
+        return
     end = ctx.elapsed() + budget
     ep = _episode(ctx, name, kills=[])
     ballast = Ballast(ctx, list(ctx.namespaces))
@@ -820,6 +839,8 @@ async def kill_install_episode(ctx: ScenarioContext, budget: float) -> None:
     install a snapshot, and it is SIGKILLed while it receives the image or while
     the image replaces its LMDB; restarted, it must install again and catch up."""
     name = "kill-during-install"
+    if not await _all_healthy(ctx, name):
+        return
     end = ctx.elapsed() + budget
     victim, parts, ns, others = await _held_behind(ctx, name)
     ep = _episode(ctx, name, node=victim, partitions=parts, kills=[])
@@ -884,6 +905,8 @@ async def journal_full_episode(ctx: ScenarioContext, budget: float) -> None:
     is excused, and it is restarted as a supervisor would) or recover; it must
     not stay ready while it no longer replicates."""
     name = "disk-full-journal"
+    if not await _all_healthy(ctx, name):
+        return
     tb = ctx.tb
     victim, parts, _, _ = await _held_behind(ctx, name)
     ep = _episode(ctx, name, node=victim, partitions=parts)

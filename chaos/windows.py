@@ -266,14 +266,17 @@ def excused(node: str, t: float, excuses: Iterable[Excuse], slack: float = 15.0)
 
 
 def tally(episodes: Iterable[dict[str, Any]], names: Iterable[str]) -> dict[str, dict[str, int]]:
-    """Per window scenario: how often it ran, and how often it reached its window.
+    """Per window scenario: how often it ran, reached its window, or was skipped (a node was down before it).
 
     Every name is listed, run or not, so that a report says plainly which
     windows a long run did not reach.
     """
-    out = {n: {"ran": 0, "reached": 0} for n in names}
+    out = {n: {"ran": 0, "reached": 0, "skipped": 0} for n in names}
     for e in episodes:
-        t = out.setdefault(e.get("scenario", "?"), {"ran": 0, "reached": 0})
+        t = out.setdefault(e.get("scenario", "?"), {"ran": 0, "reached": 0, "skipped": 0})
+        if e.get("skipped"):
+            t["skipped"] += 1
+            continue
         t["ran"] += 1
         if e.get("reached"):
             t["reached"] += 1

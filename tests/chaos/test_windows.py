@@ -185,8 +185,10 @@ def test_excused_exits() -> None:
 
 
 def test_tally_lists_every_window() -> None:
-    eps = [{"scenario": "a", "reached": True}, {"scenario": "a", "reached": False}]
-    assert tally(eps, ["a", "b"]) == {"a": {"ran": 2, "reached": 1}, "b": {"ran": 0, "reached": 0}}
+    eps = [{"scenario": "a", "reached": True}, {"scenario": "a", "reached": False},
+           {"scenario": "a", "skipped": "nodes not ready: ['n4']"}]
+    assert tally(eps, ["a", "b"]) == {"a": {"ran": 2, "reached": 1, "skipped": 1},
+                                      "b": {"ran": 0, "reached": 0, "skipped": 0}}
 
 
 def test_leaderless_stretches() -> None:
