@@ -27,7 +27,7 @@ chaos-smoke: $(STAMP)
 	$(PY) -m chaos smoke --out chaos-smoke.json
 
 chaos: $(STAMP)
-	$(PY) -m chaos long --with-migration --duration $${CHAOS_DURATION:-1800} --out chaos-long.json
+	$(PY) -m chaos long --with-migration --nodes 4 --replication-factor 3 --duration $${CHAOS_DURATION:-1800} --out chaos-long.json
 
 # The property tests with fresh random examples (`make test` uses fixed ones);
 # FUZZ_ROUNDS runs of every file that uses hypothesis.

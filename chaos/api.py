@@ -125,6 +125,17 @@ class Api:
         except (aiohttp.ClientError, OSError) as e:
             return Reply(None, None, None, f"{type(e).__name__}: {e}", True, time.monotonic() - started)
 
+    async def text(self, base_url: str, path: str, *, timeout: float = 5.0) -> str | None:
+        """A GET's whole body as text (``/metrics``), or None on any error or non-2xx status."""
+        assert self._session is not None, "Api not opened"
+        to = aiohttp.ClientTimeout(total=timeout, sock_connect=self._connect_timeout)
+        try:
+            async with self._session.get(base_url + path, timeout=to) as resp:
+                raw = await resp.read()
+                return raw.decode(errors="replace") if 200 <= resp.status < 300 else None
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+
     async def get(self, base_url: str, path: str, *, timeout: float = 10.0) -> Reply:
         return await self.call(base_url, "GET", path, timeout=timeout)
 

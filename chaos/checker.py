@@ -68,7 +68,7 @@ class CheckResult:
 
 
 def check_acknowledged_starts(ops: Iterable[Op], runs_by_node: dict[str, dict[RunKey, list[str]]],
-                              *, prefixes: tuple[str, ...] = ("job-", "reg-"),
+                              *, prefixes: tuple[str, ...] = ("job-", "reg-", "big-"),
                               holders: dict[str, list[str]] | None = None) -> CheckResult:
     """No acknowledged start lost, no start applied twice, no failed start applied.
 

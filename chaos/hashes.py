@@ -9,7 +9,10 @@ hand-over at shutdown), but it is reported next to the digest: two replicas at
 the same applied index must be byte-identical.
 
 The environments are opened read-only and without LMDB's lock file, which is
-safe only because their nodes are stopped; it never changes the files.
+safe only because their nodes are stopped; it never changes the files. A
+``data.mdb`` shorter than its own meta page says (a truncated snapshot image
+that became the store) is reported as an error without being read: LMDB maps
+the file, and touching a page past its end kills the reader with SIGBUS.
 """
 
 from __future__ import annotations
@@ -43,6 +46,14 @@ def _digest(txn: lmdb.Transaction, prefix: bytes) -> str:
     return h.hexdigest()
 
 
+def truncated(size: int, last_pgno: int, psize: int) -> str | None:
+    """Why a ``data.mdb`` of ``size`` bytes cannot hold its pages up to ``last_pgno`` (None: it can)."""
+    need = (last_pgno + 1) * psize
+    if size < need:
+        return f"data.mdb truncated: {size} bytes, but its meta page says {last_pgno + 1} pages of {psize} ({need} bytes)"
+    return None
+
+
 def partition_digest(path: Path, prefixes: tuple[bytes, ...] = PREFIXES) -> dict[str, Any]:
     """``{"hash", "applied", "keys"}`` of one partition environment (or an ``error``)."""
     if not (path / "data.mdb").exists():
@@ -52,6 +63,10 @@ def partition_digest(path: Path, prefixes: tuple[bytes, ...] = PREFIXES) -> dict
     except lmdb.Error as e:
         return {"error": f"{type(e).__name__}: {e}"}
     try:
+        size = (path / "data.mdb").stat().st_size
+        short = truncated(size, env.info()["last_pgno"], env.stat()["psize"])
+        if short:
+            return {"error": short}
         with env.begin(buffers=False) as txn:
             raw = txn.get(APPLIED)
             applied = _U64.unpack(raw)[0] if raw else 0

@@ -30,8 +30,8 @@ from typing import Any
 from chaos import procs
 
 #: Environment prefixes a node must not inherit from whoever runs the harness
-#: (a developer's TASKSD_CONFIG or TASKS_CLOCK_SKEW_MS would change the run).
-_SCRUB = ("TASKSD_", "TASKS_")
+#: (a developer's TASKSD_CONFIG, TASKS_CLOCK_SKEW_MS or HANZO_TASKS_FAULTS would change the run).
+_SCRUB = ("TASKSD_", "TASKS_", "HANZO_TASKS_")
 
 
 @dataclass
@@ -131,7 +131,8 @@ class NodeProcess:
         proc = self.proc
         if proc is None or self.stopping or proc.poll() is None:
             return False
-        self.crashes.append({"code": proc.returncode, "start": self.starts, "log": self.log_tail(1500)})
+        self.crashes.append({"code": proc.returncode, "start": self.starts, "log": self.log_tail(1500),
+                             "mono": time.monotonic()})
         procs.forget(proc.pid)
         self.proc = None
         self.paused = False

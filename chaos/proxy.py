@@ -24,6 +24,11 @@ Faults are per directed link:
           a connection is closed, since its byte stream has a hole; both ends
           redial, as after a TCP user timeout.
 
+A link can also be *throttled* (``throttle``): it carries at most a given
+number of bytes per second, and the proxy reads no faster, so the sender's
+socket buffers fill and its writes back up (a slow or congested link: the
+back-pressure a snapshot install must survive). Nothing is lost.
+
 The hub runs on its own thread and event loop, so a busy workload (or a
 checker crunching on the main thread) does not stall the cluster's Raft
 traffic. Its control methods are thread-safe and take effect before they
@@ -102,6 +107,28 @@ class _Conn:
 
 
 @dataclass
+class Bucket:
+    """A token bucket: ``rate`` bytes per second, bursts of up to ``burst`` bytes.
+
+    ``take`` says how long to wait before ``n`` more bytes may pass (the bytes
+    are counted at once, so a caller that waits that long keeps the rate).
+    """
+
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    t: float | None = None
+
+    def take(self, now: float, n: int) -> float:
+        if self.t is None:
+            self.t, self.tokens = now, self.burst
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+@dataclass
 class LinkStats:
     """Bytes per directed link, for the report."""
 
@@ -120,6 +147,7 @@ class ProxyHub:
         self._servers: dict[str, asyncio.Server] = {}
         self._targets: dict[str, tuple[int, int]] = {}
         self._blocked: dict[Link, str] = {}
+        self._slow: dict[Link, Bucket] = {}
         self._conns: set[_Conn] = set()
         self._cond: asyncio.Condition | None = None
         self.stats: dict[Link, LinkStats] = {}
@@ -189,8 +217,17 @@ class ProxyHub:
         self._call(self._set(list(links), mode))
 
     def heal(self, links: Iterable[Link] | None = None) -> None:
-        """Unblock these links (all when None); drop-mode connections are closed."""
+        """Unblock and unthrottle these links (all when None); drop-mode connections are closed."""
         self._call(self._unset(None if links is None else list(links)))
+
+    def throttle(self, links: Iterable[Link], rate: float, burst: float | None = None) -> None:
+        """Let these directed links carry at most ``rate`` bytes/s (until ``heal``)."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self._call(self._throttle(list(links), float(rate), float(burst if burst is not None else CHUNK)))
+
+    def throttled(self) -> dict[Link, float]:
+        return {link: b.rate for link, b in self._slow.items()}
 
     def isolate(self, victim: str, nodes: Iterable[str], mode: str = "hold") -> list[Link]:
         """Cut ``victim`` from every other node in both directions; returns the links."""
@@ -212,14 +249,20 @@ class ProxyHub:
                 self._blocked[link] = mode
             self._cond.notify_all()
 
+    async def _throttle(self, links: list[Link], rate: float, burst: float) -> None:
+        for link in links:
+            self._slow[link] = Bucket(rate, max(burst, 1.0))
+
     async def _unset(self, links: list[Link] | None) -> None:
         assert self._cond is not None
         async with self._cond:
             if links is None:
                 self._blocked.clear()
+                self._slow.clear()
             else:
                 for link in links:
                     self._blocked.pop(link, None)
+                    self._slow.pop(link, None)
             self._cond.notify_all()
         for c in list(self._conns):
             if c.tainted and c.src is not None and (c.src, c.dst) not in self._blocked:
@@ -274,6 +317,13 @@ class ProxyHub:
                         self._stat(link).dropped += size
                         return False
                     await self._cond.wait()
+        bucket = self._slow.get(link)
+        if bucket is not None and size:
+            # Bytes beyond a burst wait their turn: the proxy stops reading,
+            # the sender's buffers fill (back-pressure, nothing lost).
+            delay = bucket.take(self._loop.time(), size)
+            if delay > 0:
+                await asyncio.sleep(delay)
         if conn.tainted or conn.closed:
             conn.close()
             return False

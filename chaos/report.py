@@ -105,6 +105,18 @@ def summary(report: dict[str, Any]) -> str:
                          + (f" error={j.get('error')!r}" if j.get("error") else ""))
         elif "migration" in e and e.get("migration") is None:
             lines.append(f"  migration of {e.get('ns')} not started: {e.get('answer')}")
+    for e in report.get("episodes", []):
+        keys = ("skipped", "node", "down", "replaced", "how", "installs", "install_seen", "kills", "enospc_logged", "exited", "stalled",
+                "caught_up_after_s", "in_prefix_window", "flips_done", "hammer_ops", "longest_leaderless_s")
+        info = {k: e[k] for k in keys if k in e and e[k] not in (None, [], {})}
+        lines.append(f"  episode {e.get('scenario')} +{e.get('t0')}s..+{e.get('t1')}s: "
+                     f"{'skipped' if e.get('skipped') else 'window reached' if e.get('reached') else 'WINDOW NOT REACHED'}"
+                     f" {json.dumps(info)[:400]}")
+    windows = report.get("windows")
+    if windows:
+        lines.append("  windows: " + ", ".join(f"{n} ran {w['ran']} reached {w['reached']}"
+                                               + (f" skipped {w['skipped']}" if w.get("skipped") else "")
+                                               for n, w in windows.items()))
     ops = report.get("operations", {})
     if ops:
         lines.append("  ops: " + ", ".join(

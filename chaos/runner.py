@@ -41,9 +41,10 @@ from chaos.checker import (
 from chaos.hashes import replica_digests
 from chaos.history import History
 from chaos.layout import Layout, holders_by_namespace
-from chaos.nodes import NodeProcess
-from chaos.scenarios import SCENARIOS, ScenarioContext
+from chaos.nodes import NodeOptions, NodeProcess
+from chaos.scenarios import SCENARIOS, WINDOW_SCENARIOS, ScenarioContext
 from chaos.testbed import Testbed
+from chaos.windows import excused, tally
 from chaos.workload import (
     IDLE_QUEUE,
     JOB_TYPE,
@@ -231,8 +232,12 @@ class Run:
     async def _execute(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
-        self.tb = tb = Testbed(self.root, cfg.nodes, partitions=cfg.partitions, raft_args=cfg.raft_args,
+        self.tb = tb = Testbed(self.root, cfg.nodes, partitions=cfg.partitions,
+                               raft_args=[*cfg.raft_args, *self.sdef.node_args],
                                replication_factor=cfg.replication_factor)
+        if self.sdef.node_env is not None:
+            for nid, env in self.sdef.node_env(tb).items():
+                tb.normal[nid] = NodeOptions(list(tb.normal[nid].extra_args), {**tb.normal[nid].env, **env})
         initial = self.sdef.initial(tb.ids, self.rnd, _expected_layout(tb)) if self.sdef.initial else {}
         self.log(f"starting {cfg.nodes} nodes (replication factor {cfg.replication_factor}) in {self.root}")
         try:
@@ -258,7 +263,8 @@ class Run:
         t0 = time.monotonic()
         self.log(f"workload + scenario for {cfg.duration:g}s")
         ctx = self.ctx = ScenarioContext(tb, self.rnd, cfg.duration, self.history, self.namespaces,
-                                         started=self.history.now(), with_migration=cfg.with_migration)
+                                         started=self.history.now(), with_migration=cfg.with_migration,
+                                         workload=workload)
         stop = asyncio.Event()
         mon_stop = asyncio.Event()
         timeline: list[dict[str, Any]] = []
@@ -446,9 +452,15 @@ class Run:
             for node in self.unrecovered:
                 processes.flag("not-ready-after-heal", f"{node} did not answer /readyz {READY_TIMEOUT:.0f}s after the "
                            f"heal (its reads were left out): {self.tb.by_id[node].log_tail(300)!r}", node=node)
+            excuses = self.ctx.excuses if self.ctx is not None else []
             for node, crashes in self.tb.crashes().items():
                 for c in crashes:
                     last = [ln for ln in str(c.get("log", "")).splitlines() if ln.strip()][-3:]
+                    why = excused(node, float(c.get("mono", 0.0)) - self.history.t0, excuses)
+                    if why is not None:
+                        processes.notes.append(f"{node} exited on its own with code {c['code']} (start "
+                                               f"#{c['start']}), excused: {why.why}: {' | '.join(last)[:300]}")
+                        continue
                     processes.flag("node-exited", f"{node} exited on its own with code {c['code']} (start #{c['start']}, "
                                f"not signalled by the harness): {' | '.join(last)[:400]}", node=node, **c)
             results.append(processes)
@@ -465,6 +477,10 @@ class Run:
         self.report["skipped"] = ctx.skipped
         self.report["faults"] = [asdict(f) for f in ctx.faults]
         self.report["events"] = ctx.events
+        self.report["episodes"] = ctx.episodes
+        if self.cfg.scenario in WINDOW_SCENARIOS or self.cfg.scenario == "mixed":
+            names = WINDOW_SCENARIOS if self.cfg.scenario == "mixed" else (self.cfg.scenario,)
+            self.report["windows"] = tally(ctx.episodes, names)
         self.report["operations"] = R.operation_counts(ops)
         self.report["operations_checked"] = sum(c.checked for c in checks)
         self.report["availability"] = R.availability(ops, ctx.faults, ctx.started, ctx.started + self.cfg.duration)

@@ -243,7 +243,8 @@ class Testbed:
             applied = {v.node_id: v.applied for v in views}
             same = len(views) == len(self.nodes) and all(_partition_converged(views, p)
                                                          for p in range(self.partitions))
-            last = {"converged": False, "applied": applied}
+            last = {"converged": False, "applied": applied,
+                    "commit": {v.node_id: v.commit for v in views if v.commit != v.applied}}
             if same and previous == applied:
                 last["converged"] = True
                 return last

@@ -245,17 +245,21 @@ class Workload:
 
     async def _start(self, c: int, n: int, home: int, rnd: random.Random) -> None:
         ns = rnd.choice(self.cfg.namespaces)
-        wid = f"job-{c}-{n}"
-        op = self.history.begin(c, "start", ns=ns, wid=wid, request_id=f"rq-{c}-{n}")
-        body: dict[str, Any] = {"workflowId": wid, "workflowType": {"name": JOB_TYPE},
-                                "taskQueue": {"name": QUEUE}, "requestId": op.request_id,
-                                "input": {"c": c, "n": n}}
+        inp: dict[str, Any] = {"c": c, "n": n}
         if self.cfg.payload_bytes:
-            body["input"]["pad"] = "x" * self.cfg.payload_bytes
+            inp["pad"] = "x" * self.cfg.payload_bytes
+        await self.start_workflow(c, home, rnd, ns, f"job-{c}-{n}", f"rq-{c}-{n}", inp)
+
+    async def start_workflow(self, c: int, home: int, rnd: random.Random, ns: str, wid: str, request_id: str,
+                             inp: dict[str, Any], *, wtype: str = JOB_TYPE, queue: str = QUEUE) -> Op:
+        """One recorded start (retried with its requestId, see ``_write_with_retries``)."""
+        op = self.history.begin(c, "start", ns=ns, wid=wid, request_id=request_id)
+        body: dict[str, Any] = {"workflowId": wid, "workflowType": {"name": wtype},
+                                "taskQueue": {"name": queue}, "requestId": op.request_id, "input": inp}
         outcome, rep = await self._write_with_retries(op, home, f"{NS}/{ns}/workflows", body, rnd)
         if outcome == OK and rep is not None:
             op.run_id = _run_id(rep)
-        self.history.end(op, outcome)
+        return self.history.end(op, outcome)
 
     async def _signal(self, c: int, n: int, home: int, rnd: random.Random) -> None:
         ns, wid = rnd.choice(self.registers)
@@ -266,26 +270,32 @@ class Workload:
 
     async def _write(self, c: int, n: int, home: int, rnd: random.Random) -> None:
         ns, wid = rnd.choice(self.registers)
-        value = f"v-{c}-{n}"
-        op = self.history.begin(c, "write", ns=ns, wid=wid, key=f"{ns}/{wid}", value=value)
-        t = self._target(home)
-        rep = await self.api.post(t.url, f"{NS}/{ns}/workflows/{wid}/metadata", {"summary": value})
-        op.attempts.append({"node": t.node_id, **rep.brief()})
-        self.history.end(op, rep.write_outcome())
+        await self.write_register(c, home, ns, wid, f"v-{c}-{n}")
 
     async def _read(self, c: int, n: int, home: int, rnd: random.Random) -> None:
         ns, wid = rnd.choice(self.registers)
+        await self.read_register(c, home, ns, wid)
+
+    async def write_register(self, c: int, target: int, ns: str, wid: str, value: str) -> Op:
+        """One recorded register write of a value no other write uses, to one node, never retried."""
+        op = self.history.begin(c, "write", ns=ns, wid=wid, key=f"{ns}/{wid}", value=value)
+        t = self._target(target)
+        rep = await self.api.post(t.url, f"{NS}/{ns}/workflows/{wid}/metadata", {"summary": value})
+        op.attempts.append({"node": t.node_id, **rep.brief()})
+        return self.history.end(op, rep.write_outcome())
+
+    async def read_register(self, c: int, target: int, ns: str, wid: str) -> Op:
+        """One recorded register read from one node (linearizable unless ``stale_reads``)."""
         op = self.history.begin(c, "read", ns=ns, wid=wid, key=f"{ns}/{wid}")
-        t = self._target(home)
+        t = self._target(target)
         stale = "?stale=true" if self.cfg.stale_reads else ""
         rep = await self.api.get(t.url, f"{NS}/{ns}/workflows/{wid}{stale}")
         op.attempts.append({"node": t.node_id, **rep.brief()})
         if rep.ok and isinstance(rep.body, dict):
             meta = rep.body.get("workflowExecutionInfo", {}).get("userMetadata") or {}
             op.value = meta.get("summary")
-            self.history.end(op, OK)
-        else:
-            self.history.end(op, FAILED if rep.status is not None else UNKNOWN)
+            return self.history.end(op, OK)
+        return self.history.end(op, FAILED if rep.status is not None else UNKNOWN)
 
 
 def _run_id(rep: Reply) -> str:

@@ -160,3 +160,28 @@ def test_dialing_a_dead_target_closes_at_once(hub) -> None:
         assert s.recv(16) == b""
     finally:
         s.close()
+
+
+def test_throttle_slows_a_link_without_losing_bytes(hub) -> None:
+    h, listen, upstream = hub
+    target = Target(upstream)
+    s = dial(listen, "a")
+    try:
+        assert wait_for(lambda: ("a", "b", False) in h.connections())
+        h.throttle([("a", "b")], rate=200_000)
+        assert h.throttled() == {("a", "b"): 200_000}
+        data = os.urandom(300_000)
+        t0 = time.monotonic()
+        s.sendall(data)
+        assert wait_for(lambda: target.received.endswith(data), timeout=10)
+        took = time.monotonic() - t0
+        assert took >= 0.9, f"300 kB through a 200 kB/s link took {took:.2f}s"
+        h.heal()
+        assert h.throttled() == {}
+        t0 = time.monotonic()
+        s.sendall(data)
+        assert wait_for(lambda: target.received.endswith(data + data) or target.received.count(data[:64]) >= 2)
+        assert time.monotonic() - t0 < 0.9
+    finally:
+        s.close()
+        target.close()
