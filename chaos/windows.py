@@ -14,16 +14,16 @@ What a node's files say (``<data-dir>/raft/`` unless noted; ``<g>`` is a
 group: a partition number or ``meta``)::
 
     <g>.snapshot.work        our snapshotter writes a new image (serializing)
-    <g>.snapshot.tmp         pysyncobj's name for the image being taken
     <g>.snapshot             the image in place; its inode changes when a new
                              one is renamed over it (compaction's swap)
     <g>.journal.compact      the journal keeps only the entries past the new
                              image (the log prefix is being dropped)
-    <g>.snapshot.1.tmp       a follower receives a leader's image (install)
+    <g>.snapshot.recv        a follower receives a leader's image (install)
+    partitions/.verify-*     a received image is opened as LMDB before it is used
     partitions/.restore-*    a received image replaces the partition's LMDB
 
-Those names come from ``replication/raft/snapshots.py``, ``journal.py`` and
-pysyncobj's serializer; ``PHASES`` is the one table to change if they move.
+Those names come from ``replication/raft/snapshots.py`` and ``journal.py``;
+``PHASES`` is the one table to change if they move.
 A scenario that never sees its window says so in its notes: that is not an
 anomaly, only a run that proved less.
 """
@@ -40,12 +40,13 @@ from typing import Any
 
 #: Phase -> file-name patterns that show it (in ``<data-dir>/raft/``).
 PHASES: dict[str, tuple[str, ...]] = {
-    "serializing": ("*.snapshot.work", "*.snapshot.tmp"),
+    "serializing": ("*.snapshot.work",),
     "dropping-prefix": ("*.journal.compact",),
-    "receiving": ("*.snapshot.1.tmp", "*.snapshot.*.part", "*.snapshot.incoming*"),
+    "receiving": ("*.snapshot.recv",),
 }
 #: Phase -> patterns in ``<data-dir>/partitions/`` (a restore's scratch directory).
 PARTITION_PHASES: dict[str, tuple[str, ...]] = {
+    "receiving": (".verify-*",),
     "restoring": (".restore-*",),
 }
 COMPACTION_PHASES = ("serializing", "dropping-prefix", "swapped")

@@ -152,8 +152,10 @@ class LmdbSnapshotter:
         self.installed_index = 0  # the newest image installed from a leader
         self.chunks_refused = 0
         self.resends = 0
-        # A ".work" or ".recv" left by a crash is half an image: never load it.
-        for stale in (self._work, self._recv):
+        # A ".work" or ".recv" left by a crash is half an image: never load it
+        # (".tmp" and ".1.tmp" are what pysyncobj's own Serializer left behind).
+        for stale in (self._work, self._recv, path.with_name(path.name + ".tmp"),
+                      path.with_name(path.name + ".1.tmp")):
             stale.unlink(missing_ok=True)
 
     # ---- taking ------------------------------------------------------------

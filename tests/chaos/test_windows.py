@@ -50,8 +50,8 @@ def journal(first_idx: int) -> bytes:
 
 
 def test_phases_from_file_names() -> None:
-    raft = ["0.journal", "0.journal.meta", "0.snapshot", "0.snapshot.tmp", "1.snapshot.work",
-            "2.journal.compact", "3.snapshot.1.tmp", "meta.journal"]
+    raft = ["0.journal", "0.journal.meta", "0.snapshot", "0.snapshot.work", "1.snapshot.work",
+            "2.journal.compact", "3.snapshot.recv", "meta.journal"]
     got = phases_in(raft, [".restore-abc", "0", "1"])
     assert got == {"serializing": ["0", "1"], "dropping-prefix": ["2"], "receiving": ["3"],
                    "restoring": [".restore-abc"]}
@@ -93,9 +93,9 @@ def test_files_state_reads_a_header_bigger_than_any_fixed_read(tmp_path: Path) -
 def test_watch_phase_ignores_leftovers_and_sees_new_files(tmp_path: Path) -> None:
     raft = tmp_path / "raft"
     raft.mkdir()
-    (raft / "1.snapshot.1.tmp").write_bytes(b"left by an earlier crash")
+    (raft / "1.snapshot.recv").write_bytes(b"left by an earlier crash")
     assert watch_phase(tmp_path, ("receiving",), 0.1) is None
-    (raft / "2.snapshot.1.tmp").write_bytes(b"chunk")
+    (raft / "2.snapshot.recv").write_bytes(b"chunk")
     # Created after the watch began: seen (from a thread, as the scenarios run it).
     import threading
 
@@ -105,7 +105,7 @@ def test_watch_phase_ignores_leftovers_and_sees_new_files(tmp_path: Path) -> Non
     import time
 
     time.sleep(0.2)  # the watcher's baseline first
-    (raft / "5.snapshot.1.tmp").write_bytes(b"chunk")
+    (raft / "5.snapshot.recv").write_bytes(b"chunk")
     t.join(5)
     assert result and result[0] is not None and result[0][:2] == ("receiving", "5")  # type: ignore[index]
 
