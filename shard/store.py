@@ -41,14 +41,6 @@ def _boot_id() -> str | None:
         return None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make a rename or unlink in ``path`` durable (the entry lives in the directory)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -212,7 +204,7 @@ class PartitionStore:
             tmp = boot_file.with_name(BOOT_ID_FILE + ".tmp")
             tmp.write_text(now)
             os.replace(tmp, boot_file)
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         return not self.sync and not was_clean and before is not None and now is not None and before != now
 
     def wipe(self) -> None:

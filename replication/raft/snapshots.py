@@ -54,7 +54,7 @@ from pysyncobj.node import Node
 
 from replication.raft import faults
 from shard import keys
-from shard.store import PartitionStore
+from shard.store import PartitionStore, fsync_dir
 
 log = logging.getLogger("tasks.raft.snapshots")
 
@@ -67,14 +67,6 @@ RESEND_AFTER = 2.0
 #: ``RaftGroup`` hands pysyncobj this in place of a chunk once an install is
 #: complete and verified, so that pysyncobj loads it and answers success.
 INSTALLED = ("installed",)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_header(f: BinaryIO) -> dict[str, Any]:
@@ -217,7 +209,7 @@ class LmdbSnapshotter:
             self._work.unlink(missing_ok=True)
             return SERIALIZER_STATE.FAILED, self._current_id
         os.replace(self._work, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         faults.hit("snapshot.after_replace")
         self.taken += 1
         self.last_index = self._taking_index
@@ -374,7 +366,7 @@ class LmdbSnapshotter:
             return Received(cur.index, 0, True, False)
         faults.hit("install.before_load")
         os.replace(cur.path, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self.installed_index = max(self.installed_index, cur.index)
         self.installed += 1
         return Received(cur.index, cur.size, False, True)
