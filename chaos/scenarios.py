@@ -1105,6 +1105,8 @@ async def reads_during_flips_episode(ctx: ScenarioContext, budget: float) -> Non
     name = "reads-during-flips"
     end = ctx.elapsed() + budget
     ep = _episode(ctx, name, flips=[])
+    ctx.serial += 1
+    episode = ctx.serial  # in every hammer value: the checker ties a value to one write
     tools = _tools(ctx)
     hot: dict[str, Any] = {"ns": None, "targets": list(range(len(ctx.tb.ids)))}
     stop = asyncio.Event()
@@ -1123,7 +1125,8 @@ async def reads_during_flips_episode(ctx: ScenarioContext, budget: float) -> Non
             target = rnd.choice(hot["targets"])
             try:
                 if writer:
-                    await tools.write_register(c, target, ns, wid, f"h-{c}-{n}")
+                    # Unique across episodes and namespaces: the checker ties a value to one write.
+                    await tools.write_register(c, target, ns, wid, f"h-{episode}-{ns}-{c}-{n}")
                 else:
                     await tools.read_register(c, target, ns, wid)
             except Exception as e:  # noqa: BLE001

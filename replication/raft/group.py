@@ -256,7 +256,7 @@ class RaftGroup(SyncObj):
             super()._onTick(timeToWait)
         finally:
             self.campaign_transfer = False
-        self.elections.after_tick()
+            self.elections.after_tick()
 
     def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's name
         """New commands wait while leadership is being handed over: a log that
@@ -293,12 +293,23 @@ class RaftGroup(SyncObj):
         what follows it and drop only the prefix; otherwise the image replaces
         the log. A log that starts after the image cannot be fitted at all.
         Errors propagate (pysyncobj swallowed them and answered success).
+
+        That rule is for a restart. An *install* (``clearJournal``) always
+        replaces the log, as pysyncobj does: pysyncobj's reply to it claims
+        the follower's last index + 1, and a kept suffix (entries of a dead
+        term past the image) would be counted as matching the leader's log,
+        so the leader would commit entries a majority does not hold. Found by
+        the long chaos run; ``test_an_install_replaces_the_log_and_claims_only_the_image``.
         """
         _, e_last, e_prev, cluster = self.snapshotter.deserialize()
         journal = self._SyncObj__raftLog
         first, last = journal[0][1], journal[-1][1]
         idx_last, term_last = e_last[1], e_last[2]
-        if first <= idx_last <= last and journal[idx_last - first][2] == term_last:
+        if clearJournal:
+            journal.clear()
+            journal.add(*e_prev)
+            journal.add(*e_last)
+        elif first <= idx_last <= last and journal[idx_last - first][2] == term_last:
             keep_from = max(idx_last - 1, first)  # pysyncobj keeps the image's two entries at the head
             if keep_from > first:
                 journal.deleteEntriesTo(keep_from - first)
@@ -587,6 +598,12 @@ class RaftGroup(SyncObj):
             return  # a live leader is not deposed by a node that lost touch (CheckQuorum)
         if kind == "next_node_idx" and msg.get("term", self.raftCurrentTerm) != self.raftCurrentTerm:
             return  # a reply to another term's AppendEntries
+        if kind == "next_node_idx" and msg.get("success") and msg["next_node_idx"] > self.last_log_index() + 1:
+            # A follower cannot match entries this leader does not have: counting
+            # such a reply would commit what a majority does not hold.
+            log.warning("group %s: %s claims to match up to %d, past this leader's log (%d); ignored",
+                        self.group_id, node.id, msg["next_node_idx"] - 1, self.last_log_index())
+            return
         if kind == "append_entries":
             if msg["term"] < self.raftCurrentTerm:
                 self.elections.notify_stale_leader(node)

@@ -482,3 +482,50 @@ def test_an_image_that_is_no_database_is_refused_and_nothing_is_replaced(tmp_pat
     assert grp.raftCommitIndex == 1 and not grp.snapshotter.has_image()
     assert store.applied_index() == 0
     store.close()
+
+
+def test_an_install_replaces_the_log_and_claims_only_the_image(tmp_path: Path) -> None:
+    """A follower holding a dead term's suffix past the image's index must not
+    reply to the install with its own last index: the leader would count
+    entries it never sent as matching (found by the long chaos run)."""
+    grp, store, wire = _lone_group(tmp_path / "f", ["l1", "l2"])
+    grp.deliver(grp.nodes["l1"], {"type": "append_entries", "term": 1, "commit_index": 1, "prevLogIdx": 1,
+                                  "prevLogTerm": 0, "entries": [[REGULAR + cmd(0, "ns.register"), 2, 1],
+                                                                [REGULAR + _start(1, "a"), 3, 1],
+                                                                [REGULAR + _start(2, "dead1"), 4, 1],
+                                                                [REGULAR + _start(3, "dead2"), 5, 1]]})
+    assert grp.last_log_index() == 5
+    lstore = PartitionStore(tmp_path / "l", sync=False)
+    machine = StateMachine(lstore)
+    machine.apply(2, cmd(0, "ns.register"))
+    machine.apply(3, _start(1, "a"))
+    leader = LmdbSnapshotter(lstore, tmp_path / "l.snapshot")
+    leader.serialize((None, (REGULAR, 3, 1), (REGULAR, 2, 1), {Node("f"), Node("l1"), Node("l2")}), 2)
+    while leader.checkSerializing()[0] == 1:
+        time.sleep(0.01)
+    while True:
+        chunk = leader.getTransmissionData(grp.nodes["l2"])
+        assert chunk is not None
+        grp.deliver(grp.nodes["l2"], {"type": "append_entries", "term": 2, "commit_index": 3, "serialized": chunk})
+        if chunk[2]:
+            break
+    replies = [m for _, m in wire.sent if m["type"] == "next_node_idx" and m["success"]]
+    assert replies and replies[-1]["next_node_idx"] == 4, replies
+    assert grp.last_log_index() == 3 and _run_exists(store, "a") and not _run_exists(store, "dead1")
+    store.close()
+    lstore.close()
+
+
+def test_a_leader_ignores_a_reply_matching_past_its_log(tmp_path: Path) -> None:
+    grp, store, wire = _lone_group(tmp_path, ["x"])
+    grp._SyncObj__raftElectionDeadline = 0
+    grp._onTick(0)
+    grp.deliver(grp.nodes["x"], {"type": "pre_vote_response", "term": 1, "granted": True, "current": 0})
+    grp._onTick(0)
+    grp.deliver(grp.nodes["x"], {"type": "response_vote", "term": 1})
+    grp._onTick(0)
+    assert grp.state() == 2 and grp.last_log_index() == 2
+    x = grp.nodes["x"]
+    grp.deliver(x, {"type": "next_node_idx", "next_node_idx": 9, "reset": False, "success": True, "term": 1})
+    assert grp.match_index(x) == 0
+    store.close()
