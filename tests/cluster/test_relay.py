@@ -76,6 +76,10 @@ def test_each_task_is_leased_once_and_reaches_workers_on_every_node(cluster: Clu
         assert len(done) == n, sorted({f"t-{i}" for i in range(n)} - done)
         assert all(v > 0 for v in got.values()), got  # pushes reached workers on every node
         # Every node applies every partition's log: count the leases proposed cluster-wide.
+        # nodes[0] may be a follower that applies the last completion at the next heartbeat.
+        deadline = time.monotonic() + 10
+        while applied(nodes[0], "wt.complete") < n and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert applied(nodes[0], "wt.start") == n
         assert applied(nodes[0], "wt.complete") == n
     finally:
