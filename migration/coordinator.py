@@ -264,8 +264,6 @@ class Migrations:
                 await self._finish(job)
             elif job["status"] == "pending" and not job.get("aborting"):
                 await self._drive(job)
-            elif not self.rep.is_leader(self.rep.meta_group):
-                return  # deposed while claiming: the new coordinator decides
             else:
                 await self._abort(job, "the coordinator changed before the cutover")
         except Superseded as e:
@@ -276,11 +274,6 @@ class Migrations:
     async def _claim(self, job: Json) -> Json:
         """Claim ``job`` in the meta group: returns its record as of the claim."""
         jid = job["id"]
-        if not self.rep.is_leader(self.rep.meta_group):
-            # A coordinator that lost the meta group (a paused process resuming)
-            # must not claim: its claim would be forwarded, commit, and supersede
-            # the real coordinator's job.
-            raise MigrationError("this node no longer leads the meta group")
         cmd = {"op": "mig.claim", "id": jid, "owner": self.node_id, "token": secrets.token_hex(8)}
         res = await self._meta(cmd)
         self._claims[jid] = int(res["claim"])
