@@ -79,9 +79,13 @@ def create_ns(node: Any, ns: str) -> None:
 
 
 def start_wf(node: Any, ns: str, wid: str) -> dict[str, Any]:
-    status, body = call(node, "POST", f"{NSP}/{ns}/workflows",
-                        {"workflowId": wid, "requestId": f"r-{wid}", "workflowType": {"name": "Job"},
-                         "taskQueue": {"name": "q"}})
+    for _ in range(50):  # a 429 (the namespace's rate limit, under load) is retried, as a client does
+        status, body = call(node, "POST", f"{NSP}/{ns}/workflows",
+                            {"workflowId": wid, "requestId": f"r-{wid}", "workflowType": {"name": "Job"},
+                             "taskQueue": {"name": "q"}})
+        if status != 429:
+            break
+        time.sleep(0.1)
     assert status == 200, body
     return body
 
