@@ -189,7 +189,8 @@ def test_a_corrupted_chunk_is_refused(tmp_path: Path) -> None:
     fstore.close()
 
 
-async def _install_under_drops(tmp: Path) -> dict[str, str]:
+def _trio_factory(tmp: Path, **opts: Any) -> Any:
+    """make(nid) for three single-partition RaftReplicators a, b, c on loopback."""
     secret = secrets.token_bytes(32)
     ids = ["a", "b", "c"]
     addrs = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, _free_ports(3), strict=True)}
@@ -197,7 +198,13 @@ async def _install_under_drops(tmp: Path) -> dict[str, str]:
     def make(nid: str) -> RaftReplicator:
         return RaftReplicator(tmp / nid, node_id=nid, listen=addrs[nid], peers=addrs, secret=secret,
                               partitions=1, sync=False, election_timeout_ms=300, heartbeat_interval_ms=50,
-                              snapshot_every=30)
+                              **opts)
+
+    return make
+
+
+async def _install_under_drops(tmp: Path) -> dict[str, str]:
+    make = _trio_factory(tmp, snapshot_every=30)
 
     reps = {nid: make(nid) for nid in ("a", "b")}
     for r in reps.values():
@@ -306,14 +313,7 @@ def test_append_entries_batches_fit_the_byte_budget(tmp_path: Path) -> None:
 
 
 async def _catch_up_past_a_frame(tmp: Path) -> tuple[dict[str, str], dict[str, Any]]:
-    secret = secrets.token_bytes(32)
-    ids = ["a", "b", "c"]
-    addrs = {nid: f"127.0.0.1:{p}" for nid, p in zip(ids, _free_ports(3), strict=True)}
-
-    def make(nid: str) -> RaftReplicator:
-        return RaftReplicator(tmp / nid, node_id=nid, listen=addrs[nid], peers=addrs, secret=secret,
-                              partitions=1, sync=False, election_timeout_ms=300, heartbeat_interval_ms=50,
-                              snapshot_every=1_000_000, compact_bytes=1 << 30, max_frame=1 << 20)
+    make = _trio_factory(tmp, snapshot_every=1_000_000, compact_bytes=1 << 30, max_frame=1 << 20)
 
     reps = {nid: make(nid) for nid in ("a", "b")}
     for r in reps.values():
