@@ -400,7 +400,7 @@ class BenchNode(NodeProcess):
 
     def launch(self) -> None:
         cmd = [
-            sys.executable, "-m", "cluster.cli", "serve",
+            sys.executable, "-m", "hanzo_tasks.cluster.cli", "serve",
             "--node-id", self.name,
             "--http", "127.0.0.1:0",
             "--data-dir", str(self.data_dir),

@@ -287,8 +287,8 @@ def _run_until_sigterm() -> threading.Event:
 
 def role_tasks_worker(a: argparse.Namespace) -> int:
     """One ``tasks.Worker`` on its own client; stamps after the 0x00A2 answer."""
-    import tasks
-    from tasks.worker import Worker
+    import hanzo_tasks as tasks
+    from hanzo_tasks.worker import Worker
 
     emit = _emitter(a.stamp_fd)
     stop = _run_until_sigterm()
@@ -334,8 +334,8 @@ def role_raw_worker(a: argparse.Namespace) -> int:
     """A minimal asyncio ZAP worker (the protocol of tests/cluster/test_dispatch.py RawWorker)."""
     import asyncio
 
-    from protocol import zap as Z
-    from protocol.zap import Op
+    from hanzo_tasks.protocol import zap as Z
+    from hanzo_tasks.protocol.zap import Op
 
     emit = _emitter(a.stamp_fd)
     host, port = a.zap.rsplit(":", 1)
@@ -870,7 +870,7 @@ def start_system(kind: str, root: Path, a: argparse.Namespace) -> System:
 
 
 def run_ours(kind: str, root: Path, a: argparse.Namespace, report: Report) -> None:
-    import tasks
+    import hanzo_tasks as tasks
 
     label = "tasks-1node" if kind == "single" else "tasks-3node"
     print(f"{label}: starting ...", file=sys.stderr)

@@ -28,8 +28,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hanzo_tasks.routing import partition_of
+
 from bench.cluster import READY_TIMEOUT, Settings, System, get_json
-from routing import partition_of
 
 WF = "/v1/tasks/namespaces/default/workflows"
 PARTITIONS = 16

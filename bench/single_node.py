@@ -378,7 +378,7 @@ class NodeProcess:
         if self.profile_path is not None:
             cmd += ["-m", "cProfile", "-o", str(self.profile_path)]
         cmd += [
-            "-m", "cluster.cli", "serve",
+            "-m", "hanzo_tasks.cluster.cli", "serve",
             "--http", "127.0.0.1:0",
             "--data-dir", str(self.data_dir),
             "--durability", self.durability,

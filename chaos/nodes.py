@@ -90,7 +90,7 @@ class NodeProcess:
     def command(self, options: NodeOptions) -> list[str]:
         s = self.spec
         return [
-            sys.executable, "-m", "cluster.cli", "serve",
+            sys.executable, "-m", "hanzo_tasks.cluster.cli", "serve",
             "--node-id", s.node_id,
             "--data-dir", str(s.data_dir),
             "--http", f"127.0.0.1:{s.http_port}",

@@ -57,7 +57,7 @@ def make_handler(node: str, kind: str, calls: CallLog, max_sleep: float):
     The result names the workflow, so the checker can tell that the completion
     recorded for a run is the one computed for that run.
     """
-    import tasks
+    import hanzo_tasks as tasks
 
     rnd = random.Random()
 
@@ -78,7 +78,7 @@ def make_handler(node: str, kind: str, calls: CallLog, max_sleep: float):
 def start_worker(node: str, zap: str, ns: str, queue: str, calls: CallLog, max_sleep: float,
                  stop: threading.Event) -> None:
     """Start one worker, retrying until its node answers (it may be down at first)."""
-    import tasks
+    import hanzo_tasks as tasks
 
     while not stop.is_set():
         client = tasks.Client(zap_addr=zap, namespace=ns, task_queue=queue)

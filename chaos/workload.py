@@ -80,7 +80,7 @@ SCHEDULES = (ScheduleDef("tick-a", 600), ScheduleDef("tick-b", 600), ScheduleDef
 def pick_namespaces(partitions: int, limit: int = 8, seed: str = "tasks") -> list[str]:
     """One namespace per partition (up to ``limit``), so every partition's
     leader serves part of the workload and every leader's failure matters."""
-    from routing import partition_of
+    from hanzo_tasks.routing import partition_of
 
     want = min(partitions, limit)
     out: dict[int, str] = {}

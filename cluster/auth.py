@@ -38,12 +38,11 @@ from typing import Any
 import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hanzo_tasks.cluster.config import AuthConfig, ConfigError
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.names import check_org, storage_org
 from yarl import URL
-
-from cluster.config import AuthConfig, ConfigError
-from protocol import names
-from protocol.errors import ApiError
-from protocol.names import check_org, storage_org
 
 log = logging.getLogger("tasks.auth")
 

@@ -11,8 +11,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from cluster.config import config_from_mapping
-from cluster.node import Node
+from hanzo_tasks.cluster.config import config_from_mapping
+from hanzo_tasks.cluster.node import Node
 
 
 class EmbeddedNode:

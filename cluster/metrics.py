@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from hanzo_tasks.shard import OPS
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -18,8 +19,6 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-
-from shard import OPS
 
 # Why replication stopped (RaftReplicator.fatal_kind; "apply" also for local mode's apply thread).
 FATAL_REASONS = ("raft_thread", "journal", "apply")

@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
-from cluster.auth import Authenticator
-from cluster.batches import BatchRunner
-from cluster.http_api import HttpApi, json_response
-from cluster.metrics import Metrics
-from cluster.service import Service, wall_ms
-from cluster.timers import ScheduleTimers
-from cluster.zap_server import ZapServer
-from protocol.errors import ApiError
-from replication import LocalReplicator
-from routing import Membership, MembershipWatcher
+from hanzo_tasks.cluster.api.http.server import HttpApi, json_response
+from hanzo_tasks.cluster.api.zap.server import ZapServer
+from hanzo_tasks.cluster.auth import Authenticator
+from hanzo_tasks.cluster.leader.batches import BatchRunner
+from hanzo_tasks.cluster.leader.timers import ScheduleTimers
+from hanzo_tasks.cluster.metrics import Metrics
+from hanzo_tasks.cluster.service.core import Service, wall_ms
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.replication import LocalReplicator
+from hanzo_tasks.routing import Membership, MembershipWatcher
 
 log = logging.getLogger("tasks.node")
 
@@ -165,7 +164,7 @@ class Node:
         await self.replicator.start()
         self._bg.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         if getattr(self.replicator, "kind", "local") == "raft":
-            from cluster.replica_sets import ReplicaKeeper
+            from hanzo_tasks.cluster.membership import ReplicaKeeper
 
             self.replica_keeper = ReplicaKeeper(self.replicator, replication_factor=cfg.replication_factor,
                                                 seed=cfg.seed)
@@ -178,7 +177,7 @@ class Node:
         duration = self.metrics.proposal_duration.labels("partition")
         self.service.on_proposed = duration.observe
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
-        from cluster.sse import SseHub
+        from hanzo_tasks.cluster.api.sse import SseHub
 
         self.sse = SseHub(self, buffer_events=cfg.sse.buffer_events, keepalive_ms=cfg.sse.keepalive,
                           clock=self.clock, metrics=self.metrics)
@@ -188,13 +187,13 @@ class Node:
         await self.timers.start()
         self.batches = BatchRunner(self.service)
         await self.batches.start()
-        from cluster.dispatch import Dispatcher
+        from hanzo_tasks.cluster.dispatch.dispatcher import Dispatcher
 
         secret = read_secret(cfg.cluster_secret_file) if cfg.replicator == "raft" else self.node_secret()
         self.dispatcher = Dispatcher(self, secret)
         await self.dispatcher.start()
         self.service.query_handler = self.dispatcher.query
-        from migration import Migrations
+        from hanzo_tasks.migration import Migrations
 
         metrics_on_migration = getattr(self.metrics, "on_migration", None)
         sse = self.sse
@@ -278,7 +277,7 @@ class Node:
         }
         if cfg.replicator == "local":
             return LocalReplicator(self.data_dir, node_id=self.node_id, partitions=1, **storage)
-        from replication.raft.replicator import RaftReplicator
+        from hanzo_tasks.replication.raft.replicator import RaftReplicator
 
         secret = read_secret(cfg.cluster_secret_file)
         peers = {p.id: p.peer for p in cfg.peers}
@@ -317,8 +316,8 @@ class Node:
         peers = [{"id": p.id, "peer": p.peer, "http": p.http, "zap": p.zap} for p in cfg.peers]
         if not any(p["id"] == self.node_id for p in peers):
             peers.append({"id": self.node_id, "peer": cfg.advertise_peer, "http": None, "zap": None})
-        from cluster.replica_sets import bootstrap_layout
-        from shard.meta import initial_meta_voters
+        from hanzo_tasks.cluster.membership import bootstrap_layout
+        from hanzo_tasks.shard.meta import initial_meta_voters
 
         layout = bootstrap_layout(cfg.partitions, [p["id"] for p in peers], cfg.replication_factor, cfg.seed)
         voters = initial_meta_voters(p["id"] for p in peers)  # as every node computed it at start
@@ -368,7 +367,7 @@ class Node:
             return
         layout_changed = bool(result.get("layout"))
         if layout_changed:
-            from cluster.replica_sets import current_layout
+            from hanzo_tasks.cluster.membership import current_layout
 
             rep.set_replica_sets(current_layout(rep))
         if not ("member" in result or "removed" in result or layout_changed):
@@ -380,7 +379,7 @@ class Node:
         self.membership.update(members=frozenset(self.member_ids()))
 
     def _refresh_peers(self) -> None:
-        from cluster.replica_sets import current_layout
+        from hanzo_tasks.cluster.membership import current_layout
 
         rep = self.replicator
         known = rep.meta.members()
@@ -447,7 +446,7 @@ class Node:
             raise ApiError("unavailable", str(e), retry_after=1) from None
         # The meta leader moves its replicas to other members (add first, then
         # remove); the node may be stopped once it holds none.
-        from cluster.replica_sets import current_layout
+        from hanzo_tasks.cluster.membership import current_layout
 
         deadline = time.monotonic() + 120.0
         while any(node_id in nodes for nodes in current_layout(rep).values()):
@@ -458,7 +457,7 @@ class Node:
         return {"status": "removed", "nodeId": node_id, "members": self.member_ids()}
 
     def preferred_leaders(self) -> list[str]:
-        from routing import preferred_leaders
+        from hanzo_tasks.routing import preferred_leaders
 
         rep = self.replicator
         base = preferred_leaders(rep.partitions, self.member_ids())
@@ -564,7 +563,7 @@ class Node:
 
     def _shard_info(self, org: str, ns: str, partition: int) -> dict[str, Any]:
         """A shard as GET /v1/tasks/cluster lists it: where it lives and whether it is moving."""
-        from shard import moving
+        from hanzo_tasks.shard import moving
 
         pin = self.service.pins.get((org, ns)) if self.service else None
         with self.replicator.store(partition).read() as txn:
@@ -590,7 +589,7 @@ class Node:
 
     async def _serve_shard_info(self, peer: str, a: Any) -> Any:
         """A peer lists the shards of a partition it does not hold (org None: all orgs)."""
-        from shard import reads
+        from hanzo_tasks.shard import reads
 
         p, org = a["p"], a.get("org")
         if not self.replicator.is_local(p):
@@ -601,8 +600,8 @@ class Node:
 
     async def migrate(self, org: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST NS/migrate: resolve the destination partition and record the job."""
-        from migration import shard_counts
-        from protocol import names
+        from hanzo_tasks.migration import shard_counts
+        from hanzo_tasks.protocol import names
 
         names.check_namespace(ns)
         rep = self.replicator
@@ -729,8 +728,8 @@ class Node:
         }
 
     async def cluster_info(self, org: str, size: int, token: str | None) -> dict[str, Any]:
-        from cluster import inputs as I
-        from shard import reads
+        from hanzo_tasks.cluster.service import inputs as I
+        from hanzo_tasks.shard import reads
 
         rep = self.replicator
         raft = getattr(rep, "kind", "local") == "raft"

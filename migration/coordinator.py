@@ -43,9 +43,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-
-from migration.remote import MigrationError, PartitionReads, hash_range
-from shard import encode, moving, reads
+from hanzo_tasks.migration.remote import MigrationError, PartitionReads, hash_range
+from hanzo_tasks.shard import encode, moving, reads
 
 log = logging.getLogger("tasks.migration")
 

@@ -23,8 +23,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from replication.rpc import PeerUnavailable, RemoteError
-from shard import encode, keys, moving
+from hanzo_tasks.replication.rpc import PeerUnavailable, RemoteError
+from hanzo_tasks.shard import encode, keys, moving
 
 CHUNK_BYTES = 512 * 1024
 SNAPSHOT_QUEUE = 8

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from protocol.errors import ApiError
+from hanzo_tasks.protocol.errors import ApiError
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -35,8 +35,7 @@ from enum import IntEnum
 from typing import Any
 
 import msgpack
-
-from protocol.errors import CODE_STATUS
+from hanzo_tasks.protocol.errors import CODE_STATUS
 
 __all__ = [
     "CLIENT_KINDS",

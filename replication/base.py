@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from shard import PartitionStore
+from hanzo_tasks.shard import PartitionStore
 
 Result = dict[str, Any]
 #: listener(group, index, result) — called on the event loop for every applied entry.

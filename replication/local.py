@@ -14,8 +14,8 @@ import queue
 import threading
 from pathlib import Path
 
-from replication.base import Listener, NotLeader, Result
-from shard import STORAGE_FULL, PartitionStore, StateMachine
+from hanzo_tasks.replication.base import Listener, NotLeader, Result
+from hanzo_tasks.shard import STORAGE_FULL, PartitionStore, StateMachine
 
 log = logging.getLogger("tasks.replication")
 

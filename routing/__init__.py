@@ -4,8 +4,8 @@ A leaf package: it imports nothing from the project (stdlib only), so every
 layer can route without pulling in the server.
 """
 
-from routing.hrw import partition_of, rank, score, winner
-from routing.placement import (
+from hanzo_tasks.routing.hrw import partition_of, rank, score, winner
+from hanzo_tasks.routing.placement import (
     LEADER_SEED,
     Membership,
     MembershipWatcher,

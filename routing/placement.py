@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from routing.hrw import partition_of, rank, score, winner
+from hanzo_tasks.routing.hrw import partition_of, rank, score, winner
 
 __all__ = [
     "LEADER_SEED",

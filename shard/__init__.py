@@ -2,10 +2,10 @@
 and the deterministic state machine that applies them. Imports nothing of the
 project but ``protocol``."""
 
-from shard import reads
-from shard.commands import OPS, CommandError, decode, encode
-from shard.machine import STORAGE_FULL, StateMachine
-from shard.store import PartitionStore, StorageFull
+from hanzo_tasks.shard import reads
+from hanzo_tasks.shard.commands import OPS, CommandError, decode, encode
+from hanzo_tasks.shard.machine import STORAGE_FULL, StateMachine
+from hanzo_tasks.shard.store import PartitionStore, StorageFull
 
 __all__ = [
     "OPS",

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shard import commands as C
-from shard.ctx import Ctx, Reject, Result, failure_record, require_namespace
+from hanzo_tasks.shard import commands as C
+from hanzo_tasks.shard.ctx import Ctx, Reject, Result, failure_record, require_namespace
 
 # ---------------------------------------------------------------------------
 # standalone activities (SPEC §4.8, §5.7)
@@ -102,7 +102,7 @@ def _close_in_workflow(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[st
     pushed (0xB2, by the dispatcher, from the ``activity.result`` event);
     otherwise the close is a trigger event and schedules a workflow task.
     """
-    from shard import (
+    from hanzo_tasks.shard import (
         machine,  # the run helpers live there; imported late (machine imports us)
         wf_commands,
     )
@@ -246,7 +246,7 @@ def op_act_schedule(ctx: Ctx) -> Result:
     existing activity (closed or not), so a redelivered workflow task gets the
     recorded outcome instead of running the activity again.
     """
-    from shard import machine, wf_commands
+    from hanzo_tasks.shard import machine, wf_commands
 
     cmd = ctx.cmd
     run = machine.current_task(ctx, "STARTED")  # the caller must hold the run's workflow task

@@ -4,7 +4,7 @@ The state machine holds what must survive a failover: the targets, captured
 when ``batch.start`` applies (the open runs matching the query at that log
 index, in workflowId/runId order, so every replica captures the same list),
 and a cursor with counts. The partition leader does the work (one proposal
-per item, see ``cluster.batches``) and records progress with
+per item, see ``cluster.leader.batches``) and records progress with
 ``batch.progress``; a new leader resumes from the stored cursor, and every
 item is idempotent, so nothing is skipped and nothing done twice matters.
 """
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shard import commands as C
-from shard.ctx import OPEN, Ctx, Reject, Result, require_namespace, unpack
-from shard.keys import run_suffix
-from shard.visibility import QueryError, compile_query, run_view
+from hanzo_tasks.shard import commands as C
+from hanzo_tasks.shard.ctx import OPEN, Ctx, Reject, Result, require_namespace, unpack
+from hanzo_tasks.shard.keys import run_suffix
+from hanzo_tasks.shard.visibility import QueryError, compile_query, run_view
 
 OPERATIONS = ("BATCH_OPERATION_TYPE_TERMINATE", "BATCH_OPERATION_TYPE_CANCEL", "BATCH_OPERATION_TYPE_SIGNAL")
 RUNNING = "BATCH_OPERATION_STATE_RUNNING"

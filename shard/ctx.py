@@ -13,9 +13,8 @@ from typing import Any
 
 import lmdb
 import msgpack
-
-from shard import commands as C
-from shard.keys import ShardKeys
+from hanzo_tasks.shard import commands as C
+from hanzo_tasks.shard.keys import ShardKeys
 
 Result = dict[str, Any]
 
@@ -32,7 +31,7 @@ def unpack(data: bytes) -> Any:
 
 def format_seconds(ms: int) -> str:
     """RFC 3339 UTC, whole seconds: the nominal-time part of fired workflow ids."""
-    from protocol.timefmt import format_time_seconds
+    from hanzo_tasks.protocol.timefmt import format_time_seconds
 
     return format_time_seconds(ms)
 

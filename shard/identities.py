@@ -8,9 +8,9 @@ not depend on how a provider capitalises them.
 
 from __future__ import annotations
 
-from protocol.names import ROLES
-from shard import commands as C
-from shard.ctx import Ctx, Reject, Result, require_namespace
+from hanzo_tasks.protocol.names import ROLES
+from hanzo_tasks.shard import commands as C
+from hanzo_tasks.shard.ctx import Ctx, Reject, Result, require_namespace
 
 
 def op_id_put(ctx: Ctx) -> Result:

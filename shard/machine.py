@@ -22,10 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lmdb
-
-from shard import batches, identities, keys, moving, records, wf_commands
-from shard import commands as C
-from shard.activities import (
+from hanzo_tasks.shard import batches, identities, keys, moving, records, wf_commands
+from hanzo_tasks.shard import commands as C
+from hanzo_tasks.shard.activities import (
     op_act_cancel,
     op_act_complete,
     op_act_fail,
@@ -36,7 +35,7 @@ from shard.activities import (
     op_act_start,
     op_act_timeout,
 )
-from shard.ctx import (
+from hanzo_tasks.shard.ctx import (
     OPEN,
     Ctx,
     Reject,
@@ -45,7 +44,7 @@ from shard.ctx import (
     format_seconds,
     require_namespace,
 )
-from shard.store import PartitionStore, ResizeBusy, StorageFull
+from hanzo_tasks.shard.store import PartitionStore, ResizeBusy, StorageFull
 
 log = logging.getLogger("tasks.shard")
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
-
-from shard import commands as C
-from shard import keys
-from shard.store import PartitionStore
+from hanzo_tasks.shard import commands as C
+from hanzo_tasks.shard import keys
+from hanzo_tasks.shard.store import PartitionStore
 
 PARTITIONS = b"m/partitions"
 MEMBER = b"m/member/"

@@ -40,10 +40,9 @@ import zlib
 from typing import Any
 
 import lmdb
-
-from shard import commands as C
-from shard import keys
-from shard.ctx import Ctx, Reject, Result, pack, unpack
+from hanzo_tasks.shard import commands as C
+from hanzo_tasks.shard import keys
+from hanzo_tasks.shard.ctx import Ctx, Reject, Result, pack, unpack
 
 STATE = b"\x01mstate"
 TAIL = b"\x01mtail"

@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import lmdb
-
-from shard import keys
-from shard.ctx import unpack
-from shard.keys import ShardKeys
+from hanzo_tasks.shard import keys
+from hanzo_tasks.shard.ctx import unpack
+from hanzo_tasks.shard.keys import ShardKeys
 
 
 def _scan(

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shard import commands as C
-from shard.ctx import Ctx, Reject, Result, require_namespace
+from hanzo_tasks.shard import commands as C
+from hanzo_tasks.shard.ctx import Ctx, Reject, Result, require_namespace
 
 Record = dict[str, Any]
 

@@ -24,8 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
-
-from shard import keys
+from hanzo_tasks.shard import keys
 
 MiB = 1 << 20
 CLEAN_MARK = "closed-cleanly"

@@ -77,7 +77,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.timefmt import parse_time_or_date
+from hanzo_tasks.protocol.timefmt import parse_time_or_date
 
 __all__ = ["MAX_DEPTH", "MAX_QUERY_LENGTH", "Query", "QueryError", "compile_query"]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shard import activities
-from shard.ctx import Ctx, failure_record
+from hanzo_tasks.shard import activities
+from hanzo_tasks.shard.ctx import Ctx, failure_record
 
 TERMINAL = ("CompleteWorkflowExecution", "FailWorkflowExecution", "CancelWorkflowExecution", "ContinueAsNew")
 KINDS = TERMINAL + ("RecordMarker", "ScheduleActivityTask", "RequestCancelActivityTask", "StartTimer",
@@ -78,7 +78,7 @@ def _positive_int(v: Any) -> bool:
 
 def apply(ctx: Ctx, run: dict[str, Any], commands: list[dict[str, Any]], completed_eid: int, identity: str) -> None:
     """Apply a checked command list after WORKFLOW_TASK_COMPLETED (event ``completed_eid``)."""
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     for c in commands:
         t = c["type"]
@@ -111,7 +111,7 @@ def apply(ctx: Ctx, run: dict[str, Any], commands: list[dict[str, Any]], complet
 
 
 def start_timer(ctx: Ctx, run: dict[str, Any], timer_id: str, ms: int, completed_eid: int) -> None:
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     at = ctx.now + ms
     eid = machine.add_event(ctx, run, "TIMER_STARTED", {"timerId": timer_id, "startToFireTimeout": ms,
@@ -123,7 +123,7 @@ def start_timer(ctx: Ctx, run: dict[str, Any], timer_id: str, ms: int, completed
 
 
 def cancel_timer(ctx: Ctx, run: dict[str, Any], timer_id: str, completed_eid: int, identity: str) -> None:
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     timer = run["openTimers"].pop(timer_id)
     machine.disarm_run_timer(ctx, run, TIMER_PREFIX + timer_id)
@@ -134,7 +134,7 @@ def cancel_timer(ctx: Ctx, run: dict[str, Any], timer_id: str, completed_eid: in
 
 def fire_timer(ctx: Ctx, run: dict[str, Any], timer_id: str) -> None:
     """A user timer is due (``wf.deadline`` of kind ``t:<timerId>``): TIMER_FIRED, a trigger event."""
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     timer = (run.get("openTimers") or {}).pop(timer_id, None)
     if timer is None:
@@ -145,7 +145,7 @@ def fire_timer(ctx: Ctx, run: dict[str, Any], timer_id: str) -> None:
 
 def drop_attempt_state(ctx: Ctx, run: dict[str, Any]) -> None:
     """A run attempt failed and will be retried: its timers and activities are dropped (SPEC §5.6)."""
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     for timer_id in list(run.get("openTimers") or {}):
         machine.disarm_run_timer(ctx, run, TIMER_PREFIX + timer_id)
@@ -158,7 +158,7 @@ def drop_attempt_state(ctx: Ctx, run: dict[str, Any]) -> None:
 
 def schedule_activity(ctx: Ctx, run: dict[str, Any], c: dict[str, Any], completed_eid: int) -> None:
     """ACTIVITY_TASK_SCHEDULED in the run, and an activity record dispatched as in §5.7."""
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     spec: dict[str, Any] = {"type": c["activity_type"], "taskQueue": c.get("task_queue") or run["taskQueue"]}
     if "input" in c:
@@ -200,7 +200,7 @@ def untrack_activity(run: dict[str, Any], seid: int) -> None:
 
 def request_cancel_activity(ctx: Ctx, run: dict[str, Any], seid: int, completed_eid: int, identity: str) -> None:
     """ACTIVITY_TASK_CANCEL_REQUESTED; not started → canceled at once, started → the worker is told."""
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     ref = run["openActs"][str(seid)]
     machine.add_event(ctx, run, "ACTIVITY_TASK_CANCEL_REQUESTED",
@@ -218,7 +218,7 @@ def request_cancel_activity(ctx: Ctx, run: dict[str, Any], seid: int, completed_
 
 
 def upsert_search_attributes(ctx: Ctx, run: dict[str, Any], attrs: dict[str, Any], completed_eid: int) -> None:
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     merged = dict(run.get("searchAttrs") or {})
     for name, value in attrs.items():
@@ -236,7 +236,7 @@ def upsert_search_attributes(ctx: Ctx, run: dict[str, Any], attrs: dict[str, Any
 
 def continue_as_new(ctx: Ctx, run: dict[str, Any], c: dict[str, Any], completed_eid: int, identity: str) -> None:
     """Close this run CONTINUED_AS_NEW and start the next one with the same workflowId."""
-    from shard import machine
+    from hanzo_tasks.shard import machine
 
     new_rid = ctx.new_run_id()
     spec: dict[str, Any] = {

@@ -2,7 +2,7 @@
 
 The one public face of the package::
 
-    import tasks
+    import hanzo_tasks as tasks
 
     client = tasks.Client()                 # local mode: runs in this process
     client.add("report", "5m", make_report) # every 5 minutes
@@ -13,9 +13,9 @@ same calls become durable, and ``tasks.Worker`` runs handlers for the
 tasks the server pushes over ZAP. Importing this package loads no server code.
 """
 
-from tasks.client import Client, default, set_default
-from tasks.embed import Embedded, embed
-from tasks.errors import (
+from hanzo_tasks.client import Client, default, set_default
+from hanzo_tasks.embed import Embedded, embed
+from hanzo_tasks.errors import (
     ActivityError,
     AlreadyExists,
     AlreadyStarted,
@@ -37,7 +37,7 @@ from tasks.errors import (
     Unavailable,
     Unsupported,
 )
-from tasks.worker import ActivityContext, TaskContext, Worker, context
+from hanzo_tasks.worker import ActivityContext, TaskContext, Worker, context
 
 __all__ = [
     "ActivityContext",

@@ -38,11 +38,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from protocol import zap as Z
-from protocol.names import is_id, is_namespace
-from protocol.schedule_spec import SpecError, classify, compile_cron
-from tasks._local import Call, CronTiming, IntervalTiming, LocalEngine, Timing, wants_arg
-from tasks.errors import (
+from hanzo_tasks._local import Call, CronTiming, IntervalTiming, LocalEngine, Timing, wants_arg
+from hanzo_tasks.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -53,10 +50,13 @@ from tasks.errors import (
     Unavailable,
     error_from,
 )
-from tasks.zap import ConnectFailed, ZapConnection, split_host_port
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.names import is_id, is_namespace
+from hanzo_tasks.protocol.schedule_spec import SpecError, classify, compile_cron
+from hanzo_tasks.zap import ConnectFailed, ZapConnection, split_host_port
 
 if TYPE_CHECKING:
-    from tasks.worker import Worker
+    from hanzo_tasks.worker import Worker
 
 __all__ = ["Client", "default", "set_default"]
 
@@ -405,7 +405,7 @@ class Client:
             if workflow_id is not None:
                 zap_body["workflow_id"] = workflow_id
             if retry_policy is not None:
-                from tasks.worker import zap_retry_policy
+                from hanzo_tasks.worker import zap_retry_policy
 
                 zap_body["retry_policy"] = zap_retry_policy(retry_policy)
         with self._lock:
@@ -491,7 +491,7 @@ class Client:
         needs a ZAP address; none reachable -> ``Unavailable``. A failed start
         is not remembered: the next ``add``/``now`` tries again.
         """
-        from tasks.worker import Worker  # lazy: tasks.worker imports this module
+        from hanzo_tasks.worker import Worker  # lazy: tasks.worker imports this module
 
         with self._worker_lock:
             self._check_open()

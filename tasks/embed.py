@@ -1,7 +1,7 @@
 """``tasks.embed()``: a complete single-node server inside this process (SPEC §2.1).
 
 The server lives in ``cluster`` and is imported only when ``embed()`` is
-called, so that ``import tasks`` stays free of server code and its
+called, so that ``import hanzo_tasks`` stays free of server code and its
 dependencies (ARCHITECTURE: "tasks/ imports no server module at import time").
 """
 
@@ -14,9 +14,9 @@ import threading
 from types import TracebackType
 from typing import Any, Protocol
 
-from protocol.names import is_namespace
-from tasks.client import Client
-from tasks.errors import FailedPrecondition, InvalidArgument
+from hanzo_tasks.client import Client
+from hanzo_tasks.errors import FailedPrecondition, InvalidArgument
+from hanzo_tasks.protocol.names import is_namespace
 
 __all__ = ["Embedded", "embed"]
 
@@ -113,7 +113,7 @@ def embed(
     """
     if not is_namespace(namespace):
         raise InvalidArgument(f"invalid namespace {namespace!r}")
-    from cluster import embedded as _embedded  # lazy: server code only when asked for
+    from hanzo_tasks.cluster import embedded as _embedded  # lazy: server code only when asked for
 
     temp_dir: str | None = None
     if data_dir is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.errors import CODE_STATUS
+from hanzo_tasks.protocol.errors import CODE_STATUS
 
 __all__ = [
     "ActivityError",

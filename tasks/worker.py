@@ -46,12 +46,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-
-from protocol import zap as Z
-from protocol.durations import parse_duration
-from protocol.names import is_id, is_namespace
-from tasks._local import is_async, wants_arg
-from tasks.errors import (
+from hanzo_tasks._local import is_async, wants_arg
+from hanzo_tasks.errors import (
     ActivityError,
     Canceled,
     FailedPrecondition,
@@ -64,14 +60,17 @@ from tasks.errors import (
     TooLarge,
     Unavailable,
 )
-from tasks.zap import ZapConnection, default_identity
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.durations import parse_duration
+from hanzo_tasks.protocol.names import is_id, is_namespace
+from hanzo_tasks.zap import ZapConnection, default_identity
 
 if TYPE_CHECKING:
-    from tasks.client import Client
+    from hanzo_tasks.client import Client
 
 __all__ = ["ActivityContext", "TaskContext", "Worker", "context"]
 
-log = logging.getLogger("tasks.worker")
+log = logging.getLogger("hanzo_tasks.worker")
 
 MIN_WORKFLOW_HEARTBEAT_S = 1.0
 """Workflow-task heartbeats: every max(this, task_timeout/3) (SPEC §3)."""
@@ -492,7 +491,7 @@ class Worker:
         identity: str | None = None,
         namespace: str | None = None,
     ) -> None:
-        from tasks.client import Client  # import cycle: client imports this module lazily
+        from hanzo_tasks.client import Client  # import cycle: client imports this module lazily
 
         if not isinstance(client, Client):
             raise InvalidArgument(f"Worker needs a tasks.Client, not {type(client).__name__}")

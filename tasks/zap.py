@@ -42,8 +42,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from protocol import zap as Z
-from tasks.errors import (
+from hanzo_tasks.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
@@ -53,6 +52,7 @@ from tasks.errors import (
     Unavailable,
     error_from,
 )
+from hanzo_tasks.protocol import zap as Z
 
 __all__ = [
     "BACKOFF_INITIAL_S",
@@ -68,7 +68,7 @@ __all__ = [
     "split_host_port",
 ]
 
-log = logging.getLogger("tasks.zap")
+log = logging.getLogger("hanzo_tasks.zap")
 
 SDK_NAME = "hanzo-tasks-python"
 

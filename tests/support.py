@@ -36,7 +36,7 @@ class NodeProcess:
         env.pop("TASKSD_CONFIG", None)
         env.update(self.env or {})
         cmd = [
-            sys.executable, "-m", "cluster.cli", "serve",
+            sys.executable, "-m", "hanzo_tasks.cluster.cli", "serve",
             "--http", "127.0.0.1:0", "--data-dir", str(self.data_dir), "--node-id", "t1",
             *self.args,
         ]

@@ -30,15 +30,14 @@ from typing import Any
 import lmdb
 import msgpack
 import pysyncobj.syncobj as _syncobj
+from hanzo_tasks.replication.raft import codec
+from hanzo_tasks.replication.raft.elections import Elections
+from hanzo_tasks.replication.raft.snapshots import INSTALLED, LmdbSnapshotter
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.journal import Journal
 from pysyncobj.node import Node
 from pysyncobj.transport import Transport
-
-from replication.raft import codec
-from replication.raft.elections import Elections
-from replication.raft.snapshots import INSTALLED, LmdbSnapshotter
 
 log = logging.getLogger("tasks.raft")
 

@@ -93,9 +93,8 @@ from types import TracebackType
 from typing import Any, Final, overload
 
 import msgpack
+from hanzo_tasks.replication.raft import faults
 from pysyncobj.journal import Journal
-
-from replication.raft import faults
 
 __all__ = [
     "DurableJournal",

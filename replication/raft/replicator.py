@@ -27,13 +27,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pysyncobj import SyncObjConf
-from pysyncobj.config import FAIL_REASON
-from pysyncobj.node import Node
-
-from replication.base import Listener, NotLeader, NotReplica, Result
-from replication.raft import codec, faults
-from replication.raft.group import (
+from hanzo_tasks.replication.base import Listener, NotLeader, NotReplica, Result
+from hanzo_tasks.replication.raft import codec, faults
+from hanzo_tasks.replication.raft.group import (
     ENTRY_OVERHEAD,
     REGULAR,
     ApplyFailed,
@@ -41,12 +37,15 @@ from replication.raft.group import (
     RaftGroup,
     membership_command,
 )
-from replication.raft.journal import DurableJournal, JournalError
-from replication.raft.snapshots import LmdbSnapshotter
-from replication.raft.transport import FORWARD, RAFT, PeerMux
-from replication.rpc import PeerRpc, PeerUnavailable, RemoteError
-from shard import STORAGE_FULL, PartitionStore, StateMachine
-from shard.meta import MetaMachine, initial_meta_voters
+from hanzo_tasks.replication.raft.journal import DurableJournal, JournalError
+from hanzo_tasks.replication.raft.snapshots import LmdbSnapshotter
+from hanzo_tasks.replication.raft.transport import FORWARD, RAFT, PeerMux
+from hanzo_tasks.replication.rpc import PeerRpc, PeerUnavailable, RemoteError
+from hanzo_tasks.shard import STORAGE_FULL, PartitionStore, StateMachine
+from hanzo_tasks.shard.meta import MetaMachine, initial_meta_voters
+from pysyncobj import SyncObjConf
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.node import Node
 
 log = logging.getLogger("tasks.raft")
 

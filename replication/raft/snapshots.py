@@ -49,12 +49,11 @@ from typing import Any, BinaryIO
 
 import lmdb
 import msgpack
+from hanzo_tasks.replication.raft import faults
+from hanzo_tasks.shard import keys
+from hanzo_tasks.shard.store import PartitionStore, fsync_dir
 from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import Node
-
-from replication.raft import faults
-from shard import keys
-from shard.store import PartitionStore, fsync_dir
 
 log = logging.getLogger("tasks.raft.snapshots")
 

@@ -7,7 +7,8 @@ import socket
 import time
 from pathlib import Path
 
-from shard import PartitionStore
+from hanzo_tasks.shard import PartitionStore
+
 from tests.support import NodeProcess
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 
-from protocol import zap as Z
-from protocol.zap import Op
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.zap import Op
+
 from tests.cluster.test_dispatch import RawWorker
 from tests.cluster.test_relay import applied
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import jwt
 import pytest
+from hanzo_tasks.protocol.zap import Op
 
-from protocol.zap import Op
 from tests.cluster.test_zap_server import Conn, start_zap_node
 from tests.support import NodeProcess
 
@@ -366,7 +366,7 @@ def test_zap_expired_session_gets_401_until_a_fresh_hello(secured: Any) -> None:
 
 
 def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "cluster.cli", "serve", "--http", "127.0.0.1:0", "--zap", "127.0.0.1:0",
+    cmd = [sys.executable, "-m", "hanzo_tasks.cluster.cli", "serve", "--http", "127.0.0.1:0", "--zap", "127.0.0.1:0",
            "--data-dir", str(tmp_path / "d"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 

@@ -25,8 +25,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-from cluster.auth import (
+from hanzo_tasks.cluster.auth import (
     DEV_CALLER,
     ROLES,
     Authenticator,
@@ -34,8 +33,8 @@ from cluster.auth import (
     Caller,
     role_allows,
 )
-from cluster.config import AuthConfig, ConfigError
-from protocol.errors import ApiError
+from hanzo_tasks.cluster.config import AuthConfig, ConfigError
+from hanzo_tasks.protocol.errors import ApiError
 
 SECRET = b"s" * 16 + b"0123456789abcdef"  # 32 bytes
 assert len(SECRET) == 32

@@ -1,6 +1,6 @@
 """Bad input never gives a 500, a crash or a hang (SPEC §0, §1, §4.1).
 
-Every route of ``cluster.http_api.build_router()`` is driven with malformed
+Every route of ``cluster.api.http.server.build_router()`` is driven with malformed
 bodies, wrong JSON types, bad names in every path parameter, bad query
 parameters and oversized bodies, through real HTTP against one real
 ``tasksd``. Paths go out byte for byte (``http.client`` / raw sockets), so
@@ -24,11 +24,11 @@ from urllib.parse import quote, urlsplit
 
 import msgpack
 import pytest
+from hanzo_tasks.cluster.api.http.server import Route, build_router
+from hanzo_tasks.cluster.service.inputs import make_token
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.http_api import Route, build_router
-from cluster.inputs import make_token
 from tests.support import NodeProcess
 
 NSP = "/v1/tasks/namespaces"

@@ -8,11 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from cluster import config as config_mod
-from cluster.config import (
+from hanzo_tasks.cluster import config as config_mod
+from hanzo_tasks.cluster.config import (
     Config,
     ConfigError,
     Peer,
@@ -24,6 +21,8 @@ from cluster.config import (
     load_config,
     split_host_port,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 _REAL_HOSTNAME = config_mod._hostname
 

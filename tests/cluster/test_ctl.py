@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
-from cluster import ctl
+from hanzo_tasks import ctl
 
 NS = "/v1/tasks/namespaces/default"
 

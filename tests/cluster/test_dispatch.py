@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from protocol import zap as Z
-from protocol.zap import Op
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.zap import Op
+
 from tests.support import NodeProcess
 
 WF = "/v1/tasks/namespaces/default/workflows"
@@ -191,7 +192,8 @@ def test_run_timeout_is_enforced_without_a_worker(zap_node) -> None:
 def test_workers_on_every_node_keep_delivering_when_the_leader_dies(tmp_path: Path) -> None:
     import signal
 
-    from routing import partition_of
+    from hanzo_tasks.routing import partition_of
+
     from tests.cluster.raft_support import Cluster
 
     c = Cluster(tmp_path / "c", n=3, partitions=4)

@@ -10,8 +10,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from hanzo_tasks.routing import partition_of, preferred_leaders
 
-from routing import partition_of, preferred_leaders
 from tests.cluster.raft_support import Cluster
 from tests.cluster.test_raft_cluster import start_acked
 

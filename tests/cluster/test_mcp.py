@@ -27,13 +27,13 @@ import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hanzo_tasks.cluster.api import mcp as MCP_MODULE
+from hanzo_tasks.cluster.api.http.server import NODE_KEY, Call, error_response
+from hanzo_tasks.protocol.errors import ApiError
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 from prometheus_client import CollectorRegistry, Counter
 
-from cluster import mcp as MCP_MODULE
-from cluster.http_api import NODE_KEY, Call, error_response
-from protocol.errors import ApiError
 from tests.support import NodeProcess
 
 # SPEC §7 names ``streamablehttp_client``; mcp 1.30 deprecates it for ``streamable_http_client``.

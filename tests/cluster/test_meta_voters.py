@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hanzo_tasks.cluster.membership import current_layout
 
-from cluster.replica_sets import current_layout
 from tests.cluster.test_replica_keeper import Nodes
 from tests.replication.test_membership_changes import until
 
@@ -110,7 +110,8 @@ def test_a_node_joining_a_full_meta_group_learns_even_when_its_id_sorts_first(tm
     """An empty node cannot tell a new cluster from a running one: its static
     peer list would make it a voter ("a0" sorts first), so it holds back from
     elections until a member answers with the cluster's voters."""
-    from replication.raft.replicator import RaftReplicator
+    from hanzo_tasks.replication.raft.replicator import RaftReplicator
+
     from tests.replication.test_no_pickle import _free_ports
 
     async def run() -> dict[str, Any]:

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from hanzo_tasks.routing import partition_of
 
-from routing import partition_of
 from tests.cluster.raft_support import Cluster
 
 WF = "/v1/tasks/namespaces/{ns}/workflows"

@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from hanzo_tasks.cluster.api.http.server import build_router
 
-from cluster.http_api import build_router
 from tests.cluster.test_task_queues import Worker
 from tests.support import NodeProcess
 

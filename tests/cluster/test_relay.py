@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.zap import Op
 
-from protocol import zap as Z
-from protocol.zap import Op
 from tests.cluster.raft_support import Cluster
 from tests.cluster.test_dispatch import WF, RawWorker
 
@@ -126,7 +126,7 @@ def test_query_asked_on_any_node_reaches_the_worker_holding_the_run(cluster: Clu
 def test_killing_the_queue_owner_moves_dispatch_to_the_next_owner(cluster: Cluster) -> None:
     import signal
 
-    from routing import winner
+    from hanzo_tasks.routing import winner
 
     c = cluster
     owner = winner("_", "default", "q", "tasks", list(c.ids))

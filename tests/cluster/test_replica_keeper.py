@@ -23,10 +23,10 @@ from typing import Any
 
 import msgpack
 import pytest
+from hanzo_tasks.cluster.membership import ReplicaKeeper, current_layout
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+from hanzo_tasks.shard.meta import initial_meta_voters
 
-from cluster.replica_sets import ReplicaKeeper, current_layout
-from replication.raft.replicator import RaftReplicator
-from shard.meta import initial_meta_voters
 from tests.replication.test_membership_changes import until
 from tests.replication.test_no_pickle import _free_ports, cmd
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from hanzo_tasks.cluster.membership import bootstrap_layout, wanted
+from hanzo_tasks.routing import partition_plan
 from hypothesis import given
 from hypothesis import strategies as st
-
-from cluster.replica_sets import bootstrap_layout, wanted
-from routing import partition_plan
 
 members_st = st.integers(min_value=1, max_value=9).map(lambda n: [f"n{i}" for i in range(1, n + 1)])
 
@@ -52,7 +51,7 @@ def test_a_leaving_member_is_replaced_by_one_node() -> None:
 def _balance(layout: dict[int, list[str]], members: set[str], rf: int) -> dict[str, int]:
     """Apply the keeper's steps (a balancing add, then the shed) until none is
     left; the replicas each member then holds."""
-    from cluster.replica_sets import balancing_move, replica_load
+    from hanzo_tasks.cluster.membership import balancing_move, replica_load
 
     partitions = len(layout)
     plan = partition_plan(partitions, members, rf, "tasks")

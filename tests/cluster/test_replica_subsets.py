@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hanzo_tasks.protocol.zap import Op
+from hanzo_tasks.routing import partition_of
 
-from protocol.zap import Op
-from routing import partition_of
 from tests.cluster.raft_support import Cluster
 from tests.cluster.test_dispatch import WF, RawWorker
 from tests.cluster.test_sse import EVENTS, Stream

@@ -21,10 +21,10 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from hanzo_tasks.cluster.api.sse import QUEUE_SIZE, SseHub, event_kind, parse_kinds
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.routing import partition_of
 
-from cluster.sse import QUEUE_SIZE, SseHub, event_kind, parse_kinds
-from protocol.errors import ApiError
-from routing import partition_of
 from tests.cluster.raft_support import Cluster
 from tests.support import NodeProcess
 

@@ -3,7 +3,8 @@ that completed its previous one, with only the events after that task's start.""
 
 from __future__ import annotations
 
-from protocol.zap import Op
+from hanzo_tasks.protocol.zap import Op
+
 from tests.cluster.test_dispatch import WF, RawWorker, events
 
 

@@ -54,7 +54,8 @@ def test_a_leader_that_fills_up_hands_its_partition_over(tmp_path) -> None:
     and writes go on."""
     import time
 
-    from routing import preferred_leaders
+    from hanzo_tasks.routing import preferred_leaders
+
     from tests.cluster.raft_support import Cluster
 
     c = Cluster(tmp_path / "c", n=3, partitions=1)

@@ -19,10 +19,10 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from hanzo_tasks.cluster.service.inputs import make_token
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.zap import Op
 
-from cluster.inputs import make_token
-from protocol import zap as Z
-from protocol.zap import Op
 from tests.cluster.raft_support import Cluster
 from tests.cluster.test_dispatch import RawWorker
 from tests.support import NodeProcess

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from protocol import zap as Z
-from protocol.zap import Op
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.zap import Op
+
 from tests.cluster.test_dispatch import WF, RawWorker, events
 
 NS = "/v1/tasks/namespaces/default"

@@ -21,11 +21,11 @@ from typing import Any
 
 import msgpack
 import pytest
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.zap import Op
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import zap as Z
-from protocol.zap import Op
 from tests.support import NodeProcess
 
 _ZAP_ADDR = re.compile(r"serving http=\S+ zap=(\S+)")

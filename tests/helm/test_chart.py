@@ -19,11 +19,11 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from hanzo_tasks.cluster.config import ConfigError, keys, load_config
 from kubernetes_validate import utils as kv_utils
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from cluster.config import ConfigError, keys, load_config
 from tests.helm.chart_support import (
     CHART_DIR,
     NAMESPACE,

@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from cluster.config import config_from_mapping
-from cluster.service import Service
-from replication.raft.replicator import RaftReplicator
-from replication.raft.transport import RAFT
-from routing import partition_of
+from hanzo_tasks.cluster.config import config_from_mapping
+from hanzo_tasks.cluster.service.core import Service
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+from hanzo_tasks.replication.raft.transport import RAFT
+from hanzo_tasks.routing import partition_of
+
 from tests.cluster.raft_support import free_ports
 
 ORG = "_"

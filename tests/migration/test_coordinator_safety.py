@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hanzo_tasks.migration.coordinator as coordinator
 import msgpack
+from hanzo_tasks.migration import MigrationError, Migrations, range_hash
+from hanzo_tasks.shard import encode, moving
 
-import migration.coordinator as coordinator
-from migration import MigrationError, Migrations, range_hash
-from shard import encode, moving
 from tests.migration.inproc import ORG, PARTITIONS, Cluster, fault_point, until
 
 META = PARTITIONS

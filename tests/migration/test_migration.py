@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hanzo_tasks.migration import range_hash
+from hanzo_tasks.routing import partition_of
+from hanzo_tasks.shard import PartitionStore
 
-from migration import range_hash
-from routing import partition_of
-from shard import PartitionStore
 from tests.cluster.raft_support import Cluster
 
 NSP = "/v1/tasks/namespaces"
@@ -209,7 +209,7 @@ def test_writes_and_a_schedule_keep_going_through_a_migration(cluster: Cluster) 
     status, body = call(reader, "GET", f"{NSP}/live/workflows?pageSize=1000&query=WorkflowType%3D%27Tick%27")
     ids = sorted(x["execution"]["workflowId"] for x in body["executions"])
     assert len(ids) == len(set(ids)), "a schedule slot fired twice"
-    from protocol.timefmt import parse_time
+    from hanzo_tasks.protocol.timefmt import parse_time
 
     slots = sorted(parse_time(i.split("tick-", 1)[1]) // 1000 for i in ids)
     assert slots == list(range(slots[0], slots[0] + len(slots))), slots  # no slot skipped
@@ -261,7 +261,7 @@ def test_tasksctl_migrate_to_node_waits_with_progress(cluster: Cluster) -> None:
     target = next(nid for nid in c.ids if c.leader_of(src) != nid and
                   any(c.leader_of(p) == nid for p in range(P)))
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.ctl", "--url", n1.url, "migrate", "ctl", "--to", target, "--wait",
+        [sys.executable, "-m", "hanzo_tasks.ctl", "--url", n1.url, "migrate", "ctl", "--to", target, "--wait",
          "--output", "json"],
         capture_output=True, text=True, timeout=120,
     )

@@ -14,8 +14,8 @@ import asyncio
 from pathlib import Path
 
 import msgpack
+from hanzo_tasks.migration import Migrations
 
-from migration import Migrations
 from tests.migration.inproc import ORG, PARTITIONS, Cluster, fault_point, until
 
 META = PARTITIONS

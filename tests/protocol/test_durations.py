@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hanzo_tasks.protocol.durations import format_duration, parse_duration
 from hypothesis import given
 from hypothesis import strategies as st
-
-from protocol.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,7 @@ import threading
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from protocol.schedule_spec import (
+from hanzo_tasks.protocol.schedule_spec import (
     Cron,
     ScheduleTimes,
     SpecError,
@@ -19,7 +16,9 @@ from protocol.schedule_spec import (
     compile_cron,
     jitter_offset,
 )
-from protocol.timefmt import format_time_seconds, parse_time
+from hanzo_tasks.protocol.timefmt import format_time_seconds, parse_time
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # 2026-01-01 is a Thursday.
 JAN1 = parse_time("2026-01-01T00:00:00Z")

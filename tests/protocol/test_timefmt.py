@@ -5,10 +5,14 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hanzo_tasks.protocol.timefmt import (
+    format_time,
+    format_time_seconds,
+    parse_time,
+    parse_time_or_date,
+)
 from hypothesis import given
 from hypothesis import strategies as st
-
-from protocol.timefmt import format_time, format_time_seconds, parse_time, parse_time_or_date
 
 T = 1777534278120  # 2026-04-30T07:31:18.120Z
 

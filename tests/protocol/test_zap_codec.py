@@ -12,11 +12,10 @@ import struct
 
 import msgpack
 import pytest
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.errors import CODE_STATUS
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from protocol import zap as Z
-from protocol.errors import CODE_STATUS
 
 # SPEC §8.4 / §8.5, copied by hand: the table in the code must match the spec.
 SPEC_OPCODES = {

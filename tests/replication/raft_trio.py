@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from replication.raft.replicator import RaftReplicator
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+
 from tests.replication.test_no_pickle import _free_ports, cmd
 
 ELECTION_MS = 300

@@ -9,7 +9,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from replication.raft.replicator import RaftReplicator
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+
 from tests.replication.test_no_pickle import _free_ports, cmd
 
 

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from replication.raft.journal import DurableJournal
-from replication.raft.replicator import RaftReplicator
-from replication.raft.transport import RAFT
+from hanzo_tasks.replication.raft.journal import DurableJournal
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+from hanzo_tasks.replication.raft.transport import RAFT
+
 from tests.replication.test_no_pickle import _free_ports, cmd
 from tests.replication.test_raft_safety import _leader_propose, _lone_group, _start
 

@@ -24,15 +24,7 @@ import hypothesis.strategies as st
 import msgpack
 import pysyncobj.syncobj
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from pysyncobj import SyncObj, SyncObjConf
-from pysyncobj.config import FAIL_REASON
-from pysyncobj.journal import FileJournal, Journal, MemoryJournal
-from pysyncobj.node import Node
-from pysyncobj.transport import Transport
-
-from replication.raft.journal import (
+from hanzo_tasks.replication.raft.journal import (
     HEADER_SIZE,
     REC_HEADER_SIZE,
     DurableJournal,
@@ -40,6 +32,13 @@ from replication.raft.journal import (
     JournalCorruptError,
     JournalFailedError,
 )
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.journal import FileJournal, Journal, MemoryJournal
+from pysyncobj.node import Node
+from pysyncobj.transport import Transport
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -676,7 +675,7 @@ TestJournalMachine.settings = settings(
 
 _WRITER = r"""
 import sys
-from replication.raft.journal import DurableJournal
+from hanzo_tasks.replication.raft.journal import DurableJournal
 
 journal = DurableJournal(sys.argv[1])
 idx = journal[-1][1] if len(journal) else 0

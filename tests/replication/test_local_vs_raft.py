@@ -6,9 +6,9 @@ import asyncio
 import secrets
 from pathlib import Path
 
-from replication import LocalReplicator
-from replication.raft.replicator import RaftReplicator
-from shard import encode
+from hanzo_tasks.replication import LocalReplicator
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+from hanzo_tasks.shard import encode
 
 
 def stream() -> list[bytes]:

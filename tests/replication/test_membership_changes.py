@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hanzo_tasks.replication.raft.group import membership_command
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
 from pysyncobj.config import FAIL_REASON
 
-from replication.raft.group import membership_command
-from replication.raft.replicator import RaftReplicator
 from tests.replication.test_no_pickle import _free_ports, cmd
 
 

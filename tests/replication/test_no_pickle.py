@@ -18,9 +18,8 @@ from typing import Any
 
 import pysyncobj.pickle as pysyncobj_pickle
 import pytest
-
-from replication.raft.replicator import RaftReplicator
-from shard import encode
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+from hanzo_tasks.shard import encode
 
 
 def _free_ports(n: int) -> list[int]:

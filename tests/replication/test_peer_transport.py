@@ -22,10 +22,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from replication.raft.transport import (
+from hanzo_tasks.replication.raft.transport import (
     EVENTS,
     FORWARD,
     MEMBERSHIP,
@@ -33,6 +30,8 @@ from replication.raft.transport import (
     RAFT,
     PeerMux,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 SECRET = b"correct horse battery staple 0123456789"
 WRONG = b"incorrect horse battery staple 987654321"
@@ -460,7 +459,7 @@ def test_unknown_node_id_is_refused_unless_accept_unknown() -> None:
 def test_handshake_timeout_and_stalled_peers_do_not_disturb_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from replication.raft import transport
+    from hanzo_tasks.replication.raft import transport
 
     monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT", 0.3)
 

@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hanzo_tasks.replication.raft import faults
+from hanzo_tasks.replication.raft.group import REGULAR, GroupTransport, RaftGroup
+from hanzo_tasks.replication.raft.journal import DurableJournal
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+from hanzo_tasks.replication.raft.snapshots import LmdbSnapshotter
+from hanzo_tasks.replication.raft.transport import RAFT
+from hanzo_tasks.shard import PartitionStore, StateMachine, reads
 from pysyncobj import SyncObjConf
 from pysyncobj.node import Node
 
-from replication.raft import faults
-from replication.raft.group import REGULAR, GroupTransport, RaftGroup
-from replication.raft.journal import DurableJournal
-from replication.raft.replicator import RaftReplicator
-from replication.raft.snapshots import LmdbSnapshotter
-from replication.raft.transport import RAFT
-from shard import PartitionStore, StateMachine, reads
 from tests.replication.test_no_pickle import _free_ports, cmd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ async def _leader_propose(reps: dict[str, RaftReplicator], data: bytes, tries: i
 _CHILD = textwrap.dedent("""
     import asyncio, json, sys
     from pathlib import Path
-    from replication.raft.replicator import RaftReplicator
+    from hanzo_tasks.replication.raft.replicator import RaftReplicator
     from tests.replication.test_no_pickle import cmd
 
     async def main(root, addr):
@@ -258,7 +258,7 @@ class _Wire:
 
     def factory(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> GroupTransport:  # noqa: N803
         def send(peer: str, body: bytes) -> bool:
-            from replication.raft import codec
+            from hanzo_tasks.replication.raft import codec
 
             self.sent.append((peer, codec.decode(body)))
             return True
@@ -349,7 +349,7 @@ def test_an_image_being_written_defers_a_map_resize_without_blocking_the_apply(t
     would remap the map under it. The apply that needs a larger map is told
     to come back (nothing written, the Raft thread never waits for the copy);
     a restore waits for the copy; once the image is written, the apply goes through."""
-    from shard.machine import RESIZE_DEFERRED
+    from hanzo_tasks.shard.machine import RESIZE_DEFERRED
 
     store = PartitionStore(tmp_path / "p", sync=False, map_size=1 << 20, map_size_max=64 << 20)
     machine = StateMachine(store)
@@ -468,8 +468,7 @@ def test_an_image_that_is_no_database_is_refused_and_nothing_is_replaced(tmp_pat
     import zlib
 
     import msgpack
-
-    from replication.raft.snapshots import _LEN, MAGIC
+    from hanzo_tasks.replication.raft.snapshots import _LEN, MAGIC
 
     grp, store, wire = _lone_group(tmp_path, ["l"])
     header = msgpack.packb({"index": 40, "entries": [[REGULAR, 40, 1], [REGULAR, 39, 1]], "cluster": ["f", "l"]})

@@ -7,8 +7,7 @@ import random
 from collections import Counter
 
 import pytest
-
-from routing import Membership, NoOwner, partition_of, rank
+from hanzo_tasks.routing import Membership, NoOwner, partition_of, rank
 
 SEED = "tasks"
 KEYS = 10_000

@@ -8,8 +8,7 @@ import threading
 import time
 
 import pytest
-
-from routing import Membership, MembershipWatcher
+from hanzo_tasks.routing import Membership, MembershipWatcher
 
 Event = tuple[Membership, Membership]
 

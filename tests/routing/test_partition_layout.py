@@ -7,10 +7,9 @@ import math
 from collections import Counter
 
 import pytest
+from hanzo_tasks.routing import partition_plan, preferred_leaders, rank, replicas
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from routing import partition_plan, preferred_leaders, rank, replicas
 
 NODE_ID = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,12}", fullmatch=True)
 

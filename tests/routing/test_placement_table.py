@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from routing import Pin, Placement, PlacementTable, partition_of
+from hanzo_tasks.routing import Pin, Placement, PlacementTable, partition_of
 
 SEED = "tasks"
 P = 16

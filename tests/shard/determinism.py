@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from shard import PartitionStore, StateMachine, encode
+from hanzo_tasks.shard import PartitionStore, StateMachine, encode
 
 
 def fresh(tmp: str, name: str) -> StateMachine:

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from shard import PartitionStore, StateMachine, encode, reads
+from hanzo_tasks.shard import PartitionStore, StateMachine, encode, reads
 
 T0 = 1_700_000_000_000
 

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-
-from shard import PartitionStore, StateMachine, encode
-from shard.meta import MetaMachine
+from hanzo_tasks.shard import PartitionStore, StateMachine, encode
+from hanzo_tasks.shard.meta import MetaMachine
 
 JOB = {"id": "j1", "org": "_", "namespace": "ns", "fromPartition": 0, "toPartition": 1, "status": "pending"}
 

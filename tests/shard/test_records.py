@@ -10,10 +10,10 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
+from hanzo_tasks.shard import encode, reads
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shard import encode, reads
 from tests.shard.determinism import (
     assert_identical_replicas,
     assert_prefix_replay_changes_nothing,

@@ -21,8 +21,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from shard import PartitionStore, keys
+from hanzo_tasks.shard import PartitionStore, keys
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +46,7 @@ def make_image(tmp: Path) -> tuple[Path, Path, str]:
 
 CHILD = textwrap.dedent("""
     import os, sys
-    from shard import PartitionStore
+    from hanzo_tasks.shard import PartitionStore
     store = PartitionStore(sys.argv[1], sync=False)
     print("restored", store.restore(sys.argv[2]), flush=True)
     os._exit(0)  # dies at once: the environment is never closed

@@ -6,10 +6,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hanzo_tasks.shard.visibility import (
+    MAX_DEPTH,
+    MAX_QUERY_LENGTH,
+    Query,
+    QueryError,
+    compile_query,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from shard.visibility import MAX_DEPTH, MAX_QUERY_LENGTH, Query, QueryError, compile_query
 
 ATTRS: dict[str, str] = {
     "CustomKeyword": "Keyword",

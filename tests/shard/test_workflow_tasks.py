@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shard import PartitionStore, StateMachine, encode, reads
+from hanzo_tasks.shard import PartitionStore, StateMachine, encode, reads
 
 
 class M:

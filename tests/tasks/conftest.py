@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import hanzo_tasks as tasks
 import pytest
 from aiohttp import web
-
-import tasks
-from tasks import client as client_mod
+from hanzo_tasks import client as client_mod
 
 from .zapfake import FakeZap
 

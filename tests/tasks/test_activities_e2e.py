@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-import tasks
+import hanzo_tasks as tasks
 
 
 def call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -127,7 +127,7 @@ def test_http_routes_act_without_tokens() -> None:
 
 def test_workflow_runs_an_activity_and_gets_its_result() -> None:
     """0x006B from a running workflow handler, the activity on a worker, its result pushed (0xB2)."""
-    import tasks as _tasks
+    import hanzo_tasks as _tasks
 
     calls: list[int] = []
 

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hanzo_tasks as tasks
 import pytest
-
-import tasks
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+import hanzo_tasks as tasks
 import pytest
-
-import tasks
 
 
 class FakeServer:
@@ -39,11 +38,11 @@ def fake_embedded(monkeypatch: pytest.MonkeyPatch) -> list[FakeServer]:
         started.append(server)
         return server
 
-    module = types.ModuleType("cluster.embedded")
+    module = types.ModuleType("hanzo_tasks.cluster.embedded")
     module.start = start  # type: ignore[attr-defined]
-    import cluster
+    from hanzo_tasks import cluster
 
-    monkeypatch.setitem(sys.modules, "cluster.embedded", module)
+    monkeypatch.setitem(sys.modules, "hanzo_tasks.cluster.embedded", module)
     monkeypatch.setattr(cluster, "embedded", module, raising=False)
     return started
 
@@ -93,11 +92,11 @@ def test_embed_failure_removes_temporary_dir(monkeypatch: pytest.MonkeyPatch) ->
         seen.append(kw["data_dir"])
         raise OSError("port in use")
 
-    module = types.ModuleType("cluster.embedded")
+    module = types.ModuleType("hanzo_tasks.cluster.embedded")
     module.start = start  # type: ignore[attr-defined]
-    import cluster
+    from hanzo_tasks import cluster
 
-    monkeypatch.setitem(sys.modules, "cluster.embedded", module)
+    monkeypatch.setitem(sys.modules, "hanzo_tasks.cluster.embedded", module)
     monkeypatch.setattr(cluster, "embedded", module, raising=False)
     with pytest.raises(OSError, match="port in use"):
         tasks.embed()
@@ -113,7 +112,7 @@ def test_embed_rejects_bad_namespace(fake_embedded: list[FakeServer]) -> None:
 # -- end to end, against the real single-node server ------------------------------------
 
 _real = pytest.mark.skipif(
-    importlib.util.find_spec("cluster.embedded") is None,
+    importlib.util.find_spec("hanzo_tasks.cluster.embedded") is None,
     reason="cluster.embedded is not written yet",
 )
 

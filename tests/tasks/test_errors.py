@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pickle
 
+import hanzo_tasks as tasks
 import pytest
-
-import tasks
-from protocol.errors import CODE_STATUS
-from tasks.errors import error_from
+from hanzo_tasks.errors import error_from
+from hanzo_tasks.protocol.errors import CODE_STATUS
 
 BY_CODE = {
     "invalid_argument": tasks.InvalidArgument,

@@ -9,10 +9,9 @@ import threading
 import time
 from typing import Any
 
+import hanzo_tasks as tasks
 import pytest
-
-import tasks
-from tasks import client as client_mod
+from hanzo_tasks import client as client_mod
 
 from .conftest import Counter, wait_until
 

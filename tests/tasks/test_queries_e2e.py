@@ -9,7 +9,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-import tasks
+import hanzo_tasks as tasks
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:

@@ -8,10 +8,9 @@ import re
 import threading
 from typing import Any
 
+import hanzo_tasks as tasks
 import pytest
-
-import tasks
-from tasks import client as client_mod
+from hanzo_tasks import client as client_mod
 
 from .conftest import Counter, FakeServer, Reply, wait_until
 

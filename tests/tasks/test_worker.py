@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import hanzo_tasks as tasks
 import pytest
-
-import tasks
-from protocol import zap as Z
-from tasks import worker as worker_mod
+from hanzo_tasks import worker as worker_mod
+from hanzo_tasks.protocol import zap as Z
 
 from .conftest import wait_until
 from .zapfake import FakeConn, FakeZap, Reply, workflow_task
@@ -978,7 +977,7 @@ def test_embedded_worker_catch_all_handler_for_now(fake: FakeZap) -> None:
 
 
 @pytest.mark.skipif(
-    importlib.util.find_spec("cluster.embedded") is None,
+    importlib.util.find_spec("hanzo_tasks.cluster.embedded") is None,
     reason="cluster.embedded is not written yet",
 )
 def test_real_server_runs_added_fns_end_to_end() -> None:

@@ -14,12 +14,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import hanzo_tasks as tasks
 import pytest
-
-import tasks
-from protocol import zap as Z
-from tasks import zap as zap_mod
-from tasks.zap import ConnectFailed, ZapConnection
+from hanzo_tasks import zap as zap_mod
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.zap import ConnectFailed, ZapConnection
 
 from .conftest import FakeServer, wait_until
 from .zapfake import FakeConn, FakeZap, Reply, workflow_task

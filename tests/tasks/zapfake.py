@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import zap as Z
+from hanzo_tasks.protocol import zap as Z
 
 
 class Reply(Exception):  # noqa: N818 - it is a reply, raised to short-circuit a handler

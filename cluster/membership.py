@@ -4,7 +4,7 @@ Each partition is replicated by ``min(replication_factor, members)`` nodes,
 chosen at bootstrap by ``routing.partition_plan`` and recorded by
 ``meta.init``. Every node opens the partitions the recorded layout gives it
 (``RaftReplicator.set_replica_sets``) and forwards the rest (see
-``cluster.forwarding``).
+``cluster.service.forwarding``).
 
 The **meta leader** keeps every set at full strength as members come and go,
 one partition and one node at a time:
@@ -52,9 +52,8 @@ import time
 from typing import Any
 
 import msgpack
-
-from routing import partition_plan, rank
-from shard.meta import MAX_META_VOTERS
+from hanzo_tasks.routing import partition_plan, rank
+from hanzo_tasks.shard.meta import MAX_META_VOTERS
 
 log = logging.getLogger("tasks.replicas")
 

@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-
-from protocol import names
-from protocol.errors import ApiError
-from replication.raft.transport import FORWARD  # SPEC §8.7 channel for forwarded requests
-from routing import NoOwner, rank
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.replication.raft.transport import (
+    FORWARD,  # SPEC §8.7 channel for forwarded requests
+)
+from hanzo_tasks.routing import NoOwner, rank
 
 log = logging.getLogger("tasks.relay")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol.durations import format_duration
-from protocol.timefmt import format_time
+from hanzo_tasks.protocol.durations import format_duration
+from hanzo_tasks.protocol.timefmt import format_time
 
 Json = dict[str, Any]
 

@@ -16,10 +16,10 @@ import heapq
 import logging
 from typing import Any
 
-from cluster import schedules as S
-from protocol.errors import ApiError
-from protocol.schedule_spec import jitter_offset
-from shard import reads
+from hanzo_tasks.cluster.service import schedule_input as S
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.schedule_spec import jitter_offset
+from hanzo_tasks.shard import reads
 
 log = logging.getLogger("tasks.timers")
 

@@ -20,16 +20,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-
-from cluster.auth import role_allows
-from cluster.zap_server import recurring_spec
-from protocol import names
-from protocol.errors import ApiError
-from replication import NotReplica
+from hanzo_tasks.cluster.api.zap.server import recurring_spec
+from hanzo_tasks.cluster.auth import role_allows
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.replication import NotReplica
 
 if TYPE_CHECKING:
-    from cluster.http_api import Call
-    from cluster.service import Service
+    from hanzo_tasks.cluster.api.http.server import Call
+    from hanzo_tasks.cluster.service.core import Service
 
 log = logging.getLogger("tasks.mcp")
 
@@ -125,7 +124,7 @@ def _pick(a: Json, fields: dict[str, str]) -> Json:
 
 
 def _node(c: Call) -> Any:
-    from cluster.http_api import NODE_KEY
+    from hanzo_tasks.cluster.api.http.server import NODE_KEY
 
     return c.request.app[NODE_KEY]
 
@@ -372,7 +371,7 @@ async def h_mcp(s: Service, c: Call) -> web.Response:
     for this route only, left the body unread, so that a batch or a parse
     error can be answered in JSON-RPC terms rather than as an HTTP 400.
     """
-    from cluster.http_api import _finite_float, _reject_constant, json_response
+    from hanzo_tasks.cluster.api.http.server import _finite_float, _reject_constant, json_response
 
     node = _node(c)
     version = c.request.headers.get("MCP-Protocol-Version")

@@ -21,21 +21,20 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-
-from cluster import inputs as I
-from cluster import render
-from cluster import schedules as S
-from cluster.forwarding import CALL_TIMEOUT, Forwarder, routed
-from cluster.ratelimit import TokenBuckets
-from cluster.records_service import RecordsService
-from protocol import names
-from protocol.errors import ApiError
-from protocol.schedule_spec import jitter_offset
-from protocol.timefmt import parse_time
-from replication import NotLeader, Replicator
-from routing import partition_of
-from shard import batches, encode, moving, reads
-from shard.visibility import QueryError, compile_query, run_view
+from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.cluster.service import render
+from hanzo_tasks.cluster.service import schedule_input as S
+from hanzo_tasks.cluster.service.forwarding import CALL_TIMEOUT, Forwarder, routed
+from hanzo_tasks.cluster.service.ratelimit import TokenBuckets
+from hanzo_tasks.cluster.service.records import RecordsService
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.schedule_spec import jitter_offset
+from hanzo_tasks.protocol.timefmt import parse_time
+from hanzo_tasks.replication import NotLeader, Replicator
+from hanzo_tasks.routing import partition_of
+from hanzo_tasks.shard import batches, encode, moving, reads
+from hanzo_tasks.shard.visibility import QueryError, compile_query, run_view
 
 log = logging.getLogger("tasks.service")
 

@@ -1,6 +1,6 @@
 """Service operations on deployments and nexus endpoints (SPEC §4.7, §5.1, §5.12).
 
-A mixin of ``cluster.service.Service``: it validates requests into commands
+A mixin of ``cluster.service.core.Service``: it validates requests into commands
 (``dep.*``, ``nexus.*``, applied by ``shard.records``), reads records from the
 local replica, and renders them as the JSON shapes of SPEC §5.1. Every method
 that names a namespace is ``@routed``, so any node serves it by forwarding to
@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cluster import inputs as I
-from cluster import render
-from cluster.forwarding import routed
-from protocol import names
-from protocol.errors import ApiError
-from shard import reads
+from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.cluster.service import render
+from hanzo_tasks.cluster.service.forwarding import routed
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.shard import reads
 
 Json = dict[str, Any]
 
@@ -128,7 +128,7 @@ def org_nexus_cursor(token: str | None, org: str) -> tuple[str, str] | None:
 def build_state(reports: list[Json], build_id: str, now: int) -> Json:
     """``workerRegistered`` / ``heartbeatReceived`` of a build, from worker reports.
 
-    The reports are those of ``cluster.task_queues.WorkerBook.report`` (this
+    The reports are those of ``cluster.dispatch.task_queues.WorkerBook.report`` (this
     node's and its peers'). A live subscription that carries the build makes it
     registered; a connected worker is being seen, so it also counts as
     heartbeating (the worker registry's ``lastHeartbeat`` rule). A worker of
@@ -150,7 +150,7 @@ def build_state(reports: list[Json], build_id: str, now: int) -> Json:
 
 
 class RecordsService:
-    """Deployments and nexus endpoints; mixed into ``cluster.service.Service``."""
+    """Deployments and nexus endpoints; mixed into ``cluster.service.core.Service``."""
 
     # ---- deployments ------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class RecordsService:
         """The shard half of validate (SPEC §5.12): 404s, and the time of one shard read.
 
         ``workerRegistered`` / ``heartbeatReceived`` come from the node's worker
-        registry, which the HTTP layer holds (see ``cluster.records_api``).
+        registry, which the HTTP layer holds (see ``cluster.api.http.records``).
         """
         check_name(name, "deployment name")
         check_name(build_id, "buildId")

@@ -52,11 +52,11 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-
-from cluster import migrations_api, render
-from protocol import names
-from protocol.errors import ApiError
-from replication.raft.transport import EVENTS  # SPEC §8.7 channel "events"
+from hanzo_tasks.cluster.api.http import migrations as migrations_api
+from hanzo_tasks.cluster.service import render
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.replication.raft.transport import EVENTS  # SPEC §8.7 channel "events"
 
 log = logging.getLogger("tasks.sse")
 
@@ -344,7 +344,7 @@ class SseHub:
     # ---- data -------------------------------------------------------------------
 
     def _data(self, group: int, kind: str, ev: Json, result: Json) -> Any:
-        from shard import reads
+        from hanzo_tasks.shard import reads
 
         org, ns = ev.get("org") or "_", ev.get("namespace") or ""
         family = kind.split(".", 1)[0]
@@ -408,8 +408,7 @@ class SseHub:
     def _signal_data(self, group: int, org: str, ns: str, run: Json) -> Json | None:
         """``{signal, input, history_length}``: the run's latest signal (a few events back at most)."""
         import msgpack
-
-        from shard.keys import ShardKeys
+        from hanzo_tasks.shard.keys import ShardKeys
 
         k = ShardKeys(org, ns)
         length = int(run.get("historyLength") or 0)
@@ -517,7 +516,7 @@ HEADERS = {
 
 async def h_events(s: Any, c: Any) -> web.StreamResponse:
     """GET /v1/tasks/events: validate, then answer with the stream itself (not JSON)."""
-    from cluster.http_api import NODE_KEY
+    from hanzo_tasks.cluster.api.http.server import NODE_KEY
 
     node = c.request.app[NODE_KEY]
     hub: SseHub | None = getattr(node, "sse", None)

@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         for i in range(1, args.nodes + 1):
-            cmd = [sys.executable, "-m", "cluster.cli", "serve", *node_args(args, i)]
+            cmd = [sys.executable, "-m", "hanzo_tasks.cluster.cli", "serve", *node_args(args, i)]
             procs.append(subprocess.Popen(cmd))
             print(f"n{i} http=127.0.0.1:{args.http + i - 1} zap=127.0.0.1:{args.zap + i - 1} "
                   f"peer=127.0.0.1:{args.peer + i - 1}", flush=True)

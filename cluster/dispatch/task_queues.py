@@ -37,15 +37,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cluster import inputs as I
-from cluster import render
-from cluster.relay import RemoteConn
-from protocol import names
-from protocol.errors import ApiError
-from shard.keys import ShardKeys
+from hanzo_tasks.cluster.dispatch.relay import RemoteConn
+from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.cluster.service import render
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.shard.keys import ShardKeys
 
 if TYPE_CHECKING:
-    from cluster.service import Service
+    from hanzo_tasks.cluster.service.core import Service
 
 Json = dict[str, Any]
 

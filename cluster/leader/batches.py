@@ -19,11 +19,11 @@ import logging
 import time
 from typing import Any
 
-from protocol.errors import ApiError
-from replication import NotLeader, NotReplica
-from shard import batches as B
-from shard import reads
-from shard.keys import ShardKeys
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.replication import NotLeader, NotReplica
+from hanzo_tasks.shard import batches as B
+from hanzo_tasks.shard import reads
+from hanzo_tasks.shard.keys import ShardKeys
 
 log = logging.getLogger("tasks.batches")
 

@@ -1,28 +1,28 @@
 """HTTP face of deployments and nexus endpoints (SPEC §4.7), and the org-wide nexus list.
 
 Handlers only parse HTTP (path parameters, query flags, the body) and call the
-service (``cluster.records_service``). Path parameters are checked here first,
+service (``cluster.service.records``). Path parameters are checked here first,
 so a bad name is a 400 before anything is looked up or forwarded.
 
 Validate is the one route that needs more than the shard: whether a worker of
 the build is subscribed lives in the node's worker registry
-(``cluster.task_queues``), merged from this node and its peers.
+(``cluster.dispatch.task_queues``), merged from this node and its peers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cluster import inputs as I
-from cluster import task_queues as TQ
-from cluster.records_service import build_state, check_name
-from protocol import names
+from hanzo_tasks.cluster.dispatch import task_queues as TQ
+from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.cluster.service.records import build_state, check_name
+from hanzo_tasks.protocol import names
 
 Json = dict[str, Any]
 
 
 def _node(c: Any) -> Any:
-    from cluster.http_api import NODE_KEY
+    from hanzo_tasks.cluster.api.http.server import NODE_KEY
 
     return c.request.app[NODE_KEY]
 

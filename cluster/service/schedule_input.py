@@ -10,12 +10,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from cluster import inputs as I
-from protocol import names
-from protocol.durations import format_duration, parse_duration
-from protocol.errors import ApiError
-from protocol.schedule_spec import ScheduleTimes, SpecError, compile_cron
-from protocol.timefmt import format_time, parse_time
+from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.durations import format_duration, parse_duration
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.schedule_spec import ScheduleTimes, SpecError, compile_cron
+from hanzo_tasks.protocol.timefmt import format_time, parse_time
 
 Json = dict[str, Any]
 

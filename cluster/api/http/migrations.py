@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster import inputs as I
-from cluster import render
-from protocol import names
-from protocol.errors import ApiError
+from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.cluster.service import render
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
 
 Json = dict[str, Any]
 
@@ -26,7 +26,7 @@ def job(rec: Json) -> Json:
 
 
 def _node(c: Any) -> Any:
-    from cluster.http_api import NODE_KEY
+    from hanzo_tasks.cluster.api.http.server import NODE_KEY
 
     return c.request.app[NODE_KEY]
 

@@ -21,10 +21,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from protocol.errors import ApiError
-from replication import NotReplica
-from replication.rpc import PeerUnavailable, RemoteError
-from shard import reads
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.replication import NotReplica
+from hanzo_tasks.replication.rpc import PeerUnavailable, RemoteError
+from hanzo_tasks.shard import reads
 
 log = logging.getLogger("tasks.forwarding")
 

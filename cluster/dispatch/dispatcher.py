@@ -3,7 +3,7 @@
 Pending tasks are shard state (an index by task queue, oldest first). The
 owner of ``(org, ns, taskQueue)`` pushes them to the queue's subscriptions,
 within each subscription's slots; subscriptions of workers connected to other
-nodes reach it through ``cluster.relay``. A task is leased by a committed
+nodes reach it through ``cluster.dispatch.relay``. A task is leased by a committed
 ``wt.start`` *before* its push is sent, so two nodes (or two loops) racing for
 one task — possible only while ownership changes hands — cannot both lease it:
 the second ``wt.start`` finds the task no longer current. A refused or unanswered
@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import render, task_commands
-from cluster.task_queues import WorkerBook
-from cluster.tokens import TaskToken, Tokens
-from protocol import names
-from protocol.errors import ApiError
-from shard import reads
+from hanzo_tasks.cluster.dispatch.task_queues import WorkerBook
+from hanzo_tasks.cluster.dispatch.tokens import TaskToken, Tokens
+from hanzo_tasks.cluster.service import render, task_commands
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.shard import reads
 
 log = logging.getLogger("tasks.dispatch")
 
@@ -117,7 +117,7 @@ class Dispatcher:
         self._running = True
         rep = self.service.replicator
         if getattr(rep, "kind", "local") == "raft":
-            from cluster.relay import Relay
+            from hanzo_tasks.cluster.dispatch.relay import Relay
 
             self.relay = Relay(self.node, self)
             await self.relay.start()

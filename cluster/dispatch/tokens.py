@@ -15,8 +15,7 @@ import hmac
 from dataclasses import dataclass
 
 import msgpack
-
-from protocol.errors import ApiError
+from hanzo_tasks.protocol.errors import ApiError
 
 MAX_TOKEN = 1024
 

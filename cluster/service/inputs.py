@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-
-from protocol import names
-from protocol.durations import format_duration, parse_duration
-from protocol.errors import ApiError
-from protocol.timefmt import parse_time
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.durations import format_duration, parse_duration
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.timefmt import parse_time
 
 Json = dict[str, Any]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from protocol import names
-from protocol.errors import ApiError
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.errors import ApiError
 
 Json = dict[str, Any]
 

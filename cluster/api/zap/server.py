@@ -9,7 +9,7 @@ reading stalls only its own connection; a malformed frame closes only its own
 connection; every request gets exactly one response.
 
 This module only translates: snake_case ZAP fields and ``*_ms`` integers into
-the camelCase HTTP-shaped bodies that ``cluster.service.Service`` validates,
+the camelCase HTTP-shaped bodies that ``cluster.service.core.Service`` validates,
 and its records back into the snake_case wrappers of §8.4 (records inside
 keep their camelCase form, §0). The rules live in the service, once.
 """
@@ -24,15 +24,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.auth import DEV_CALLER, Caller, role_allows
-from protocol import names
-from protocol import zap as Z
-from protocol.durations import format_duration
-from protocol.errors import ApiError
-from protocol.schedule_spec import SpecError, classify
-from replication import NotReplica
+from hanzo_tasks.cluster.auth import DEV_CALLER, Caller, role_allows
+from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol import zap as Z
+from hanzo_tasks.protocol.durations import format_duration
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.schedule_spec import SpecError, classify
+from hanzo_tasks.replication import NotReplica
 
-log = logging.getLogger("tasks.zap")
+log = logging.getLogger("hanzo_tasks.zap")
 
 Json = dict[str, Any]
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.durations import parse_duration
+from hanzo_tasks.protocol.durations import parse_duration
 
 __all__ = [
     "AuthConfig",

@@ -19,17 +19,16 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
-
-from cluster import inputs as I
-from cluster import mcp as MCP
-from cluster import migrations_api as MIG
-from cluster import records_api as REC
-from cluster import sse as SSE
-from cluster import task_queues as TQ
-from cluster.auth import DEV_CALLER, Caller, role_allows
-from cluster.service import Service
-from protocol.errors import ApiError
-from replication import NotReplica
+from hanzo_tasks.cluster.api import mcp as MCP
+from hanzo_tasks.cluster.api import sse as SSE
+from hanzo_tasks.cluster.api.http import migrations as MIG
+from hanzo_tasks.cluster.api.http import records as REC
+from hanzo_tasks.cluster.auth import DEV_CALLER, Caller, role_allows
+from hanzo_tasks.cluster.dispatch import task_queues as TQ
+from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.cluster.service.core import Service
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.replication import NotReplica
 
 log = logging.getLogger("tasks.http")
 
@@ -59,7 +58,7 @@ class Call:
     def run_id(self) -> str | None:
         rid = self.query.get("runId") or self.query.get("execution.runId")
         if rid:
-            from protocol.names import check_run_id
+            from hanzo_tasks.protocol.names import check_run_id
 
             check_run_id(rid)
         return rid or None
@@ -245,7 +244,7 @@ async def h_cluster_health(s: Service, c: Call) -> Any:
 
 
 async def h_member_add(s: Service, c: Call) -> Json:
-    from protocol.names import check_node_id
+    from hanzo_tasks.protocol.names import check_node_id
 
     body = c.body()
     node_id = check_node_id(body.get("nodeId"))
@@ -256,7 +255,7 @@ async def h_member_add(s: Service, c: Call) -> Json:
 
 
 async def h_member_remove(s: Service, c: Call) -> Json:
-    from protocol.names import check_node_id
+    from hanzo_tasks.protocol.names import check_node_id
 
     return await c.request.app[NODE_KEY].remove_member(check_node_id(c.params["id"]))
 

@@ -1,0 +1,1 @@
+"""The node's command lines: ``tasksd`` (serve, dev-cluster)."""
