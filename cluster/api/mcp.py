@@ -20,6 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from hanzo_tasks.cluster.api.http.request import (
+    Call,
+    finite_float,
+    json_response,
+    node_of,
+    reject_constant,
+)
 from hanzo_tasks.cluster.api.zap.server import recurring_spec
 from hanzo_tasks.cluster.auth import role_allows
 from hanzo_tasks.protocol import names
@@ -27,7 +34,6 @@ from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.replication import NotReplica
 
 if TYPE_CHECKING:
-    from hanzo_tasks.cluster.api.http.server import Call
     from hanzo_tasks.cluster.service.core import Service
 
 log = logging.getLogger("tasks.mcp")
@@ -121,12 +127,6 @@ def _run_id(a: Json) -> str | None:
 def _pick(a: Json, fields: dict[str, str]) -> Json:
     """The present snake_case arguments under their camelCase body names."""
     return {camel: a[snake] for snake, camel in fields.items() if snake in a}
-
-
-def _node(c: Call) -> Any:
-    from hanzo_tasks.cluster.api.http.server import NODE_KEY
-
-    return c.request.app[NODE_KEY]
 
 
 @tool("list_namespaces", V, "List the caller's namespaces.", dict(PAGING), ns_arg=None)
@@ -237,7 +237,7 @@ async def _trigger_schedule(s: Service, c: Call, a: Json) -> Json:
 
 @tool("cluster_status", V, "Cluster members, partitions and the caller's namespaces, as this node sees them.", {})
 async def _cluster_status(s: Service, c: Call, a: Json) -> Json:
-    return await _node(c).cluster_info(c.org, 100, None)
+    return await node_of(c).cluster_info(c.org, 100, None)
 
 
 # ---------------------------------------------------------------------------
@@ -280,7 +280,7 @@ async def _initialize(s: Service, c: Call, params: Json) -> Json:
     return {
         "protocolVersion": asked if asked in SUPPORTED_VERSIONS else PROTOCOL_VERSION,
         "capabilities": {"tools": {"listChanged": False}},
-        "serverInfo": {"name": "hanzo-tasks", "version": _node(c).version},
+        "serverInfo": {"name": "hanzo-tasks", "version": node_of(c).version},
     }
 
 
@@ -298,7 +298,7 @@ async def _tools_call(s: Service, c: Call, params: Json) -> Json:
     t = TOOLS.get(name) if isinstance(name, str) else None
     if t is None:
         raise RpcError(INVALID_PARAMS, f"unknown tool {name!r}")
-    node = _node(c)
+    node = node_of(c)
     outcome = "error"
     try:
         args = check_args(t, params["arguments"] if params.get("arguments") is not None else {})
@@ -371,16 +371,14 @@ async def h_mcp(s: Service, c: Call) -> web.Response:
     for this route only, left the body unread, so that a batch or a parse
     error can be answered in JSON-RPC terms rather than as an HTTP 400.
     """
-    from hanzo_tasks.cluster.api.http.server import _finite_float, _reject_constant, json_response
-
-    node = _node(c)
+    node = node_of(c)
     version = c.request.headers.get("MCP-Protocol-Version")
     if version is not None and version not in SUPPORTED_VERSIONS:
         raise ApiError("invalid_argument",
                        f"unsupported MCP-Protocol-Version {version!r}; supported: {', '.join(SUPPORTED_VERSIONS)}")
     raw = await _read_raw(c.request, node.cfg.limits.max_body)
     try:
-        msg = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        msg = json.loads(raw, parse_constant=reject_constant, parse_float=finite_float)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         return json_response(200, _error(None, PARSE_ERROR, f"parse error: {e}"), node.node_id)
     if isinstance(msg, list):

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from hanzo_tasks.cluster.api.http.request import node_of
 from hanzo_tasks.cluster.dispatch import task_queues as TQ
 from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.cluster.service.records import build_state, check_name
 from hanzo_tasks.protocol import names
 
 Json = dict[str, Any]
-
-
-def _node(c: Any) -> Any:
-    from hanzo_tasks.cluster.api.http.server import NODE_KEY
-
-    return c.request.app[NODE_KEY]
 
 
 def _ns(c: Any) -> str:
@@ -91,7 +86,7 @@ async def h_ver_validate(s: Any, c: Any) -> Json:
     ns, name = _ns(c), _name(c)
     build_id = _build(c)
     shard = await s.validate_deployment_version(c.org, ns, name, build_id)
-    reports = await _worker_reports(_node(c), c.org, ns)
+    reports = await _worker_reports(node_of(c), c.org, ns)
     state = build_state(reports, build_id, int(s.clock()))
     errors: list[str] = []
     if not state["workerRegistered"]:
