@@ -35,6 +35,7 @@ from hanzo_tasks.cluster.config.kinds import (
     join_host_port,
     split_host_port,
 )
+from hanzo_tasks.protocol.names import OWNER, ROLES
 
 # ------------------------------------------------------------------ declarations
 
@@ -87,7 +88,7 @@ class AuthConfig:
     audience: str | None = _key(_OPT_STR, None, "Required 'aud' claim, when set")
     org_claim: str = _key(Str(), "owner", "Claim that carries the org")
     role_claim: str = _key(Str(), "tasks_role", "Claim that carries the org role")
-    default_role: str = _key(Choice("viewer", "developer", "admin", "owner"), "owner", "Org role when the token has no role claim")
+    default_role: str = _key(Choice(*ROLES), OWNER, "Org role when the token has no role claim")
 
 
 @dataclass(frozen=True)

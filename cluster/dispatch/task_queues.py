@@ -273,21 +273,8 @@ def merge(reports: list[Json], ns: str, now: int) -> dict[str, Json]:
             sdk = _pair(g.get("sdk"))
             w.sdk = (w.sdk[0] or sdk[0], w.sdk[1] or sdk[1])
             w.build = w.build or _str(g.get("build"))
-    return {ident: _render(w, ns) for ident, w in workers.items()}
-
-
-def _render(w: _Worker, ns: str) -> Json:
-    out: Json = {"identity": w.identity, "namespace": ns, "taskQueue": w.tq}
-    if w.sdk[0]:
-        out["sdkName"] = w.sdk[0]
-    if w.sdk[1]:
-        out["sdkVersion"] = w.sdk[1]
-    if w.build:
-        out["buildId"] = w.build
-    out["firstSeen"] = render.t(w.first)
-    out["lastHeartbeat"] = render.t(w.last)
-    out["subscriptions"] = sorted(w.subs or [], key=lambda s: (s["taskQueue"], s["kind"], s["nodeId"]))
-    return out
+    return {ident: render.worker(w.identity, ns, w.tq, w.sdk, w.build, w.first, w.last, w.subs or [])
+            for ident, w in workers.items()}
 
 
 async def cluster_workers(node: Any, org: str, ns: str) -> dict[str, Json]:

@@ -24,46 +24,8 @@ from hanzo_tasks.shard import reads
 
 Json = dict[str, Any]
 
-STATE_PREFIX = "DEPLOYMENT_STATE_"
 HEARTBEAT_WINDOW_MS = 60_000
 """A worker that was seen this recently counts as heartbeating (SPEC §5.12, validate)."""
-
-
-# ---- rendering (stored records -> SPEC §5.1 shapes) ------------------------------------
-
-
-def _copy_set(out: Json, rec: Json, fields: tuple[str, ...]) -> None:
-    for f in fields:
-        if rec.get(f):
-            out[f] = rec[f]
-
-
-def render_version(v: Json) -> Json:
-    out: Json = {"buildId": v["buildId"], "state": STATE_PREFIX + v["state"]}
-    _copy_set(out, v, ("description", "compute", "image", "env"))
-    out["createTime"] = render.t(v["createTime"])
-    if v.get("updateTime"):
-        out["updateTime"] = render.t(v["updateTime"])
-    return out
-
-
-def render_deployment(rec: Json) -> Json:
-    out: Json = {"name": rec["name"], "namespace": rec["namespace"]}
-    _copy_set(out, rec, ("description", "ownerEmail", "defaultCompute"))
-    out["versions"] = [render_version(v) for v in rec["versions"]]
-    out["defaultBuildId"] = rec["defaultBuildId"]
-    out["createTime"] = render.t(rec["createTime"])
-    if rec.get("updateTime"):
-        out["updateTime"] = render.t(rec["updateTime"])
-    return out
-
-
-def render_nexus(rec: Json) -> Json:
-    out: Json = {"name": rec["name"], "namespace": rec["namespace"]}
-    _copy_set(out, rec, ("description",))
-    out["target"] = rec["target"]
-    out["createTime"] = render.t(rec["createTime"])
-    return out
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -160,7 +122,7 @@ class RecordsService:
         with self._read(org, ns) as txn:
             page, nxt = I.name_page(lambda after, n: reads.deployments(txn, org, ns, after, n), token,
                                     "deployments", f"{org}/{ns}", size, lambda d: d["name"])
-        return {"deployments": [render_deployment(d) for d in page], "nextPageToken": nxt}
+        return {"deployments": [render.deployment(d) for d in page], "nextPageToken": nxt}
 
     @routed
     async def create_deployment(self, org: str, ns: str, body: Json) -> Json:
@@ -168,7 +130,7 @@ class RecordsService:
         fields = deployment_fields(body)
         await self._prepare(org, ns)
         res = await self.propose(org, ns, "dep.create", name=name, fields=fields)
-        return render_deployment(res["deployment"])
+        return render.deployment(res["deployment"])
 
     @routed
     async def get_deployment(self, org: str, ns: str, name: str) -> Json:
@@ -178,7 +140,7 @@ class RecordsService:
             rec = reads.deployment(txn, org, ns, name)
         if rec is None:
             raise ApiError("not_found", f"deployment {name} not found")
-        return render_deployment(rec)
+        return render.deployment(rec)
 
     @routed
     async def update_deployment(self, org: str, ns: str, name: str, body: Json) -> Json:
@@ -186,7 +148,7 @@ class RecordsService:
         fields = deployment_fields(body)
         await self._prepare(org, ns)
         res = await self.propose(org, ns, "dep.update", name=name, fields=fields)
-        return render_deployment(res["deployment"])
+        return render.deployment(res["deployment"])
 
     @routed
     async def delete_deployment(self, org: str, ns: str, name: str, force: bool = False) -> Json:
@@ -201,7 +163,7 @@ class RecordsService:
         build_id = required_id(body, "buildId", "buildId")
         await self._prepare(org, ns)
         res = await self.propose(org, ns, "dep.set_current", name=name, buildId=build_id)
-        return render_deployment(res["deployment"])
+        return render.deployment(res["deployment"])
 
     @routed
     async def add_deployment_version(self, org: str, ns: str, name: str, body: Json) -> Json:
@@ -210,7 +172,7 @@ class RecordsService:
         fields = version_fields(body)
         await self._prepare(org, ns)
         res = await self.propose(org, ns, "dep.version_add", name=name, buildId=build_id, fields=fields)
-        return render_version(res["version"])
+        return render.deployment_version(res["version"])
 
     @routed
     async def update_deployment_version(self, org: str, ns: str, name: str, build_id: str, body: Json) -> Json:
@@ -219,7 +181,7 @@ class RecordsService:
         fields = version_fields(body)
         await self._prepare(org, ns)
         res = await self.propose(org, ns, "dep.version_update", name=name, buildId=build_id, fields=fields)
-        return render_version(res["version"])
+        return render.deployment_version(res["version"])
 
     @routed
     async def delete_deployment_version(self, org: str, ns: str, name: str, build_id: str) -> Json:
@@ -227,7 +189,7 @@ class RecordsService:
         check_name(build_id, "buildId")
         await self._prepare(org, ns)
         res = await self.propose(org, ns, "dep.version_delete", name=name, buildId=build_id)
-        return render_deployment(res["deployment"])
+        return render.deployment(res["deployment"])
 
     @routed
     async def validate_deployment_version(self, org: str, ns: str, name: str, build_id: str) -> Json:
@@ -257,7 +219,7 @@ class RecordsService:
         with self._read(org, ns) as txn:
             page, nxt = I.name_page(lambda after, n: reads.nexus_endpoints(txn, org, ns, after, n), token,
                                     "nexus-endpoints", f"{org}/{ns}", size, lambda e: e["name"])
-        return {"endpoints": [render_nexus(e) for e in page], "nextPageToken": nxt}
+        return {"endpoints": [render.nexus_endpoint(e) for e in page], "nextPageToken": nxt}
 
     @routed
     async def put_nexus_endpoint(self, org: str, ns: str, body: Json) -> Json:
@@ -268,7 +230,7 @@ class RecordsService:
         description = I.opt_str(body, "description") or ""
         await self._prepare(org, ns)
         res = await self.propose(org, ns, "nexus.put", name=name, target=target, description=description)
-        return render_nexus(res["endpoint"])
+        return render.nexus_endpoint(res["endpoint"])
 
     @routed
     async def delete_nexus_endpoint(self, org: str, ns: str, name: str) -> Json:
@@ -306,4 +268,4 @@ class RecordsService:
         page = found[:size]
         more = len(found) > size
         cursor = (page[-1]["namespace"] + "\x00" + page[-1]["name"]).encode() if more else None
-        return {"endpoints": [render_nexus(e) for e in page], "nextPageToken": I.make_token("nexus", org, cursor)}
+        return {"endpoints": [render.nexus_endpoint(e) for e in page], "nextPageToken": I.make_token("nexus", org, cursor)}

@@ -20,7 +20,7 @@ from aiohttp import web
 from hanzo_tasks.cluster.auth import DEV_CALLER, Caller
 from hanzo_tasks.cluster.service.core import Service
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.protocol.names import check_run_id
+from hanzo_tasks.protocol.names import ADMIN, DEVELOPER, VIEWER, check_run_id
 
 Json = dict[str, Any]
 NS = "/v1/tasks/namespaces/{ns}"
@@ -72,8 +72,8 @@ class Route:
     """The token may come as ``?access_token=`` (SSE: a browser's EventSource cannot set headers)."""
 
 
-# The roles of SPEC §5.13, as the route table names them.
-V, D, A, OWNER = "viewer", "developer", "admin", "owner"
+# The roles of SPEC §5.13, short, as the route table names them.
+V, D, A = VIEWER, DEVELOPER, ADMIN
 
 
 class Router:

@@ -22,7 +22,6 @@ from hanzo_tasks.cluster.api.http import records as REC
 from hanzo_tasks.cluster.api.http.request import (
     NODE_KEY,
     NS,
-    OWNER,
     A,
     Call,
     D,
@@ -41,7 +40,7 @@ from hanzo_tasks.cluster.dispatch import task_queues as TQ
 from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.cluster.service.core import Service
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.protocol.names import check_node_id
+from hanzo_tasks.protocol.names import OWNER, check_node_id
 from hanzo_tasks.replication import NotReplica
 
 log = logging.getLogger("tasks.http")
