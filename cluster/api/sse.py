@@ -379,7 +379,7 @@ class SseHub:
                 with rep.store(group).read() as txn:
                     s = reads.schedule(txn, org, ns, sid)
             service = self.node.service
-            return service.render_schedule(org, ns, s) if s is not None and service is not None else None
+            return service.schedules.render_schedule(org, ns, s) if s is not None and service is not None else None
         if kind == "batch.terminated":
             return {"reason": ev.get("reason") or "", "identity": ev.get("identity") or ""}
         if family == "batch":

@@ -30,7 +30,7 @@ from hanzo_tasks.cluster.node import (
     read_secret,
     run_until_signalled,
 )
-from hanzo_tasks.cluster.service.core import wall_ms
+from hanzo_tasks.cluster.service import wall_ms
 
 USAGE = __doc__ or ""
 EXIT_FAILURE = 1  # SPEC §10: runtime failure (the watchdog's stop included)

@@ -45,7 +45,7 @@ from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.shard.keys import ShardKeys
 
 if TYPE_CHECKING:
-    from hanzo_tasks.cluster.service.core import Service
+    from hanzo_tasks.cluster.service import Service
 
 Json = dict[str, Any]
 
@@ -329,7 +329,7 @@ async def list_task_queues(s: Service, node: Any, org: str, ns: str, size: int, 
 
     O(runs + pending tasks) of the namespace per request (see ``reads.queue_run_stats``).
     """
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     bound = f"{org}/{ns}"
     after = I.name_cursor(token, "task-queues", bound)
     workers = await cluster_workers(node, org, ns)
@@ -371,7 +371,7 @@ async def list_task_queues(s: Service, node: Any, org: str, ns: str, size: int, 
 async def describe_task_queue(s: Service, org: str, ns: str, q: str, size: int, token: str | None) -> Json:
     """GET NS/task-queues/{q}: its runs (list order, paged) with totals; an unknown queue has zeros."""
     names.check_id(q, "task queue")
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     bound = f"{org}/{ns}/{q}"
     after = I.read_token(token, "task-queue", bound)
     prefix = ShardKeys(org, ns).list_prefix()
@@ -394,7 +394,7 @@ async def describe_task_queue(s: Service, org: str, ns: str, q: str, size: int, 
 async def task_queue_partitions(s: Service, org: str, ns: str, q: str) -> Json:
     """GET NS/task-queues/{q}/partitions: one partition (key 0) with the queue's real backlog."""
     names.check_id(q, "task queue")
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     now = s.clock()
     rows = [row for tq in _queue_keys(q) for row in (await s.read(org, ns, "queue_backlog", tq)).values()]
     backlog, size, _ = _backlog(rows, now)
@@ -405,7 +405,7 @@ async def list_workers(s: Service, node: Any, org: str, ns: str, q: str | None, 
     """GET NS/workers (``q`` None) or NS/task-queues/{q}/workers (workers subscribed to ``q``), by identity."""
     if q is not None:
         names.check_id(q, "task queue")
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     kind, bound = ("workers", f"{org}/{ns}") if q is None else ("task-queue-workers", f"{org}/{ns}/{q}")
     after = I.name_cursor(token, kind, bound)
     workers = await cluster_workers(node, org, ns)
@@ -417,7 +417,7 @@ async def list_workers(s: Service, node: Any, org: str, ns: str, q: str | None, 
 async def get_worker(s: Service, node: Any, org: str, ns: str, identity: str) -> Json:
     """GET NS/workers/{identity}: the Worker record, 404 when no node knows it (or it expired)."""
     names.check_id(identity, "worker identity")
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     w = (await cluster_workers(node, org, ns)).get(identity)
     if w is None:
         raise ApiError("not_found", f"worker {identity} not found")

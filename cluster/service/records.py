@@ -17,7 +17,7 @@ from typing import Any
 
 from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.cluster.service import render
-from hanzo_tasks.cluster.service.forwarding import routed
+from hanzo_tasks.cluster.service.forwarding import Concept, routed
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.shard import reads
@@ -111,15 +111,17 @@ def build_state(reports: list[Json], build_id: str, now: int) -> Json:
 # ---- the service mixin ----------------------------------------------------------------------
 
 
-class RecordsService:
-    """Deployments and nexus endpoints; mixed into ``cluster.service.core.Service``."""
+class Records(Concept):
+    """Deployments and nexus endpoints: the records half of a node's service."""
+
+    attr = "records"
 
     # ---- deployments ------------------------------------------------------------------
 
     @routed
     async def list_deployments(self, org: str, ns: str, size: int, token: str | None) -> Json:
-        await self._prepare(org, ns)
-        with self._read(org, ns) as txn:
+        await self.svc.prepare(org, ns)
+        with self.svc.read_txn(org, ns) as txn:
             page, nxt = I.name_page(lambda after, n: reads.deployments(txn, org, ns, after, n), token,
                                     "deployments", f"{org}/{ns}", size, lambda d: d["name"])
         return {"deployments": [render.deployment(d) for d in page], "nextPageToken": nxt}
@@ -128,15 +130,15 @@ class RecordsService:
     async def create_deployment(self, org: str, ns: str, body: Json) -> Json:
         name = required_id(body, "name", "deployment name")
         fields = deployment_fields(body)
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.create", name=name, fields=fields)
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.create", name=name, fields=fields)
         return render.deployment(res["deployment"])
 
     @routed
     async def get_deployment(self, org: str, ns: str, name: str) -> Json:
         check_name(name, "deployment name")
-        await self._prepare(org, ns)
-        with self._read(org, ns) as txn:
+        await self.svc.prepare(org, ns)
+        with self.svc.read_txn(org, ns) as txn:
             rec = reads.deployment(txn, org, ns, name)
         if rec is None:
             raise ApiError("not_found", f"deployment {name} not found")
@@ -146,23 +148,23 @@ class RecordsService:
     async def update_deployment(self, org: str, ns: str, name: str, body: Json) -> Json:
         check_name(name, "deployment name")
         fields = deployment_fields(body)
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.update", name=name, fields=fields)
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.update", name=name, fields=fields)
         return render.deployment(res["deployment"])
 
     @routed
     async def delete_deployment(self, org: str, ns: str, name: str, force: bool = False) -> Json:
         check_name(name, "deployment name")
-        await self._prepare(org, ns)
-        await self.propose(org, ns, "dep.delete", name=name, force=bool(force))
+        await self.svc.prepare(org, ns)
+        await self.svc.propose(org, ns, "dep.delete", name=name, force=bool(force))
         return {"status": "deleted"}
 
     @routed
     async def set_current_deployment_version(self, org: str, ns: str, name: str, body: Json) -> Json:
         check_name(name, "deployment name")
         build_id = required_id(body, "buildId", "buildId")
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.set_current", name=name, buildId=build_id)
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.set_current", name=name, buildId=build_id)
         return render.deployment(res["deployment"])
 
     @routed
@@ -170,8 +172,8 @@ class RecordsService:
         check_name(name, "deployment name")
         build_id = required_id(body, "buildId", "buildId")
         fields = version_fields(body)
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.version_add", name=name, buildId=build_id, fields=fields)
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.version_add", name=name, buildId=build_id, fields=fields)
         return render.deployment_version(res["version"])
 
     @routed
@@ -179,16 +181,16 @@ class RecordsService:
         check_name(name, "deployment name")
         check_name(build_id, "buildId")
         fields = version_fields(body)
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.version_update", name=name, buildId=build_id, fields=fields)
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.version_update", name=name, buildId=build_id, fields=fields)
         return render.deployment_version(res["version"])
 
     @routed
     async def delete_deployment_version(self, org: str, ns: str, name: str, build_id: str) -> Json:
         check_name(name, "deployment name")
         check_name(build_id, "buildId")
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.version_delete", name=name, buildId=build_id)
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.version_delete", name=name, buildId=build_id)
         return render.deployment(res["deployment"])
 
     @routed
@@ -200,9 +202,9 @@ class RecordsService:
         """
         check_name(name, "deployment name")
         check_name(build_id, "buildId")
-        await self._prepare(org, ns)
+        await self.svc.prepare(org, ns)
         started = time.perf_counter()
-        with self._read(org, ns) as txn:
+        with self.svc.read_txn(org, ns) as txn:
             rec = reads.deployment(txn, org, ns, name)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if rec is None:
@@ -215,8 +217,8 @@ class RecordsService:
 
     @routed
     async def list_nexus_endpoints(self, org: str, ns: str, size: int, token: str | None) -> Json:
-        await self._prepare(org, ns)
-        with self._read(org, ns) as txn:
+        await self.svc.prepare(org, ns)
+        with self.svc.read_txn(org, ns) as txn:
             page, nxt = I.name_page(lambda after, n: reads.nexus_endpoints(txn, org, ns, after, n), token,
                                     "nexus-endpoints", f"{org}/{ns}", size, lambda e: e["name"])
         return {"endpoints": [render.nexus_endpoint(e) for e in page], "nextPageToken": nxt}
@@ -228,15 +230,15 @@ class RecordsService:
         if not target:
             raise I.bad("target is required")
         description = I.opt_str(body, "description") or ""
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "nexus.put", name=name, target=target, description=description)
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "nexus.put", name=name, target=target, description=description)
         return render.nexus_endpoint(res["endpoint"])
 
     @routed
     async def delete_nexus_endpoint(self, org: str, ns: str, name: str) -> Json:
         check_name(name, "nexus endpoint name")
-        await self._prepare(org, ns)
-        await self.propose(org, ns, "nexus.delete", name=name)
+        await self.svc.prepare(org, ns)
+        await self.svc.propose(org, ns, "nexus.delete", name=name)
         return {"status": "deleted"}
 
     async def list_org_nexus_endpoints(self, org: str, size: int, token: str | None, *,
@@ -252,13 +254,13 @@ class RecordsService:
         ns_token = I.make_token("namespaces", org, after[0].encode()[:-1]) if after else None
         found: list[Json] = []
         while len(found) <= size:
-            listing = await self.list_namespaces(org, 1000, ns_token)
+            listing = await self.svc.namespaces.list_namespaces(org, 1000, ns_token)
             for info in listing["namespaces"]:
                 ns = info["namespaceInfo"]["name"]
                 if after is not None and ns.encode() < after[0].encode():
                     continue
                 start = after[1] if after is not None and ns == after[0] else None
-                found.extend(await self.read(org, ns, "nexus_endpoints", start, size + 1 - len(found),
+                found.extend(await self.svc.read(org, ns, "nexus_endpoints", start, size + 1 - len(found),
                                              barrier=not stale))
                 if len(found) > size:
                     break

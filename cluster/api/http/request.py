@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 from hanzo_tasks.cluster.auth import DEV_CALLER, Caller
-from hanzo_tasks.cluster.service.core import Service
+from hanzo_tasks.cluster.service import Service
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.protocol.names import ADMIN, DEVELOPER, VIEWER, check_run_id
 

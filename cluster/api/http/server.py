@@ -37,8 +37,8 @@ from hanzo_tasks.cluster.api.http.request import (
 )
 from hanzo_tasks.cluster.auth import DEV_CALLER, Caller, role_allows
 from hanzo_tasks.cluster.dispatch import task_queues as TQ
+from hanzo_tasks.cluster.service import Service
 from hanzo_tasks.cluster.service import inputs as I
-from hanzo_tasks.cluster.service.core import Service
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.protocol.names import OWNER, check_node_id
 from hanzo_tasks.replication import NotReplica
@@ -86,97 +86,97 @@ async def h_member_remove(s: Service, c: Call) -> Json:
 
 
 async def h_batch_list(s: Service, c: Call) -> Json:
-    return await s.list_batches(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.batches.list_batches(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_batch_start(s: Service, c: Call) -> Json:
-    return await s.start_batch(c.org, _ns(c), c.body())
+    return await s.batches.start_batch(c.org, _ns(c), c.body())
 
 
 async def h_batch_get(s: Service, c: Call) -> Json:
-    return await s.describe_batch(c.org, _ns(c), c.params["bid"])
+    return await s.batches.describe_batch(c.org, _ns(c), c.params["bid"])
 
 
 async def h_batch_terminate(s: Service, c: Call) -> Json:
-    return await s.terminate_batch(c.org, _ns(c), c.params["bid"], c.body())
+    return await s.batches.terminate_batch(c.org, _ns(c), c.params["bid"], c.body())
 
 
 async def h_identities(s: Service, c: Call) -> Json:
-    return await s.list_identities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.namespaces.list_identities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_identity_grant(s: Service, c: Call) -> Json:
-    return await s.grant_identity(c.org, _ns(c), c.body())
+    return await s.namespaces.grant_identity(c.org, _ns(c), c.body())
 
 
 async def h_identity_revoke(s: Service, c: Call) -> Json:
-    return await s.revoke_identity(c.org, _ns(c), c.params["email"])
+    return await s.namespaces.revoke_identity(c.org, _ns(c), c.params["email"])
 
 
 async def h_ns_list(s: Service, c: Call) -> Json:
-    return await s.list_namespaces(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.namespaces.list_namespaces(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_ns_create(s: Service, c: Call) -> Json:
-    return await s.register_namespace(c.org, c.body())
+    return await s.namespaces.register_namespace(c.org, c.body())
 
 
 async def h_ns_get(s: Service, c: Call) -> Json:
-    return await s.get_namespace(c.org, _ns(c))
+    return await s.namespaces.get_namespace(c.org, _ns(c))
 
 
 async def h_ns_delete(s: Service, c: Call) -> Json:
-    return await s.delete_namespace(c.org, _ns(c))
+    return await s.namespaces.delete_namespace(c.org, _ns(c))
 
 
 async def h_ns_metadata(s: Service, c: Call) -> Json:
-    return await s.update_namespace(c.org, _ns(c), c.body())
+    return await s.namespaces.update_namespace(c.org, _ns(c), c.body())
 
 
 async def h_ns_archival(s: Service, c: Call) -> Json:
-    await s.get_namespace(c.org, _ns(c))
+    await s.namespaces.get_namespace(c.org, _ns(c))
     return {"enabled": False, "executions": [], "nextPageToken": "", "error": "archival disabled"}
 
 
 async def h_dead_letters(s: Service, c: Call) -> Json:
-    return await s.list_workflows(
+    return await s.workflows.list_workflows(
         c.org, _ns(c), c.query.get("query"), I.page_size(c.query), c.query.get("nextPageToken"), dead=True
     )
 
 
 async def h_wf_list(s: Service, c: Call) -> Json:
-    return await s.list_workflows(
+    return await s.workflows.list_workflows(
         c.org, _ns(c), c.query.get("query"), I.page_size(c.query), c.query.get("nextPageToken")
     )
 
 
 async def h_wf_start(s: Service, c: Call) -> Json:
-    return await s.start_workflow(c.org, _ns(c), c.body())
+    return await s.workflows.start_workflow(c.org, _ns(c), c.body())
 
 
 async def h_wf_sws(s: Service, c: Call) -> Json:
-    return await s.start_workflow(c.org, _ns(c), c.body(), signal=True)
+    return await s.workflows.start_workflow(c.org, _ns(c), c.body(), signal=True)
 
 
 async def h_wf_describe(s: Service, c: Call) -> Json:
-    return await s.describe_workflow(c.org, _ns(c), c.params["id"], c.run_id())
+    return await s.workflows.describe_workflow(c.org, _ns(c), c.params["id"], c.run_id())
 
 
 async def h_wf_cancel(s: Service, c: Call) -> Json:
-    return await s.cancel_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.cancel_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_terminate(s: Service, c: Call) -> Json:
-    return await s.terminate_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.terminate_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_signal(s: Service, c: Call) -> Json:
-    return await s.signal_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.signal_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_history(s: Service, c: Call) -> Json:
     q = c.query
-    return await s.history(
+    return await s.workflows.history(
         c.org, _ns(c), c.params["id"], c.run_id(),
         I.query_int(q, "after", 0), I.query_bool(q, "reverse"),
         I.page_size(q), q.get("nextPageToken"),
@@ -184,101 +184,101 @@ async def h_wf_history(s: Service, c: Call) -> Json:
 
 
 async def h_wf_query(s: Service, c: Call) -> Json:
-    return await s.query_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.query_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_metadata(s: Service, c: Call) -> Json:
-    return await s.workflow_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.workflow_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_executions(s: Service, c: Call) -> Json:
-    return await s.executions(c.org, _ns(c), c.params["id"], I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.workflows.executions(c.org, _ns(c), c.params["id"], I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_wf_reset(s: Service, c: Call) -> Json:
-    return await s.reset_workflow(c.org, _ns(c), c.params["id"], c.body())
+    return await s.workflows.reset_workflow(c.org, _ns(c), c.params["id"], c.body())
 
 
 async def h_sched_list(s: Service, c: Call) -> Json:
-    return await s.list_schedules(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.schedules.list_schedules(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_sched_create(s: Service, c: Call) -> Json:
-    return await s.create_schedule(c.org, _ns(c), c.body(), upsert=I.query_bool(c.query, "upsert"))
+    return await s.schedules.create_schedule(c.org, _ns(c), c.body(), upsert=I.query_bool(c.query, "upsert"))
 
 
 async def h_sched_get(s: Service, c: Call) -> Json:
-    return await s.describe_schedule(c.org, _ns(c), c.params["sid"])
+    return await s.schedules.describe_schedule(c.org, _ns(c), c.params["sid"])
 
 
 async def h_sched_update(s: Service, c: Call) -> Json:
-    return await s.update_schedule(c.org, _ns(c), c.params["sid"], c.body())
+    return await s.schedules.update_schedule(c.org, _ns(c), c.params["sid"], c.body())
 
 
 async def h_sched_delete(s: Service, c: Call) -> Json:
-    return await s.delete_schedule(c.org, _ns(c), c.params["sid"])
+    return await s.schedules.delete_schedule(c.org, _ns(c), c.params["sid"])
 
 
 async def h_sched_trigger(s: Service, c: Call) -> Json:
-    return await s.trigger_schedule(c.org, _ns(c), c.params["sid"], c.body())
+    return await s.schedules.trigger_schedule(c.org, _ns(c), c.params["sid"], c.body())
 
 
 async def h_sched_times(s: Service, c: Call) -> Json:
-    return await s.matching_times(c.org, _ns(c), c.params["sid"], c.query)
+    return await s.schedules.matching_times(c.org, _ns(c), c.params["sid"], c.query)
 
 
 async def h_sched_pause(s: Service, c: Call) -> Json:
-    return await s.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), True)
+    return await s.schedules.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), True)
 
 
 async def h_sched_unpause(s: Service, c: Call) -> Json:
-    return await s.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), False)
+    return await s.schedules.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), False)
 
 
 async def h_sa_list(s: Service, c: Call) -> Json:
-    return await s.list_search_attributes(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.namespaces.list_search_attributes(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_sa_add(s: Service, c: Call) -> Json:
-    return await s.add_search_attribute(c.org, _ns(c), c.body())
+    return await s.namespaces.add_search_attribute(c.org, _ns(c), c.body())
 
 
 async def h_sa_remove(s: Service, c: Call) -> Json:
-    return await s.remove_search_attribute(c.org, _ns(c), c.params["name"])
+    return await s.namespaces.remove_search_attribute(c.org, _ns(c), c.params["name"])
 
 
 async def h_act_list(s: Service, c: Call) -> Json:
-    return await s.list_activities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"),
+    return await s.activities.list_activities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"),
                                    c.query.get("cursor"))
 
 
 async def h_act_start(s: Service, c: Call) -> Json:
-    return await s.start_activity(c.org, _ns(c), c.body())
+    return await s.activities.start_activity(c.org, _ns(c), c.body())
 
 
 async def h_act_get(s: Service, c: Call) -> Json:
-    return await s.describe_activity(c.org, _ns(c), c.params["aid"], c.params["rid"])
+    return await s.activities.describe_activity(c.org, _ns(c), c.params["aid"], c.params["rid"])
 
 
 async def h_act_cancel(s: Service, c: Call) -> Json:
-    return await s.cancel_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+    return await s.activities.cancel_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
 
 
 async def h_act_complete(s: Service, c: Call) -> Json:
-    return await s.complete_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+    return await s.activities.complete_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
 
 
 async def h_act_fail(s: Service, c: Call) -> Json:
-    return await s.fail_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+    return await s.activities.fail_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
 
 
 async def h_act_heartbeat(s: Service, c: Call) -> Json:
-    return await s.heartbeat_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+    return await s.activities.heartbeat_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
 
 
 async def h_act_history(s: Service, c: Call) -> Json:
     q = c.query
-    return await s.activity_history(
+    return await s.activities.activity_history(
         c.org, _ns(c), c.params["aid"], c.params["rid"],
         I.query_int(q, "after", 0), I.query_bool(q, "reverse"), I.page_size(q), q.get("nextPageToken"),
     )
@@ -416,7 +416,7 @@ class HttpApi:
             return caller
         role = caller.role
         if "ns" in params:  # an Identity record in the namespace replaces the org role
-            role = await self.node.service.role_in(caller.stored_org, params["ns"], caller.email, role)
+            role = await self.node.service.namespaces.role_in(caller.stored_org, params["ns"], caller.email, role)
         if not role_allows(role, route.role):
             raise ApiError("permission_denied", f"this needs the {route.role} role; the caller has {role}")
         return caller

@@ -228,7 +228,7 @@ async def op_submit_task(c: Call) -> Json:
     rp = _retry_policy(b.get("retry_policy"))
     if rp is not None:
         body["retryPolicy"] = rp
-    return _started(await c.service.start_workflow(c.org, c.ns, body))
+    return _started(await c.service.workflows.start_workflow(c.org, c.ns, body))
 
 
 def recurring_spec(name: str | None, spec: Any) -> Json:
@@ -257,18 +257,18 @@ async def op_schedule_recurring(c: Call) -> Json:
     # Create first, upsert on conflict: the service reports no "created" flag,
     # and this way it is exact (a create either made it or found it).
     try:
-        rec = await c.service.create_schedule(c.org, c.ns, body, upsert=False)
+        rec = await c.service.schedules.create_schedule(c.org, c.ns, body, upsert=False)
         created = True
     except ApiError as e:
         if e.code != "already_exists":
             raise
-        rec = await c.service.create_schedule(c.org, c.ns, body, upsert=True)
+        rec = await c.service.schedules.create_schedule(c.org, c.ns, body, upsert=True)
         created = False
     return {"schedule_id": rec.get("scheduleId", name), "created": created}
 
 
 async def op_start(c: Call) -> Json:
-    return _started(await c.service.start_workflow(c.org, c.ns, _start_body(c.body)))
+    return _started(await c.service.workflows.start_workflow(c.org, c.ns, _start_body(c.body)))
 
 
 async def op_signal_with_start(c: Call) -> Json:
@@ -277,7 +277,7 @@ async def op_signal_with_start(c: Call) -> Json:
     body["signalName"] = _str(b, "signal_name", required=True)
     if "signal_input" in b:
         body["signalInput"] = b["signal_input"]
-    return _started(await c.service.start_workflow(c.org, c.ns, body, signal=True))
+    return _started(await c.service.workflows.start_workflow(c.org, c.ns, body, signal=True))
 
 
 def _wid(c: Call) -> str:
@@ -290,7 +290,7 @@ async def op_signal(c: Call) -> Json:
     if "input" in b:
         body["input"] = b["input"]
     _copy_str(b, body, (("identity", "identity"), ("request_id", "requestId")))
-    await c.service.signal_workflow(c.org, c.ns, _wid(c), _run_id(b), body)
+    await c.service.workflows.signal_workflow(c.org, c.ns, _wid(c), _run_id(b), body)
     return {}
 
 
@@ -301,17 +301,17 @@ def _reason_body(b: Json) -> Json:
 
 
 async def op_cancel(c: Call) -> Json:
-    rec = await c.service.cancel_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
+    rec = await c.service.workflows.cancel_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
     return {"execution": rec}
 
 
 async def op_terminate(c: Call) -> Json:
-    rec = await c.service.terminate_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
+    rec = await c.service.workflows.terminate_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
     return {"execution": rec}
 
 
 async def op_describe(c: Call) -> Json:
-    d = await c.service.describe_workflow(c.org, c.ns, _wid(c), _run_id(c.body))
+    d = await c.service.workflows.describe_workflow(c.org, c.ns, _wid(c), _run_id(c.body))
     out: Json = {
         "execution": d["workflowExecutionInfo"],
         "execution_config": d["executionConfig"],
@@ -324,7 +324,7 @@ async def op_describe(c: Call) -> Json:
 
 async def op_list_workflows(c: Call) -> Json:
     size, token = _page(c.body)
-    res = await c.service.list_workflows(c.org, c.ns, _str(c.body, "query"), size, token)
+    res = await c.service.workflows.list_workflows(c.org, c.ns, _str(c.body, "query"), size, token)
     return {"executions": res["executions"], "next_page_token": res["nextPageToken"]}
 
 
@@ -332,7 +332,7 @@ async def op_history(c: Call) -> Json:
     b = c.body
     size, token = _page(b)
     after = _int(b, "after_event_id", lo=0) or 0
-    res = await c.service.history(c.org, c.ns, _wid(c), _run_id(b), after, bool(_bool(b, "reverse")), size, token)
+    res = await c.service.workflows.history(c.org, c.ns, _wid(c), _run_id(b), after, bool(_bool(b, "reverse")), size, token)
     return {"events": res["events"], "next_page_token": res["nextPageToken"]}
 
 
@@ -344,7 +344,7 @@ async def op_query(c: Call) -> Json:
     timeout = _ms(b, "timeout_ms")
     if timeout is not None:
         body["timeout"] = timeout
-    res = await c.service.query_metadata(c.org, c.ns, _wid(c), _run_id(b), body)
+    res = await c.service.workflows.query_metadata(c.org, c.ns, _wid(c), _run_id(b), body)
     return {"result": res["queryResult"]}
 
 
@@ -358,7 +358,7 @@ async def op_reset(c: Call) -> Json:
     if rid:
         body["runId"] = rid
     _copy_str(b, body, (("reason", "reason"), ("identity", "identity"), ("request_id", "requestId")))
-    return {"execution": await c.service.reset_workflow(c.org, c.ns, _wid(c), body)}
+    return {"execution": await c.service.workflows.reset_workflow(c.org, c.ns, _wid(c), body)}
 
 
 def _sid(c: Call) -> str:
@@ -377,17 +377,17 @@ async def op_create_schedule(c: Call) -> Json:
     body.pop("info", None)
     body["scheduleId"] = _sid(c)
     upsert = bool(_bool(c.body, "upsert"))
-    return {"schedule": await c.service.create_schedule(c.org, c.ns, body, upsert=upsert)}
+    return {"schedule": await c.service.schedules.create_schedule(c.org, c.ns, body, upsert=upsert)}
 
 
 async def op_delete_schedule(c: Call) -> Json:
-    await c.service.delete_schedule(c.org, c.ns, _sid(c))
+    await c.service.schedules.delete_schedule(c.org, c.ns, _sid(c))
     return {}
 
 
 async def op_list_schedules(c: Call) -> Json:
     size, token = _page(c.body)
-    res = await c.service.list_schedules(c.org, c.ns, size, token)
+    res = await c.service.schedules.list_schedules(c.org, c.ns, size, token)
     return {"schedules": res["schedules"], "next_page_token": res["nextPageToken"]}
 
 
@@ -395,8 +395,8 @@ async def _pause(c: Call, paused: bool) -> Json:
     sid = _sid(c)
     body: Json = {}
     _copy_str(c.body, body, (("note", "note"),))
-    await c.service.pause_schedule(c.org, c.ns, sid, body, paused)
-    return {"schedule": await c.service.describe_schedule(c.org, c.ns, sid)}
+    await c.service.schedules.pause_schedule(c.org, c.ns, sid, body, paused)
+    return {"schedule": await c.service.schedules.describe_schedule(c.org, c.ns, sid)}
 
 
 async def op_pause_schedule(c: Call) -> Json:
@@ -414,7 +414,7 @@ async def op_trigger_schedule(c: Call) -> Json:
     _copy_str(b, body, (("request_id", "requestId"),))
     if b.get("overlap_policy") is not None:
         body["overlapPolicy"] = b["overlap_policy"]
-    res = await c.service.trigger_schedule(c.org, c.ns, _sid(c), body)
+    res = await c.service.schedules.trigger_schedule(c.org, c.ns, _sid(c), body)
     out: Json = {"status": res["status"]}
     ex = res.get("execution")
     if ex is not None:
@@ -424,13 +424,13 @@ async def op_trigger_schedule(c: Call) -> Json:
 
 
 async def op_describe_schedule(c: Call) -> Json:
-    return {"schedule": await c.service.describe_schedule(c.org, c.ns, _sid(c))}
+    return {"schedule": await c.service.schedules.describe_schedule(c.org, c.ns, _sid(c))}
 
 
 async def op_update_schedule(c: Call) -> Json:
     body = dict(_schedule_map(c))
     body.pop("info", None)
-    return {"schedule": await c.service.update_schedule(c.org, c.ns, _sid(c), body)}
+    return {"schedule": await c.service.schedules.update_schedule(c.org, c.ns, _sid(c), body)}
 
 
 async def op_register_namespace(c: Call) -> Json:
@@ -447,7 +447,7 @@ async def op_register_namespace(c: Call) -> Json:
     cd = _map(b, "custom_data")
     if cd is not None:
         config["customData"] = cd
-    return {"namespace": await c.service.register_namespace(c.org, {"namespaceInfo": info, "config": config})}
+    return {"namespace": await c.service.namespaces.register_namespace(c.org, {"namespaceInfo": info, "config": config})}
 
 
 def _ns_name(c: Call) -> str:
@@ -456,12 +456,12 @@ def _ns_name(c: Call) -> str:
 
 
 async def op_describe_namespace(c: Call) -> Json:
-    return {"namespace": await c.service.get_namespace(c.org, _ns_name(c))}
+    return {"namespace": await c.service.namespaces.get_namespace(c.org, _ns_name(c))}
 
 
 async def op_list_namespaces(c: Call) -> Json:
     size, token = _page(c.body)
-    res = await c.service.list_namespaces(c.org, size, token)
+    res = await c.service.namespaces.list_namespaces(c.org, size, token)
     return {"namespaces": res["namespaces"], "next_page_token": res["nextPageToken"]}
 
 
@@ -788,7 +788,7 @@ class _Connection:
         caller = self.session.caller
         if not self.node.auth.enabled:
             return
-        role = await call.service.role_in(call.org, call.ns, caller.email, caller.role)
+        role = await call.service.namespaces.role_in(call.org, call.ns, caller.email, caller.role)
         if not role_allows(role, route.role):
             raise ApiError("permission_denied", f"this needs the {route.role} role; the caller has {role}")
 
