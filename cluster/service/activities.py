@@ -75,10 +75,7 @@ class Activities(Concept):
         names.check_id(aid, "activityId")
         names.check_run_id(rid)
         with self.svc.read_txn(org, ns) as txn:
-            a = reads.activity(txn, org, ns, aid, rid)
-        if a is None:
-            raise ApiError("not_found", f"activity {aid} run {rid} not found")
-        return render.activity(a)
+            return render.activity(_activity(txn, org, ns, aid, rid))
 
     @routed
     async def cancel_activity(self, org: str, ns: str, aid: str, rid: str, body: Json) -> Json:
@@ -138,9 +135,7 @@ class Activities(Concept):
         names.check_id(aid, "activityId")
         names.check_run_id(rid)
         with self.svc.read_txn(org, ns) as txn:
-            a = reads.activity(txn, org, ns, aid, rid)
-            if a is None:
-                raise ApiError("not_found", f"activity {aid} run {rid} not found")
+            a = _activity(txn, org, ns, aid, rid)
             bound = f"{org}/{ns}/a/{aid}/{rid}/{int(reverse)}"
             cursor = I.read_token(token, "history", bound)
             if cursor is not None:
@@ -151,3 +146,11 @@ class Activities(Concept):
             "nextPageToken": I.make_token("history", bound, str(nxt).encode() if nxt else None),
             "nextCursor": nxt or 0,
         }
+
+
+def _activity(txn: Any, org: str, ns: str, aid: str, rid: str) -> Json:
+    """The standalone activity's record, or 404."""
+    a = reads.activity(txn, org, ns, aid, rid)
+    if a is None:
+        raise ApiError("not_found", f"activity {aid} run {rid} not found")
+    return a

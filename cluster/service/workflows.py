@@ -176,10 +176,7 @@ class Workflows(Concept):
         await self.svc.prepare(org, ns)
         names.check_id(wid, "workflowId")
         with self.svc.read_txn(org, ns) as txn:
-            r = reads.run(txn, org, ns, wid, rid)
-        if r is None:
-            raise ApiError("not_found", f"workflow {wid} not found")
-        return render.describe(r)
+            return render.describe(_run(txn, org, ns, wid, rid))
 
     @routed
     async def query_metadata(self, org: str, ns: str, wid: str, rid: str | None, body: Json) -> Json:
@@ -240,9 +237,7 @@ class Workflows(Concept):
         await self.svc.prepare(org, ns)
         names.check_id(wid, "workflowId")
         with self.svc.read_txn(org, ns) as txn:
-            r = reads.run(txn, org, ns, wid, rid)
-            if r is None:
-                raise ApiError("not_found", f"workflow {wid} not found")
+            r = _run(txn, org, ns, wid, rid)
             bound = f"{org}/{ns}/{r['runId']}/{int(reverse)}"
             cursor = I.read_token(token, "history", bound)
             if cursor is not None:
@@ -271,3 +266,11 @@ class Workflows(Concept):
             "executions": [render.run(r, full=False) for r in page],
             "nextPageToken": I.make_token("executions", bound, str(start + size).encode() if more else None),
         }
+
+
+def _run(txn: Any, org: str, ns: str, wid: str, rid: str | None) -> Json:
+    """The run (the latest of the workflow id without ``rid``), or 404."""
+    r = reads.run(txn, org, ns, wid, rid)
+    if r is None:
+        raise ApiError("not_found", f"workflow {wid} not found")
+    return r
