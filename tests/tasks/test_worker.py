@@ -9,7 +9,6 @@ that heartbeat tests take tenths of a second, not seconds.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -976,10 +975,6 @@ def test_embedded_worker_catch_all_handler_for_now(fake: FakeZap) -> None:
 # -- end to end, against the real single-node server -----------------------------------------------
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hanzo_tasks.cluster.embedded") is None,
-    reason="cluster.embedded is not written yet",
-)
 def test_real_server_runs_added_fns_end_to_end() -> None:
     def hello(who: Any) -> dict[str, Any]:
         ctx = tasks.context()

@@ -44,7 +44,6 @@ LINGER_TIMEOUT = 2.0
 """Before closing after a final error response, input is discarded this long, so
 that the kernel does not reset the connection (and drop that response) because
 unread bytes were pending."""
-WORKERS_LATER = "workers arrive in a later build"
 
 
 # ---------------------------------------------------------------------------
@@ -465,10 +464,6 @@ async def op_list_namespaces(c: Call) -> Json:
     return {"namespaces": res["namespaces"], "next_page_token": res["nextPageToken"]}
 
 
-async def op_workers_later(c: Call) -> Json:
-    raise ApiError("not_implemented", WORKERS_LATER)
-
-
 def _dispatcher(c: Call) -> Any:
     d = getattr(c.node, "dispatcher", None)
     if d is None:
@@ -553,7 +548,6 @@ ROUTES: dict[int, Route] = {
     Z.Op.DescribeNamespace: Route(op_describe_namespace, "viewer", read=True, barrier_ns=_ns_name),
     Z.Op.ListNamespaces: Route(op_list_namespaces, "viewer"),
     Z.Op.Health: Route(op_health, "viewer"),
-    **{op: Route(op_workers_later, "developer") for op in Z.WORKER_OPCODES},
     Z.Op.SubscribeWorkflowTasks: Route(op_subscribe_workflow_tasks, "developer"),
     Z.Op.Unsubscribe: Route(op_unsubscribe, "developer"),
     Z.Op.SubscribeActivityTasks: Route(op_subscribe_activity_tasks, "developer"),
