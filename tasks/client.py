@@ -50,6 +50,7 @@ from hanzo_tasks.errors import (
     Unavailable,
     error_from,
 )
+from hanzo_tasks.protocol import hostport
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.names import is_id, is_namespace
 from hanzo_tasks.protocol.schedule_spec import SpecError, classify, compile_cron
@@ -71,7 +72,6 @@ SCHEDULE_ID_MAX_BYTES = 200  # so that "<scheduleId>-<nominal time>" fits an Id 
 EMBEDDED_MAX_CONCURRENT = 10  # the embedded worker's slots (SPEC §2.4)
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):(\d{1,5})")
 _USER_AGENT = "hanzo-tasks-python/0.1"
 
 Mode = Literal["local", "remote"]
@@ -110,9 +110,10 @@ def _check_zap(addr: object) -> str | None:
         raise InvalidArgument(f"zap_addr must be a string, not {type(addr).__name__}")
     if addr == "":
         return None
-    m = _HOST_PORT.fullmatch(addr)
-    if not m or not 1 <= int(m.group(1)) <= 65535:
-        raise InvalidArgument(f"zap_addr must be host:port, got {addr!r}")
+    try:
+        split_host_port(addr)
+    except InvalidArgument:
+        raise InvalidArgument(f"zap_addr must be host:port, got {addr!r}") from None
     return addr
 
 
@@ -590,14 +591,13 @@ class Client:
         addr = settings.get("zapAddr") if isinstance(settings, dict) else None
         if not isinstance(addr, str) or not addr:
             raise Unavailable(f"no ZAP address: {url} reports no zapAddr (ZAP disabled?)")
-        host, _, port = addr.rpartition(":")
-        if host in ("", "0.0.0.0", "::", "[::]", "*"):
-            base = urllib.parse.urlsplit(self._tasks_url).hostname or "127.0.0.1"
-            host = f"[{base}]" if ":" in base else base
-            addr = f"{host}:{port}"
         try:
+            host, port = hostport.split_host_port(addr, empty_host=True)
+            if host in hostport.WILDCARD_HOSTS:
+                host = urllib.parse.urlsplit(self._tasks_url).hostname or "127.0.0.1"
+                addr = hostport.join_host_port(host, port)
             split_host_port(addr)
-        except InvalidArgument:
+        except (ValueError, InvalidArgument):
             raise Unavailable(
                 f"no ZAP address: {url} reports an invalid zapAddr {addr!r}"
             ) from None

@@ -1,10 +1,14 @@
 """``tasksctl``: the command-line client of the HTTP API (SPEC §10.3).
 
-It imports only the standard library so that it starts in a few tens of
-milliseconds and can be copied onto a machine without the server's
-dependencies. Every subcommand is one (or, when paging, a few) HTTP calls;
-the command prints the body as JSON (``--output json``, exactly what the API
-answered, pretty-printed) or as a compact human table.
+It needs nothing of the server: the standard library, and of ``protocol`` only
+``durations`` (itself standard library only), so that a spec is an interval
+here exactly when the server reads it as one. (Being ``hanzo_tasks.ctl``, it is
+loaded after the package's face, which imports the client library: that, not
+this module, sets the start-up time.)
+
+Every subcommand is one (or, when paging, a few) HTTP calls; the command
+prints the body as JSON (``--output json``, exactly what the API answered,
+pretty-printed) or as a compact human table.
 
 Exit codes: 0 ok, 1 API or connection error, 2 usage error. Errors go to
 stderr as ``error: <code>: <message>``.
@@ -25,11 +29,16 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
+from hanzo_tasks.protocol.durations import parse_duration
+
 DEFAULT_URL = "http://127.0.0.1:7243"
 HTTP_TIMEOUT = 10.0  # seconds, per request (SPEC §2.4 uses the same)
 POLL_INTERVAL = 0.5  # seconds between migration polls (migrate --wait)
 POLL_TOLERANCE = 20  # consecutive transient poll failures tolerated (~10 s)
 
+# The code to show for an error answer that carries none (a proxy's page). Not
+# protocol.errors.CODE_STATUS turned round: that maps codes to statuses, several
+# codes share a status (409, 503), and a proxy adds 502.
 _STATUS_CODE = {
     400: "invalid_argument",
     401: "unauthenticated",
@@ -47,8 +56,6 @@ _STATUS_CODE = {
     507: "storage_full",
 }
 _TRANSIENT = frozenset({"unavailable", "timeout", "rate_limited"})
-# Go-style duration (SPEC §0), to tell `--spec 5m` (interval) from a cron string.
-_DURATION_RE = re.compile(r"[+-]?(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
 _PREFIXES = (
     "WORKFLOW_EXECUTION_STATUS_",
     "NAMESPACE_STATE_",
@@ -578,9 +585,11 @@ def schedule_spec(spec: str) -> dict[str, Any]:
     text = spec.strip()
     if not text:
         raise UsageError("--spec must not be empty")
-    if _DURATION_RE.fullmatch(text):
-        return {"interval": [{"interval": text}]}
-    return {"cronString": [text]}
+    try:
+        parse_duration(text)
+    except ValueError:
+        return {"cronString": [text]}
+    return {"interval": [{"interval": text}]}
 
 
 def cmd_schedule_create(ctx: Ctx) -> int:
