@@ -60,6 +60,7 @@ from hanzo_tasks.errors import (
     TooLarge,
     Unavailable,
 )
+from hanzo_tasks.protocol import wire
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.durations import parse_duration
 from hanzo_tasks.protocol.names import is_id, is_namespace
@@ -172,37 +173,22 @@ def _duration_ms(value: Any, what: str) -> int | None:
     return ms
 
 
-_RETRY_KEYS = {
-    "initialInterval": ("initial_interval_ms", True),
-    "maximumInterval": ("maximum_interval_ms", True),
-    "backoffCoefficient": ("backoff_coefficient", False),
-    "maximumAttempts": ("maximum_attempts", False),
-    "nonRetryableErrorTypes": ("non_retryable_error_types", False),
-}
-
-
 def zap_retry_policy(policy: dict[str, Any]) -> dict[str, Any]:
     """A RetryPolicy (HTTP camelCase, durations as strings) in its ZAP form (§8.4).
 
     snake_case keys are passed through, so either spelling works on either
     transport's public API.
     """
-    out: dict[str, Any] = {}
-    for key, value in policy.items():
-        if key in _RETRY_KEYS:
-            name, is_duration = _RETRY_KEYS[key]
-            if is_duration and value is not None:
-                if isinstance(value, str):
-                    try:
-                        value = parse_duration(value.strip())
-                    except ValueError as e:
-                        raise InvalidArgument(f"invalid retry_policy.{key}: {e}") from None
-                else:
-                    value = _duration_ms(value, f"retry_policy.{key}")
-            out[name] = value
-        else:
-            out[key] = value
-    return out
+    return wire.to_zap(policy, wire.RETRY_POLICY, _retry_interval_ms)
+
+
+def _retry_interval_ms(value: Any, field: wire.WireField) -> Any:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value.strip())
+        except ValueError as e:
+            raise InvalidArgument(f"invalid retry_policy.{field.camel}: {e}") from None
+    return _duration_ms(value, f"retry_policy.{field.camel}")
 
 
 def _signals(history: Any) -> list[dict[str, Any]]:
