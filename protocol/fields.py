@@ -129,7 +129,11 @@ def retry_policy(v: Any, rules: RetryRules, field: str | None = None) -> Json | 
     coeff = v.get(k("backoffCoefficient"), 2.0)
     if coeff is None and rules.null_coefficient:
         coeff = 2.0
-    if isinstance(coeff, bool) or not isinstance(coeff, int | float) or not _coefficient_ok(coeff, rules):
+    if (
+        isinstance(coeff, bool)
+        or not isinstance(coeff, int | float)
+        or not _coefficient_ok(coeff, rules)
+    ):
         raise rules.error(f"{name}.{k('backoffCoefficient')} must be a number >= 1")
     maximum = rules.interval(v, k("maximumInterval"))
     if maximum is None:

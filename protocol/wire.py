@@ -40,7 +40,9 @@ Convert = Callable[[Any, WireField], Any]
 """Converts a duration value of a field (not None) to the other side's form."""
 
 
-def to_zap(body: Mapping[str, Any], fields: Iterable[WireField], duration: Convert) -> dict[str, Any]:
+def to_zap(
+    body: Mapping[str, Any], fields: Iterable[WireField], duration: Convert
+) -> dict[str, Any]:
     """camelCase keys of ``fields`` -> snake_case; other keys (already snake_case,
     or unknown: the server judges them) pass through, as do None values."""
     by_camel = {f.camel: f for f in fields}
@@ -54,7 +56,9 @@ def to_zap(body: Mapping[str, Any], fields: Iterable[WireField], duration: Conve
     return out
 
 
-def to_http(body: Mapping[str, Any], fields: Iterable[WireField], duration: Convert) -> dict[str, Any]:
+def to_http(
+    body: Mapping[str, Any], fields: Iterable[WireField], duration: Convert
+) -> dict[str, Any]:
     """The snake_case ``fields`` of ``body`` in camelCase; a None value counts as absent."""
     out: dict[str, Any] = {}
     for f in fields:
