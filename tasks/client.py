@@ -83,12 +83,18 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _check_url(url: object) -> str | None:
-    if url is None:
+def _optional_text(value: object, what: str) -> str | None:
+    """None and "" mean "not given"; anything else must be a string."""
+    if value is None or value == "":
         return None
-    if not isinstance(url, str):
-        raise InvalidArgument(f"tasks_url must be a string, not {type(url).__name__}")
-    if url == "":
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _check_url(tasks_url: object) -> str | None:
+    url = _optional_text(tasks_url, "tasks_url")
+    if url is None:
         return None
     try:
         parts = urllib.parse.urlsplit(url)
@@ -102,12 +108,9 @@ def _check_url(url: object) -> str | None:
     return url.rstrip("/")
 
 
-def _check_zap(addr: object) -> str | None:
+def _check_zap(zap_addr: object) -> str | None:
+    addr = _optional_text(zap_addr, "zap_addr")
     if addr is None:
-        return None
-    if not isinstance(addr, str):
-        raise InvalidArgument(f"zap_addr must be a string, not {type(addr).__name__}")
-    if addr == "":
         return None
     try:
         split_host_port(addr)

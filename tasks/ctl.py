@@ -356,6 +356,13 @@ def _more_hint(ctx: Ctx, body: Any) -> None:
 # ---------------------------------------------------------------- subcommands
 
 
+def _call_and_emit(ctx: Ctx, method: str, path: str, **kw: Any) -> int:
+    """One API call whose answer is printed as it is: most subcommands."""
+    _, body = ctx.api.call(method, path, **kw)
+    ctx.emit(body)
+    return 0
+
+
 def cmd_cluster_status(ctx: Ctx) -> int:
     _, body = ctx.api.call("GET", "/v1/tasks/cluster")
 
@@ -432,21 +439,15 @@ def cmd_ns_create(ctx: Ctx) -> int:
     payload: dict[str, Any] = {"namespaceInfo": info}
     if a.retention is not None:
         payload["config"] = {"workflowExecutionRetentionTtl": a.retention}
-    _, body = ctx.api.call("POST", "/v1/tasks/namespaces", body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", "/v1/tasks/namespaces", body=payload)
 
 
 def cmd_ns_describe(ctx: Ctx) -> int:
-    _, body = ctx.api.call("GET", _ns_path(ctx.args.name))
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "GET", _ns_path(ctx.args.name))
 
 
 def cmd_ns_delete(ctx: Ctx) -> int:
-    _, body = ctx.api.call("DELETE", _ns_path(ctx.args.name))
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "DELETE", _ns_path(ctx.args.name))
 
 
 def _wf(ctx: Ctx, wid: str, suffix: str = "") -> str:
@@ -462,16 +463,12 @@ def cmd_wf_start(ctx: Ctx) -> int:
         payload["input"] = _json_arg(a.input, "--input")
     if a.request_id is not None:
         payload["requestId"] = a.request_id
-    _, body = ctx.api.call("POST", f"{ctx.ns}/workflows", body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", f"{ctx.ns}/workflows", body=payload)
 
 
 def cmd_wf_describe(ctx: Ctx) -> int:
     a = ctx.args
-    _, body = ctx.api.call("GET", _wf(ctx, a.id), query={"runId": a.run})
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "GET", _wf(ctx, a.id), query={"runId": a.run})
 
 
 def cmd_wf_list(ctx: Ctx) -> int:
@@ -506,25 +503,22 @@ def cmd_wf_signal(ctx: Ctx) -> int:
         payload["payload"] = _json_arg(a.input, "--input")
     if a.request_id is not None:
         payload["requestId"] = a.request_id
-    _, body = ctx.api.call("POST", _wf(ctx, a.id, "/signal"), query={"runId": a.run}, body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", _wf(ctx, a.id, "/signal"), query={"runId": a.run}, body=payload)
+
+
+def _wf_end(ctx: Ctx, action: str) -> int:
+    """``wf cancel`` / ``wf terminate``: the same request to two routes."""
+    a = ctx.args
+    payload = {"reason": a.reason} if a.reason is not None else {}
+    return _call_and_emit(ctx, "POST", _wf(ctx, a.id, action), query={"runId": a.run}, body=payload)
 
 
 def cmd_wf_cancel(ctx: Ctx) -> int:
-    a = ctx.args
-    payload = {"reason": a.reason} if a.reason is not None else {}
-    _, body = ctx.api.call("POST", _wf(ctx, a.id, "/cancel"), query={"runId": a.run}, body=payload)
-    ctx.emit(body)
-    return 0
+    return _wf_end(ctx, "/cancel")
 
 
 def cmd_wf_terminate(ctx: Ctx) -> int:
-    a = ctx.args
-    payload = {"reason": a.reason} if a.reason is not None else {}
-    _, body = ctx.api.call("POST", _wf(ctx, a.id, "/terminate"), query={"runId": a.run}, body=payload)
-    ctx.emit(body)
-    return 0
+    return _wf_end(ctx, "/terminate")
 
 
 def cmd_wf_history(ctx: Ctx) -> int:
@@ -570,9 +564,7 @@ def cmd_wf_reset(ctx: Ctx) -> int:
     for key, value in (("runId", a.run), ("reason", a.reason), ("requestId", a.request_id)):
         if value is not None:
             payload[key] = value
-    _, body = ctx.api.call("POST", _wf(ctx, a.id, "/reset"), body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", _wf(ctx, a.id, "/reset"), body=payload)
 
 
 def _sched(ctx: Ctx, sid: str, suffix: str = "") -> str:
@@ -608,9 +600,7 @@ def cmd_schedule_create(ctx: Ctx) -> int:
     if a.note is not None:
         payload["state"]["note"] = a.note
     query = {"upsert": True} if a.upsert else None
-    _, body = ctx.api.call("POST", f"{ctx.ns}/schedules", query=query, body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", f"{ctx.ns}/schedules", query=query, body=payload)
 
 
 def _schedule_spec_text(s: Any) -> str:
@@ -645,25 +635,21 @@ def cmd_schedule_list(ctx: Ctx) -> int:
 
 
 def cmd_schedule_describe(ctx: Ctx) -> int:
-    _, body = ctx.api.call("GET", _sched(ctx, ctx.args.id))
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "GET", _sched(ctx, ctx.args.id))
+
+
+def _schedule_toggle(ctx: Ctx, action: str) -> int:
+    a = ctx.args
+    payload = {"note": a.note} if a.note is not None else {}
+    return _call_and_emit(ctx, "POST", _sched(ctx, a.id, action), body=payload)
 
 
 def cmd_schedule_pause(ctx: Ctx) -> int:
-    a = ctx.args
-    payload = {"note": a.note} if a.note is not None else {}
-    _, body = ctx.api.call("POST", _sched(ctx, a.id, "/pause"), body=payload)
-    ctx.emit(body)
-    return 0
+    return _schedule_toggle(ctx, "/pause")
 
 
 def cmd_schedule_unpause(ctx: Ctx) -> int:
-    a = ctx.args
-    payload = {"note": a.note} if a.note is not None else {}
-    _, body = ctx.api.call("POST", _sched(ctx, a.id, "/unpause"), body=payload)
-    ctx.emit(body)
-    return 0
+    return _schedule_toggle(ctx, "/unpause")
 
 
 def cmd_schedule_trigger(ctx: Ctx) -> int:
@@ -673,15 +659,11 @@ def cmd_schedule_trigger(ctx: Ctx) -> int:
         payload["overlapPolicy"] = a.overlap
     if a.request_id is not None:
         payload["requestId"] = a.request_id
-    _, body = ctx.api.call("POST", _sched(ctx, a.id, "/trigger"), body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", _sched(ctx, a.id, "/trigger"), body=payload)
 
 
 def cmd_schedule_delete(ctx: Ctx) -> int:
-    _, body = ctx.api.call("DELETE", _sched(ctx, ctx.args.id))
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "DELETE", _sched(ctx, ctx.args.id))
 
 
 def cmd_schedule_times(ctx: Ctx) -> int:
@@ -783,9 +765,7 @@ def cmd_migrations_list(ctx: Ctx) -> int:
 
 
 def cmd_migrations_describe(ctx: Ctx) -> int:
-    _, body = ctx.api.call("GET", f"/v1/tasks/migrations/{_seg(ctx.args.id)}")
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "GET", f"/v1/tasks/migrations/{_seg(ctx.args.id)}")
 
 
 # ------------------------------------------------------------------- parser
