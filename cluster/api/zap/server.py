@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hanzo_tasks.cluster.auth import DEV_CALLER, Caller, role_allows
-from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol import names, wire
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.durations import format_duration
 from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.fields import FieldReader
 from hanzo_tasks.protocol.schedule_spec import SpecError, classify
 from hanzo_tasks.replication import NotReplica
 
@@ -44,7 +45,6 @@ LINGER_TIMEOUT = 2.0
 """Before closing after a final error response, input is discarded this long, so
 that the kernel does not reset the connection (and drop that response) because
 unread bytes were pending."""
-WORKERS_LATER = "workers arrive in a later build"
 
 
 # ---------------------------------------------------------------------------
@@ -55,57 +55,22 @@ def _bad(message: str) -> ApiError:
     return ApiError("invalid_argument", message)
 
 
-def _str(body: Json, name: str, *, required: bool = False) -> str | None:
-    v = body.get(name)
-    if v is None:
-        if required:
-            raise _bad(f"{name} is required")
-        return None
-    if not isinstance(v, str):
-        raise _bad(f"{name} must be a string")
-    if required and not v:
-        raise _bad(f"{name} is required")
-    return v
+_FIELDS = FieldReader(_bad)
+_str = _FIELDS.text
+_int = _FIELDS.integer
+_bool = _FIELDS.boolean
+_map = _FIELDS.mapping_of
 
 
-def _int(body: Json, name: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _bad(f"{name} must be an integer")
-    if lo is not None and v < lo:
-        raise _bad(f"{name} must be at least {lo}")
-    if hi is not None and v > hi:
-        raise _bad(f"{name} must be at most {hi}")
-    return v
-
-
-def _bool(body: Json, name: str) -> bool | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if not isinstance(v, bool):
-        raise _bad(f"{name} must be a boolean")
-    return v
-
-
-def _map(body: Json, name: str) -> Json | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        raise _bad(f"{name} must be a map")
-    return v
-
-
-def _ms(body: Json, name: str, prefix: str = "") -> str | None:
+def _ms(body: Json, name: str) -> str | None:
     """A ``*_ms`` integer as the service's duration string (the service checks ranges)."""
     v = body.get(name)
-    if v is None:
-        return None
+    return None if v is None else _duration_text(v, name)
+
+
+def _duration_text(v: Any, what: str) -> str:
     if not isinstance(v, int) or isinstance(v, bool):
-        raise _bad(f"{prefix}{name} must be an integer of milliseconds")
+        raise _bad(f"{what} must be an integer of milliseconds")
     return format_duration(v)
 
 
@@ -133,19 +98,7 @@ def _retry_policy(v: Any) -> Json | None:
         return None
     if not isinstance(v, dict):
         raise _bad("retry_policy must be a map")
-    out: Json = {}
-    for zap_name, camel in (("initial_interval_ms", "initialInterval"), ("maximum_interval_ms", "maximumInterval")):
-        d = _ms(v, zap_name, "retry_policy.")
-        if d is not None:
-            out[camel] = d
-    for zap_name, camel in (
-        ("backoff_coefficient", "backoffCoefficient"),
-        ("maximum_attempts", "maximumAttempts"),
-        ("non_retryable_error_types", "nonRetryableErrorTypes"),
-    ):
-        if v.get(zap_name) is not None:
-            out[camel] = v[zap_name]
-    return out
+    return wire.to_http(v, wire.RETRY_POLICY, lambda ms, f: _duration_text(ms, f"retry_policy.{f.snake}"))
 
 
 def _start_body(b: Json) -> Json:
@@ -465,10 +418,6 @@ async def op_list_namespaces(c: Call) -> Json:
     return {"namespaces": res["namespaces"], "next_page_token": res["nextPageToken"]}
 
 
-async def op_workers_later(c: Call) -> Json:
-    raise ApiError("not_implemented", WORKERS_LATER)
-
-
 def _dispatcher(c: Call) -> Any:
     d = getattr(c.node, "dispatcher", None)
     if d is None:
@@ -553,7 +502,6 @@ ROUTES: dict[int, Route] = {
     Z.Op.DescribeNamespace: Route(op_describe_namespace, "viewer", read=True, barrier_ns=_ns_name),
     Z.Op.ListNamespaces: Route(op_list_namespaces, "viewer"),
     Z.Op.Health: Route(op_health, "viewer"),
-    **{op: Route(op_workers_later, "developer") for op in Z.WORKER_OPCODES},
     Z.Op.SubscribeWorkflowTasks: Route(op_subscribe_workflow_tasks, "developer"),
     Z.Op.Unsubscribe: Route(op_unsubscribe, "developer"),
     Z.Op.SubscribeActivityTasks: Route(op_subscribe_activity_tasks, "developer"),
