@@ -7,7 +7,7 @@ One grammar here, standard library only, so that ``tasksctl`` and the client may
 use it without loading anything else.
 
 The grammar: ``host:port`` or ``[ipv6]:port``; a bare IPv6 address is refused
-(``::1:80`` is ambiguous), and so is a host holding white space, ``/``, ``@`` or
+(``::1:80`` is ambiguous; ``[fe80::1%eth0]:80`` carries a zone), and so is a host holding white space, ``/``, ``@`` or
 brackets (a URL given where an address was wanted). The port is 0-65535: the
 caller that cannot use 0 (a client must connect somewhere) says so itself.
 """
@@ -18,7 +18,7 @@ import re
 
 __all__ = ["WILDCARD_HOSTS", "join_host_port", "split_host_port"]
 
-_ADDR = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([^\s:/\[\]@]*)):([0-9]{1,5})")
+_ADDR = re.compile(r"(?:\[([0-9A-Fa-f:.]+(?:%[\w.-]+)?)\]|([^\s:/\[\]@]*)):([0-9]{1,5})")
 
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "*"})
 """Hosts that mean "every interface": where a server listens, not how to reach it."""

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hanzo_tasks.protocol import hostport
 from hanzo_tasks.protocol.durations import parse_duration
 
 ENV_PREFIX = "TASKSD_"
@@ -246,35 +247,22 @@ class Choice(Kind):
 def split_host_port(addr: str) -> tuple[str, int]:
     """Split ``host:port`` / ``[v6]:port``; the host comes back without brackets.
 
-    Raises ValueError for anything else, including an empty host or a bare IPv6
-    address (``::1:80`` is ambiguous, so brackets are required).
+    The grammar is the one of :mod:`hanzo_tasks.protocol.hostport`; this adds the
+    hints a person editing a config file needs. Raises ValueError for anything
+    else, including an empty host or a bare IPv6 address (``::1:80`` is ambiguous).
     """
     text = addr.strip()
-    if text.startswith("["):
-        close = text.find("]")
-        if close < 0 or text[close + 1 : close + 2] != ":":
-            raise ValueError("expected [ipv6]:port")
-        host, port_text = text[1:close], text[close + 2 :]
-        if not host:
-            raise ValueError("empty host")
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ValueError("expected host:port")
-        if ":" in host:
-            raise ValueError("an IPv6 host must be written in brackets: [::1]:7243")
-    if not host:
-        raise ValueError("empty host (write 0.0.0.0:PORT for all interfaces)")
-    if any(c.isspace() for c in host):
-        raise ValueError("the host contains whitespace")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be 0-65535, got {port_text!r}")
-    return host, int(port_text)
+    try:
+        return hostport.split_host_port(text)
+    except ValueError:
+        if not text.startswith("[") and text.count(":") > 1:
+            raise ValueError("an IPv6 host must be written in brackets: [::1]:7243") from None
+        if text.startswith(":"):
+            raise ValueError("empty host (write 0.0.0.0:PORT for all interfaces)") from None
+        raise
 
 
-def join_host_port(host: str, port: int) -> str:
-    """The inverse of :func:`split_host_port` (brackets IPv6 hosts)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+join_host_port = hostport.join_host_port
 
 
 class Addr(Kind):
