@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from hanzo_tasks.shard import commands as C
-from hanzo_tasks.shard.ctx import Ctx, Reject, Result, failure_record, require_namespace
+from hanzo_tasks.shard.ctx import OPEN, Ctx, Reject, Result, failure_record, require_namespace
 
 # ---------------------------------------------------------------------------
 # standalone activities (SPEC §4.8, §5.7)
@@ -28,7 +28,7 @@ DEFAULT_ACTIVITY_RETRY: dict[str, Any] = {
 
 
 def _act_event(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[str, Any]) -> int:
-    eid = act["historyLength"] + 1
+    eid: int = act["historyLength"] + 1
     act["historyLength"] = eid
     ctx.put(ctx.k.activity_event(act["runId"], eid),
             {"eventId": eid, "eventTime": ctx.now, "eventType": etype, "attributes": attrs})
@@ -109,7 +109,7 @@ def _close_in_workflow(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[st
 
     link = act["workflow"]
     run = ctx.get(ctx.k.run(link["workflowId"], link["runId"]))
-    if run is None or run["status"] not in machine.OPEN or run["attempt"] != link.get("attempt", run["attempt"]):
+    if run is None or run["status"] not in OPEN or run["attempt"] != link.get("attempt", run["attempt"]):
         return  # the run closed, or the attempt that scheduled it failed: its activities were dropped
     seid = link["scheduledEventId"]
     wf_commands.untrack_activity(run, seid)
@@ -165,7 +165,7 @@ def _act_attempt_failed(ctx: Ctx, act: dict[str, Any], failure: dict[str, Any], 
 
 def _load_activity(ctx: Ctx, *, open_only: bool = True) -> dict[str, Any]:
     cmd = ctx.cmd
-    act = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
+    act: dict[str, Any] | None = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
     if act is None:
         raise Reject("not_found", f"activity {cmd['activityId']} run {cmd['runId']} not found")
     if open_only and act["status"] not in ACT_OPEN:
@@ -176,7 +176,7 @@ def _load_activity(ctx: Ctx, *, open_only: bool = True) -> dict[str, Any]:
 def _current_attempt(ctx: Ctx) -> dict[str, Any]:
     """The activity whose started attempt a worker's token names (else 404: stale token)."""
     cmd = ctx.cmd
-    act = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
+    act: dict[str, Any] | None = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
     if (act is None or act["status"] != "STARTED" or act["attempt"] != cmd["attempt"]
             or act.get("nonce") != cmd["nonce"]):
         raise Reject("not_found", "activity task not current")
@@ -275,7 +275,7 @@ def op_act_schedule(ctx: Ctx) -> Result:
 def op_act_lease(ctx: Ctx) -> Result:
     """A subscription takes the pending attempt: STARTED is recorded before the push is sent."""
     cmd = ctx.cmd
-    act = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
+    act: dict[str, Any] | None = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
     if (act is None or act["status"] != "SCHEDULED" or act["attempt"] != cmd["attempt"]
             or (act.get("visibleAt") or 0) > ctx.now):
         raise Reject("not_found", "activity task not pending")

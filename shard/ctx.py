@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import lmdb
 import msgpack
 from hanzo_tasks.shard import commands as C
 from hanzo_tasks.shard.keys import ShardKeys
+from hanzo_tasks.shard.txn import Txn
 
 Result = dict[str, Any]
 
@@ -22,7 +22,8 @@ OPEN = ("RUNNING", "CANCELING")
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> Any:
@@ -52,7 +53,7 @@ class Ctx:
     the same schedule) always see one copy of each record.
     """
 
-    def __init__(self, txn: lmdb.Transaction, cmd: dict[str, Any], index: int) -> None:
+    def __init__(self, txn: Txn, cmd: dict[str, Any], index: int) -> None:
         self.txn = txn
         self.cmd = cmd
         self.index = index
@@ -114,7 +115,7 @@ class Ctx:
 
 
 def require_namespace(ctx: Ctx, *, for_write: bool) -> dict[str, Any]:
-    rec = ctx.get(ctx.k.namespace())
+    rec: dict[str, Any] | None = ctx.get(ctx.k.namespace())
     if rec is None:
         raise Reject("not_found", f"namespace {ctx.ns} not found")
     if for_write and rec["state"] == "DELETED":

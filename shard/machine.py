@@ -45,6 +45,7 @@ from hanzo_tasks.shard.ctx import (
     require_namespace,
 )
 from hanzo_tasks.shard.store import PartitionStore, ResizeBusy, StorageFull
+from hanzo_tasks.shard.txn import Txn
 
 log = logging.getLogger("tasks.shard")
 
@@ -156,7 +157,7 @@ def op_sa_remove(ctx: Ctx) -> Result:
 
 
 def add_event(ctx: Ctx, run: dict[str, Any], etype: str, attrs: dict[str, Any]) -> int:
-    eid = run["historyLength"] + 1
+    eid: int = run["historyLength"] + 1
     run["historyLength"] = eid
     ctx.put(
         ctx.k.event(run["runId"], eid),
@@ -216,7 +217,7 @@ def load_run(ctx: Ctx, wid: str, rid: str | None) -> dict[str, Any]:
         rid = ctx.get(ctx.k.latest(wid))
         if rid is None:
             raise Reject("not_found", f"workflow {wid} not found")
-    run = ctx.get(ctx.k.run(wid, rid))
+    run: dict[str, Any] | None = ctx.get(ctx.k.run(wid, rid))
     if run is None:
         raise Reject("not_found", f"workflow {wid} run {rid} not found")
     return run
@@ -407,9 +408,7 @@ def _dedup_request(ctx: Ctx, request_id: str | None, wid: str | None) -> dict[st
             "invalid_argument",
             f"requestId {request_id} was already used for workflow {seen[0]}",
         )
-    run = ctx.get(ctx.k.run(seen[0], seen[1]))
-    if run is None:
-        return None
+    run: dict[str, Any] | None = ctx.get(ctx.k.run(seen[0], seen[1]))
     return run
 
 
@@ -535,9 +534,9 @@ def op_wf_reset(ctx: Ctx) -> Result:
                 raise Reject(
                     "invalid_argument", f"requestId {req} was already used for workflow {seen[0]}"
                 )
-            run = ctx.get(ctx.k.run(seen[0], seen[1]))
-            if run is not None:
-                return C.ok(run=run, started=False)
+            prior: dict[str, Any] | None = ctx.get(ctx.k.run(seen[0], seen[1]))
+            if prior is not None:
+                return C.ok(run=prior, started=False)
     src = load_run(ctx, cmd["workflowId"], cmd.get("runId"))
     event_id = cmd["eventId"]
     if not 1 <= event_id <= src["historyLength"]:
@@ -604,7 +603,7 @@ def op_wf_reset(ctx: Ctx) -> Result:
 
 
 def _load_schedule(ctx: Ctx, sid: str) -> dict[str, Any]:
-    s = ctx.get(ctx.k.schedule(sid))
+    s: dict[str, Any] | None = ctx.get(ctx.k.schedule(sid))
     if s is None:
         raise Reject("not_found", f"schedule {sid} not found")
     return s
@@ -884,7 +883,7 @@ def op_sys_barrier(ctx: Ctx) -> Result:
 def current_task(ctx: Ctx, state: str) -> dict[str, Any]:
     """The run whose task the command names, if that task is still the current one."""
     cmd = ctx.cmd
-    run = ctx.get(ctx.k.run(cmd["workflowId"], cmd["runId"]))
+    run: dict[str, Any] | None = ctx.get(ctx.k.run(cmd["workflowId"], cmd["runId"]))
     wt = run.get("wt") if run else None
     if (
         run is None
@@ -919,7 +918,8 @@ def op_wt_start(ctx: Ctx) -> Result:
 
 
 def _retry_delay(task_attempt: int) -> int:
-    return min(1000 * 2 ** (task_attempt - 1), 60_000)
+    backoff: int = 1000 * 2 ** (task_attempt - 1)
+    return min(backoff, 60_000)
 
 
 def _task_failed(ctx: Ctx, run: dict[str, Any], cause: str, failure: Any, identity: str) -> None:
@@ -1166,7 +1166,7 @@ class StateMachine:
             self.applied_ops[op] = self.applied_ops.get(op, 0) + 1
         return results
 
-    def _apply_one(self, txn: lmdb.Transaction, index: int, data: bytes) -> tuple[Result, str]:
+    def _apply_one(self, txn: Txn, index: int, data: bytes) -> tuple[Result, str]:
         try:
             cmd = C.decode(data)
         except C.CommandError as e:
@@ -1177,7 +1177,7 @@ class StateMachine:
         return self._apply_cmd(txn, index, cmd, data, replay=False), op
 
     def _apply_cmd(
-        self, txn: lmdb.Transaction, index: int, cmd: dict[str, Any], data: bytes, *, replay: bool
+        self, txn: Txn, index: int, cmd: dict[str, Any], data: bytes, *, replay: bool
     ) -> Result:
         """One command in a nested txn: all of it or nothing.
 
@@ -1209,7 +1209,7 @@ class StateMachine:
             result["_events"] = ctx.events
         return result
 
-    def _apply_tail(self, txn: lmdb.Transaction, index: int, cmd: dict[str, Any]) -> Result:
+    def _apply_tail(self, txn: Txn, index: int, cmd: dict[str, Any]) -> Result:
         """``mig.tail``: re-apply the source's commands, numbered, in order, each at most once."""
         child = self.store.env.begin(write=True, parent=txn)
         ctx = Ctx(child, cmd, index)

@@ -91,7 +91,8 @@ def _deployment(ctx: Ctx) -> tuple[str, Record]:
 
 
 def _version(rec: Record, build_id: str) -> Record:
-    for v in rec["versions"]:
+    versions: list[Record] = rec["versions"]
+    for v in versions:
         if v["buildId"] == build_id:
             return v
     raise Reject("not_found", f"build {build_id} not found in deployment {rec['name']}")
