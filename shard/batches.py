@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from hanzo_tasks.shard import commands as C
-from hanzo_tasks.shard.ctx import OPEN, Ctx, Reject, Result, require_namespace, unpack
+from hanzo_tasks.shard.ctx import OPEN, Ctx, Handler, Reject, Result, require_namespace, unpack
 from hanzo_tasks.shard.keys import ShardKeys, run_suffix
 from hanzo_tasks.shard.txn import ReadTxn
 from hanzo_tasks.shard.visibility import QueryError, compile_query, run_view
@@ -140,7 +140,7 @@ def op_batch_terminate(ctx: Ctx) -> Result:
     return C.ok(batch=rec)
 
 
-HANDLERS = {"batch.start": op_batch_start, "batch.progress": op_batch_progress,
+HANDLERS: dict[str, Handler] = {"batch.start": op_batch_start, "batch.progress": op_batch_progress,
             "batch.terminate": op_batch_terminate}
 
 

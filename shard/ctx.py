@@ -9,14 +9,18 @@ a result. Nothing here reads a clock or draws randomness.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
+from hanzo_tasks.protocol.timefmt import format_time_seconds
 from hanzo_tasks.shard import commands as C
 from hanzo_tasks.shard.keys import ShardKeys
 from hanzo_tasks.shard.txn import Txn
 
 Result = dict[str, Any]
+#: A command handler: applies ``ctx.cmd`` through ``ctx``, or raises ``Reject``.
+Handler = Callable[["Ctx"], Result]
 
 OPEN = ("RUNNING", "CANCELING")
 
@@ -32,8 +36,6 @@ def unpack(data: bytes) -> Any:
 
 def format_seconds(ms: int) -> str:
     """RFC 3339 UTC, whole seconds: the nominal-time part of fired workflow ids."""
-    from hanzo_tasks.protocol.timefmt import format_time_seconds
-
     return format_time_seconds(ms)
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from hanzo_tasks.shard import commands as C
 from hanzo_tasks.shard import keys
-from hanzo_tasks.shard.ctx import Ctx, Reject, Result, pack, unpack
+from hanzo_tasks.shard.ctx import Ctx, Handler, Reject, Result, pack, unpack
 from hanzo_tasks.shard.txn import ReadTxn, Txn
 
 STATE = b"\x01mstate"
@@ -318,7 +318,7 @@ def save_tail_seq(txn: Txn, org: str, ns: str, st: dict[str, Any]) -> None:
     _write_state(txn, org, ns, st)
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "mig.begin": op_begin,
     "mig.fence": op_fence,
     "mig.unfence": op_unfence,
