@@ -42,12 +42,12 @@ cluster: $(STAMP)
 	$(VENV)/bin/tasksd dev-cluster --nodes 3 --dir ./tasks-dev
 
 # mypy over the packages of pyproject's [tool.mypy] (strict: shard, routing, protocol);
-# tools/typecheck.py lays out .typecheck/hanzo_tasks as symlinks because mypy cannot
+# tests/typecheck.py lays out .typecheck/hanzo_tasks as symlinks because mypy cannot
 # see setuptools' package-dir. TODO: check tasks/, cluster/, migration/ (non-strict)
-# and replication/ (strict) too once they pass: `$(PY) tools/typecheck.py -p hanzo_tasks`.
+# and replication/ (strict) too once they pass: `$(PY) tests/typecheck.py -p hanzo_tasks`.
 .PHONY: typecheck
 typecheck: $(STAMP)
-	$(PY) tools/typecheck.py
+	$(PY) tests/typecheck.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

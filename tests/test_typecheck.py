@@ -1,4 +1,4 @@
-"""The mypy set-up of ``make typecheck`` (tools/typecheck.py, pyproject ``[tool.mypy]``)."""
+"""The mypy set-up of ``make typecheck`` (tests/typecheck.py, pyproject ``[tool.mypy]``)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_strict_override_spells_out_every_flag_of_mypy_strict() -> None:
 
 
 def test_typecheck_tree_mirrors_package_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("typecheck", ROOT / "tools" / "typecheck.py")
+    spec = importlib.util.spec_from_file_location("typecheck", ROOT / "tests" / "typecheck.py")
     assert spec is not None and spec.loader is not None
     typecheck = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(typecheck)
