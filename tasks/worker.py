@@ -354,7 +354,7 @@ class Worker(WorkflowTasks, ActivityTasks):
             self._state = "stopped"
             waiters, self._done_waiters = self._done_waiters, []
         for loop, fut in waiters:
-            loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(None))
+            loop.call_soon_threadsafe(_resolve, fut)
 
     # -- pushes (on the ZAP loop) ------------------------------------------------
 
@@ -444,3 +444,9 @@ class Worker(WorkflowTasks, ActivityTasks):
         coro = self._run_workflow(run) if kind == "workflow" else self._run_activity(run)
         run.task = self._spawn(coro)
         return Z.push_ack_body(200)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    """Wake one ``wait_stopped`` caller on its own loop (once)."""
+    if not fut.done():
+        fut.set_result(None)

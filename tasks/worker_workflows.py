@@ -277,17 +277,17 @@ class WorkflowTasks(WorkerTransport):
             if not isinstance(retry_policy, dict):
                 raise InvalidArgument("retry_policy must be a dict")
             body["retry_policy"] = zap_retry_policy(retry_policy)
-        key = (run.ctx.run_id, aid)
+        waiter_key = (run.ctx.run_id, aid)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._activity_waiters[key] = fut  # before sending: the result may overtake the answer
+        self._activity_waiters[waiter_key] = fut  # before sending: the result may overtake the answer
         run.waiters.add(fut)
         try:
             await self._conn.acall(Z.Op.ScheduleActivity, body, REQUEST_TIMEOUT_S)
             result = await fut
         finally:
             run.waiters.discard(fut)
-            if self._activity_waiters.get(key) is fut:
-                del self._activity_waiters[key]
+            if self._activity_waiters.get(waiter_key) is fut:
+                del self._activity_waiters[waiter_key]
         failure = result.get("failure")
         if result.get("canceled"):
             raise ActivityError(

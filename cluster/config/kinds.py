@@ -339,10 +339,10 @@ class Peers(Kind):
         if isinstance(item, Peer):
             fields: dict[str, Any] = dataclasses.asdict(item)
         elif isinstance(item, str):
-            pid, sep, addr = item.partition("=")
+            text_id, sep, addr = item.partition("=")
             if not sep:
                 raise ValueError(f"{where}: expected id=host:port, got {item!r}")
-            fields = {"id": pid, "peer": addr}
+            fields = {"id": text_id, "peer": addr}
         elif isinstance(item, Mapping):
             fields = dict(item)
             for name in fields:
@@ -350,8 +350,8 @@ class Peers(Kind):
                     raise ValueError(f"{where}: unknown field {name!r} (expected id, peer, http, zap)")
         else:
             raise ValueError(f"{where}: expected a map {{id, peer, http?, zap?}} or id=host:port")
-        pid = fields.get("id")
-        pid = str(pid).strip() if isinstance(pid, str | int) and not isinstance(pid, bool) else None
+        raw_id = fields.get("id")
+        pid = str(raw_id).strip() if isinstance(raw_id, str | int) and not isinstance(raw_id, bool) else None
         if not pid or not NODE_ID_RE.fullmatch(pid):
             raise ValueError(f"{where}: invalid node id {fields.get('id')!r}")
         addrs: dict[str, str | None] = {}

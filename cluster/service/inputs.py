@@ -84,6 +84,7 @@ def name_obj(body: Json, field: str, *, required: bool) -> str | None:
         if required:
             raise bad(f"{field}.name is required")
         return None
+    name: Any
     if isinstance(v, str):
         name = v
     elif isinstance(v, dict):

@@ -143,9 +143,9 @@ def _one(c: Any, check_search: SearchCheck) -> Json:
     if t == "ContinueAsNew":
         out = {"type": t}
         for f in ("workflow_type", "task_queue"):
-            v = _id(c, f, required=False)
-            if v is not None:
-                out[f] = v
+            ident = _id(c, f, required=False)
+            if ident is not None:
+                out[f] = ident
         if "input" in c:
             out["input"] = c.get("input")
         run_timeout = _ms(c, "workflow_run_timeout_ms")
