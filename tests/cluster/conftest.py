@@ -1,11 +1,19 @@
-"""Fixtures shared by the cluster tests."""
+"""Fixtures shared by the cluster tests.
+
+Rule-level suites (one node, the API's rules) run on ``hanzo_tasks.testing``:
+the real server in this process, with a fake clock they advance instead of
+sleeping. Durability, SIGKILL, Raft, relay and migration tests keep real
+``tasksd`` processes (``zap_node``, ``node_factory``, ``raft_support``).
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hanzo_tasks.testing import FakeClock, TestNode
 
 from tests.support import NodeProcess
 
@@ -19,3 +27,30 @@ def zap_node(tmp_path: Path):
     host, port = m.group(1).rsplit(":", 1)
     yield node, (host, int(port))
     node.kill()
+
+
+def start_test_node(data_dir: Path, args: list[str] | None = None) -> TestNode:
+    """An in-process node shaped like ``NodeProcess``: node id ``t1``, ZAP on a free port.
+
+    Its clock ticks with real time (the suites were written against a real
+    clock: back-offs, throttles, "now" in timestamps) and jumps when a test
+    advances it, instead of sleeping until a timer is due.
+    """
+    return TestNode(data_dir, clock=FakeClock(ticking=True), node_id="t1", args=args or []).start()
+
+
+@pytest.fixture
+def inproc_node(tmp_path: Path) -> Iterator[TestNode]:
+    """One fresh in-process node (see ``start_test_node``)."""
+    node = start_test_node(tmp_path / "n1")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def inproc_zap_node(inproc_node: TestNode) -> tuple[TestNode, tuple[str, int]]:
+    """``zap_node``'s shape, in process: (node, (host, port)); the node has ``clock``."""
+    assert inproc_node.zap_address is not None
+    return inproc_node, inproc_node.zap_address
