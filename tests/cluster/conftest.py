@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hanzo_tasks.testing import FakeClock, TestNode
+from hanzo_tasks.testing import TestNode
 
+from tests.cluster.inproc import start_test_node
 from tests.support import NodeProcess
 
 
@@ -27,16 +28,6 @@ def zap_node(tmp_path: Path):
     host, port = m.group(1).rsplit(":", 1)
     yield node, (host, int(port))
     node.kill()
-
-
-def start_test_node(data_dir: Path, args: list[str] | None = None) -> TestNode:
-    """An in-process node shaped like ``NodeProcess``: node id ``t1``, ZAP on a free port.
-
-    Its clock ticks with real time (the suites were written against a real
-    clock: back-offs, throttles, "now" in timestamps) and jumps when a test
-    advances it, instead of sleeping until a timer is due.
-    """
-    return TestNode(data_dir, clock=FakeClock(ticking=True), node_id="t1", args=args or []).start()
 
 
 @pytest.fixture
