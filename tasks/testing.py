@@ -79,7 +79,9 @@ class FakeClock:
     """
 
     def __init__(self, start_ms: int | None = None, *, ticking: bool = False) -> None:
-        self._start_ms = int(time.time() * 1000) if start_ms is None else int(start_ms)
+        # Seconds as a float: a ticking clock then reads what time.time() reads, to the
+        # millisecond (tests compare the node's timestamps with the real clock).
+        self._start_s = time.time() if start_ms is None else start_ms / 1000.0
         self._ticking = ticking
         self._began = time.monotonic()
         self._offset_ms = 0
@@ -92,10 +94,9 @@ class FakeClock:
 
     def __call__(self) -> int:
         with self._lock:
-            now = self._start_ms + self._offset_ms
-        if self._ticking:
-            now += int((time.monotonic() - self._began) * 1000)
-        return now
+            offset = self._offset_ms
+        now = self._start_s + (time.monotonic() - self._began if self._ticking else 0.0)
+        return int(now * 1000) + offset
 
     def time(self) -> float:
         """The clock in seconds since the epoch (what ``time.time()`` is to the real clock)."""
@@ -283,6 +284,13 @@ class TestNode:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await asyncio.to_thread(self.stop)
+
+    @property
+    def alive(self) -> bool:
+        """Running, its loop thread up, and not failed (what "the process has not exited" is to tasksd)."""
+        node, thread = self.node, self._thread
+        return (node is not None and thread is not None and thread.is_alive()
+                and node.failure is None and node.fatal is None)
 
     # ---- the clock -----------------------------------------------------------
 

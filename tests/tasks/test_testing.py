@@ -150,8 +150,8 @@ def test_async_with_and_raw_calls() -> None:
 def test_a_temporary_data_dir_is_removed_and_a_given_one_kept(tmp_path: Path) -> None:
     with TestNode() as node:
         temp = node.data_dir
-        assert temp is not None and temp.exists()
-    assert not temp.exists()
+        assert temp is not None and temp.exists() and node.alive
+    assert not temp.exists() and not node.alive
     with TestNode(tmp_path / "kept", args=["--limits-max-batch-size", "7"]) as node:
         assert node.node.cfg.limits.max_batch_size == 7
     assert (tmp_path / "kept").exists()
