@@ -54,9 +54,22 @@ def ok(result: tuple[int, Any]) -> Any:
 def start_runs(node: Node, ns: str, wtype: str, n: int) -> list[str]:
     ids = [f"{wtype}-{i:03d}" for i in range(n)]
     for wid in ids:
-        ok(node.post(f"{NSP}/{ns}/workflows", {"workflowId": wid, "workflowType": {"name": wtype},
-                                                "taskQueue": {"name": "nobody"}}))
+        body = {"workflowId": wid, "workflowType": {"name": wtype}, "taskQueue": {"name": "nobody"},
+                "requestId": f"start-{wid}"}
+        ok(post_retrying(node, f"{NSP}/{ns}/workflows", body))
     return ids
+
+
+def post_retrying(node: Node, path: str, body: dict[str, Any], attempts: int = 50) -> tuple[int, Any]:
+    """A write retried on 503 with the same body (and requestId), as a client does:
+    right after a cluster starts, a leader hand-over answers in-flight writes with
+    ``leader_changed``; the retry is safe because the requestId makes it idempotent."""
+    for _ in range(attempts):
+        status, out = node.post(path, body)
+        if status != 503:
+            return status, out
+        time.sleep(0.2)
+    return status, out
 
 
 def by_type(wtype: str) -> str:
