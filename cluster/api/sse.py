@@ -55,8 +55,8 @@ from aiohttp import web
 from hanzo_tasks.cluster.api.http import migrations as migrations_api
 from hanzo_tasks.cluster.service import render
 from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.channels import EVENTS  # SPEC §8.7 channel "events"
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.replication.raft.transport import EVENTS  # SPEC §8.7 channel "events"
 
 log = logging.getLogger("tasks.sse")
 

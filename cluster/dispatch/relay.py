@@ -35,10 +35,8 @@ from typing import Any
 
 import msgpack
 from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.channels import FORWARD  # SPEC §8.7 channel for forwarded requests
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.replication.raft.transport import (
-    FORWARD,  # SPEC §8.7 channel for forwarded requests
-)
 from hanzo_tasks.routing import NoOwner, rank
 
 log = logging.getLogger("tasks.relay")

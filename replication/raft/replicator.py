@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hanzo_tasks.protocol.channels import FORWARD, RAFT
 from hanzo_tasks.replication.base import Listener, NotLeader, NotReplica, Result
 from hanzo_tasks.replication.raft import codec, faults
 from hanzo_tasks.replication.raft.group import (
@@ -39,7 +40,7 @@ from hanzo_tasks.replication.raft.group import (
 )
 from hanzo_tasks.replication.raft.journal import DurableJournal, JournalError
 from hanzo_tasks.replication.raft.snapshots import LmdbSnapshotter
-from hanzo_tasks.replication.raft.transport import FORWARD, RAFT, PeerMux
+from hanzo_tasks.replication.raft.transport import PeerMux
 from hanzo_tasks.replication.rpc import PeerRpc, PeerUnavailable, RemoteError
 from hanzo_tasks.shard import STORAGE_FULL, PartitionStore, StateMachine
 from hanzo_tasks.shard.meta import MetaMachine, initial_meta_voters
