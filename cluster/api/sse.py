@@ -269,7 +269,7 @@ class SseHub:
 
     def attach(self, replicator: Any) -> None:
         """Receive the events of partitions this node does not hold (channel EVENTS)."""
-        if hasattr(replicator, "replicas") and hasattr(replicator, "on_channel"):
+        if replicator.clustered:
             replicator.on_channel(EVENTS, self._on_relayed)
 
     def _relay(self, group: int, kind: str, ev: Json, data: Any) -> None:
@@ -278,10 +278,9 @@ class SseHub:
         effort, like the stream itself: around a leader change an event can be
         missed there."""
         rep = self.node.replicator
-        replicas = getattr(rep, "replicas", None)
-        if replicas is None or getattr(rep, "kind", "local") != "raft" or not rep.is_leader(group):
+        if not rep.clustered or not rep.is_leader(group):
             return
-        holders = replicas(group)
+        holders = rep.replicas(group)
         members = self.node.membership.current.members  # in memory: this runs for every applied event
         if len(holders) >= len(members):
             return

@@ -153,10 +153,7 @@ class Relay:
 
     def _replicas(self, org: str, ns: str) -> list[str]:
         """The nodes holding the shard's partition: only they can dispatch its tasks."""
-        replicas = getattr(self.rep, "replicas", None)
-        if replicas is None:
-            return sorted(self.node.membership.current.members)
-        return list(replicas(self.node.service.partition(org, ns))) or [self.self_id]
+        return list(self.rep.replicas(self.node.service.partition(org, ns))) or [self.self_id]
 
     def owner(self, org: str, ns: str, tq: str) -> str:
         """The node that dispatches ``(org, ns, tq)``: the HRW winner among the alive

@@ -31,7 +31,7 @@ from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.protocol.schedule_spec import jitter_offset
 from hanzo_tasks.protocol.timefmt import parse_time
-from hanzo_tasks.replication import NotLeader, Replicator
+from hanzo_tasks.replication import NodeReplicator, NotLeader
 from hanzo_tasks.routing import partition_of
 from hanzo_tasks.shard import batches, encode, moving, reads
 from hanzo_tasks.shard.visibility import QueryError, compile_query, run_view
@@ -62,7 +62,7 @@ class Service(RecordsService):
     def __init__(
         self,
         cfg: Any,
-        replicator: Replicator,
+        replicator: NodeReplicator,
         *,
         node_id: str,
         clock: Callable[[], int] = wall_ms,
@@ -83,12 +83,9 @@ class Service(RecordsService):
         self.fence_wait = cfg.migration.fence_wait / 1000.0
         # (org, ns) -> {partition, epoch}: shards a migration moved off their HRW partition.
         self.pins: dict[tuple[str, str], Json] = {}
-        meta = getattr(replicator, "meta", None)
-        if meta is not None:
-            self.pins = meta.pins()
+        self.pins = replicator.meta.pins()  # a single node keeps none
         replicator.subscribe(self._on_apply)
-        rpc = getattr(replicator, "rpc", None)
-        self.forwarder: Forwarder | None = Forwarder(self, rpc) if rpc is not None else None
+        self.forwarder: Forwarder | None = Forwarder(self, replicator.rpc) if replicator.clustered else None
 
     # ---- plumbing ----------------------------------------------------------
 
@@ -101,8 +98,7 @@ class Service(RecordsService):
 
     def holds(self, org: str, ns: str) -> bool:
         """Whether this node holds a replica of the shard's partition (else requests are forwarded)."""
-        is_local = getattr(self.replicator, "is_local", None)
-        return is_local is None or is_local(self.partition(org, ns))
+        return self.replicator.is_local(self.partition(org, ns))
 
     async def forward(self, method: str, org: str, ns: str, args: list[Any], kwargs: Json) -> Any:
         """Run a ``@routed`` method on a replica of the shard (see cluster.forwarding)."""
@@ -204,7 +200,7 @@ class Service(RecordsService):
         stops receiving writes at the fence and is collected after the flip.
         When the pin moved, the read follows it.
         """
-        if getattr(self.replicator, "kind", "local") == "local":
+        if not self.replicator.clustered:
             return
         names.check_namespace(ns)
         for _ in range(READ_BARRIER_ROUNDS):
@@ -239,10 +235,9 @@ class Service(RecordsService):
 
     async def meta_barrier(self) -> None:
         """Apply every committed meta entry here (placement pins) before going on."""
-        meta_group = getattr(self.replicator, "meta_group", None)
-        if meta_group is None:
-            return
-        res = await self.replicator.propose(meta_group, msgpack.packb({"op": "sys.barrier"}, use_bin_type=True))
+        if not self.replicator.clustered:
+            return  # a single node keeps no cluster directory
+        res = await self.replicator.propose(self.replicator.meta_group, msgpack.packb({"op": "sys.barrier"}, use_bin_type=True))
         if not res.get("ok"):
             raise ApiError("unavailable", f"cluster directory unavailable: {res.get('message')}", retry_after=1)
 
@@ -361,9 +356,8 @@ class Service(RecordsService):
         await self.ensure_namespace(org, self.default_namespace)
         after = I.read_token(token, "namespaces", org)
         all_names: list[str] = []
-        is_local = getattr(self.replicator, "is_local", lambda p: True)
         for p in range(self.replicator.partitions):
-            if is_local(p):
+            if self.replicator.is_local(p):
                 with self.replicator.store(p).read() as txn:
                     all_names.extend(reads.namespace_names(txn, org))
             elif self.forwarder is not None:

@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from hanzo_tasks.protocol.channels import FORWARD, RAFT
-from hanzo_tasks.replication.base import Listener, NotLeader, NotReplica, Result
+from hanzo_tasks.replication.base import (
+    ChannelHandler,
+    LeadershipListener,
+    Listener,
+    NodeReplicator,
+    NotLeader,
+    NotReplica,
+    PeerListener,
+    Result,
+)
 from hanzo_tasks.replication.raft import codec, faults
 from hanzo_tasks.replication.raft.group import (
     ENTRY_OVERHEAD,
@@ -72,7 +81,12 @@ STALL_GRACE_ELECTIONS = 10
 
 
 class RaftReplicator:
-    kind = "raft"
+    """P partition groups and a meta group, one Raft thread, one peer port.
+
+    Implements ``NodeReplicator``: the Replicator boundary and the control of
+    the cluster it is a member of."""
+
+    clustered = True
 
     def __init__(
         self,
@@ -143,9 +157,9 @@ class RaftReplicator:
                 self._open_store(p)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._listeners: list[Listener] = []
-        self._leadership_listeners: list[Any] = []
-        self._peer_listeners: list[Any] = []
-        self._channel_handlers: dict[int, Any] = {}
+        self._leadership_listeners: list[LeadershipListener] = []
+        self._peer_listeners: list[PeerListener] = []
+        self._channel_handlers: dict[int, ChannelHandler] = {}
         self.stalled: set[int] = set()  # groups whose next committed entry does not fit here
         self._stalled_since: dict[int, float] = {}
         self._handover_at: dict[int, float] = {}
@@ -744,7 +758,7 @@ class RaftReplicator:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def on_leadership(self, listener: Any) -> None:
+    def on_leadership(self, listener: LeadershipListener) -> None:
         """listener(group, is_leader) on the event loop whenever this node gains or loses a group."""
         self._leadership_listeners.append(listener)
 
@@ -859,7 +873,7 @@ class RaftReplicator:
 
     # ---- the Raft thread -----------------------------------------------------
 
-    def on_peer_change(self, listener: Any) -> None:
+    def on_peer_change(self, listener: PeerListener) -> None:
         """listener(peer_id, up) on the event loop when the link to a peer comes or goes."""
         self._peer_listeners.append(listener)
 
@@ -873,7 +887,7 @@ class RaftReplicator:
             except Exception:
                 log.exception("peer listener failed")
 
-    def on_channel(self, channel: int, handler: Any) -> None:
+    def on_channel(self, channel: int, handler: ChannelHandler) -> None:
         """``handler(peer_id, body)`` on the event loop for every frame of ``channel``.
 
         The peer port carries more than Raft (SPEC §8.7): node-level protocols
@@ -895,6 +909,11 @@ class RaftReplicator:
     def peer_connected(self, peer: str) -> bool:
         mux = self.mux
         return mux is not None and mux.is_connected(peer)
+
+    def peer_rejected(self) -> dict[str, int]:
+        """Frames the peer port rejected, by reason (empty before start)."""
+        mux = self.mux
+        return dict(mux.rejected) if mux is not None else {}
 
     def peer_responsive(self, peer: str) -> bool:
         """Connected, and heard from (any group's Raft traffic, the meta group's
@@ -1123,6 +1142,13 @@ class RaftReplicator:
             return "the Raft thread is not running"
         return None
 
+    def failure_kind(self) -> str | None:
+        """The label of tasks_fatal_errors_total: what failed, or None while nothing did.
+        A Raft thread that stopped without a recorded reason counts as "raft_thread"."""
+        if self.failure() is None:
+            return None
+        return self.fatal_kind or "raft_thread"
+
     def _tick(self, g: int) -> None:
         grp = self._groups[g]
         journal = self._journals[g]
@@ -1231,3 +1257,8 @@ def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:
             "code": "unavailable",
             "message": f"write not committed ({FAIL_NAMES.get(err, err)}); retry with the same requestId",
         })
+
+
+def _implements_the_boundary(rep: RaftReplicator) -> NodeReplicator:
+    """Never called: mypy checks here that RaftReplicator implements ``NodeReplicator`` whole."""
+    return rep
