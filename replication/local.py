@@ -32,7 +32,8 @@ from hanzo_tasks.shard import STORAGE_FULL, PartitionStore, StateMachine
 
 log = logging.getLogger("tasks.replication")
 
-_STOP = object()
+#: A proposal waiting for the apply thread: (group, command, the proposer's future).
+_Proposal = tuple[int, bytes, "asyncio.Future[Result]"]
 MAX_BATCH = 256
 
 
@@ -98,7 +99,7 @@ class LocalReplicator:
         ]
         self._machines = [StateMachine(s) for s in self._stores]
         self._next = [s.applied_index() + 1 for s in self._stores]
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Proposal | None] = queue.SimpleQueue()  # None: stop
         self._listeners: list[Listener] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -126,7 +127,7 @@ class LocalReplicator:
         if not self._running:
             return
         self._running = False
-        self._queue.put(_STOP)
+        self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
         for s in self._stores:
@@ -140,11 +141,10 @@ class LocalReplicator:
         store = self._stores[group]
         if store.disk_full():
             return STORAGE_FULL
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put((group, command, fut))
         self.proposals += 1
-        result: Result = await fut
-        return result
+        return await fut
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -281,8 +281,8 @@ class LocalReplicator:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not _STOP:
-                    self._loop.call_soon_threadsafe(  # type: ignore[union-attr]
+                if item is not None and self._loop is not None:
+                    self._loop.call_soon_threadsafe(
                         self._deliver, item[0], 0, item[2],
                         {"ok": False, "code": "unavailable", "message": "apply thread failed"},
                     )
@@ -290,7 +290,7 @@ class LocalReplicator:
     def _loop_forever(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:
                 return
             batch = [item]
             while len(batch) < MAX_BATCH:
@@ -298,17 +298,17 @@ class LocalReplicator:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP:
-                    self._queue.put(_STOP)
+                if nxt is None:
+                    self._queue.put(None)
                     break
                 batch.append(nxt)
-            by_group: dict[int, list] = {}
+            by_group: dict[int, list[_Proposal]] = {}
             for entry in batch:
                 by_group.setdefault(entry[0], []).append(entry)
             for group, items in by_group.items():
                 self._apply_group(group, items)
 
-    def _apply_group(self, group: int, items: list) -> None:
+    def _apply_group(self, group: int, items: list[_Proposal]) -> None:
         first = self._next[group]
         entries = [(first + i, cmd) for i, (_, cmd, _) in enumerate(items)]
         try:
@@ -323,7 +323,7 @@ class LocalReplicator:
         for (index, _), (_, _, fut), res in zip(entries, items, results, strict=True):
             loop.call_soon_threadsafe(self._deliver, group, index, fut, res)
 
-    def _deliver(self, group: int, index: int, fut: asyncio.Future, res: Result | None) -> None:
+    def _deliver(self, group: int, index: int, fut: asyncio.Future[Result], res: Result | None) -> None:
         if res is None:
             res = {"ok": False, "code": "internal", "message": "entry already applied"}
         if not fut.done():

@@ -23,9 +23,9 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hanzo_tasks.protocol.channels import FORWARD, RAFT
 from hanzo_tasks.replication.base import (
@@ -56,6 +56,8 @@ from hanzo_tasks.shard.meta import MetaMachine, initial_meta_voters
 from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import Node
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("tasks.raft")
 
@@ -134,7 +136,7 @@ class RaftReplicator:
         # by their replica sets (every partition when none are given). Keyed by
         # group; a partition joins or leaves as the meta group's layout changes.
         self._stores: dict[int, PartitionStore] = {}
-        self._machines: dict[int, Any] = {}
+        self._machines: dict[int, StateMachine | MetaMachine] = {}
         self._journals: dict[int, DurableJournal] = {}
         self._snapshotters: dict[int, LmdbSnapshotter] = {}
         self._groups: dict[int, RaftGroup] = {}
@@ -155,7 +157,7 @@ class RaftReplicator:
         for p, nodes in self._replicas.items():
             if node_id in nodes:
                 self._open_store(p)
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()  # (kind, ...) for the Raft thread
         self._listeners: list[Listener] = []
         self._leadership_listeners: list[LeadershipListener] = []
         self._peer_listeners: list[PeerListener] = []
@@ -191,9 +193,9 @@ class RaftReplicator:
         self.rpc.register("prepare", self._serve_prepare)
         self.rpc.register("meta_voters", self._serve_meta_voters)
         self._promoting = False  # a learner's promotion to meta voter is queued
-        self._settling: asyncio.Task | None = None  # a guessed meta voter asking the members (start)
+        self._settling: asyncio.Task[None] | None = None  # a guessed meta voter asking the members (start)
         self._joining: dict[int, float] = {}  # groups opened ahead of their addition (prepare_replica)
-        self._drops: dict[int, asyncio.Task] = {}  # groups left by the layout: dropped once removal is committed
+        self._drops: dict[int, asyncio.Task[None]] = {}  # groups left by the layout: dropped once removal is committed
         self._leader_hint: dict[int, str] = {}  # partitions held elsewhere: who answered last
         self.forwarded = 0
         self.proposals = 0
@@ -487,7 +489,7 @@ class RaftReplicator:
                     "message": f"the command is {len(command)} bytes; a log entry holds at most "
                                f"{self.max_entry - ENTRY_OVERHEAD} (limits.max_frame)"}
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future[Result] = loop.create_future()
 
         def done(res: Any, err: int) -> None:  # on the Raft thread
             loop.call_soon_threadsafe(_resolve, fut, res, err)
@@ -732,10 +734,10 @@ class RaftReplicator:
             return None
         return await self._on_raft_thread(read)
 
-    async def _on_raft_thread(self, fn: Any, timeout: float = 5.0) -> Any:
+    async def _on_raft_thread(self, fn: Callable[[], _T], timeout: float = 5.0) -> _T:
         """Run ``fn()`` on the Raft thread (pysyncobj's state is not thread-safe) and return its result."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future[_T] = loop.create_future()
 
         def run() -> None:
             try:
@@ -774,12 +776,14 @@ class RaftReplicator:
         except KeyError:
             raise NotReplica(f"{self.node_id} holds no replica of partition {group}") from None
 
-    def machine(self, group: int) -> Any:
+    def machine(self, group: int) -> StateMachine | MetaMachine:
         return self._machines[group]
 
     @property
     def meta(self) -> MetaMachine:
-        return self._machines[self.meta_group]  # type: ignore[return-value]
+        machine = self._machines[self.meta_group]
+        assert isinstance(machine, MetaMachine)
+        return machine
 
     def voters(self, group: int) -> frozenset[str]:
         grp = self._groups.get(group)
@@ -846,9 +850,9 @@ class RaftReplicator:
                     break
                 if node_id != self.node_id and not view["pending"] and (op == "add") == (node_id in view["voters"]):
                     break  # committed so (this node's own view never drops itself)
-                fut: asyncio.Future = loop.create_future()
+                fut: asyncio.Future[Result] = loop.create_future()
 
-                def done(res: Any, err: int, _fut: asyncio.Future = fut) -> None:
+                def done(res: Any, err: int, _fut: asyncio.Future[Result] = fut) -> None:
                     loop.call_soon_threadsafe(_resolve, _fut, res, err)
 
                 self._inbox.put(("propose", g, membership_command(op, node_id), done))
@@ -950,7 +954,7 @@ class RaftReplicator:
             except Exception:
                 log.exception("apply listener failed")
 
-    def _handle(self, item: tuple, touched: set[int]) -> bool:
+    def _handle(self, item: tuple[Any, ...], touched: set[int]) -> bool:
         kind = item[0]
         if kind == "frame":
             _, peer, group, body = item
@@ -1069,7 +1073,7 @@ class RaftReplicator:
             if self.fatal is not None:
                 self._refuse_queued()
 
-    def _handle_contained(self, item: tuple, touched: set[int]) -> bool:
+    def _handle_contained(self, item: tuple[Any, ...], touched: set[int]) -> bool:
         """``_handle`` with its exceptions contained; False: stop the loop."""
         try:
             return self._handle(item, touched)
@@ -1234,7 +1238,7 @@ def _unused_hook(*_: Any) -> Any:
     raise AssertionError("pysyncobj's Serializer is replaced by LmdbSnapshotter")
 
 
-def _settle(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[Any], res: Any, exc: BaseException | None) -> None:
     if fut.done():
         return
     if exc is not None:
@@ -1243,7 +1247,7 @@ def _settle(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:
         fut.set_result(res)
 
 
-def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:
+def _resolve(fut: asyncio.Future[Result], res: Any, err: int) -> None:
     if fut.done():
         return
     if err == FAIL_REASON.SUCCESS:
