@@ -237,7 +237,8 @@ class Service(RecordsService):
         """Apply every committed meta entry here (placement pins) before going on."""
         if not self.replicator.clustered:
             return  # a single node keeps no cluster directory
-        res = await self.replicator.propose(self.replicator.meta_group, msgpack.packb({"op": "sys.barrier"}, use_bin_type=True))
+        res = await self.replicator.propose(self.replicator.meta_group,
+                                            msgpack.packb({"op": "sys.barrier"}, use_bin_type=True))
         if not res.get("ok"):
             raise ApiError("unavailable", f"cluster directory unavailable: {res.get('message')}", retry_after=1)
 
