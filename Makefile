@@ -18,6 +18,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(MAKE) --no-print-directory typecheck
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory chaos-smoke
 
@@ -40,6 +41,14 @@ fuzz: $(STAMP)
 cluster: $(STAMP)
 	$(VENV)/bin/tasksd dev-cluster --nodes 3 --dir ./tasks-dev
 
+# mypy over the packages of pyproject's [tool.mypy] (strict: shard, routing, protocol);
+# tests/typecheck.py lays out .typecheck/hanzo_tasks as symlinks because mypy cannot
+# see setuptools' package-dir. TODO: check tasks/, cluster/, migration/ (non-strict)
+# and replication/ (strict) too once they pass: `$(PY) tests/typecheck.py -p hanzo_tasks`.
+.PHONY: typecheck
+typecheck: $(STAMP)
+	$(PY) tests/typecheck.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
@@ -47,7 +56,7 @@ bench: $(STAMP)
 	$(PY) -m bench.single_node
 
 clean:
-	rm -rf $(VENV) tasks-data .pytest_cache .ruff_cache chaos-smoke.json chaos-long.json
+	rm -rf $(VENV) tasks-data .pytest_cache .ruff_cache .typecheck chaos-smoke.json chaos-long.json
 
 .PHONY: bench-dispatch
 bench-dispatch: $(STAMP)

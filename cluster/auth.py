@@ -99,7 +99,7 @@ class Caller:
         return (time.time() if now is None else now) >= self.expires_at
 
 
-DEV_CALLER = Caller(org="", role="owner", operator=True)
+DEV_CALLER = Caller(org="", role=names.OWNER, operator=True)
 
 
 class AuthFailure(ApiError):

@@ -23,7 +23,7 @@ from hanzo_tasks.cluster.auth import Authenticator
 from hanzo_tasks.cluster.leader.batches import BatchRunner
 from hanzo_tasks.cluster.leader.timers import ScheduleTimers
 from hanzo_tasks.cluster.metrics import Metrics
-from hanzo_tasks.cluster.service.core import Service, wall_ms
+from hanzo_tasks.cluster.service import Service, wall_ms
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.replication import LocalReplicator, NodeReplicator
 from hanzo_tasks.routing import Membership, MembershipWatcher

@@ -21,7 +21,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 DEV_ORG = "_"
 
 #: The roles of SPEC §5.13, in increasing power.
-ROLES: tuple[str, ...] = ("viewer", "developer", "admin", "owner")
+VIEWER, DEVELOPER, ADMIN, OWNER = "viewer", "developer", "admin", "owner"
+ROLES: tuple[str, ...] = (VIEWER, DEVELOPER, ADMIN, OWNER)
 
 
 def _bad(what: str, value: object) -> ApiError:

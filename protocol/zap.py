@@ -312,7 +312,8 @@ def encode_body(body_map: Any) -> bytes:
         return b""
     if not isinstance(body_map, dict):
         raise TypeError(f"a ZAP body is a map, not {type(body_map).__name__}")
-    return msgpack.packb(body_map, use_bin_type=True)
+    packed: bytes = msgpack.packb(body_map, use_bin_type=True)
+    return packed
 
 
 async def read_frame(

@@ -124,7 +124,7 @@ def preferred_leaders(
     out: list[str | None] = []
     for p in range(partitions):
         if previous is None:
-            out.append(min(ms, key=lambda m, p=p: (scores[p][m], m)))
+            out.append(min((scores[p][m], m) for m in ms)[1])
         else:
             prev = previous[p] if p < len(previous) else None
             out.append(prev if prev in scores[p] else None)

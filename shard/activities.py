@@ -1,7 +1,7 @@
 """Standalone activities (SPEC §4.8, §5.7): their records, attempts, retries and timers.
 
 Applied by the same deterministic state machine as everything else; the
-handlers are registered in ``shard.machine.HANDLERS``.
+handlers are this module's ``HANDLERS``, part of ``shard.machine.HANDLERS``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from hanzo_tasks.shard import commands as C
-from hanzo_tasks.shard.ctx import Ctx, Reject, Result, failure_record, require_namespace
+from hanzo_tasks.shard import runs
+from hanzo_tasks.shard.ctx import (
+    OPEN,
+    Ctx,
+    Handler,
+    Reject,
+    Result,
+    failure_record,
+    require_namespace,
+)
 
 # ---------------------------------------------------------------------------
 # standalone activities (SPEC §4.8, §5.7)
@@ -28,7 +37,7 @@ DEFAULT_ACTIVITY_RETRY: dict[str, Any] = {
 
 
 def _act_event(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[str, Any]) -> int:
-    eid = act["historyLength"] + 1
+    eid: int = act["historyLength"] + 1
     act["historyLength"] = eid
     ctx.put(ctx.k.activity_event(act["runId"], eid),
             {"eventId": eid, "eventTime": ctx.now, "eventType": etype, "attributes": attrs})
@@ -102,31 +111,26 @@ def _close_in_workflow(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[st
     pushed (0xB2, by the dispatcher, from the ``activity.result`` event);
     otherwise the close is a trigger event and schedules a workflow task.
     """
-    from hanzo_tasks.shard import (
-        machine,  # the run helpers live there; imported late (machine imports us)
-        wf_commands,
-    )
-
     link = act["workflow"]
     run = ctx.get(ctx.k.run(link["workflowId"], link["runId"]))
-    if run is None or run["status"] not in machine.OPEN or run["attempt"] != link.get("attempt", run["attempt"]):
+    if run is None or run["status"] not in OPEN or run["attempt"] != link.get("attempt", run["attempt"]):
         return  # the run closed, or the attempt that scheduled it failed: its activities were dropped
     seid = link["scheduledEventId"]
-    wf_commands.untrack_activity(run, seid)
+    runs.untrack_activity(run, seid)
     close = {k: v for k, v in attrs.items() if k not in ("scheduledEventId", "startedEventId")}
     if act.get("startedEventId"):
-        started = machine.add_event(ctx, run, "ACTIVITY_TASK_STARTED", {
+        started = runs.add_event(ctx, run, "ACTIVITY_TASK_STARTED", {
             "scheduledEventId": seid, "attempt": act["attempt"], "identity": attrs.get("identity", "")})
-        machine.add_event(ctx, run, etype, {"scheduledEventId": seid, "startedEventId": started, **close})
+        runs.add_event(ctx, run, etype, {"scheduledEventId": seid, "startedEventId": started, **close})
     else:  # canceled or timed out before any attempt started
-        machine.add_event(ctx, run, etype, {"scheduledEventId": seid, **close})
+        runs.add_event(ctx, run, etype, {"scheduledEventId": seid, **close})
     wt = run.get("wt")
     if wt and wt["state"] == "STARTED":
         ctx.notify("activity.result", workflow_id=run["workflowId"], run_id=run["runId"],
                    activity_id=act["activityId"], activity_run_id=act["runId"], scheduled_event_id=seid)
     else:
-        machine.schedule_workflow_task(ctx, run)
-    machine.save_run(ctx, run)
+        runs.schedule_workflow_task(ctx, run)
+    runs.save_run(ctx, run)
 
 
 def _act_attempt_failed(ctx: Ctx, act: dict[str, Any], failure: dict[str, Any], identity: str) -> None:
@@ -165,7 +169,7 @@ def _act_attempt_failed(ctx: Ctx, act: dict[str, Any], failure: dict[str, Any], 
 
 def _load_activity(ctx: Ctx, *, open_only: bool = True) -> dict[str, Any]:
     cmd = ctx.cmd
-    act = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
+    act: dict[str, Any] | None = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
     if act is None:
         raise Reject("not_found", f"activity {cmd['activityId']} run {cmd['runId']} not found")
     if open_only and act["status"] not in ACT_OPEN:
@@ -176,7 +180,7 @@ def _load_activity(ctx: Ctx, *, open_only: bool = True) -> dict[str, Any]:
 def _current_attempt(ctx: Ctx) -> dict[str, Any]:
     """The activity whose started attempt a worker's token names (else 404: stale token)."""
     cmd = ctx.cmd
-    act = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
+    act: dict[str, Any] | None = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
     if (act is None or act["status"] != "STARTED" or act["attempt"] != cmd["attempt"]
             or act.get("nonce") != cmd["nonce"]):
         raise Reject("not_found", "activity task not current")
@@ -199,13 +203,13 @@ def op_act_start(ctx: Ctx) -> Result:
     rid = spec.get("runId") or ctx.new_run_id()
     if ctx.exists(ctx.k.activity(aid, rid)):
         raise Reject("already_exists", f"activity {aid} run {rid} already exists")
-    act = _create(ctx, spec, aid, rid)
+    act = create(ctx, spec, aid, rid)
     if req:
         ctx.put(ctx.k.activity_request(req), {"aid": aid, "rid": rid})
     return C.ok(activity=act, started=True)
 
 
-def _create(
+def create(
     ctx: Ctx, spec: dict[str, Any], aid: str, rid: str, workflow: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """A new activity record, its SCHEDULED event, attempt 1 pending and its timers."""
@@ -246,10 +250,8 @@ def op_act_schedule(ctx: Ctx) -> Result:
     existing activity (closed or not), so a redelivered workflow task gets the
     recorded outcome instead of running the activity again.
     """
-    from hanzo_tasks.shard import machine, wf_commands
-
     cmd = ctx.cmd
-    run = machine.current_task(ctx, "STARTED")  # the caller must hold the run's workflow task
+    run = runs.current_task(ctx, "STARTED")  # the caller must hold the run's workflow task
     wid, wrid = run["workflowId"], run["runId"]
     aid = cmd["activityId"]
     link_key = ctx.k.workflow_activity(wid, wrid, run["attempt"], aid)
@@ -262,20 +264,20 @@ def op_act_schedule(ctx: Ctx) -> Result:
     attrs: dict[str, Any] = {"activityId": aid, "activityType": {"name": spec["type"]},
                              "taskQueue": {"name": spec["taskQueue"]}, "input": spec.get("input"),
                              "retryPolicy": spec.get("retryPolicy") or DEFAULT_ACTIVITY_RETRY}
-    seid = machine.add_event(ctx, run, "ACTIVITY_TASK_SCHEDULED", attrs)
-    machine.save_run(ctx, run)
-    res = _create(ctx, spec, aid, ctx.new_run_id(),
+    seid = runs.add_event(ctx, run, "ACTIVITY_TASK_SCHEDULED", attrs)
+    runs.save_run(ctx, run)
+    res = create(ctx, spec, aid, ctx.new_run_id(),
                   workflow={"workflowId": wid, "runId": wrid, "attempt": run["attempt"], "scheduledEventId": seid})
     ctx.put(link_key, {"rid": res["runId"]})
-    wf_commands.track_activity(run, seid, aid, res["runId"])
-    machine.save_run(ctx, run)
+    runs.track_activity(run, seid, aid, res["runId"])
+    runs.save_run(ctx, run)
     return C.ok(activity=res, started=True)
 
 
 def op_act_lease(ctx: Ctx) -> Result:
     """A subscription takes the pending attempt: STARTED is recorded before the push is sent."""
     cmd = ctx.cmd
-    act = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
+    act: dict[str, Any] | None = ctx.get(ctx.k.activity(cmd["activityId"], cmd["runId"]))
     if (act is None or act["status"] != "SCHEDULED" or act["attempt"] != cmd["attempt"]
             or (act.get("visibleAt") or 0) > ctx.now):
         raise Reject("not_found", "activity task not pending")
@@ -378,3 +380,16 @@ def op_act_timeout(ctx: Ctx) -> Result:
         _act_attempt_failed(ctx, act, failure, "engine")
     _act_save(ctx, act)
     return C.ok(outcome=kind, activity=act)
+
+
+HANDLERS: dict[str, Handler] = {
+    "act.schedule": op_act_schedule,
+    "act.start": op_act_start,
+    "act.lease": op_act_lease,
+    "act.release": op_act_release,
+    "act.complete": op_act_complete,
+    "act.fail": op_act_fail,
+    "act.cancel": op_act_cancel,
+    "act.heartbeat": op_act_heartbeat,
+    "act.timeout": op_act_timeout,
+}

@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from hanzo_tasks.shard import commands as C
-from hanzo_tasks.shard.ctx import OPEN, Ctx, Reject, Result, require_namespace, unpack
-from hanzo_tasks.shard.keys import run_suffix
+from hanzo_tasks.shard.ctx import OPEN, Ctx, Handler, Reject, Result, require_namespace, unpack
+from hanzo_tasks.shard.keys import ShardKeys, run_suffix
+from hanzo_tasks.shard.txn import ReadTxn
 from hanzo_tasks.shard.visibility import QueryError, compile_query, run_view
 
 OPERATIONS = ("BATCH_OPERATION_TYPE_TERMINATE", "BATCH_OPERATION_TYPE_CANCEL", "BATCH_OPERATION_TYPE_SIGNAL")
@@ -139,11 +140,11 @@ def op_batch_terminate(ctx: Ctx) -> Result:
     return C.ok(batch=rec)
 
 
-HANDLERS = {"batch.start": op_batch_start, "batch.progress": op_batch_progress,
+HANDLERS: dict[str, Handler] = {"batch.start": op_batch_start, "batch.progress": op_batch_progress,
             "batch.terminate": op_batch_terminate}
 
 
-def next_targets(txn: Any, k: Any, bid: str, after: str, limit: int) -> list[tuple[str, str]]:
+def next_targets(txn: ReadTxn, k: ShardKeys, bid: str, after: str, limit: int) -> list[tuple[str, str]]:
     """Up to ``limit`` targets (workflowId, runId) after ``after`` ("" = from the start)."""
     prefix = k.batch_targets(bid)
     start = prefix + after.encode() if after else prefix

@@ -80,7 +80,8 @@ class CommandError(ValueError):
 
 
 def encode(command: dict[str, Any]) -> bytes:
-    return msgpack.packb(command, use_bin_type=True)
+    packed: bytes = msgpack.packb(command, use_bin_type=True)
+    return packed
 
 
 def decode(data: bytes) -> dict[str, Any]:

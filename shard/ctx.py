@@ -9,20 +9,25 @@ a result. Nothing here reads a clock or draws randomness.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
-import lmdb
 import msgpack
+from hanzo_tasks.protocol.timefmt import format_time_seconds
 from hanzo_tasks.shard import commands as C
 from hanzo_tasks.shard.keys import ShardKeys
+from hanzo_tasks.shard.txn import Txn
 
 Result = dict[str, Any]
+#: A command handler: applies ``ctx.cmd`` through ``ctx``, or raises ``Reject``.
+Handler = Callable[["Ctx"], Result]
 
 OPEN = ("RUNNING", "CANCELING")
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def unpack(data: bytes) -> Any:
@@ -31,8 +36,6 @@ def unpack(data: bytes) -> Any:
 
 def format_seconds(ms: int) -> str:
     """RFC 3339 UTC, whole seconds: the nominal-time part of fired workflow ids."""
-    from hanzo_tasks.protocol.timefmt import format_time_seconds
-
     return format_time_seconds(ms)
 
 
@@ -52,7 +55,7 @@ class Ctx:
     the same schedule) always see one copy of each record.
     """
 
-    def __init__(self, txn: lmdb.Transaction, cmd: dict[str, Any], index: int) -> None:
+    def __init__(self, txn: Txn, cmd: dict[str, Any], index: int) -> None:
         self.txn = txn
         self.cmd = cmd
         self.index = index
@@ -114,7 +117,7 @@ class Ctx:
 
 
 def require_namespace(ctx: Ctx, *, for_write: bool) -> dict[str, Any]:
-    rec = ctx.get(ctx.k.namespace())
+    rec: dict[str, Any] | None = ctx.get(ctx.k.namespace())
     if rec is None:
         raise Reject("not_found", f"namespace {ctx.ns} not found")
     if for_write and rec["state"] == "DELETED":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hanzo_tasks.protocol.names import ROLES
 from hanzo_tasks.shard import commands as C
-from hanzo_tasks.shard.ctx import Ctx, Reject, Result, require_namespace
+from hanzo_tasks.shard.ctx import Ctx, Handler, Reject, Result, require_namespace
 
 
 def op_id_put(ctx: Ctx) -> Result:
@@ -34,4 +34,4 @@ def op_id_delete(ctx: Ctx) -> Result:
     return C.ok()
 
 
-HANDLERS = {"id.put": op_id_put, "id.delete": op_id_delete}
+HANDLERS: dict[str, Handler] = {"id.put": op_id_put, "id.delete": op_id_delete}

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import struct
 
-import lmdb
+from hanzo_tasks.shard.txn import ReadTxn, Txn
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -68,10 +68,6 @@ def u32(n: int) -> bytes:
     return _U32.pack(n)
 
 
-def read_u32(b: bytes) -> int:
-    return _U32.unpack(b)[0]
-
-
 def run_suffix(wid: str, rid: str) -> bytes:
     return wid.encode() + b"\x00" + rid.encode()
 
@@ -81,12 +77,12 @@ def split_run_suffix(b: bytes) -> tuple[str, str]:
     return wid.decode(), rid.decode()
 
 
-def get_applied(txn: lmdb.Transaction) -> int:
+def get_applied(txn: ReadTxn) -> int:
     raw = txn.get(APPLIED)
     return _U64.unpack(raw)[0] if raw else 0
 
 
-def put_applied(txn: lmdb.Transaction, index: int) -> None:
+def put_applied(txn: Txn, index: int) -> None:
     txn.put(APPLIED, _U64.pack(index))
 
 

@@ -8,12 +8,14 @@ randomness inside, results instead of exceptions.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeGuard
 
 import msgpack
 from hanzo_tasks.shard import commands as C
 from hanzo_tasks.shard import keys
 from hanzo_tasks.shard.store import PartitionStore
+from hanzo_tasks.shard.txn import ReadTxn, Txn
 
 PARTITIONS = b"m/partitions"
 MEMBER = b"m/member/"
@@ -40,7 +42,8 @@ def initial_meta_voters(ids: Any) -> list[str]:
 
 
 def _pack(v: Any) -> bytes:
-    return msgpack.packb(v, use_bin_type=True)
+    packed: bytes = msgpack.packb(v, use_bin_type=True)
+    return packed
 
 
 def _unpack(b: bytes) -> Any:
@@ -85,7 +88,7 @@ class MetaMachine:
             keys.put_applied(txn, applied)
         return out
 
-    def _apply_one(self, txn: Any, data: bytes) -> dict[str, Any]:
+    def _apply_one(self, txn: Txn, data: bytes) -> dict[str, Any]:
         try:
             cmd = msgpack.unpackb(data, raw=False)
         except Exception:
@@ -129,20 +132,20 @@ class MetaMachine:
                 txn.put(VOTERS, _pack(sorted(voters)))
             return C.ok(partitions=want, created=True, member=seeded, layout=True)
         if op == "meta.replicas":
-            p, nodes = cmd.get("partition"), cmd.get("replicas")
+            part, nodes = cmd.get("partition"), cmd.get("replicas")
             have = txn.get(PARTITIONS)
-            if have is None or not isinstance(p, int) or not 0 <= p < _unpack(have) or not _node_list(nodes):
+            if have is None or not isinstance(part, int) or not 0 <= part < _unpack(have) or not _node_list(nodes):
                 return C.err("invalid_argument", "meta.replicas needs a partition and a non-empty node list")
             # A conditional record (the replica keeper's): applied only over the
             # set it was computed from. No record yet means the set is implied
             # (every member, in clusters bootstrapped before sets were recorded).
             expect = cmd.get("expect")
-            raw = txn.get(REPLICAS + str(p).encode())
+            raw = txn.get(REPLICAS + str(part).encode())
             if expect is not None and raw is not None and _unpack(raw) != expect:
-                return C.err("failed_precondition", f"partition {p}'s replica set changed meanwhile",
+                return C.err("failed_precondition", f"partition {part}'s replica set changed meanwhile",
                              {"replicas": _unpack(raw)})
-            txn.put(REPLICAS + str(p).encode(), _pack(list(nodes)))
-            return C.ok(layout=True, partition=p, replicas=list(nodes))
+            txn.put(REPLICAS + str(part).encode(), _pack(list(nodes)))
+            return C.ok(layout=True, partition=part, replicas=list(nodes))
         if op == "meta.member":
             mid = cmd.get("id")
             if not isinstance(mid, str) or not mid:
@@ -161,14 +164,15 @@ class MetaMachine:
             return self._migration(txn, op, cmd)
         return C.err("invalid_argument", f"unknown meta op {op!r}")
 
-    def _migration(self, txn: Any, op: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    def _migration(self, txn: Txn, op: str, cmd: dict[str, Any]) -> dict[str, Any]:
         """Migration job records, their claims by a coordinator, and shard pins (SPEC §4.10)."""
         if op == "mig.job":
             job = cmd.get("job")
             if not isinstance(job, dict) or not isinstance(job.get("id"), str):
                 return C.err("invalid_argument", "bad job")
-            if txn.get(JOB + job["id"].encode()) is not None:
-                return C.ok(job=_unpack(txn.get(JOB + job["id"].encode())), created=False)
+            existing = txn.get(JOB + job["id"].encode())
+            if existing is not None:
+                return C.ok(job=_unpack(existing), created=False)
             for other in _scan(txn, JOB):
                 if (other["org"], other["namespace"]) == (job["org"], job["namespace"]) and \
                         other["status"] not in TERMINAL:
@@ -279,12 +283,12 @@ class MetaMachine:
         return out
 
 
-def _node_list(nodes: Any) -> bool:
+def _node_list(nodes: Any) -> TypeGuard[list[str]]:
     return (isinstance(nodes, list) and bool(nodes) and len(set(nodes)) == len(nodes)
             and all(isinstance(n, str) and n for n in nodes))
 
 
-def _scan(txn: Any, prefix: bytes) -> Any:
+def _scan(txn: ReadTxn, prefix: bytes) -> Iterator[dict[str, Any]]:
     cur = txn.cursor()
     if cur.set_range(prefix):
         for k, v in cur:

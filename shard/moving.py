@@ -39,10 +39,10 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-import lmdb
 from hanzo_tasks.shard import commands as C
 from hanzo_tasks.shard import keys
-from hanzo_tasks.shard.ctx import Ctx, Reject, Result, pack, unpack
+from hanzo_tasks.shard.ctx import Ctx, Handler, Reject, Result, pack, unpack
+from hanzo_tasks.shard.txn import ReadTxn, Txn
 
 STATE = b"\x01mstate"
 TAIL = b"\x01mtail"
@@ -70,19 +70,19 @@ def tail_key(org: str, ns: str, seq: int) -> bytes:
     return tail_prefix(org, ns) + seq.to_bytes(8, "big")
 
 
-def read_state(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, Any] | None:
+def read_state(txn: ReadTxn, org: str, ns: str) -> dict[str, Any] | None:
     raw = txn.get(state_key(org, ns))
     return None if raw is None else unpack(raw)
 
 
-def _write_state(txn: lmdb.Transaction, org: str, ns: str, st: dict[str, Any] | None) -> None:
+def _write_state(txn: Txn, org: str, ns: str, st: dict[str, Any] | None) -> None:
     if st is None:
         txn.delete(state_key(org, ns))
     else:
         txn.put(state_key(org, ns), pack(st))
 
 
-def all_states(txn: lmdb.Transaction) -> list[tuple[str, str, dict[str, Any]]]:
+def all_states(txn: ReadTxn) -> list[tuple[str, str, dict[str, Any]]]:
     """Every move state of this partition: (org, ns, state)."""
     out = []
     cur = txn.cursor()
@@ -95,7 +95,7 @@ def all_states(txn: lmdb.Transaction) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
-def check_writable(txn: lmdb.Transaction, cmd: dict[str, Any]) -> dict[str, Any] | None:
+def check_writable(txn: ReadTxn, cmd: dict[str, Any]) -> dict[str, Any] | None:
     """The shard's move state when a write must be refused or recorded, else None.
 
     Raises Reject(``fenced``) for a fenced, moved-away or not-yet-activated
@@ -112,7 +112,7 @@ def check_writable(txn: lmdb.Transaction, cmd: dict[str, Any]) -> dict[str, Any]
     raise Reject("fenced", f"namespace {cmd['ns']} is {where}; retry", {"moveRole": st["role"]})
 
 
-def record_tail(txn: lmdb.Transaction, cmd: dict[str, Any], index: int, data: bytes) -> None:
+def record_tail(txn: Txn, cmd: dict[str, Any], index: int, data: bytes) -> None:
     """Append an applied command to the leaving shard's tail (same on every replica)."""
     org, ns = cmd["org"], cmd["ns"]
     st = read_state(txn, org, ns)
@@ -123,9 +123,9 @@ def record_tail(txn: lmdb.Transaction, cmd: dict[str, Any], index: int, data: by
     _write_state(txn, org, ns, st)
 
 
-def read_tail(txn: lmdb.Transaction, org: str, ns: str, after: int, limit: int) -> list[tuple[int, int, bytes]]:
+def read_tail(txn: ReadTxn, org: str, ns: str, after: int, limit: int) -> list[tuple[int, int, bytes]]:
     """Tail entries with seq > ``after``: (seq, source index, command bytes)."""
-    out = []
+    out: list[tuple[int, int, bytes]] = []
     cur = txn.cursor()
     prefix = tail_prefix(org, ns)
     if cur.set_range(tail_key(org, ns, after + 1)):
@@ -144,7 +144,7 @@ def chunk_crc(pairs: list[list[bytes]]) -> int:
     return crc
 
 
-def _delete_prefix(txn: lmdb.Transaction, prefix: bytes, limit: int) -> bool:
+def _delete_prefix(txn: Txn, prefix: bytes, limit: int) -> bool:
     """Delete up to ``limit`` keys under ``prefix``; True when none are left."""
     cur = txn.cursor()
     n = 0
@@ -314,11 +314,11 @@ def tail_state(ctx: Ctx) -> dict[str, Any]:
     return st
 
 
-def save_tail_seq(txn: lmdb.Transaction, org: str, ns: str, st: dict[str, Any]) -> None:
+def save_tail_seq(txn: Txn, org: str, ns: str, st: dict[str, Any]) -> None:
     _write_state(txn, org, ns, st)
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "mig.begin": op_begin,
     "mig.fence": op_fence,
     "mig.unfence": op_unfence,

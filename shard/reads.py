@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import lmdb
 from hanzo_tasks.shard import keys
 from hanzo_tasks.shard.ctx import unpack
 from hanzo_tasks.shard.keys import ShardKeys
+from hanzo_tasks.shard.txn import ReadTxn
 
 
 def _scan(
-    txn: lmdb.Transaction, prefix: bytes, start_after: bytes | None = None, *, values: bool = True
+    txn: ReadTxn, prefix: bytes, start_after: bytes | None = None, *, values: bool = True
 ) -> Iterator[tuple[bytes, bytes]]:
     cur = txn.cursor()
     start = prefix if start_after is None else start_after
@@ -32,7 +32,7 @@ def _scan(
 
 
 def page(
-    txn: lmdb.Transaction,
+    txn: ReadTxn,
     prefix: bytes,
     after: bytes | None,
     limit: int,
@@ -56,28 +56,28 @@ def page(
     return out, None
 
 
-def namespace(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, Any] | None:
+def namespace(txn: ReadTxn, org: str, ns: str) -> dict[str, Any] | None:
     raw = txn.get(ShardKeys(org, ns).namespace())
     return unpack(raw) if raw is not None else None
 
 
-def namespace_names(txn: lmdb.Transaction, org: str) -> list[str]:
+def namespace_names(txn: ReadTxn, org: str) -> list[str]:
     prefix = keys.registry_org_prefix(org)
     return [k[len(prefix) :].decode() for k, _ in _scan(txn, prefix, values=False)]
 
 
-def run(txn: lmdb.Transaction, org: str, ns: str, wid: str, rid: str | None) -> dict[str, Any] | None:
+def run(txn: ReadTxn, org: str, ns: str, wid: str, rid: str | None) -> dict[str, Any] | None:
     k = ShardKeys(org, ns)
     if not rid:
         raw = txn.get(k.latest(wid))
         if raw is None:
             return None
         rid = unpack(raw)
-    raw = txn.get(k.run(wid, rid))  # type: ignore[arg-type]
+    raw = txn.get(k.run(wid, rid))
     return unpack(raw) if raw is not None else None
 
 
-def runs_of(txn: lmdb.Transaction, org: str, ns: str, wid: str) -> list[dict[str, Any]]:
+def runs_of(txn: ReadTxn, org: str, ns: str, wid: str) -> list[dict[str, Any]]:
     """Every run of a workflow id, newest first (by start time, then apply order)."""
     k = ShardKeys(org, ns)
     runs = [unpack(v) for _, v in _scan(txn, k.runs_of(wid))]
@@ -86,7 +86,7 @@ def runs_of(txn: lmdb.Transaction, org: str, ns: str, wid: str) -> list[dict[str
 
 
 def list_runs(
-    txn: lmdb.Transaction,
+    txn: ReadTxn,
     org: str,
     ns: str,
     match: Callable[[dict[str, Any]], bool],
@@ -111,7 +111,7 @@ def list_runs(
 
 
 def history(
-    txn: lmdb.Transaction,
+    txn: ReadTxn,
     org: str,
     ns: str,
     rid: str,
@@ -142,25 +142,25 @@ def history(
     return out, (out[-1]["eventId"] if more and out else None)
 
 
-def schedule(txn: lmdb.Transaction, org: str, ns: str, sid: str) -> dict[str, Any] | None:
+def schedule(txn: ReadTxn, org: str, ns: str, sid: str) -> dict[str, Any] | None:
     raw = txn.get(ShardKeys(org, ns).schedule(sid))
     return unpack(raw) if raw is not None else None
 
 
 def list_schedules(
-    txn: lmdb.Transaction, org: str, ns: str, after: bytes | None, limit: int
+    txn: ReadTxn, org: str, ns: str, after: bytes | None, limit: int
 ) -> tuple[list[dict[str, Any]], bytes | None]:
     k = ShardKeys(org, ns)
     return page(txn, k.schedule_prefix(), after, limit, lambda _k, v: unpack(v))
 
 
-def all_schedules(txn: lmdb.Transaction, org: str, ns: str) -> Iterator[dict[str, Any]]:
+def all_schedules(txn: ReadTxn, org: str, ns: str) -> Iterator[dict[str, Any]]:
     k = ShardKeys(org, ns)
     for _, v in _scan(txn, k.schedule_prefix()):
         yield unpack(v)
 
 
-def shards(txn: lmdb.Transaction) -> list[tuple[str, str]]:
+def shards(txn: ReadTxn) -> list[tuple[str, str]]:
     """Every (org, ns) registered in this partition."""
     out = []
     for k, _ in _scan(txn, keys.REGISTRY, values=False):
@@ -169,35 +169,35 @@ def shards(txn: lmdb.Transaction) -> list[tuple[str, str]]:
     return out
 
 
-def search_attrs(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, str]:
+def search_attrs(txn: ReadTxn, org: str, ns: str) -> dict[str, str]:
     k = ShardKeys(org, ns)
     prefix = k.attr_prefix()
     return {key[len(prefix) :].decode(): unpack(v) for key, v in _scan(txn, prefix)}
 
 
-def batch(txn: lmdb.Transaction, org: str, ns: str, batch_id: str) -> dict[str, Any] | None:
+def batch(txn: ReadTxn, org: str, ns: str, batch_id: str) -> dict[str, Any] | None:
     raw = txn.get(ShardKeys(org, ns).batch(batch_id))
     return unpack(raw) if raw is not None else None
 
 
-def all_batches(txn: lmdb.Transaction, org: str, ns: str) -> list[dict[str, Any]]:
+def all_batches(txn: ReadTxn, org: str, ns: str) -> list[dict[str, Any]]:
     """Every batch record of the shard (a namespace keeps few; the caller sorts)."""
     return [unpack(v) for _, v in _scan(txn, ShardKeys(org, ns).batch_prefix())]
 
 
-def identity(txn: lmdb.Transaction, org: str, ns: str, email: str) -> dict[str, Any] | None:
+def identity(txn: ReadTxn, org: str, ns: str, email: str) -> dict[str, Any] | None:
     """The Identity record of ``email`` (matched lower-cased), or None."""
     raw = txn.get(ShardKeys(org, ns).identity(email.lower()))
     return unpack(raw) if raw is not None else None
 
 
-def identities(txn: lmdb.Transaction, org: str, ns: str, after: str | None, limit: int) -> list[dict[str, Any]]:
+def identities(txn: ReadTxn, org: str, ns: str, after: str | None, limit: int) -> list[dict[str, Any]]:
     """Identities in email order after ``after`` (paging), at most ``limit``."""
     return _named_after(txn, ShardKeys(org, ns).identity_prefix(), after, limit)
 
 
 def pending_tasks(
-    txn: lmdb.Transaction, org: str, ns: str, tq: str | None, now: int, limit: int
+    txn: ReadTxn, org: str, ns: str, tq: str | None, now: int, limit: int
 ) -> list[tuple[str, str, int]]:
     """Workflow tasks visible at ``now`` (oldest first): (workflowId, runId, visibleAt).
 
@@ -221,25 +221,13 @@ def pending_tasks(
     return out
 
 
-def pending_queues(txn: lmdb.Transaction, org: str, ns: str) -> list[str]:
-    """Task queues of the shard that have pending workflow tasks."""
-    k = ShardKeys(org, ns)
-    base = k.pending_prefix()
-    seen: list[str] = []
-    for key, _ in _scan(txn, base, values=False):
-        tq = key[len(base) :].partition(b"\x00")[0].decode()
-        if not seen or seen[-1] != tq:
-            seen.append(tq)
-    return seen
-
-
-def started_tasks(txn: lmdb.Transaction, org: str, ns: str) -> list[tuple[str, str]]:
+def started_tasks(txn: ReadTxn, org: str, ns: str) -> list[tuple[str, str]]:
     k = ShardKeys(org, ns)
     prefix = k.started_prefix()
     return [keys.split_run_suffix(key[len(prefix) :]) for key, _ in _scan(txn, prefix, values=False)]
 
 
-def _due(txn: lmdb.Transaction, prefix: bytes, now: int, limit: int) -> list[tuple[int, str, str, str]]:
+def _due(txn: ReadTxn, prefix: bytes, now: int, limit: int) -> list[tuple[int, str, str, str]]:
     """Entries of a timer index (``<at:u64> <kind> 0 <id> 0 <runId>``) due at ``now``, soonest first."""
     out: list[tuple[int, str, str, str]] = []
     for key, _ in _scan(txn, prefix, values=False):
@@ -253,7 +241,7 @@ def _due(txn: lmdb.Transaction, prefix: bytes, now: int, limit: int) -> list[tup
     return out
 
 
-def due_deadlines(txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int) -> list[tuple[int, str, str, str]]:
+def due_deadlines(txn: ReadTxn, org: str, ns: str, now: int, limit: int) -> list[tuple[int, str, str, str]]:
     """Run timers due at ``now``: (at, kind, workflowId, runId)."""
     return _due(txn, ShardKeys(org, ns).deadline_prefix(), now, limit)
 
@@ -261,13 +249,13 @@ def due_deadlines(txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int
 # ---- standalone activities ----------------------------------------------------
 
 
-def activity(txn: lmdb.Transaction, org: str, ns: str, aid: str, rid: str) -> dict[str, Any] | None:
+def activity(txn: ReadTxn, org: str, ns: str, aid: str, rid: str) -> dict[str, Any] | None:
     raw = txn.get(ShardKeys(org, ns).activity(aid, rid))
     return unpack(raw) if raw is not None else None
 
 
 def list_activities(
-    txn: lmdb.Transaction, org: str, ns: str, after: tuple[str, str] | None, limit: int
+    txn: ReadTxn, org: str, ns: str, after: tuple[str, str] | None, limit: int
 ) -> tuple[list[dict[str, Any]], tuple[str, str] | None]:
     """Activities in (activityId, runId) order after ``after``; the last (aid, rid) when more follow."""
     k = ShardKeys(org, ns)
@@ -277,7 +265,7 @@ def list_activities(
 
 
 def activity_history(
-    txn: lmdb.Transaction, org: str, ns: str, rid: str, after: int, reverse: bool, limit: int, length: int
+    txn: ReadTxn, org: str, ns: str, rid: str, after: int, reverse: bool, limit: int, length: int
 ) -> tuple[list[dict[str, Any]], int | None]:
     """An activity's own events, paged like a run's history."""
     k = ShardKeys(org, ns)
@@ -295,7 +283,7 @@ def activity_history(
 
 
 def pending_activities(
-    txn: lmdb.Transaction, org: str, ns: str, tq: str, now: int, limit: int
+    txn: ReadTxn, org: str, ns: str, tq: str, now: int, limit: int
 ) -> list[tuple[str, str]]:
     """Activity attempts of ``tq`` visible at ``now``, oldest first: (activityId, runId)."""
     k = ShardKeys(org, ns)
@@ -310,7 +298,7 @@ def pending_activities(
 
 
 def due_activity_timers(
-    txn: lmdb.Transaction, org: str, ns: str, now: int, limit: int
+    txn: ReadTxn, org: str, ns: str, now: int, limit: int
 ) -> list[tuple[int, str, str, str]]:
     """Activity timers due at ``now``: (at, kind, activityId, runId)."""
     return _due(txn, ShardKeys(org, ns).activity_timer_prefix(), now, limit)
@@ -321,7 +309,7 @@ def due_activity_timers(
 OPEN_STATUSES = frozenset(("RUNNING", "CANCELING"))
 
 
-def queue_run_stats(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, list[int]]:
+def queue_run_stats(txn: ReadTxn, org: str, ns: str) -> dict[str, list[int]]:
     """Per task queue of the shard: ``[workflows, running, latestStart (ms, 0 = none)]``.
 
     One pass over every run record of the namespace, so O(runs) with each record
@@ -341,7 +329,7 @@ def queue_run_stats(txn: lmdb.Transaction, org: str, ns: str) -> dict[str, list[
     return out
 
 
-def queue_backlog(txn: lmdb.Transaction, org: str, ns: str, tq: str | None = None) -> dict[str, list[int]]:
+def queue_backlog(txn: ReadTxn, org: str, ns: str, tq: str | None = None) -> dict[str, list[int]]:
     """Pending tasks per task queue: ``[workflowTasks, oldestWorkflow, activityTasks, oldestActivity]``.
 
     Counts every pending entry, visible or still in a retry back-off; the
@@ -365,7 +353,7 @@ def queue_backlog(txn: lmdb.Transaction, org: str, ns: str, tq: str | None = Non
 
 
 def queue_runs(
-    txn: lmdb.Transaction, org: str, ns: str, tqs: frozenset[str], after: bytes | None, limit: int
+    txn: ReadTxn, org: str, ns: str, tqs: frozenset[str], after: bytes | None, limit: int
 ) -> tuple[list[dict[str, Any]], bytes | None, int, int]:
     """The runs of the queues ``tqs`` in list order, paged, with their totals.
 
@@ -405,7 +393,7 @@ def queue_runs(
 
 
 def _named_after(
-    txn: lmdb.Transaction, prefix: bytes, after: str | None, limit: int
+    txn: ReadTxn, prefix: bytes, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Records keyed ``prefix + name`` in name order, strictly after ``after``."""
     start = prefix + after.encode() if after is not None else None
@@ -418,24 +406,24 @@ def _named_after(
 
 
 def nexus_endpoints(
-    txn: lmdb.Transaction, org: str, ns: str, after: str | None, limit: int
+    txn: ReadTxn, org: str, ns: str, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Nexus endpoints in name order after ``after`` (paging), at most ``limit``."""
     return _named_after(txn, ShardKeys(org, ns).nexus_prefix(), after, limit)
 
 
-def nexus_endpoint(txn: lmdb.Transaction, org: str, ns: str, name: str) -> dict[str, Any] | None:
+def nexus_endpoint(txn: ReadTxn, org: str, ns: str, name: str) -> dict[str, Any] | None:
     raw = txn.get(ShardKeys(org, ns).nexus(name))
     return unpack(raw) if raw is not None else None
 
 
 def deployments(
-    txn: lmdb.Transaction, org: str, ns: str, after: str | None, limit: int
+    txn: ReadTxn, org: str, ns: str, after: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Deployments (versions inside) in name order after ``after`` (paging), at most ``limit``."""
     return _named_after(txn, ShardKeys(org, ns).deployment_prefix(), after, limit)
 
 
-def deployment(txn: lmdb.Transaction, org: str, ns: str, name: str) -> dict[str, Any] | None:
+def deployment(txn: ReadTxn, org: str, ns: str, name: str) -> dict[str, Any] | None:
     raw = txn.get(ShardKeys(org, ns).deployment(name))
     return unpack(raw) if raw is not None else None

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from hanzo_tasks.shard import commands as C
-from hanzo_tasks.shard.ctx import Ctx, Reject, Result, require_namespace
+from hanzo_tasks.shard.ctx import Ctx, Handler, Reject, Result, require_namespace
 
 Record = dict[str, Any]
 
@@ -91,7 +91,8 @@ def _deployment(ctx: Ctx) -> tuple[str, Record]:
 
 
 def _version(rec: Record, build_id: str) -> Record:
-    for v in rec["versions"]:
+    versions: list[Record] = rec["versions"]
+    for v in versions:
         if v["buildId"] == build_id:
             return v
     raise Reject("not_found", f"build {build_id} not found in deployment {rec['name']}")
@@ -188,7 +189,7 @@ def op_dep_version_delete(ctx: Ctx) -> Result:
     return C.ok(deployment=rec)
 
 
-HANDLERS = {
+HANDLERS: dict[str, Handler] = {
     "nexus.put": op_nexus_put,
     "nexus.delete": op_nexus_delete,
     "dep.create": op_dep_create,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import lmdb
 from hanzo_tasks.shard import keys
+from hanzo_tasks.shard.txn import Txn
 
 MiB = 1 << 20
 CLEAN_MARK = "closed-cleanly"
@@ -111,14 +112,14 @@ class ReadView:
 
     __slots__ = ("_txn",)
 
-    def __init__(self, txn: lmdb.Transaction) -> None:
-        self._txn: lmdb.Transaction | None = txn
+    def __init__(self, txn: Txn) -> None:
+        self._txn: Txn | None = txn
 
-    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:
+    def get(self, key: bytes, default: None = None) -> bytes | None:
         assert self._txn is not None, "read view used after its block"
         return self._txn.get(key, default)
 
-    def cursor(self) -> lmdb.Cursor:
+    def cursor(self) -> lmdb.Cursor[bytes]:
         assert self._txn is not None, "read view used after its block"
         return self._txn.cursor()
 
@@ -131,7 +132,7 @@ class PinnedRead:
         self._cm = store._guard.shared()
         self._cm.__enter__()
         try:
-            self.txn: lmdb.Transaction | None = store.env.begin(write=False)
+            self.txn: Txn | None = store.env.begin(write=False)
         except BaseException:
             self._cm.__exit__(None, None, None)
             raise
@@ -267,7 +268,7 @@ class PartitionStore:
     # ---- writes --------------------------------------------------------
 
     @contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
+    def write(self) -> Iterator[Txn]:
         """One write transaction; the caller commits by leaving normally.
 
         ``lmdb.MapFullError`` escapes so that the caller can grow the map and

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hanzo_tasks.shard import activities
+from hanzo_tasks.shard import activities, runs
 from hanzo_tasks.shard.ctx import Ctx, failure_record
+from hanzo_tasks.shard.runs import TIMER_PREFIX
 
 TERMINAL = ("CompleteWorkflowExecution", "FailWorkflowExecution", "CancelWorkflowExecution", "ContinueAsNew")
 KINDS = TERMINAL + ("RecordMarker", "ScheduleActivityTask", "RequestCancelActivityTask", "StartTimer",
                     "CancelTimer", "UpsertSearchAttributes")
-TIMER_PREFIX = "t:"
 
 
 def first_invalid(run: dict[str, Any], commands: Any) -> int | None:
@@ -78,21 +78,19 @@ def _positive_int(v: Any) -> bool:
 
 def apply(ctx: Ctx, run: dict[str, Any], commands: list[dict[str, Any]], completed_eid: int, identity: str) -> None:
     """Apply a checked command list after WORKFLOW_TASK_COMPLETED (event ``completed_eid``)."""
-    from hanzo_tasks.shard import machine
-
     for c in commands:
         t = c["type"]
         if t == "RecordMarker":
-            machine.add_event(ctx, run, "MARKER_RECORDED", {"markerName": c["marker_name"], "details": c.get("details")})
+            runs.add_event(ctx, run, "MARKER_RECORDED", {"markerName": c["marker_name"], "details": c.get("details")})
         elif t == "CompleteWorkflowExecution":
             run["result"] = c.get("result")
-            machine.close_run(ctx, run, "COMPLETED", "WORKFLOW_EXECUTION_COMPLETED",
-                              {"result": c.get("result"), "workflowTaskCompletedEventId": completed_eid})
+            runs.close_run(ctx, run, "COMPLETED", "WORKFLOW_EXECUTION_COMPLETED",
+                           {"result": c.get("result"), "workflowTaskCompletedEventId": completed_eid})
         elif t == "FailWorkflowExecution":
-            machine._fail_workflow(ctx, run, failure_record(c.get("failure")), completed_eid)
+            runs.fail_workflow(ctx, run, failure_record(c.get("failure")), completed_eid)
         elif t == "CancelWorkflowExecution":
-            machine.close_run(ctx, run, "CANCELED", "WORKFLOW_EXECUTION_CANCELED",
-                              {"details": c.get("details"), "identity": identity})
+            runs.close_run(ctx, run, "CANCELED", "WORKFLOW_EXECUTION_CANCELED",
+                           {"details": c.get("details"), "identity": identity})
         elif t == "ContinueAsNew":
             continue_as_new(ctx, run, c, completed_eid, identity)
         elif t == "StartTimer":
@@ -111,11 +109,9 @@ def apply(ctx: Ctx, run: dict[str, Any], commands: list[dict[str, Any]], complet
 
 
 def start_timer(ctx: Ctx, run: dict[str, Any], timer_id: str, ms: int, completed_eid: int) -> None:
-    from hanzo_tasks.shard import machine
-
     at = ctx.now + ms
-    eid = machine.add_event(ctx, run, "TIMER_STARTED", {"timerId": timer_id, "startToFireTimeout": ms,
-                                                        "workflowTaskCompletedEventId": completed_eid})
+    eid = runs.add_event(ctx, run, "TIMER_STARTED", {"timerId": timer_id, "startToFireTimeout": ms,
+                                                     "workflowTaskCompletedEventId": completed_eid})
     run.setdefault("openTimers", {})[timer_id] = {"at": at, "eventId": eid}
     kind = TIMER_PREFIX + timer_id
     run.setdefault("timers", {})[kind] = at
@@ -123,34 +119,20 @@ def start_timer(ctx: Ctx, run: dict[str, Any], timer_id: str, ms: int, completed
 
 
 def cancel_timer(ctx: Ctx, run: dict[str, Any], timer_id: str, completed_eid: int, identity: str) -> None:
-    from hanzo_tasks.shard import machine
-
     timer = run["openTimers"].pop(timer_id)
-    machine.disarm_run_timer(ctx, run, TIMER_PREFIX + timer_id)
-    machine.add_event(ctx, run, "TIMER_CANCELED", {"timerId": timer_id, "startedEventId": timer["eventId"],
-                                                   "workflowTaskCompletedEventId": completed_eid,
-                                                   "identity": identity})
+    runs.disarm_run_timer(ctx, run, TIMER_PREFIX + timer_id)
+    runs.add_event(ctx, run, "TIMER_CANCELED", {"timerId": timer_id, "startedEventId": timer["eventId"],
+                                                "workflowTaskCompletedEventId": completed_eid,
+                                                "identity": identity})
 
 
 def fire_timer(ctx: Ctx, run: dict[str, Any], timer_id: str) -> None:
     """A user timer is due (``wf.deadline`` of kind ``t:<timerId>``): TIMER_FIRED, a trigger event."""
-    from hanzo_tasks.shard import machine
-
     timer = (run.get("openTimers") or {}).pop(timer_id, None)
     if timer is None:
         return
-    machine.add_event(ctx, run, "TIMER_FIRED", {"timerId": timer_id, "startedEventId": timer["eventId"]})
-    machine.schedule_workflow_task(ctx, run)
-
-
-def drop_attempt_state(ctx: Ctx, run: dict[str, Any]) -> None:
-    """A run attempt failed and will be retried: its timers and activities are dropped (SPEC §5.6)."""
-    from hanzo_tasks.shard import machine
-
-    for timer_id in list(run.get("openTimers") or {}):
-        machine.disarm_run_timer(ctx, run, TIMER_PREFIX + timer_id)
-    run.pop("openTimers", None)
-    run.pop("openActs", None)
+    runs.add_event(ctx, run, "TIMER_FIRED", {"timerId": timer_id, "startedEventId": timer["eventId"]})
+    runs.schedule_workflow_task(ctx, run)
 
 
 # ---- activities ----------------------------------------------------------------------
@@ -158,8 +140,6 @@ def drop_attempt_state(ctx: Ctx, run: dict[str, Any]) -> None:
 
 def schedule_activity(ctx: Ctx, run: dict[str, Any], c: dict[str, Any], completed_eid: int) -> None:
     """ACTIVITY_TASK_SCHEDULED in the run, and an activity record dispatched as in §5.7."""
-    from hanzo_tasks.shard import machine
-
     spec: dict[str, Any] = {"type": c["activity_type"], "taskQueue": c.get("task_queue") or run["taskQueue"]}
     if "input" in c:
         spec["input"] = c.get("input")
@@ -180,32 +160,20 @@ def schedule_activity(ctx: Ctx, run: dict[str, Any], c: dict[str, Any], complete
     for f in ("scheduleToCloseTimeout", "scheduleToStartTimeout", "startToCloseTimeout", "heartbeatTimeout"):
         if spec.get(f):
             attrs[f] = spec[f]
-    machine.add_event(ctx, run, "ACTIVITY_TASK_SCHEDULED", attrs)
+    runs.add_event(ctx, run, "ACTIVITY_TASK_SCHEDULED", attrs)
     link = {"workflowId": run["workflowId"], "runId": run["runId"], "attempt": run["attempt"],
             "scheduledEventId": seid}
-    act = activities._create(ctx, spec, aid, ctx.new_run_id(), workflow=link)
+    act = activities.create(ctx, spec, aid, ctx.new_run_id(), workflow=link)
     ctx.put(ctx.k.workflow_activity(run["workflowId"], run["runId"], run["attempt"], aid), {"rid": act["runId"]})
-    track_activity(run, seid, aid, act["runId"])
-
-
-def track_activity(run: dict[str, Any], seid: int, aid: str, arid: str) -> None:
-    run.setdefault("openActs", {})[str(seid)] = {"activityId": aid, "runId": arid}
-
-
-def untrack_activity(run: dict[str, Any], seid: int) -> None:
-    acts = run.get("openActs")
-    if acts:
-        acts.pop(str(seid), None)
+    runs.track_activity(run, seid, aid, act["runId"])
 
 
 def request_cancel_activity(ctx: Ctx, run: dict[str, Any], seid: int, completed_eid: int, identity: str) -> None:
     """ACTIVITY_TASK_CANCEL_REQUESTED; not started → canceled at once, started → the worker is told."""
-    from hanzo_tasks.shard import machine
-
     ref = run["openActs"][str(seid)]
-    machine.add_event(ctx, run, "ACTIVITY_TASK_CANCEL_REQUESTED",
-                      {"scheduledEventId": seid, "workflowTaskCompletedEventId": completed_eid})
-    machine.save_run(ctx, run)
+    runs.add_event(ctx, run, "ACTIVITY_TASK_CANCEL_REQUESTED",
+                   {"scheduledEventId": seid, "workflowTaskCompletedEventId": completed_eid})
+    runs.save_run(ctx, run)
     act = ctx.get(ctx.k.activity(ref["activityId"], ref["runId"]))
     if act is None or act["status"] not in activities.ACT_OPEN:
         return
@@ -218,8 +186,6 @@ def request_cancel_activity(ctx: Ctx, run: dict[str, Any], seid: int, completed_
 
 
 def upsert_search_attributes(ctx: Ctx, run: dict[str, Any], attrs: dict[str, Any], completed_eid: int) -> None:
-    from hanzo_tasks.shard import machine
-
     merged = dict(run.get("searchAttrs") or {})
     for name, value in attrs.items():
         if value is None:
@@ -230,14 +196,12 @@ def upsert_search_attributes(ctx: Ctx, run: dict[str, Any], attrs: dict[str, Any
         run["searchAttrs"] = merged
     else:
         run.pop("searchAttrs", None)
-    machine.add_event(ctx, run, "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES",
-                      {"searchAttributes": attrs, "workflowTaskCompletedEventId": completed_eid})
+    runs.add_event(ctx, run, "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES",
+                   {"searchAttributes": attrs, "workflowTaskCompletedEventId": completed_eid})
 
 
 def continue_as_new(ctx: Ctx, run: dict[str, Any], c: dict[str, Any], completed_eid: int, identity: str) -> None:
     """Close this run CONTINUED_AS_NEW and start the next one with the same workflowId."""
-    from hanzo_tasks.shard import machine
-
     new_rid = ctx.new_run_id()
     spec: dict[str, Any] = {
         "type": c.get("workflow_type") or run["type"],
@@ -258,9 +222,9 @@ def continue_as_new(ctx: Ctx, run: dict[str, Any], c: dict[str, Any], completed_
     if run.get("workflowExecutionTimeout"):
         spec["workflowExecutionTimeout"] = run["workflowExecutionTimeout"]
     run["nextRunId"] = new_rid
-    machine.close_run(ctx, run, "CONTINUED_AS_NEW", "WORKFLOW_EXECUTION_CONTINUED_AS_NEW", {
+    runs.close_run(ctx, run, "CONTINUED_AS_NEW", "WORKFLOW_EXECUTION_CONTINUED_AS_NEW", {
         "newExecutionRunId": new_rid, "workflowType": {"name": spec["type"]},
         "taskQueue": {"name": spec["taskQueue"]}, "input": spec.get("input"),
         "workflowTaskCompletedEventId": completed_eid,
     })
-    machine.start_run(ctx, spec, wid=run["workflowId"], rid=new_rid)
+    runs.start_run(ctx, spec, wid=run["workflowId"], rid=new_rid)

@@ -36,9 +36,11 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from hanzo_tasks._local import Call, CronTiming, IntervalTiming, LocalEngine, Timing, wants_arg
+from hanzo_tasks.args import zap_retry_policy
+from hanzo_tasks.embedded_worker import EmbeddedWorker
 from hanzo_tasks.errors import (
     FailedPrecondition,
     Internal,
@@ -50,13 +52,12 @@ from hanzo_tasks.errors import (
     Unavailable,
     error_from,
 )
+from hanzo_tasks.protocol import hostport
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.names import is_id, is_namespace
 from hanzo_tasks.protocol.schedule_spec import SpecError, classify, compile_cron
+from hanzo_tasks.worker import Worker
 from hanzo_tasks.zap import ConnectFailed, ZapConnection, split_host_port
-
-if TYPE_CHECKING:
-    from hanzo_tasks.worker import Worker
 
 __all__ = ["Client", "default", "set_default"]
 
@@ -68,10 +69,8 @@ BACKOFF_S = (0.5, 1.0)  # waits before attempts 2 and 3 when there is no Retry-A
 MAX_RETRY_AFTER_S = 5.0
 MIN_REMOTE_INTERVAL_MS = 1000  # the server refuses faster schedules (SPEC §5.8)
 SCHEDULE_ID_MAX_BYTES = 200  # so that "<scheduleId>-<nominal time>" fits an Id (SPEC §1)
-EMBEDDED_MAX_CONCURRENT = 10  # the embedded worker's slots (SPEC §2.4)
 
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
-_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):(\d{1,5})")
 _USER_AGENT = "hanzo-tasks-python/0.1"
 
 Mode = Literal["local", "remote"]
@@ -84,12 +83,18 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _check_url(url: object) -> str | None:
-    if url is None:
+def _optional_text(value: object, what: str) -> str | None:
+    """None and "" mean "not given"; anything else must be a string."""
+    if value is None or value == "":
         return None
-    if not isinstance(url, str):
-        raise InvalidArgument(f"tasks_url must be a string, not {type(url).__name__}")
-    if url == "":
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _check_url(tasks_url: object) -> str | None:
+    url = _optional_text(tasks_url, "tasks_url")
+    if url is None:
         return None
     try:
         parts = urllib.parse.urlsplit(url)
@@ -103,16 +108,14 @@ def _check_url(url: object) -> str | None:
     return url.rstrip("/")
 
 
-def _check_zap(addr: object) -> str | None:
+def _check_zap(zap_addr: object) -> str | None:
+    addr = _optional_text(zap_addr, "zap_addr")
     if addr is None:
         return None
-    if not isinstance(addr, str):
-        raise InvalidArgument(f"zap_addr must be a string, not {type(addr).__name__}")
-    if addr == "":
-        return None
-    m = _HOST_PORT.fullmatch(addr)
-    if not m or not 1 <= int(m.group(1)) <= 65535:
-        raise InvalidArgument(f"zap_addr must be host:port, got {addr!r}")
+    try:
+        split_host_port(addr)
+    except InvalidArgument:
+        raise InvalidArgument(f"zap_addr must be host:port, got {addr!r}") from None
     return addr
 
 
@@ -214,8 +217,7 @@ class Client:
         # is unreachable and the worker falls back to the advertised address.
         self._zaps: dict[str, ZapConnection] = {}
         self._discovered_zap: str | None = None
-        self._worker_lock = threading.Lock()  # taken before self._lock, never after
-        self._worker: Worker | None = None
+        self._embedded = EmbeddedWorker(self, self._task_queue)
 
     # -- properties ----------------------------------------------------------
 
@@ -405,8 +407,6 @@ class Client:
             if workflow_id is not None:
                 zap_body["workflow_id"] = workflow_id
             if retry_policy is not None:
-                from hanzo_tasks.worker import zap_retry_policy
-
                 zap_body["retry_policy"] = zap_retry_policy(retry_policy)
         with self._lock:
             has_fn = task_type in self._fns
@@ -458,13 +458,7 @@ class Client:
             self._stop_event.set()
             engine, self._engine = self._engine, None
         deadline = time.monotonic() + max(0.0, timeout)
-        with self._worker_lock:  # waits for a worker start in progress
-            worker, self._worker = self._worker, None
-        if worker is not None:
-            try:
-                worker.stop(timeout)
-            except Exception:  # noqa: BLE001 - stop() must finish whatever happens
-                log.exception("stopping the embedded worker failed")
+        self._embedded.stop(timeout)  # waits for a worker start in progress
         with self._lock:
             zaps, self._zaps = list(self._zaps.values()), {}
         for zap in zaps:
@@ -484,43 +478,22 @@ class Client:
         return self._engine
 
     def _ensure_embedded_worker(self) -> None:
-        """Start the embedded worker that runs added fns and the handler (SPEC §2.4).
-
-        ``Worker(client, client.task_queue, max_concurrent=10)``, subscribed for
-        the names in ``self._fns``, or as catch-all when a handler is set. It
-        needs a ZAP address; none reachable -> ``Unavailable``. A failed start
-        is not remembered: the next ``add``/``now`` tries again.
-        """
-        from hanzo_tasks.worker import Worker  # lazy: tasks.worker imports this module
-
-        with self._worker_lock:
-            self._check_open()
-            worker = self._worker
-            if worker is None:
-                worker = Worker(self, self._task_queue, max_concurrent=EMBEDDED_MAX_CONCURRENT)
-                self._worker = worker
-            with self._lock:
-                fns = dict(self._fns)
-            worker._set_workflows(fns)
-            if not worker.running:
-                worker.start()
+        """Start the embedded worker that runs added fns and the handler (SPEC §2.4)."""
+        self._check_open()
+        self._embedded.ensure(self._fns_now)
 
     def _sync_embedded_worker(self) -> None:
         """After a failed ``add``: the running embedded worker forgets the name again."""
-        try:
-            with self._worker_lock:
-                worker = self._worker
-                if worker is not None and worker.running:
-                    with self._lock:
-                        fns = dict(self._fns)
-                    worker._set_workflows(fns)
-        except TasksError as e:
-            log.debug("embedded worker re-subscribe failed: %s", e)
+        self._embedded.sync(self._fns_now)
+
+    def _fns_now(self) -> dict[str, Callable[..., Any]]:
+        with self._lock:
+            return dict(self._fns)
 
     @property
     def worker(self) -> Worker | None:
         """The embedded worker, once ``add``/``now`` started it (remote mode)."""
-        return self._worker
+        return self._embedded.worker
 
     # -- ZAP ---------------------------------------------------------------------
 
@@ -590,14 +563,13 @@ class Client:
         addr = settings.get("zapAddr") if isinstance(settings, dict) else None
         if not isinstance(addr, str) or not addr:
             raise Unavailable(f"no ZAP address: {url} reports no zapAddr (ZAP disabled?)")
-        host, _, port = addr.rpartition(":")
-        if host in ("", "0.0.0.0", "::", "[::]", "*"):
-            base = urllib.parse.urlsplit(self._tasks_url).hostname or "127.0.0.1"
-            host = f"[{base}]" if ":" in base else base
-            addr = f"{host}:{port}"
         try:
+            host, port = hostport.split_host_port(addr, empty_host=True)
+            if host in hostport.WILDCARD_HOSTS:
+                host = urllib.parse.urlsplit(self._tasks_url).hostname or "127.0.0.1"
+                addr = hostport.join_host_port(host, port)
             split_host_port(addr)
-        except InvalidArgument:
+        except (ValueError, InvalidArgument):
             raise Unavailable(
                 f"no ZAP address: {url} reports an invalid zapAddr {addr!r}"
             ) from None

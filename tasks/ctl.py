@@ -1,10 +1,14 @@
 """``tasksctl``: the command-line client of the HTTP API (SPEC §10.3).
 
-It imports only the standard library so that it starts in a few tens of
-milliseconds and can be copied onto a machine without the server's
-dependencies. Every subcommand is one (or, when paging, a few) HTTP calls;
-the command prints the body as JSON (``--output json``, exactly what the API
-answered, pretty-printed) or as a compact human table.
+It needs nothing of the server: the standard library, and of ``protocol`` only
+``durations`` (itself standard library only), so that a spec is an interval
+here exactly when the server reads it as one. (Being ``hanzo_tasks.ctl``, it is
+loaded after the package's face, which imports the client library: that, not
+this module, sets the start-up time.)
+
+Every subcommand is one (or, when paging, a few) HTTP calls; the command
+prints the body as JSON (``--output json``, exactly what the API answered,
+pretty-printed) or as a compact human table.
 
 Exit codes: 0 ok, 1 API or connection error, 2 usage error. Errors go to
 stderr as ``error: <code>: <message>``.
@@ -25,11 +29,16 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
+from hanzo_tasks.protocol.durations import parse_duration
+
 DEFAULT_URL = "http://127.0.0.1:7243"
 HTTP_TIMEOUT = 10.0  # seconds, per request (SPEC §2.4 uses the same)
 POLL_INTERVAL = 0.5  # seconds between migration polls (migrate --wait)
 POLL_TOLERANCE = 20  # consecutive transient poll failures tolerated (~10 s)
 
+# The code to show for an error answer that carries none (a proxy's page). Not
+# protocol.errors.CODE_STATUS turned round: that maps codes to statuses, several
+# codes share a status (409, 503), and a proxy adds 502.
 _STATUS_CODE = {
     400: "invalid_argument",
     401: "unauthenticated",
@@ -47,8 +56,6 @@ _STATUS_CODE = {
     507: "storage_full",
 }
 _TRANSIENT = frozenset({"unavailable", "timeout", "rate_limited"})
-# Go-style duration (SPEC §0), to tell `--spec 5m` (interval) from a cron string.
-_DURATION_RE = re.compile(r"[+-]?(?:0|(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+)")
 _PREFIXES = (
     "WORKFLOW_EXECUTION_STATUS_",
     "NAMESPACE_STATE_",
@@ -349,6 +356,13 @@ def _more_hint(ctx: Ctx, body: Any) -> None:
 # ---------------------------------------------------------------- subcommands
 
 
+def _call_and_emit(ctx: Ctx, method: str, path: str, **kw: Any) -> int:
+    """One API call whose answer is printed as it is: most subcommands."""
+    _, body = ctx.api.call(method, path, **kw)
+    ctx.emit(body)
+    return 0
+
+
 def cmd_cluster_status(ctx: Ctx) -> int:
     _, body = ctx.api.call("GET", "/v1/tasks/cluster")
 
@@ -425,21 +439,15 @@ def cmd_ns_create(ctx: Ctx) -> int:
     payload: dict[str, Any] = {"namespaceInfo": info}
     if a.retention is not None:
         payload["config"] = {"workflowExecutionRetentionTtl": a.retention}
-    _, body = ctx.api.call("POST", "/v1/tasks/namespaces", body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", "/v1/tasks/namespaces", body=payload)
 
 
 def cmd_ns_describe(ctx: Ctx) -> int:
-    _, body = ctx.api.call("GET", _ns_path(ctx.args.name))
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "GET", _ns_path(ctx.args.name))
 
 
 def cmd_ns_delete(ctx: Ctx) -> int:
-    _, body = ctx.api.call("DELETE", _ns_path(ctx.args.name))
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "DELETE", _ns_path(ctx.args.name))
 
 
 def _wf(ctx: Ctx, wid: str, suffix: str = "") -> str:
@@ -455,16 +463,12 @@ def cmd_wf_start(ctx: Ctx) -> int:
         payload["input"] = _json_arg(a.input, "--input")
     if a.request_id is not None:
         payload["requestId"] = a.request_id
-    _, body = ctx.api.call("POST", f"{ctx.ns}/workflows", body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", f"{ctx.ns}/workflows", body=payload)
 
 
 def cmd_wf_describe(ctx: Ctx) -> int:
     a = ctx.args
-    _, body = ctx.api.call("GET", _wf(ctx, a.id), query={"runId": a.run})
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "GET", _wf(ctx, a.id), query={"runId": a.run})
 
 
 def cmd_wf_list(ctx: Ctx) -> int:
@@ -499,25 +503,22 @@ def cmd_wf_signal(ctx: Ctx) -> int:
         payload["payload"] = _json_arg(a.input, "--input")
     if a.request_id is not None:
         payload["requestId"] = a.request_id
-    _, body = ctx.api.call("POST", _wf(ctx, a.id, "/signal"), query={"runId": a.run}, body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", _wf(ctx, a.id, "/signal"), query={"runId": a.run}, body=payload)
+
+
+def _wf_end(ctx: Ctx, action: str) -> int:
+    """``wf cancel`` / ``wf terminate``: the same request to two routes."""
+    a = ctx.args
+    payload = {"reason": a.reason} if a.reason is not None else {}
+    return _call_and_emit(ctx, "POST", _wf(ctx, a.id, action), query={"runId": a.run}, body=payload)
 
 
 def cmd_wf_cancel(ctx: Ctx) -> int:
-    a = ctx.args
-    payload = {"reason": a.reason} if a.reason is not None else {}
-    _, body = ctx.api.call("POST", _wf(ctx, a.id, "/cancel"), query={"runId": a.run}, body=payload)
-    ctx.emit(body)
-    return 0
+    return _wf_end(ctx, "/cancel")
 
 
 def cmd_wf_terminate(ctx: Ctx) -> int:
-    a = ctx.args
-    payload = {"reason": a.reason} if a.reason is not None else {}
-    _, body = ctx.api.call("POST", _wf(ctx, a.id, "/terminate"), query={"runId": a.run}, body=payload)
-    ctx.emit(body)
-    return 0
+    return _wf_end(ctx, "/terminate")
 
 
 def cmd_wf_history(ctx: Ctx) -> int:
@@ -563,9 +564,7 @@ def cmd_wf_reset(ctx: Ctx) -> int:
     for key, value in (("runId", a.run), ("reason", a.reason), ("requestId", a.request_id)):
         if value is not None:
             payload[key] = value
-    _, body = ctx.api.call("POST", _wf(ctx, a.id, "/reset"), body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", _wf(ctx, a.id, "/reset"), body=payload)
 
 
 def _sched(ctx: Ctx, sid: str, suffix: str = "") -> str:
@@ -578,9 +577,11 @@ def schedule_spec(spec: str) -> dict[str, Any]:
     text = spec.strip()
     if not text:
         raise UsageError("--spec must not be empty")
-    if _DURATION_RE.fullmatch(text):
-        return {"interval": [{"interval": text}]}
-    return {"cronString": [text]}
+    try:
+        parse_duration(text)
+    except ValueError:
+        return {"cronString": [text]}
+    return {"interval": [{"interval": text}]}
 
 
 def cmd_schedule_create(ctx: Ctx) -> int:
@@ -599,9 +600,7 @@ def cmd_schedule_create(ctx: Ctx) -> int:
     if a.note is not None:
         payload["state"]["note"] = a.note
     query = {"upsert": True} if a.upsert else None
-    _, body = ctx.api.call("POST", f"{ctx.ns}/schedules", query=query, body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", f"{ctx.ns}/schedules", query=query, body=payload)
 
 
 def _schedule_spec_text(s: Any) -> str:
@@ -636,25 +635,21 @@ def cmd_schedule_list(ctx: Ctx) -> int:
 
 
 def cmd_schedule_describe(ctx: Ctx) -> int:
-    _, body = ctx.api.call("GET", _sched(ctx, ctx.args.id))
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "GET", _sched(ctx, ctx.args.id))
+
+
+def _schedule_toggle(ctx: Ctx, action: str) -> int:
+    a = ctx.args
+    payload = {"note": a.note} if a.note is not None else {}
+    return _call_and_emit(ctx, "POST", _sched(ctx, a.id, action), body=payload)
 
 
 def cmd_schedule_pause(ctx: Ctx) -> int:
-    a = ctx.args
-    payload = {"note": a.note} if a.note is not None else {}
-    _, body = ctx.api.call("POST", _sched(ctx, a.id, "/pause"), body=payload)
-    ctx.emit(body)
-    return 0
+    return _schedule_toggle(ctx, "/pause")
 
 
 def cmd_schedule_unpause(ctx: Ctx) -> int:
-    a = ctx.args
-    payload = {"note": a.note} if a.note is not None else {}
-    _, body = ctx.api.call("POST", _sched(ctx, a.id, "/unpause"), body=payload)
-    ctx.emit(body)
-    return 0
+    return _schedule_toggle(ctx, "/unpause")
 
 
 def cmd_schedule_trigger(ctx: Ctx) -> int:
@@ -664,15 +659,11 @@ def cmd_schedule_trigger(ctx: Ctx) -> int:
         payload["overlapPolicy"] = a.overlap
     if a.request_id is not None:
         payload["requestId"] = a.request_id
-    _, body = ctx.api.call("POST", _sched(ctx, a.id, "/trigger"), body=payload)
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "POST", _sched(ctx, a.id, "/trigger"), body=payload)
 
 
 def cmd_schedule_delete(ctx: Ctx) -> int:
-    _, body = ctx.api.call("DELETE", _sched(ctx, ctx.args.id))
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "DELETE", _sched(ctx, ctx.args.id))
 
 
 def cmd_schedule_times(ctx: Ctx) -> int:
@@ -774,9 +765,7 @@ def cmd_migrations_list(ctx: Ctx) -> int:
 
 
 def cmd_migrations_describe(ctx: Ctx) -> int:
-    _, body = ctx.api.call("GET", f"/v1/tasks/migrations/{_seg(ctx.args.id)}")
-    ctx.emit(body)
-    return 0
+    return _call_and_emit(ctx, "GET", f"/v1/tasks/migrations/{_seg(ctx.args.id)}")
 
 
 # ------------------------------------------------------------------- parser

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.metadata
 import logging
 import os
 import random
@@ -52,6 +53,7 @@ from hanzo_tasks.errors import (
     Unavailable,
     error_from,
 )
+from hanzo_tasks.protocol import hostport
 from hanzo_tasks.protocol import zap as Z
 
 __all__ = [
@@ -75,9 +77,7 @@ SDK_NAME = "hanzo-tasks-python"
 
 def _sdk_version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("hanzo-tasks")
+        return importlib.metadata.version("hanzo-tasks")
     except Exception:  # noqa: BLE001 - not installed as a distribution (a source checkout)
         return "0.1.0"
 
@@ -94,19 +94,18 @@ JITTER = 0.2
 """±20 %: spreads the reconnects of many workers after a server restart."""
 CLOSE_TIMEOUT_S = 5.0
 
-_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+):(\d{1,5})")
 _BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f/]")
 
 
 def split_host_port(addr: str) -> tuple[str, int]:
     """``"host:port"`` / ``"[::1]:port"`` -> (host, port); InvalidArgument otherwise."""
-    m = _HOST_PORT.fullmatch(addr)
-    if not m or not 1 <= int(m.group(2)) <= 65535:
+    try:
+        host, port = hostport.split_host_port(addr)
+    except ValueError:
+        port = 0
+    if port == 0:  # a client must connect somewhere: port 0 is no address
         raise InvalidArgument(f"ZAP address must be host:port, got {addr!r}")
-    host = m.group(1)
-    if host.startswith("["):
-        host = host[1:-1]
-    return host, int(m.group(2))
+    return host, port
 
 
 def default_identity() -> str:

@@ -20,6 +20,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from hanzo_tasks.cluster.api.http.request import (
+    Call,
+    finite_float,
+    json_response,
+    node_of,
+    reject_constant,
+)
 from hanzo_tasks.cluster.api.zap.server import recurring_spec
 from hanzo_tasks.cluster.auth import role_allows
 from hanzo_tasks.protocol import names
@@ -27,8 +34,7 @@ from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.replication import NotReplica
 
 if TYPE_CHECKING:
-    from hanzo_tasks.cluster.api.http.server import Call
-    from hanzo_tasks.cluster.service.core import Service
+    from hanzo_tasks.cluster.service import Service
 
 log = logging.getLogger("tasks.mcp")
 
@@ -123,33 +129,27 @@ def _pick(a: Json, fields: dict[str, str]) -> Json:
     return {camel: a[snake] for snake, camel in fields.items() if snake in a}
 
 
-def _node(c: Call) -> Any:
-    from hanzo_tasks.cluster.api.http.server import NODE_KEY
-
-    return c.request.app[NODE_KEY]
-
-
 @tool("list_namespaces", V, "List the caller's namespaces.", dict(PAGING), ns_arg=None)
 async def _list_namespaces(s: Service, c: Call, a: Json) -> Json:
-    return await s.list_namespaces(c.org, *_page(a))
+    return await s.namespaces.list_namespaces(c.org, *_page(a))
 
 
 @tool("describe_namespace", V, "Describe one namespace.", {"name": NAMESPACE}, ("name",), ns_arg="name")
 async def _describe_namespace(s: Service, c: Call, a: Json) -> Json:
-    return await s.get_namespace(c.org, a["name"])
+    return await s.namespaces.get_namespace(c.org, a["name"])
 
 
 @tool("list_workflows", V, "List workflow executions, newest first, optionally filtered by a visibility query.",
       {"namespace": NAMESPACE, "query": _str("visibility query, e.g. WorkflowType = 'x' AND ExecutionStatus = "
                                              "'Running'"), **PAGING}, ("namespace",))
 async def _list_workflows(s: Service, c: Call, a: Json) -> Json:
-    return await s.list_workflows(c.org, a["namespace"], a.get("query"), *_page(a))
+    return await s.workflows.list_workflows(c.org, a["namespace"], a.get("query"), *_page(a))
 
 
 @tool("describe_workflow", V, "Describe a workflow execution: info, config, pending activities and task.",
       {"namespace": NAMESPACE, "workflow_id": WORKFLOW_ID, "run_id": RUN_ID}, ("namespace", "workflow_id"))
 async def _describe_workflow(s: Service, c: Call, a: Json) -> Json:
-    return await s.describe_workflow(c.org, a["namespace"], a["workflow_id"], _run_id(a))
+    return await s.workflows.describe_workflow(c.org, a["namespace"], a["workflow_id"], _run_id(a))
 
 
 @tool("start_workflow", D, "Start a workflow execution; an equal request_id returns the same run.",
@@ -161,7 +161,7 @@ async def _start_workflow(s: Service, c: Call, a: Json) -> Json:
         "workflow_id": "workflowId", "input": "input", "request_id": "requestId"})}
     if a.get("task_queue"):
         body["taskQueue"] = {"name": a["task_queue"]}
-    return await s.start_workflow(c.org, a["namespace"], body)
+    return await s.workflows.start_workflow(c.org, a["namespace"], body)
 
 
 @tool("signal_workflow", D, "Send a signal to a running workflow.",
@@ -169,7 +169,7 @@ async def _start_workflow(s: Service, c: Call, a: Json) -> Json:
        "input": ANY}, ("namespace", "workflow_id", "signal_name"))
 async def _signal_workflow(s: Service, c: Call, a: Json) -> Json:
     body = {"name": a["signal_name"], **_pick(a, {"input": "input"})}
-    return await s.signal_workflow(c.org, a["namespace"], a["workflow_id"], _run_id(a), body)
+    return await s.workflows.signal_workflow(c.org, a["namespace"], a["workflow_id"], _run_id(a), body)
 
 
 _REASON = {"namespace": NAMESPACE, "workflow_id": WORKFLOW_ID, "run_id": RUN_ID, "reason": _str("reason")}
@@ -178,12 +178,12 @@ _REASON = {"namespace": NAMESPACE, "workflow_id": WORKFLOW_ID, "run_id": RUN_ID,
 @tool("cancel_workflow", D, "Request cancellation of a workflow (the workflow may clean up).",
       dict(_REASON), ("namespace", "workflow_id"))
 async def _cancel_workflow(s: Service, c: Call, a: Json) -> Json:
-    return await s.cancel_workflow(c.org, a["namespace"], a["workflow_id"], _run_id(a), _pick(a, {"reason": "reason"}))
+    return await s.workflows.cancel_workflow(c.org, a["namespace"], a["workflow_id"], _run_id(a), _pick(a, {"reason": "reason"}))
 
 
 @tool("terminate_workflow", D, "Terminate a workflow at once.", dict(_REASON), ("namespace", "workflow_id"))
 async def _terminate_workflow(s: Service, c: Call, a: Json) -> Json:
-    return await s.terminate_workflow(c.org, a["namespace"], a["workflow_id"], _run_id(a),
+    return await s.workflows.terminate_workflow(c.org, a["namespace"], a["workflow_id"], _run_id(a),
                                       _pick(a, {"reason": "reason"}))
 
 
@@ -191,7 +191,7 @@ async def _terminate_workflow(s: Service, c: Call, a: Json) -> Json:
       {"namespace": NAMESPACE, "workflow_id": WORKFLOW_ID, "run_id": RUN_ID, **PAGING,
        "reverse": {"type": "boolean", "description": "newest event first"}}, ("namespace", "workflow_id"))
 async def _history(s: Service, c: Call, a: Json) -> Json:
-    res = await s.history(c.org, a["namespace"], a["workflow_id"], _run_id(a), 0, a.get("reverse", False),
+    res = await s.workflows.history(c.org, a["namespace"], a["workflow_id"], _run_id(a), 0, a.get("reverse", False),
                           *_page(a))
     return {"events": res["events"], "nextPageToken": res["nextPageToken"]}
 
@@ -199,7 +199,7 @@ async def _history(s: Service, c: Call, a: Json) -> Json:
 @tool("list_schedules", V, "List the schedules of a namespace.", {"namespace": NAMESPACE, **PAGING},
       ("namespace",))
 async def _list_schedules(s: Service, c: Call, a: Json) -> Json:
-    return await s.list_schedules(c.org, a["namespace"], *_page(a))
+    return await s.schedules.list_schedules(c.org, a["namespace"], *_page(a))
 
 
 @tool("create_schedule", A, "Create a schedule that starts a workflow at each tick of a duration or cron spec.",
@@ -216,14 +216,14 @@ async def _create_schedule(s: Service, c: Call, a: Json) -> Json:
                   "action": action, "policies": _pick(a, {"overlap_policy": "overlapPolicy"})}
     if "paused" in a:
         body["state"] = {"paused": a["paused"]}
-    return await s.create_schedule(c.org, a["namespace"], body, upsert=False)
+    return await s.schedules.create_schedule(c.org, a["namespace"], body, upsert=False)
 
 
 @tool("pause_schedule", A, "Pause (paused=true) or resume (paused=false) a schedule.",
       {"namespace": NAMESPACE, "schedule_id": SCHEDULE_ID, "paused": {"type": "boolean"}, "note": _str("why")},
       ("namespace", "schedule_id", "paused"))
 async def _pause_schedule(s: Service, c: Call, a: Json) -> Json:
-    return await s.pause_schedule(c.org, a["namespace"], a["schedule_id"], _pick(a, {"note": "note"}), a["paused"])
+    return await s.schedules.pause_schedule(c.org, a["namespace"], a["schedule_id"], _pick(a, {"note": "note"}), a["paused"])
 
 
 @tool("trigger_schedule", A, "Start the schedule's action now.",
@@ -232,12 +232,12 @@ async def _pause_schedule(s: Service, c: Call, a: Json) -> Json:
       ("namespace", "schedule_id"))
 async def _trigger_schedule(s: Service, c: Call, a: Json) -> Json:
     body = _pick(a, {"request_id": "requestId", "overlap_policy": "overlapPolicy"})
-    return await s.trigger_schedule(c.org, a["namespace"], a["schedule_id"], body)
+    return await s.schedules.trigger_schedule(c.org, a["namespace"], a["schedule_id"], body)
 
 
 @tool("cluster_status", V, "Cluster members, partitions and the caller's namespaces, as this node sees them.", {})
 async def _cluster_status(s: Service, c: Call, a: Json) -> Json:
-    return await _node(c).cluster_info(c.org, 100, None)
+    return await node_of(c).cluster_info(c.org, 100, None)
 
 
 # ---------------------------------------------------------------------------
@@ -280,7 +280,7 @@ async def _initialize(s: Service, c: Call, params: Json) -> Json:
     return {
         "protocolVersion": asked if asked in SUPPORTED_VERSIONS else PROTOCOL_VERSION,
         "capabilities": {"tools": {"listChanged": False}},
-        "serverInfo": {"name": "hanzo-tasks", "version": _node(c).version},
+        "serverInfo": {"name": "hanzo-tasks", "version": node_of(c).version},
     }
 
 
@@ -298,7 +298,7 @@ async def _tools_call(s: Service, c: Call, params: Json) -> Json:
     t = TOOLS.get(name) if isinstance(name, str) else None
     if t is None:
         raise RpcError(INVALID_PARAMS, f"unknown tool {name!r}")
-    node = _node(c)
+    node = node_of(c)
     outcome = "error"
     try:
         args = check_args(t, params["arguments"] if params.get("arguments") is not None else {})
@@ -322,7 +322,7 @@ async def _run(s: Service, c: Call, node: Any, t: Tool, args: Json) -> Json:
     if node.auth.enabled:
         role = c.caller.role
         if ns is not None:
-            role = await s.role_in(c.org, ns, c.caller.email, role)
+            role = await s.namespaces.role_in(c.org, ns, c.caller.email, role)
         if not role_allows(role, t.role):
             raise ApiError("permission_denied", f"{t.name} needs the {t.role} role; the caller has {role}")
     if t.role == V and ns is not None:
@@ -371,16 +371,14 @@ async def h_mcp(s: Service, c: Call) -> web.Response:
     for this route only, left the body unread, so that a batch or a parse
     error can be answered in JSON-RPC terms rather than as an HTTP 400.
     """
-    from hanzo_tasks.cluster.api.http.server import _finite_float, _reject_constant, json_response
-
-    node = _node(c)
+    node = node_of(c)
     version = c.request.headers.get("MCP-Protocol-Version")
     if version is not None and version not in SUPPORTED_VERSIONS:
         raise ApiError("invalid_argument",
                        f"unsupported MCP-Protocol-Version {version!r}; supported: {', '.join(SUPPORTED_VERSIONS)}")
     raw = await _read_raw(c.request, node.cfg.limits.max_body)
     try:
-        msg = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        msg = json.loads(raw, parse_constant=reject_constant, parse_float=finite_float)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         return json_response(200, _error(None, PARSE_ERROR, f"parse error: {e}"), node.node_id)
     if isinstance(msg, list):

@@ -51,12 +51,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 from aiohttp import web
 from hanzo_tasks.cluster.api.http import migrations as migrations_api
+from hanzo_tasks.cluster.api.http.request import node_of
 from hanzo_tasks.cluster.service import render
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.channels import EVENTS  # SPEC §8.7 channel "events"
 from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.shard import reads
+from hanzo_tasks.shard.keys import ShardKeys
 
 log = logging.getLogger("tasks.sse")
 
@@ -287,7 +291,6 @@ class SseHub:
         others = [m for m in members if m not in holders]
         if not others:
             return
-        import msgpack
 
         ids = {f: ev[f] for f in ID_FIELDS if ev.get(f)}
         try:
@@ -343,8 +346,6 @@ class SseHub:
     # ---- data -------------------------------------------------------------------
 
     def _data(self, group: int, kind: str, ev: Json, result: Json) -> Any:
-        from hanzo_tasks.shard import reads
-
         org, ns = ev.get("org") or "_", ev.get("namespace") or ""
         family = kind.split(".", 1)[0]
         if kind == "schedule.fired":
@@ -377,7 +378,7 @@ class SseHub:
                 with rep.store(group).read() as txn:
                     s = reads.schedule(txn, org, ns, sid)
             service = self.node.service
-            return service.render_schedule(org, ns, s) if s is not None and service is not None else None
+            return service.schedules.render_schedule(org, ns, s) if s is not None and service is not None else None
         if kind == "batch.terminated":
             return {"reason": ev.get("reason") or "", "identity": ev.get("identity") or ""}
         if family == "batch":
@@ -406,9 +407,6 @@ class SseHub:
 
     def _signal_data(self, group: int, org: str, ns: str, run: Json) -> Json | None:
         """``{signal, input, history_length}``: the run's latest signal (a few events back at most)."""
-        import msgpack
-        from hanzo_tasks.shard.keys import ShardKeys
-
         k = ShardKeys(org, ns)
         length = int(run.get("historyLength") or 0)
         with self.node.replicator.store(group).read() as txn:
@@ -515,9 +513,7 @@ HEADERS = {
 
 async def h_events(s: Any, c: Any) -> web.StreamResponse:
     """GET /v1/tasks/events: validate, then answer with the stream itself (not JSON)."""
-    from hanzo_tasks.cluster.api.http.server import NODE_KEY
-
-    node = c.request.app[NODE_KEY]
+    node = node_of(c)
     hub: SseHub | None = getattr(node, "sse", None)
     if hub is None or hub.closed:
         raise ApiError("unavailable", "the event stream is not running on this node", retry_after=1)

@@ -20,9 +20,17 @@ import logging
 import os
 import sys
 
+from hanzo_tasks.cluster.cli.devcluster import main as dev_cluster
 from hanzo_tasks.cluster.config import ConfigError, build_arg_parser, load_config
 from hanzo_tasks.cluster.logs import setup_logging
-from hanzo_tasks.cluster.node import ConfigMismatch, Node, package_version, run_until_signalled
+from hanzo_tasks.cluster.node import (
+    ConfigMismatch,
+    Node,
+    package_version,
+    read_secret,
+    run_until_signalled,
+)
+from hanzo_tasks.cluster.service import wall_ms
 
 USAGE = __doc__ or ""
 EXIT_FAILURE = 1  # SPEC §10: runtime failure (the watchdog's stop included)
@@ -44,8 +52,6 @@ def _clock_from_env(env: os._Environ[str] | dict[str, str]):
     proposer stamps this clock into commands, so a skewed node proposes skewed
     times while the state machine itself stays deterministic.
     """
-    from hanzo_tasks.cluster.service.core import wall_ms
-
     raw = env.get("TASKS_CLOCK_SKEW_MS", "").strip()
     if not raw:
         return wall_ms
@@ -69,8 +75,6 @@ def serve(argv: list[str]) -> int:
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
     if cfg.replicator == "raft":
-        from hanzo_tasks.cluster.node import read_secret
-
         try:
             read_secret(cfg.cluster_secret_file)
         except (OSError, ValueError) as e:
@@ -111,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tasksd {package_version()}")
         return 0
     if args and args[0] == "dev-cluster":
-        from hanzo_tasks.cluster.cli.devcluster import main as dev_cluster
-
         return dev_cluster(args[1:])
     if args and args[0] == "serve":
         args = args[1:]

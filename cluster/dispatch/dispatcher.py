@@ -330,7 +330,7 @@ class Dispatcher:
             if free <= 0 or not self.service.holds(org, ns):
                 continue  # (not held here: a relay fallback with no replica reachable)
             now = self.service.clock()
-            with self.service._read(org, ns) as txn:
+            with self.service.read_txn(org, ns) as txn:
                 pending = reads.pending_tasks(txn, org, ns, tq, now, free * 2)
                 runs = [reads.run(txn, org, ns, wid, rid) for wid, rid, _ in pending]
             for run in runs:
@@ -363,7 +363,7 @@ class Dispatcher:
         free = sum(max(0, s.free()) for s in subs)
         if free <= 0 or not self.service.holds(org, ns):
             return
-        with self.service._read(org, ns) as txn:
+        with self.service.read_txn(org, ns) as txn:
             acts = [reads.activity(txn, org, ns, aid, rid)
                     for aid, rid in reads.pending_activities(txn, org, ns, tq, self.service.clock(), free * 2)]
         for act in acts:
@@ -494,7 +494,7 @@ class Dispatcher:
         org, ns = tok.org, tok.ns
         sticky = run.get("sticky")
         after = sticky["started"] if sticky and sticky["sub"] == sub.id else 0
-        with self.service._read(org, ns) as txn:
+        with self.service.read_txn(org, ns) as txn:
             events, _ = reads.history(txn, org, ns, run["runId"], after, False, MAX_HISTORY, run["historyLength"])
         wt = run["wt"]
         return {
@@ -593,7 +593,7 @@ class Dispatcher:
         lease = self.leases.get((org, ns, wid, rid))
         if lease is None or lease.sub is None or lease.sub.conn.closed or not self.service.holds(org, ns):
             return  # not held here: the close was recorded in history (and is a trigger event)
-        with self.service._read(org, ns) as txn:
+        with self.service.read_txn(org, ns) as txn:
             act = reads.activity(txn, org, ns, aid, arid)
         if act is None:
             return
@@ -689,7 +689,7 @@ class Dispatcher:
         t = self._token(org, body.get("task_token"))
         raw = body.get("commands")
         commands, bad = task_commands.normalize(
-            [] if raw is None else raw, lambda sa, _nulls: self.service._check_search_attrs(t.org, t.ns, sa))
+            [] if raw is None else raw, lambda sa, _nulls: self.service.workflows.check_search_attrs(t.org, t.ns, sa))
         try:
             await self.service.propose(
                 t.org, t.ns, "wt.complete", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,

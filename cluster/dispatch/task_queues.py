@@ -45,7 +45,7 @@ from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.shard.keys import ShardKeys
 
 if TYPE_CHECKING:
-    from hanzo_tasks.cluster.service.core import Service
+    from hanzo_tasks.cluster.service import Service
 
 Json = dict[str, Any]
 
@@ -273,21 +273,8 @@ def merge(reports: list[Json], ns: str, now: int) -> dict[str, Json]:
             sdk = _pair(g.get("sdk"))
             w.sdk = (w.sdk[0] or sdk[0], w.sdk[1] or sdk[1])
             w.build = w.build or _str(g.get("build"))
-    return {ident: _render(w, ns) for ident, w in workers.items()}
-
-
-def _render(w: _Worker, ns: str) -> Json:
-    out: Json = {"identity": w.identity, "namespace": ns, "taskQueue": w.tq}
-    if w.sdk[0]:
-        out["sdkName"] = w.sdk[0]
-    if w.sdk[1]:
-        out["sdkVersion"] = w.sdk[1]
-    if w.build:
-        out["buildId"] = w.build
-    out["firstSeen"] = render.t(w.first)
-    out["lastHeartbeat"] = render.t(w.last)
-    out["subscriptions"] = sorted(w.subs or [], key=lambda s: (s["taskQueue"], s["kind"], s["nodeId"]))
-    return out
+    return {ident: render.worker(w.identity, ns, w.tq, w.sdk, w.build, w.first, w.last, w.subs or [])
+            for ident, w in workers.items()}
 
 
 async def cluster_workers(node: Any, org: str, ns: str) -> dict[str, Json]:
@@ -342,7 +329,7 @@ async def list_task_queues(s: Service, node: Any, org: str, ns: str, size: int, 
 
     O(runs + pending tasks) of the namespace per request (see ``reads.queue_run_stats``).
     """
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     bound = f"{org}/{ns}"
     after = I.name_cursor(token, "task-queues", bound)
     workers = await cluster_workers(node, org, ns)
@@ -384,7 +371,7 @@ async def list_task_queues(s: Service, node: Any, org: str, ns: str, size: int, 
 async def describe_task_queue(s: Service, org: str, ns: str, q: str, size: int, token: str | None) -> Json:
     """GET NS/task-queues/{q}: its runs (list order, paged) with totals; an unknown queue has zeros."""
     names.check_id(q, "task queue")
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     bound = f"{org}/{ns}/{q}"
     after = I.read_token(token, "task-queue", bound)
     prefix = ShardKeys(org, ns).list_prefix()
@@ -407,7 +394,7 @@ async def describe_task_queue(s: Service, org: str, ns: str, q: str, size: int, 
 async def task_queue_partitions(s: Service, org: str, ns: str, q: str) -> Json:
     """GET NS/task-queues/{q}/partitions: one partition (key 0) with the queue's real backlog."""
     names.check_id(q, "task queue")
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     now = s.clock()
     rows = [row for tq in _queue_keys(q) for row in (await s.read(org, ns, "queue_backlog", tq)).values()]
     backlog, size, _ = _backlog(rows, now)
@@ -418,7 +405,7 @@ async def list_workers(s: Service, node: Any, org: str, ns: str, q: str | None, 
     """GET NS/workers (``q`` None) or NS/task-queues/{q}/workers (workers subscribed to ``q``), by identity."""
     if q is not None:
         names.check_id(q, "task queue")
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     kind, bound = ("workers", f"{org}/{ns}") if q is None else ("task-queue-workers", f"{org}/{ns}/{q}")
     after = I.name_cursor(token, kind, bound)
     workers = await cluster_workers(node, org, ns)
@@ -430,7 +417,7 @@ async def list_workers(s: Service, node: Any, org: str, ns: str, q: str | None, 
 async def get_worker(s: Service, node: Any, org: str, ns: str, identity: str) -> Json:
     """GET NS/workers/{identity}: the Worker record, 404 when no node knows it (or it expired)."""
     names.check_id(identity, "worker identity")
-    await s._prepare(org, ns)
+    await s.prepare(org, ns)
     w = (await cluster_workers(node, org, ns)).get(identity)
     if w is None:
         raise ApiError("not_found", f"worker {identity} not found")

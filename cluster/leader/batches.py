@@ -122,7 +122,7 @@ class BatchRunner:
         asyncio.get_running_loop().call_later(1.0, self._wake.set)
 
     def _state(self, org: str, ns: str, bid: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
-        with self.service._read(org, ns) as txn:
+        with self.service.read_txn(org, ns) as txn:
             rec = reads.batch(txn, org, ns, bid)
             if rec is None or rec["state"] != B.RUNNING:
                 return rec, []

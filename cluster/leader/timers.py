@@ -130,7 +130,7 @@ class ScheduleTimers:
 
     def replan(self, key: Key) -> None:
         org, ns, sid = key
-        with self.service._read(org, ns) as txn:
+        with self.service.read_txn(org, ns) as txn:
             s = reads.schedule(txn, org, ns, sid)
         self._plan(key, s)
 
@@ -224,7 +224,7 @@ class ScheduleTimers:
             async with self._sem:
                 if not self.service.replicator.is_leader(self.service.partition(org, ns)):
                     return
-                with self.service._read(org, ns) as txn:
+                with self.service.read_txn(org, ns) as txn:
                     s = reads.schedule(txn, org, ns, sid)
                 if s is None:
                     return

@@ -31,8 +31,12 @@ log = logging.getLogger("tasks.forwarding")
 Json = dict[str, Any]
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
-ROUTED: set[str] = set()
-"""Names of the service methods a peer may ask this node to run."""
+ROUTED: dict[str, str] = {}
+"""The service methods a peer may ask this node to run: method name -> the
+attribute of the service that holds the concept (``start_workflow`` ->
+``workflows``). Names are unique across concepts, so the wire carries the
+method name alone."""
+
 
 READS = frozenset(
     name for name, fn in vars(reads).items()
@@ -46,18 +50,39 @@ wait (``migration.fence_wait``) with room to spare; queries add their own timeou
 
 def routed(fn: F) -> F:
     """Run ``fn(self, org, ns, ...)`` on a replica of the shard when this node is not one."""
-    ROUTED.add(fn.__name__)
+    fn.__routed__ = True  # type: ignore[attr-defined]  # registered by Concept.__init_subclass__
 
     @functools.wraps(fn)
-    async def wrapper(self: Any, org: str, ns: str, *args: Any, **kwargs: Any) -> Any:
-        if self.holds(org, ns):
+    async def wrapper(self: Concept, org: str, ns: str, *args: Any, **kwargs: Any) -> Any:
+        if self.svc.holds(org, ns):
             return await run_here(self, fn, org, ns, args, kwargs)
-        return await self.forward(fn.__name__, org, ns, list(args), kwargs)
+        return await self.svc.forward(fn.__name__, org, ns, list(args), kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
-async def run_here(service: Any, fn: Callable[..., Awaitable[Any]], org: str, ns: str,
+class Concept:
+    """One concept of the service (namespaces, workflows, …): its operations, over
+    the node's shared plumbing ``svc`` (proposals, reads, barriers, forwarding).
+
+    Each subclass names the service attribute it lives under (``attr``); its
+    ``@routed`` methods are registered so that a peer can run them here."""
+
+    attr: str = ""
+
+    def __init__(self, svc: Any) -> None:
+        self.svc = svc
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        for name, fn in vars(cls).items():
+            if getattr(getattr(fn, "__wrapped__", None), "__routed__", False):
+                if ROUTED.get(name, cls.attr) != cls.attr:
+                    raise TypeError(f"routed method {name} is defined by two concepts")
+                ROUTED[name] = cls.attr
+
+
+async def run_here(concept: Concept, fn: Callable[..., Awaitable[Any]], org: str, ns: str,
                    args: Any, kwargs: Json) -> Any:
     """Run a routed method on this replica. A "not found" may come from this
     replica lagging behind a write acknowledged through another node (a
@@ -66,15 +91,16 @@ async def run_here(service: Any, fn: Callable[..., Awaitable[Any]], org: str, ns
     follows the pin), and the call is run once more, here or where the shard
     now lives. Safe for writes too: a command rejected as not found changed
     nothing."""
+    service = concept.svc
     try:
-        return await fn(service, org, ns, *args, **kwargs)
+        return await fn(concept, org, ns, *args, **kwargs)
     except ApiError as e:
         if e.code != "not_found" or not service.replicator.clustered:
             raise
     await service.read_barrier(org, ns)  # catches up, and follows a shard a migration moved
     if not service.holds(org, ns):
         return await service.forward(fn.__name__, org, ns, list(args), kwargs)
-    return await fn(service, org, ns, *args, **kwargs)
+    return await fn(concept, org, ns, *args, **kwargs)
 
 
 def pack_error(e: ApiError) -> Json:
@@ -136,13 +162,14 @@ class Forwarder:
             raise ValueError(f"{name!r} cannot be called by a peer")
         if not self.service.holds(org, ns):
             return {"not_replica": True}
-        fn = getattr(type(self.service), name).__wrapped__
+        concept = getattr(self.service, ROUTED[name])
+        fn = getattr(type(concept), name).__wrapped__
         self.served += 1
         leader = self.service.replicator.leader(self.service.partition(org, ns))
         try:
             if a.get("barrier"):
                 await self.service.read_barrier(org, ns)
-            out = {"ok": await run_here(self.service, fn, org, ns, a.get("args", ()), a.get("kwargs", {}))}
+            out = {"ok": await run_here(concept, fn, org, ns, a.get("args", ()), a.get("kwargs", {}))}
         except ApiError as e:
             out = pack_error(e)
         except NotReplica:
@@ -159,7 +186,7 @@ class Forwarder:
         if a.get("barrier"):
             await self.service.read_barrier(org, ns)
         try:
-            with self.service._read(org, ns) as txn:
+            with self.service.read_txn(org, ns) as txn:
                 return {"ok": getattr(reads, fn)(txn, org, ns, *a.get("args", ()))}
         except NotReplica:
             return {"not_replica": True}

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol import fields, names
 from hanzo_tasks.protocol.durations import format_duration, parse_duration
 from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.fields import FieldReader
 from hanzo_tasks.protocol.timefmt import parse_time
 
 Json = dict[str, Any]
@@ -28,33 +29,19 @@ def bad(message: str, **details: Any) -> ApiError:
 # ---- primitive fields ------------------------------------------------------
 
 
+_FIELDS = FieldReader(bad, mapping="an object")
+
+
 def opt_str(body: Json, field: str, default: str | None = None) -> str | None:
-    v = body.get(field)
-    if v is None:
-        return default
-    if not isinstance(v, str):
-        raise bad(f"{field} must be a string")
-    return v
+    return _FIELDS.text(body, field, default)
 
 
 def opt_bool(body: Json, field: str, default: bool = False) -> bool:
-    v = body.get(field)
-    if v is None:
-        return default
-    if not isinstance(v, bool):
-        raise bad(f"{field} must be a boolean")
-    return v
+    return bool(_FIELDS.boolean(body, field, default))
 
 
 def opt_int(body: Json, field: str, default: int | None = None, *, lo: int | None = None) -> int | None:
-    v = body.get(field)
-    if v is None:
-        return default
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise bad(f"{field} must be an integer")
-    if lo is not None and v < lo:
-        raise bad(f"{field} must be at least {lo}")
-    return v
+    return _FIELDS.integer(body, field, default, lo=lo)
 
 
 def opt_duration(body: Json, field: str, *, lo_ms: int | None = None, hi_ms: int | None = None) -> int | None:
@@ -87,12 +74,7 @@ def opt_time(body: Json, field: str) -> int | None:
 
 
 def opt_obj(body: Json, field: str) -> Json | None:
-    v = body.get(field)
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        raise bad(f"{field} must be an object")
-    return v
+    return _FIELDS.mapping_of(body, field)
 
 
 def name_obj(body: Json, field: str, *, required: bool) -> str | None:
@@ -102,6 +84,7 @@ def name_obj(body: Json, field: str, *, required: bool) -> str | None:
         if required:
             raise bad(f"{field}.name is required")
         return None
+    name: Any
     if isinstance(v, str):
         name = v
     elif isinstance(v, dict):
@@ -144,6 +127,16 @@ def enum(value: Any, prefix: str, allowed: tuple[str, ...], field: str) -> str:
     return v
 
 
+_HTTP_RETRY = fields.RetryRules(
+    "retryPolicy",
+    "camel",
+    interval=lambda v, key: opt_duration(v, key),
+    attempts=lambda v, key: opt_int(v, key, 0, lo=0),
+    error=bad,
+    mapping="an object",
+)
+"""Over HTTP: duration strings; a null backoffCoefficient is an error; no upper bound."""
+
 CONFLICT_POLICIES = ("FAIL", "USE_EXISTING", "TERMINATE_EXISTING", "UNSPECIFIED")
 OVERLAP_POLICIES = (
     "SKIP",
@@ -168,32 +161,7 @@ def conflict_policy(value: Any) -> str:
 
 def retry_policy(v: Any, field: str = "retryPolicy") -> Json | None:
     """RetryPolicy (SPEC §5.1) in internal form: durations in ms."""
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        raise bad(f"{field} must be an object")
-    initial = opt_duration(v, "initialInterval") or 1000
-    if initial <= 0:
-        raise bad(f"{field}.initialInterval must be positive")
-    coeff = v.get("backoffCoefficient", 2.0)
-    if isinstance(coeff, bool) or not isinstance(coeff, int | float) or coeff < 1:
-        raise bad(f"{field}.backoffCoefficient must be a number >= 1")
-    maximum = opt_duration(v, "maximumInterval")
-    if maximum is None:
-        maximum = 100 * initial
-    if maximum < initial:
-        raise bad(f"{field}.maximumInterval must be >= initialInterval")
-    attempts = opt_int(v, "maximumAttempts", 0, lo=0)
-    nr = v.get("nonRetryableErrorTypes") or []
-    if not isinstance(nr, list) or not all(isinstance(x, str) for x in nr):
-        raise bad(f"{field}.nonRetryableErrorTypes must be a list of strings")
-    return {
-        "initialInterval": initial,
-        "backoffCoefficient": float(coeff),
-        "maximumInterval": maximum,
-        "maximumAttempts": attempts,
-        "nonRetryableErrorTypes": nr,
-    }
+    return fields.retry_policy(v, _HTTP_RETRY, field)
 
 
 def request_id(body: Json, field: str = "requestId") -> str | None:

@@ -17,53 +17,15 @@ from typing import Any
 
 from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.cluster.service import render
-from hanzo_tasks.cluster.service.forwarding import routed
+from hanzo_tasks.cluster.service.forwarding import Concept, routed
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.shard import reads
 
 Json = dict[str, Any]
 
-STATE_PREFIX = "DEPLOYMENT_STATE_"
 HEARTBEAT_WINDOW_MS = 60_000
 """A worker that was seen this recently counts as heartbeating (SPEC §5.12, validate)."""
-
-
-# ---- rendering (stored records -> SPEC §5.1 shapes) ------------------------------------
-
-
-def _copy_set(out: Json, rec: Json, fields: tuple[str, ...]) -> None:
-    for f in fields:
-        if rec.get(f):
-            out[f] = rec[f]
-
-
-def render_version(v: Json) -> Json:
-    out: Json = {"buildId": v["buildId"], "state": STATE_PREFIX + v["state"]}
-    _copy_set(out, v, ("description", "compute", "image", "env"))
-    out["createTime"] = render.t(v["createTime"])
-    if v.get("updateTime"):
-        out["updateTime"] = render.t(v["updateTime"])
-    return out
-
-
-def render_deployment(rec: Json) -> Json:
-    out: Json = {"name": rec["name"], "namespace": rec["namespace"]}
-    _copy_set(out, rec, ("description", "ownerEmail", "defaultCompute"))
-    out["versions"] = [render_version(v) for v in rec["versions"]]
-    out["defaultBuildId"] = rec["defaultBuildId"]
-    out["createTime"] = render.t(rec["createTime"])
-    if rec.get("updateTime"):
-        out["updateTime"] = render.t(rec["updateTime"])
-    return out
-
-
-def render_nexus(rec: Json) -> Json:
-    out: Json = {"name": rec["name"], "namespace": rec["namespace"]}
-    _copy_set(out, rec, ("description",))
-    out["target"] = rec["target"]
-    out["createTime"] = render.t(rec["createTime"])
-    return out
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -149,85 +111,87 @@ def build_state(reports: list[Json], build_id: str, now: int) -> Json:
 # ---- the service mixin ----------------------------------------------------------------------
 
 
-class RecordsService:
-    """Deployments and nexus endpoints; mixed into ``cluster.service.core.Service``."""
+class Records(Concept):
+    """Deployments and nexus endpoints: the records half of a node's service."""
+
+    attr = "records"
 
     # ---- deployments ------------------------------------------------------------------
 
     @routed
     async def list_deployments(self, org: str, ns: str, size: int, token: str | None) -> Json:
-        await self._prepare(org, ns)
-        with self._read(org, ns) as txn:
+        await self.svc.prepare(org, ns)
+        with self.svc.read_txn(org, ns) as txn:
             page, nxt = I.name_page(lambda after, n: reads.deployments(txn, org, ns, after, n), token,
                                     "deployments", f"{org}/{ns}", size, lambda d: d["name"])
-        return {"deployments": [render_deployment(d) for d in page], "nextPageToken": nxt}
+        return {"deployments": [render.deployment(d) for d in page], "nextPageToken": nxt}
 
     @routed
     async def create_deployment(self, org: str, ns: str, body: Json) -> Json:
         name = required_id(body, "name", "deployment name")
         fields = deployment_fields(body)
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.create", name=name, fields=fields)
-        return render_deployment(res["deployment"])
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.create", name=name, fields=fields)
+        return render.deployment(res["deployment"])
 
     @routed
     async def get_deployment(self, org: str, ns: str, name: str) -> Json:
         check_name(name, "deployment name")
-        await self._prepare(org, ns)
-        with self._read(org, ns) as txn:
+        await self.svc.prepare(org, ns)
+        with self.svc.read_txn(org, ns) as txn:
             rec = reads.deployment(txn, org, ns, name)
         if rec is None:
             raise ApiError("not_found", f"deployment {name} not found")
-        return render_deployment(rec)
+        return render.deployment(rec)
 
     @routed
     async def update_deployment(self, org: str, ns: str, name: str, body: Json) -> Json:
         check_name(name, "deployment name")
         fields = deployment_fields(body)
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.update", name=name, fields=fields)
-        return render_deployment(res["deployment"])
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.update", name=name, fields=fields)
+        return render.deployment(res["deployment"])
 
     @routed
     async def delete_deployment(self, org: str, ns: str, name: str, force: bool = False) -> Json:
         check_name(name, "deployment name")
-        await self._prepare(org, ns)
-        await self.propose(org, ns, "dep.delete", name=name, force=bool(force))
+        await self.svc.prepare(org, ns)
+        await self.svc.propose(org, ns, "dep.delete", name=name, force=bool(force))
         return {"status": "deleted"}
 
     @routed
     async def set_current_deployment_version(self, org: str, ns: str, name: str, body: Json) -> Json:
         check_name(name, "deployment name")
         build_id = required_id(body, "buildId", "buildId")
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.set_current", name=name, buildId=build_id)
-        return render_deployment(res["deployment"])
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.set_current", name=name, buildId=build_id)
+        return render.deployment(res["deployment"])
 
     @routed
     async def add_deployment_version(self, org: str, ns: str, name: str, body: Json) -> Json:
         check_name(name, "deployment name")
         build_id = required_id(body, "buildId", "buildId")
         fields = version_fields(body)
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.version_add", name=name, buildId=build_id, fields=fields)
-        return render_version(res["version"])
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.version_add", name=name, buildId=build_id, fields=fields)
+        return render.deployment_version(res["version"])
 
     @routed
     async def update_deployment_version(self, org: str, ns: str, name: str, build_id: str, body: Json) -> Json:
         check_name(name, "deployment name")
         check_name(build_id, "buildId")
         fields = version_fields(body)
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.version_update", name=name, buildId=build_id, fields=fields)
-        return render_version(res["version"])
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.version_update", name=name, buildId=build_id, fields=fields)
+        return render.deployment_version(res["version"])
 
     @routed
     async def delete_deployment_version(self, org: str, ns: str, name: str, build_id: str) -> Json:
         check_name(name, "deployment name")
         check_name(build_id, "buildId")
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "dep.version_delete", name=name, buildId=build_id)
-        return render_deployment(res["deployment"])
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "dep.version_delete", name=name, buildId=build_id)
+        return render.deployment(res["deployment"])
 
     @routed
     async def validate_deployment_version(self, org: str, ns: str, name: str, build_id: str) -> Json:
@@ -238,9 +202,9 @@ class RecordsService:
         """
         check_name(name, "deployment name")
         check_name(build_id, "buildId")
-        await self._prepare(org, ns)
+        await self.svc.prepare(org, ns)
         started = time.perf_counter()
-        with self._read(org, ns) as txn:
+        with self.svc.read_txn(org, ns) as txn:
             rec = reads.deployment(txn, org, ns, name)
         latency_ms = (time.perf_counter() - started) * 1000.0
         if rec is None:
@@ -253,11 +217,11 @@ class RecordsService:
 
     @routed
     async def list_nexus_endpoints(self, org: str, ns: str, size: int, token: str | None) -> Json:
-        await self._prepare(org, ns)
-        with self._read(org, ns) as txn:
+        await self.svc.prepare(org, ns)
+        with self.svc.read_txn(org, ns) as txn:
             page, nxt = I.name_page(lambda after, n: reads.nexus_endpoints(txn, org, ns, after, n), token,
                                     "nexus-endpoints", f"{org}/{ns}", size, lambda e: e["name"])
-        return {"endpoints": [render_nexus(e) for e in page], "nextPageToken": nxt}
+        return {"endpoints": [render.nexus_endpoint(e) for e in page], "nextPageToken": nxt}
 
     @routed
     async def put_nexus_endpoint(self, org: str, ns: str, body: Json) -> Json:
@@ -266,15 +230,15 @@ class RecordsService:
         if not target:
             raise I.bad("target is required")
         description = I.opt_str(body, "description") or ""
-        await self._prepare(org, ns)
-        res = await self.propose(org, ns, "nexus.put", name=name, target=target, description=description)
-        return render_nexus(res["endpoint"])
+        await self.svc.prepare(org, ns)
+        res = await self.svc.propose(org, ns, "nexus.put", name=name, target=target, description=description)
+        return render.nexus_endpoint(res["endpoint"])
 
     @routed
     async def delete_nexus_endpoint(self, org: str, ns: str, name: str) -> Json:
         check_name(name, "nexus endpoint name")
-        await self._prepare(org, ns)
-        await self.propose(org, ns, "nexus.delete", name=name)
+        await self.svc.prepare(org, ns)
+        await self.svc.propose(org, ns, "nexus.delete", name=name)
         return {"status": "deleted"}
 
     async def list_org_nexus_endpoints(self, org: str, size: int, token: str | None, *,
@@ -290,13 +254,13 @@ class RecordsService:
         ns_token = I.make_token("namespaces", org, after[0].encode()[:-1]) if after else None
         found: list[Json] = []
         while len(found) <= size:
-            listing = await self.list_namespaces(org, 1000, ns_token)
+            listing = await self.svc.namespaces.list_namespaces(org, 1000, ns_token)
             for info in listing["namespaces"]:
                 ns = info["namespaceInfo"]["name"]
                 if after is not None and ns.encode() < after[0].encode():
                     continue
                 start = after[1] if after is not None and ns == after[0] else None
-                found.extend(await self.read(org, ns, "nexus_endpoints", start, size + 1 - len(found),
+                found.extend(await self.svc.read(org, ns, "nexus_endpoints", start, size + 1 - len(found),
                                              barrier=not stale))
                 if len(found) > size:
                     break
@@ -306,4 +270,4 @@ class RecordsService:
         page = found[:size]
         more = len(found) > size
         cursor = (page[-1]["namespace"] + "\x00" + page[-1]["name"]).encode() if more else None
-        return {"endpoints": [render_nexus(e) for e in page], "nextPageToken": I.make_token("nexus", org, cursor)}
+        return {"endpoints": [render.nexus_endpoint(e) for e in page], "nextPageToken": I.make_token("nexus", org, cursor)}

@@ -292,3 +292,61 @@ def batch(rec: Json) -> Json:
 def identity(rec: Json) -> Json:
     """An Identity record (SPEC §5.1)."""
     return {**rec, "grantTime": t(rec["grantTime"])}
+
+
+# ---- deployments and nexus endpoints (SPEC §4.7) ----------------------------------------
+
+DEPLOYMENT_STATE_PREFIX = "DEPLOYMENT_STATE_"
+
+
+def _copy_set(out: Json, rec: Json, fields: tuple[str, ...]) -> None:
+    for f in fields:
+        if rec.get(f):
+            out[f] = rec[f]
+
+
+def deployment_version(v: Json) -> Json:
+    out: Json = {"buildId": v["buildId"], "state": DEPLOYMENT_STATE_PREFIX + v["state"]}
+    _copy_set(out, v, ("description", "compute", "image", "env"))
+    out["createTime"] = t(v["createTime"])
+    if v.get("updateTime"):
+        out["updateTime"] = t(v["updateTime"])
+    return out
+
+
+def deployment(rec: Json) -> Json:
+    out: Json = {"name": rec["name"], "namespace": rec["namespace"]}
+    _copy_set(out, rec, ("description", "ownerEmail", "defaultCompute"))
+    out["versions"] = [deployment_version(v) for v in rec["versions"]]
+    out["defaultBuildId"] = rec["defaultBuildId"]
+    out["createTime"] = t(rec["createTime"])
+    if rec.get("updateTime"):
+        out["updateTime"] = t(rec["updateTime"])
+    return out
+
+
+def nexus_endpoint(rec: Json) -> Json:
+    out: Json = {"name": rec["name"], "namespace": rec["namespace"]}
+    _copy_set(out, rec, ("description",))
+    out["target"] = rec["target"]
+    out["createTime"] = t(rec["createTime"])
+    return out
+
+
+# ---- workers (SPEC §4.5) ------------------------------------------------------------------
+
+
+def worker(identity: str, ns: str, task_queue: str, sdk: tuple[str, str], build: str, first: int, last: int,
+           subscriptions: list[Json]) -> Json:
+    """A worker of the registry, merged from this node's and its peers' reports."""
+    out: Json = {"identity": identity, "namespace": ns, "taskQueue": task_queue}
+    if sdk[0]:
+        out["sdkName"] = sdk[0]
+    if sdk[1]:
+        out["sdkVersion"] = sdk[1]
+    if build:
+        out["buildId"] = build
+    out["firstSeen"] = t(first)
+    out["lastHeartbeat"] = t(last)
+    out["subscriptions"] = sorted(subscriptions, key=lambda s: (s["taskQueue"], s["kind"], s["nodeId"]))
+    return out

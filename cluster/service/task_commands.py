@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol import fields, names
 from hanzo_tasks.protocol.errors import ApiError
 
 Json = dict[str, Any]
@@ -46,36 +46,31 @@ def _ms(c: Json, field: str, *, positive: bool = False) -> int | None:
     return v
 
 
+def _attempts(rp: Json, field: str) -> int:
+    attempts = rp.get(field) or 0
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+        raise BadCommand(f"retry_policy.{field} must be a non-negative integer")
+    return attempts
+
+
+_ZAP_RETRY = fields.RetryRules(
+    "retry_policy",
+    "snake",
+    interval=lambda rp, field: _ms(rp, field, positive=True),
+    attempts=_attempts,
+    error=BadCommand,
+    null_coefficient=True,
+    max_coefficient=1000,
+)
+"""Over ZAP: integer ms; a null backoff_coefficient is the default; at most 1000."""
+
+
 def retry_policy(rp: Any) -> Json | None:
     """A ZAP retry policy (snake_case, ms) in the engine's form."""
-    if rp is None:
-        return None
-    if not isinstance(rp, dict):
-        raise BadCommand("retry_policy must be a map")
-    initial = _ms(rp, "initial_interval_ms", positive=True) or 1000
-    coeff = rp.get("backoff_coefficient", 2.0)
-    if coeff is None:
-        coeff = 2.0
-    if isinstance(coeff, bool) or not isinstance(coeff, int | float) or not 1 <= coeff <= 1000:
-        raise BadCommand("retry_policy.backoff_coefficient must be a number >= 1")
-    maximum = _ms(rp, "maximum_interval_ms", positive=True) or 100 * initial
-    if maximum < initial:
-        raise BadCommand("retry_policy.maximum_interval_ms must be >= initial_interval_ms")
-    attempts = rp.get("maximum_attempts") or 0
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
-        raise BadCommand("retry_policy.maximum_attempts must be a non-negative integer")
-    nr = rp.get("non_retryable_error_types") or []
-    if not isinstance(nr, list) or not all(isinstance(x, str) for x in nr):
-        raise BadCommand("retry_policy.non_retryable_error_types must be a list of strings")
-    return {"initialInterval": initial, "backoffCoefficient": float(coeff), "maximumInterval": maximum,
-            "maximumAttempts": attempts, "nonRetryableErrorTypes": nr}
+    return fields.retry_policy(rp, _ZAP_RETRY)
 
 
-def _map(c: Json, field: str) -> Json | None:
-    v = c.get(field)
-    if v is not None and not isinstance(v, dict):
-        raise BadCommand(f"{field} must be a map")
-    return v
+_map = fields.FieldReader(BadCommand).mapping_of
 
 
 SearchCheck = Callable[[Json, bool], Json]
@@ -148,9 +143,9 @@ def _one(c: Any, check_search: SearchCheck) -> Json:
     if t == "ContinueAsNew":
         out = {"type": t}
         for f in ("workflow_type", "task_queue"):
-            v = _id(c, f, required=False)
-            if v is not None:
-                out[f] = v
+            ident = _id(c, f, required=False)
+            if ident is not None:
+                out[f] = ident
         if "input" in c:
             out["input"] = c.get("input")
         run_timeout = _ms(c, "workflow_run_timeout_ms")

@@ -1,6 +1,10 @@
 """Activity heartbeats over ZAP (SPEC §5.7): committed at most every min(10 s,
 heartbeatTimeout / 2), yet they keep the attempt alive past its heartbeat timeout,
-answer cancel requests, and a silent worker still times out."""
+answer cancel requests, and a silent worker still times out.
+
+The node runs in this process (``hanzo_tasks.testing``): its clock ticks with
+real time (the throttle is real time) and is advanced past the heartbeat
+timeout instead of sleeping through it."""
 
 from __future__ import annotations
 
@@ -28,8 +32,8 @@ def take_activity(w: RawWorker, timeout: float = 10.0) -> dict:
     return body
 
 
-def test_heartbeats_are_throttled_but_keep_the_attempt_alive(zap_node) -> None:
-    node, addr = zap_node
+def test_heartbeats_are_throttled_but_keep_the_attempt_alive(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     w = RawWorker(addr, tq="hb")
     try:
         assert w.call(Op.SubscribeActivityTasks, {"task_queue": "hb", "max_concurrent": 1})["status"] == 200
@@ -55,7 +59,11 @@ def test_heartbeats_are_throttled_but_keep_the_attempt_alive(zap_node) -> None:
         time.sleep(0.2)
         r = w.call(Op.RecordHeartbeat, {"task_token": task["task_token"]})
         assert r["status"] == 200 and r["body"]["cancel_requested"] is True, r
-        time.sleep(3.0)  # silent past the heartbeat timeout: the attempt times out
+        node.clock.advance(3.0)  # silent past the heartbeat timeout: the attempt times out
+        deadline = time.monotonic() + 10  # seen by the next run-timer scan (every 0.25 s); the
+        while node.get(f"{ACTS}/beat/{rid}")[1]["status"] == "ACTIVITY_TASK_STATE_STARTED":  # worker is silent
+            assert time.monotonic() < deadline, "the heartbeat timeout never fired"
+            time.sleep(0.05)
         r = w.call(Op.RecordHeartbeat, {"task_token": task["task_token"]})
         assert r["status"] == 404, r
     finally:

@@ -3,7 +3,7 @@
 Every route of ``cluster.api.http.server.build_router()`` is driven with malformed
 bodies, wrong JSON types, bad names in every path parameter, bad query
 parameters and oversized bodies, through real HTTP against one real
-``tasksd``. Paths go out byte for byte (``http.client`` / raw sockets), so
+node (in this process: ``hanzo_tasks.testing``). Paths go out byte for byte (``http.client`` / raw sockets), so
 ``..`` and ``%2e%2e`` reach the server exactly as written.
 
 Each error must be the SPEC's 4xx with ``Content-Type: application/json`` and a
@@ -26,10 +26,11 @@ import msgpack
 import pytest
 from hanzo_tasks.cluster.api.http.server import Route, build_router
 from hanzo_tasks.cluster.service.inputs import make_token
+from hanzo_tasks.testing import TestNode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import NodeProcess
+from tests.cluster.inproc import start_test_node
 
 NSP = "/v1/tasks/namespaces"
 MAX_BODY = 4 * 1024 * 1024
@@ -49,7 +50,7 @@ def _strict_json(payload: bytes) -> Any:
 
 
 class Api:
-    def __init__(self, node: NodeProcess) -> None:
+    def __init__(self, node: TestNode) -> None:
         self.node = node
         u = urlsplit(node.url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
@@ -146,12 +147,11 @@ class World:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    node = NodeProcess(tmp_path_factory.mktemp("bad_input") / "n1")
-    node.start()
+    node = start_test_node(tmp_path_factory.mktemp("bad_input") / "n1")
     try:
         yield Api(node)
     finally:
-        node.kill()
+        node.stop()
 
 
 @pytest.fixture(scope="module")
@@ -906,9 +906,9 @@ def test_forged_page_token_cursor_is_400(api: Api, world: World) -> None:
     check_all(api, cases)
 
 
-def test_reverse_history_with_huge_after(node_factory) -> None:
+def test_reverse_history_with_huge_after(inproc_node) -> None:
     # A node of its own: today this request blocks its node for a long time.
-    node = node_factory("hang")
+    node = inproc_node
     api = Api(node)
     api.ok("POST", f"{NSP}/default/workflows", {"workflowType": "Job", "workflowId": "h"})
     base = f"{NSP}/default/workflows/h/history?reverse=true&after="
@@ -963,7 +963,7 @@ def test_wrong_methods_on_metrics_and_readyz_are_405(api: Api) -> None:
 
 
 def test_zz_node_still_healthy_and_serving(api: Api, world: World) -> None:
-    assert api.node.proc is not None and api.node.proc.poll() is None, "tasksd died"
+    assert api.node.alive, "the node died"
     s, b, _ = api.call("GET", "/healthz")
     assert s == 200 and b["status"] == "ok"
     r = api.ok("POST", f"{NSP}/{world.ns}/workflows", {"workflowType": {"name": "AfterAll"}, "input": [1]})

@@ -1,9 +1,10 @@
-"""Batch operations through a real ``tasksd`` (SPEC §4.7, §5.9): the targets
+"""Batch operations through a real node (SPEC §4.7, §5.9): the targets
 are captured at start, worked through at ``rps`` by the shard leader, counted,
 and resumed by a new leader after a kill.
 
-One single node serves most of the module (each test in its own namespace);
-the failover test runs its own three-node cluster.
+One single in-process node (``hanzo_tasks.testing``) serves most of the module
+(each test in its own namespace); the failover test runs its own three-node
+cluster of ``tasksd`` processes.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from hanzo_tasks.testing import TestNode
 
+from tests.cluster.inproc import start_test_node
 from tests.support import NodeProcess
 
 NSP = "/v1/tasks/namespaces"
+Node = TestNode | NodeProcess
 TERMINATE, CANCEL, SIGNAL = ("BATCH_OPERATION_TYPE_TERMINATE", "BATCH_OPERATION_TYPE_CANCEL",
                              "BATCH_OPERATION_TYPE_SIGNAL")
 RUNNING, COMPLETED, TERMINATED = ("BATCH_OPERATION_STATE_RUNNING", "BATCH_OPERATION_STATE_COMPLETED",
@@ -27,14 +31,14 @@ RUNNING, COMPLETED, TERMINATED = ("BATCH_OPERATION_STATE_RUNNING", "BATCH_OPERAT
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("batches") / "n1", ["--limits-max-batch-size", "50"]).start()
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestNode]:
+    n = start_test_node(tmp_path_factory.mktemp("batches") / "n1", ["--limits-max-batch-size", "50"])
     yield n
-    n.kill()
+    n.stop()
 
 
 @pytest.fixture
-def ns(node: NodeProcess) -> str:
+def ns(node: Node) -> str:
     name = f"b-{uuid.uuid4().hex[:8]}"
     status, body = node.post(NSP, {"namespaceInfo": {"name": name}, "config": {"apsLimit": 0}})
     assert status == 200, body
@@ -47,7 +51,7 @@ def ok(result: tuple[int, Any]) -> Any:
     return body
 
 
-def start_runs(node: NodeProcess, ns: str, wtype: str, n: int) -> list[str]:
+def start_runs(node: Node, ns: str, wtype: str, n: int) -> list[str]:
     ids = [f"{wtype}-{i:03d}" for i in range(n)]
     for wid in ids:
         ok(node.post(f"{NSP}/{ns}/workflows", {"workflowId": wid, "workflowType": {"name": wtype},
@@ -69,19 +73,19 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.1)
 
 
-def batch(node: NodeProcess, ns: str, bid: str) -> dict[str, Any]:
+def batch(node: Node, ns: str, bid: str) -> dict[str, Any]:
     return ok(node.get(f"{NSP}/{ns}/batches/{bid}"))
 
 
-def finished(node: NodeProcess, ns: str, bid: str, timeout: float = 30.0) -> dict[str, Any]:
+def finished(node: Node, ns: str, bid: str, timeout: float = 30.0) -> dict[str, Any]:
     return wait_for(lambda: (b := batch(node, ns, bid))["state"] != RUNNING and b, timeout, f"batch {bid}")
 
 
-def status_of(node: NodeProcess, ns: str, wid: str) -> str:
+def status_of(node: Node, ns: str, wid: str) -> str:
     return ok(node.get(f"{NSP}/{ns}/workflows/{wid}"))["workflowExecutionInfo"]["status"]
 
 
-def test_terminate_batch_acts_on_exactly_the_matching_open_runs(node: NodeProcess, ns: str) -> None:
+def test_terminate_batch_acts_on_exactly_the_matching_open_runs(node: Node, ns: str) -> None:
     targets = start_runs(node, ns, "doomed", 12)
     spared = start_runs(node, ns, "spared", 3)
     started = ok(node.post(f"{NSP}/{ns}/batches", {"operation": TERMINATE, "query": by_type("doomed"),
@@ -96,7 +100,7 @@ def test_terminate_batch_acts_on_exactly_the_matching_open_runs(node: NodeProces
     assert {status_of(node, ns, w) for w in spared} == {"WORKFLOW_EXECUTION_STATUS_RUNNING"}
 
 
-def test_signal_batch_signals_each_target_once(node: NodeProcess, ns: str) -> None:
+def test_signal_batch_signals_each_target_once(node: Node, ns: str) -> None:
     targets = start_runs(node, ns, "ping", 5)
     body = {"operation": SIGNAL, "query": by_type("ping"), "signal": {"name": "poke", "input": {"n": 1}}}
     done = finished(node, ns, ok(node.post(f"{NSP}/{ns}/batches", body))["batchId"])
@@ -108,7 +112,7 @@ def test_signal_batch_signals_each_target_once(node: NodeProcess, ns: str) -> No
         assert len(signals) == 1, events
 
 
-def test_cancel_batch_requests_cancellation(node: NodeProcess, ns: str) -> None:
+def test_cancel_batch_requests_cancellation(node: Node, ns: str) -> None:
     targets = start_runs(node, ns, "stop", 3)
     done = finished(node, ns, ok(node.post(f"{NSP}/{ns}/batches", {"operation": CANCEL,
                                                                    "query": by_type("stop")}))["batchId"])
@@ -118,12 +122,12 @@ def test_cancel_batch_requests_cancellation(node: NodeProcess, ns: str) -> None:
         assert "WORKFLOW_EXECUTION_CANCEL_REQUESTED" in [e["eventType"] for e in events]
 
 
-def test_no_matching_run_completes_at_once(node: NodeProcess, ns: str) -> None:
+def test_no_matching_run_completes_at_once(node: Node, ns: str) -> None:
     started = ok(node.post(f"{NSP}/{ns}/batches", {"operation": TERMINATE, "query": by_type("nothing")}))
     assert started["state"] == COMPLETED and started["totalOperationCount"] == 0
 
 
-def test_a_run_closed_meanwhile_counts_as_complete(node: NodeProcess, ns: str) -> None:
+def test_a_run_closed_meanwhile_counts_as_complete(node: Node, ns: str) -> None:
     targets = start_runs(node, ns, "slow", 6)
     started = ok(node.post(f"{NSP}/{ns}/batches", {"operation": TERMINATE, "query": by_type("slow"), "rps": 2}))
     ok(node.post(f"{NSP}/{ns}/workflows/{targets[-1]}/terminate", {"reason": "by hand"}))
@@ -131,7 +135,7 @@ def test_a_run_closed_meanwhile_counts_as_complete(node: NodeProcess, ns: str) -
     assert done["state"] == COMPLETED and (done["completeOperationCount"], done["failureOperationCount"]) == (6, 0)
 
 
-def test_terminating_a_batch_stops_it_and_is_idempotent(node: NodeProcess, ns: str) -> None:
+def test_terminating_a_batch_stops_it_and_is_idempotent(node: Node, ns: str) -> None:
     targets = start_runs(node, ns, "many", 20)
     bid = ok(node.post(f"{NSP}/{ns}/batches", {"operation": TERMINATE, "query": by_type("many"), "rps": 2}))["batchId"]
     stopped = ok(node.post(f"{NSP}/{ns}/batches/{bid}/terminate", {"reason": "enough", "identity": "me"}))
@@ -145,7 +149,7 @@ def test_terminating_a_batch_stops_it_and_is_idempotent(node: NodeProcess, ns: s
     assert len(alive) >= 15, alive
 
 
-def test_a_request_id_makes_the_start_idempotent(node: NodeProcess, ns: str) -> None:
+def test_a_request_id_makes_the_start_idempotent(node: Node, ns: str) -> None:
     start_runs(node, ns, "once", 2)
     body = {"operation": TERMINATE, "query": by_type("once"), "requestId": "req-1"}
     first = ok(node.post(f"{NSP}/{ns}/batches", body))
@@ -156,7 +160,7 @@ def test_a_request_id_makes_the_start_idempotent(node: NodeProcess, ns: str) -> 
     assert [b["batchId"] for b in listed] == [first["batchId"]]
 
 
-def test_batches_list_newest_first_and_page(node: NodeProcess, ns: str) -> None:
+def test_batches_list_newest_first_and_page(node: Node, ns: str) -> None:
     ids = []
     for _ in range(3):
         ids.append(ok(node.post(f"{NSP}/{ns}/batches", {"operation": TERMINATE, "query": by_type("x")}))["batchId"])
@@ -183,12 +187,12 @@ def test_batches_list_newest_first_and_page(node: NodeProcess, ns: str) -> None:
     ({"operation": TERMINATE, "query": "", "rps": 0}, "rps"),
     ({"operation": TERMINATE, "query": "", "rps": "fast"}, "rps"),
 ])
-def test_bad_batches_are_400(node: NodeProcess, ns: str, body: dict[str, Any], fragment: str) -> None:
+def test_bad_batches_are_400(node: Node, ns: str, body: dict[str, Any], fragment: str) -> None:
     status, err = node.post(f"{NSP}/{ns}/batches", body)
     assert status == 400 and fragment in err["message"], err
 
 
-def test_more_targets_than_the_limit_is_400(node: NodeProcess, ns: str) -> None:
+def test_more_targets_than_the_limit_is_400(node: Node, ns: str) -> None:
     start_runs(node, ns, "crowd", 51)  # the module's node has limits.max_batch_size 50
     status, err = node.post(f"{NSP}/{ns}/batches", {"operation": TERMINATE, "query": by_type("crowd")})
     assert status == 400 and "50" in err["message"], err

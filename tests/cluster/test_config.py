@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hanzo_tasks.cluster import config as config_mod
 from hanzo_tasks.cluster.config import (
     Config,
     ConfigError,
@@ -21,6 +20,7 @@ from hanzo_tasks.cluster.config import (
     load_config,
     split_host_port,
 )
+from hanzo_tasks.cluster.config import tree as config_mod
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -1,8 +1,10 @@
-"""The HTTP API of one real ``tasksd`` process, as a user drives it (SPEC §4, §5).
+"""The HTTP API of one real node, as a user drives it (SPEC §4, §5).
 
+The node runs in this process (``hanzo_tasks.testing``: real HTTP, real LMDB).
 One node serves the whole module: every test works on its own ids (and its own
 namespace where a list must be exact), so the tests do not see each other.
-Waits on schedule fires poll with a deadline; nothing sleeps a fixed long time.
+Waits on schedule fires poll with a deadline; nothing sleeps a fixed long time:
+the schedule test has a node of its own whose clock it advances.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from hanzo_tasks.testing import TestNode
 
-from tests.support import NodeProcess
+from tests.cluster.inproc import start_test_node
 
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -36,7 +39,7 @@ NSP = "/v1/tasks/namespaces"
 class Api:
     """A tiny raw client: the path is sent exactly as written."""
 
-    def __init__(self, node: NodeProcess) -> None:
+    def __init__(self, node: TestNode) -> None:
         self.node = node
         u = urlsplit(node.url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
@@ -84,12 +87,21 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    node = NodeProcess(tmp_path_factory.mktemp("http_api") / "n1")
-    node.start()
+    node = start_test_node(tmp_path_factory.mktemp("http_api") / "n1")
     try:
         yield Api(node)
     finally:
-        node.kill()
+        node.stop()
+
+
+@pytest.fixture
+def own_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A node of the test's own, for a test that advances the node's clock."""
+    node = start_test_node(tmp_path_factory.mktemp("http_api_own") / "n1")
+    try:
+        yield Api(node)
+    finally:
+        node.stop()
 
 
 def uid(prefix: str = "t") -> str:
@@ -173,6 +185,14 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, every: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(every)
+
+
+def advancing(api: Api, pred: Callable[[], Any], step: float = 0.5) -> Callable[[], Any]:
+    """``pred`` after moving the node's clock ``step`` s on: a wait on timers that does not sleep them out."""
+    def check() -> Any:
+        api.node.clock.advance(step)
+        return pred()
+    return check
 
 
 def parse_ts(s: str) -> float:
@@ -878,8 +898,11 @@ def fired_runs(api: Api, ns: str, wtype: str) -> list[dict]:
     return out["executions"]
 
 
-def test_interval_schedule_fires_pauses_and_resumes(api: Api, fresh_ns: str) -> None:
-    ns = fresh_ns
+def test_interval_schedule_fires_pauses_and_resumes(own_api: Api) -> None:
+    api = own_api
+    ns = uid("own")
+    api.post(NSP, {"namespaceInfo": {"name": ns}})
+    clock = api.node.clock
     sid, wtype = "every-second", "Tick"
     created = api.post(sc(ns), sched_body(sid, wtype, policies={"overlapPolicy": "ALLOW_ALL"}))
     assert created["spec"]["interval"] == [{"interval": "1s", "phase": "0s"}]
@@ -892,7 +915,7 @@ def test_interval_schedule_fires_pauses_and_resumes(api: Api, fresh_ns: str) -> 
                                 state={"limitedActions": True, "remainingActions": 2}))
     created_at = parse_ts(created["info"]["createTime"])
 
-    wait_for(lambda: len(fired_runs(api, ns, wtype)) >= 3, 6.0, "3 fires")
+    wait_for(advancing(api, lambda: len(fired_runs(api, ns, wtype)) >= 3), 6.0, "3 fires")
     d = api.get(sc(ns, sid))
     info = d["info"]
     assert info["actionCount"] >= 3
@@ -900,18 +923,19 @@ def test_interval_schedule_fires_pauses_and_resumes(api: Api, fresh_ns: str) -> 
     assert len(fut) == 5 and all(TS.match(t) for t in fut)
     assert [parse_ts(b) - parse_ts(a) for a, b in zip(fut, fut[1:], strict=False)] == [1.0] * 4
     assert info["nextActionTime"] == fut[0]
-    assert parse_ts(fut[0]) > time.time() - 1.5
+    assert parse_ts(fut[0]) > clock.time() - 1.5
     recent = info["recentActions"]
     assert recent and all(TS.match(a["scheduleTime"]) and TS.match(a["actualTime"]) for a in recent)
 
     assert api.post(sc(ns, sid, "pause"), {"note": "maintenance"}) == {"status": "paused"}
-    paused_at = time.time()
+    paused_at = clock.time()
     p = api.get(sc(ns, sid))
     assert p["state"]["paused"] is True and p["state"]["note"] == "maintenance"
     assert "nextActionTime" not in p["info"] and p["info"]["futureActionTimes"] == []
     count = p["info"]["actionCount"]
     before = fired_runs(api, ns, wtype)
-    time.sleep(2.2)  # two intervals pass while paused: nothing fires
+    clock.advance(2.2)  # two intervals pass while paused: nothing fires
+    time.sleep(0.3)  # (the woken timers had time to fire, were anything due)
     assert len(fired_runs(api, ns, wtype)) == len(before)
     assert api.get(sc(ns, sid))["info"]["actionCount"] == count == len(before)
 
@@ -919,7 +943,8 @@ def test_interval_schedule_fires_pauses_and_resumes(api: Api, fresh_ns: str) -> 
     resumed = api.get(sc(ns, sid))
     assert resumed["state"]["paused"] is False and "note" not in resumed["state"]
     assert "nextActionTime" in resumed["info"]
-    after = wait_for(lambda: (r := fired_runs(api, ns, wtype)) and len(r) > len(before) and r, 4.0, "fire after unpause")
+    after = wait_for(advancing(api, lambda: (r := fired_runs(api, ns, wtype)) and len(r) > len(before) and r), 4.0,
+                     "fire after unpause")
 
     # Every fired workflow: <scheduleId>-<nominal whole seconds>Z, each nominal time once.
     ids = [r["execution"]["workflowId"] for r in after]

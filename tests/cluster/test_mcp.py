@@ -1,4 +1,4 @@
-"""MCP on ``POST /v1/tasks/mcp`` through real ``tasksd`` processes (SPEC §7).
+"""MCP on ``POST /v1/tasks/mcp`` through real nodes in this process (SPEC §7; ``hanzo_tasks.testing``).
 
 Three angles: the official ``mcp`` client (initialize, list and call tools),
 raw HTTP for the transport rules the client never exercises (405, 202,
@@ -30,11 +30,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from hanzo_tasks.cluster.api import mcp as MCP_MODULE
 from hanzo_tasks.cluster.api.http.server import NODE_KEY, Call, error_response
 from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.testing import TestNode
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 from prometheus_client import CollectorRegistry, Counter
 
-from tests.support import NodeProcess
+from tests.cluster.inproc import start_test_node
 
 # SPEC §7 names ``streamablehttp_client``; mcp 1.30 deprecates it for ``streamable_http_client``.
 pytestmark = pytest.mark.filterwarnings("ignore:Use `streamable_http_client` instead:DeprecationWarning")
@@ -52,20 +53,20 @@ TOOLS = {
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("mcp") / "n1").start()
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestNode]:
+    n = start_test_node(tmp_path_factory.mktemp("mcp") / "n1")
     yield n
-    n.kill()
+    n.stop()
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestNode]:
     root = tmp_path_factory.mktemp("mcp-auth")
     key = root / "jwt.key"
     key.write_bytes(SECRET)
-    n = NodeProcess(root / "n1", ["--auth-require-identity", "--auth-hs256-secret-file", str(key)]).start()
+    n = start_test_node(root / "n1", ["--auth-require-identity", "--auth-hs256-secret-file", str(key)])
     yield n
-    n.kill()
+    n.stop()
 
 
 def token(org: str, role: str, **claims: Any) -> str:
@@ -77,7 +78,7 @@ def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def send(node: NodeProcess, method: str, path: str = MCP, body: Any = None, *, raw: bytes | None = None,
+def send(node: TestNode, method: str, path: str = MCP, body: Any = None, *, raw: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, Any, http.client.HTTPMessage]:
     """One raw request; a JSON body is parsed, an empty one is b""."""
     u = urlsplit(node.url)
@@ -92,7 +93,7 @@ def send(node: NodeProcess, method: str, path: str = MCP, body: Any = None, *, r
     return resp.status, (json.loads(payload) if payload else b""), resp.headers
 
 
-def rpc(node: NodeProcess, method: str, params: Any = None, *, tok: str | None = None,
+def rpc(node: TestNode, method: str, params: Any = None, *, tok: str | None = None,
         headers: dict[str, str] | None = None) -> dict[str, Any]:
     """A JSON-RPC request that must get HTTP 200 with a response of the same id."""
     msg: dict[str, Any] = {"jsonrpc": "2.0", "id": 7, "method": method}
@@ -108,7 +109,7 @@ def rpc(node: NodeProcess, method: str, params: Any = None, *, tok: str | None =
     return body
 
 
-def call(node: NodeProcess, name: str, args: dict[str, Any], tok: str | None = None) -> dict[str, Any]:
+def call(node: TestNode, name: str, args: dict[str, Any], tok: str | None = None) -> dict[str, Any]:
     """tools/call that must give a tool result (not a JSON-RPC error)."""
     body = rpc(node, "tools/call", {"name": name, "arguments": args}, tok=tok)
     assert "result" in body, body
@@ -129,7 +130,7 @@ def engine_error(result: dict[str, Any]) -> str:
     return err["code"]
 
 
-def with_client(node: NodeProcess, fn: Any, headers: dict[str, str] | None = None) -> Any:
+def with_client(node: TestNode, fn: Any, headers: dict[str, str] | None = None) -> Any:
     """Run ``fn(session)`` in an initialized official-client session; the client
     waits forever for a reply it cannot match, so a deadline turns that into a failure."""
 
@@ -153,7 +154,7 @@ def structured(res: Any) -> dict[str, Any]:
 # the official client
 
 
-def test_client_initializes_and_lists_every_tool(node: NodeProcess) -> None:
+def test_client_initializes_and_lists_every_tool(node: TestNode) -> None:
     async def go(session: ClientSession) -> None:
         assert session.get_server_capabilities().tools.listChanged is False
         tools = (await session.list_tools()).tools
@@ -163,7 +164,7 @@ def test_client_initializes_and_lists_every_tool(node: NodeProcess) -> None:
     with_client(node, go)
 
 
-def test_client_workflow_tools(node: NodeProcess) -> None:
+def test_client_workflow_tools(node: TestNode) -> None:
     wid = uid("mcp-wf")
 
     async def go(session: ClientSession) -> None:
@@ -215,7 +216,7 @@ def test_client_workflow_tools(node: NodeProcess) -> None:
     with_client(node, go)
 
 
-def test_client_schedule_and_cluster_tools(node: NodeProcess) -> None:
+def test_client_schedule_and_cluster_tools(node: TestNode) -> None:
     every, cron = uid("mcp-every"), uid("mcp-cron")
 
     async def go(session: ClientSession) -> None:
@@ -265,7 +266,7 @@ def test_client_schedule_and_cluster_tools(node: NodeProcess) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
-def test_only_post(node: NodeProcess, method: str) -> None:
+def test_only_post(node: TestNode, method: str) -> None:
     status, body, hdrs = send(node, method)
     assert status == 405 and hdrs["Allow"] == "POST" and body["code"] == "method_not_allowed"
 
@@ -275,18 +276,18 @@ def test_only_post(node: NodeProcess, method: str) -> None:
     {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}},
     {"jsonrpc": "2.0", "id": 3, "result": {}},
 ])
-def test_notifications_and_responses_get_202_and_no_body(node: NodeProcess, msg: dict[str, Any]) -> None:
+def test_notifications_and_responses_get_202_and_no_body(node: TestNode, msg: dict[str, Any]) -> None:
     status, body, _ = send(node, "POST", body=msg)
     assert (status, body) == (202, b"")
 
 
-def test_batch_is_invalid_request(node: NodeProcess) -> None:
+def test_batch_is_invalid_request(node: TestNode) -> None:
     status, body, _ = send(node, "POST", body=[{"jsonrpc": "2.0", "id": 1, "method": "ping"}])
     assert status == 200 and body["id"] is None and body["error"]["code"] == -32600
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b"", b'{"jsonrpc":"2.0","id":1,"method":"ping","x":NaN}'])
-def test_parse_error(node: NodeProcess, raw: bytes) -> None:
+def test_parse_error(node: TestNode, raw: bytes) -> None:
     status, body, _ = send(node, "POST", raw=raw)
     assert status == 200 and body["id"] is None and body["error"]["code"] == -32700
 
@@ -297,16 +298,16 @@ def test_parse_error(node: NodeProcess, raw: bytes) -> None:
     {"jsonrpc": "2.0", "id": True, "method": "ping"},
     "just a string",
 ])
-def test_malformed_request_is_invalid_request(node: NodeProcess, msg: Any) -> None:
+def test_malformed_request_is_invalid_request(node: TestNode, msg: Any) -> None:
     status, body, _ = send(node, "POST", body=msg)
     assert status == 200 and body["error"]["code"] == -32600, body
 
 
-def test_unknown_method(node: NodeProcess) -> None:
+def test_unknown_method(node: TestNode) -> None:
     assert rpc(node, "resources/list")["error"]["code"] == -32601
 
 
-def test_ping(node: NodeProcess) -> None:
+def test_ping(node: TestNode) -> None:
     body = rpc(node, "ping")
     assert body["result"] == {} and "error" not in body
 
@@ -314,7 +315,7 @@ def test_ping(node: NodeProcess) -> None:
 @pytest.mark.parametrize(("asked", "answered"), [
     ("2025-06-18", "2025-06-18"), ("2025-03-26", "2025-03-26"), ("2099-01-01", "2025-06-18"), (None, "2025-06-18"),
 ])
-def test_initialize_negotiates_the_version(node: NodeProcess, asked: str | None, answered: str) -> None:
+def test_initialize_negotiates_the_version(node: TestNode, asked: str | None, answered: str) -> None:
     params: dict[str, Any] = {"capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
     if asked:
         params["protocolVersion"] = asked
@@ -327,7 +328,7 @@ def test_initialize_negotiates_the_version(node: NodeProcess, asked: str | None,
     assert res["serverInfo"]["name"] == "hanzo-tasks" and res["serverInfo"]["version"]
 
 
-def test_protocol_version_header(node: NodeProcess) -> None:
+def test_protocol_version_header(node: TestNode) -> None:
     for good in ("2025-06-18", "2025-03-26"):
         assert rpc(node, "ping", headers={"MCP-Protocol-Version": good})["result"] == {}
     status, body, hdrs = send(node, "POST", body={"jsonrpc": "2.0", "id": 1, "method": "ping"},
@@ -336,7 +337,7 @@ def test_protocol_version_header(node: NodeProcess) -> None:
     assert hdrs["Content-Type"].startswith("application/json")
 
 
-def test_every_tool_schema_is_closed(node: NodeProcess) -> None:
+def test_every_tool_schema_is_closed(node: TestNode) -> None:
     tools = rpc(node, "tools/list")["result"]["tools"]
     assert {t["name"] for t in tools} == TOOLS
     for t in tools:
@@ -348,7 +349,7 @@ def test_every_tool_schema_is_closed(node: NodeProcess) -> None:
     assert by_name["pause_schedule"]["properties"]["paused"]["type"] == "boolean"
 
 
-def test_unknown_tool(node: NodeProcess) -> None:
+def test_unknown_tool(node: TestNode) -> None:
     body = rpc(node, "tools/call", {"name": "drop_database", "arguments": {}})
     assert body["error"]["code"] == -32602 and "drop_database" in body["error"]["message"]
 
@@ -360,25 +361,25 @@ def test_unknown_tool(node: NodeProcess) -> None:
     ({"namespace": 1, "workflow_type": "x"}, "namespace"),
     ({"namespace": "default", "workflow_type": "x", "request_id": None}, "request_id"),
 ])
-def test_bad_arguments(node: NodeProcess, args: dict[str, Any], word: str) -> None:
+def test_bad_arguments(node: TestNode, args: dict[str, Any], word: str) -> None:
     body = rpc(node, "tools/call", {"name": "start_workflow", "arguments": args})
     assert body["error"]["code"] == -32602 and word in body["error"]["message"], body
 
 
 @pytest.mark.parametrize("size", [0, 1001, True, "10"])
-def test_bad_page_size(node: NodeProcess, size: Any) -> None:
+def test_bad_page_size(node: TestNode, size: Any) -> None:
     body = rpc(node, "tools/call", {"name": "list_namespaces", "arguments": {"page_size": size}})
     assert body["error"]["code"] == -32602, body
     assert ok(call(node, "list_namespaces", {"page_size": 1000}))["namespaces"]
 
 
-def test_arguments_must_be_an_object(node: NodeProcess) -> None:
+def test_arguments_must_be_an_object(node: TestNode) -> None:
     body = rpc(node, "tools/call", {"name": "cluster_status", "arguments": [1]})
     assert body["error"]["code"] == -32602
     assert ok(call(node, "cluster_status", {}))["nodeId"] == "t1"
 
 
-def test_engine_value_errors_are_tool_results(node: NodeProcess) -> None:
+def test_engine_value_errors_are_tool_results(node: TestNode) -> None:
     """Values the schema cannot judge (a bad namespace, a bad run id) are the engine's to reject."""
     assert engine_error(call(node, "describe_namespace", {"name": "a/b"})) == "invalid_argument"
     assert engine_error(call(node, "describe_workflow", {
@@ -386,7 +387,7 @@ def test_engine_value_errors_are_tool_results(node: NodeProcess) -> None:
     assert engine_error(call(node, "describe_namespace", {"name": uid("none")})) == "not_found"
 
 
-def test_mcp_calls_are_counted(node: NodeProcess) -> None:
+def test_mcp_calls_are_counted(node: TestNode) -> None:
     def count(outcome: str) -> float:
         _, text, _ = node.request("GET", "/metrics")
         for line in str(text).splitlines():
@@ -453,13 +454,13 @@ def test_body_over_max_body_is_413() -> None:
 # auth on: roles and org isolation
 
 
-def test_no_token_is_plain_401(secured: NodeProcess) -> None:
+def test_no_token_is_plain_401(secured: TestNode) -> None:
     status, body, hdrs = send(secured, "POST", body={"jsonrpc": "2.0", "id": 1, "method": "ping"})
     assert status == 401 and body["code"] == "unauthenticated" and "jsonrpc" not in body
     assert hdrs["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_roles_per_tool(secured: NodeProcess) -> None:
+def test_roles_per_tool(secured: TestNode) -> None:
     org = uid("org")
     viewer, developer, admin = (token(org, r) for r in ("viewer", "developer", "admin"))
     wid = uid("wf")
@@ -476,7 +477,7 @@ def test_roles_per_tool(secured: NodeProcess) -> None:
         "namespace": "default", "schedule_id": sched["schedule_id"]}, developer)) == "permission_denied"
 
 
-def test_identity_record_sets_the_role_in_its_namespace(secured: NodeProcess) -> None:
+def test_identity_record_sets_the_role_in_its_namespace(secured: TestNode) -> None:
     org, email = uid("org"), "dev@example.com"
     owner = token(org, "owner")
     status, body, _ = send(secured, "POST", "/v1/tasks/namespaces/default/identities",
@@ -488,7 +489,7 @@ def test_identity_record_sets_the_role_in_its_namespace(secured: NodeProcess) ->
     assert ok(call(secured, "start_workflow", args, token(org, "developer", email="other@example.com")))
 
 
-def test_orgs_see_only_their_own(secured: NodeProcess) -> None:
+def test_orgs_see_only_their_own(secured: TestNode) -> None:
     a, b = uid("orga"), uid("orgb")
     ta, tb = token(a, "admin"), token(b, "admin")
     ns = uid("ns")
@@ -510,7 +511,7 @@ def test_orgs_see_only_their_own(secured: NodeProcess) -> None:
     assert {n["org"] for n in cl["namespaces"]} <= {b}
 
 
-def test_official_client_with_a_bearer_token(secured: NodeProcess) -> None:
+def test_official_client_with_a_bearer_token(secured: TestNode) -> None:
     tok = token(uid("org"), "viewer")
 
     async def go(session: ClientSession) -> None:

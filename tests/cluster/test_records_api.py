@@ -1,8 +1,9 @@
-"""Deployments and nexus endpoints over HTTP (SPEC §4.7, §5.1, §5.12), against a real ``tasksd``.
+"""Deployments and nexus endpoints over HTTP (SPEC §4.7, §5.1, §5.12), against real nodes.
 
-One node (with a ZAP listener, for the validate checks with a real worker)
-serves the module; each test works in namespaces of its own, so lists can be
-exact. The restart test runs a node of its own.
+One in-process node (``hanzo_tasks.testing``, with a ZAP listener, for the
+validate checks with a real worker) serves the module; each test works in
+namespaces of its own, so lists can be exact. The restart test runs a
+``tasksd`` process of its own (a clean stop, exit 0, and a start again).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from hanzo_tasks.cluster.api.http.server import build_router
+from hanzo_tasks.testing import TestNode
 
+from tests.cluster.inproc import start_test_node
 from tests.cluster.test_task_queues import Worker
 from tests.support import NodeProcess
 
@@ -30,7 +33,7 @@ TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 class Api:
     """Requests sent byte for byte (``http.client``)."""
 
-    def __init__(self, node: NodeProcess) -> None:
+    def __init__(self, node: TestNode | NodeProcess) -> None:
         u = urlsplit(node.url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
 
@@ -90,14 +93,12 @@ def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, tuple[str, int]]]:
-    node = NodeProcess(tmp_path_factory.mktemp("records_api") / "n1", ["--zap", "127.0.0.1:0"]).start()
+    node = start_test_node(tmp_path_factory.mktemp("records_api") / "n1", ["--zap", "127.0.0.1:0"])
     try:
-        m = re.search(r"serving http=\S+ zap=(\S+)", node.log())
-        assert m
-        host, port = m.group(1).rsplit(":", 1)
-        yield Api(node), (host, int(port))
+        assert node.zap_address is not None
+        yield Api(node), node.zap_address
     finally:
-        node.kill()
+        node.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Server-Sent Events, ``GET /v1/tasks/events`` (SPEC §6), against real ``tasksd`` processes.
+"""Server-Sent Events, ``GET /v1/tasks/events`` (SPEC §6), against a real node in this process
+(``hanzo_tasks.testing``) and a cluster of real ``tasksd`` processes.
 
 The stream is read over a raw socket (chunked transfer decoded here), so the
 framing is checked byte for byte. Every wait is bounded, and every socket and
@@ -24,12 +25,15 @@ import pytest
 from hanzo_tasks.cluster.api.sse import QUEUE_SIZE, SseHub, event_kind, parse_kinds
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.routing import partition_of
+from hanzo_tasks.testing import TestNode
 
+from tests.cluster.inproc import start_test_node
 from tests.cluster.raft_support import Cluster
 from tests.support import NodeProcess
 
 NSP = "/v1/tasks/namespaces"
 EVENTS = "/v1/tasks/events"
+Node = TestNode | NodeProcess
 ID = re.compile(r"^([0-9a-f]+)-(\d+)$")
 
 
@@ -188,34 +192,33 @@ def streams() -> Iterator[Callable[..., Stream]]:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("sse") / "n1",
-                    ["--sse-keepalive", "200ms", "--sse-buffer-events", "500", "--durability", "nosync"])
-    n.start()
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestNode]:
+    n = start_test_node(tmp_path_factory.mktemp("sse") / "n1",
+                        ["--sse-keepalive", "200ms", "--sse-buffer-events", "500", "--durability", "nosync"])
     try:
         yield n
     finally:
-        n.kill()
+        n.stop()
 
 
-def ok(node: NodeProcess, method: str, path: str, body: Any = None) -> Any:
+def ok(node: Node, method: str, path: str, body: Any = None) -> Any:
     status, payload, _ = node.request(method, path, body)
     assert status == 200, (method, path, status, payload)
     return payload
 
 
-def new_ns(node: NodeProcess) -> str:
+def new_ns(node: Node) -> str:
     ns = f"sse-{uuid.uuid4().hex[:8]}"
     ok(node, "POST", NSP, {"namespaceInfo": {"name": ns}, "config": {"apsLimit": 0}})
     return ns
 
 
-def start(node: NodeProcess, ns: str, wid: str) -> str:
+def start(node: Node, ns: str, wid: str) -> str:
     r = ok(node, "POST", f"{NSP}/{ns}/workflows", {"workflowType": {"name": "Job"}, "workflowId": wid})
     return r["execution"]["runId"]
 
 
-def metric(node: NodeProcess, name: str) -> float:
+def metric(node: Node, name: str) -> float:
     status, text, _ = node.request("GET", "/metrics")
     m = re.search(rf"^{name} (\S+)$", text, re.M)
     assert m, name
@@ -226,7 +229,7 @@ def metric(node: NodeProcess, name: str) -> float:
 # the stream
 
 
-def test_headers_and_framing(node: NodeProcess, streams) -> None:
+def test_headers_and_framing(node: Node, streams) -> None:
     s = streams(node.url)
     assert s.status == 200
     for k, v in {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive",
@@ -253,7 +256,7 @@ def test_headers_and_framing(node: NodeProcess, streams) -> None:
         assert ok_block, block
 
 
-def test_head_and_bad_parameters(node: NodeProcess) -> None:
+def test_head_and_bad_parameters(node: Node) -> None:
     for q in ("namespace=..", "namespace=", "namespace=a%2Fb", "kinds=nope", "kinds=workflow.nope", "kinds=,",
               "kinds=nothing.", "kinds=."):
         status, body, hdrs = node.request("GET", f"{EVENTS}?{q}", timeout=5)
@@ -266,7 +269,7 @@ def test_head_and_bad_parameters(node: NodeProcess) -> None:
         assert status == 405 and hdrs["Allow"] == "GET", (method, status, body)
 
 
-def test_workflow_start_and_signal_events(node: NodeProcess, streams) -> None:
+def test_workflow_start_and_signal_events(node: Node, streams) -> None:
     ns = new_ns(node)
     s = streams(node.url, f"{EVENTS}?namespace={ns}")
     rid = start(node, ns, "w1")
@@ -287,7 +290,7 @@ def test_workflow_start_and_signal_events(node: NodeProcess, streams) -> None:
     assert sig["signal"] == "go" and sig["input"] == {"n": 1} and sig["history_length"] >= 3
 
 
-def test_activity_lifecycle_events(node: NodeProcess, streams) -> None:
+def test_activity_lifecycle_events(node: Node, streams) -> None:
     ns = new_ns(node)
     s = streams(node.url, f"{EVENTS}?namespace={ns}&kinds=activity.")
     act = ok(node, "POST", f"{NSP}/{ns}/activities", {"activityId": "a1", "activityType": {"name": "A"},
@@ -302,7 +305,7 @@ def test_activity_lifecycle_events(node: NodeProcess, streams) -> None:
     assert all(e["data"]["activity_id"] == "a1" for e in evs)
 
 
-def test_namespace_and_kind_filters(node: NodeProcess, streams) -> None:
+def test_namespace_and_kind_filters(node: Node, streams) -> None:
     everything = streams(node.url)
     ns1, ns2 = f"f1-{uuid.uuid4().hex[:6]}", f"f2-{uuid.uuid4().hex[:6]}"
     by_ns = streams(node.url, f"{EVENTS}?namespace={ns1}")
@@ -333,7 +336,7 @@ def test_namespace_and_kind_filters(node: NodeProcess, streams) -> None:
                                       (ns2, "schedule.created")]
 
 
-def test_resume_with_last_event_id(node: NodeProcess, streams) -> None:
+def test_resume_with_last_event_id(node: Node, streams) -> None:
     ns = new_ns(node)
     first = streams(node.url, f"{EVENTS}?namespace={ns}")
     start(node, ns, "a")
@@ -358,7 +361,7 @@ def test_resume_with_last_event_id(node: NodeProcess, streams) -> None:
         expected.append(live["id"])
 
 
-def test_unknown_id_gives_a_gap_then_live_events(node: NodeProcess, streams) -> None:
+def test_unknown_id_gives_a_gap_then_live_events(node: Node, streams) -> None:
     ns = new_ns(node)
     start(node, ns, "old")
     boot = ""
@@ -378,7 +381,7 @@ def test_unknown_id_gives_a_gap_then_live_events(node: NodeProcess, streams) -> 
     assert gap["event"] == "gap"
 
 
-def test_keepalive_pings(node: NodeProcess, streams) -> None:
+def test_keepalive_pings(node: Node, streams) -> None:
     s = streams(node.url, f"{EVENTS}?namespace=quiet-{uuid.uuid4().hex[:6]}")
     pings = 0
     t0 = time.monotonic()
@@ -389,7 +392,7 @@ def test_keepalive_pings(node: NodeProcess, streams) -> None:
     assert 3 <= pings <= 9, pings
 
 
-def _flood(node: NodeProcess, ns: str, n: int, workers: int = 16) -> list[int]:
+def _flood(node: Node, ns: str, n: int, workers: int = 16) -> list[int]:
     u = urlsplit(node.url)
 
     def run(k: int) -> list[int]:
@@ -410,7 +413,7 @@ def _flood(node: NodeProcess, ns: str, n: int, workers: int = 16) -> list[int]:
         return [s for part in pool.map(run, range(workers)) for s in part]
 
 
-def test_slow_consumer_never_blocks_writes_and_sees_a_gap(node: NodeProcess, streams) -> None:
+def test_slow_consumer_never_blocks_writes_and_sees_a_gap(node: Node, streams) -> None:
     ns = new_ns(node)
     gaps0 = metric(node, "tasks_sse_gaps_total")
     # A subscriber that reads nothing (and has a tiny receive buffer) while 2,000 workflows start.

@@ -1,5 +1,7 @@
 """Sticky delivery (SPEC §5.6/§5.7): a run's next workflow task goes to the subscription
-that completed its previous one, with only the events after that task's start."""
+that completed its previous one, with only the events after that task's start.
+
+The node runs in this process (``hanzo_tasks.testing``)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ def respond(w: RawWorker, task: dict, *commands: dict) -> dict:
     return w.call(Op.RespondWorkflowTaskCompleted, {"task_token": task["task_token"], "commands": list(commands)})
 
 
-def test_next_task_goes_to_the_same_subscription_with_only_new_events(zap_node) -> None:
-    node, addr = zap_node
+def test_next_task_goes_to_the_same_subscription_with_only_new_events(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     a, b = RawWorker(addr), RawWorker(addr)
     try:
         status, body = node.post(WF, {"workflowId": "st-1", "workflowType": {"name": "Job"},
@@ -50,8 +52,8 @@ def test_next_task_goes_to_the_same_subscription_with_only_new_events(zap_node) 
         b.close()
 
 
-def test_after_a_failed_task_the_whole_history_is_delivered(zap_node) -> None:
-    node, addr = zap_node
+def test_after_a_failed_task_the_whole_history_is_delivered(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     w = RawWorker(addr)
     try:
         assert node.post(WF, {"workflowId": "st-2", "workflowType": {"name": "Job"},

@@ -1,7 +1,7 @@
-"""Task queues and workers over HTTP (SPEC §4.5, §5.1 "Worker"), against real ``tasksd`` processes.
+"""Task queues and workers over HTTP (SPEC §4.5, §5.1 "Worker"), against real nodes.
 
-One single node serves most checks (module fixture, so the test file stays
-fast); workers are raw ZAP clients. The last test runs a 3-node Raft cluster
+One single in-process node (``hanzo_tasks.testing``) serves most checks (module
+fixture, so the test file stays fast); workers are raw ZAP clients. The last test runs a 3-node Raft cluster
 and asks a node that holds no worker for the workers connected to the others.
 """
 
@@ -22,7 +22,9 @@ import pytest
 from hanzo_tasks.cluster.service.inputs import make_token
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.zap import Op
+from hanzo_tasks.testing import TestNode
 
+from tests.cluster.inproc import start_test_node
 from tests.cluster.raft_support import Cluster
 from tests.cluster.test_dispatch import RawWorker
 from tests.support import NodeProcess
@@ -107,18 +109,16 @@ def all_pages(api: Http, path: str, field: str, size: int) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, Http, tuple[str, int]]]:
-    n = NodeProcess(tmp_path_factory.mktemp("task_queues") / "n1", ["--zap", "127.0.0.1:0"]).start()
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestNode, Http, tuple[str, int]]]:
+    n = start_test_node(tmp_path_factory.mktemp("task_queues") / "n1", ["--zap", "127.0.0.1:0"])
     try:
-        m = re.search(r"serving http=\S+ zap=(\S+)", n.log())
-        assert m
-        host, port = m.group(1).rsplit(":", 1)
-        yield n, Http(n.url), (host, int(port))
+        assert n.zap_address is not None
+        yield n, Http(n.url), n.zap_address
     finally:
-        n.kill()
+        n.stop()
 
 
-def start(api: NodeProcess, wid: str, tq: str, ns: str = "default") -> None:
+def start(api: TestNode | NodeProcess, wid: str, tq: str, ns: str = "default") -> None:
     status, body = api.post(f"{NSP}/{ns}/workflows", {"workflowId": wid, "workflowType": {"name": "Job"},
                                                       "taskQueue": {"name": tq}})
     assert status == 200, body

@@ -1,14 +1,17 @@
-"""The static UI route (SPEC §4.2) and the org-wide nexus list (§4.3)."""
+"""The static UI route (SPEC §4.2) and the org-wide nexus list (§4.3), on in-process nodes
+(``hanzo_tasks.testing``)."""
 
 from __future__ import annotations
 
 import http.client
 from pathlib import Path
 
-from tests.support import NodeProcess
+from hanzo_tasks.testing import TestNode
+
+from tests.cluster.inproc import start_test_node
 
 
-def raw_get(node: NodeProcess, path: str) -> tuple[int, bytes, dict[str, str]]:
+def raw_get(node: TestNode, path: str) -> tuple[int, bytes, dict[str, str]]:
     host, port = node.url.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     conn.request("GET", path)
@@ -24,7 +27,7 @@ def test_ui_bundle_with_spa_fallback_and_no_escape(tmp_path: Path) -> None:
     (ui / "index.html").write_text("<html>tasks</html>")
     (ui / "assets" / "app.js").write_text("console.log(1)")
     (tmp_path / "secret.txt").write_text("nope")
-    node = NodeProcess(tmp_path / "n1", ["--ui-dir", str(ui)]).start()
+    node = start_test_node(tmp_path / "n1", ["--ui-dir", str(ui)])
     try:
         status, _, headers = raw_get(node, "/")
         assert status == 302 and headers["Location"] == "/_/tasks/"
@@ -36,10 +39,11 @@ def test_ui_bundle_with_spa_fallback_and_no_escape(tmp_path: Path) -> None:
             assert b"nope" not in body, path
         assert node.get("/v1/tasks/health")[0] == 200  # the API is untouched
     finally:
-        node.kill()
+        node.stop()
 
 
-def test_without_ui_dir_the_ui_routes_are_404_and_nexus_lists_nothing(node: NodeProcess) -> None:
+def test_without_ui_dir_the_ui_routes_are_404_and_nexus_lists_nothing(inproc_node: TestNode) -> None:
+    node = inproc_node
     status, body = node.get("/_/tasks/")
     assert status == 404 and body["code"] == "not_found"
     assert node.get("/")[0] == 404

@@ -1,4 +1,8 @@
-"""Workflow task commands (SPEC §5.6, 0x00A2) through a real node and raw ZAP workers."""
+"""Workflow task commands (SPEC §5.6, 0x00A2) through a real node and raw ZAP workers.
+
+The node runs in this process (``hanzo_tasks.testing``): a timer's due time is
+reached by advancing its clock, not by sleeping.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +36,8 @@ def describe(node: Any, wid: str, rid: str | None = None) -> dict[str, Any]:
 COMPLETE = {"type": "CompleteWorkflowExecution", "result": "done"}
 
 
-def test_timer_fires_after_its_duration_and_triggers_a_task(zap_node) -> None:
-    node, addr = zap_node
+def test_timer_fires_after_its_duration_and_triggers_a_task(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     w = RawWorker(addr)
     try:
         start(node, "timer-1")
@@ -53,8 +57,8 @@ def test_timer_fires_after_its_duration_and_triggers_a_task(zap_node) -> None:
         w.close()
 
 
-def test_canceled_timer_never_fires_and_unknown_timer_is_a_bad_command(zap_node) -> None:
-    node, addr = zap_node
+def test_canceled_timer_never_fires_and_unknown_timer_is_a_bad_command(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     w = RawWorker(addr)
     try:
         start(node, "timer-2")
@@ -68,7 +72,8 @@ def test_canceled_timer_never_fires_and_unknown_timer_is_a_bad_command(zap_node)
         assert r["status"] == 400 and r["error"]["details"]["command_index"] == 0, r
         task = w.next_task(timeout=10)  # the failed task is retried (after back-off)
         assert respond(w, task, {"type": "CancelTimer", "timer_id": "t1"})["status"] == 200
-        time.sleep(max(0.0, due - time.monotonic()) + 0.5)  # past the timer's due time: no TIMER_FIRED, no task
+        node.clock.advance(max(0.0, due - time.monotonic()))  # past the timer's due time:
+        time.sleep(0.5)  # a run-timer scan (every 0.25 s) later: no TIMER_FIRED, no task
         assert "TIMER_FIRED" not in events(node, "timer-2")
         assert "TIMER_CANCELED" in events(node, "timer-2")
         assert not w.pushes
@@ -76,8 +81,8 @@ def test_canceled_timer_never_fires_and_unknown_timer_is_a_bad_command(zap_node)
         w.close()
 
 
-def test_invalid_lists_apply_nothing(zap_node) -> None:
-    node, addr = zap_node
+def test_invalid_lists_apply_nothing(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     w = RawWorker(addr, slots=8)
     cases = [
         ([{"type": "StartTimer", "timer_id": "a", "start_to_fire_timeout_ms": 100},
@@ -110,8 +115,8 @@ def test_invalid_lists_apply_nothing(zap_node) -> None:
         w.close()
 
 
-def test_scheduled_activity_runs_on_an_activity_worker_and_its_result_triggers_a_task(zap_node) -> None:
-    node, addr = zap_node
+def test_scheduled_activity_runs_on_an_activity_worker_and_its_result_triggers_a_task(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     w = RawWorker(addr)
     a = RawWorker(addr, tq="acts")
     try:
@@ -141,8 +146,8 @@ def test_scheduled_activity_runs_on_an_activity_worker_and_its_result_triggers_a
         a.close()
 
 
-def test_cancel_of_a_not_started_activity_is_immediate(zap_node) -> None:
-    node, addr = zap_node
+def test_cancel_of_a_not_started_activity_is_immediate(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     w = RawWorker(addr)
     try:
         start(node, "act-2")
@@ -166,8 +171,8 @@ def test_cancel_of_a_not_started_activity_is_immediate(zap_node) -> None:
         w.close()
 
 
-def test_continue_as_new_closes_the_run_and_starts_the_next(zap_node) -> None:
-    node, addr = zap_node
+def test_continue_as_new_closes_the_run_and_starts_the_next(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     w = RawWorker(addr)
     try:
         start(node, "can-1", input=1)
@@ -188,8 +193,8 @@ def test_continue_as_new_closes_the_run_and_starts_the_next(zap_node) -> None:
         w.close()
 
 
-def test_upsert_search_attributes_merges_and_removes(zap_node) -> None:
-    node, addr = zap_node
+def test_upsert_search_attributes_merges_and_removes(inproc_zap_node) -> None:
+    node, addr = inproc_zap_node
     sa = f"{NS}/search-attributes"
     assert node.post(sa, {"name": "Stage", "type": "Keyword"})[0] == 200
     assert node.post(sa, {"name": "Score", "type": "Int"})[0] == 200

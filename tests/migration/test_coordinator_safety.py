@@ -35,9 +35,9 @@ def coord(c: Cluster, nid: str) -> Migrations:
 
 async def setup(c: Cluster, ns: str, n: int = 8) -> tuple[int, int]:
     leader = c.services[c.leader(META) or c.ids[0]]
-    await leader.register_namespace_in(ORG, ns, {})
+    await leader.namespaces.register_namespace_in(ORG, ns, {})
     for i in range(n):
-        await leader.start_workflow(ORG, ns, {"workflowId": f"w{i}", "workflowType": {"name": "T"}})
+        await leader.workflows.start_workflow(ORG, ns, {"workflowId": f"w{i}", "workflowType": {"name": "T"}})
     src = c.home(ns)
     return src, 1 - src
 
@@ -244,7 +244,7 @@ async def _pending_race_scenario(root: Path) -> tuple[list[tuple[str, bool]], di
         await asyncio.wait_for(a_paused.wait(), 30.0)
         leader = c.services[c.leader(META) or a_id]
         for i in range(8):  # B's snapshot will differ from A's
-            await leader.start_workflow(ORG, ns, {"workflowId": f"x{i}", "workflowType": {"name": "T"}})
+            await leader.workflows.start_workflow(ORG, ns, {"workflowId": f"x{i}", "workflowType": {"name": "T"}})
         b_task = asyncio.create_task(b._run(dict(job)))  # the record as it was: pending
         await first_of(b_paused.wait(), b_task)
         a_go.set()

@@ -36,9 +36,9 @@ async def _scenario(root: Path) -> tuple[dict | None, list[tuple[int, str]]]:
         mig = Migrations(c.reps[coord_id], node_id=coord_id, clock=lambda: 1_700_000_000_000)
         await mig.start()
 
-        await coord.register_namespace_in(ORG, ns, {})
+        await coord.namespaces.register_namespace_in(ORG, ns, {})
         for i in range(5):
-            await coord.start_workflow(ORG, ns, {"workflowId": f"w{i}", "workflowType": {"name": "T"}})
+            await coord.workflows.start_workflow(ORG, ns, {"workflowId": f"w{i}", "workflowType": {"name": "T"}})
         r = c.services[r_id]
         await until(lambda: r.replicator.store(src).applied_index() >= c.reps[coord_id].store(src).applied_index(),
                     what="R caught up on the source")
@@ -51,7 +51,7 @@ async def _scenario(root: Path) -> tuple[dict | None, list[tuple[int, str]]]:
         assert mig.job(job["id"])["status"] == "done", mig.job(job["id"])
         assert r.partition(ORG, ns) == src  # R has not seen the pin
         # A write acknowledged after the flip, on the destination; R's replica misses it.
-        await coord.start_workflow(ORG, ns, {"workflowId": "after", "workflowType": {"name": "T"}})
+        await coord.workflows.start_workflow(ORG, ns, {"workflowId": "after", "workflowType": {"name": "T"}})
 
         proposed: list[tuple[int, str]] = []
 

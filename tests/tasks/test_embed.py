@@ -6,7 +6,6 @@ end-to-end tests run only once the real server module exists.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import types
@@ -111,13 +110,6 @@ def test_embed_rejects_bad_namespace(fake_embedded: list[FakeServer]) -> None:
 
 # -- end to end, against the real single-node server ------------------------------------
 
-_real = pytest.mark.skipif(
-    importlib.util.find_spec("hanzo_tasks.cluster.embedded") is None,
-    reason="cluster.embedded is not written yet",
-)
-
-
-@_real
 def test_real_embedded_server_starts_workflows_and_schedules() -> None:
     with tasks.embed() as e:
         assert e.http_url.startswith("http://")
@@ -136,7 +128,6 @@ def test_real_embedded_server_starts_workflows_and_schedules() -> None:
     assert not os.path.exists(temp_dir)
 
 
-@_real
 def test_real_embedded_server_keeps_a_given_dir(tmp_path: Path) -> None:
     e = tasks.embed(tmp_path / "d")
     try:

@@ -9,7 +9,6 @@ that heartbeat tests take tenths of a second, not seconds.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 import hanzo_tasks as tasks
 import pytest
-from hanzo_tasks import worker as worker_mod
+from hanzo_tasks import worker_activities, worker_workflows
 from hanzo_tasks.protocol import zap as Z
 
 from .conftest import wait_until
@@ -46,7 +45,7 @@ def client(fake: FakeZap) -> Iterator[tasks.Client]:
 
 @pytest.fixture
 def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_mod, "MIN_WORKFLOW_HEARTBEAT_S", 0.02)
+    monkeypatch.setattr(worker_workflows, "MIN_WORKFLOW_HEARTBEAT_S", 0.02)
 
 
 def started(client: tasks.Client, fns: dict[str, Callable[..., Any]], **kw: Any) -> tasks.Worker:
@@ -339,7 +338,7 @@ def test_heartbeats_while_a_slow_handler_runs(
 def test_heartbeat_interval_is_a_third_of_the_task_timeout(
     fake: FakeZap, client: tasks.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker_mod, "MIN_WORKFLOW_HEARTBEAT_S", 0.001)
+    monkeypatch.setattr(worker_workflows, "MIN_WORKFLOW_HEARTBEAT_S", 0.001)
     beats: list[float] = []
 
     def hb(_c: FakeConn, _b: dict[str, Any]) -> dict[str, Any]:
@@ -834,7 +833,7 @@ def activity_task(token: str, sub: str, **kw: Any) -> dict[str, Any]:
 
 
 def test_activities(fake: FakeZap, client: tasks.Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker_mod, "MIN_ACTIVITY_HEARTBEAT_S", 0.01)
+    monkeypatch.setattr(worker_activities, "MIN_ACTIVITY_HEARTBEAT_S", 0.01)
     seen: dict[str, Any] = {}
 
     def act(inp: Any) -> Any:
@@ -976,10 +975,6 @@ def test_embedded_worker_catch_all_handler_for_now(fake: FakeZap) -> None:
 # -- end to end, against the real single-node server -----------------------------------------------
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("hanzo_tasks.cluster.embedded") is None,
-    reason="cluster.embedded is not written yet",
-)
 def test_real_server_runs_added_fns_end_to_end() -> None:
     def hello(who: Any) -> dict[str, Any]:
         ctx = tasks.context()

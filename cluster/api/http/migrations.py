@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hanzo_tasks.cluster.api.http.request import node_of
 from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.cluster.service import render
 from hanzo_tasks.protocol import names
@@ -25,21 +26,15 @@ def job(rec: Json) -> Json:
     return out
 
 
-def _node(c: Any) -> Any:
-    from hanzo_tasks.cluster.api.http.server import NODE_KEY
-
-    return c.request.app[NODE_KEY]
-
-
 async def h_migrate(s: Any, c: Any) -> Json:
-    node = _node(c)
+    node = node_of(c)
     if node.migrations is None:
         raise ApiError("unavailable", "migration is not running on this node", retry_after=1)
     return job(await node.migrate(c.org, c.params["ns"], c.body()))
 
 
 async def h_list(s: Any, c: Any) -> Json:
-    node = _node(c)
+    node = node_of(c)
     size = I.page_size(c.query)
     after = I.read_token(c.query.get("nextPageToken"), "migrations", c.org)
     jobs = [j for j in node.migrations.jobs() if j["org"] == c.org] if node.migrations else []
@@ -53,7 +48,7 @@ async def h_list(s: Any, c: Any) -> Json:
 
 
 async def h_get(s: Any, c: Any) -> Json:
-    node = _node(c)
+    node = node_of(c)
     jid = names.check_id(c.params["id"], "migration id")
     rec = node.migrations.job(jid) if node.migrations else None
     if rec is None or rec["org"] != c.org:

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from hanzo_tasks.cluster.api.http.request import node_of
 from hanzo_tasks.cluster.dispatch import task_queues as TQ
 from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.cluster.service.records import build_state, check_name
 from hanzo_tasks.protocol import names
 
 Json = dict[str, Any]
-
-
-def _node(c: Any) -> Any:
-    from hanzo_tasks.cluster.api.http.server import NODE_KEY
-
-    return c.request.app[NODE_KEY]
 
 
 def _ns(c: Any) -> str:
@@ -44,54 +39,54 @@ def _build(c: Any) -> str:
 
 async def h_dep_list(s: Any, c: Any) -> Json:
     ns = _ns(c)
-    return await s.list_deployments(c.org, ns, I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.records.list_deployments(c.org, ns, I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_dep_create(s: Any, c: Any) -> Json:
-    return await s.create_deployment(c.org, _ns(c), c.body())
+    return await s.records.create_deployment(c.org, _ns(c), c.body())
 
 
 async def h_dep_get(s: Any, c: Any) -> Json:
     ns = _ns(c)
-    return await s.get_deployment(c.org, ns, _name(c))
+    return await s.records.get_deployment(c.org, ns, _name(c))
 
 
 async def h_dep_update(s: Any, c: Any) -> Json:
     ns = _ns(c)
-    return await s.update_deployment(c.org, ns, _name(c), c.body())
+    return await s.records.update_deployment(c.org, ns, _name(c), c.body())
 
 
 async def h_dep_delete(s: Any, c: Any) -> Json:
     ns, name = _ns(c), _name(c)
-    return await s.delete_deployment(c.org, ns, name, force=I.query_bool(c.query, "force"))
+    return await s.records.delete_deployment(c.org, ns, name, force=I.query_bool(c.query, "force"))
 
 
 async def h_dep_set_current(s: Any, c: Any) -> Json:
     ns = _ns(c)
-    return await s.set_current_deployment_version(c.org, ns, _name(c), c.body())
+    return await s.records.set_current_deployment_version(c.org, ns, _name(c), c.body())
 
 
 async def h_ver_add(s: Any, c: Any) -> Json:
     ns = _ns(c)
-    return await s.add_deployment_version(c.org, ns, _name(c), c.body())
+    return await s.records.add_deployment_version(c.org, ns, _name(c), c.body())
 
 
 async def h_ver_update(s: Any, c: Any) -> Json:
     ns, name = _ns(c), _name(c)
-    return await s.update_deployment_version(c.org, ns, name, _build(c), c.body())
+    return await s.records.update_deployment_version(c.org, ns, name, _build(c), c.body())
 
 
 async def h_ver_delete(s: Any, c: Any) -> Json:
     ns, name = _ns(c), _name(c)
-    return await s.delete_deployment_version(c.org, ns, name, _build(c))
+    return await s.records.delete_deployment_version(c.org, ns, name, _build(c))
 
 
 async def h_ver_validate(s: Any, c: Any) -> Json:
     """SPEC §5.12: networkOk, the latency of one shard read, and the build's workers."""
     ns, name = _ns(c), _name(c)
     build_id = _build(c)
-    shard = await s.validate_deployment_version(c.org, ns, name, build_id)
-    reports = await _worker_reports(_node(c), c.org, ns)
+    shard = await s.records.validate_deployment_version(c.org, ns, name, build_id)
+    reports = await _worker_reports(node_of(c), c.org, ns)
     state = build_state(reports, build_id, int(s.clock()))
     errors: list[str] = []
     if not state["workerRegistered"]:
@@ -118,23 +113,23 @@ async def _worker_reports(node: Any, org: str, ns: str) -> list[Json]:
 
 async def h_nexus_list(s: Any, c: Any) -> Json:
     ns = _ns(c)
-    return await s.list_nexus_endpoints(c.org, ns, I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.records.list_nexus_endpoints(c.org, ns, I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_nexus_put(s: Any, c: Any) -> Json:
-    return await s.put_nexus_endpoint(c.org, _ns(c), c.body())
+    return await s.records.put_nexus_endpoint(c.org, _ns(c), c.body())
 
 
 async def h_nexus_delete(s: Any, c: Any) -> Json:
     ns = _ns(c)
-    return await s.delete_nexus_endpoint(c.org, ns, check_name(c.params["name"], "nexus endpoint name"))
+    return await s.records.delete_nexus_endpoint(c.org, ns, check_name(c.params["name"], "nexus endpoint name"))
 
 
 async def h_nexus_org(s: Any, c: Any) -> Json:
     """GET /v1/tasks/nexus: the endpoints of every namespace of the caller's org."""
     size = I.page_size(c.query)
     stale = I.query_bool(c.query, "stale")
-    return await s.list_org_nexus_endpoints(c.org, size, c.query.get("nextPageToken"), stale=stale)
+    return await s.records.list_org_nexus_endpoints(c.org, size, c.query.get("nextPageToken"), stale=stale)
 
 
 def add_routes(r: Any, ns: str) -> None:

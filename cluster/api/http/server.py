@@ -9,212 +9,41 @@ SPEC §4.1; a bug answers 500 ``internal`` and is logged, never a traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 from aiohttp import web
 from hanzo_tasks.cluster.api import mcp as MCP
 from hanzo_tasks.cluster.api import sse as SSE
 from hanzo_tasks.cluster.api.http import migrations as MIG
 from hanzo_tasks.cluster.api.http import records as REC
+from hanzo_tasks.cluster.api.http.request import (
+    NODE_KEY,
+    NS,
+    A,
+    Call,
+    D,
+    Json,
+    Route,
+    Router,
+    V,
+    error_response,
+    json_response,
+    read_body,
+    split_path,
+    ui_response,
+)
 from hanzo_tasks.cluster.auth import DEV_CALLER, Caller, role_allows
 from hanzo_tasks.cluster.dispatch import task_queues as TQ
+from hanzo_tasks.cluster.service import Service
 from hanzo_tasks.cluster.service import inputs as I
-from hanzo_tasks.cluster.service.core import Service
 from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.names import OWNER, check_node_id
 from hanzo_tasks.replication import NotReplica
 
 log = logging.getLogger("tasks.http")
-
-Json = dict[str, Any]
-NS = "/v1/tasks/namespaces/{ns}"
-NODE_KEY: web.AppKey[Any] = web.AppKey("node", object)
-
-
-@dataclass
-class Call:
-    """One request as the handlers see it."""
-
-    request: web.Request
-    params: dict[str, str]
-    org: str
-    caller: Caller = DEV_CALLER
-    _body: Json | None = field(default=None)
-
-    @property
-    def query(self) -> Any:
-        return self.request.query
-
-    def body(self) -> Json:
-        assert self._body is not None
-        return self._body
-
-    def run_id(self) -> str | None:
-        rid = self.query.get("runId") or self.query.get("execution.runId")
-        if rid:
-            from hanzo_tasks.protocol.names import check_run_id
-
-            check_run_id(rid)
-        return rid or None
-
-
-Handler = Callable[[Service, Call], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    template: str
-    handler: Handler
-    parts: tuple[str, ...]
-    status: int = 200
-    role: str | None = None
-    """The least role that may call it when auth is on (SPEC §4, column Role); None: no token needed."""
-    operator: bool = False
-    """Cluster-wide, not an org's: with auth on, only an operator token (claim tasks_cluster_admin)."""
-    raw_body: bool = False
-    """The handler reads and judges its own body (MCP: bad JSON is a JSON-RPC error, not a 400)."""
-    query_token: bool = False
-    """The token may come as ``?access_token=`` (SSE: a browser's EventSource cannot set headers)."""
-
-
-# The roles of SPEC §5.13, as the route table names them.
-V, D, A, OWNER = "viewer", "developer", "admin", "owner"
-
-
-class Router:
-    def __init__(self) -> None:
-        self.routes: list[Route] = []
-
-    def add(self, method: str, template: str, handler: Handler, status: int = 200, *,
-            role: str | None, operator: bool = False, raw_body: bool = False, query_token: bool = False) -> None:
-        """``role`` must be given for every route (None only for the health and
-        settings routes), so that no route is ever added without a decision."""
-        parts = tuple(template.strip("/").split("/")) if template != "/" else ()
-        self.routes.append(Route(method, template, handler, parts, status, role, operator, raw_body, query_token))
-
-    def match(self, segments: list[str], method: str) -> tuple[Route | None, dict[str, str], list[str], str]:
-        """(route, params, allowed methods, template of the path)."""
-        allowed: list[str] = []
-        found: Route | None = None
-        found_params: dict[str, str] = {}
-        template = "unmatched"
-        best_literals = -1
-        for r in self.routes:
-            if len(r.parts) != len(segments):
-                continue
-            params: dict[str, str] = {}
-            literals = 0
-            for p, s in zip(r.parts, segments, strict=True):
-                if p.startswith("{"):
-                    params[p[1:-1]] = s
-                elif p != s:
-                    break
-                else:
-                    literals += 1
-            else:
-                if r.method == method or (method == "HEAD" and r.method == "GET"):
-                    if literals > best_literals:
-                        found, found_params, best_literals = r, params, literals
-                        template = r.template
-                if r.method not in allowed:
-                    allowed.append(r.method)
-                if template == "unmatched":
-                    template = r.template
-        return found, found_params, allowed, template
-
-
-def json_response(status: int, body: Any, node_id: str, headers: dict[str, str] | None = None) -> web.Response:
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-    h = {"X-Tasks-Node": node_id}
-    if headers:
-        h.update(headers)
-    return web.Response(status=status, text=text, content_type="application/json", headers=h)
-
-
-def error_response(e: ApiError, node_id: str) -> web.Response:
-    headers: dict[str, str] = {}
-    if e.status in (429, 503):
-        headers["Retry-After"] = str(max(1, int(e.retry_after or 1)))
-    if e.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-    return json_response(e.status, e.body(), node_id, headers)
-
-
-async def read_body(request: web.Request, limit: int) -> Json:
-    """The JSON object body; 413 past ``limits.max_body``, judged before or while reading."""
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError("too_large", f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise ApiError("too_large", f"request body over {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise ApiError("invalid_argument", f"invalid JSON body: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError("invalid_argument", "the JSON body must be an object")
-    return body
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def ui_response(ui_dir: str, segments: list[str], node_id: str) -> web.StreamResponse:
-    """The static UI bundle with an SPA fallback; ``/`` redirects to it.
-
-    The file is resolved inside ``ui_dir`` and must stay there: ``..`` or a
-    symlink out of the bundle falls back to ``index.html``, never escapes.
-    """
-    if segments in ([""], []):
-        raise web.HTTPFound("/_/tasks/")
-    root = Path(ui_dir).resolve()
-    rel = "/".join(x for x in segments[2:] if x)
-    target = (root / rel).resolve() if rel else root / "index.html"
-    if not (target.is_relative_to(root) and target.is_file()):
-        target = root / "index.html"
-    if not target.is_file():
-        return json_response(404, {"code": "not_found", "message": "no UI bundle"}, node_id)
-    return web.FileResponse(target, headers={"X-Tasks-Node": node_id})
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
-
-
-def split_path(raw_path: str) -> list[str]:
-    """Raw path -> percent-decoded segments (empty segments kept; they match nothing)."""
-    parts = raw_path.split("/")[1:]
-    if parts and parts[-1] == "" and len(parts) > 1:
-        parts = parts[:-1]
-    out = []
-    for p in parts:
-        try:
-            out.append(unquote(p, errors="strict"))
-        except UnicodeDecodeError:
-            raise ApiError("invalid_argument", "path is not valid UTF-8") from None
-    return out
-
 
 # ---------------------------------------------------------------------------
 # handlers
@@ -244,8 +73,6 @@ async def h_cluster_health(s: Service, c: Call) -> Any:
 
 
 async def h_member_add(s: Service, c: Call) -> Json:
-    from hanzo_tasks.protocol.names import check_node_id
-
     body = c.body()
     node_id = check_node_id(body.get("nodeId"))
     peer = I.opt_str(body, "peer")
@@ -255,103 +82,101 @@ async def h_member_add(s: Service, c: Call) -> Json:
 
 
 async def h_member_remove(s: Service, c: Call) -> Json:
-    from hanzo_tasks.protocol.names import check_node_id
-
     return await c.request.app[NODE_KEY].remove_member(check_node_id(c.params["id"]))
 
 
 async def h_batch_list(s: Service, c: Call) -> Json:
-    return await s.list_batches(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.batches.list_batches(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_batch_start(s: Service, c: Call) -> Json:
-    return await s.start_batch(c.org, _ns(c), c.body())
+    return await s.batches.start_batch(c.org, _ns(c), c.body())
 
 
 async def h_batch_get(s: Service, c: Call) -> Json:
-    return await s.describe_batch(c.org, _ns(c), c.params["bid"])
+    return await s.batches.describe_batch(c.org, _ns(c), c.params["bid"])
 
 
 async def h_batch_terminate(s: Service, c: Call) -> Json:
-    return await s.terminate_batch(c.org, _ns(c), c.params["bid"], c.body())
+    return await s.batches.terminate_batch(c.org, _ns(c), c.params["bid"], c.body())
 
 
 async def h_identities(s: Service, c: Call) -> Json:
-    return await s.list_identities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.namespaces.list_identities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_identity_grant(s: Service, c: Call) -> Json:
-    return await s.grant_identity(c.org, _ns(c), c.body())
+    return await s.namespaces.grant_identity(c.org, _ns(c), c.body())
 
 
 async def h_identity_revoke(s: Service, c: Call) -> Json:
-    return await s.revoke_identity(c.org, _ns(c), c.params["email"])
+    return await s.namespaces.revoke_identity(c.org, _ns(c), c.params["email"])
 
 
 async def h_ns_list(s: Service, c: Call) -> Json:
-    return await s.list_namespaces(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.namespaces.list_namespaces(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_ns_create(s: Service, c: Call) -> Json:
-    return await s.register_namespace(c.org, c.body())
+    return await s.namespaces.register_namespace(c.org, c.body())
 
 
 async def h_ns_get(s: Service, c: Call) -> Json:
-    return await s.get_namespace(c.org, _ns(c))
+    return await s.namespaces.get_namespace(c.org, _ns(c))
 
 
 async def h_ns_delete(s: Service, c: Call) -> Json:
-    return await s.delete_namespace(c.org, _ns(c))
+    return await s.namespaces.delete_namespace(c.org, _ns(c))
 
 
 async def h_ns_metadata(s: Service, c: Call) -> Json:
-    return await s.update_namespace(c.org, _ns(c), c.body())
+    return await s.namespaces.update_namespace(c.org, _ns(c), c.body())
 
 
 async def h_ns_archival(s: Service, c: Call) -> Json:
-    await s.get_namespace(c.org, _ns(c))
+    await s.namespaces.get_namespace(c.org, _ns(c))
     return {"enabled": False, "executions": [], "nextPageToken": "", "error": "archival disabled"}
 
 
 async def h_dead_letters(s: Service, c: Call) -> Json:
-    return await s.list_workflows(
+    return await s.workflows.list_workflows(
         c.org, _ns(c), c.query.get("query"), I.page_size(c.query), c.query.get("nextPageToken"), dead=True
     )
 
 
 async def h_wf_list(s: Service, c: Call) -> Json:
-    return await s.list_workflows(
+    return await s.workflows.list_workflows(
         c.org, _ns(c), c.query.get("query"), I.page_size(c.query), c.query.get("nextPageToken")
     )
 
 
 async def h_wf_start(s: Service, c: Call) -> Json:
-    return await s.start_workflow(c.org, _ns(c), c.body())
+    return await s.workflows.start_workflow(c.org, _ns(c), c.body())
 
 
 async def h_wf_sws(s: Service, c: Call) -> Json:
-    return await s.start_workflow(c.org, _ns(c), c.body(), signal=True)
+    return await s.workflows.start_workflow(c.org, _ns(c), c.body(), signal=True)
 
 
 async def h_wf_describe(s: Service, c: Call) -> Json:
-    return await s.describe_workflow(c.org, _ns(c), c.params["id"], c.run_id())
+    return await s.workflows.describe_workflow(c.org, _ns(c), c.params["id"], c.run_id())
 
 
 async def h_wf_cancel(s: Service, c: Call) -> Json:
-    return await s.cancel_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.cancel_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_terminate(s: Service, c: Call) -> Json:
-    return await s.terminate_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.terminate_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_signal(s: Service, c: Call) -> Json:
-    return await s.signal_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.signal_workflow(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_history(s: Service, c: Call) -> Json:
     q = c.query
-    return await s.history(
+    return await s.workflows.history(
         c.org, _ns(c), c.params["id"], c.run_id(),
         I.query_int(q, "after", 0), I.query_bool(q, "reverse"),
         I.page_size(q), q.get("nextPageToken"),
@@ -359,101 +184,101 @@ async def h_wf_history(s: Service, c: Call) -> Json:
 
 
 async def h_wf_query(s: Service, c: Call) -> Json:
-    return await s.query_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.query_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_metadata(s: Service, c: Call) -> Json:
-    return await s.workflow_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
+    return await s.workflows.workflow_metadata(c.org, _ns(c), c.params["id"], c.run_id(), c.body())
 
 
 async def h_wf_executions(s: Service, c: Call) -> Json:
-    return await s.executions(c.org, _ns(c), c.params["id"], I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.workflows.executions(c.org, _ns(c), c.params["id"], I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_wf_reset(s: Service, c: Call) -> Json:
-    return await s.reset_workflow(c.org, _ns(c), c.params["id"], c.body())
+    return await s.workflows.reset_workflow(c.org, _ns(c), c.params["id"], c.body())
 
 
 async def h_sched_list(s: Service, c: Call) -> Json:
-    return await s.list_schedules(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.schedules.list_schedules(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_sched_create(s: Service, c: Call) -> Json:
-    return await s.create_schedule(c.org, _ns(c), c.body(), upsert=I.query_bool(c.query, "upsert"))
+    return await s.schedules.create_schedule(c.org, _ns(c), c.body(), upsert=I.query_bool(c.query, "upsert"))
 
 
 async def h_sched_get(s: Service, c: Call) -> Json:
-    return await s.describe_schedule(c.org, _ns(c), c.params["sid"])
+    return await s.schedules.describe_schedule(c.org, _ns(c), c.params["sid"])
 
 
 async def h_sched_update(s: Service, c: Call) -> Json:
-    return await s.update_schedule(c.org, _ns(c), c.params["sid"], c.body())
+    return await s.schedules.update_schedule(c.org, _ns(c), c.params["sid"], c.body())
 
 
 async def h_sched_delete(s: Service, c: Call) -> Json:
-    return await s.delete_schedule(c.org, _ns(c), c.params["sid"])
+    return await s.schedules.delete_schedule(c.org, _ns(c), c.params["sid"])
 
 
 async def h_sched_trigger(s: Service, c: Call) -> Json:
-    return await s.trigger_schedule(c.org, _ns(c), c.params["sid"], c.body())
+    return await s.schedules.trigger_schedule(c.org, _ns(c), c.params["sid"], c.body())
 
 
 async def h_sched_times(s: Service, c: Call) -> Json:
-    return await s.matching_times(c.org, _ns(c), c.params["sid"], c.query)
+    return await s.schedules.matching_times(c.org, _ns(c), c.params["sid"], c.query)
 
 
 async def h_sched_pause(s: Service, c: Call) -> Json:
-    return await s.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), True)
+    return await s.schedules.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), True)
 
 
 async def h_sched_unpause(s: Service, c: Call) -> Json:
-    return await s.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), False)
+    return await s.schedules.pause_schedule(c.org, _ns(c), c.params["sid"], c.body(), False)
 
 
 async def h_sa_list(s: Service, c: Call) -> Json:
-    return await s.list_search_attributes(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
+    return await s.namespaces.list_search_attributes(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_sa_add(s: Service, c: Call) -> Json:
-    return await s.add_search_attribute(c.org, _ns(c), c.body())
+    return await s.namespaces.add_search_attribute(c.org, _ns(c), c.body())
 
 
 async def h_sa_remove(s: Service, c: Call) -> Json:
-    return await s.remove_search_attribute(c.org, _ns(c), c.params["name"])
+    return await s.namespaces.remove_search_attribute(c.org, _ns(c), c.params["name"])
 
 
 async def h_act_list(s: Service, c: Call) -> Json:
-    return await s.list_activities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"),
+    return await s.activities.list_activities(c.org, _ns(c), I.page_size(c.query), c.query.get("nextPageToken"),
                                    c.query.get("cursor"))
 
 
 async def h_act_start(s: Service, c: Call) -> Json:
-    return await s.start_activity(c.org, _ns(c), c.body())
+    return await s.activities.start_activity(c.org, _ns(c), c.body())
 
 
 async def h_act_get(s: Service, c: Call) -> Json:
-    return await s.describe_activity(c.org, _ns(c), c.params["aid"], c.params["rid"])
+    return await s.activities.describe_activity(c.org, _ns(c), c.params["aid"], c.params["rid"])
 
 
 async def h_act_cancel(s: Service, c: Call) -> Json:
-    return await s.cancel_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+    return await s.activities.cancel_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
 
 
 async def h_act_complete(s: Service, c: Call) -> Json:
-    return await s.complete_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+    return await s.activities.complete_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
 
 
 async def h_act_fail(s: Service, c: Call) -> Json:
-    return await s.fail_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+    return await s.activities.fail_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
 
 
 async def h_act_heartbeat(s: Service, c: Call) -> Json:
-    return await s.heartbeat_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
+    return await s.activities.heartbeat_activity(c.org, _ns(c), c.params["aid"], c.params["rid"], c.body())
 
 
 async def h_act_history(s: Service, c: Call) -> Json:
     q = c.query
-    return await s.activity_history(
+    return await s.activities.activity_history(
         c.org, _ns(c), c.params["aid"], c.params["rid"],
         I.query_int(q, "after", 0), I.query_bool(q, "reverse"), I.page_size(q), q.get("nextPageToken"),
     )
@@ -591,7 +416,7 @@ class HttpApi:
             return caller
         role = caller.role
         if "ns" in params:  # an Identity record in the namespace replaces the org role
-            role = await self.node.service.role_in(caller.stored_org, params["ns"], caller.email, role)
+            role = await self.node.service.namespaces.role_in(caller.stored_org, params["ns"], caller.email, role)
         if not role_allows(role, route.role):
             raise ApiError("permission_denied", f"this needs the {route.role} role; the caller has {role}")
         return caller

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hanzo_tasks.cluster.auth import DEV_CALLER, Caller, role_allows
-from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol import names, wire
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.durations import format_duration
 from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.fields import FieldReader
 from hanzo_tasks.protocol.schedule_spec import SpecError, classify
 from hanzo_tasks.replication import NotReplica
 
@@ -44,7 +45,6 @@ LINGER_TIMEOUT = 2.0
 """Before closing after a final error response, input is discarded this long, so
 that the kernel does not reset the connection (and drop that response) because
 unread bytes were pending."""
-WORKERS_LATER = "workers arrive in a later build"
 
 
 # ---------------------------------------------------------------------------
@@ -55,57 +55,22 @@ def _bad(message: str) -> ApiError:
     return ApiError("invalid_argument", message)
 
 
-def _str(body: Json, name: str, *, required: bool = False) -> str | None:
-    v = body.get(name)
-    if v is None:
-        if required:
-            raise _bad(f"{name} is required")
-        return None
-    if not isinstance(v, str):
-        raise _bad(f"{name} must be a string")
-    if required and not v:
-        raise _bad(f"{name} is required")
-    return v
+_FIELDS = FieldReader(_bad)
+_str = _FIELDS.text
+_int = _FIELDS.integer
+_bool = _FIELDS.boolean
+_map = _FIELDS.mapping_of
 
 
-def _int(body: Json, name: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if not isinstance(v, int) or isinstance(v, bool):
-        raise _bad(f"{name} must be an integer")
-    if lo is not None and v < lo:
-        raise _bad(f"{name} must be at least {lo}")
-    if hi is not None and v > hi:
-        raise _bad(f"{name} must be at most {hi}")
-    return v
-
-
-def _bool(body: Json, name: str) -> bool | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if not isinstance(v, bool):
-        raise _bad(f"{name} must be a boolean")
-    return v
-
-
-def _map(body: Json, name: str) -> Json | None:
-    v = body.get(name)
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        raise _bad(f"{name} must be a map")
-    return v
-
-
-def _ms(body: Json, name: str, prefix: str = "") -> str | None:
+def _ms(body: Json, name: str) -> str | None:
     """A ``*_ms`` integer as the service's duration string (the service checks ranges)."""
     v = body.get(name)
-    if v is None:
-        return None
+    return None if v is None else _duration_text(v, name)
+
+
+def _duration_text(v: Any, what: str) -> str:
     if not isinstance(v, int) or isinstance(v, bool):
-        raise _bad(f"{prefix}{name} must be an integer of milliseconds")
+        raise _bad(f"{what} must be an integer of milliseconds")
     return format_duration(v)
 
 
@@ -133,19 +98,7 @@ def _retry_policy(v: Any) -> Json | None:
         return None
     if not isinstance(v, dict):
         raise _bad("retry_policy must be a map")
-    out: Json = {}
-    for zap_name, camel in (("initial_interval_ms", "initialInterval"), ("maximum_interval_ms", "maximumInterval")):
-        d = _ms(v, zap_name, "retry_policy.")
-        if d is not None:
-            out[camel] = d
-    for zap_name, camel in (
-        ("backoff_coefficient", "backoffCoefficient"),
-        ("maximum_attempts", "maximumAttempts"),
-        ("non_retryable_error_types", "nonRetryableErrorTypes"),
-    ):
-        if v.get(zap_name) is not None:
-            out[camel] = v[zap_name]
-    return out
+    return wire.to_http(v, wire.RETRY_POLICY, lambda ms, f: _duration_text(ms, f"retry_policy.{f.snake}"))
 
 
 def _start_body(b: Json) -> Json:
@@ -228,7 +181,7 @@ async def op_submit_task(c: Call) -> Json:
     rp = _retry_policy(b.get("retry_policy"))
     if rp is not None:
         body["retryPolicy"] = rp
-    return _started(await c.service.start_workflow(c.org, c.ns, body))
+    return _started(await c.service.workflows.start_workflow(c.org, c.ns, body))
 
 
 def recurring_spec(name: str | None, spec: Any) -> Json:
@@ -257,18 +210,18 @@ async def op_schedule_recurring(c: Call) -> Json:
     # Create first, upsert on conflict: the service reports no "created" flag,
     # and this way it is exact (a create either made it or found it).
     try:
-        rec = await c.service.create_schedule(c.org, c.ns, body, upsert=False)
+        rec = await c.service.schedules.create_schedule(c.org, c.ns, body, upsert=False)
         created = True
     except ApiError as e:
         if e.code != "already_exists":
             raise
-        rec = await c.service.create_schedule(c.org, c.ns, body, upsert=True)
+        rec = await c.service.schedules.create_schedule(c.org, c.ns, body, upsert=True)
         created = False
     return {"schedule_id": rec.get("scheduleId", name), "created": created}
 
 
 async def op_start(c: Call) -> Json:
-    return _started(await c.service.start_workflow(c.org, c.ns, _start_body(c.body)))
+    return _started(await c.service.workflows.start_workflow(c.org, c.ns, _start_body(c.body)))
 
 
 async def op_signal_with_start(c: Call) -> Json:
@@ -277,7 +230,7 @@ async def op_signal_with_start(c: Call) -> Json:
     body["signalName"] = _str(b, "signal_name", required=True)
     if "signal_input" in b:
         body["signalInput"] = b["signal_input"]
-    return _started(await c.service.start_workflow(c.org, c.ns, body, signal=True))
+    return _started(await c.service.workflows.start_workflow(c.org, c.ns, body, signal=True))
 
 
 def _wid(c: Call) -> str:
@@ -290,7 +243,7 @@ async def op_signal(c: Call) -> Json:
     if "input" in b:
         body["input"] = b["input"]
     _copy_str(b, body, (("identity", "identity"), ("request_id", "requestId")))
-    await c.service.signal_workflow(c.org, c.ns, _wid(c), _run_id(b), body)
+    await c.service.workflows.signal_workflow(c.org, c.ns, _wid(c), _run_id(b), body)
     return {}
 
 
@@ -301,17 +254,17 @@ def _reason_body(b: Json) -> Json:
 
 
 async def op_cancel(c: Call) -> Json:
-    rec = await c.service.cancel_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
+    rec = await c.service.workflows.cancel_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
     return {"execution": rec}
 
 
 async def op_terminate(c: Call) -> Json:
-    rec = await c.service.terminate_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
+    rec = await c.service.workflows.terminate_workflow(c.org, c.ns, _wid(c), _run_id(c.body), _reason_body(c.body))
     return {"execution": rec}
 
 
 async def op_describe(c: Call) -> Json:
-    d = await c.service.describe_workflow(c.org, c.ns, _wid(c), _run_id(c.body))
+    d = await c.service.workflows.describe_workflow(c.org, c.ns, _wid(c), _run_id(c.body))
     out: Json = {
         "execution": d["workflowExecutionInfo"],
         "execution_config": d["executionConfig"],
@@ -324,7 +277,7 @@ async def op_describe(c: Call) -> Json:
 
 async def op_list_workflows(c: Call) -> Json:
     size, token = _page(c.body)
-    res = await c.service.list_workflows(c.org, c.ns, _str(c.body, "query"), size, token)
+    res = await c.service.workflows.list_workflows(c.org, c.ns, _str(c.body, "query"), size, token)
     return {"executions": res["executions"], "next_page_token": res["nextPageToken"]}
 
 
@@ -332,7 +285,7 @@ async def op_history(c: Call) -> Json:
     b = c.body
     size, token = _page(b)
     after = _int(b, "after_event_id", lo=0) or 0
-    res = await c.service.history(c.org, c.ns, _wid(c), _run_id(b), after, bool(_bool(b, "reverse")), size, token)
+    res = await c.service.workflows.history(c.org, c.ns, _wid(c), _run_id(b), after, bool(_bool(b, "reverse")), size, token)
     return {"events": res["events"], "next_page_token": res["nextPageToken"]}
 
 
@@ -344,7 +297,7 @@ async def op_query(c: Call) -> Json:
     timeout = _ms(b, "timeout_ms")
     if timeout is not None:
         body["timeout"] = timeout
-    res = await c.service.query_metadata(c.org, c.ns, _wid(c), _run_id(b), body)
+    res = await c.service.workflows.query_metadata(c.org, c.ns, _wid(c), _run_id(b), body)
     return {"result": res["queryResult"]}
 
 
@@ -358,7 +311,7 @@ async def op_reset(c: Call) -> Json:
     if rid:
         body["runId"] = rid
     _copy_str(b, body, (("reason", "reason"), ("identity", "identity"), ("request_id", "requestId")))
-    return {"execution": await c.service.reset_workflow(c.org, c.ns, _wid(c), body)}
+    return {"execution": await c.service.workflows.reset_workflow(c.org, c.ns, _wid(c), body)}
 
 
 def _sid(c: Call) -> str:
@@ -377,17 +330,17 @@ async def op_create_schedule(c: Call) -> Json:
     body.pop("info", None)
     body["scheduleId"] = _sid(c)
     upsert = bool(_bool(c.body, "upsert"))
-    return {"schedule": await c.service.create_schedule(c.org, c.ns, body, upsert=upsert)}
+    return {"schedule": await c.service.schedules.create_schedule(c.org, c.ns, body, upsert=upsert)}
 
 
 async def op_delete_schedule(c: Call) -> Json:
-    await c.service.delete_schedule(c.org, c.ns, _sid(c))
+    await c.service.schedules.delete_schedule(c.org, c.ns, _sid(c))
     return {}
 
 
 async def op_list_schedules(c: Call) -> Json:
     size, token = _page(c.body)
-    res = await c.service.list_schedules(c.org, c.ns, size, token)
+    res = await c.service.schedules.list_schedules(c.org, c.ns, size, token)
     return {"schedules": res["schedules"], "next_page_token": res["nextPageToken"]}
 
 
@@ -395,8 +348,8 @@ async def _pause(c: Call, paused: bool) -> Json:
     sid = _sid(c)
     body: Json = {}
     _copy_str(c.body, body, (("note", "note"),))
-    await c.service.pause_schedule(c.org, c.ns, sid, body, paused)
-    return {"schedule": await c.service.describe_schedule(c.org, c.ns, sid)}
+    await c.service.schedules.pause_schedule(c.org, c.ns, sid, body, paused)
+    return {"schedule": await c.service.schedules.describe_schedule(c.org, c.ns, sid)}
 
 
 async def op_pause_schedule(c: Call) -> Json:
@@ -414,7 +367,7 @@ async def op_trigger_schedule(c: Call) -> Json:
     _copy_str(b, body, (("request_id", "requestId"),))
     if b.get("overlap_policy") is not None:
         body["overlapPolicy"] = b["overlap_policy"]
-    res = await c.service.trigger_schedule(c.org, c.ns, _sid(c), body)
+    res = await c.service.schedules.trigger_schedule(c.org, c.ns, _sid(c), body)
     out: Json = {"status": res["status"]}
     ex = res.get("execution")
     if ex is not None:
@@ -424,13 +377,13 @@ async def op_trigger_schedule(c: Call) -> Json:
 
 
 async def op_describe_schedule(c: Call) -> Json:
-    return {"schedule": await c.service.describe_schedule(c.org, c.ns, _sid(c))}
+    return {"schedule": await c.service.schedules.describe_schedule(c.org, c.ns, _sid(c))}
 
 
 async def op_update_schedule(c: Call) -> Json:
     body = dict(_schedule_map(c))
     body.pop("info", None)
-    return {"schedule": await c.service.update_schedule(c.org, c.ns, _sid(c), body)}
+    return {"schedule": await c.service.schedules.update_schedule(c.org, c.ns, _sid(c), body)}
 
 
 async def op_register_namespace(c: Call) -> Json:
@@ -447,7 +400,7 @@ async def op_register_namespace(c: Call) -> Json:
     cd = _map(b, "custom_data")
     if cd is not None:
         config["customData"] = cd
-    return {"namespace": await c.service.register_namespace(c.org, {"namespaceInfo": info, "config": config})}
+    return {"namespace": await c.service.namespaces.register_namespace(c.org, {"namespaceInfo": info, "config": config})}
 
 
 def _ns_name(c: Call) -> str:
@@ -456,17 +409,13 @@ def _ns_name(c: Call) -> str:
 
 
 async def op_describe_namespace(c: Call) -> Json:
-    return {"namespace": await c.service.get_namespace(c.org, _ns_name(c))}
+    return {"namespace": await c.service.namespaces.get_namespace(c.org, _ns_name(c))}
 
 
 async def op_list_namespaces(c: Call) -> Json:
     size, token = _page(c.body)
-    res = await c.service.list_namespaces(c.org, size, token)
+    res = await c.service.namespaces.list_namespaces(c.org, size, token)
     return {"namespaces": res["namespaces"], "next_page_token": res["nextPageToken"]}
-
-
-async def op_workers_later(c: Call) -> Json:
-    raise ApiError("not_implemented", WORKERS_LATER)
 
 
 def _dispatcher(c: Call) -> Any:
@@ -553,7 +502,6 @@ ROUTES: dict[int, Route] = {
     Z.Op.DescribeNamespace: Route(op_describe_namespace, "viewer", read=True, barrier_ns=_ns_name),
     Z.Op.ListNamespaces: Route(op_list_namespaces, "viewer"),
     Z.Op.Health: Route(op_health, "viewer"),
-    **{op: Route(op_workers_later, "developer") for op in Z.WORKER_OPCODES},
     Z.Op.SubscribeWorkflowTasks: Route(op_subscribe_workflow_tasks, "developer"),
     Z.Op.Unsubscribe: Route(op_unsubscribe, "developer"),
     Z.Op.SubscribeActivityTasks: Route(op_subscribe_activity_tasks, "developer"),
@@ -788,7 +736,7 @@ class _Connection:
         caller = self.session.caller
         if not self.node.auth.enabled:
             return
-        role = await call.service.role_in(call.org, call.ns, caller.email, caller.role)
+        role = await call.service.namespaces.role_in(call.org, call.ns, caller.email, caller.role)
         if not role_allows(role, route.role):
             raise ApiError("permission_denied", f"this needs the {route.role} role; the caller has {role}")
 

@@ -1,0 +1,211 @@
+"""What every HTTP-facing module of a node shares: the request as handlers see
+it (:class:`Call`), the route table, JSON bodies in and out, and the key under
+which the node hangs on the aiohttp app.
+
+It sits below ``server`` (the route table and handlers) and beside ``sse``,
+``mcp``, ``records`` and ``migrations``, which all import it, so that none of
+them has to import the server module back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+from hanzo_tasks.cluster.auth import DEV_CALLER, Caller
+from hanzo_tasks.cluster.service import Service
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.names import ADMIN, DEVELOPER, VIEWER, check_run_id
+
+Json = dict[str, Any]
+NS = "/v1/tasks/namespaces/{ns}"
+NODE_KEY: web.AppKey[Any] = web.AppKey("node", object)
+
+
+@dataclass
+class Call:
+    """One request as the handlers see it."""
+
+    request: web.Request
+    params: dict[str, str]
+    org: str
+    caller: Caller = DEV_CALLER
+    _body: Json | None = field(default=None)
+
+    @property
+    def query(self) -> Any:
+        return self.request.query
+
+    def body(self) -> Json:
+        assert self._body is not None
+        return self._body
+
+    def run_id(self) -> str | None:
+        rid = self.query.get("runId") or self.query.get("execution.runId")
+        if rid:
+            check_run_id(rid)
+        return rid or None
+
+
+Handler = Callable[[Service, Call], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    handler: Handler
+    parts: tuple[str, ...]
+    status: int = 200
+    role: str | None = None
+    """The least role that may call it when auth is on (SPEC §4, column Role); None: no token needed."""
+    operator: bool = False
+    """Cluster-wide, not an org's: with auth on, only an operator token (claim tasks_cluster_admin)."""
+    raw_body: bool = False
+    """The handler reads and judges its own body (MCP: bad JSON is a JSON-RPC error, not a 400)."""
+    query_token: bool = False
+    """The token may come as ``?access_token=`` (SSE: a browser's EventSource cannot set headers)."""
+
+
+# The roles of SPEC §5.13, short, as the route table names them.
+V, D, A = VIEWER, DEVELOPER, ADMIN
+
+
+class Router:
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def add(self, method: str, template: str, handler: Handler, status: int = 200, *,
+            role: str | None, operator: bool = False, raw_body: bool = False, query_token: bool = False) -> None:
+        """``role`` must be given for every route (None only for the health and
+        settings routes), so that no route is ever added without a decision."""
+        parts = tuple(template.strip("/").split("/")) if template != "/" else ()
+        self.routes.append(Route(method, template, handler, parts, status, role, operator, raw_body, query_token))
+
+    def match(self, segments: list[str], method: str) -> tuple[Route | None, dict[str, str], list[str], str]:
+        """(route, params, allowed methods, template of the path)."""
+        allowed: list[str] = []
+        found: Route | None = None
+        found_params: dict[str, str] = {}
+        template = "unmatched"
+        best_literals = -1
+        for r in self.routes:
+            if len(r.parts) != len(segments):
+                continue
+            params: dict[str, str] = {}
+            literals = 0
+            for p, s in zip(r.parts, segments, strict=True):
+                if p.startswith("{"):
+                    params[p[1:-1]] = s
+                elif p != s:
+                    break
+                else:
+                    literals += 1
+            else:
+                if r.method == method or (method == "HEAD" and r.method == "GET"):
+                    if literals > best_literals:
+                        found, found_params, best_literals = r, params, literals
+                        template = r.template
+                if r.method not in allowed:
+                    allowed.append(r.method)
+                if template == "unmatched":
+                    template = r.template
+        return found, found_params, allowed, template
+
+
+def json_response(status: int, body: Any, node_id: str, headers: dict[str, str] | None = None) -> web.Response:
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    h = {"X-Tasks-Node": node_id}
+    if headers:
+        h.update(headers)
+    return web.Response(status=status, text=text, content_type="application/json", headers=h)
+
+
+def error_response(e: ApiError, node_id: str) -> web.Response:
+    headers: dict[str, str] = {}
+    if e.status in (429, 503):
+        headers["Retry-After"] = str(max(1, int(e.retry_after or 1)))
+    if e.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    return json_response(e.status, e.body(), node_id, headers)
+
+
+async def read_body(request: web.Request, limit: int) -> Json:
+    """The JSON object body; 413 past ``limits.max_body``, judged before or while reading."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError("too_large", f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise ApiError("too_large", f"request body over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw, parse_constant=reject_constant, parse_float=finite_float)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ApiError("invalid_argument", f"invalid JSON body: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError("invalid_argument", "the JSON body must be an object")
+    return body
+
+
+def reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def ui_response(ui_dir: str, segments: list[str], node_id: str) -> web.StreamResponse:
+    """The static UI bundle with an SPA fallback; ``/`` redirects to it.
+
+    The file is resolved inside ``ui_dir`` and must stay there: ``..`` or a
+    symlink out of the bundle falls back to ``index.html``, never escapes.
+    """
+    if segments in ([""], []):
+        raise web.HTTPFound("/_/tasks/")
+    root = Path(ui_dir).resolve()
+    rel = "/".join(x for x in segments[2:] if x)
+    target = (root / rel).resolve() if rel else root / "index.html"
+    if not (target.is_relative_to(root) and target.is_file()):
+        target = root / "index.html"
+    if not target.is_file():
+        return json_response(404, {"code": "not_found", "message": "no UI bundle"}, node_id)
+    return web.FileResponse(target, headers={"X-Tasks-Node": node_id})
+
+
+def finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def split_path(raw_path: str) -> list[str]:
+    """Raw path -> percent-decoded segments (empty segments kept; they match nothing)."""
+    parts = raw_path.split("/")[1:]
+    if parts and parts[-1] == "" and len(parts) > 1:
+        parts = parts[:-1]
+    out = []
+    for p in parts:
+        try:
+            out.append(unquote(p, errors="strict"))
+        except UnicodeDecodeError:
+            raise ApiError("invalid_argument", "path is not valid UTF-8") from None
+    return out
+
+
+def node_of(c: Call) -> Any:
+    """The node serving this request (the HTTP app holds it under ``NODE_KEY``)."""
+    return c.request.app[NODE_KEY]
+
+
