@@ -101,7 +101,7 @@ class _RaftCollector:
         lag = GaugeMetricFamily("tasks_raft_apply_lag_entries", "Commit minus applied (max)", labels=["group_kind"])
         groups = GaugeMetricFamily("tasks_raft_groups", "Groups by role", labels=["group_kind", "role"])
         changes = CounterMetricFamily("tasks_raft_leader_changes", "Leader changes seen", labels=["group_kind"])
-        if rep is None or getattr(rep, "kind", "local") != "raft":
+        if rep is None or not rep.clustered:
             return
         yield GaugeMetricFamily(
             "tasks_raft_thread_alive", "1 while the Raft thread runs and replication has not failed (else 0)",

@@ -25,7 +25,7 @@ from hanzo_tasks.cluster.leader.timers import ScheduleTimers
 from hanzo_tasks.cluster.metrics import Metrics
 from hanzo_tasks.cluster.service import Service, wall_ms
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.replication import LocalReplicator
+from hanzo_tasks.replication import LocalReplicator, NodeReplicator
 from hanzo_tasks.routing import Membership, MembershipWatcher
 
 log = logging.getLogger("tasks.node")
@@ -39,23 +39,16 @@ FATAL_LINGER_S = 1.0
 RAFT_STUCK_S = 10.0
 
 
-def replication_failure_kind(rep: Any) -> str | None:
+def replication_failure_kind(rep: NodeReplicator | None) -> str | None:
     """What failed ("raft_thread", "journal", "apply"; the label of
     tasks_fatal_errors_total), or None while replication can go on."""
-    if replication_failure(rep) is None:
-        return None
-    return getattr(rep, "fatal_kind", None) or ("raft_thread" if getattr(rep, "kind", "") == "raft" else "apply")
+    return None if rep is None else rep.failure_kind()
 
 
-def replication_failure(rep: Any) -> str | None:
+def replication_failure(rep: NodeReplicator | None) -> str | None:
     """Why the replicator cannot make progress (None: it can): a Raft thread
     that died or a journal or apply that failed, or local mode's apply thread."""
-    if rep is None:
-        return None
-    failure = getattr(rep, "failure", None)
-    if callable(failure):
-        return failure()
-    return "the apply thread failed" if getattr(rep, "failed", False) else None
+    return None if rep is None else rep.failure()
 
 
 def package_version() -> str:
@@ -127,8 +120,7 @@ class Node:
         return [rep.store(p) for p in rep.local_partitions() if rep.is_local(p)]
 
     def _peer_rejected(self) -> dict[str, int]:
-        mux = getattr(self.replicator, "mux", None)
-        return dict(mux.rejected) if mux is not None else {}
+        return self.replicator.peer_rejected() if self.replicator is not None else {}
 
     def node_secret(self) -> bytes:
         """``<data_dir>/node.secret``: 32 random bytes, created once (task tokens)."""
@@ -151,10 +143,9 @@ class Node:
         self.membership = MembershipWatcher(
             Membership(frozenset(self.member_ids()), frozenset({self.node_id}))
         )
-        if hasattr(self.replicator, "on_peer_change"):
+        if self.replicator.clustered:
             self.replicator.on_peer_change(self._peer_changed)
             self.replicator.subscribe(self._on_meta_apply)
-        if getattr(self.replicator, "kind", "local") == "raft":
             have = self.replicator.meta.partitions()
             if have is not None and have != cfg.partitions:
                 raise ConfigMismatch(
@@ -163,7 +154,7 @@ class Node:
                 )
         await self.replicator.start()
         self._bg.append(asyncio.create_task(self._watchdog(), name="watchdog"))
-        if getattr(self.replicator, "kind", "local") == "raft":
+        if self.replicator.clustered:
             from hanzo_tasks.cluster.membership import ReplicaKeeper
 
             self.replica_keeper = ReplicaKeeper(self.replicator, replication_factor=cfg.replication_factor,
@@ -267,7 +258,7 @@ class Node:
         shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self.zap_addr = f"[{shown}]:{bound}" if ":" in shown else f"{shown}:{bound}"
 
-    def _make_replicator(self) -> Any:
+    def _make_replicator(self) -> NodeReplicator:
         cfg = self.cfg
         storage = {
             "map_size": cfg.storage.map_size,
@@ -352,7 +343,7 @@ class Node:
 
     def member_ids(self) -> list[str]:
         rep = self.replicator
-        if getattr(rep, "kind", "local") == "raft":
+        if rep.clustered:
             known = rep.meta.members()
             if known:
                 return sorted(known)
@@ -397,7 +388,7 @@ class Node:
         import msgpack
 
         rep = self.replicator
-        if getattr(rep, "kind", "local") != "raft":
+        if not rep.clustered:
             raise ApiError("failed_precondition", "membership changes need replicator: raft")
         cmd = {"op": "meta.member", "id": node_id, "peer": peer, "http": http, "zap": zap}
         res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
@@ -426,7 +417,7 @@ class Node:
         import msgpack
 
         rep = self.replicator
-        raft = getattr(rep, "kind", "local") == "raft"
+        raft = rep.clustered
         known = node_id in self.member_ids() or (
             raft and any(node_id in rep.voters(g) for g in rep.local_partitions() + [rep.meta_group])
         )
@@ -461,12 +452,9 @@ class Node:
 
         rep = self.replicator
         base = preferred_leaders(rep.partitions, self.member_ids())
-        replicas = getattr(rep, "replicas", None)
-        if replicas is None:
-            return base
         out = []
         for p, lead in enumerate(base):
-            holders = list(replicas(p))
+            holders = list(rep.replicas(p))
             out.append(lead if not holders or lead in holders else holders[0])  # only a replica can lead
         return out
 
@@ -490,7 +478,7 @@ class Node:
                 preferred = self.preferred_leaders()
                 for p, want in enumerate(preferred):
                     if want != self.node_id and rep.is_leader(p) and want in rep.voters(p) \
-                            and rep.mux.is_connected(want):
+                            and rep.peer_connected(want):
                         rep.transfer_leadership(p, want)
             except Exception:
                 log.exception("leader balancing failed")
@@ -515,7 +503,7 @@ class Node:
     async def hand_over(self, timeout: float = 5.0) -> None:
         """Before stopping: give away every group this node leads (SIGTERM path)."""
         rep = self.replicator
-        if getattr(rep, "kind", "local") != "raft":
+        if not rep.clustered:
             return
         groups = list(range(rep.partitions)) + [rep.meta_group]
         deadline = time.monotonic() + timeout
@@ -619,7 +607,7 @@ class Node:
             to = body["toNode"]
             if not isinstance(to, str) or to not in set(self.member_ids()) | {self.node_id}:
                 raise ApiError("invalid_argument", f"unknown node {to!r}")
-            if getattr(rep, "kind", "local") != "raft":
+            if not rep.clustered:
                 raise ApiError("failed_precondition", "migration needs replicator: raft")
             if to != self.node_id and not self.membership.current.is_alive(to):
                 raise ApiError("failed_precondition", f"node {to} is not alive")
@@ -642,9 +630,9 @@ class Node:
                         except ApiError:
                             counts[p] = 1 << 30
                 dst = min(led, key=lambda p: (counts.get(p, 0), p))
-        if getattr(rep, "kind", "local") != "raft":
+        if not rep.clustered:
             raise ApiError("failed_precondition", "migration needs replicator: raft")
-        leaders = await self._remote_leaders() if getattr(rep, "kind", "local") == "raft" else {}
+        leaders = await self._remote_leaders()
         job = await self.migrations.create(org, ns, src, dst, leaders)
         return job
 
@@ -657,7 +645,7 @@ class Node:
             return [f"replication failed: {failure}"]
         if not self.ready:
             return ["starting"]
-        if getattr(rep, "kind", "local") != "raft":
+        if not rep.clustered:
             return []
         reasons = []
         stuck = time.monotonic() - rep.loop_at
@@ -683,14 +671,14 @@ class Node:
 
     def cluster_health(self) -> tuple[int, dict[str, Any]]:
         rep = self.replicator
-        if getattr(rep, "kind", "local") != "raft":
+        if not rep.clustered:
             return 200, {"status": "ok", "nodeId": self.node_id, "groups": 1}
         reasons = []
         groups = rep.local_partitions() + [rep.meta_group]
         for g in groups:
             st = rep.group_status(g)
             name = "meta" if g == rep.meta_group else f"partition:{g}"
-            if g in getattr(rep, "stalled", ()):
+            if g in rep.stalled:
                 reasons.append({"group": name, "reason": "storage_full"})
             elif st["leader"] is None:
                 reasons.append({"group": name, "reason": "no_leader"})
@@ -732,7 +720,7 @@ class Node:
         from hanzo_tasks.shard import reads
 
         rep = self.replicator
-        raft = getattr(rep, "kind", "local") == "raft"
+        raft = rep.clustered
         shards: list[tuple[str, str, int]] = []
         infos: dict[tuple[str, str, int], dict[str, Any]] = {}
         for p in range(rep.partitions):
@@ -825,7 +813,7 @@ class Node:
                 "proposals": rep.proposals,
                 "proposalErrors": self.service.proposal_errors if self.service else 0,
                 "forwarded": (self.service.forwarder.forwarded if self.service and self.service.forwarder else 0)
-                + getattr(rep, "forwarded", 0),
+                + rep.forwarded,
                 "zapConnections": self._zap.connections if self._zap is not None else 0,
                 "subscriptions": 0,
                 "sseSubscribers": self.sse.count() if self.sse is not None else 0,

@@ -44,6 +44,7 @@ from typing import Any
 
 import msgpack
 from hanzo_tasks.migration.remote import MigrationError, PartitionReads, hash_range
+from hanzo_tasks.replication import NodeReplicator, Replicator
 from hanzo_tasks.shard import encode, moving, reads
 
 log = logging.getLogger("tasks.migration")
@@ -74,7 +75,7 @@ class Migrations:
 
     def __init__(
         self,
-        replicator: Any,
+        replicator: NodeReplicator,
         *,
         node_id: str,
         clock: Callable[[], int],
@@ -100,7 +101,7 @@ class Migrations:
 
     @property
     def clustered(self) -> bool:
-        return getattr(self.rep, "kind", "local") == "raft"
+        return self.rep.clustered
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -552,12 +553,11 @@ def range_hash(txn: Any, org: str, ns: str) -> str:
     return hash_range(txn, org, ns)
 
 
-def shard_counts(rep: Any) -> dict[int, int]:
+def shard_counts(rep: Replicator) -> dict[int, int]:
     """Shards per partition, from this node's replicas."""
     out = {}
-    is_local = getattr(rep, "is_local", lambda p: True)
     for p in range(rep.partitions):
-        if is_local(p):
+        if rep.is_local(p):
             with rep.store(p).read() as txn:
                 out[p] = len(reads.shards(txn))
     return out

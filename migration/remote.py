@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from hanzo_tasks.replication import NodeReplicator
 from hanzo_tasks.replication.rpc import PeerUnavailable, RemoteError
 from hanzo_tasks.shard import encode, keys, moving
 
@@ -154,14 +155,14 @@ class _RemoteSnapshot:
 
 
 class PartitionReads:
-    def __init__(self, rep: Any, propose: Callable[[int, str, str, str], Any]) -> None:
+    def __init__(self, rep: NodeReplicator, propose: Callable[[int, str, str, str], Any]) -> None:
         self.rep = rep
         self._propose = propose  # (group, org, ns, op) -> result, retried (the coordinator's _shard)
         self._ids = itertools.count(1)
         self._snapshots: dict[int, SnapshotReader] = {}
         self._hashes: dict[int, asyncio.Future] = {}
-        rpc = getattr(rep, "rpc", None)
-        if rpc is not None:
+        if rep.clustered:  # a single node has no peer to read from
+            rpc = rep.rpc
             rpc.register("mig.states", self._h_states)
             rpc.register("mig.tail", self._h_tail)
             rpc.register("mig.state", self._h_state)
@@ -172,8 +173,7 @@ class PartitionReads:
             rpc.register("hash.get", self._h_hash_get)
 
     def local(self, group: int) -> bool:
-        is_local = getattr(self.rep, "is_local", None)
-        return is_local is None or is_local(group)
+        return self.rep.is_local(group)
 
     # ---- the asking side -------------------------------------------------------
 

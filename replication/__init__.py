@@ -1,6 +1,31 @@
 """The Replicator boundary and its implementations."""
 
-from hanzo_tasks.replication.base import Listener, NotLeader, NotReplica, Replicator, Result
+from hanzo_tasks.replication.base import (
+    ChannelHandler,
+    ClusterControl,
+    ClusterDirectory,
+    LeadershipListener,
+    Listener,
+    NodeReplicator,
+    NotLeader,
+    NotReplica,
+    PeerListener,
+    Replicator,
+    Result,
+)
 from hanzo_tasks.replication.local import LocalReplicator
 
-__all__ = ["Listener", "LocalReplicator", "NotLeader", "NotReplica", "Replicator", "Result"]
+__all__ = [
+    "ChannelHandler",
+    "ClusterControl",
+    "ClusterDirectory",
+    "LeadershipListener",
+    "Listener",
+    "LocalReplicator",
+    "NodeReplicator",
+    "NotLeader",
+    "NotReplica",
+    "PeerListener",
+    "Replicator",
+    "Result",
+]

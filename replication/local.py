@@ -12,21 +12,67 @@ import asyncio
 import logging
 import queue
 import threading
+import time
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import Any
 
-from hanzo_tasks.replication.base import Listener, NotLeader, Result
+from hanzo_tasks.replication.base import (
+    ChannelHandler,
+    LeadershipListener,
+    Listener,
+    NodeReplicator,
+    NotLeader,
+    PeerListener,
+    Result,
+)
+from hanzo_tasks.replication.rpc import PeerRpc
 from hanzo_tasks.shard import STORAGE_FULL, PartitionStore, StateMachine
 
 log = logging.getLogger("tasks.replication")
 
-_STOP = object()
+#: A proposal waiting for the apply thread: (group, command, the proposer's future).
+_Proposal = tuple[int, bytes, "asyncio.Future[Result]"]
 MAX_BATCH = 256
 
 
-class LocalReplicator:
-    """Applies proposals at once, in order, with group commit."""
+class SingleNodeDirectory:
+    """The cluster directory of a single node: it keeps none (no meta group).
 
-    kind = "local"
+    Nothing is recorded: no members, no layout, no pins; migration jobs of a
+    single node live in memory (``migration.Migrations``)."""
+
+    def partitions(self) -> int | None:
+        return None
+
+    def members(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    def voters(self) -> list[str] | None:
+        return None
+
+    def replica_sets(self) -> dict[int, list[str]]:
+        return {}
+
+    def pins(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {}
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return []
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        return None
+
+
+class LocalReplicator:
+    """Applies proposals at once, in order, with group commit.
+
+    It implements ``NodeReplicator`` whole: a single node leads and holds
+    every partition and has no peers, so the cluster-control half answers
+    trivially (no peers to call or hand leadership to, one voter, itself)."""
+
+    clustered = False
 
     def __init__(
         self,
@@ -53,13 +99,21 @@ class LocalReplicator:
         ]
         self._machines = [StateMachine(s) for s in self._stores]
         self._next = [s.applied_index() + 1 for s in self._stores]
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Proposal | None] = queue.SimpleQueue()  # None: stop
         self._listeners: list[Listener] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self.failed = False
         self.proposals = 0
+        self.forwarded = 0  # every partition is here: nothing to forward
+        self.stalled: AbstractSet[int] = frozenset()  # a full disk refuses proposals before they apply
+        self.meta_group = partitions  # no such group here: a single node keeps no cluster directory
+        self.meta = SingleNodeDirectory()
+        self.rpc = PeerRpc(lambda peer, body: False)  # no peers: every call raises PeerUnavailable
+        self.peer_addrs: Mapping[str, str] = {}
+        self.leader_changes_by_kind: Mapping[str, int] = {"meta": 0, "partition": 0}
+        self.outcomes: Mapping[tuple[str, str], int] = {}
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -73,7 +127,7 @@ class LocalReplicator:
         if not self._running:
             return
         self._running = False
-        self._queue.put(_STOP)
+        self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 10)
         for s in self._stores:
@@ -87,13 +141,17 @@ class LocalReplicator:
         store = self._stores[group]
         if store.disk_full():
             return STORAGE_FULL
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.put((group, command, fut))
         self.proposals += 1
         return await fut
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def on_leadership(self, listener: LeadershipListener) -> None:
+        """A single node leads every partition from start to stop: leadership
+        never changes, so ``listener`` is never called."""
 
     def is_leader(self, group: int) -> bool:
         return self._running
@@ -116,6 +174,99 @@ class LocalReplicator:
     def machine(self, group: int) -> StateMachine:
         return self._machines[group]
 
+    # ---- health --------------------------------------------------------------
+
+    def failure(self) -> str | None:
+        return "the apply thread failed" if self.failed else None
+
+    def failure_kind(self) -> str | None:
+        return "apply" if self.failed else None
+
+    # ---- cluster control: a single node has no peers ---------------------------
+
+    def set_peer_addresses(self, peers: Mapping[str, str]) -> None:
+        """Nothing to dial: a single node talks to no peer."""
+
+    def on_peer_change(self, listener: PeerListener) -> None:
+        """No peer link ever comes or goes: ``listener`` is never called."""
+
+    def on_channel(self, channel: int, handler: ChannelHandler) -> None:
+        """No peer port: no frame ever arrives, ``handler`` is never called."""
+
+    def send_peer(self, peer: str, channel: int, body: bytes) -> bool:
+        return False
+
+    def peer_connected(self, peer: str) -> bool:
+        return False
+
+    def peer_responsive(self, peer: str) -> bool:
+        return False
+
+    def peer_rejected(self) -> dict[str, int]:
+        return {}
+
+    def peers_for(self, group: int, exclude: Sequence[str] = ()) -> list[str]:
+        return []
+
+    def leader_hint(self, group: int) -> str | None:
+        return None  # no partition is held elsewhere
+
+    def note_leader(self, group: int, leader: str) -> None:
+        """No partition is held elsewhere: nothing to remember."""
+
+    def voters(self, group: int) -> frozenset[str]:
+        return frozenset({self.node_id})
+
+    def group_status(self, group: int) -> dict[str, Any]:
+        applied = self._stores[group].applied_index()
+        return {"leader": self.node_id, "appliedIndex": applied, "commitIndex": applied, "term": 1,
+                "hasQuorum": True}
+
+    async def group_membership(self, group: int) -> dict[str, Any] | None:
+        if not self.is_local(group):
+            return None
+        return {"voters": [self.node_id], "pending": False, "settled": True, "answering": [],
+                "applied": self._stores[group].applied_index()}
+
+    async def group_progress(self, group: int) -> dict[str, int] | None:
+        if not self.is_local(group):
+            return None
+        applied = self._stores[group].applied_index()
+        return {"applied": applied, "commit": applied}
+
+    async def change_membership(
+        self, op: str, node_id: str, *, timeout: float = 30.0, groups: Sequence[int] | None = None
+    ) -> None:
+        raise ValueError("a single node has no other voters: membership changes need replicator: raft")
+
+    async def change_group_membership(
+        self, group: int, op: str, node_id: str, *, timeout: float = 20.0
+    ) -> None:
+        raise ValueError("a single node has no other voters: membership changes need replicator: raft")
+
+    async def prepare_replica(
+        self, group: int, node_id: str, nodes: Sequence[str], timeout: float = 5.0
+    ) -> None:
+        raise ValueError("a single node holds every partition: replica sets need replicator: raft")
+
+    def set_replica_sets(self, layout: Mapping[int, Sequence[str]]) -> None:
+        """Every partition is here, always."""
+
+    def transfer_leadership(self, group: int, to: str | None = None) -> None:
+        """Nobody to hand leadership to: this node keeps it."""
+
+    @property
+    def loop_at(self) -> float:
+        """No Raft loop that could be stuck: always now."""
+        return time.monotonic()
+
+    def raft_thread_alive(self) -> bool:
+        """No Raft thread: the apply thread stands in for it."""
+        return self._running and not self.failed
+
+    def snapshot_counts(self) -> dict[str, int]:
+        return {"taken": 0, "installed": 0}
+
     # ---- the apply thread --------------------------------------------------
 
     def _run(self) -> None:
@@ -130,8 +281,8 @@ class LocalReplicator:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is not _STOP:
-                    self._loop.call_soon_threadsafe(  # type: ignore[union-attr]
+                if item is not None and self._loop is not None:
+                    self._loop.call_soon_threadsafe(
                         self._deliver, item[0], 0, item[2],
                         {"ok": False, "code": "unavailable", "message": "apply thread failed"},
                     )
@@ -139,7 +290,7 @@ class LocalReplicator:
     def _loop_forever(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:
                 return
             batch = [item]
             while len(batch) < MAX_BATCH:
@@ -147,17 +298,17 @@ class LocalReplicator:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP:
-                    self._queue.put(_STOP)
+                if nxt is None:
+                    self._queue.put(None)
                     break
                 batch.append(nxt)
-            by_group: dict[int, list] = {}
+            by_group: dict[int, list[_Proposal]] = {}
             for entry in batch:
                 by_group.setdefault(entry[0], []).append(entry)
             for group, items in by_group.items():
                 self._apply_group(group, items)
 
-    def _apply_group(self, group: int, items: list) -> None:
+    def _apply_group(self, group: int, items: list[_Proposal]) -> None:
         first = self._next[group]
         entries = [(first + i, cmd) for i, (_, cmd, _) in enumerate(items)]
         try:
@@ -172,7 +323,7 @@ class LocalReplicator:
         for (index, _), (_, _, fut), res in zip(entries, items, results, strict=True):
             loop.call_soon_threadsafe(self._deliver, group, index, fut, res)
 
-    def _deliver(self, group: int, index: int, fut: asyncio.Future, res: Result | None) -> None:
+    def _deliver(self, group: int, index: int, fut: asyncio.Future[Result], res: Result | None) -> None:
         if res is None:
             res = {"ok": False, "code": "internal", "message": "entry already applied"}
         if not fut.done():
@@ -183,3 +334,8 @@ class LocalReplicator:
                     listener(group, index, res)
                 except Exception:
                     log.exception("apply listener failed")
+
+
+def _implements_the_boundary(rep: LocalReplicator) -> NodeReplicator:
+    """Never called: mypy checks here that LocalReplicator implements ``NodeReplicator`` whole."""
+    return rep

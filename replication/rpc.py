@@ -41,14 +41,14 @@ class PeerRpc:
     def __init__(self, send: Callable[[str, bytes], bool]) -> None:
         self._send = send
         self._handlers: dict[str, Handler] = {}
-        self._pending: dict[int, tuple[str, asyncio.Future]] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}  # id -> (peer, answer)
         self._ids = itertools.count(1)
         self.fallback: Callable[[str, bytes], None] | None = None
         self.calls = 0
         self.served = 0
         self.bad_frames = 0
         self.timeouts = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def register(self, method: str, handler: Handler) -> None:
         """``handler(peer, args)`` answers ``method``; what it returns must be msgpack-able."""
@@ -57,7 +57,7 @@ class PeerRpc:
     async def call(self, peer: str, method: str, args: Any, timeout: float) -> Any:
         rid = next(self._ids)
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[rid] = (peer, fut)
         try:
             body = msgpack.packb({"q": rid, "m": method, "a": args}, use_bin_type=True)

@@ -57,8 +57,8 @@ from hanzo_tasks.cluster.api.http import migrations as migrations_api
 from hanzo_tasks.cluster.api.http.request import node_of
 from hanzo_tasks.cluster.service import render
 from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.channels import EVENTS  # SPEC §8.7 channel "events"
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.replication.raft.transport import EVENTS  # SPEC §8.7 channel "events"
 from hanzo_tasks.shard import reads
 from hanzo_tasks.shard.keys import ShardKeys
 
@@ -273,7 +273,7 @@ class SseHub:
 
     def attach(self, replicator: Any) -> None:
         """Receive the events of partitions this node does not hold (channel EVENTS)."""
-        if hasattr(replicator, "replicas") and hasattr(replicator, "on_channel"):
+        if replicator.clustered:
             replicator.on_channel(EVENTS, self._on_relayed)
 
     def _relay(self, group: int, kind: str, ev: Json, data: Any) -> None:
@@ -282,10 +282,9 @@ class SseHub:
         effort, like the stream itself: around a leader change an event can be
         missed there."""
         rep = self.node.replicator
-        replicas = getattr(rep, "replicas", None)
-        if replicas is None or getattr(rep, "kind", "local") != "raft" or not rep.is_leader(group):
+        if not rep.clustered or not rep.is_leader(group):
             return
-        holders = replicas(group)
+        holders = rep.replicas(group)
         members = self.node.membership.current.members  # in memory: this runs for every applied event
         if len(holders) >= len(members):
             return

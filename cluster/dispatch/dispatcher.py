@@ -116,14 +116,13 @@ class Dispatcher:
     async def start(self) -> None:
         self._running = True
         rep = self.service.replicator
-        if getattr(rep, "kind", "local") == "raft":
+        if rep.clustered:
             from hanzo_tasks.cluster.dispatch.relay import Relay
 
             self.relay = Relay(self.node, self)
             await self.relay.start()
         rep.subscribe(self._on_apply)
-        if hasattr(rep, "on_leadership"):
-            rep.on_leadership(self._on_leadership)
+        rep.on_leadership(self._on_leadership)
         self._rearm_started()
         self._task = asyncio.create_task(self._loop(), name="dispatch")
 

@@ -35,10 +35,8 @@ from typing import Any
 
 import msgpack
 from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.channels import FORWARD  # SPEC §8.7 channel for forwarded requests
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.replication.raft.transport import (
-    FORWARD,  # SPEC §8.7 channel for forwarded requests
-)
 from hanzo_tasks.routing import NoOwner, rank
 
 log = logging.getLogger("tasks.relay")
@@ -155,10 +153,7 @@ class Relay:
 
     def _replicas(self, org: str, ns: str) -> list[str]:
         """The nodes holding the shard's partition: only they can dispatch its tasks."""
-        replicas = getattr(self.rep, "replicas", None)
-        if replicas is None:
-            return sorted(self.node.membership.current.members)
-        return list(replicas(self.node.service.partition(org, ns))) or [self.self_id]
+        return list(self.rep.replicas(self.node.service.partition(org, ns))) or [self.self_id]
 
     def owner(self, org: str, ns: str, tq: str) -> str:
         """The node that dispatches ``(org, ns, tq)``: the HRW winner among the alive

@@ -48,8 +48,7 @@ class BatchRunner:
     async def start(self) -> None:
         rep = self.service.replicator
         rep.subscribe(self._on_apply)
-        if hasattr(rep, "on_leadership"):
-            rep.on_leadership(self._on_leadership)
+        rep.on_leadership(self._on_leadership)
         self._task = asyncio.create_task(self._scan_loop(), name="batch-runner")
 
     def _on_leadership(self, group: int, leading: bool) -> None:

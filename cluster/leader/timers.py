@@ -54,8 +54,7 @@ class ScheduleTimers:
         self._running = True
         rep = self.service.replicator
         rep.subscribe(self._on_apply)
-        if hasattr(rep, "on_leadership"):
-            rep.on_leadership(self._on_leadership)
+        rep.on_leadership(self._on_leadership)
         self.rebuild()
         self._task = asyncio.create_task(self._run(), name="schedule-timers")
         self._deadlines = asyncio.create_task(self._deadline_loop(), name="run-deadlines")

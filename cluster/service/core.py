@@ -25,7 +25,7 @@ from hanzo_tasks.cluster.service.forwarding import CALL_TIMEOUT, Forwarder
 from hanzo_tasks.cluster.service.ratelimit import TokenBuckets
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.replication import NotLeader, Replicator
+from hanzo_tasks.replication import NodeReplicator, NotLeader
 from hanzo_tasks.routing import partition_of
 from hanzo_tasks.shard import encode, moving, reads
 
@@ -54,7 +54,7 @@ class ServiceCore:
     def __init__(
         self,
         cfg: Any,
-        replicator: Replicator,
+        replicator: NodeReplicator,
         *,
         node_id: str,
         clock: Callable[[], int] = wall_ms,
@@ -74,12 +74,9 @@ class ServiceCore:
         self.fence_wait = cfg.migration.fence_wait / 1000.0
         # (org, ns) -> {partition, epoch}: shards a migration moved off their HRW partition.
         self.pins: dict[tuple[str, str], Json] = {}
-        meta = getattr(replicator, "meta", None)
-        if meta is not None:
-            self.pins = meta.pins()
+        self.pins = replicator.meta.pins()  # a single node keeps none
         replicator.subscribe(self._on_apply)
-        rpc = getattr(replicator, "rpc", None)
-        self.forwarder: Forwarder | None = Forwarder(self, rpc) if rpc is not None else None
+        self.forwarder: Forwarder | None = Forwarder(self, replicator.rpc) if replicator.clustered else None
 
     # ---- plumbing ----------------------------------------------------------
 
@@ -92,8 +89,7 @@ class ServiceCore:
 
     def holds(self, org: str, ns: str) -> bool:
         """Whether this node holds a replica of the shard's partition (else requests are forwarded)."""
-        is_local = getattr(self.replicator, "is_local", None)
-        return is_local is None or is_local(self.partition(org, ns))
+        return self.replicator.is_local(self.partition(org, ns))
 
     async def forward(self, method: str, org: str, ns: str, args: list[Any], kwargs: Json) -> Any:
         """Run a ``@routed`` method on a replica of the shard (see cluster.forwarding)."""
@@ -193,7 +189,7 @@ class ServiceCore:
         stops receiving writes at the fence and is collected after the flip.
         When the pin moved, the read follows it.
         """
-        if getattr(self.replicator, "kind", "local") == "local":
+        if not self.replicator.clustered:
             return
         names.check_namespace(ns)
         for _ in range(READ_BARRIER_ROUNDS):
@@ -228,10 +224,10 @@ class ServiceCore:
 
     async def meta_barrier(self) -> None:
         """Apply every committed meta entry here (placement pins) before going on."""
-        meta_group = getattr(self.replicator, "meta_group", None)
-        if meta_group is None:
-            return
-        res = await self.replicator.propose(meta_group, msgpack.packb({"op": "sys.barrier"}, use_bin_type=True))
+        if not self.replicator.clustered:
+            return  # a single node keeps no cluster directory
+        res = await self.replicator.propose(self.replicator.meta_group,
+                                            msgpack.packb({"op": "sys.barrier"}, use_bin_type=True))
         if not res.get("ok"):
             raise ApiError("unavailable", f"cluster directory unavailable: {res.get('message')}", retry_after=1)
 

@@ -95,7 +95,7 @@ async def run_here(concept: Concept, fn: Callable[..., Awaitable[Any]], org: str
     try:
         return await fn(concept, org, ns, *args, **kwargs)
     except ApiError as e:
-        if e.code != "not_found" or getattr(service.replicator, "kind", "local") == "local":
+        if e.code != "not_found" or not service.replicator.clustered:
             raise
     await service.read_barrier(org, ns)  # catches up, and follows a shard a migration moved
     if not service.holds(org, ns):
@@ -144,9 +144,7 @@ class Forwarder:
             if isinstance(answer, dict) and answer.get("not_replica"):
                 continue  # its layout changed under us: ask the next one
             if isinstance(answer, dict) and answer.get("leader"):
-                note = getattr(self.service.replicator, "note_leader", None)
-                if note is not None:
-                    note(group, answer["leader"])
+                self.service.replicator.note_leader(group, answer["leader"])
             if isinstance(answer, dict) and (answer.get("err") or [None])[0] == "storage_full":
                 last_full = answer
                 continue  # that replica's disk refused it before proposing: another may take it

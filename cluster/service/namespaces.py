@@ -113,9 +113,8 @@ class Namespaces(Concept):
         await self.svc.ensure_namespace(org, self.svc.default_namespace)
         after = I.read_token(token, "namespaces", org)
         all_names: list[str] = []
-        is_local = getattr(self.svc.replicator, "is_local", lambda p: True)
         for p in range(self.svc.replicator.partitions):
-            if is_local(p):
+            if self.svc.replicator.is_local(p):
                 with self.svc.replicator.store(p).read() as txn:
                     all_names.extend(reads.namespace_names(txn, org))
             elif self.svc.forwarder is not None:

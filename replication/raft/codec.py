@@ -41,7 +41,8 @@ class BadMessage(ValueError):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
+    body: bytes = msgpack.packb(message, use_bin_type=True)
+    return body
 
 
 def _is_chunk(c: Any) -> bool:
@@ -94,13 +95,13 @@ def decode(body: bytes) -> dict[str, Any]:
     if entries is not None:
         if not isinstance(entries, list):
             raise BadMessage("entries must be a list")
-        for e in entries:
+        for entry in entries:
             if (
-                not isinstance(e, list)
-                or len(e) != 3
-                or not isinstance(e[0], bytes)
-                or not isinstance(e[1], int)
-                or not isinstance(e[2], int)
+                not isinstance(entry, list)
+                or len(entry) != 3
+                or not isinstance(entry[0], bytes)
+                or not isinstance(entry[1], int)
+                or not isinstance(entry[2], int)
             ):
                 raise BadMessage("malformed entry")
     serialized = msg.get("serialized")

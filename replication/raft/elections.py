@@ -65,7 +65,8 @@ class Elections:
 
     @property
     def _term(self) -> int:
-        return self.g._SyncObj__raftCurrentTerm
+        term: int = self.g._SyncObj__raftCurrentTerm
+        return term
 
     def _min_timeout(self) -> float:
         return float(self.g._SyncObj__conf.raftMinTimeout)

@@ -60,7 +60,8 @@ STALL_RETRY_S = 1.0  # how often a stalled replica tries the entry that did not 
 
 def membership_command(op: str, node_id: str) -> bytes:
     """A Raft membership change ("add" / "rem") in our encoding."""
-    return MEMBERSHIP + msgpack.packb([op, node_id], use_bin_type=True)
+    body: bytes = msgpack.packb([op, node_id], use_bin_type=True)
+    return MEMBERSHIP + body
 
 
 def _install_journal_factory() -> None:
@@ -86,7 +87,7 @@ def _install_journal_factory() -> None:
 _install_journal_factory()
 
 
-class GroupTransport(Transport):
+class GroupTransport(Transport):  # type: ignore[misc]  # pysyncobj has no type information
     """pysyncobj's view of the peer port, for one group.
 
     With ``learners`` (the meta group), a connected peer that is not a voter is
@@ -111,7 +112,8 @@ class GroupTransport(Transport):
         return node in self._group._SyncObj__otherNodes
 
     def _readonly(self) -> set[Node]:
-        return self._group._SyncObj__readonlyNodes
+        nodes: set[Node] = self._group._SyncObj__readonlyNodes
+        return nodes
 
     @property
     def ready(self) -> bool:
@@ -198,8 +200,12 @@ class ApplyFailed(Exception):
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 
 
-class RaftGroup(SyncObj):
+class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type information
     """A pysyncobj group whose state machine is a partition's LMDB."""
+
+    # pysyncobj's private state that this class writes as well as reads.
+    _SyncObj__raftCommitIndex: int
+    _SyncObj__raftElectionDeadline: float
 
     def __init__(
         self,
@@ -272,13 +278,14 @@ class RaftGroup(SyncObj):
 
     def voter_nodes(self) -> dict[str, Node]:
         """The group's other voters now (joined ones included), by id."""
-        return {n.id: n for n in self._SyncObj__otherNodes}  # type: ignore[attr-defined]
+        return {n.id: n for n in self._SyncObj__otherNodes}
 
     def match_index(self, node: Node) -> int:
-        return self._SyncObj__raftMatchIndex.get(node, 0)  # type: ignore[attr-defined]
+        index: int = self._SyncObj__raftMatchIndex.get(node, 0)
+        return index
 
     def connected_nodes(self) -> set[Node]:
-        return set(self._SyncObj__connectedNodes)  # type: ignore[attr-defined]
+        return set(self._SyncObj__connectedNodes)
 
     # ---- snapshots ----------------------------------------------------------
 
@@ -337,7 +344,7 @@ class RaftGroup(SyncObj):
         at every heartbeat: a follower far enough behind never caught up. Here a
         batch stays within the budget (entry overhead counted) and holds at
         least one entry; proposals larger than one batch are refused upstream."""
-        entries = SyncObj._SyncObj__getEntries(self, fromIDx, count)  # type: ignore[attr-defined]
+        entries: list[Any] = SyncObj._SyncObj__getEntries(self, fromIDx, count)
         if maxSizeBytes is None:
             return entries
         total = 0
@@ -368,13 +375,13 @@ class RaftGroup(SyncObj):
     # leader's changes of earlier terms are covered by the no-op check: once
     # its term's no-op is applied, every entry before it is committed.
     def _SyncObj__changeCluster(self, request: list[Any]) -> bool:  # noqa: N802
-        noop = self._SyncObj__noopIDx  # type: ignore[attr-defined]
+        noop = self._SyncObj__noopIDx
         if noop is None or self.raftLastApplied < noop:
             return False
         if self.pending_change is not None and self.raftLastApplied < self.pending_change:
             return False
         index = self.last_log_index() + 1  # where pysyncobj appends it once this returns True
-        if not self._SyncObj__doChangeCluster(request):  # type: ignore[attr-defined]
+        if not self._SyncObj__doChangeCluster(request):
             return False
         self.pending_change = index
         return True
@@ -394,7 +401,7 @@ class RaftGroup(SyncObj):
         applied, last = self.raftLastApplied, self.last_log_index()
         pending = False
         if last > applied:
-            entries = self._SyncObj__getEntries(applied + 1, last - applied)  # type: ignore[attr-defined]
+            entries = self._SyncObj__getEntries(applied + 1, last - applied)
             for entry in reversed(entries):
                 req = self._SyncObj__parseChangeClusterRequest(entry[0])
                 if req is None:
@@ -417,13 +424,13 @@ class RaftGroup(SyncObj):
         from pysyncobj.monotonic import monotonic
 
         now = monotonic()
-        last = self._SyncObj__lastResponseTime  # type: ignore[attr-defined]
-        others = self._SyncObj__otherNodes | self._SyncObj__readonlyNodes  # type: ignore[attr-defined]
+        last = self._SyncObj__lastResponseTime
+        others = self._SyncObj__otherNodes | self._SyncObj__readonlyNodes
         return {self.self_node.id} | {n.id for n in others if now - last.get(n, 0.0) <= window}
 
     def readonly_ids(self) -> set[str]:
         """Connected peers the leader streams the log to without their vote (learners)."""
-        return {n.id for n in self._SyncObj__readonlyNodes}  # type: ignore[attr-defined]
+        return {n.id for n in self._SyncObj__readonlyNodes}
 
     def promoted(self) -> bool:
         """A learner whose addition as a voter committed (it must now run as one)."""
@@ -434,7 +441,7 @@ class RaftGroup(SyncObj):
 
     def settled(self) -> bool:
         """A leader that applied its term's no-op: it knows every committed entry."""
-        noop = self._SyncObj__noopIDx  # type: ignore[attr-defined]
+        noop = self._SyncObj__noopIDx
         return self._isLeader() and noop is not None and self.raftLastApplied >= noop
 
     # pysyncobj calls this (name-mangled) for every committed entry, in order.
@@ -444,7 +451,7 @@ class RaftGroup(SyncObj):
             # Already applied when appended; this matters when a journal is replayed.
             req = self._SyncObj__parseChangeClusterRequest(command)
             if req is not None:
-                self._SyncObj__doChangeCluster(req)  # type: ignore[attr-defined]
+                self._SyncObj__doChangeCluster(req)
                 record = getattr(self.machine, "apply_membership", None)
                 if record is not None:  # the meta group keeps its voter set in its state
                     record(index, req[0], req[1])
@@ -452,7 +459,7 @@ class RaftGroup(SyncObj):
         if not command or command[0] != _REGULAR_BYTE:
             return None  # no-op and version entries carry no state
         try:
-            result = self.machine.apply(index, command[1:])
+            result: dict[str, Any] | None = self.machine.apply(index, command[1:])
         except (lmdb.MapFullError, lmdb.DiskError) as e:  # a store that does not grow (meta), a full disk
             raise StorageStalled(f"group {self.group_id}: entry {index} does not fit ({e})") from e
         if result is not None and result.get("code") == "storage_full":
@@ -470,12 +477,12 @@ class RaftGroup(SyncObj):
     # waiting for an entry are answered only once it applied, so a stall loses
     # no callback; any other error of the apply is ApplyFailed (fatal).
     def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802
-        commit = self._SyncObj__raftCommitIndex  # type: ignore[attr-defined]
-        applied = self._SyncObj__raftLastApplied  # type: ignore[attr-defined]
+        commit = self._SyncObj__raftCommitIndex
+        applied = self._SyncObj__raftLastApplied
         if commit <= applied or (self.stall is not None and time.monotonic() < self._stall_retry_at):
             return False
-        waiting = self._SyncObj__commandsWaitingCommit  # type: ignore[attr-defined]
-        for command, idx, term in self._SyncObj__getEntries(applied + 1, commit - applied):  # type: ignore[attr-defined]
+        waiting = self._SyncObj__commandsWaitingCommit
+        for command, idx, term in self._SyncObj__getEntries(applied + 1, commit - applied):
             try:
                 result = self._SyncObj__doApplyCommand(command)
             except ApplyDeferred:
@@ -488,22 +495,22 @@ class RaftGroup(SyncObj):
             except Exception as e:
                 raise ApplyFailed(self.group_id, idx) from e
             self.stall = None
-            self._SyncObj__raftLastApplied += 1  # type: ignore[attr-defined]
+            self._SyncObj__raftLastApplied += 1
             for subscribed_term, callback in waiting.pop(idx, ()):
                 ok = subscribed_term == term
                 try:
                     callback(result if ok else None, FAIL_REASON.SUCCESS if ok else FAIL_REASON.DISCARDED)
                 except Exception:
                     log.exception("group %d: a commit callback failed", self.group_id)
-        return not self._SyncObj__conf.appendEntriesUseBatch  # type: ignore[attr-defined]
+        return not self._SyncObj__conf.appendEntriesUseBatch
 
     def abandon_waiting(self) -> None:
         """Answer every caller still waiting for a commit with UNKNOWN_OUTCOME
         (the replicator stopped for good; the process is about to exit)."""
-        waiting = [cb for subs in self._SyncObj__commandsWaitingCommit.values() for _, cb in subs]  # type: ignore[attr-defined]
-        waiting += list(self._SyncObj__commandsWaitingReply.values())  # type: ignore[attr-defined]
-        self._SyncObj__commandsWaitingCommit.clear()  # type: ignore[attr-defined]
-        self._SyncObj__commandsWaitingReply.clear()  # type: ignore[attr-defined]
+        waiting = [cb for subs in self._SyncObj__commandsWaitingCommit.values() for _, cb in subs]
+        waiting += list(self._SyncObj__commandsWaitingReply.values())
+        self._SyncObj__commandsWaitingCommit.clear()
+        self._SyncObj__commandsWaitingReply.clear()
         for callback in waiting:
             try:
                 callback(None, FAIL_REASON.UNKNOWN_OUTCOME)
@@ -513,21 +520,23 @@ class RaftGroup(SyncObj):
     def hold_elections_until(self, deadline: float) -> None:
         """Do not stand for election before ``deadline`` (pysyncobj's monotonic clock);
         a later election deadline of pysyncobj's own is kept."""
-        current = self._SyncObj__raftElectionDeadline  # type: ignore[attr-defined]
-        self._SyncObj__raftElectionDeadline = max(current, deadline)  # type: ignore[attr-defined]
+        current = self._SyncObj__raftElectionDeadline
+        self._SyncObj__raftElectionDeadline = max(current, deadline)
 
     def hold_elections(self, seconds: float) -> None:
         """Do not stand for election for a while (a replica just added waits for the leader's first append)."""
         from pysyncobj.monotonic import monotonic
 
-        self._SyncObj__raftElectionDeadline = monotonic() + seconds  # type: ignore[attr-defined]
+        self._SyncObj__raftElectionDeadline = monotonic() + seconds
 
     @property
     def transport(self) -> GroupTransport:
-        return self._SyncObj__transport  # type: ignore[attr-defined]
+        transport: GroupTransport = self._SyncObj__transport
+        return transport
 
     def state(self) -> int:
-        return self._SyncObj__raftState  # type: ignore[attr-defined]
+        state: int = self._SyncObj__raftState
+        return state
 
     def leader_id(self) -> str | None:
         leader = self._getLeader()
@@ -535,7 +544,7 @@ class RaftGroup(SyncObj):
 
     def send_append_entries(self) -> None:
         """Replicate new entries (or a new commit index) now, not at the next heartbeat."""
-        self._SyncObj__sendAppendEntries()  # type: ignore[attr-defined]
+        self._SyncObj__sendAppendEntries()
 
     def normalize_append(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Drop the leading entries of an AppendEntries that this log already holds.
@@ -551,7 +560,7 @@ class RaftGroup(SyncObj):
         entries = msg.get("entries")
         if not entries or "prevLogIdx" not in msg:
             return msg
-        log = self._SyncObj__raftLog  # type: ignore[attr-defined]
+        log = self._SyncObj__raftLog
         first, last = log[0][1], log[-1][1]
         k = 0
         while k < len(entries):
@@ -634,7 +643,8 @@ class RaftGroup(SyncObj):
 
     def member_ids(self) -> set[str]:
         """The other voters of this group as pysyncobj knows them now."""
-        return {n.id for n in self._SyncObj__otherNodes}  # type: ignore[attr-defined]
+        return {n.id for n in self._SyncObj__otherNodes}
 
     def last_log_index(self) -> int:
-        return self._SyncObj__raftLog[-1][1]  # type: ignore[attr-defined]
+        index: int = self._SyncObj__raftLog[-1][1]
+        return index

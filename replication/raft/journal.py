@@ -179,7 +179,7 @@ def _check_node_id(node_id: Any) -> None:
         raise TypeError(f"votedForNodeId must be str, int, bytes or None, not {type(node_id).__name__}")
 
 
-class DurableJournal(Journal):
+class DurableJournal(Journal):  # type: ignore[misc]  # pysyncobj has no type information
     """pysyncobj ``Journal`` whose changes become durable at :meth:`flush`.
 
     Entries are kept in memory (a list of ``(command, idx, term)`` tuples, as

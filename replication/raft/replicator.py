@@ -23,11 +23,21 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from hanzo_tasks.replication.base import Listener, NotLeader, NotReplica, Result
+from hanzo_tasks.protocol.channels import FORWARD, RAFT
+from hanzo_tasks.replication.base import (
+    ChannelHandler,
+    LeadershipListener,
+    Listener,
+    NodeReplicator,
+    NotLeader,
+    NotReplica,
+    PeerListener,
+    Result,
+)
 from hanzo_tasks.replication.raft import codec, faults
 from hanzo_tasks.replication.raft.group import (
     ENTRY_OVERHEAD,
@@ -39,13 +49,15 @@ from hanzo_tasks.replication.raft.group import (
 )
 from hanzo_tasks.replication.raft.journal import DurableJournal, JournalError
 from hanzo_tasks.replication.raft.snapshots import LmdbSnapshotter
-from hanzo_tasks.replication.raft.transport import FORWARD, RAFT, PeerMux
+from hanzo_tasks.replication.raft.transport import PeerMux
 from hanzo_tasks.replication.rpc import PeerRpc, PeerUnavailable, RemoteError
 from hanzo_tasks.shard import STORAGE_FULL, PartitionStore, StateMachine
 from hanzo_tasks.shard.meta import MetaMachine, initial_meta_voters
 from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.node import Node
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("tasks.raft")
 
@@ -71,7 +83,12 @@ STALL_GRACE_ELECTIONS = 10
 
 
 class RaftReplicator:
-    kind = "raft"
+    """P partition groups and a meta group, one Raft thread, one peer port.
+
+    Implements ``NodeReplicator``: the Replicator boundary and the control of
+    the cluster it is a member of."""
+
+    clustered = True
 
     def __init__(
         self,
@@ -119,7 +136,7 @@ class RaftReplicator:
         # by their replica sets (every partition when none are given). Keyed by
         # group; a partition joins or leaves as the meta group's layout changes.
         self._stores: dict[int, PartitionStore] = {}
-        self._machines: dict[int, Any] = {}
+        self._machines: dict[int, StateMachine | MetaMachine] = {}
         self._journals: dict[int, DurableJournal] = {}
         self._snapshotters: dict[int, LmdbSnapshotter] = {}
         self._groups: dict[int, RaftGroup] = {}
@@ -140,11 +157,11 @@ class RaftReplicator:
         for p, nodes in self._replicas.items():
             if node_id in nodes:
                 self._open_store(p)
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()  # (kind, ...) for the Raft thread
         self._listeners: list[Listener] = []
-        self._leadership_listeners: list[Any] = []
-        self._peer_listeners: list[Any] = []
-        self._channel_handlers: dict[int, Any] = {}
+        self._leadership_listeners: list[LeadershipListener] = []
+        self._peer_listeners: list[PeerListener] = []
+        self._channel_handlers: dict[int, ChannelHandler] = {}
         self.stalled: set[int] = set()  # groups whose next committed entry does not fit here
         self._stalled_since: dict[int, float] = {}
         self._handover_at: dict[int, float] = {}
@@ -176,9 +193,9 @@ class RaftReplicator:
         self.rpc.register("prepare", self._serve_prepare)
         self.rpc.register("meta_voters", self._serve_meta_voters)
         self._promoting = False  # a learner's promotion to meta voter is queued
-        self._settling: asyncio.Task | None = None  # a guessed meta voter asking the members (start)
+        self._settling: asyncio.Task[None] | None = None  # a guessed meta voter asking the members (start)
         self._joining: dict[int, float] = {}  # groups opened ahead of their addition (prepare_replica)
-        self._drops: dict[int, asyncio.Task] = {}  # groups left by the layout: dropped once removal is committed
+        self._drops: dict[int, asyncio.Task[None]] = {}  # groups left by the layout: dropped once removal is committed
         self._leader_hint: dict[int, str] = {}  # partitions held elsewhere: who answered last
         self.forwarded = 0
         self.proposals = 0
@@ -472,7 +489,7 @@ class RaftReplicator:
                     "message": f"the command is {len(command)} bytes; a log entry holds at most "
                                f"{self.max_entry - ENTRY_OVERHEAD} (limits.max_frame)"}
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future[Result] = loop.create_future()
 
         def done(res: Any, err: int) -> None:  # on the Raft thread
             loop.call_soon_threadsafe(_resolve, fut, res, err)
@@ -717,10 +734,10 @@ class RaftReplicator:
             return None
         return await self._on_raft_thread(read)
 
-    async def _on_raft_thread(self, fn: Any, timeout: float = 5.0) -> Any:
+    async def _on_raft_thread(self, fn: Callable[[], _T], timeout: float = 5.0) -> _T:
         """Run ``fn()`` on the Raft thread (pysyncobj's state is not thread-safe) and return its result."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future[_T] = loop.create_future()
 
         def run() -> None:
             try:
@@ -743,7 +760,7 @@ class RaftReplicator:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def on_leadership(self, listener: Any) -> None:
+    def on_leadership(self, listener: LeadershipListener) -> None:
         """listener(group, is_leader) on the event loop whenever this node gains or loses a group."""
         self._leadership_listeners.append(listener)
 
@@ -759,12 +776,14 @@ class RaftReplicator:
         except KeyError:
             raise NotReplica(f"{self.node_id} holds no replica of partition {group}") from None
 
-    def machine(self, group: int) -> Any:
+    def machine(self, group: int) -> StateMachine | MetaMachine:
         return self._machines[group]
 
     @property
     def meta(self) -> MetaMachine:
-        return self._machines[self.meta_group]  # type: ignore[return-value]
+        machine = self._machines[self.meta_group]
+        assert isinstance(machine, MetaMachine)
+        return machine
 
     def voters(self, group: int) -> frozenset[str]:
         grp = self._groups.get(group)
@@ -831,9 +850,9 @@ class RaftReplicator:
                     break
                 if node_id != self.node_id and not view["pending"] and (op == "add") == (node_id in view["voters"]):
                     break  # committed so (this node's own view never drops itself)
-                fut: asyncio.Future = loop.create_future()
+                fut: asyncio.Future[Result] = loop.create_future()
 
-                def done(res: Any, err: int, _fut: asyncio.Future = fut) -> None:
+                def done(res: Any, err: int, _fut: asyncio.Future[Result] = fut) -> None:
                     loop.call_soon_threadsafe(_resolve, _fut, res, err)
 
                 self._inbox.put(("propose", g, membership_command(op, node_id), done))
@@ -858,7 +877,7 @@ class RaftReplicator:
 
     # ---- the Raft thread -----------------------------------------------------
 
-    def on_peer_change(self, listener: Any) -> None:
+    def on_peer_change(self, listener: PeerListener) -> None:
         """listener(peer_id, up) on the event loop when the link to a peer comes or goes."""
         self._peer_listeners.append(listener)
 
@@ -872,7 +891,7 @@ class RaftReplicator:
             except Exception:
                 log.exception("peer listener failed")
 
-    def on_channel(self, channel: int, handler: Any) -> None:
+    def on_channel(self, channel: int, handler: ChannelHandler) -> None:
         """``handler(peer_id, body)`` on the event loop for every frame of ``channel``.
 
         The peer port carries more than Raft (SPEC §8.7): node-level protocols
@@ -894,6 +913,11 @@ class RaftReplicator:
     def peer_connected(self, peer: str) -> bool:
         mux = self.mux
         return mux is not None and mux.is_connected(peer)
+
+    def peer_rejected(self) -> dict[str, int]:
+        """Frames the peer port rejected, by reason (empty before start)."""
+        mux = self.mux
+        return dict(mux.rejected) if mux is not None else {}
 
     def peer_responsive(self, peer: str) -> bool:
         """Connected, and heard from (any group's Raft traffic, the meta group's
@@ -930,7 +954,7 @@ class RaftReplicator:
             except Exception:
                 log.exception("apply listener failed")
 
-    def _handle(self, item: tuple, touched: set[int]) -> bool:
+    def _handle(self, item: tuple[Any, ...], touched: set[int]) -> bool:
         kind = item[0]
         if kind == "frame":
             _, peer, group, body = item
@@ -1049,7 +1073,7 @@ class RaftReplicator:
             if self.fatal is not None:
                 self._refuse_queued()
 
-    def _handle_contained(self, item: tuple, touched: set[int]) -> bool:
+    def _handle_contained(self, item: tuple[Any, ...], touched: set[int]) -> bool:
         """``_handle`` with its exceptions contained; False: stop the loop."""
         try:
             return self._handle(item, touched)
@@ -1121,6 +1145,13 @@ class RaftReplicator:
         if t is not None and not t.is_alive() and not self._stopping:
             return "the Raft thread is not running"
         return None
+
+    def failure_kind(self) -> str | None:
+        """The label of tasks_fatal_errors_total: what failed, or None while nothing did.
+        A Raft thread that stopped without a recorded reason counts as "raft_thread"."""
+        if self.failure() is None:
+            return None
+        return self.fatal_kind or "raft_thread"
 
     def _tick(self, g: int) -> None:
         grp = self._groups[g]
@@ -1207,7 +1238,7 @@ def _unused_hook(*_: Any) -> Any:
     raise AssertionError("pysyncobj's Serializer is replaced by LmdbSnapshotter")
 
 
-def _settle(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[Any], res: Any, exc: BaseException | None) -> None:
     if fut.done():
         return
     if exc is not None:
@@ -1216,7 +1247,7 @@ def _settle(fut: asyncio.Future, res: Any, exc: BaseException | None) -> None:
         fut.set_result(res)
 
 
-def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:
+def _resolve(fut: asyncio.Future[Result], res: Any, err: int) -> None:
     if fut.done():
         return
     if err == FAIL_REASON.SUCCESS:
@@ -1230,3 +1261,8 @@ def _resolve(fut: asyncio.Future, res: Any, err: int) -> None:
             "code": "unavailable",
             "message": f"write not committed ({FAIL_NAMES.get(err, err)}); retry with the same requestId",
         })
+
+
+def _implements_the_boundary(rep: RaftReplicator) -> NodeReplicator:
+    """Never called: mypy checks here that RaftReplicator implements ``NodeReplicator`` whole."""
+    return rep

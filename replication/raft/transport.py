@@ -50,11 +50,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
+from hanzo_tasks.protocol.channels import CHANNELS, MEMBERSHIP
 
 log = logging.getLogger("tasks.peer")
-
-RAFT, FORWARD, MIGRATE, EVENTS, MEMBERSHIP = 1, 2, 3, 4, 5
-CHANNELS = frozenset((RAFT, FORWARD, MIGRATE, EVENTS, MEMBERSHIP))
 
 VERSION = 1
 NONCE_LEN = 16

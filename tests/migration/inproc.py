@@ -17,8 +17,8 @@ from typing import Any
 
 from hanzo_tasks.cluster.config import config_from_mapping
 from hanzo_tasks.cluster.service import Service
+from hanzo_tasks.protocol.channels import RAFT
 from hanzo_tasks.replication.raft.replicator import RaftReplicator
-from hanzo_tasks.replication.raft.transport import RAFT
 from hanzo_tasks.routing import partition_of
 
 from tests.cluster.raft_support import free_ports

@@ -50,7 +50,7 @@ class Trio:
 
     def leader(self, g: int) -> str | None:
         """The one node that says it leads ``g`` (None while there is none or more than one)."""
-        leading = [nid for nid, r in self.reps.items() if r.is_leader(g) and not getattr(r, "fatal", None)]
+        leading = [nid for nid, r in self.reps.items() if r.is_leader(g) and r.fatal is None]
         return leading[0] if len(leading) == 1 else None
 
     async def wait(self, cond: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hanzo_tasks.protocol.channels import RAFT
 from hanzo_tasks.replication.raft.journal import DurableJournal
 from hanzo_tasks.replication.raft.replicator import RaftReplicator
-from hanzo_tasks.replication.raft.transport import RAFT
 
 from tests.replication.test_no_pickle import _free_ports, cmd
 from tests.replication.test_raft_safety import _leader_propose, _lone_group, _start

@@ -22,14 +22,8 @@ from typing import Any
 
 import msgpack
 import pytest
-from hanzo_tasks.replication.raft.transport import (
-    EVENTS,
-    FORWARD,
-    MEMBERSHIP,
-    MIGRATE,
-    RAFT,
-    PeerMux,
-)
+from hanzo_tasks.protocol.channels import EVENTS, FORWARD, MEMBERSHIP, MIGRATE, RAFT
+from hanzo_tasks.replication.raft.transport import PeerMux
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

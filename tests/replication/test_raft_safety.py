@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hanzo_tasks.protocol.channels import RAFT
 from hanzo_tasks.replication.raft import faults
 from hanzo_tasks.replication.raft.group import REGULAR, GroupTransport, RaftGroup
 from hanzo_tasks.replication.raft.journal import DurableJournal
 from hanzo_tasks.replication.raft.replicator import RaftReplicator
 from hanzo_tasks.replication.raft.snapshots import LmdbSnapshotter
-from hanzo_tasks.replication.raft.transport import RAFT
 from hanzo_tasks.shard import PartitionStore, StateMachine, reads
 from pysyncobj import SyncObjConf
 from pysyncobj.node import Node
