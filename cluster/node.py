@@ -13,20 +13,30 @@ import logging
 import os
 import secrets
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from hanzo_tasks.cluster.api.http.server import HttpApi, json_response
+from hanzo_tasks.cluster.api.sse import SseHub
 from hanzo_tasks.cluster.api.zap.server import ZapServer
 from hanzo_tasks.cluster.auth import Authenticator
+from hanzo_tasks.cluster.dispatch.dispatcher import Dispatcher
 from hanzo_tasks.cluster.leader.batches import BatchRunner
 from hanzo_tasks.cluster.leader.timers import ScheduleTimers
+from hanzo_tasks.cluster.membership import ReplicaKeeper, bootstrap_layout, current_layout
 from hanzo_tasks.cluster.metrics import Metrics
 from hanzo_tasks.cluster.service import Service, wall_ms
+from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.migration import Migrations, shard_counts
+from hanzo_tasks.protocol import hostport, names
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.replication import LocalReplicator, NodeReplicator
-from hanzo_tasks.routing import Membership, MembershipWatcher
+from hanzo_tasks.replication.raft.replicator import RaftReplicator
+from hanzo_tasks.routing import Membership, MembershipWatcher, preferred_leaders
+from hanzo_tasks.shard import moving, reads
+from hanzo_tasks.shard.meta import initial_meta_voters
 
 log = logging.getLogger("tasks.node")
 
@@ -53,8 +63,6 @@ def replication_failure(rep: NodeReplicator | None) -> str | None:
 
 def package_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("hanzo-tasks")
     except Exception:
         return "0.0.0"
@@ -75,8 +83,9 @@ def read_secret(path: str | None) -> bytes:
 
 
 def split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """A listen address (validated by the config) -> (host, port); no host = every interface."""
+    host, port = hostport.split_host_port(addr, empty_host=True)
+    return host or "0.0.0.0", port
 
 
 class Node:
@@ -155,8 +164,6 @@ class Node:
         await self.replicator.start()
         self._bg.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         if self.replicator.clustered:
-            from hanzo_tasks.cluster.membership import ReplicaKeeper
-
             self.replica_keeper = ReplicaKeeper(self.replicator, replication_factor=cfg.replication_factor,
                                                 seed=cfg.seed)
             self._bg.append(asyncio.create_task(self._join_meta(), name="meta-join"))
@@ -168,8 +175,6 @@ class Node:
         duration = self.metrics.proposal_duration.labels("partition")
         self.service.on_proposed = duration.observe
         self.replicator.subscribe(lambda g, i, res: self.metrics.on_apply(res))
-        from hanzo_tasks.cluster.api.sse import SseHub
-
         self.sse = SseHub(self, buffer_events=cfg.sse.buffer_events, keepalive_ms=cfg.sse.keepalive,
                           clock=self.clock, metrics=self.metrics)
         self.replicator.subscribe(self.sse.on_apply)
@@ -178,14 +183,10 @@ class Node:
         await self.timers.start()
         self.batches = BatchRunner(self.service)
         await self.batches.start()
-        from hanzo_tasks.cluster.dispatch.dispatcher import Dispatcher
-
         secret = read_secret(cfg.cluster_secret_file) if cfg.replicator == "raft" else self.node_secret()
         self.dispatcher = Dispatcher(self, secret)
         await self.dispatcher.start()
         self.service.query_handler = self.dispatcher.query
-        from hanzo_tasks.migration import Migrations
-
         metrics_on_migration = getattr(self.metrics, "on_migration", None)
         sse = self.sse
 
@@ -268,8 +269,6 @@ class Node:
         }
         if cfg.replicator == "local":
             return LocalReplicator(self.data_dir, node_id=self.node_id, partitions=1, **storage)
-        from hanzo_tasks.replication.raft.replicator import RaftReplicator
-
         secret = read_secret(cfg.cluster_secret_file)
         peers = {p.id: p.peer for p in cfg.peers}
         peers.setdefault(self.node_id, cfg.advertise_peer)
@@ -307,9 +306,6 @@ class Node:
         peers = [{"id": p.id, "peer": p.peer, "http": p.http, "zap": p.zap} for p in cfg.peers]
         if not any(p["id"] == self.node_id for p in peers):
             peers.append({"id": self.node_id, "peer": cfg.advertise_peer, "http": None, "zap": None})
-        from hanzo_tasks.cluster.membership import bootstrap_layout
-        from hanzo_tasks.shard.meta import initial_meta_voters
-
         layout = bootstrap_layout(cfg.partitions, [p["id"] for p in peers], cfg.replication_factor, cfg.seed)
         voters = initial_meta_voters(p["id"] for p in peers)  # as every node computed it at start
         commands = [
@@ -358,8 +354,6 @@ class Node:
             return
         layout_changed = bool(result.get("layout"))
         if layout_changed:
-            from hanzo_tasks.cluster.membership import current_layout
-
             rep.set_replica_sets(current_layout(rep))
         if not ("member" in result or "removed" in result or layout_changed):
             return
@@ -370,8 +364,6 @@ class Node:
         self.membership.update(members=frozenset(self.member_ids()))
 
     def _refresh_peers(self) -> None:
-        from hanzo_tasks.cluster.membership import current_layout
-
         rep = self.replicator
         known = rep.meta.members()
         peers = {mid: m["peer"] for mid, m in known.items() if m.get("peer")}
@@ -437,8 +429,6 @@ class Node:
             raise ApiError("unavailable", str(e), retry_after=1) from None
         # The meta leader moves its replicas to other members (add first, then
         # remove); the node may be stopped once it holds none.
-        from hanzo_tasks.cluster.membership import current_layout
-
         deadline = time.monotonic() + 120.0
         while any(node_id in nodes for nodes in current_layout(rep).values()):
             if time.monotonic() > deadline:
@@ -448,8 +438,6 @@ class Node:
         return {"status": "removed", "nodeId": node_id, "members": self.member_ids()}
 
     def preferred_leaders(self) -> list[str]:
-        from hanzo_tasks.routing import preferred_leaders
-
         rep = self.replicator
         base = preferred_leaders(rep.partitions, self.member_ids())
         out = []
@@ -551,8 +539,6 @@ class Node:
 
     def _shard_info(self, org: str, ns: str, partition: int) -> dict[str, Any]:
         """A shard as GET /v1/tasks/cluster lists it: where it lives and whether it is moving."""
-        from hanzo_tasks.shard import moving
-
         pin = self.service.pins.get((org, ns)) if self.service else None
         with self.replicator.store(partition).read() as txn:
             st = moving.read_state(txn, org, ns)
@@ -577,8 +563,6 @@ class Node:
 
     async def _serve_shard_info(self, peer: str, a: Any) -> Any:
         """A peer lists the shards of a partition it does not hold (org None: all orgs)."""
-        from hanzo_tasks.shard import reads
-
         p, org = a["p"], a.get("org")
         if not self.replicator.is_local(p):
             return {"not_replica": True}
@@ -588,9 +572,6 @@ class Node:
 
     async def migrate(self, org: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST NS/migrate: resolve the destination partition and record the job."""
-        from hanzo_tasks.migration import shard_counts
-        from hanzo_tasks.protocol import names
-
         names.check_namespace(ns)
         rep = self.replicator
         await self.service.ensure_namespace(org, ns)
@@ -716,9 +697,6 @@ class Node:
         }
 
     async def cluster_info(self, org: str, size: int, token: str | None) -> dict[str, Any]:
-        from hanzo_tasks.cluster.service import inputs as I
-        from hanzo_tasks.shard import reads
-
         rep = self.replicator
         raft = rep.clustered
         shards: list[tuple[str, str, int]] = []

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hanzo_tasks.cluster.dispatch.relay import Relay
 from hanzo_tasks.cluster.dispatch.task_queues import WorkerBook
 from hanzo_tasks.cluster.dispatch.tokens import TaskToken, Tokens
 from hanzo_tasks.cluster.service import render, task_commands
@@ -117,8 +118,6 @@ class Dispatcher:
         self._running = True
         rep = self.service.replicator
         if rep.clustered:
-            from hanzo_tasks.cluster.dispatch.relay import Relay
-
             self.relay = Relay(self.node, self)
             await self.relay.start()
         rep.subscribe(self._on_apply)

@@ -50,6 +50,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
+from hanzo_tasks.protocol import hostport
 from hanzo_tasks.protocol.channels import CHANNELS, MEMBERSHIP
 
 log = logging.getLogger("tasks.peer")
@@ -107,21 +108,13 @@ class _Reject(Exception):
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
-    """``"host:port"`` / ``"[v6]:port"`` / ``":port"`` -> (host, port)."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"bad address {addr!r}: want host:port")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    p = int(port)
-    if p > 65535:
-        raise ValueError(f"bad port in {addr!r}")
-    return host, p
+    """``"host:port"`` / ``"[v6]:port"`` / ``":port"`` -> (host, port): the one
+    grammar of :mod:`hanzo_tasks.protocol.hostport`, an empty host allowed (listen
+    on every interface)."""
+    return hostport.split_host_port(addr, empty_host=True)
 
 
-def join_hostport(host: str, port: int) -> str:
-    """The inverse of ``split_hostport`` (IPv6 literals get brackets)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+join_hostport = hostport.join_host_port
 
 
 def session_key(secret: bytes, nonce_dialer: bytes, nonce_acceptor: bytes) -> bytes:
