@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from hanzo_tasks.cluster.api.http.server import HttpApi, json_response
+from hanzo_tasks.cluster.api.http.server import HttpApi
 from hanzo_tasks.cluster.api.sse import SseHub
 from hanzo_tasks.cluster.api.zap.server import ZapServer
 from hanzo_tasks.cluster.auth import Authenticator
 from hanzo_tasks.cluster.dispatch.dispatcher import Dispatcher
+from hanzo_tasks.cluster.health import replication_failure, replication_failure_kind
 from hanzo_tasks.cluster.leader.batches import BatchRunner
 from hanzo_tasks.cluster.leader.timers import ScheduleTimers
 from hanzo_tasks.cluster.membership import ReplicaKeeper, bootstrap_layout, current_layout
 from hanzo_tasks.cluster.metrics import Metrics
 from hanzo_tasks.cluster.service import Service, wall_ms
-from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.migration import Migrations, shard_counts
 from hanzo_tasks.protocol import hostport, names
 from hanzo_tasks.protocol.errors import ApiError
@@ -40,25 +40,11 @@ from hanzo_tasks.shard.meta import initial_meta_voters
 
 log = logging.getLogger("tasks.node")
 
-# The watchdog (issue 23): how often it looks, how long a failed node keeps
+# The watchdog (issue 23): how often it looks, and how long a failed node keeps
 # answering /readyz (503, with the reason) and /metrics before it stops, so
-# that probes and scrapes see why, and how long the Raft loop may go without a
-# round before the node reports not-ready (a stuck thread is not dead: no exit).
+# that probes and scrapes see why.
 WATCHDOG_PERIOD_S = 0.1
 FATAL_LINGER_S = 1.0
-RAFT_STUCK_S = 10.0
-
-
-def replication_failure_kind(rep: NodeReplicator | None) -> str | None:
-    """What failed ("raft_thread", "journal", "apply"; the label of
-    tasks_fatal_errors_total), or None while replication can go on."""
-    return None if rep is None else rep.failure_kind()
-
-
-def replication_failure(rep: NodeReplicator | None) -> str | None:
-    """Why the replicator cannot make progress (None: it can): a Raft thread
-    that died or a journal or apply that failed, or local mode's apply thread."""
-    return None if rep is None else rep.failure()
 
 
 def package_version() -> str:
@@ -616,188 +602,6 @@ class Node:
         leaders = await self._remote_leaders()
         job = await self.migrations.create(org, ns, src, dst, leaders)
         return job
-
-    # ---- service routes that describe the node -----------------------------
-
-    def readiness_reasons(self) -> list[str]:
-        rep = self.replicator
-        failure = self.failure or replication_failure(rep)
-        if failure is not None:
-            return [f"replication failed: {failure}"]
-        if not self.ready:
-            return ["starting"]
-        if not rep.clustered:
-            return []
-        reasons = []
-        stuck = time.monotonic() - rep.loop_at
-        if stuck > RAFT_STUCK_S:
-            reasons.append(f"raft: the Raft thread has not gone round its loop for {stuck:.0f} s")
-        if rep.leader(rep.meta_group) is None:
-            reasons.append("meta: no leader")
-        if rep.meta.partitions() is None:
-            reasons.append("partitions: layout not known yet")
-        for p in rep.local_partitions():
-            if rep.leader(p) is None:
-                reasons.append(f"partition:{p}: no leader")
-        return reasons
-
-    def readyz_response(self) -> web.Response:
-        reasons = self.readiness_reasons()
-        if not reasons:
-            return json_response(200, {"status": "ready", "nodeId": self.node_id}, self.node_id)
-        return json_response(
-            503, {"status": "not_ready", "nodeId": self.node_id, "reasons": reasons}, self.node_id,
-            {"Retry-After": "1"},
-        )
-
-    def cluster_health(self) -> tuple[int, dict[str, Any]]:
-        rep = self.replicator
-        if not rep.clustered:
-            return 200, {"status": "ok", "nodeId": self.node_id, "groups": 1}
-        reasons = []
-        groups = rep.local_partitions() + [rep.meta_group]
-        for g in groups:
-            st = rep.group_status(g)
-            name = "meta" if g == rep.meta_group else f"partition:{g}"
-            if g in rep.stalled:
-                reasons.append({"group": name, "reason": "storage_full"})
-            elif st["leader"] is None:
-                reasons.append({"group": name, "reason": "no_leader"})
-            elif not st["hasQuorum"]:
-                reasons.append({"group": name, "reason": "no_quorum"})
-        if reasons:
-            return 503, {"status": "degraded", "nodeId": self.node_id, "reasons": reasons}
-        return 200, {"status": "ok", "nodeId": self.node_id, "groups": len(groups)}
-
-    def settings(self) -> dict[str, Any]:
-        s = self.cfg.settings
-        return {
-            "version": self.version,
-            "nodeId": self.node_id,
-            "zapAddr": self.public_zap,
-            "authRequired": bool(self.cfg.auth.require_identity),
-            "namespaceWriteDisabled": s.namespace_write_disabled,
-            "archivalEnabled": False,
-            "visibilityArchivalEnabled": False,
-            "advancedVisibilityEnabled": s.advanced_visibility_enabled,
-            "workerHeartbeatsEnabled": s.worker_heartbeats_enabled,
-            "codecEndpointsEnabled": s.codec_endpoints_enabled,
-            "multiClusterEnabled": s.multi_cluster_enabled,
-            "capabilities": {
-                "signalAndQueryHeader": True,
-                "internalErrorDifferentiation": True,
-                "activityFailureIncludeHeartbeat": True,
-                "supportsSchedules": True,
-                "encodedFailureAttributes": True,
-                "upsertMemo": True,
-                "sdkMetadata": True,
-                "countGroupByExecutionStatus": True,
-                "eagerWorkflowStart": False,
-            },
-        }
-
-    async def cluster_info(self, org: str, size: int, token: str | None) -> dict[str, Any]:
-        rep = self.replicator
-        raft = rep.clustered
-        shards: list[tuple[str, str, int]] = []
-        infos: dict[tuple[str, str, int], dict[str, Any]] = {}
-        for p in range(rep.partitions):
-            if rep.is_local(p):
-                with rep.store(p).read() as txn:
-                    found = [(o, n) for o, n in reads.shards(txn) if o == org]
-                shards.extend((o, n, p) for o, n in found)
-                infos.update({(o, n, p): self._shard_info(o, n, p) for o, n in found})
-            else:
-                try:
-                    remote = await self.service.forwarder.call(p, "shardinfo", {"p": p, "org": org}, 5.0)
-                except ApiError:
-                    continue  # no replica reachable: its shards are left out of this listing
-                for info in remote:
-                    shards.append((info["org"], info["namespace"], p))
-                    infos[(info["org"], info["namespace"], p)] = info
-        shards.sort()
-        after = I.read_token(token, "cluster", org)
-        keys = [(f"{o}\x00{n}", o, n, p) for o, n, p in shards]
-        items = [k for k in keys if after is None or k[0].encode() > after]
-        page, more = items[:size], len(items) > size
-        if raft:
-            known = rep.meta.members()
-            member_ids = self.member_ids()
-            meta_voters = rep.meta.voters()
-            addrs = {p.id: p for p in self.cfg.peers}
-            members = []
-            for mid in member_ids:
-                peer = addrs.get(mid)
-                rec = known.get(mid, {})
-                up = mid == self.node_id or self.membership.current.is_alive(mid)
-                members.append({
-                    "nodeId": mid,
-                    "httpAddr": self.public_http if mid == self.node_id else (rec.get("http") or (peer.http if peer else None)),
-                    "zapAddr": self.public_zap if mid == self.node_id else (rec.get("zap") or (peer.zap if peer else None)),
-                    "peerAddr": rec.get("peer") or (peer.peer if peer else None),
-                    "state": "alive" if up else "dead",
-                    "voter": meta_voters is None or mid in meta_voters,  # of the meta group
-                    "lastSeen": None,
-                })
-            partitions = []
-            counts = [0] * rep.partitions
-            for _, _, p in shards:
-                counts[p] += 1
-            preferred = self.preferred_leaders()
-            elsewhere = await self._remote_leaders()
-            for p in range(rep.partitions):
-                st = rep.group_status(p)
-                local = rep.is_local(p)
-                if not local:
-                    st["leader"] = elsewhere.get(p) or st["leader"]
-                partitions.append({
-                    "id": p, "leader": st["leader"], "preferredLeader": preferred[p],
-                    "replicas": sorted(rep.replicas(p)), "local": local,
-                    **({"appliedIndex": st["appliedIndex"], "commitIndex": st["commitIndex"], "term": st["term"]}
-                       if local else {}),
-                    "shards": counts[p],
-                })
-            meta_leader = rep.leader(rep.meta_group)
-            leading = sum(1 for p in range(rep.partitions) if rep.is_leader(p))
-        else:
-            applied = rep.store(0).applied_index()
-            members = [{
-                "nodeId": self.node_id, "httpAddr": self.public_http, "zapAddr": self.public_zap, "peerAddr": None,
-                "state": "alive", "voter": True, "lastSeen": None,
-            }]
-            partitions = [{
-                "id": 0, "leader": self.node_id, "preferredLeader": self.node_id, "replicas": [self.node_id],
-                "local": True, "appliedIndex": applied, "commitIndex": applied, "term": 1, "shards": len(shards),
-            }]
-            meta_leader = self.node_id
-            leading = 1
-        return {
-            "nodeId": self.node_id,
-            "version": self.version,
-            "replicator": "raft" if raft else "local",
-            "replicationFactor": min(self.cfg.replication_factor, len(members)) if raft else 1,
-            "seed": self.cfg.seed,
-            "members": members,
-            "membershipEpoch": self.membership.epoch,
-            "metaLeader": meta_leader,
-            "partitionCount": rep.partitions,
-            "partitions": partitions,
-            "namespaces": [infos.get((o, n, p)) or self._shard_info(o, n, p) for _, o, n, p in page],
-            "nextPageToken": I.make_token("cluster", org, page[-1][0].encode() if more else None),
-            "stats": {
-                "partitionsLocal": len(rep.local_partitions()),
-                "partitionsLeading": leading,
-                "taskQueuesOwned": 0,
-                "proposals": rep.proposals,
-                "proposalErrors": self.service.proposal_errors if self.service else 0,
-                "forwarded": (self.service.forwarder.forwarded if self.service and self.service.forwarder else 0)
-                + rep.forwarded,
-                "zapConnections": self._zap.connections if self._zap is not None else 0,
-                "subscriptions": 0,
-                "sseSubscribers": self.sse.count() if self.sse is not None else 0,
-                "uptimeSeconds": int(time.monotonic() - self.started_at),
-            },
-        }
 
 
 async def run_until_signalled(node: Node) -> None:

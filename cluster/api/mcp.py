@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from hanzo_tasks.cluster import health
 from hanzo_tasks.cluster.api.http.request import (
     Call,
     finite_float,
@@ -237,7 +238,7 @@ async def _trigger_schedule(s: Service, c: Call, a: Json) -> Json:
 
 @tool("cluster_status", V, "Cluster members, partitions and the caller's namespaces, as this node sees them.", {})
 async def _cluster_status(s: Service, c: Call, a: Json) -> Json:
-    return await node_of(c).cluster_info(c.org, 100, None)
+    return await health.cluster_info(node_of(c), c.org, 100, None)
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from hanzo_tasks.cluster import health
 from hanzo_tasks.cluster.api import mcp as MCP
 from hanzo_tasks.cluster.api import sse as SSE
 from hanzo_tasks.cluster.api.http import migrations as MIG
@@ -58,15 +59,15 @@ async def h_health(s: Service, c: Call) -> Json:
 
 
 async def h_settings(s: Service, c: Call) -> Json:
-    return c.request.app[NODE_KEY].settings()
+    return health.settings(c.request.app[NODE_KEY])
 
 
 async def h_cluster(s: Service, c: Call) -> Json:
-    return await c.request.app[NODE_KEY].cluster_info(c.org, I.page_size(c.query), c.query.get("nextPageToken"))
+    return await health.cluster_info(c.request.app[NODE_KEY], c.org, I.page_size(c.query), c.query.get("nextPageToken"))
 
 
 async def h_cluster_health(s: Service, c: Call) -> Any:
-    status, body = c.request.app[NODE_KEY].cluster_health()
+    status, body = health.cluster_health(c.request.app[NODE_KEY])
     if status != 200:
         return _Status(status, body)
     return body
@@ -440,7 +441,7 @@ class HttpApi:
                 raise _MethodNotAllowed(["GET"])
             if segments == ["readyz"]:
                 template = "/readyz"
-                resp = node.readyz_response()
+                resp = health.readyz_response(node)
             elif segments == ["metrics"]:
                 template = "/metrics"
                 resp = web.Response(body=node.metrics.render(), headers={"X-Tasks-Node": node.node_id},
