@@ -331,7 +331,7 @@ def role_tasks_worker(a: argparse.Namespace) -> int:
 
 
 def role_raw_worker(a: argparse.Namespace) -> int:
-    """A minimal asyncio ZAP worker (the protocol of tests/cluster/test_dispatch.py RawWorker)."""
+    """A minimal asyncio ZAP worker (the protocol of tests/cluster/dispatch/test_dispatch.py RawWorker)."""
     import asyncio
 
     from hanzo_tasks.protocol import zap as Z

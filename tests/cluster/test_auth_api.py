@@ -23,7 +23,7 @@ import jwt
 import pytest
 from hanzo_tasks.protocol.zap import Op
 
-from tests.cluster.test_zap_server import Conn, start_zap_node
+from tests.cluster.api.zap.test_zap_server import Conn, start_zap_node
 from tests.support import NodeProcess
 
 SECRET = secrets.token_hex(24).encode()  # 48 bytes

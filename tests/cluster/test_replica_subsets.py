@@ -17,9 +17,9 @@ import pytest
 from hanzo_tasks.protocol.zap import Op
 from hanzo_tasks.routing import partition_of
 
+from tests.cluster.api.test_sse import EVENTS, Stream
+from tests.cluster.dispatch.test_dispatch import WF, RawWorker
 from tests.cluster.raft_support import Cluster
-from tests.cluster.test_dispatch import WF, RawWorker
-from tests.cluster.test_sse import EVENTS, Stream
 
 P = 4
 

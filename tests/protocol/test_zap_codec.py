@@ -1,7 +1,7 @@
 """The ZAP codec (SPEC §8.1, §8.2): frame layout, header checks, body checks.
 
 Pure unit tests of ``protocol/zap.py``; the server's use of it is covered by
-tests/cluster/test_zap_server.py against a real node.
+tests/cluster/api/zap/test_zap_server.py against a real node.
 """
 
 from __future__ import annotations

@@ -390,7 +390,7 @@ def wrong_type_bodies(method: str, template: str) -> list[dict]:
 # a response to its end and would hang on them, so they are left out of those tables (NON_STREAMING)
 # and checked by test_streaming_routes_bad_input, which reads only the response head.
 STREAMING = {("GET", "/v1/tasks/events")}
-# MCP speaks JSON-RPC (SPEC §7): a malformed body is a JSON-RPC error, not a 400; tests/cluster/test_mcp.py
+# MCP speaks JSON-RPC (SPEC §7): a malformed body is a JSON-RPC error, not a 400; tests/cluster/api/test_mcp.py
 # drives its own rules, and only the rules every body route shares (413, 405) are checked here.
 JSON_RPC = {("POST", "/v1/tasks/mcp")}
 NON_STREAMING = [r for r in ROUTES if (r.method, r.template) not in STREAMING | JSON_RPC]

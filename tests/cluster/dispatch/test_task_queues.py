@@ -24,9 +24,9 @@ from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.zap import Op
 from hanzo_tasks.testing import TestNode
 
+from tests.cluster.dispatch.test_dispatch import RawWorker
 from tests.cluster.inproc import start_test_node
 from tests.cluster.raft_support import Cluster
-from tests.cluster.test_dispatch import RawWorker
 from tests.support import NodeProcess
 
 NSP = "/v1/tasks/namespaces"

@@ -13,8 +13,8 @@ import time
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.zap import Op
 
-from tests.cluster.test_dispatch import RawWorker
-from tests.cluster.test_relay import applied
+from tests.cluster.dispatch.test_dispatch import RawWorker
+from tests.cluster.dispatch.test_relay import applied
 
 ACTS = "/v1/tasks/namespaces/default/activities"
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hanzo_tasks.protocol.zap import Op
 
-from tests.cluster.test_dispatch import WF, RawWorker, events
+from tests.cluster.dispatch.test_dispatch import WF, RawWorker, events
 
 
 def respond(w: RawWorker, task: dict, *commands: dict) -> dict:

@@ -19,8 +19,8 @@ import pytest
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.zap import Op
 
+from tests.cluster.dispatch.test_dispatch import WF, RawWorker
 from tests.cluster.raft_support import Cluster
-from tests.cluster.test_dispatch import WF, RawWorker
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ import pytest
 from hanzo_tasks.cluster.api.http.server import build_router
 from hanzo_tasks.testing import TestNode
 
+from tests.cluster.dispatch.test_task_queues import Worker
 from tests.cluster.inproc import start_test_node
-from tests.cluster.test_task_queues import Worker
 from tests.support import NodeProcess
 
 NSP = "/v1/tasks/namespaces"

@@ -12,7 +12,7 @@ from typing import Any
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.zap import Op
 
-from tests.cluster.test_dispatch import WF, RawWorker, events
+from tests.cluster.dispatch.test_dispatch import WF, RawWorker, events
 
 NS = "/v1/tasks/namespaces/default"
 
