@@ -504,7 +504,7 @@ def _expected_layout(tb: Testbed) -> dict[int, list[str]] | None:
     if tb.full_replication:
         return None
     try:
-        from hanzo_tasks.cluster.membership import bootstrap_layout
+        from hanzo_tasks.cluster.replica_sets import bootstrap_layout
 
         sets = bootstrap_layout(tb.partitions, tb.ids, tb.replication_factor, "tasks")
     except Exception:

@@ -141,7 +141,7 @@ async def cluster_info(node: Node, org: str, size: int, token: str | None) -> di
     page, more = items[:size], len(items) > size
     if raft:
         known = rep.meta.members()
-        member_ids = node.member_ids()
+        member_ids = node.members.member_ids()
         meta_voters = rep.meta.voters()
         addrs = {p.id: p for p in node.cfg.peers}
         members = []
@@ -162,7 +162,7 @@ async def cluster_info(node: Node, org: str, size: int, token: str | None) -> di
         counts = [0] * rep.partitions
         for _, _, p in shards:
             counts[p] += 1
-        preferred = node.preferred_leaders()
+        preferred = node.members.preferred_leaders()
         elsewhere = await node._remote_leaders()
         for p in range(rep.partitions):
             st = rep.group_status(p)

@@ -1,47 +1,9 @@
-"""Partition replica sets: the layout in the meta group, and keeping it whole.
+"""The node's side of cluster membership: publishing this node in the meta
+group at start, the member list, members joining and leaving (``POST`` /
+``DELETE /v1/tasks/cluster/members``), the peer links that follow the meta
+group's records, and moving each partition's leadership to its preferred node.
 
-Each partition is replicated by ``min(replication_factor, members)`` nodes,
-chosen at bootstrap by ``routing.partition_plan`` and recorded by
-``meta.init``. Every node opens the partitions the recorded layout gives it
-(``RaftReplicator.set_replica_sets``) and forwards the rest (see
-``cluster.service.forwarding``).
-
-The **meta leader** keeps every set at full strength as members come and go,
-one partition and one node at a time:
-
-1. a replica that is no longer a member and does not answer the group's
-   leader is removed from the group first: it cannot vote, and adding before
-   removing would make the group need 3 of 4 votes with one of them dead (a
-   set of the live replicas commits the next addition on its own);
-2. a member left (``DELETE /v1/tasks/cluster/members/{id}``) or the set is
-   short: the HRW-next member opens the group (``prepare_replica``, so that
-   it takes part in committing its own addition and catches up at once), is
-   made a voter of the partition's Raft group, then recorded in the layout;
-3. once the added replica caught up (and a majority of the set that remains
-   has applied what the group had committed), a replica that is no longer a
-   member but still answers is removed from the group, then from the layout
-   (it drops its copy once a leader confirms the removal committed).
-
-Every change is recorded only after it committed in the group, with the set
-it changed as the expected current value (a keeper that lost the meta
-leadership cannot overwrite its successor's record), and a group takes one
-change at a time. Every few rounds the recorded sets are compared with the
-groups' committed voters (as their leaders see them) and a difference (a
-change that committed unrecorded, a record of one that never committed) is
-repaired by recording the voters; the steps above then continue from there.
-
-The meta group itself has at most ``MAX_META_VOTERS`` voters; other members
-follow it as learners (the leader streams them the log; they neither vote
-nor count towards a commit). The meta leader makes a learner a voter once it
-answers and has caught up, while the group has fewer voters than five (or
-than members), and removes the vote of a node that is no longer a member.
-
-Each step is idempotent and re-derived from the meta group every round, so a
-new meta leader simply continues. When every set is whole and every member answers,
-replicas are spread onto members that hold fewer (a node that joined): the
-receiving node is added to a partition of the most loaded node (preferring
-one it is the preferred leader of), catches up, and the set then sheds its
-most loaded member, until every member holds within one of every other.
+The partitions' replica sets themselves are kept by ``replica_sets``.
 """
 
 from __future__ import annotations
@@ -49,405 +11,195 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
-from hanzo_tasks.routing import partition_plan, rank
-from hanzo_tasks.shard.meta import MAX_META_VOTERS
+from hanzo_tasks.cluster.replica_sets import bootstrap_layout, current_layout
+from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.routing import preferred_leaders
+from hanzo_tasks.shard.meta import initial_meta_voters
 
-log = logging.getLogger("tasks.replicas")
+if TYPE_CHECKING:
+    from hanzo_tasks.cluster.node import Node
 
-ROUND_EVERY = 1.0
-CATCH_UP_WAIT = 60.0
-RECONCILE_EVERY = 5.0
-
-
-def bootstrap_layout(partitions: int, members: list[str], replication_factor: int, seed: str) -> list[list[str]]:
-    """The layout a new cluster starts with (recorded by meta.init).
-
-    Each partition's preferred leader (balanced by ``partition_plan``) first,
-    then the members holding the fewest partitions so far, ties broken by
-    the partition's HRW order, so that every node stores about as many
-    partitions as every other (``P * rf / N``).
-    """
-    plan = partition_plan(partitions, members, replication_factor, seed)
-    ms = sorted(set(members))
-    k = min(replication_factor, len(ms))
-    share = -(-partitions * k // len(ms))
-    held = dict.fromkeys(ms, 0)
-    for pp in plan:
-        held[pp.preferred_leader] += 1
-    out = []
-    for pp in plan:
-        nodes = [pp.preferred_leader]
-        ranked = rank("", "", str(pp.id), seed, ms)
-        while len(nodes) < k:
-            m = min((m for m in ranked if m not in nodes),
-                    key=lambda m: (held[m] >= share, held[m], ranked.index(m)))
-            nodes.append(m)
-            held[m] += 1
-        out.append(nodes)
-    # The greedy pass can leave a spread of more than one: hand a follower slot
-    # from the most to the least loaded member while one can take it.
-    while True:
-        hi = max(ms, key=lambda m: (held[m], m))
-        lo = min(ms, key=lambda m: (held[m], m))
-        if held[hi] - held[lo] <= 1:
-            return out
-        for nodes in out:
-            if hi in nodes[1:] and lo not in nodes:
-                nodes[nodes.index(hi)] = lo
-                held[hi] -= 1
-                held[lo] += 1
-                break
-        else:
-            return out
+log = logging.getLogger("tasks.node")
 
 
-def current_layout(rep: Any) -> dict[int, list[str]]:
-    """The recorded layout; every member holds every partition in clusters
-    bootstrapped before layouts were recorded; empty before bootstrap."""
-    meta = rep.meta
-    if meta.partitions() is None:
-        return {}
-    stored = meta.replica_sets()
-    everyone = sorted(meta.members())
-    return {p: stored.get(p) or everyone for p in range(rep.partitions)}
+class Members:
+    """Membership as one node sees and changes it."""
 
+    def __init__(self, node: Node) -> None:
+        self.node = node
 
-def wanted(current: list[str], members: set[str], partition: int, replication_factor: int, seed: str,
-           load: dict[str, int] | None = None, leader: str | None = None) -> list[str]:
-    """The set ``current`` should become: its members that are still members,
-    topped up in HRW order to ``min(rf, members)``. With ``load`` (replicas
-    per member), a set left one too large by a balancing move sheds its most
-    loaded member other than the partition's preferred ``leader`` (ties: the
-    last in HRW order); a preferred leader that holds no replica protects
-    nobody, and the keeper hands leadership over before it removes a leader."""
-    keep = [n for n in current if n in members]
-    target = min(replication_factor, len(members))
-    ranked = rank("", "", str(partition), seed, sorted(members))
-    for m in ranked:
-        if len(keep) >= target:
-            break
-        if m not in keep:
-            keep.append(m)
-    if load is not None:
-        while len(keep) > target:
-            keep.remove(max(keep, key=lambda n: (n != leader, load.get(n, 0), ranked.index(n))))
-    return keep
+    async def join_meta(self) -> None:
+        """Fix the partition count at bootstrap and publish this node's addresses.
 
-
-def replica_load(layout: dict[int, list[str]], members: set[str]) -> dict[str, int]:
-    """Replicas per member (members holding none count 0)."""
-    load = dict.fromkeys(members, 0)
-    for nodes in layout.values():
-        for n in nodes:
-            if n in load:
-                load[n] += 1
-    return load
-
-
-def balancing_move(layout: dict[int, list[str]], members: set[str], replication_factor: int,
-                   seed: str) -> tuple[int, str] | None:
-    """One replica to add so that replicas spread evenly (a node that joined
-    holds none): ``(partition, node)``, or None when every member holds within
-    one of every other. The set then sheds its most loaded member (``wanted``).
-
-    The most loaded member that can shed a replica gives one to the least
-    loaded member that holds two fewer and can take it; each such move lowers
-    the sum of squared loads, so the steps end. A member can shed any replica
-    but one of a partition it is the preferred leader of; partitions whose
-    preferred leader is the receiving node go first, so that leadership can
-    follow. When no such move exists but a member two above another is
-    still there, one replica goes to a member holding one fewer, chosen so
-    that the direct move exists afterwards (the pair lowers the sum)."""
-    if not layout or len(members) <= min(replication_factor, len(members)):
-        return None
-    leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, replication_factor, seed)}
-    move = _direct_move(layout, members, leaders, 2)
-    if move is not None:
-        return move
-    load = replica_load(layout, members)
-    if max(load.values()) - min(load.values()) <= 1:
-        return None
-    for step in _moves(layout, members, leaders, 1):
-        p, node = step
-        after = dict(layout)
-        after[p] = wanted([*layout[p], node], members, p, replication_factor, seed,
-                          replica_load({**layout, p: [*layout[p], node]}, members), leaders.get(p))
-        if _direct_move(after, members, leaders, 2) is not None:
-            return step
-    return None
-
-
-def _moves(layout: dict[int, list[str]], members: set[str], leaders: dict[int, str], gap: int):
-    """Candidate ``(partition, receiver)`` moves from a member to one holding
-    at least ``gap`` fewer replicas, most loaded giver and least loaded
-    receiver first."""
-    load = replica_load(layout, members)
-    by_load = sorted(members, key=lambda n: (load[n], n))
-    for hi in reversed(by_load):
-        for lo in by_load:
-            if load[hi] - load[lo] < gap:
-                break
-            options = [p for p, nodes in layout.items()
-                       if hi in nodes and lo not in nodes and leaders.get(p) != hi]
-            for p in sorted(options, key=lambda p: (leaders.get(p) != lo, p)):
-                yield p, lo
-
-
-def _direct_move(layout: dict[int, list[str]], members: set[str], leaders: dict[int, str],
-                 gap: int) -> tuple[int, str] | None:
-    return next(_moves(layout, members, leaders, gap), None)
-
-
-class ReplicaKeeper:
-    def __init__(self, rep: Any, *, replication_factor: int, seed: str) -> None:
-        self.rep = rep
-        self.rf = replication_factor
-        self.seed = seed
-        self.moves = 0
-        self.repairs = 0
-        self._reconciled_at = 0.0
-
-    def sync_local(self) -> None:
-        """Open/drop this node's partitions to match the recorded layout (cheap, idempotent)."""
-        layout = current_layout(self.rep)
-        if layout:
-            self.rep.set_replica_sets(layout)
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(ROUND_EVERY)
-            try:
-                self.sync_local()
-                # The meta leader keeps the sets; a node being removed hands its
-                # leadership over and leaves this to the next one.
-                if self.rep.is_leader(self.rep.meta_group) and self.rep.node_id in self.rep.meta.members():
-                    await self.round()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - the next round starts over from the meta group
-                log.warning("replica set upkeep: %s", e)
-
-    async def round(self) -> None:
-        layout = current_layout(self.rep)
-        members = set(self.rep.meta.members())
-        if not layout or not members:
-            return
-        if await self._meta_voters(members):
-            return
-        if time.monotonic() - self._reconciled_at >= RECONCILE_EVERY:
-            self._reconciled_at = time.monotonic()
-            if await self._reconcile(layout):
-                return
-        load = replica_load(layout, members)
-        leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, self.rf, self.seed)}
-        for p, cur in sorted(layout.items()):
-            want = wanted(cur, members, p, self.rf, self.seed, load, leaders.get(p))
-            if want == cur:
-                continue
-            drop = [n for n in cur if n not in want]
-            view = await self._membership_of(p) if drop and len(cur) > 1 else None
-            gone = [n for n in drop if view is not None and n not in view["answering"]]
-            if gone:
-                # A replica that does not answer its leader (down, or not
-                # running the group) cannot vote: removing it never needs more
-                # live votes than the group needs now; adding first would.
-                node = gone[0]
-                log.info("partition %d: removing replica %s, which does not answer, from %s", p, node, cur)
-                await self._change(p, cur, "rem", node)
-                return
-            add = [n for n in want if n not in cur]
-            if add:
-                node = add[0]
-                log.info("partition %d: adding replica %s to %s", p, node, cur)
-                if await self._change(p, cur, "add", node):
-                    await self._caught_up(p, node)
-                return  # one step per round: the next round re-reads the layout
-            if drop and len(cur) > 1:
-                # A majority of the set that remains must be caught up (the added
-                # replica was waited for): a member that is down does not block
-                # the removal of another.
-                caught = [n for n in want if await self._caught_up(p, n, wait=0.0)]
-                if len(caught) <= len(want) // 2:
-                    continue
-                node = drop[0]
-                if node in members and await self._leader_of(p) == node:
-                    # A leader cannot commit its own removal: hand the partition
-                    # over first (the next round removes it). A replica that is
-                    # first in its set is where leader balancing sends a
-                    # partition whose preferred leader holds none, so it goes
-                    # last first, or balancing would hand leadership back.
-                    if cur[0] == node and leaders.get(p) not in cur:
-                        await self._record(p, [*cur[1:], node], expect=cur)
-                    await self._hand_over(p, node)
+        Both are proposals to the meta group (forwarded to its leader by Raft),
+        retried until they commit. A cluster with another partition count makes
+        this node stop with a clear error: it must not serve a different layout.
+        """
+        rep = self.node.replicator
+        cfg = self.node.cfg
+        peers = [{"id": p.id, "peer": p.peer, "http": p.http, "zap": p.zap} for p in cfg.peers]
+        if not any(p["id"] == self.node.node_id for p in peers):
+            peers.append({"id": self.node.node_id, "peer": cfg.advertise_peer, "http": None, "zap": None})
+        layout = bootstrap_layout(cfg.partitions, [p["id"] for p in peers], cfg.replication_factor, cfg.seed)
+        voters = initial_meta_voters(p["id"] for p in peers)  # as every node computed it at start
+        commands = [
+            {"op": "meta.init", "partitions": cfg.partitions, "members": peers, "replicas": layout,
+             "voters": voters},
+            {"op": "meta.member", "id": self.node.node_id, "peer": cfg.advertise_peer,
+             "http": self.node.public_http, "zap": self.node.public_zap},
+        ]
+        for cmd in commands:
+            while True:
+                res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
+                if res.get("ok"):
+                    break
+                if res.get("code") == "failed_precondition":
+                    self.node.fatal = (
+                        f"partition count mismatch: {res.get('message')}; "
+                        f"this node is configured with partitions: {cfg.partitions}"
+                    )
+                    log.error("%s", self.node.fatal)
+                    self.node.stopping.set()
                     return
-                log.info("partition %d: removing replica %s from %s", p, node, cur)
-                await self._change(p, cur, "rem", node)
-                return
-        # Every set is whole: spread replicas onto members that hold fewer (a
-        # node that joined), but only while every member answers, so that no
-        # move waits on a node that is down (a rolling restart pauses it).
-        if not all(n == self.rep.node_id or self.rep.peer_responsive(n) for n in members):
+                await asyncio.sleep(0.2)
+
+    def on_peer_changed(self, peer: str, up: bool) -> None:
+        alive = set(self.node.membership.current.alive)
+        if up:
+            alive.add(peer)
+        else:
+            alive.discard(peer)
+        self.node.membership.update(alive=frozenset(alive & self.node.membership.current.members))
+
+    def member_ids(self) -> list[str]:
+        rep = self.node.replicator
+        if rep.clustered:
+            known = rep.meta.members()
+            if known:
+                return sorted(known)
+        return sorted({p.id for p in self.node.cfg.peers} | {self.node.node_id})
+
+    def on_meta_apply(self, group: int, index: int, result: dict[str, Any]) -> None:
+        """A member joined or left, or a replica set changed: open or drop this
+        node's partitions, and dial and accept the meta group's members plus any
+        former member that still holds a replica (until its replicas moved)."""
+        rep = self.node.replicator
+        if group != rep.meta_group:
             return
-        move = balancing_move(layout, members, self.rf, self.seed)
-        if move is not None:
-            p, node = move
-            log.info("partition %d: adding replica %s to %s (spreading replicas)", p, node, layout[p])
-            if await self._change(p, layout[p], "add", node):
-                await self._caught_up(p, node)
-
-    async def _meta_voters(self, members: set[str]) -> bool:
-        """One change of the meta group's voters, if one is due (True: made).
-
-        Clusters bootstrapped before meta voters were recorded keep every
-        member a voter (a join adds it; see ``Node.add_member``)."""
-        rep = self.rep
-        if rep.meta.voters() is None:
-            return False
-        view = await rep.group_membership(rep.meta_group)
-        if view is None or not view["settled"] or view["pending"]:
-            return False
-        voters = set(view["voters"])
-        gone = sorted(voters - members - {rep.node_id})
-        if gone:  # a member that left kept its vote (its removal gave up half-way)
-            log.info("meta group: removing the vote of %s, no longer a member", gone[0])
-            await rep.change_membership("rem", gone[0], groups=[rep.meta_group], timeout=20.0)
-            return True
-        if len(voters) >= min(MAX_META_VOTERS, len(members)):
-            return False
-        for node in sorted(members - voters):
-            if node in view["answering"] and await self._caught_up(rep.meta_group, node, wait=2.0):
-                log.info("meta group: %s becomes a voter (%d of at most %d)", node, len(voters) + 1,
-                         MAX_META_VOTERS)
-                await rep.change_membership("add", node, groups=[rep.meta_group], timeout=20.0)
-                return True
-        return False
-
-    async def _change(self, partition: int, cur: list[str], op: str, node: str) -> bool:
-        """One membership change of the partition's group, recorded once it
-        committed (``change_group_membership`` returns then, or raises).
-
-        Made only when the group's committed voters are the recorded set and
-        no change is in flight (else the set is repaired first, or the next
-        round waits). An added replica opens the group first. False: nothing
-        was changed this round."""
-        view = await self._membership_of(partition)
-        if view is None or view["pending"]:
-            log.info("partition %d: no settled leader, or a membership change in flight; waiting", partition)
-            return False
-        if set(view["voters"]) != set(cur):
-            await self._repair(partition, cur, view["voters"])
-            return False
-        if op == "add":
-            try:
-                await self.rep.prepare_replica(partition, node, cur)
-            except Exception as e:  # noqa: BLE001 - it opens the group when it sees the layout
-                log.warning("partition %d: %s did not open the group ahead of its addition: %s", partition, node, e)
-        await self.rep.change_group_membership(partition, op, node)
-        await self._record(partition, [*cur, node] if op == "add" else [n for n in cur if n != node], expect=cur)
-        self.moves += 1
-        return True
-
-    async def _membership_of(self, partition: int) -> dict[str, Any] | None:
-        """The group's committed voters as a leader that knows every committed
-        entry sees them (``RaftReplicator.group_membership``); None when no
-        such leader answers. A follower's view may predate a committed change."""
-        rep = self.rep
-        view = await rep.group_membership(partition)
-        if view is not None and view["settled"]:
-            return view
-        hint = rep.leader(partition) or rep.leader_hint(partition)
-        for n in dict.fromkeys([*([hint] if hint else []), *rep.peers_for(partition)]):
-            if n == rep.node_id:
-                continue
-            try:
-                view = await rep.rpc.call(n, "voters", {"g": partition}, 2.0)
-            except Exception:  # noqa: BLE001 - ask the next replica
-                continue
-            if isinstance(view, dict) and view.get("settled"):
-                return view
-        return None
-
-    async def _reconcile(self, layout: dict[int, list[str]]) -> bool:
-        """Compare every recorded set with its group's committed voters and
-        repair the first difference (True: a repair was recorded)."""
-        for p, cur in sorted(layout.items()):
-            view = await self._membership_of(p)
-            if view is None or view["pending"]:
-                continue
-            if set(view["voters"]) != set(cur):
-                await self._repair(p, cur, view["voters"])
-                return True
-        return False
-
-    async def _repair(self, partition: int, cur: list[str], voters: list[str]) -> None:
-        """Record the group's committed voters as its set (the recorded order
-        kept): a voter the layout missed opens the group, a node that is not
-        a voter drops its copy (once a leader confirms it is not one). The
-        usual steps then take the set where it should be."""
-        fixed = [n for n in cur if n in voters] + [n for n in voters if n not in cur]
-        log.warning("partition %d: recorded replicas %s differ from the group's voters %s; recording %s",
-                    partition, cur, voters, fixed)
-        await self._record(partition, fixed, expect=cur)
-        self.repairs += 1
-
-    async def _leader_of(self, partition: int) -> str | None:
-        if self.rep.is_local(partition):
-            return self.rep.leader(partition)
-        for n in self.rep.replicas(partition):
-            try:
-                leaders = await self.rep.rpc.call(n, "leaders", {}, 2.0)
-            except Exception:  # noqa: BLE001 - ask the next replica
-                continue
-            if isinstance(leaders, dict) and leaders.get(str(partition)):
-                return leaders[str(partition)]
-        return None
-
-    async def _hand_over(self, partition: int, node: str) -> None:
-        log.info("partition %d: asking its leader %s to hand over before it leaves the set", partition, node)
-        if node == self.rep.node_id:
-            self.rep.transfer_leadership(partition, None)
+        layout_changed = bool(result.get("layout"))
+        if layout_changed:
+            rep.set_replica_sets(current_layout(rep))
+        if not ("member" in result or "removed" in result or layout_changed):
             return
-        try:
-            await self.rep.rpc.call(node, "transfer", {"g": partition}, 2.0)
-        except Exception as e:  # noqa: BLE001 - the next round tries again
-            log.warning("partition %d: hand-over request to %s failed: %s", partition, node, e)
+        if result.get("removed") == self.node.node_id:
+            self.node.leaving = True  # the balancer now gives every leadership away
+            log.warning("this node was removed from the cluster; handing over and no longer voting")
+        self.refresh_peers()
+        self.node.membership.update(members=frozenset(self.member_ids()))
 
-    async def _record(self, partition: int, nodes: list[str], expect: list[str] | None = None) -> None:
-        """Record the partition's set, provided it is still ``expect`` (a
-        keeper that lost the meta leadership mid-step cannot overwrite its
-        successor's record)."""
-        cmd: dict[str, Any] = {"op": "meta.replicas", "partition": partition, "replicas": nodes}
-        if expect is not None:
-            cmd["expect"] = expect
-        data = msgpack.packb(cmd, use_bin_type=True)
-        res = await self.rep.propose(self.rep.meta_group, data)
+    def refresh_peers(self) -> None:
+        rep = self.node.replicator
+        known = rep.meta.members()
+        peers = {mid: m["peer"] for mid, m in known.items() if m.get("peer")}
+        holding = {n for nodes in current_layout(rep).values() for n in nodes}
+        for n in holding - set(peers):
+            if n in rep.peer_addrs:  # removed, but its replicas are still being moved
+                peers[n] = rep.peer_addrs[n]
+        if self.node.leaving:
+            peers.update({p.id: p.peer for p in self.node.cfg.peers})  # keep talking while handing over
+        rep.set_peer_addresses(peers)
+
+    async def add(self, node_id: str, peer: str, http: str | None, zap: str | None) -> dict[str, Any]:
+        """Join: record the member, then make it a voter of every group."""
+        rep = self.node.replicator
+        if not rep.clustered:
+            raise ApiError("failed_precondition", "membership changes need replicator: raft")
+        cmd = {"op": "meta.member", "id": node_id, "peer": peer, "http": http, "zap": zap}
+        res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
         if not res.get("ok"):
-            raise RuntimeError(f"meta.replicas for partition {partition}: {res.get('message')}")
+            raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
+        if rep.meta.voters() is None:
+            # A cluster bootstrapped before meta voters were recorded: every member
+            # votes. Otherwise the node starts as a learner of the meta group and
+            # the replica keeper makes it a voter once it caught up, while the
+            # group has fewer than five. Partitions come to it when a replica set
+            # is short of replication_factor (cluster.replica_sets).
+            try:
+                await rep.change_membership("add", node_id, groups=[rep.meta_group])
+            except TimeoutError as e:
+                raise ApiError("unavailable", str(e), retry_after=1) from None
+        return {"status": "joined", "nodeId": node_id, "members": self.member_ids()}
 
-    async def _progress(self, partition: int, node: str) -> dict[str, int] | None:
-        if node == self.rep.node_id:
-            return await self.rep.group_progress(partition)
+    async def remove(self, node_id: str) -> dict[str, Any]:
+        """Leave: drop the member's record, then its vote in every group.
+
+        Run on any other member. The leaving node learns of its removal from the
+        meta group and hands its leaderships over, so the removals (which its own
+        leadership would refuse) go through; this node's view tells when each
+        group has committed the change. Then the operator stops the process.
+        """
+        rep = self.node.replicator
+        raft = rep.clustered
+        known = node_id in self.member_ids() or (
+            raft and any(node_id in rep.voters(g) for g in rep.local_partitions() + [rep.meta_group])
+        )
+        if not known:
+            raise ApiError("not_found", f"node {node_id} is not a member")
+        if not raft:
+            raise ApiError("failed_precondition", "membership changes need replicator: raft")
+        if node_id == self.node.node_id:
+            raise ApiError("failed_precondition", "ask another member to remove this node")
+        cmd = {"op": "meta.remove", "id": node_id}
+        res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
+        if not res.get("ok"):
+            raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
         try:
-            return await self.rep.rpc.call(node, "progress", {"g": partition}, 5.0)
-        except Exception:  # noqa: BLE001 - unreachable counts as not caught up
-            return None
-
-    async def _caught_up(self, partition: int, node: str, wait: float = CATCH_UP_WAIT) -> bool:
-        """Whether ``node`` applied everything the group had committed when asked (polling up to ``wait``)."""
-        target = 0
-        for n in self.rep.replicas(partition):
-            if n != node:
-                pr = await self._progress(partition, n)
-                if pr:
-                    target = max(target, pr["commit"])
-        deadline = time.monotonic() + wait
-        while True:
-            pr = await self._progress(partition, node)
-            if pr is not None and pr["applied"] >= target:
-                return True
-            if time.monotonic() >= deadline:
-                return False
+            await rep.change_membership("rem", node_id, groups=[rep.meta_group])
+        except TimeoutError as e:
+            raise ApiError("unavailable", str(e), retry_after=1) from None
+        # The meta leader moves its replicas to other members (add first, then
+        # remove); the node may be stopped once it holds none.
+        deadline = time.monotonic() + 120.0
+        while any(node_id in nodes for nodes in current_layout(rep).values()):
+            if time.monotonic() > deadline:
+                raise ApiError("unavailable", f"{node_id} still holds replicas; its removal goes on, retry to wait",
+                               retry_after=5)
             await asyncio.sleep(0.2)
+        return {"status": "removed", "nodeId": node_id, "members": self.member_ids()}
+
+    def preferred_leaders(self) -> list[str]:
+        rep = self.node.replicator
+        base = preferred_leaders(rep.partitions, self.member_ids())
+        out = []
+        for p, lead in enumerate(base):
+            holders = list(rep.replicas(p))
+            out.append(lead if not holders or lead in holders else holders[0])  # only a replica can lead
+        return out
+
+    async def balance_leaders(self) -> None:
+        """Move each partition's leadership back to its preferred leader.
+
+        The preferred leaders spread partitions evenly (each node leads about
+        P/N). A leader hands a partition over (Raft TimeoutNow) only when the
+        preferred node is connected; pysyncobj refuses a target that is not
+        caught up, and the next round tries again.
+        """
+        rep = self.node.replicator
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if self.node.leaving:
+                    for g in list(range(rep.partitions)) + [rep.meta_group]:
+                        if rep.is_leader(g):
+                            rep.transfer_leadership(g, None)
+                    continue
+                preferred = self.preferred_leaders()
+                for p, want in enumerate(preferred):
+                    if want != self.node.node_id and rep.is_leader(p) and want in rep.voters(p) \
+                            and rep.peer_connected(want):
+                        rep.transfer_leadership(p, want)
+            except Exception:
+                log.exception("leader balancing failed")

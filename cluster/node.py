@@ -26,17 +26,17 @@ from hanzo_tasks.cluster.dispatch.dispatcher import Dispatcher
 from hanzo_tasks.cluster.health import replication_failure, replication_failure_kind
 from hanzo_tasks.cluster.leader.batches import BatchRunner
 from hanzo_tasks.cluster.leader.timers import ScheduleTimers
-from hanzo_tasks.cluster.membership import ReplicaKeeper, bootstrap_layout, current_layout
+from hanzo_tasks.cluster.membership import Members
 from hanzo_tasks.cluster.metrics import Metrics
+from hanzo_tasks.cluster.replica_sets import ReplicaKeeper
 from hanzo_tasks.cluster.service import Service, wall_ms
 from hanzo_tasks.migration import Migrations, shard_counts
 from hanzo_tasks.protocol import hostport, names
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.replication import LocalReplicator, NodeReplicator
 from hanzo_tasks.replication.raft.replicator import RaftReplicator
-from hanzo_tasks.routing import Membership, MembershipWatcher, preferred_leaders
+from hanzo_tasks.routing import Membership, MembershipWatcher
 from hanzo_tasks.shard import moving, reads
-from hanzo_tasks.shard.meta import initial_meta_voters
 
 log = logging.getLogger("tasks.node")
 
@@ -105,6 +105,7 @@ class Node:
         self.fatal: str | None = None
         self.failure: str | None = None  # set by the watchdog: replication failed, the node stops (exit 1)
         self.leaving = False
+        self.members = Members(self)
         self.stopping = asyncio.Event()
         self._bg: list[asyncio.Task] = []
 
@@ -136,11 +137,11 @@ class Node:
         self.node_secret()
         self.replicator = self._make_replicator()
         self.membership = MembershipWatcher(
-            Membership(frozenset(self.member_ids()), frozenset({self.node_id}))
+            Membership(frozenset(self.members.member_ids()), frozenset({self.node_id}))
         )
         if self.replicator.clustered:
-            self.replicator.on_peer_change(self._peer_changed)
-            self.replicator.subscribe(self._on_meta_apply)
+            self.replicator.on_peer_change(self.members.on_peer_changed)
+            self.replicator.subscribe(self.members.on_meta_apply)
             have = self.replicator.meta.partitions()
             if have is not None and have != cfg.partitions:
                 raise ConfigMismatch(
@@ -152,8 +153,8 @@ class Node:
         if self.replicator.clustered:
             self.replica_keeper = ReplicaKeeper(self.replicator, replication_factor=cfg.replication_factor,
                                                 seed=cfg.seed)
-            self._bg.append(asyncio.create_task(self._join_meta(), name="meta-join"))
-            self._bg.append(asyncio.create_task(self._balance_leaders(), name="leader-balance"))
+            self._bg.append(asyncio.create_task(self.members.join_meta(), name="meta-join"))
+            self._bg.append(asyncio.create_task(self.members.balance_leaders(), name="leader-balance"))
             self._bg.append(asyncio.create_task(self.replica_keeper.run(), name="replica-sets"))
         self.service = Service(cfg, self.replicator, node_id=self.node_id, clock=self.clock)
         if self.service.forwarder is not None:
@@ -278,185 +279,6 @@ class Node:
             rep.set_peer_addresses({mid: m["peer"] for mid, m in known.items() if m.get("peer")})
         return rep
 
-    async def _join_meta(self) -> None:
-        """Fix the partition count at bootstrap and publish this node's addresses.
-
-        Both are proposals to the meta group (forwarded to its leader by Raft),
-        retried until they commit. A cluster with another partition count makes
-        this node stop with a clear error: it must not serve a different layout.
-        """
-        import msgpack
-
-        rep = self.replicator
-        cfg = self.cfg
-        peers = [{"id": p.id, "peer": p.peer, "http": p.http, "zap": p.zap} for p in cfg.peers]
-        if not any(p["id"] == self.node_id for p in peers):
-            peers.append({"id": self.node_id, "peer": cfg.advertise_peer, "http": None, "zap": None})
-        layout = bootstrap_layout(cfg.partitions, [p["id"] for p in peers], cfg.replication_factor, cfg.seed)
-        voters = initial_meta_voters(p["id"] for p in peers)  # as every node computed it at start
-        commands = [
-            {"op": "meta.init", "partitions": cfg.partitions, "members": peers, "replicas": layout,
-             "voters": voters},
-            {"op": "meta.member", "id": self.node_id, "peer": cfg.advertise_peer,
-             "http": self.public_http, "zap": self.public_zap},
-        ]
-        for cmd in commands:
-            while True:
-                res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
-                if res.get("ok"):
-                    break
-                if res.get("code") == "failed_precondition":
-                    self.fatal = (
-                        f"partition count mismatch: {res.get('message')}; "
-                        f"this node is configured with partitions: {cfg.partitions}"
-                    )
-                    log.error("%s", self.fatal)
-                    self.stopping.set()
-                    return
-                await asyncio.sleep(0.2)
-
-    def _peer_changed(self, peer: str, up: bool) -> None:
-        alive = set(self.membership.current.alive)
-        if up:
-            alive.add(peer)
-        else:
-            alive.discard(peer)
-        self.membership.update(alive=frozenset(alive & self.membership.current.members))
-
-    def member_ids(self) -> list[str]:
-        rep = self.replicator
-        if rep.clustered:
-            known = rep.meta.members()
-            if known:
-                return sorted(known)
-        return sorted({p.id for p in self.cfg.peers} | {self.node_id})
-
-    def _on_meta_apply(self, group: int, index: int, result: dict[str, Any]) -> None:
-        """A member joined or left, or a replica set changed: open or drop this
-        node's partitions, and dial and accept the meta group's members plus any
-        former member that still holds a replica (until its replicas moved)."""
-        rep = self.replicator
-        if group != rep.meta_group:
-            return
-        layout_changed = bool(result.get("layout"))
-        if layout_changed:
-            rep.set_replica_sets(current_layout(rep))
-        if not ("member" in result or "removed" in result or layout_changed):
-            return
-        if result.get("removed") == self.node_id:
-            self.leaving = True  # the balancer now gives every leadership away
-            log.warning("this node was removed from the cluster; handing over and no longer voting")
-        self._refresh_peers()
-        self.membership.update(members=frozenset(self.member_ids()))
-
-    def _refresh_peers(self) -> None:
-        rep = self.replicator
-        known = rep.meta.members()
-        peers = {mid: m["peer"] for mid, m in known.items() if m.get("peer")}
-        holding = {n for nodes in current_layout(rep).values() for n in nodes}
-        for n in holding - set(peers):
-            if n in rep.peer_addrs:  # removed, but its replicas are still being moved
-                peers[n] = rep.peer_addrs[n]
-        if self.leaving:
-            peers.update({p.id: p.peer for p in self.cfg.peers})  # keep talking while handing over
-        rep.set_peer_addresses(peers)
-
-    async def add_member(self, node_id: str, peer: str, http: str | None, zap: str | None) -> dict[str, Any]:
-        """Join: record the member, then make it a voter of every group."""
-        import msgpack
-
-        rep = self.replicator
-        if not rep.clustered:
-            raise ApiError("failed_precondition", "membership changes need replicator: raft")
-        cmd = {"op": "meta.member", "id": node_id, "peer": peer, "http": http, "zap": zap}
-        res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
-        if not res.get("ok"):
-            raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
-        if rep.meta.voters() is None:
-            # A cluster bootstrapped before meta voters were recorded: every member
-            # votes. Otherwise the node starts as a learner of the meta group and
-            # the replica keeper makes it a voter once it caught up, while the
-            # group has fewer than five. Partitions come to it when a replica set
-            # is short of replication_factor (cluster.replica_sets).
-            try:
-                await rep.change_membership("add", node_id, groups=[rep.meta_group])
-            except TimeoutError as e:
-                raise ApiError("unavailable", str(e), retry_after=1) from None
-        return {"status": "joined", "nodeId": node_id, "members": self.member_ids()}
-
-    async def remove_member(self, node_id: str) -> dict[str, Any]:
-        """Leave: drop the member's record, then its vote in every group.
-
-        Run on any other member. The leaving node learns of its removal from the
-        meta group and hands its leaderships over, so the removals (which its own
-        leadership would refuse) go through; this node's view tells when each
-        group has committed the change. Then the operator stops the process.
-        """
-        import msgpack
-
-        rep = self.replicator
-        raft = rep.clustered
-        known = node_id in self.member_ids() or (
-            raft and any(node_id in rep.voters(g) for g in rep.local_partitions() + [rep.meta_group])
-        )
-        if not known:
-            raise ApiError("not_found", f"node {node_id} is not a member")
-        if not raft:
-            raise ApiError("failed_precondition", "membership changes need replicator: raft")
-        if node_id == self.node_id:
-            raise ApiError("failed_precondition", "ask another member to remove this node")
-        cmd = {"op": "meta.remove", "id": node_id}
-        res = await rep.propose(rep.meta_group, msgpack.packb(cmd, use_bin_type=True))
-        if not res.get("ok"):
-            raise ApiError("unavailable", res.get("message", "meta group unavailable"), retry_after=1)
-        try:
-            await rep.change_membership("rem", node_id, groups=[rep.meta_group])
-        except TimeoutError as e:
-            raise ApiError("unavailable", str(e), retry_after=1) from None
-        # The meta leader moves its replicas to other members (add first, then
-        # remove); the node may be stopped once it holds none.
-        deadline = time.monotonic() + 120.0
-        while any(node_id in nodes for nodes in current_layout(rep).values()):
-            if time.monotonic() > deadline:
-                raise ApiError("unavailable", f"{node_id} still holds replicas; its removal goes on, retry to wait",
-                               retry_after=5)
-            await asyncio.sleep(0.2)
-        return {"status": "removed", "nodeId": node_id, "members": self.member_ids()}
-
-    def preferred_leaders(self) -> list[str]:
-        rep = self.replicator
-        base = preferred_leaders(rep.partitions, self.member_ids())
-        out = []
-        for p, lead in enumerate(base):
-            holders = list(rep.replicas(p))
-            out.append(lead if not holders or lead in holders else holders[0])  # only a replica can lead
-        return out
-
-    async def _balance_leaders(self) -> None:
-        """Move each partition's leadership back to its preferred leader.
-
-        The preferred leaders spread partitions evenly (each node leads about
-        P/N). A leader hands a partition over (Raft TimeoutNow) only when the
-        preferred node is connected; pysyncobj refuses a target that is not
-        caught up, and the next round tries again.
-        """
-        rep = self.replicator
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                if self.leaving:
-                    for g in list(range(rep.partitions)) + [rep.meta_group]:
-                        if rep.is_leader(g):
-                            rep.transfer_leadership(g, None)
-                    continue
-                preferred = self.preferred_leaders()
-                for p, want in enumerate(preferred):
-                    if want != self.node_id and rep.is_leader(p) and want in rep.voters(p) \
-                            and rep.peer_connected(want):
-                        rep.transfer_leadership(p, want)
-            except Exception:
-                log.exception("leader balancing failed")
-
     async def _watchdog(self) -> None:
         """Deliverable 4 of issue 23: a replicator that cannot make progress any
         more (its Raft thread died, a journal failed, an apply failed) cannot
@@ -572,7 +394,7 @@ class Node:
                 raise ApiError("invalid_argument", f"toPartition must be a partition id from 0 to {rep.partitions - 1}")
         else:
             to = body["toNode"]
-            if not isinstance(to, str) or to not in set(self.member_ids()) | {self.node_id}:
+            if not isinstance(to, str) or to not in set(self.members.member_ids()) | {self.node_id}:
                 raise ApiError("invalid_argument", f"unknown node {to!r}")
             if not rep.clustered:
                 raise ApiError("failed_precondition", "migration needs replicator: raft")
@@ -580,7 +402,7 @@ class Node:
                 raise ApiError("failed_precondition", f"node {to} is not alive")
             # Partitions X leads (for partitions this node does not hold, as
             # their replicas see it, else their preferred leader).
-            preferred = self.preferred_leaders()
+            preferred = self.members.preferred_leaders()
             elsewhere = await self._remote_leaders()
             led = [p for p in range(rep.partitions)
                    if (rep.leader(p) if rep.is_local(p) else elsewhere.get(p, preferred[p])) == to]

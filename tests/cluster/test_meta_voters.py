@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hanzo_tasks.cluster.membership import current_layout
+from hanzo_tasks.cluster.replica_sets import current_layout
 
 from tests.cluster.test_replica_keeper import Nodes
 from tests.replication.test_membership_changes import until

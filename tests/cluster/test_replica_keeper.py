@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hanzo_tasks.cluster.membership import ReplicaKeeper, current_layout
+from hanzo_tasks.cluster.replica_sets import ReplicaKeeper, current_layout
 from hanzo_tasks.replication.raft.replicator import RaftReplicator
 from hanzo_tasks.shard.meta import initial_meta_voters
 

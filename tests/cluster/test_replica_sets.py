@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from hanzo_tasks.cluster.membership import bootstrap_layout, wanted
+from hanzo_tasks.cluster.replica_sets import bootstrap_layout, wanted
 from hanzo_tasks.routing import partition_plan
 from hypothesis import given
 from hypothesis import strategies as st
@@ -51,7 +51,7 @@ def test_a_leaving_member_is_replaced_by_one_node() -> None:
 def _balance(layout: dict[int, list[str]], members: set[str], rf: int) -> dict[str, int]:
     """Apply the keeper's steps (a balancing add, then the shed) until none is
     left; the replicas each member then holds."""
-    from hanzo_tasks.cluster.membership import balancing_move, replica_load
+    from hanzo_tasks.cluster.replica_sets import balancing_move, replica_load
 
     partitions = len(layout)
     plan = partition_plan(partitions, members, rf, "tasks")

@@ -79,11 +79,11 @@ async def h_member_add(s: Service, c: Call) -> Json:
     peer = I.opt_str(body, "peer")
     if not peer or ":" not in peer:
         raise I.bad("peer must be the new node's peer address host:port")
-    return await c.request.app[NODE_KEY].add_member(node_id, peer, I.opt_str(body, "http"), I.opt_str(body, "zap"))
+    return await c.request.app[NODE_KEY].members.add(node_id, peer, I.opt_str(body, "http"), I.opt_str(body, "zap"))
 
 
 async def h_member_remove(s: Service, c: Call) -> Json:
-    return await c.request.app[NODE_KEY].remove_member(check_node_id(c.params["id"]))
+    return await c.request.app[NODE_KEY].members.remove(check_node_id(c.params["id"]))
 
 
 async def h_batch_list(s: Service, c: Call) -> Json:
