@@ -8,6 +8,7 @@ test kills a real writer with SIGKILL.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -266,7 +267,7 @@ def test_torn_tail_is_dropped_and_appends_continue(path: str, cut: int) -> None:
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\x00", b"\x00" * 100, os.urandom(7), os.urandom(300),
+    [b"\x00", b"\x00" * 100, random.Random(7).randbytes(7), random.Random(300).randbytes(300),
      # a plausible record header announcing more bytes than the file holds
      (0).to_bytes(4, "little") + (10**6).to_bytes(4, "little") + bytes(16)],
 )
