@@ -16,10 +16,12 @@ from hanzo_tasks.cluster.node import Node
 
 
 class EmbeddedNode:
+    """A node running on an event loop of its own thread."""
+
     def __init__(self, node: Node, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
         self.node = node
-        self._loop = loop
-        self._thread = thread
+        self.loop = loop
+        self.thread = thread
         self.http_url: str = node.http_url or ""
         self.zap_addr: str | None = node.zap_addr
         self._stopped = False
@@ -28,12 +30,12 @@ class EmbeddedNode:
         if self._stopped:
             return
         self._stopped = True
-        fut = asyncio.run_coroutine_threadsafe(self.node.stop(), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(self.node.stop(), self.loop)
         try:
             fut.result(30)
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(30)
 
 
 def start(
@@ -55,6 +57,15 @@ def start(
     cfg = config_from_mapping(values)
     node = Node(cfg)
     node.zap_enabled = zap is not None or "zap" in values
+    return run_on_thread(node, "tasks-embedded")
+
+
+def run_on_thread(node: Node, name: str, timeout: float = 60.0) -> EmbeddedNode:
+    """Start ``node`` on an event loop of its own thread; return once it serves.
+
+    A node that fails to start is stopped again on its thread (its listeners and
+    stores closed) and the error is raised here, on the caller's thread.
+    """
     loop = asyncio.new_event_loop()
     started = threading.Event()
     error: list[BaseException] = []
@@ -63,17 +74,21 @@ def start(
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(node.start())
-        except BaseException as e:  # report to the caller's thread
+        except BaseException as e:  # reported on the caller's thread
             error.append(e)
             started.set()
+            loop.run_until_complete(node.stop())
+            loop.close()
             return
         started.set()
         loop.run_forever()
         loop.close()
 
-    thread = threading.Thread(target=run, name="tasks-embedded", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
-    started.wait(60)
+    if not started.wait(timeout):
+        raise TimeoutError(f"the node did not start within {timeout} s")
     if error:
+        thread.join(30)
         raise error[0]
     return EmbeddedNode(node, loop, thread)

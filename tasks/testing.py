@@ -44,9 +44,12 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hanzo_tasks.client import Client
+
+if TYPE_CHECKING:
+    from hanzo_tasks.cluster.embedded import EmbeddedNode
 
 __all__ = ["FakeClock", "TestNode", "wait_until"]
 
@@ -171,8 +174,7 @@ class TestNode:
         self.node: Any = None  # hanzo_tasks.cluster.node.Node, while running
         self.url = ""
         self.zap_addr: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._running: EmbeddedNode | None = None
         self._clients: list[Client] = []
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -200,7 +202,10 @@ class TestNode:
         """Start the node on its own event-loop thread; returns once it serves."""
         if self.node is not None:
             raise RuntimeError("this TestNode is already running")
-        from hanzo_tasks.cluster.node import Node  # lazy: server code only when a node starts
+        from hanzo_tasks.cluster.embedded import (
+            run_on_thread,  # lazy: server code only when a node starts
+        )
+        from hanzo_tasks.cluster.node import Node
 
         if self._given_dir is None:
             self._temp_dir = tempfile.mkdtemp(prefix="tasks-test-")
@@ -210,35 +215,11 @@ class TestNode:
             cfg = self._build_config(self.data_dir)
             node = Node(cfg, clock=self.clock)
             node.zap_enabled = self._zap
-            loop = asyncio.new_event_loop()
-            started = threading.Event()
-            error: list[BaseException] = []
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                try:
-                    loop.run_until_complete(node.start())
-                except BaseException as e:  # reported on the caller's thread
-                    error.append(e)
-                    started.set()
-                    loop.run_until_complete(node.stop())
-                    loop.close()
-                    return
-                started.set()
-                loop.run_forever()
-                loop.close()
-
-            thread = threading.Thread(target=run, name=f"tasks-test-{self.node_id}", daemon=True)
-            thread.start()
-            if not started.wait(timeout):
-                raise TimeoutError(f"test node did not start within {timeout} s")
-            if error:
-                thread.join(30)
-                raise error[0]
+            running = run_on_thread(node, f"tasks-test-{self.node_id}", timeout)
         except BaseException:
             self._remove_temp_dir()
             raise
-        self.node, self._loop, self._thread = node, loop, thread
+        self.node, self._running = node, running
         self.url = node.http_url or ""
         self.zap_addr = node.zap_addr
         self._unsubscribe = self.clock.on_advance(self._wake)
@@ -246,11 +227,11 @@ class TestNode:
 
     def stop(self) -> None:
         """Stop the clients made here, then the node; remove a temporary data dir. Idempotent."""
-        node, loop, thread = self.node, self._loop, self._thread
-        if node is None or loop is None or thread is None:
+        node, running = self.node, self._running
+        if node is None or running is None:
             self._remove_temp_dir()
             return
-        self.node = self._loop = self._thread = None
+        self.node = self._running = None
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -258,10 +239,8 @@ class TestNode:
         try:
             for c in clients:
                 c.stop()
-            asyncio.run_coroutine_threadsafe(node.stop(), loop).result(30)
+            running.stop()
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(30)
             self._remove_temp_dir()
 
     def _remove_temp_dir(self) -> None:
@@ -288,8 +267,8 @@ class TestNode:
     @property
     def alive(self) -> bool:
         """Running, its loop thread up, and not failed (what "the process has not exited" is to tasksd)."""
-        node, thread = self.node, self._thread
-        return (node is not None and thread is not None and thread.is_alive()
+        node, running = self.node, self._running
+        return (node is not None and running is not None and running.thread.is_alive()
                 and node.failure is None and node.fatal is None)
 
     # ---- the clock -----------------------------------------------------------
@@ -300,15 +279,15 @@ class TestNode:
         Both wait on an ``asyncio.Event`` with a timeout computed from the
         clock; setting it (on the node's loop) makes them recompute what is due.
         """
-        node, loop = self.node, self._loop
-        if node is None or loop is None or loop.is_closed():
+        node, running = self.node, self._running
+        if node is None or running is None or running.loop.is_closed():
             return
+        loop = running.loop
 
         def wake() -> None:
             for part in (node.timers, node.dispatcher):
-                event = getattr(part, "_wake", None)
-                if event is not None:
-                    event.set()
+                if part is not None:
+                    part.wake()
 
         try:
             loop.call_soon_threadsafe(wake)

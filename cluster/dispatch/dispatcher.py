@@ -125,6 +125,10 @@ class Dispatcher:
         self._rearm_started()
         self._task = asyncio.create_task(self._loop(), name="dispatch")
 
+    def wake(self) -> None:
+        """Look again at once at what is due (the clock moved, e.g. a test's fake clock)."""
+        self._wake.set()
+
     async def stop(self) -> None:
         self._running = False
         if self.relay is not None:

@@ -59,6 +59,10 @@ class ScheduleTimers:
         self._task = asyncio.create_task(self._run(), name="schedule-timers")
         self._deadlines = asyncio.create_task(self._deadline_loop(), name="run-deadlines")
 
+    def wake(self) -> None:
+        """Look again at once at what is due (the clock moved, e.g. a test's fake clock)."""
+        self._wake.set()
+
     async def stop(self) -> None:
         self._running = False
         self._wake.set()
