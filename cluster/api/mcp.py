@@ -32,6 +32,7 @@ from hanzo_tasks.cluster.api.zap.server import recurring_spec
 from hanzo_tasks.cluster.auth import role_allows
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.names import ADMIN, DEVELOPER, VIEWER
 from hanzo_tasks.replication import NotReplica
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR =
     -32700, -32600, -32601, -32602, -32603,
 )
 
-V, D, A = "viewer", "developer", "admin"
+V, D, A = VIEWER, DEVELOPER, ADMIN
 
 
 class RpcError(Exception):

@@ -9,6 +9,7 @@ from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.cluster.service import render
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
+from hanzo_tasks.protocol.names import ADMIN, VIEWER
 
 Json = dict[str, Any]
 
@@ -57,6 +58,6 @@ async def h_get(s: Any, c: Any) -> Json:
 
 
 def add_routes(r: Any, ns: str) -> None:
-    r.add("POST", ns + "/migrate", h_migrate, status=202, role="admin")
-    r.add("GET", "/v1/tasks/migrations", h_list, role="viewer")
-    r.add("GET", "/v1/tasks/migrations/{id}", h_get, role="viewer")
+    r.add("POST", ns + "/migrate", h_migrate, status=202, role=ADMIN)
+    r.add("GET", "/v1/tasks/migrations", h_list, role=VIEWER)
+    r.add("GET", "/v1/tasks/migrations/{id}", h_get, role=VIEWER)

@@ -18,6 +18,7 @@ from hanzo_tasks.cluster.dispatch import task_queues as TQ
 from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.cluster.service.records import build_state, check_name
 from hanzo_tasks.protocol import names
+from hanzo_tasks.protocol.names import ADMIN, VIEWER
 
 Json = dict[str, Any]
 
@@ -135,18 +136,18 @@ async def h_nexus_org(s: Any, c: Any) -> Json:
 def add_routes(r: Any, ns: str) -> None:
     """The rows of SPEC §4.7 for deployments and nexus, with their roles."""
     dep = ns + "/deployments"
-    r.add("GET", dep, h_dep_list, role="viewer")
-    r.add("POST", dep, h_dep_create, role="admin")
-    r.add("GET", dep + "/{name}", h_dep_get, role="viewer")
-    r.add("POST", dep + "/{name}", h_dep_update, role="admin")
-    r.add("DELETE", dep + "/{name}", h_dep_delete, role="admin")
-    r.add("POST", dep + "/{name}/set-current", h_dep_set_current, role="admin")
-    r.add("POST", dep + "/{name}/versions", h_ver_add, role="admin")
-    r.add("POST", dep + "/{name}/versions/{buildId}", h_ver_update, role="admin")
-    r.add("DELETE", dep + "/{name}/versions/{buildId}", h_ver_delete, role="admin")
-    r.add("POST", dep + "/{name}/versions/{buildId}/validate", h_ver_validate, role="admin")
+    r.add("GET", dep, h_dep_list, role=VIEWER)
+    r.add("POST", dep, h_dep_create, role=ADMIN)
+    r.add("GET", dep + "/{name}", h_dep_get, role=VIEWER)
+    r.add("POST", dep + "/{name}", h_dep_update, role=ADMIN)
+    r.add("DELETE", dep + "/{name}", h_dep_delete, role=ADMIN)
+    r.add("POST", dep + "/{name}/set-current", h_dep_set_current, role=ADMIN)
+    r.add("POST", dep + "/{name}/versions", h_ver_add, role=ADMIN)
+    r.add("POST", dep + "/{name}/versions/{buildId}", h_ver_update, role=ADMIN)
+    r.add("DELETE", dep + "/{name}/versions/{buildId}", h_ver_delete, role=ADMIN)
+    r.add("POST", dep + "/{name}/versions/{buildId}/validate", h_ver_validate, role=ADMIN)
     nx = ns + "/nexus"
-    r.add("GET", nx, h_nexus_list, role="viewer")
-    r.add("POST", nx, h_nexus_put, role="admin")
-    r.add("DELETE", nx + "/{name}", h_nexus_delete, role="admin")
-    r.add("GET", "/v1/tasks/nexus", h_nexus_org, role="viewer")
+    r.add("GET", nx, h_nexus_list, role=VIEWER)
+    r.add("POST", nx, h_nexus_put, role=ADMIN)
+    r.add("DELETE", nx + "/{name}", h_nexus_delete, role=ADMIN)
+    r.add("GET", "/v1/tasks/nexus", h_nexus_org, role=VIEWER)
