@@ -41,10 +41,10 @@ fuzz: $(STAMP)
 cluster: $(STAMP)
 	$(VENV)/bin/tasksd dev-cluster --nodes 3 --dir ./tasks-dev
 
-# mypy over the packages of pyproject's [tool.mypy] (strict: shard, routing, protocol);
-# tests/typecheck.py lays out .typecheck/hanzo_tasks as symlinks because mypy cannot
-# see setuptools' package-dir. TODO: check tasks/, cluster/, migration/ (non-strict)
-# and replication/ (strict) too once they pass: `$(PY) tests/typecheck.py -p hanzo_tasks`.
+# mypy over the packages of pyproject's [tool.mypy]: all of hanzo_tasks, strict on
+# shard, routing, protocol and replication, default settings on tasks, cluster and
+# migration. tests/typecheck.py lays out .typecheck/hanzo_tasks as symlinks because
+# mypy cannot see setuptools' package-dir.
 .PHONY: typecheck
 typecheck: $(STAMP)
 	$(PY) tests/typecheck.py

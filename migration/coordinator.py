@@ -163,7 +163,11 @@ class Migrations:
         job = result.get("job")
         if job and self.on_change is not None:
             self.on_change(job)
-        if result.get("created") and job["status"] == "pending" and self.rep.is_leader(self.rep.meta_group):
+        if not result.get("created"):
+            return
+        if job is None:  # the meta shard always returns the job it created
+            raise TypeError("a created migration's result carries no job")
+        if job["status"] == "pending" and self.rep.is_leader(self.rep.meta_group):
             self._spawn(job["id"], self._run(job))
 
     def _on_leadership(self, group: int, leading: bool) -> None:

@@ -99,6 +99,18 @@ def event_kind(ev: Json) -> str | None:
     return None  # activity.released / result / cancel_requested, shard.*, ...
 
 
+def _record_id(ev: Json, field: str) -> str:
+    """The id an event names its record by, to read the record from the store.
+
+    An event without it has no record to read: this raises, as the store's key
+    encoding would, and the event goes out without data.
+    """
+    value = ev.get(field)
+    if not isinstance(value, str):
+        raise ValueError(f"event carries no {field}")
+    return value
+
+
 def parse_kinds(raw: str | None) -> tuple[frozenset[str], tuple[str, ...]] | None:
     """``?kinds=a,b,workflow.``: (exact kinds, prefixes), or None for no filter. Unknown kind → 400."""
     if raw is None:
@@ -357,7 +369,7 @@ class SseHub:
             run = result.get("run")
             if not (isinstance(run, dict) and run.get("workflowId") == wid and run.get("runId") == rid):
                 with rep.store(group).read() as txn:
-                    run = reads.run(txn, org, ns, wid, rid)
+                    run = reads.run(txn, org, ns, _record_id(ev, "workflow_id"), rid)
             if run is None:
                 return None
             if kind == "workflow.signaled":
@@ -376,7 +388,7 @@ class SseHub:
             s = result.get("schedule")
             if not (isinstance(s, dict) and s.get("scheduleId") == sid):
                 with rep.store(group).read() as txn:
-                    s = reads.schedule(txn, org, ns, sid)
+                    s = reads.schedule(txn, org, ns, _record_id(ev, "schedule_id"))
             service = self.node.service
             return service.schedules.render_schedule(org, ns, s) if s is not None and service is not None else None
         if kind == "batch.terminated":
@@ -385,7 +397,7 @@ class SseHub:
             b = result.get("batch")
             if not (isinstance(b, dict) and b.get("batchId") == ev.get("batch_id")):
                 with rep.store(group).read() as txn:
-                    b = reads.batch(txn, org, ns, ev.get("batch_id"))
+                    b = reads.batch(txn, org, ns, _record_id(ev, "batch_id"))
             return render.batch(b) if b is not None else None
         if kind == "activity.heartbeat":
             return {"details": ev.get("details")}
@@ -394,7 +406,7 @@ class SseHub:
             a = result.get("activity")
             if not (isinstance(a, dict) and a.get("activityId") == aid and a.get("runId") == rid):
                 with rep.store(group).read() as txn:
-                    a = reads.activity(txn, org, ns, aid, rid)
+                    a = reads.activity(txn, org, ns, _record_id(ev, "activity_id"), _record_id(ev, "run_id"))
             if a is None:
                 return None
             out = render.activity(a)

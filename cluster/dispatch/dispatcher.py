@@ -193,7 +193,9 @@ class Dispatcher:
                 for org, ns in reads.shards(txn):
                     for wid, rid in reads.started_tasks(txn, org, ns):
                         run = reads.run(txn, org, ns, wid, rid)
-                        wt = run.get("wt") if run else None
+                        if not run:
+                            continue
+                        wt = run.get("wt")
                         if not wt or wt["state"] != "STARTED":
                             continue
                         key = (org, ns, wid, rid)
@@ -224,19 +226,18 @@ class Dispatcher:
 
     @staticmethod
     def validate_subscription(body: Json) -> tuple[str, int, frozenset[str] | None]:
-        tq = body.get("task_queue")
-        names.check_id(tq, "task_queue")
+        tq = names.check_id(body.get("task_queue"), "task_queue")
         if body.get("identity") not in (None, ""):
             names.check_id(body["identity"], "identity")  # workers are addressed by it (NS/workers/{identity})
         mc = body.get("max_concurrent")
         if not isinstance(mc, int) or isinstance(mc, bool) or not 1 <= mc <= 1000:
             raise ApiError("invalid_argument", "max_concurrent must be an integer from 1 to 1000")
-        types = body.get("types")
-        if types is not None:
-            if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
-                raise ApiError("invalid_argument", "types must be a list of strings")
-            types = frozenset(types)
-        return tq, mc, types
+        listed = body.get("types")
+        if listed is None:
+            return tq, mc, None
+        if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
+            raise ApiError("invalid_argument", "types must be a list of strings")
+        return tq, mc, frozenset(listed)
 
     def subscribe_local(
         self, conn: Any, org: str, ns: str, body: Json, kind: str = "workflow", sub_id: str | None = None
@@ -252,7 +253,7 @@ class Dispatcher:
             sub = Subscription(sub_id or secrets.token_hex(12), conn, org, ns, tq, types, mc, str(identity), kind=kind,
                                created=self.service.clock())
             build = body.get("build_id")
-            if names.is_id(build):
+            if isinstance(build, str) and names.is_id(build):
                 sub.build_id = build
             self.subs[sub.id] = sub
         self._wake.set()
@@ -323,9 +324,9 @@ class Dispatcher:
     async def _dispatch_all(self) -> None:
         queues: dict[QueueKey, list[Subscription]] = {}
         act_queues: dict[QueueKey, list[Subscription]] = {}
-        for sub in self.subs.values():
-            target = act_queues if sub.kind == "activity" else queues
-            target.setdefault((sub.org, sub.ns, sub.task_queue), []).append(sub)
+        for each in self.subs.values():
+            target = act_queues if each.kind == "activity" else queues
+            target.setdefault((each.org, each.ns, each.task_queue), []).append(each)
         for qkey, subs in act_queues.items():
             self._dispatch_activities(qkey, subs)
         for (org, ns, tq), subs in queues.items():

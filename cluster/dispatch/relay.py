@@ -186,12 +186,12 @@ class Relay:
         tq, _, _ = self.dispatcher.validate_subscription(body)
         if not body.get("identity"):
             body["identity"] = getattr(conn.session, "client_id", "") or ""
-        sid = body.get("subscription_id")
-        route = self.routes.get(sid) if isinstance(sid, str) else None
+        asked = body.get("subscription_id")
+        route = self.routes.get(asked) if isinstance(asked, str) else None
         if route is not None and (route.conn is not conn or route.kind != kind):
             route = None
-        if route is None:
-            sid = secrets.token_hex(12)
+        # The worker's own id when it names a route of this connection; else a new one.
+        sid = asked if isinstance(asked, str) and route is not None else secrets.token_hex(12)
         body["subscription_id"] = sid
         where = self._where(org, ns, tq)
         if where == self.self_id:
@@ -387,7 +387,10 @@ class Relay:
             log.warning("dropped a relay frame from %s: %s", peer, e)
 
     def _h_reply(self, peer: str, msg: Json) -> None:
-        fut = self._pending.get(msg.get("c"))
+        cid = msg.get("c")
+        if cid is None:  # no call id: no call waits for it
+            return
+        fut = self._pending.get(cid)
         if fut is not None and not fut.done():
             fut.set_result(msg)
 
@@ -404,14 +407,19 @@ class Relay:
         self.dispatcher.subscribe_local(rc, str(org), ns, body, kind, sub_id=sid)
 
     def _h_unsub(self, peer: str, msg: Json) -> None:
-        rc = self.remote.get((peer, msg.get("s")))
+        sid = msg.get("s")
+        if sid is None:  # no subscription id: nothing of it is held here
+            return
+        rc = self.remote.get((peer, sid))
         if rc is not None:
             self._drop_remote(rc, lost=bool(msg.get("gone")))
 
     def _h_push(self, peer: str, msg: Json) -> None:
         sid = msg.get("s")
-        route = self.routes.get(sid)
-        conn = route.conn if route is not None else self.retired.get(sid)
+        conn = None  # no subscription id: no connection to push to
+        if sid is not None:
+            route = self.routes.get(sid)
+            conn = route.conn if route is not None else self.retired.get(sid)
         if conn is None or conn.closed:
             self._reply(peer, msg.get("c"), {"st": 0, "gone": True})
             return

@@ -15,6 +15,7 @@ complete.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -86,6 +87,10 @@ class BatchRunner:
                                if b["state"] == B.RUNNING)
         return out
 
+    def _forget_worker(self, key: Key, _task: asyncio.Task[None]) -> None:
+        """A batch's worker ended: the next scan starts a new one if the batch still runs."""
+        self._workers.pop(key, None)
+
     async def _scan_loop(self) -> None:
         while True:
             try:
@@ -93,7 +98,7 @@ class BatchRunner:
                     if key not in self._workers:
                         task = asyncio.create_task(self._work(key), name=f"batch-{key[2]}")
                         self._workers[key] = task
-                        task.add_done_callback(lambda _t, k=key: self._workers.pop(k, None))
+                        task.add_done_callback(functools.partial(self._forget_worker, key))
             except asyncio.CancelledError:
                 raise
             except Exception:

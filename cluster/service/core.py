@@ -164,7 +164,7 @@ class ServiceCore:
                 raise ApiError("unavailable", f"namespace {ns} is being migrated; retry", retry_after=1)
             await asyncio.sleep(0.02)
         if not res.get("ok"):
-            code = res.get("code", "internal")
+            code: str = res.get("code", "internal")
             if code in ("unavailable", "storage_full", "internal"):
                 self.proposal_errors += 1
             raise ApiError(code, res.get("message", code), res.get("details"), retry_after=1 if code == "unavailable" else None)
@@ -218,7 +218,7 @@ class ServiceCore:
             raise ApiError("unavailable", f"shard unavailable: {e}", retry_after=1) from None
         if not res.get("ok"):
             self.proposal_errors += 1
-            code = res.get("code", "unavailable")
+            code: str = res.get("code", "unavailable")
             raise ApiError(code, res.get("message", code), res.get("details"),
                            retry_after=1 if code == "unavailable" else None)
 

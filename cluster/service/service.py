@@ -18,13 +18,13 @@ from hanzo_tasks.cluster.service.namespaces import Namespaces
 from hanzo_tasks.cluster.service.records import Records
 from hanzo_tasks.cluster.service.schedules import Schedules
 from hanzo_tasks.cluster.service.workflows import Workflows
-from hanzo_tasks.replication import Replicator
+from hanzo_tasks.replication import NodeReplicator
 
 
 class Service(ServiceCore):
     """One node's engine operations over its replicator, concept by concept."""
 
-    def __init__(self, cfg: Any, replicator: Replicator, *, node_id: str,
+    def __init__(self, cfg: Any, replicator: NodeReplicator, *, node_id: str,
                  clock: Callable[[], int] = wall_ms) -> None:
         super().__init__(cfg, replicator, node_id=node_id, clock=clock)
         self.namespaces = Namespaces(self)
