@@ -125,10 +125,10 @@ async def cluster_info(node: Node, org: str, size: int, token: str | None) -> di
             with rep.store(p).read() as txn:
                 found = [(o, n) for o, n in reads.shards(txn) if o == org]
             shards.extend((o, n, p) for o, n in found)
-            infos.update({(o, n, p): node._shard_info(o, n, p) for o, n in found})
+            infos.update({(o, n, p): node.shard_info(o, n, p) for o, n in found})
         else:
             try:
-                remote = await node.service.forwarder.call(p, "shardinfo", {"p": p, "org": org}, 5.0)
+                remote = await node.remote_shard_infos(p, org)
             except ApiError:
                 continue  # no replica reachable: its shards are left out of this listing
             for info in remote:
@@ -163,7 +163,7 @@ async def cluster_info(node: Node, org: str, size: int, token: str | None) -> di
         for _, _, p in shards:
             counts[p] += 1
         preferred = node.members.preferred_leaders()
-        elsewhere = await node._remote_leaders()
+        elsewhere = await node.remote_leaders()
         for p in range(rep.partitions):
             st = rep.group_status(p)
             local = rep.is_local(p)
@@ -201,7 +201,7 @@ async def cluster_info(node: Node, org: str, size: int, token: str | None) -> di
         "metaLeader": meta_leader,
         "partitionCount": rep.partitions,
         "partitions": partitions,
-        "namespaces": [infos.get((o, n, p)) or node._shard_info(o, n, p) for _, o, n, p in page],
+        "namespaces": [infos.get((o, n, p)) or node.shard_info(o, n, p) for _, o, n, p in page],
         "nextPageToken": I.make_token("cluster", org, page[-1][0].encode() if more else None),
         "stats": {
             "partitionsLocal": len(rep.local_partitions()),

@@ -199,8 +199,8 @@ class Node:
         host, port = split_addr(cfg.http)
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        bound_port = sockets[0].getsockname()[1] if sockets else port
+        bound = self._runner.addresses  # what the listening sockets are bound to
+        bound_port = bound[0][1] if bound else port
         shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self.http_addr = f"{shown}:{bound_port}"
         self.http_url = f"http://{self.http_addr}"
@@ -345,7 +345,7 @@ class Node:
 
     # ---- migration (SPEC §4.10) ---------------------------------------------
 
-    def _shard_info(self, org: str, ns: str, partition: int) -> dict[str, Any]:
+    def shard_info(self, org: str, ns: str, partition: int) -> dict[str, Any]:
         """A shard as GET /v1/tasks/cluster lists it: where it lives and whether it is moving."""
         pin = self.service.pins.get((org, ns)) if self.service else None
         with self.replicator.store(partition).read() as txn:
@@ -354,7 +354,7 @@ class Node:
         return {"org": org, "namespace": ns, "partition": partition, "pinned": pin is not None,
                 "fenced": fenced, "placementEpoch": pin["epoch"] if pin else 0}
 
-    async def _remote_leaders(self) -> dict[int, str | None]:
+    async def remote_leaders(self) -> dict[int, str | None]:
         """Leaders of the partitions this node does not hold, as their replicas see them (1 s bound)."""
         rep = self.replicator
         missing = [p for p in range(rep.partitions) if not rep.is_local(p)]
@@ -376,16 +376,33 @@ class Node:
             return {"not_replica": True}
         with self.replicator.store(p).read() as txn:
             found = [(o, n) for o, n in reads.shards(txn) if org is None or o == org]
-        return {"ok": [self._shard_info(o, n, p) for o, n in found]}
+        return {"ok": [self.shard_info(o, n, p) for o, n in found]}
+
+    def serving(self) -> Service:
+        """The service, once the node has started (a request before that: 503)."""
+        if self.service is None:
+            raise ApiError("unavailable", "the node is starting", retry_after=1)
+        return self.service
+
+    async def remote_shard_infos(self, partition: int, org: str | None) -> list[dict[str, Any]]:
+        """The shards (of ``org``; None: of every org) of a partition this node holds
+        no replica of, as a replica of it describes them."""
+        forwarder = self.serving().forwarder
+        if forwarder is None:
+            raise ApiError("unavailable", f"no replica of partition {partition} here", retry_after=1)
+        infos: list[dict[str, Any]] = await forwarder.call(partition, "shardinfo",
+                                                          {"p": partition, "org": org}, 5.0)
+        return infos
 
     async def migrate(self, org: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST NS/migrate: resolve the destination partition and record the job."""
         names.check_namespace(ns)
         rep = self.replicator
-        await self.service.ensure_namespace(org, ns)
-        if await self.service.read(org, ns, "namespace") is None:
+        service = self.serving()
+        await service.ensure_namespace(org, ns)
+        if await service.read(org, ns, "namespace") is None:
             raise ApiError("not_found", f"namespace {ns} not found")
-        src = self.service.partition(org, ns)
+        src = service.partition(org, ns)
         if not isinstance(body, dict) or ("toNode" in body) == ("toPartition" in body):
             raise ApiError("invalid_argument", "give exactly one of toNode or toPartition")
         if "toPartition" in body:
@@ -403,7 +420,7 @@ class Node:
             # Partitions X leads (for partitions this node does not hold, as
             # their replicas see it, else their preferred leader).
             preferred = self.members.preferred_leaders()
-            elsewhere = await self._remote_leaders()
+            elsewhere = await self.remote_leaders()
             led = [p for p in range(rep.partitions)
                    if (rep.leader(p) if rep.is_local(p) else elsewhere.get(p, preferred[p])) == to]
             if src in led:
@@ -415,13 +432,13 @@ class Node:
                 for p in led:
                     if not rep.is_local(p):
                         try:
-                            counts[p] = len(await self.service.forwarder.call(p, "shardinfo", {"p": p, "org": None}, 5.0))
+                            counts[p] = len(await self.remote_shard_infos(p, None))
                         except ApiError:
                             counts[p] = 1 << 30
                 dst = min(led, key=lambda p: (counts.get(p, 0), p))
         if not rep.clustered:
             raise ApiError("failed_precondition", "migration needs replicator: raft")
-        leaders = await self._remote_leaders()
+        leaders = await self.remote_leaders()
         job = await self.migrations.create(org, ns, src, dst, leaders)
         return job
 
