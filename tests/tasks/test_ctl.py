@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from hanzo_tasks import ctl
+from hanzo_tasks.ctl import migrations as ctl_migrations
 
 NS = "/v1/tasks/namespaces/default"
 
@@ -406,7 +407,7 @@ def test_migrate_without_wait(server: FakeServer, run: Any) -> None:
 
 
 def test_migrate_wait_until_done(server: FakeServer, run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ctl, "POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(ctl_migrations, "POLL_INTERVAL", 0.01)
     path = "/v1/tasks/migrations/mig-0123456789abcdef"
     server.on("POST", "/v1/tasks/namespaces/payments/migrate", (202, JOB))
     server.on(
@@ -426,7 +427,7 @@ def test_migrate_wait_until_done(server: FakeServer, run: Any, monkeypatch: pyte
 
 
 def test_migrate_wait_failed_exits_1(server: FakeServer, run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ctl, "POLL_INTERVAL", 0.01)
+    monkeypatch.setattr(ctl_migrations, "POLL_INTERVAL", 0.01)
     server.on("POST", "/v1/tasks/namespaces/payments/migrate", (202, JOB))
     server.on("GET", "/v1/tasks/migrations/mig-0123456789abcdef",
               (200, {**JOB, "status": "failed", "error": "fence exceeded max_fence"}))
