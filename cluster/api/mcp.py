@@ -28,8 +28,8 @@ from hanzo_tasks.cluster.api.http.request import (
     node_of,
     reject_constant,
 )
-from hanzo_tasks.cluster.api.zap.server import recurring_spec
 from hanzo_tasks.cluster.auth import role_allows
+from hanzo_tasks.cluster.service.schedule_input import recurring_spec
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.protocol.names import ADMIN, DEVELOPER, VIEWER

@@ -14,7 +14,7 @@ from hanzo_tasks.cluster.service import inputs as I
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.durations import format_duration, parse_duration
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.protocol.schedule_spec import ScheduleTimes, SpecError, compile_cron
+from hanzo_tasks.protocol.schedule_spec import ScheduleTimes, SpecError, classify, compile_cron
 from hanzo_tasks.protocol.timefmt import format_time, parse_time
 
 Json = dict[str, Any]
@@ -80,6 +80,21 @@ def normalize_spec(v: Any) -> Json:
     except SpecError as e:
         raise I.bad(f"spec: {e}") from None
     return out
+
+
+def recurring_spec(name: str | None, spec: Any) -> Json:
+    """A duration or cron string, classified as SPEC §2.2 says, as a ScheduleSpec
+    (§5.8). ZAP ``ScheduleRecurring`` and MCP ``create_schedule`` both read a spec
+    string with it, so they read it alike."""
+    if not isinstance(spec, str):
+        raise I.bad("spec must be a string (a duration or a cron expression)")
+    try:
+        kind, value = classify(spec)
+    except SpecError as e:
+        raise I.bad(f'spec for "{name}": {e}') from None
+    if kind == "interval":
+        return {"interval": [{"interval": format_duration(int(value))}]}
+    return {"cronString": [value]}
 
 
 def _key(spec: Json) -> tuple:
