@@ -1,6 +1,6 @@
 """The ZAP binary protocol (SPEC §8): framing, kinds, opcodes and bodies.
 
-Shared by the server (``cluster/zap_server.py``) and the client library
+Shared by the server (``cluster/api/zap/``) and the client library
 (``tasks/``), so that both sides agree byte for byte on one table of opcodes
 and one set of framing rules. Only the standard library and msgpack are used:
 the client imports this module, and it must not pull server code in.
