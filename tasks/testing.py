@@ -84,7 +84,15 @@ class FakeClock:
     def __init__(self, start_ms: int | None = None, *, ticking: bool = False) -> None:
         # Seconds as a float: a ticking clock then reads what time.time() reads, to the
         # millisecond (tests compare the node's timestamps with the real clock).
-        self._start_s = time.time() if start_ms is None else start_ms / 1000.0
+        # A frozen clock starts at today's midnight (UTC), a round instant: interval
+        # schedules are aligned to the epoch, so "1h" is then due exactly one
+        # advance(3600) later, as a test reads it.
+        if start_ms is not None:
+            self._start_s = start_ms / 1000.0
+        elif ticking:
+            self._start_s = time.time()
+        else:
+            self._start_s = float(int(time.time()) // 86400 * 86400)
         self._ticking = ticking
         self._began = time.monotonic()
         self._offset_ms = 0

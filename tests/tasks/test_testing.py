@@ -164,3 +164,17 @@ def test_state_survives_a_restart_on_the_same_data_dir(tmp_path: Path) -> None:
     with TestNode(tmp_path / "n1", clock=clock) as node:
         status, body = node.get(f"{NSP}/default/workflows/kept")
         assert status == 200 and body["workflowExecutionInfo"]["status"] == "WORKFLOW_EXECUTION_STATUS_RUNNING"
+
+
+def test_a_frozen_clock_starts_at_midnight_so_interval_schedules_are_due_one_advance_later() -> None:
+    """Interval schedules are aligned to the epoch: from a round start, "1h" is due
+    exactly one ``advance(3600)`` later, which is how a test reads it."""
+    ran = threading.Event()
+    with TestNode() as node:
+        assert node.clock() % 86_400_000 == 0
+        client = node.client()
+        client.add("report", "1h", ran.set)
+        node.clock.advance(3599)
+        assert not ran.wait(0.5)
+        node.clock.advance(1)
+        assert ran.wait(10)
