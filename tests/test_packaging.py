@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -106,9 +107,17 @@ _USER_PROJECT = {
 
 @pytest.mark.timeout(300)
 def test_the_wheel_runs_beside_a_project_with_its_own_tasks_routing_and_cluster(tmp_path: Path) -> None:
+    # Built from a copy of the tracked files: a build in place would leave build/
+    # and *.egg-info in the checkout, and untracked files must not reach the wheel.
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    for rel in filter(None, tracked.decode().split("\0")):
+        if (ROOT / rel).is_file():
+            (source / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, source / rel)
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
         check=True, timeout=240, cwd=tmp_path,
     )
     (wheel,) = wheels.glob("hanzo_tasks-*.whl")
