@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from hanzo_tasks.replication import NodeReplicator
@@ -40,23 +41,26 @@ class _Stopped(Exception):
     """The snapshot reader was told to stop (the copy ended or failed)."""
 
 
-def hash_range(txn: Any, org: str, ns: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
+def shard_items(txn: Any, org: str, ns: str) -> Iterator[tuple[bytes, bytes]]:
+    """Every (key, value) of the shard ``(org, ns)`` in key order."""
     prefix = keys.shard_prefix(org, ns)
     cur = txn.cursor()
     more = cur.set_range(prefix)
     while more:
         k = cur.key()
         if not k.startswith(prefix):
-            break
+            return
+        yield k, cur.value()
+        more = cur.next()
+
+
+def hash_range(txn: Any, org: str, ns: str) -> str:
+    h = hashlib.sha256()
+    for k, v in shard_items(txn, org, ns):
         h.update(len(k).to_bytes(4, "big"))
         h.update(k)
-        v = cur.value()
         h.update(len(v).to_bytes(4, "big"))
         h.update(v)
-        more = cur.next()
     return h.hexdigest()
 
 
@@ -83,7 +87,6 @@ class SnapshotReader:
 
     def _produce(self) -> None:
         org, ns, jid = self.org, self.ns, self.jid
-        prefix = keys.shard_prefix(org, ns)
         try:
             with self.store.read() as txn:
                 st = moving.read_state(txn, org, ns)
@@ -92,19 +95,12 @@ class SnapshotReader:
                 self._put(("start", st["seq"], keys.get_applied(txn)))
                 pairs: list[list[bytes]] = []
                 size = 0
-                cur = txn.cursor()
-                more = cur.set_range(prefix)
-                while more:
-                    k = cur.key()
-                    if not k.startswith(prefix):
-                        break
-                    v = cur.value()
+                for k, v in shard_items(txn, org, ns):
                     pairs.append([k, v])
                     size += len(k) + len(v)
                     if size >= CHUNK_BYTES:
                         self._put(pairs)
                         pairs, size = [], 0
-                    more = cur.next()
                 self._put(pairs)  # the last one (possibly empty: there is always one chunk)
             self._put(None)
         except _Stopped:
