@@ -1,4 +1,4 @@
-"""``tasksd``: run a node (SPEC §10.2).
+"""``tasksd``: run a node.
 
     tasksd [serve] [flags]      run a node (no flags: a single node, data in ./tasks-data,
                                 HTTP on 127.0.0.1:7243)
