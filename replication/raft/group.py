@@ -58,11 +58,10 @@ class SnapshotMismatch(RuntimeError):
 STALL_RETRY_S = 1.0  # how often a stalled replica tries the entry that did not fit again
 
 #: Committed entries are applied in batches, each in one LMDB write transaction
-#: (one commit, with its fsync where the store syncs, and one applied-index write
-#: for the whole batch). A batch
-#: is cut at this many entries or command bytes (at least one entry), so that
-#: one transaction stays small next to the map and a map growth retries a
-#: bounded amount of work.
+#: (one commit, with its fsync where the store syncs, and one applied-index
+#: write for the whole batch). A batch is cut at this many entries or command
+#: bytes (at least one entry), so that one transaction stays small next to the
+#: map and a map growth retries a bounded amount of work.
 APPLY_BATCH_ENTRIES = 256
 APPLY_BATCH_BYTES = 4 << 20
 
