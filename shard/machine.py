@@ -90,9 +90,13 @@ class StateMachine:
 
         Returns one result per entry; ``None`` for an entry at or below the
         applied index (already applied before). If the map is full at its
-        maximum, returns STORAGE_FULL for every entry and writes nothing,
-        so the caller may retry those entries later (indexes not consumed);
-        RESIZE_DEFERRED likewise while a snapshot image pins the map.
+        maximum, the entries that still fit are applied (each in its own
+        transaction, in order) and the first that does not, and every one
+        after it, get STORAGE_FULL and write nothing, so the caller may retry
+        those entries later (indexes not consumed); RESIZE_DEFERRED likewise
+        while a snapshot image pins the map. Once an entry gets either marker,
+        every later entry gets it too: an entry is never applied after one
+        that was not (the applied index would pass the unapplied one).
         """
         while True:
             try:
@@ -109,8 +113,9 @@ class StateMachine:
                         for i, entry in enumerate(entries):
                             res = self.apply_batch([entry])
                             out.extend(res)
-                            if res[0] is STORAGE_FULL:
-                                out.extend([STORAGE_FULL] * (len(entries) - i - 1))
+                            if res[0] is STORAGE_FULL or res[0] is RESIZE_DEFERRED:
+                                # (a disk reserve that clears during the loop can make the next grow busy)
+                                out.extend([res[0]] * (len(entries) - i - 1))
                                 break
                         return out
                     return [STORAGE_FULL]

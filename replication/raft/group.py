@@ -57,6 +57,14 @@ class SnapshotMismatch(RuntimeError):
 
 STALL_RETRY_S = 1.0  # how often a stalled replica tries the entry that did not fit again
 
+#: Committed entries are applied in batches, each in one LMDB write transaction
+#: (one commit, with its fsync where the store syncs, and one applied-index
+#: write for the whole batch). A batch is cut at this many entries or command
+#: bytes (at least one entry), so that one transaction stays small next to the
+#: map and a map growth retries a bounded amount of work.
+APPLY_BATCH_ENTRIES = 256
+APPLY_BATCH_BYTES = 4 << 20
+
 
 def membership_command(op: str, node_id: str) -> bytes:
     """A Raft membership change ("add" / "rem") in our encoding."""
@@ -235,6 +243,9 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
         # Why this replica stopped applying (None while it applies); the replicator reads it every tick.
         self.stall: StorageStalled | None = None
         self._stall_retry_at = 0.0
+        # The bounds of one apply batch (1 entry: one transaction per entry, as before batching).
+        self.apply_batch_entries = APPLY_BATCH_ENTRIES
+        self.apply_batch_bytes = APPLY_BATCH_BYTES
         super().__init__(
             None if learner else self.self_node,
             list(self.nodes.values()),
@@ -470,39 +481,131 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
         return result
 
     # pysyncobj's apply loop, called from ``_onTick`` before heartbeats, the
-    # commands queue and compaction. Ours stops at an entry that does not fit
-    # (StorageStalled) and returns, so the rest of the tick still runs: a
-    # stalled replica keeps voting, appending, acknowledging and heartbeating
-    # (pysyncobj's own loop would let the exception abort the tick). Callers
-    # waiting for an entry are answered only once it applied, so a stall loses
-    # no callback; any other error of the apply is ApplyFailed (fatal).
+    # commands queue and compaction. Ours applies the committed entries in
+    # batches, each in one LMDB write transaction (see ``_apply_batch``); it
+    # stops at an entry that does not fit (StorageStalled) and returns, so the
+    # rest of the tick still runs: a stalled replica keeps voting, appending,
+    # acknowledging and heartbeating (pysyncobj's own loop would let the
+    # exception abort the tick). Callers waiting for an entry are answered only
+    # once it applied, so a stall loses no callback; any other error of the
+    # apply is ApplyFailed (fatal).
     def _SyncObj__applyLogEntries(self) -> bool:  # noqa: N802
         commit = self._SyncObj__raftCommitIndex
         applied = self._SyncObj__raftLastApplied
         if commit <= applied or (self.stall is not None and time.monotonic() < self._stall_retry_at):
             return False
-        waiting = self._SyncObj__commandsWaitingCommit
-        for command, idx, term in self._SyncObj__getEntries(applied + 1, commit - applied):
-            try:
-                result = self._SyncObj__doApplyCommand(command)
-            except ApplyDeferred:
-                return False  # the map grows once the snapshot copy is done: the next tick retries
-            except StorageStalled as e:
-                # Retried once a second, not every tick: each attempt redoes the whole entry.
-                self.stall = e
-                self._stall_retry_at = time.monotonic() + STALL_RETRY_S
+        entries = self._SyncObj__getEntries(applied + 1, commit - applied)
+        start = 0
+        while start < len(entries):
+            command = entries[start][0]
+            if command and command[0] == _MEMBERSHIP_BYTE:
+                # pysyncobj's configuration change (and the meta group's record
+                # of it, in a transaction of its own): applied alone, as before.
+                if not self._apply_one(entries[start]):
+                    return False
+                start += 1
+                continue
+            end = self._batch_end(entries, start)
+            if not self._apply_batch(entries[start:end]):
                 return False
+            start = end
+        return not self._SyncObj__conf.appendEntriesUseBatch
+
+    def _batch_end(self, entries: list[Any], start: int) -> int:
+        """Where the batch starting at ``start`` ends: before a membership entry,
+        or at the entry or byte bound (a batch holds at least one entry)."""
+        end, size = start, 0
+        while end < len(entries) and end - start < self.apply_batch_entries:
+            command = entries[end][0]
+            if command and command[0] == _MEMBERSHIP_BYTE:
+                break
+            size += len(command)
+            if size > self.apply_batch_bytes and end > start:
+                break
+            end += 1
+        return end
+
+    def _apply_one(self, entry: list[Any]) -> bool:
+        """One entry through ``_SyncObj__doApplyCommand`` (its own transaction);
+        False when the loop must stop here (deferred or stalled)."""
+        command, idx, term = entry
+        try:
+            result = self._SyncObj__doApplyCommand(command)
+        except ApplyDeferred:
+            return False  # the map grows once the snapshot copy is done: the next tick retries
+        except StorageStalled as e:
+            return self._stalled(e)
+        except Exception as e:
+            raise ApplyFailed(self.group_id, idx) from e
+        self._answer(idx, term, result)
+        return True
+
+    def _apply_batch(self, batch: list[Any]) -> bool:
+        """Apply a run of entries without membership changes, the regular ones in
+        one ``apply_batch`` of the machine (one LMDB write transaction, which
+        records the applied index too); False when the loop must stop.
+
+        Nothing is answered before the machine returned, i.e. before the
+        transaction committed. Every outcome is the one entry-by-entry apply
+        would have had: the entries before a stalled or deferred one are
+        applied and answered, that one and those after it are not. The
+        machine says so per entry at the map's limit (STORAGE_FULL or
+        RESIZE_DEFERRED from the first entry that did not fit on). An
+        exception means that nothing of the transaction committed; a batch
+        of several regular entries is then applied again entry by entry, so
+        a stall or an ApplyFailed names the entry it belongs to.
+        """
+        regular = [(idx, command[1:]) for command, idx, _ in batch if command and command[0] == _REGULAR_BYTE]
+        results: list[dict[str, Any] | None] = []
+        failure: Exception | None = None
+        if regular:
+            try:
+                results = self.machine.apply_batch(regular)
+            except Exception as e:
+                if len(regular) > 1:
+                    return all(self._apply_one(entry) for entry in batch)  # stops at the first False
+                failure = e
+        outcomes = iter(results)
+        for command, idx, term in batch:
+            if not command or command[0] != _REGULAR_BYTE:
+                self._answer(idx, term, None)  # no-op and version entries carry no state
+                continue
+            if failure is not None:
+                if isinstance(failure, (lmdb.MapFullError, lmdb.DiskError)):  # a store that does not grow, a full disk
+                    stall = StorageStalled(f"group {self.group_id}: entry {idx} does not fit ({failure})")
+                    stall.__cause__ = failure
+                    return self._stalled(stall)
+                raise ApplyFailed(self.group_id, idx) from failure
+            result = next(outcomes)
+            code = None if result is None else result.get("code")
+            if code == "storage_full":
+                return self._stalled(StorageStalled(f"group {self.group_id}: entry {idx} does not fit"))
+            if code == "resize_deferred":
+                return False  # the map grows once the snapshot copy is done: the next tick retries
+            try:
+                self._on_applied(self.group_id, idx, result)
             except Exception as e:
                 raise ApplyFailed(self.group_id, idx) from e
-            self.stall = None
-            self._SyncObj__raftLastApplied += 1
-            for subscribed_term, callback in waiting.pop(idx, ()):
-                ok = subscribed_term == term
-                try:
-                    callback(result if ok else None, FAIL_REASON.SUCCESS if ok else FAIL_REASON.DISCARDED)
-                except Exception:
-                    log.exception("group %d: a commit callback failed", self.group_id)
-        return not self._SyncObj__conf.appendEntriesUseBatch
+            self._answer(idx, term, result)
+        return True
+
+    def _stalled(self, e: StorageStalled) -> bool:
+        # Retried once a second, not every tick: each attempt redoes the whole entry.
+        self.stall = e
+        self._stall_retry_at = time.monotonic() + STALL_RETRY_S
+        return False
+
+    def _answer(self, idx: int, term: int, result: dict[str, Any] | None) -> None:
+        """Entry ``idx`` applied: count it and answer who waits for it (the
+        entry's term is the one they proposed in, or it was replaced)."""
+        self.stall = None
+        self._SyncObj__raftLastApplied += 1
+        for subscribed_term, callback in self._SyncObj__commandsWaitingCommit.pop(idx, ()):
+            ok = subscribed_term == term
+            try:
+                callback(result if ok else None, FAIL_REASON.SUCCESS if ok else FAIL_REASON.DISCARDED)
+            except Exception:
+                log.exception("group %d: a commit callback failed", self.group_id)
 
     def abandon_waiting(self) -> None:
         """Answer every caller still waiting for a commit with UNKNOWN_OUTCOME
