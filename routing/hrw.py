@@ -7,8 +7,12 @@ Adding or removing one candidate moves only about 1/N of the keys.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
+
+PARTITION_CACHE_SIZE = 65536
+"""Shards whose HRW partition ``partition_of`` remembers (least recently used go first)."""
 
 
 def score(org: str, ns: str, tq: str, seed: str, candidate: str) -> int:
@@ -33,8 +37,15 @@ def winner(org: str, ns: str, tq: str, seed: str, candidates: Iterable[str]) -> 
     return best
 
 
+@functools.lru_cache(maxsize=PARTITION_CACHE_SIZE)
 def partition_of(org: str, ns: str, seed: str, partitions: int) -> int:
-    """The HRW partition of a shard, each partition id taking part as its decimal string."""
+    """The HRW partition of a shard, each partition id taking part as its decimal string.
+
+    A pure function of its arguments, so it is computed once per shard and
+    partition count and then remembered: it costs one sha256 per partition and
+    every request routes through it (several times per request). A migration's
+    pin overrides it without touching this cache (``ServiceCore.partition``).
+    """
     if partitions <= 1:
         return 0
     return int(winner(org, ns, "", seed, (str(p) for p in range(partitions))))

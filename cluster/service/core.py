@@ -73,22 +73,32 @@ class ServiceCore:
         self.query_handler: Any = None  # set by the node's dispatcher
         self.fence_wait = cfg.migration.fence_wait / 1000.0
         # (org, ns) -> {partition, epoch}: shards a migration moved off their HRW partition.
+        # Subscribed before the meta group's pins are read, so that no pin applied
+        # in between is missed; one seen twice is merged by its epoch (_follow_pin).
         self.pins: dict[tuple[str, str], Json] = {}
-        self.pins = replicator.meta.pins()  # a single node keeps none
         replicator.subscribe(self._on_apply)
+        self._load_pins()  # a single node keeps none
         self.forwarder: Forwarder | None = Forwarder(self, replicator.rpc) if replicator.clustered else None
 
     # ---- plumbing ----------------------------------------------------------
 
     def partition(self, org: str, ns: str) -> int:
-        """The shard's partition: its pin when a migration moved it, else its HRW choice."""
+        """The shard's partition: its pin when a migration moved it, else its HRW choice.
+
+        Called several times per request, so it costs two lookups: the pin (a
+        dict, changed only by ``_follow_pin``, so a flip is followed at once)
+        and the HRW partition, which ``partition_of`` computes once per shard.
+        """
         pin = self.pins.get((org, ns))
         if pin is not None:
             return pin["partition"]
         return partition_of(org, ns, self.cfg.seed, self.replicator.partitions)
 
     def holds(self, org: str, ns: str) -> bool:
-        """Whether this node holds a replica of the shard's partition (else requests are forwarded)."""
+        """Whether this node holds a replica of the shard's partition (else requests are forwarded).
+
+        Asked of the replicator each time: its replica sets follow membership.
+        """
         return self.replicator.is_local(self.partition(org, ns))
 
     async def forward(self, method: str, org: str, ns: str, args: list[Any], kwargs: Json) -> Any:
@@ -121,11 +131,27 @@ class ServiceCore:
         return await self.forwarder.call(self.partition(org, ns), "read",
                                          {"fn": fn, "org": org, "ns": ns, "args": list(args), "barrier": barrier})
 
+    def _follow_pin(self, org: str, ns: str, partition: int, epoch: int) -> None:
+        """Route the shard to ``partition`` unless a newer pin is known already.
+
+        Placement epochs only grow, so a pin seen twice (read from the meta
+        store and notified by its apply) or late can never move a shard back.
+        """
+        known = self.pins.get((org, ns))
+        if known is None or known["epoch"] < epoch:
+            self.pins[(org, ns)] = {"partition": partition, "epoch": epoch}
+
+    def _load_pins(self) -> None:
+        """Take every pin the meta store holds: at start, and after a meta barrier
+        (a replica that caught up from a snapshot image applied no pin entries)."""
+        for (org, ns), pin in self.replicator.meta.pins().items():
+            self._follow_pin(org, ns, pin["partition"], pin["epoch"])
+
     def _on_apply(self, group: int, index: int, result: Json) -> None:
         pin = result.get("pin")
         if pin is not None:  # a migration flipped: route the shard to its new partition
             org, ns, part, epoch = pin
-            self.pins[(org, ns)] = {"partition": part, "epoch": epoch}
+            self._follow_pin(org, ns, part, epoch)
         for ev in result.get("_events", ()):
             if ev["kind"].startswith("namespace."):
                 self._ns_cache.pop((ev["org"], ev["namespace"]), None)
@@ -230,6 +256,7 @@ class ServiceCore:
                                             msgpack.packb({"op": "sys.barrier"}, use_bin_type=True))
         if not res.get("ok"):
             raise ApiError("unavailable", f"cluster directory unavailable: {res.get('message')}", retry_after=1)
+        self._load_pins()
 
     def read_txn(self, org: str, ns: str):
         return self.replicator.store(self.partition(org, ns)).read()

@@ -13,7 +13,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -76,16 +76,30 @@ class Route:
 V, D, A = VIEWER, DEVELOPER, ADMIN
 
 
+class _Pattern(NamedTuple):
+    route: Route
+    literals: tuple[tuple[int, str], ...]
+    params: tuple[tuple[int, str], ...]
+
+
 class Router:
     def __init__(self) -> None:
         self.routes: list[Route] = []
+        # Routes by number of path segments, in order of addition, each with its
+        # literal segments and its parameters by position: a path is compared only
+        # with the routes of its own length, and only on their literals.
+        self._by_length: dict[int, list[_Pattern]] = {}
 
     def add(self, method: str, template: str, handler: Handler, status: int = 200, *,
             role: str | None, operator: bool = False, raw_body: bool = False, query_token: bool = False) -> None:
         """``role`` must be given for every route (None only for the health and
         settings routes), so that no route is ever added without a decision."""
         parts = tuple(template.strip("/").split("/")) if template != "/" else ()
-        self.routes.append(Route(method, template, handler, parts, status, role, operator, raw_body, query_token))
+        route = Route(method, template, handler, parts, status, role, operator, raw_body, query_token)
+        self.routes.append(route)
+        literals = tuple((i, p) for i, p in enumerate(parts) if not p.startswith("{"))
+        params = tuple((i, p[1:-1]) for i, p in enumerate(parts) if p.startswith("{"))
+        self._by_length.setdefault(len(parts), []).append(_Pattern(route, literals, params))
 
     def match(self, segments: list[str], method: str) -> tuple[Route | None, dict[str, str], list[str], str]:
         """(route, params, allowed methods, template of the path)."""
@@ -94,22 +108,15 @@ class Router:
         found_params: dict[str, str] = {}
         template = "unmatched"
         best_literals = -1
-        for r in self.routes:
-            if len(r.parts) != len(segments):
-                continue
-            params: dict[str, str] = {}
-            literals = 0
-            for p, s in zip(r.parts, segments, strict=True):
-                if p.startswith("{"):
-                    params[p[1:-1]] = s
-                elif p != s:
+        for r, literal_at, param_at in self._by_length.get(len(segments), ()):
+            for i, lit in literal_at:
+                if segments[i] != lit:
                     break
-                else:
-                    literals += 1
             else:
                 if r.method == method or (method == "HEAD" and r.method == "GET"):
-                    if literals > best_literals:
-                        found, found_params, best_literals = r, params, literals
+                    if len(literal_at) > best_literals:
+                        found, best_literals = r, len(literal_at)
+                        found_params = {name: segments[i] for i, name in param_at}
                         template = r.template
                 if r.method not in allowed:
                     allowed.append(r.method)
