@@ -92,6 +92,12 @@ class Migrations:
         self._running: dict[str, asyncio.Task] = {}
         self._local_jobs: dict[str, Json] = {}  # local mode: no meta group
         self._claims: dict[str, int] = {}  # job id -> the claim this coordinator holds on it
+        # The meta group's term in which this node last became its leader (None:
+        # never). Every claim carries it, and the meta group refuses a claim of
+        # an older term than one it recorded for the job: a coordinator resumed
+        # after a pause, whose loop has not yet heard that it lost the lead, can
+        # then no longer take a job from the leader that replaced it.
+        self._lead_term: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fenced_ms: list[int] = []
         self.reads = PartitionReads(replicator, self._barrier_step)
@@ -109,6 +115,8 @@ class Migrations:
             return
         self.rep.subscribe(self._on_apply)
         self.rep.on_leadership(self._on_leadership)
+        if self.rep.is_leader(self.rep.meta_group):
+            self._note_lead_term()
         if self.on_change is not None:
             for job in self.rep.meta.jobs():
                 self.on_change(job)
@@ -174,6 +182,7 @@ class Migrations:
         if group != self.rep.meta_group:
             return
         if leading:
+            self._note_lead_term()
             self._spawn("recover", self._recover_after_barrier())
         else:
             # No longer the coordinator: stop driving jobs. The new meta leader
@@ -182,6 +191,11 @@ class Migrations:
             # ours still in flight cannot flip a job that is being aborted.
             for t in list(self._running.values()):
                 t.cancel()
+
+    def _note_lead_term(self) -> None:
+        term = self.rep.group_status(self.rep.meta_group).get("term")
+        if isinstance(term, int):
+            self._lead_term = term
 
     async def _recover_after_barrier(self) -> None:
         """See every committed job update before deciding what to do with the jobs."""
@@ -260,7 +274,7 @@ class Migrations:
         jid = job["id"]
         try:
             job = await self._claim(job)
-        except MigrationError as e:
+        except (MigrationError, Superseded) as e:  # Superseded: a leader of a later term has it
             log.info("migration %s not taken over: %s", jid, e)
             return
         try:
@@ -278,7 +292,9 @@ class Migrations:
     async def _claim(self, job: Json) -> Json:
         """Claim ``job`` in the meta group: returns its record as of the claim."""
         jid = job["id"]
-        cmd = {"op": "mig.claim", "id": jid, "owner": self.node_id, "token": secrets.token_hex(8)}
+        cmd: Json = {"op": "mig.claim", "id": jid, "owner": self.node_id, "token": secrets.token_hex(8)}
+        if self._lead_term is not None:
+            cmd["term"] = self._lead_term
         res = await self._meta(cmd)
         self._claims[jid] = int(res["claim"])
         return res["job"]

@@ -192,10 +192,19 @@ class MetaMachine:
             # claim number, and steps carrying an older one are refused here and
             # in the partitions (shard.moving). The same request committed twice
             # (a retried proposal) is one claim.
+            # A claim made as meta leader carries that leadership's term: one of an
+            # older term than the job's latest is a deposed leader's, refused.
             token = cmd.get("token")
+            term = cmd.get("term")
+            if isinstance(term, int) and term < int(rec.get("claimTerm") or 0):
+                return C.err("failed_precondition",
+                             f"migration {rec['id']} was claimed by the leader of a later term",
+                             {"superseded": True})
             if token is None or token != rec.get("claimToken"):
                 rec["claim"] = int(rec.get("claim") or 0) + 1
                 rec["owner"], rec["claimToken"] = cmd.get("owner"), token
+                if isinstance(term, int):
+                    rec["claimTerm"] = term
                 txn.put(JOB + rec["id"].encode(), _pack(rec))
             return C.ok(job=rec, migration=rec["id"], claim=rec["claim"])
         if "claim" in cmd and cmd["claim"] != rec.get("claim"):

@@ -65,3 +65,19 @@ def test_a_partition_refuses_older_claims_and_steps_after_the_job_ended(tmp_path
     assert step("mig.unfence", job="j1", claim=3)["ok"]  # closing steps stay accepted (idempotent)
     assert step("wf.start", start={"type": "T", "workflowId": "w"})["ok"]  # nothing fences the shard
     assert step("mig.begin", job="j2", claim=1)["ok"]  # another job may move it
+
+
+def test_a_claim_of_an_older_meta_term_is_refused(tmp_path: Path) -> None:
+    """A deposed meta leader resumed after a pause still believes it leads, and its
+    claim may commit after the new leader's (it is forwarded): the term it led in
+    fences it, so the job stays with the leader that replaced it."""
+    _, apply = meta(tmp_path)
+    assert apply({"op": "mig.claim", "id": "j1", "owner": "new", "token": "t1", "term": 7})["claim"] == 1
+    stale = apply({"op": "mig.claim", "id": "j1", "owner": "old", "token": "t2", "term": 6})
+    assert not stale["ok"] and stale["details"] == {"superseded": True}
+    res = apply({"op": "mig.update", "id": "j1", "claim": 1, "status": "snapshotting"})
+    assert res["ok"] and res["job"]["owner"] == "new"
+    # the same term (two coordinators racing in one term) and later terms still claim
+    assert apply({"op": "mig.claim", "id": "j1", "owner": "other", "token": "t3", "term": 7})["claim"] == 2
+    assert apply({"op": "mig.claim", "id": "j1", "owner": "next", "token": "t4", "term": 9})["claim"] == 3
+    assert not apply({"op": "mig.claim", "id": "j1", "owner": "old", "token": "t5", "term": 8})["ok"]
