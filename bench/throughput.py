@@ -303,6 +303,9 @@ def run_tasks(kind: str, root: Path, plan: Plan, report: Report, tmp_parent: str
         processes = [(n.name, n.proc.pid) for n in system.nodes if n.proc is not None]
         tag = f"t{int(time.time())}-{kind}"
         url, leader = namespace_leader(system)
+        print(f"{label}: pids " + ", ".join(f"{name}={pid}" for name, pid in processes)
+              + f"; clients send to {leader}" + (f" (leader of {NAMESPACE}'s partition)"
+                                                  if kind == "cluster" else ""), file=sys.stderr)
         asyncio.run(run_load_only(start_requests(url, tag + "-warm"), 16, plan.warmup))
         for clients in plan.levels:
             url, leader = namespace_leader(system)
@@ -343,6 +346,8 @@ def run_etcd(root: Path, plan: Plan, report: Report) -> None:
         leader = cluster.wait_ready()
         processes = [(m.name, m.proc.pid) for m in cluster.members if m.proc is not None]
         tag = f"t{int(time.time())}"
+        print(f"{label}: pids " + ", ".join(f"{name}={pid}" for name, pid in processes)
+              + f"; clients send to {leader.name} (the leader)", file=sys.stderr)
         asyncio.run(run_load_only(put_requests(leader.url, tag + "-warm"), 16, plan.warmup))
         for clients in plan.levels:
             leader = cluster.leader()
@@ -418,6 +423,14 @@ def _f(v: float | None, nd: int = 1) -> str:
     return "-" if v is None else f"{v:,.{nd}f}"
 
 
+def _etcd_line(etcd: Json) -> str:
+    if not etcd:
+        return "not run (--systems)"
+    if not etcd.get("found"):
+        return "absent (no etcd binary on PATH)"
+    return f"{etcd['version']} ({etcd['binary']}), 3 members, 100 ms heartbeat / 500 ms election"
+
+
 def render(report: Report) -> str:
     m = report.machine
     out = [
@@ -426,7 +439,7 @@ def render(report: Report) -> str:
         f"command: {report.command}",
         f"machine: {m['cores']} cores, {m['cpu']}, Python {m['python']}, load average {m['load_average']}",
         f"data: {m['tmp_dir']} ({m['filesystem']}); durability sync; Raft 100 ms heartbeat / 500 ms election",
-        f"etcd: {report.etcd.get('version', 'absent') if report.etcd.get('found') else 'absent'}",
+        f"etcd: {_etcd_line(report.etcd)}",
         "",
         "ops/s = 2xx answers ÷ wall time; latency client-side; CPU = utime+stime from /proc/<pid>/stat",
         "per op (ms); the target (* ) is the process the clients send to (the leader); gen = this load",
