@@ -311,7 +311,7 @@ def run_tasks(kind: str, root: Path, plan: Plan, report: Report, tmp_parent: str
             url, leader = namespace_leader(system)
             row = asyncio.run(measure_row(kind, "start", clients, plan.seconds,
                                           start_requests(url, f"{tag}-c{clients}"), leader, processes))
-            after_url, after = namespace_leader(system)
+            _, after = namespace_leader(system)
             if after != leader:
                 row.notes.append(f"the leader moved from {leader} to {after} during the row")
             report.rows.append(row)
