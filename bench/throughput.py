@@ -82,6 +82,7 @@ PARTITIONS = 16
 NAMESPACE = "bench"
 VALUE_BYTES = 64
 GENERATOR_SATURATED_PCT = 85.0  # one thread: above this the generator may cap the row
+OTHER_BUSY_PCT = 10.0  # CPU of other processes above which a row is flagged
 
 SYSTEM_LABEL = {"single": "tasks 1 node", "cluster": "tasks 3 nodes", "etcd": "etcd 3 members"}
 
@@ -558,6 +559,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
     report.ratios = ratios(report.rows)
     report.generator = generator_verdict(report.rows)
+    busy = [f"{SYSTEM_LABEL[r.system]} {r.op} {r.clients} ({r.other_cpu_pct:.0f}%)" for r in report.rows
+            if r.other_cpu_pct is not None and r.other_cpu_pct > OTHER_BUSY_PCT]
+    if busy:
+        report.notes.append("other processes used more than "
+                            f"{OTHER_BUSY_PCT:.0f}% of a core during: {', '.join(busy)}; "
+                            "those rows are suspect (compare only rows of the same run)")
     print(render(report))
     path = Path(a.json) if a.json else RESULTS_DIR / f"throughput-{started:%Y%m%d-%H%M%S}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
