@@ -2,8 +2,8 @@
 
 Run it from the repository root::
 
-    .venv/bin/python -m bench.throughput            # full: 1/16/128 clients, 10 s a row (~3 min)
-    .venv/bin/python -m bench.throughput --quick    # 1/128 clients, 2 s a row (~1 min)
+    .venv/bin/python -m bench.throughput            # full: 1/16/128 clients, 10 s a row (~2 min)
+    .venv/bin/python -m bench.throughput --quick    # 1/128 clients, 2 s a row (~30 s)
     make bench-throughput
 
 It is a measurement, not a test: nothing here asserts on speed. In one run,
