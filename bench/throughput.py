@@ -60,10 +60,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bench.cluster import READY_TIMEOUT, Settings, System, leader_urls, machine_busy
+from bench.cluster import READY_TIMEOUT, Settings, System, leader_urls
 from bench.etcd import NOT_FOUND, EtcdCluster, etcd_version, find_etcd
 from bench.loadgen import LoadResult, RequestFactory, http_request, run_load
 from bench.single_node import (
+    CLK_TCK,
     _on_sigterm,
     _stat_cpu,
     _table,
@@ -120,6 +121,7 @@ class Row:
     generator_cpu_ms_per_op: float | None
     other_cpu_pct: float | None  # everything else on the machine, % of one core
     machine_busy_pct: float | None  # all cores, 100% = one core
+    irq_steal_cpu_pct: float | None  # of which irq + softirq + steal (not any process's time)
     notes: list[str] = field(default_factory=list)
 
 
@@ -198,6 +200,18 @@ def _proc_cpu(pid: int) -> float | None:
     return None
 
 
+def cpu_times() -> tuple[float, float] | None:
+    """(user+nice+system, irq+softirq+steal) CPU-seconds of all cores since boot (/proc/stat).
+
+    Split because loopback network work runs in softirq, which the kernel may count
+    in neither process's utime/stime: it must not show up as "other processes".
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (v[0] + v[1] + v[2]) / CLK_TCK, (v[5] + v[6] + v[7]) / CLK_TCK
+    return None
+
+
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 3)
 
@@ -206,13 +220,13 @@ async def measure_row(system: str, op: str, clients: int, seconds: float,
                       requests: tuple[str, int, RequestFactory], target: str,
                       processes: Sequence[tuple[str, int]]) -> Row:
     host, port, make = requests
-    busy0 = machine_busy()
+    busy0 = cpu_times()
     cpu0 = {pid: _proc_cpu(pid) for _, pid in processes}
     wall0 = time.perf_counter()
     result: LoadResult = await run_load(host, port, make, clients, seconds)
     wall = time.perf_counter() - wall0
     cpu1 = {pid: _proc_cpu(pid) for _, pid in processes}
-    busy1 = machine_busy()
+    busy1 = cpu_times()
     ok = result.ok
     procs: list[ProcessCpu] = []
     for name, pid in processes:
@@ -223,10 +237,11 @@ async def measure_row(system: str, op: str, clients: int, seconds: float,
     server_cpu = sum(p.cpu_seconds for p in procs)
     gen = result.generator_cpu_seconds
     other = None
-    busy_pct = None
+    busy_pct = irq_pct = None
     if busy0 is not None and busy1 is not None and wall > 0:
-        busy_pct = round((busy1 - busy0) / wall * 100, 1)
-        other = round(max(0.0, (busy1 - busy0) - server_cpu - gen) / wall * 100, 1)
+        tasks, irq = busy1[0] - busy0[0], busy1[1] - busy0[1]
+        busy_pct, irq_pct = round((tasks + irq) / wall * 100, 1), round(irq / wall * 100, 1)
+        other = round(max(0.0, tasks - server_cpu - gen) / wall * 100, 1)
     lat = result.latencies
     notes = []
     if result.first_error_body:
@@ -239,7 +254,7 @@ async def measure_row(system: str, op: str, clients: int, seconds: float,
         cpu_ms_per_op=round(server_cpu / ok * 1000, 4) if ok else None,
         generator_cpu_pct=round(gen / result.seconds * 100, 1) if result.seconds > 0 else 0.0,
         generator_cpu_ms_per_op=round(gen / ok * 1000, 4) if ok else None,
-        other_cpu_pct=other, machine_busy_pct=busy_pct, notes=notes,
+        other_cpu_pct=other, machine_busy_pct=busy_pct, irq_steal_cpu_pct=irq_pct, notes=notes,
     )
 
 
@@ -444,11 +459,12 @@ def render(report: Report) -> str:
         "",
         "ops/s = 2xx answers ÷ wall time; latency client-side; CPU = utime+stime from /proc/<pid>/stat",
         "per op (ms); the target (* ) is the process the clients send to (the leader); gen = this load",
-        "generator (one thread, % of one core); other = the rest of the machine (% of one core).",
+        "generator (one thread, % of one core); other = user+system time of the rest of the machine,",
+        "irq = irq+softirq+steal time of all cores (loopback networking, the hypervisor); % of one core.",
         "",
     ]
     headers = ["system", "op", "clients", "ops/s", "p50 ms", "p99 ms", "max ms", "errors",
-               "CPU ms/op per process", "sum", "gen %", "gen ms/op", "other %"]
+               "CPU ms/op per process", "sum", "gen %", "gen ms/op", "other %", "irq %"]
     rows = []
     for r in report.rows:
         per = ", ".join(f"{p.name}{'*' if p.name == r.target else ''} {_f(p.cpu_ms_per_op, 3)}"
@@ -456,7 +472,8 @@ def render(report: Report) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "0"
         rows.append([SYSTEM_LABEL[r.system], r.op, str(r.clients), _f(r.ops_per_s, 0), _f(r.p50_ms, 2),
                      _f(r.p99_ms, 2), _f(r.max_ms, 1), errs, per, _f(r.cpu_ms_per_op, 3),
-                     _f(r.generator_cpu_pct, 0), _f(r.generator_cpu_ms_per_op, 3), _f(r.other_cpu_pct, 0)])
+                     _f(r.generator_cpu_pct, 0), _f(r.generator_cpu_ms_per_op, 3), _f(r.other_cpu_pct, 0),
+                     _f(r.irq_steal_cpu_pct, 0)])
     out += _table(headers, rows, indent="")
     for r in report.rows:
         for note in r.notes:
