@@ -76,3 +76,10 @@ MIGRATION_ARGS ?= --nodes 4 --replication-factor 3
 .PHONY: bench-migration
 bench-migration: $(STAMP)
 	$(PY) -m bench.migration $(MIGRATION_ARGS)
+
+# Durable starts on 1 and 3 nodes against etcd (Debian etcd-server, if installed) under one
+# load generator (issue 14). THROUGHPUT_ARGS=--quick: 1 and 128 clients, 2 s a row (~30 s).
+THROUGHPUT_ARGS ?=
+.PHONY: bench-throughput
+bench-throughput: $(STAMP)
+	$(PY) -m bench.throughput $(THROUGHPUT_ARGS)
