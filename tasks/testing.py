@@ -71,6 +71,28 @@ def wait_until(pred: Callable[[], Any], timeout: float = 10.0, what: str = "the 
         time.sleep(every)
 
 
+def http_call(
+    base_url: str, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+    headers: dict[str, str] | None = None, timeout: float = 10.0,
+) -> tuple[int, Any, dict[str, str]]:
+    """One HTTP call to a node: ``(status, body, headers)``, the body parsed when it
+    is JSON (else text). Error statuses are answers here, not exceptions, and no
+    proxy is ever used (a test's node is on loopback)."""
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(base_url + path, data=data, method=method, headers=headers or {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            status, payload, hdrs = resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as e:
+        status, payload, hdrs = e.code, e.read(), dict(e.headers)
+    try:
+        parsed = json.loads(payload) if payload else None
+    except ValueError:
+        parsed = payload.decode(errors="replace")
+    return status, parsed, hdrs
+
+
 class FakeClock:
     """A wall clock in epoch milliseconds (what ``Node(clock=...)`` calls) that a test moves.
 
@@ -332,19 +354,7 @@ class TestNode:
         headers: dict[str, str] | None = None, timeout: float = 10.0,
     ) -> tuple[int, Any, dict[str, str]]:
         """One HTTP call: ``(status, body, headers)``; the body is parsed JSON when it is JSON."""
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
-        try:
-            with opener.open(req, timeout=timeout) as resp:
-                status, payload, hdrs = resp.status, resp.read(), dict(resp.headers)
-        except urllib.error.HTTPError as e:
-            status, payload, hdrs = e.code, e.read(), dict(e.headers)
-        try:
-            parsed = json.loads(payload) if payload else None
-        except ValueError:
-            parsed = payload.decode(errors="replace")
-        return status, parsed, hdrs
+        return http_call(self.url, method, path, body, raw=raw, headers=headers, timeout=timeout)
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         s, b, _ = self.request("GET", path, **kw)

@@ -6,17 +6,16 @@ port. Every process is killed at teardown, so nothing leaks past a test.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from hanzo_tasks.testing import http_call
 
 _SERVING = re.compile(r"serving http=(\S+)")
 
@@ -86,18 +85,7 @@ class NodeProcess:
         self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
         headers: dict[str, str] | None = None, timeout: float = 10.0,
     ) -> tuple[int, Any, dict[str, str]]:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                status, payload, hdrs = resp.status, resp.read(), dict(resp.headers)
-        except urllib.error.HTTPError as e:
-            status, payload, hdrs = e.code, e.read(), dict(e.headers)
-        try:
-            parsed = json.loads(payload) if payload else None
-        except ValueError:
-            parsed = payload.decode(errors="replace")
-        return status, parsed, hdrs
+        return http_call(self.url, method, path, body, raw=raw, headers=headers, timeout=timeout)
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         s, b, _ = self.request("GET", path, **kw)
