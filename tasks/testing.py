@@ -93,6 +93,28 @@ def http_call(
     return status, parsed, hdrs
 
 
+class NodeHttp:
+    """``request`` / ``get`` / ``post`` against ``self.url``: what a test calls on a node,
+    whether it runs in this process (:class:`TestNode`) or as a ``tasksd`` process."""
+
+    url: str
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+        headers: dict[str, str] | None = None, timeout: float = 10.0,
+    ) -> tuple[int, Any, dict[str, str]]:
+        """One HTTP call: ``(status, body, headers)``; the body is parsed JSON when it is JSON."""
+        return http_call(self.url, method, path, body, raw=raw, headers=headers, timeout=timeout)
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        s, b, _ = self.request("GET", path, **kw)
+        return s, b
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        s, b, _ = self.request("POST", path, body, **kw)
+        return s, b
+
+
 class FakeClock:
     """A wall clock in epoch milliseconds (what ``Node(clock=...)`` calls) that a test moves.
 
@@ -164,7 +186,7 @@ class FakeClock:
         return unsubscribe
 
 
-class TestNode:
+class TestNode(NodeHttp):
     """One real node in this process: ``with TestNode() as node:`` (or ``async with``).
 
     ``url`` is its HTTP base URL, ``zap_addr`` its ZAP ``host:port`` (None with
@@ -348,21 +370,6 @@ class TestNode:
         c = Client(self.url, **kw)
         self._clients.append(c)
         return c
-
-    def request(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-        headers: dict[str, str] | None = None, timeout: float = 10.0,
-    ) -> tuple[int, Any, dict[str, str]]:
-        """One HTTP call: ``(status, body, headers)``; the body is parsed JSON when it is JSON."""
-        return http_call(self.url, method, path, body, raw=raw, headers=headers, timeout=timeout)
-
-    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
-        s, b, _ = self.request("GET", path, **kw)
-        return s, b
-
-    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        s, b, _ = self.request("POST", path, body, **kw)
-        return s, b
 
     def __repr__(self) -> str:
         state = f"http={self.url} zap={self.zap_addr}" if self.node is not None else "stopped"

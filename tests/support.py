@@ -13,14 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from hanzo_tasks.testing import http_call
+from hanzo_tasks.testing import NodeHttp
 
 _SERVING = re.compile(r"serving http=(\S+)")
 
 
-class NodeProcess:
+class NodeProcess(NodeHttp):
     def __init__(self, data_dir: Path, args: list[str] | None = None, env: dict[str, str] | None = None):
         self.data_dir = Path(data_dir)
         self.args = list(args or [])
@@ -78,19 +77,3 @@ class NodeProcess:
             rc = self.proc.wait(10)
         self.proc = None
         return rc
-
-    # ---- HTTP helpers ------------------------------------------------------
-
-    def request(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-        headers: dict[str, str] | None = None, timeout: float = 10.0,
-    ) -> tuple[int, Any, dict[str, str]]:
-        return http_call(self.url, method, path, body, raw=raw, headers=headers, timeout=timeout)
-
-    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
-        s, b, _ = self.request("GET", path, **kw)
-        return s, b
-
-    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
-        s, b, _ = self.request("POST", path, body, **kw)
-        return s, b

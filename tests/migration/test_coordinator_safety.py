@@ -274,3 +274,26 @@ def test_two_coordinators_on_one_pending_job_never_mix_snapshots(tmp_path: Path)
     if final["status"] == "failed":
         assert again.get("status") == "done", again
     assert missing == []
+
+
+def test_the_meta_leaders_claim_carries_its_term(tmp_path: Path) -> None:
+    """The fence against a deposed coordinator (a claim of an older meta term is
+    refused) holds only if the leader's claims are stamped with its term."""
+
+    async def scenario() -> tuple[Any, Any]:
+        c = Cluster(tmp_path)
+        await c.start()
+        try:
+            src, dst = await setup(c, "term")
+            lead = c.leader(META)
+            assert lead is not None
+            m = coord(c, lead)
+            await m.start()  # as the meta leader it notes the term it leads in
+            job = await m.create(ORG, "term", src, dst)
+            claimed = await m._claim(job)
+            return claimed.get("claimTerm"), c.reps[lead].group_status(META)["term"]
+        finally:
+            await c.stop()
+
+    claim_term, term = asyncio.run(scenario())
+    assert isinstance(claim_term, int) and claim_term == term
