@@ -595,7 +595,10 @@ def test_list_omits_input_describe_includes_it(api: Api, fresh_ns: str) -> None:
 
 
 def test_list_ordering_newest_first(api: Api, fresh_ns: str) -> None:
-    ids = [start(api, fresh_ns, workflowId=f"order-{i}")["execution"]["workflowId"] for i in range(4)]
+    ids = []
+    for i in range(4):
+        ids.append(start(api, fresh_ns, workflowId=f"order-{i}")["execution"]["workflowId"])
+        api.node.clock.advance(0.002)  # distinct start times: two starts in one millisecond tie (then by id)
     got = api.get(wf(fresh_ns))["executions"]
     assert [e["execution"]["workflowId"] for e in got] == list(reversed(ids))
     keys = [(-parse_ts(e["startTime"]), e["execution"]["workflowId"]) for e in got]
