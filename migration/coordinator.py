@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from hanzo_tasks.migration.remote import MigrationError, PartitionReads, hash_range
+from hanzo_tasks.migration.remote import MigrationError, PartitionReads, SnapshotYielded, hash_range
 from hanzo_tasks.replication import NodeReplicator, Replicator
 from hanzo_tasks.shard import encode, moving, reads
 
@@ -52,6 +52,7 @@ log = logging.getLogger("tasks.migration")
 Json = dict[str, Any]
 
 CHUNKS_IN_FLIGHT = 4
+SNAPSHOT_ATTEMPTS = 6  # copies started afresh after giving way to a map growth
 TAIL_BATCH = 256
 CATCH_UP_LAG = 64
 """Tail entries left over when the fence goes up (they are forwarded while fenced)."""
@@ -318,7 +319,7 @@ class Migrations:
         await self._shard(dst, org, ns, "mig.incoming", job=jid)
         await self._shard(src, org, ns, "mig.begin", job=jid)
         await self._shard(src, org, ns, "sys.barrier")  # the local replica now has the begin
-        forwarded, sent = await self._stream_snapshot(src, dst, org, ns, jid)
+        forwarded, sent = await self._snapshot_with_restarts(src, dst, org, ns, jid)
         await self._update(jid, status="catching-up", bytes=sent)
         tail = 0
         while True:  # forward until the lag is small
@@ -473,7 +474,30 @@ class Migrations:
 
     # ---- steps -------------------------------------------------------------------------
 
-    async def _stream_snapshot(self, src: int, dst: int, org: str, ns: str, jid: str) -> tuple[int, int]:
+    async def _snapshot_with_restarts(self, src: int, dst: int, org: str, ns: str, jid: str) -> tuple[int, int]:
+        """The snapshot, started again from a fresh view each time it gives way
+        to a growth of the source's map (at most ``SNAPSHOT_ATTEMPTS`` copies).
+
+        Each copy is numbered; ``mig.incoming`` with a higher number drops the
+        half-made copy (a key deleted at the source between the two views would
+        otherwise stay at the destination), and a chunk of an older copy that
+        lands late is ignored.
+        """
+        for copy in range(1, SNAPSHOT_ATTEMPTS + 1):
+            if copy > 1:
+                while not (await self._shard(dst, org, ns, "mig.incoming", job=jid, copy=copy)).get("cleared"):
+                    pass  # a big half-made copy is dropped in batches
+                await self._update(jid, bytes=0)
+            try:
+                return await self._stream_snapshot(src, dst, org, ns, jid, copy)
+            except SnapshotYielded as e:
+                if copy == SNAPSHOT_ATTEMPTS:
+                    raise MigrationError(f"{e} ({copy} copies gave way to it); retry the job") from None
+                log.info("migration %s: copy %d gave way (%s); starting afresh", jid, copy, e)
+        raise AssertionError("unreachable")
+
+    async def _stream_snapshot(self, src: int, dst: int, org: str, ns: str, jid: str,
+                               copy: int = 1) -> tuple[int, int]:
         """Copy the shard's range from one read view of a source replica.
 
         A reader thread on the node holding the view (this one, or a replica
@@ -481,7 +505,7 @@ class Migrations:
         ``CHUNKS_IN_FLIGHT`` chunk proposals go out at a time, so memory stays
         at a few chunks. The view is one LMDB read transaction held for the
         whole copy; if the source's map must grow meanwhile (growth waits for
-        readers), the copy gives way and the job fails, to be retried.
+        readers), the copy gives way (``SnapshotYielded``).
         Returns (the tail position the copy contains, bytes sent).
         """
         reader = await self.reads.snapshot(src, org, ns, jid)
@@ -497,7 +521,7 @@ class Migrations:
                         done = True
                         break
                     window.append(item)
-                await asyncio.gather(*(self._chunk(dst, org, ns, jid, n + i, pairs, base=base)
+                await asyncio.gather(*(self._chunk(dst, org, ns, jid, n + i, pairs, base=base, copy=copy)
                                        for i, pairs in enumerate(window)))
                 n += len(window)
                 sent += sum(len(k) + len(v) for pairs in window for k, v in pairs)
@@ -517,10 +541,11 @@ class Migrations:
         return entries[-1][0]
 
     async def _chunk(
-        self, dst: int, org: str, ns: str, jid: str, n: int, pairs: list[list[bytes]], base: int
+        self, dst: int, org: str, ns: str, jid: str, n: int, pairs: list[list[bytes]], base: int, copy: int = 1
     ) -> None:
+        extra = {"copy": copy} if copy > 1 else {}  # the first copy's chunks read as before
         await self._shard(dst, org, ns, "mig.chunk", job=jid, n=n, pairs=pairs, crc=moving.chunk_crc(pairs),
-                          base=base)
+                          base=base, **extra)
 
     async def _pace(self, sent: int, started: float) -> None:
         ahead = sent / self.bandwidth - (time.monotonic() - started)

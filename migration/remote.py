@@ -37,6 +37,17 @@ class MigrationError(Exception):
     """A job cannot go on; it is aborted (before the flip) with this message."""
 
 
+class SnapshotYielded(MigrationError):
+    """The snapshot's read view gave way to a growth of the source's LMDB map.
+
+    LMDB grows a map only while no read view is open, and a paced copy holds
+    its view for seconds; so the copy steps aside and the coordinator starts
+    it again from a fresh view (the map doubles, so this soon stops recurring).
+    """
+
+    code = "snapshot_yielded"
+
+
 class _Stopped(Exception):
     """The snapshot reader was told to stop (the copy ended or failed)."""
 
@@ -83,7 +94,7 @@ class SnapshotReader:
                 return
             except queue.Full:
                 if self.store.resize_pending():
-                    raise MigrationError("the source partition's map is growing; retry the job") from None
+                    raise SnapshotYielded("the source partition's map is growing") from None
 
     def _produce(self) -> None:
         org, ns, jid = self.org, self.ns, self.jid
@@ -142,6 +153,8 @@ class _RemoteSnapshot:
             self.buffer.extend(items)
         item = self.buffer.pop(0)
         if isinstance(item, dict) and "error" in item:
+            if item.get("code") == SnapshotYielded.code:
+                raise SnapshotYielded(item["error"])
             raise MigrationError(item["error"])
         return tuple(item) if isinstance(item, list) and item and item[0] == "start" else item
 
@@ -292,7 +305,7 @@ class PartitionReads:
             try:
                 item = await reader.take()
             except Exception as e:  # noqa: BLE001 - sent to the coordinator
-                out.append({"error": str(e) or type(e).__name__})
+                out.append({"error": str(e) or type(e).__name__, "code": getattr(e, "code", None)})
                 self._close_snapshot(a["t"])
                 break
             out.append(list(item) if isinstance(item, tuple) else item)

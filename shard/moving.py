@@ -12,7 +12,8 @@ itself copies byte for byte):
   stops writes (they are rejected with ``fenced``; the proposer waits and
   retries where the shard's pin points); ``mig.gc`` deletes the range after
   the flip and leaves ``role: moved``; ``mig.unfence`` aborts.
-- destination (``role: dst``): ``mig.incoming`` clears any leftover range,
+- destination (``role: dst``): ``mig.incoming`` clears any leftover range
+  (and, with a higher ``copy`` number, a half-made copy the job gave up),
   ``mig.chunk`` installs checksummed chunks of the copy in order, ``mig.tail``
   re-applies forwarded commands (with their source log index, so ids derived
   from it are identical), ``mig.activate`` opens the shard for writes and
@@ -247,16 +248,28 @@ def op_gc(ctx: Ctx) -> Result:
 def op_incoming(ctx: Ctx) -> Result:
     _claimed(ctx)
     st = read_state(ctx.txn, ctx.org, ctx.ns)
+    copy = int(ctx.cmd.get("copy") or 1)
     if st is not None and st["role"] == "dst" and st.get("job") == ctx.cmd["job"]:
-        return C.ok(chunk=st["chunk"], seq=st["seq"])
+        if copy <= st.get("copy", 1):
+            return C.ok(chunk=st["chunk"], seq=st["seq"], cleared=True)
+        # A new copy of the same job (the last one gave way to a map growth):
+        # the half-made one goes first, or keys deleted meanwhile would stay.
+        if st.get("tail"):
+            raise Reject("failed_precondition", f"job {ctx.cmd['job']} is past its copy here")
+        if not _delete_prefix(ctx.txn, keys.shard_prefix(ctx.org, ctx.ns), GC_BATCH):
+            return C.ok(chunk=0, seq=0, cleared=False)
+        _write_state(ctx.txn, ctx.org, ctx.ns, {"role": "dst", "job": ctx.cmd["job"], "chunk": 0, "seq": 0,
+                                                "copy": copy})
+        return C.ok(chunk=0, seq=0, cleared=True)
     if st is not None and st["role"] == "src":
         raise Reject("failed_precondition", f"{ctx.ns} is leaving this partition (job {st.get('job')})")
     if ctx.txn.get(keys.registry_key(ctx.org, ctx.ns)) is not None:
         raise Reject("failed_precondition", f"{ctx.ns} already lives in this partition")
     if not _delete_prefix(ctx.txn, keys.shard_prefix(ctx.org, ctx.ns), GC_BATCH):
         raise Reject("failed_precondition", "leftover data of an earlier move is still being dropped; retry")
-    _write_state(ctx.txn, ctx.org, ctx.ns, {"role": "dst", "job": ctx.cmd["job"], "chunk": 0, "seq": 0})
-    return C.ok(chunk=0, seq=0)
+    _write_state(ctx.txn, ctx.org, ctx.ns, {"role": "dst", "job": ctx.cmd["job"], "chunk": 0, "seq": 0,
+                                            "copy": copy})
+    return C.ok(chunk=0, seq=0, cleared=True)
 
 
 def op_chunk(ctx: Ctx) -> Result:
@@ -267,8 +280,8 @@ def op_chunk(ctx: Ctx) -> Result:
     _claimed(ctx)
     st = _job_state(ctx, "dst")
     n, pairs = ctx.cmd["n"], ctx.cmd["pairs"]
-    if st.get("tail"):
-        return C.ok(duplicate=True)
+    if st.get("tail") or int(ctx.cmd.get("copy") or 1) != st.get("copy", 1):
+        return C.ok(duplicate=True)  # late: the tail started, or the copy was given up
     if chunk_crc(pairs) != ctx.cmd["crc"]:
         raise Reject("invalid_argument", f"chunk {n} failed its checksum")
     prefix = keys.shard_prefix(ctx.org, ctx.ns)
