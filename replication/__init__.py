@@ -10,6 +10,7 @@ from hanzo_tasks.replication.base import (
     NotLeader,
     NotReplica,
     PeerListener,
+    ReadIndexUnavailable,
     Replicator,
     Result,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "NotLeader",
     "NotReplica",
     "PeerListener",
+    "ReadIndexUnavailable",
     "Replicator",
     "Result",
 ]

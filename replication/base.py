@@ -38,6 +38,11 @@ class NotLeader(Exception):
     """This node cannot serve the group now (no quorum, not the leader, stopped)."""
 
 
+class ReadIndexUnavailable(Exception):
+    """No read point without a log entry now (a leader that has not committed in
+    its term yet, no leader reachable): commit a barrier entry instead."""
+
+
 class NotReplica(LookupError):
     """This node holds no replica of the group: ask a node that does."""
 
@@ -65,6 +70,14 @@ class Replicator(Protocol):
 
     async def propose(self, group: int, command: bytes) -> Result:
         """Commit ``command`` to ``group`` and return the local apply's result."""
+        ...
+
+    async def read_index(self, group: int) -> int:
+        """A linearizable read point: returns once this replica has applied every
+        entry of ``group`` committed before the call, with the leader's authority
+        confirmed by a majority after the call began (ReadIndex: no log entry).
+        Returns the index it waited for. Raises ``ReadIndexUnavailable`` when that
+        cannot be had now; the caller then commits a barrier entry."""
         ...
 
     def subscribe(self, listener: Listener) -> None: ...

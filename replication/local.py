@@ -146,6 +146,13 @@ class LocalReplicator:
         self.proposals += 1
         return await fut
 
+    async def read_index(self, group: int) -> int:
+        """Every acknowledged write is applied already (a proposal is answered
+        after its apply, and this node is the only one): read now."""
+        if not self._running:
+            raise NotLeader("replicator stopped")
+        return self._stores[group].applied_index()
+
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 

@@ -70,6 +70,7 @@ class RaftConfig:
     idle_after: int = _key(_DUR, "30s", "A group with no writes for this long switches to slow heartbeats")
     idle_heartbeat_interval: int = _key(_DUR, "3s", "Heartbeat interval of idle groups")
     propose_timeout: int = _key(_DUR, "5s", "A proposal not committed within this answers 503 (outcome unknown)")
+    read_index: bool = _key(Bool(), True, "Linearizable reads by ReadIndex (one heartbeat round, no log entry); off: a barrier entry per read")
     snapshot_every: int = _key(Int(minimum=1), 10000, "Log entries between compaction snapshots")
 
 

@@ -25,7 +25,7 @@ from hanzo_tasks.cluster.service.forwarding import CALL_TIMEOUT, Forwarder
 from hanzo_tasks.cluster.service.ratelimit import TokenBuckets
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
-from hanzo_tasks.replication import NodeReplicator, NotLeader
+from hanzo_tasks.replication import NodeReplicator, NotLeader, NotReplica, ReadIndexUnavailable
 from hanzo_tasks.routing import partition_of
 from hanzo_tasks.shard import encode, moving, reads
 
@@ -69,6 +69,8 @@ class ServiceCore:
         self._ns_cache: dict[tuple[str, str], Json] = {}
         self.buckets = TokenBuckets()
         self.proposal_errors = 0
+        self.read_index = bool(cfg.raft.read_index)
+        self.read_barriers = 0  # read points that needed a barrier entry (ReadIndex unavailable or off)
         self.on_proposed: Callable[[float], None] | None = None
         self.query_handler: Any = None  # set by the node's dispatcher
         self.fence_wait = cfg.migration.fence_wait / 1000.0
@@ -223,7 +225,7 @@ class ServiceCore:
                 _barrier_due.set(True)  # the replica that serves the read takes it
                 return
             group = self.partition(org, ns)
-            await self._barrier_on(group, org, ns)
+            await self._read_point(group, org, ns)
             with self.replicator.store(group).read() as txn:  # the partition barriered, whatever pins say now
                 st = moving.read_state(txn, org, ns)
             if st is not None and (st["role"] == "moved" or (st["role"] == "src" and st.get("fenced"))):
@@ -232,6 +234,27 @@ class ServiceCore:
                 return  # not flipped (or not yet: the fenced source is still the authoritative copy)
             # The pin moved while we waited: barrier where the shard lives now.
         raise ApiError("unavailable", f"namespace {ns} kept moving while it was read; retry", retry_after=1)
+
+    async def _read_point(self, group: int, org: str, ns: str) -> None:
+        """This replica of ``group`` reflects every write acknowledged before now.
+
+        ReadIndex (a heartbeat round confirms the leader, no log entry) where it
+        can be had; a barrier entry where it cannot (a leader that has not yet
+        committed in its term, no leader known) or when ``raft.read_index`` is off.
+        """
+        if self.read_index:
+            try:
+                await self.replicator.read_index(group)
+                return
+            except ReadIndexUnavailable as e:
+                log.debug("read point of partition %d by a barrier: %s", group, e)
+            except NotReplica:
+                pass  # the layout moved under us: the barrier's proposal is forwarded
+            except NotLeader as e:
+                self.proposal_errors += 1
+                raise ApiError("unavailable", f"shard unavailable: {e}", retry_after=1) from None
+        self.read_barriers += 1
+        await self._barrier_on(group, org, ns)
 
     async def _barrier_on(self, group: int, org: str, ns: str) -> None:
         """Commit a ``sys.barrier`` through ``group`` itself (never re-resolved: see read_barrier)."""

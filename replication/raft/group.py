@@ -32,6 +32,7 @@ import msgpack
 import pysyncobj.syncobj as _syncobj
 from hanzo_tasks.replication.raft import codec
 from hanzo_tasks.replication.raft.elections import Elections
+from hanzo_tasks.replication.raft.reads import ReadIndex
 from hanzo_tasks.replication.raft.snapshots import INSTALLED, LmdbSnapshotter
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
@@ -151,10 +152,17 @@ class GroupTransport(Transport):  # type: ignore[misc]  # pysyncobj has no type 
         self._flush()
         self.sent += 1
         kind = message.get("type")
-        if kind == "next_node_idx":
+        if kind == "append_entries":
+            rs = self._group.reads.rs
+            if rs:  # the newest read round (ReadIndex): the reply echoes it
+                message = {**message, "rs": rs}
+        elif kind == "next_node_idx":
             # pysyncobj's replies carry no term: a late one from an earlier term
             # could move a re-elected leader's matchIndex. RaftGroup.deliver drops those.
             message = {**message, "term": self._group.raftCurrentTerm}
+            echo = self._group.reads.echo
+            if echo is not None:
+                message["rs"] = echo
         elif kind == "request_vote" and getattr(self._group, "campaign_transfer", False):
             message = {**message, "transfer": True}  # a hand-over: voters' leader stickiness gives way
         return self._send(node.id, codec.encode(message))
@@ -255,6 +263,7 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
         )
         self._SyncObj__serializer = snapshotter
         self.elections = Elections(self)
+        self.reads = ReadIndex(self)
         self.campaign_transfer = False
         # Load the image now, not at the first tick: a journal that does not
         # fit its image must stop the node before it serves or votes.
@@ -273,6 +282,8 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
         finally:
             self.campaign_transfer = False
             self.elections.after_tick()
+        self.reads.start_round()
+        self.reads.after_tick()
 
     def _checkCommandsToApply(self) -> None:  # noqa: N802 - pysyncobj's name
         """New commands wait while leadership is being handed over: a log that
@@ -610,6 +621,7 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
     def abandon_waiting(self) -> None:
         """Answer every caller still waiting for a commit with UNKNOWN_OUTCOME
         (the replicator stopped for good; the process is about to exit)."""
+        self.reads.abandon("stopped")
         waiting = [cb for subs in self._SyncObj__commandsWaitingCommit.values() for _, cb in subs]
         waiting += list(self._SyncObj__commandsWaitingReply.values())
         self._SyncObj__commandsWaitingCommit.clear()
@@ -734,7 +746,16 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
                 chunk = msg.get("serialized")
                 if chunk is not None:
                     msg["serialized"] = self._take_chunk(node, msg["term"], chunk)
+            rs = msg.get("rs")
+            self.reads.echo = rs if isinstance(rs, int) else None  # echoed by the reply pysyncobj sends
+            try:
+                self.transport.deliver(node, msg)
+            finally:
+                self.reads.echo = None
+            return
         self.transport.deliver(node, msg)
+        if kind == "next_node_idx" and self.state() == _LEADER:
+            self.reads.on_reply(node.id, msg)
 
     def _take_chunk(self, node: Node, term: int, chunk: list[Any]) -> Any:
         if term < self.raftCurrentTerm:

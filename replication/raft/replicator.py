@@ -36,6 +36,7 @@ from hanzo_tasks.replication.base import (
     NotLeader,
     NotReplica,
     PeerListener,
+    ReadIndexUnavailable,
     Result,
 )
 from hanzo_tasks.replication.raft import codec, faults
@@ -130,6 +131,7 @@ class RaftReplicator:
         self._compact_bytes = compact_bytes
         self._forced_at: dict[int, float] = {}
         self.propose_timeout = propose_timeout_ms / 1000.0
+        self.reads_by_index = 0  # linearizable read points reached without a log entry
         self._timings = (election_timeout_ms / 1000.0, heartbeat_interval_ms / 1000.0)
         self._store_opts = {"map_size": map_size, "map_size_max": map_size_max, "reserve_disk": reserve_disk}
         # Groups this node holds a replica of: the meta group always, partitions
@@ -192,6 +194,7 @@ class RaftReplicator:
         self.rpc.register("voters", lambda peer, args: self.group_membership(int(args["g"])))
         self.rpc.register("prepare", self._serve_prepare)
         self.rpc.register("meta_voters", self._serve_meta_voters)
+        self.rpc.register("read_index", self._serve_read_index)
         self._promoting = False  # a learner's promotion to meta voter is queued
         self._settling: asyncio.Task[None] | None = None  # a guessed meta voter asking the members (start)
         self._joining: dict[int, float] = {}  # groups opened ahead of their addition (prepare_replica)
@@ -750,6 +753,68 @@ class RaftReplicator:
         self._inbox.put(("call", run))
         return await asyncio.wait_for(fut, timeout)
 
+    # ---- linearizable reads (ReadIndex, see replication.raft.reads) ----------------
+
+    async def read_index(self, group: int) -> int:
+        """Wait until this replica may serve a linearizable read of ``group``.
+
+        The leader confirms its authority with one heartbeat round (shared by
+        every read waiting at that moment) and waits for its own apply; a
+        follower asks the leader it knows for a confirmed read index, then
+        waits until it has applied that far. ``ReadIndexUnavailable``: no such
+        point without a log entry now (commit a barrier instead); ``NotLeader``:
+        the leadership could not be confirmed in time (the node may be cut off).
+        """
+        if not self.is_local(group):
+            raise NotReplica(f"{self.node_id} does not hold partition {group}")
+        if self.fatal is not None or not self._running:
+            raise ReadIndexUnavailable(f"replication is not running on {self.node_id}")
+        if self._leading[group]:
+            index = await self._raft_read(group, wait_applied=True)
+            self.reads_by_index += 1
+            return index
+        leader = self._leaders[group]
+        if leader is None or leader == self.node_id:
+            raise ReadIndexUnavailable(f"partition {group} has no known leader")
+        try:
+            answer = await self.rpc.call(leader, "read_index", {"g": group}, self.propose_timeout)
+        except (PeerUnavailable, TimeoutError, RemoteError) as e:
+            raise ReadIndexUnavailable(f"read index from {leader}: {type(e).__name__}: {e}") from None
+        got = answer.get("index") if isinstance(answer, dict) else None
+        if not isinstance(got, int) or isinstance(got, bool):
+            why = answer.get("error") if isinstance(answer, dict) else None
+            raise ReadIndexUnavailable(f"read index from {leader}: {why or 'no index'}")
+        await self._raft_wait(group, lambda cb: ("applied", group, got, cb))
+        self.reads_by_index += 1
+        return got
+
+    async def _raft_read(self, group: int, wait_applied: bool) -> int:
+        return await self._raft_wait(group, lambda cb: ("read", group, wait_applied, cb))
+
+    async def _raft_wait(self, group: int, item: Callable[[Callable[[int | None, str | None], None]], tuple[Any, ...]]) -> int:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+
+        def done(index: int | None, why: str | None) -> None:  # on the Raft thread
+            loop.call_soon_threadsafe(_settle_read, fut, index, why)
+
+        self._inbox.put(item(done))
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), self.propose_timeout)
+        except TimeoutError:
+            raise NotLeader(f"partition {group}: a read point was not reached within "
+                            f"{self.propose_timeout:g} s (the leadership could not be confirmed)") from None
+
+    async def _serve_read_index(self, peer: str, args: Any) -> Any:
+        """A follower's read: this leader's confirmed read index (not waiting for its own apply)."""
+        group = args["g"]
+        if not isinstance(group, int) or not self.is_local(group):
+            return {"error": f"{self.node_id} does not hold partition {group}"}
+        try:
+            return {"index": await self._raft_read(group, wait_applied=False)}
+        except (ReadIndexUnavailable, NotLeader) as e:
+            return {"error": str(e)}
+
     async def group_progress(self, group: int) -> dict[str, int] | None:
         """This node's applied index of ``group`` and the commit index it knows (None: not held)."""
         grp = self._groups.get(group)
@@ -1012,6 +1077,21 @@ class RaftReplicator:
             # rather than whoever pysyncobj picks. It takes over once it holds the whole log.
             grp.begin_transfer(to)
             touched.add(group)
+        elif kind == "read":
+            _, group, wait_applied, cb = item
+            grp = self._groups.get(group)
+            if grp is None:
+                cb(None, "not_leader")
+                return True
+            grp.reads.request(cb, wait_applied)
+            touched.add(group)  # the round starts at this tick
+        elif kind == "applied":
+            _, group, index, cb = item
+            grp = self._groups.get(group)
+            if grp is None:
+                cb(None, "not_replica")
+                return True
+            grp.reads.wait_applied(index, cb)
         elif kind == "call":
             item[1]()
         elif kind == "stop":
@@ -1245,6 +1325,15 @@ def _settle(fut: asyncio.Future[Any], res: Any, exc: BaseException | None) -> No
         fut.set_exception(exc)
     else:
         fut.set_result(res)
+
+
+def _settle_read(fut: asyncio.Future[int], index: int | None, why: str | None) -> None:
+    if fut.done():
+        return
+    if index is not None:
+        fut.set_result(index)
+    else:
+        fut.set_exception(ReadIndexUnavailable(why or "no read index"))
 
 
 def _resolve(fut: asyncio.Future[Result], res: Any, err: int) -> None:

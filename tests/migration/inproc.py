@@ -36,11 +36,12 @@ class Dropper:
 
     def __init__(self, rep: RaftReplicator) -> None:
         self.groups: set[int] = set()
+        self.peers: set[str] = set()  # only frames from these peers (empty: from anyone)
         self.dropped = 0
         inner = rep._on_frame
 
         def on_frame(peer: str, channel: int, group: int, body: bytes) -> None:
-            if channel == RAFT and group in self.groups:
+            if channel == RAFT and group in self.groups and (not self.peers or peer in self.peers):
                 self.dropped += 1
                 return
             inner(peer, channel, group, body)
@@ -96,6 +97,18 @@ class Cluster:
                     grp.hold_elections(seconds)
 
         rep._inbox.put(("call", hold))
+
+    def isolate(self, nid: str, group: int) -> None:
+        """Cut ``nid`` off from the other replicas of ``group``, both ways."""
+        for other, dropper in self.droppers.items():
+            dropper.groups.add(group)
+            if other != nid:
+                dropper.peers.add(nid)
+
+    def heal(self) -> None:
+        for dropper in self.droppers.values():
+            dropper.groups.clear()
+            dropper.peers.clear()
 
     def home(self, ns: str) -> int:
         return partition_of(ORG, ns, self.cfg.seed, PARTITIONS)

@@ -6,14 +6,20 @@ acknowledged there after the flip. R is asked for a barriered read; a fault
 point lets R's meta replica apply the pin exactly while R's barrier on the
 source partition is in flight. The read must still reflect the write: the
 partition that is read is the partition that was barriered.
+
+The read point is taken both ways: by ReadIndex (no entry; the fault point
+wraps ``read_index``) and by a barrier entry (``raft.read_index`` off; the
+fault point wraps the barrier's proposal).
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import msgpack
+import pytest
 from hanzo_tasks.migration import Migrations
 
 from tests.migration.inproc import ORG, PARTITIONS, Cluster, fault_point, until
@@ -21,7 +27,7 @@ from tests.migration.inproc import ORG, PARTITIONS, Cluster, fault_point, until
 META = PARTITIONS
 
 
-async def _scenario(root: Path) -> tuple[dict | None, list[tuple[int, str]]]:
+async def _scenario(root: Path, read_index: bool) -> tuple[dict | None, list[tuple[int, str]]]:
     c = Cluster(root)
     await c.start()
     try:
@@ -67,7 +73,17 @@ async def _scenario(root: Path) -> tuple[dict | None, list[tuple[int, str]]]:
             if group == dst:
                 c.droppers[r_id].groups.discard(dst)  # R's replica may catch up from here on
 
-        fault_point(r.replicator, before)
+        if read_index:
+            real = r.replicator.read_index
+
+            async def read_index_at(group: int) -> Any:
+                await before(group, msgpack.packb({"op": "sys.barrier"}))  # the same instant: the read point
+                return await real(group)
+
+            r.replicator.read_index = read_index_at  # type: ignore[method-assign]
+        else:
+            r.read_index = False
+            fault_point(r.replicator, before)
         got = await asyncio.wait_for(r.read(ORG, ns, "run", "after", None, barrier=True), 20.0)
         await mig.stop()
         return got, proposed
@@ -75,7 +91,9 @@ async def _scenario(root: Path) -> tuple[dict | None, list[tuple[int, str]]]:
         await c.stop()
 
 
-def test_a_barriered_read_reflects_a_write_made_after_a_flip_that_lands_during_the_barrier(tmp_path: Path) -> None:
-    got, proposed = asyncio.run(_scenario(tmp_path))
+@pytest.mark.parametrize("read_index", [True, False], ids=["read-index", "barrier-entry"])
+def test_a_barriered_read_reflects_a_write_made_after_a_flip_that_lands_during_the_barrier(
+        tmp_path: Path, read_index: bool) -> None:
+    got, proposed = asyncio.run(_scenario(tmp_path, read_index))
     assert got is not None and got["workflowId"] == "after", (
         f"stale read: the run started after the flip is missing; barriers proposed: {proposed}")
