@@ -105,7 +105,7 @@ class ProcessCpu:
 @dataclass
 class Row:
     system: str  # single | cluster | etcd
-    op: str  # start | put | range
+    op: str  # start | describe | describe-stale | put | range
     clients: int
     seconds: float
     ok: int
@@ -129,6 +129,7 @@ class Row:
 class Ratio:
     system: str  # single | cluster
     clients: int
+    op: str  # ours (start, describe, describe-stale) ÷ etcd's (put, range)
     ops_per_s: float | None  # ours ÷ etcd: > 1 = ours faster
     p50: float | None  # < 1 = ours lower
     p99: float | None
@@ -179,6 +180,15 @@ def put_requests(url: str, tag: str) -> tuple[str, int, RequestFactory]:
                             % (key.encode(), value.encode()))
 
     return host, port, make
+
+
+def describe_requests(url: str, workflow_id: str, stale: bool) -> tuple[str, int, RequestFactory]:
+    """Reads of one workflow: linearizable (ReadIndex) or ``?stale=true`` (the local copy)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = f"/v1/tasks/namespaces/{NAMESPACE}/workflows/{workflow_id}" + ("?stale=true" if stale else "")
+    request = http_request("GET", host, port, path, b"")
+    return host, port, lambda i, seq: request
 
 
 def range_requests(url: str, key: bytes) -> tuple[str, int, RequestFactory]:
@@ -332,6 +342,14 @@ def run_tasks(kind: str, root: Path, plan: Plan, report: Report, tmp_parent: str
                 row.notes.append(f"the leader moved from {leader} to {after} during the row")
             report.rows.append(row)
             _progress(row)
+        if plan.reads:
+            wid = f"{tag}-c{plan.levels[-1]}-0-1"  # started by the last row's first client
+            for op, stale in (("describe", False), ("describe-stale", True)):
+                url, leader = namespace_leader(system)
+                row = asyncio.run(measure_row(kind, op, plan.levels[-1], plan.seconds,
+                                              describe_requests(url, wid, stale), leader, processes))
+                report.rows.append(row)
+                _progress(row)
     except (RuntimeError, OSError) as e:
         report.errors.append(f"{label}: {e}")
         print(f"{label}: FAILED: {e}", file=sys.stderr)
@@ -398,13 +416,14 @@ def _div(a: float | None, b: float | None) -> float | None:
 
 
 def ratios(rows: Sequence[Row]) -> list[Ratio]:
-    etcd = {r.clients: r for r in rows if r.system == "etcd" and r.op == "put"}
+    etcd = {(r.op, r.clients): r for r in rows if r.system == "etcd"}
     out = []
     for r in rows:
-        e = etcd.get(r.clients)
+        e = etcd.get(("put" if r.op == "start" else "range", r.clients))
         if r.system == "etcd" or e is None:
             continue
-        out.append(Ratio(system=r.system, clients=r.clients, ops_per_s=_div(r.ops_per_s, e.ops_per_s),
+        out.append(Ratio(system=r.system, clients=r.clients, op=f"{r.op} ÷ {e.op}",
+                         ops_per_s=_div(r.ops_per_s, e.ops_per_s),
                          p50=_div(r.p50_ms, e.p50_ms), p99=_div(r.p99_ms, e.p99_ms),
                          cpu_per_op=_div(r.cpu_ms_per_op, e.cpu_ms_per_op)))
     return out
@@ -479,10 +498,10 @@ def render(report: Report) -> str:
         for note in r.notes:
             out.append(f"  note ({SYSTEM_LABEL[r.system]} {r.op} {r.clients}): {note}")
     if report.ratios:
-        out += ["", "ours ÷ etcd puts, same client count (ops/s > 1 = ours faster; latency and CPU/op "
-                    "< 1 = ours lower):", ""]
-        out += _table(["system", "clients", "ops/s", "p50", "p99", "CPU/op (sum)"],
-                      [[SYSTEM_LABEL[x.system], str(x.clients), _f(x.ops_per_s, 2), _f(x.p50, 2),
+        out += ["", "ours ÷ etcd (starts ÷ puts, reads ÷ linearizable ranges), same client count "
+                    "(ops/s > 1 = ours faster; latency and CPU/op < 1 = ours lower):", ""]
+        out += _table(["system", "op", "clients", "ops/s", "p50", "p99", "CPU/op (sum)"],
+                      [[SYSTEM_LABEL[x.system], x.op, str(x.clients), _f(x.ops_per_s, 2), _f(x.p50, 2),
                         _f(x.p99, 2), _f(x.cpu_per_op, 2)] for x in report.ratios], indent="")
     g = report.generator
     if g:
@@ -512,7 +531,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds a row (default 10, quick 2)")
     p.add_argument("--systems", default=",".join(SYSTEMS),
                    help="subset of single,cluster,etcd (default all)")
-    p.add_argument("--no-reads", action="store_true", help="skip the etcd linearizable range row")
+    p.add_argument("--no-reads", action="store_true",
+                   help="skip the read rows (ours: describe, linearizable and ?stale=true; etcd: range)")
     p.add_argument("--json", metavar="PATH",
                    help="where to write the JSON report (default bench/results/throughput-<time>.json)")
     p.add_argument("--tmp-dir", metavar="DIR", help="parent of the data dirs: which disk is measured")

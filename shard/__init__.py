@@ -3,11 +3,19 @@ and the deterministic state machine that applies them. Imports nothing of the
 project but ``protocol``."""
 
 from hanzo_tasks.shard import reads
-from hanzo_tasks.shard.commands import OPS, CommandError, decode, encode
+from hanzo_tasks.shard.commands import (
+    BATCH_OVERHEAD,
+    OPS,
+    CommandError,
+    decode,
+    encode,
+    encode_batch,
+)
 from hanzo_tasks.shard.machine import STORAGE_FULL, StateMachine
 from hanzo_tasks.shard.store import PartitionStore, StorageFull
 
 __all__ = [
+    "BATCH_OVERHEAD",
     "OPS",
     "STORAGE_FULL",
     "CommandError",
@@ -16,5 +24,6 @@ __all__ = [
     "StorageFull",
     "decode",
     "encode",
+    "encode_batch",
     "reads",
 ]

@@ -49,6 +49,7 @@ OPS = (
     "dep.version_update",
     "dep.version_delete",
     "sys.barrier",
+    "sys.batch",
     "wt.start",
     "wt.complete",
     "wt.fail",
@@ -82,6 +83,17 @@ class CommandError(ValueError):
 def encode(command: dict[str, Any]) -> bytes:
     packed: bytes = msgpack.packb(command, use_bin_type=True)
     return packed
+
+
+BATCH_OVERHEAD = 64
+"""Bytes a ``sys.batch`` envelope adds around its commands (besides 5 a command)."""
+
+
+def encode_batch(commands: list[bytes]) -> bytes:
+    """Several encoded commands as one log entry (``sys.batch``): proposals that
+    wait for one group at the same moment share a Raft entry; each is applied
+    in order, in its own nested transaction, and answered on its own."""
+    return encode({"v": VERSION, "op": "sys.batch", "org": "", "ns": "", "now": 0, "cmds": commands})
 
 
 def decode(data: bytes) -> dict[str, Any]:

@@ -55,10 +55,11 @@ class Ctx:
     the same schedule) always see one copy of each record.
     """
 
-    def __init__(self, txn: Txn, cmd: dict[str, Any], index: int) -> None:
+    def __init__(self, txn: Txn, cmd: dict[str, Any], index: int, sub: int = 0) -> None:
         self.txn = txn
         self.cmd = cmd
         self.index = index
+        self.sub = sub  # the command's place in a ``sys.batch`` entry (0: alone)
         self.now: int = cmd["now"]
         self.org: str = cmd["org"]
         self.ns: str = cmd["ns"]
@@ -108,7 +109,8 @@ class Ctx:
     def new_run_id(self) -> str:
         """A run id derived from the proposer's randomness: same on every replica."""
         self._ids += 1
-        seed = f"{self.cmd.get('rnd') or self.index}:{self._ids}"
+        origin = self.cmd.get("rnd") or (self.index if not self.sub else f"{self.index}.{self.sub}")
+        seed = f"{origin}:{self._ids}"
         return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
     def notify(self, kind: str, **fields: Any) -> None:

@@ -65,11 +65,11 @@ FAMILIES: tuple[dict[str, Handler], ...] = (
     batches.HANDLERS,
     records.HANDLERS,
 )
-#: Every command's handler, by op. ``mig.tail`` is applied by the machine itself
-#: (it re-applies other commands); every other op has exactly one handler.
+#: Every command's handler, by op. ``mig.tail`` and ``sys.batch`` are applied by the machine itself
+#: (they apply other commands); every other op has exactly one handler.
 HANDLERS: dict[str, Handler] = {op: h for family in FAMILIES for op, h in family.items()}
 assert sum(map(len, FAMILIES)) == len(HANDLERS), "an op is handled by two families"
-assert set(HANDLERS) | {"mig.tail"} == set(C.OPS)
+assert set(HANDLERS) | {"mig.tail", "sys.batch"} == set(C.OPS)
 
 
 # ---------------------------------------------------------------------------
@@ -131,7 +131,10 @@ class StateMachine:
                     continue
                 res, op = self._apply_one(txn, index, data)
                 results.append(res)
-                ops.append(op)
+                if op == "sys.batch" and res.get("ok"):
+                    ops.extend(r.get("_op", "invalid") for r in res["_batch"])
+                else:
+                    ops.append(op)
                 applied = index
             keys.put_applied(txn, applied)
         for op in ops:
@@ -144,12 +147,36 @@ class StateMachine:
         except C.CommandError as e:
             return C.err("invalid_argument", str(e)), "invalid"
         op = cmd["op"]
+        if op == "sys.batch":
+            return self._apply_batch_entry(txn, index, cmd), op
         if op == "mig.tail":
             return self._apply_tail(txn, index, cmd), op
         return self._apply_cmd(txn, index, cmd, data, replay=False), op
 
+    def _apply_batch_entry(self, txn: Txn, index: int, cmd: dict[str, Any]) -> Result:
+        """``sys.batch``: the commands of one entry in order, each as if it had an
+        entry of its own (its own nested transaction and result). A command
+        without ``rnd`` derives its ids from ``index.position``."""
+        commands = cmd.get("cmds")
+        if not isinstance(commands, list) or not all(isinstance(c, bytes) for c in commands):
+            return C.err("invalid_argument", "sys.batch without a list of commands")
+        results: list[Result] = []
+        for sub, data in enumerate(commands, start=1):
+            try:
+                inner = C.decode(data)
+            except C.CommandError as e:
+                results.append({**C.err("invalid_argument", str(e)), "_op": "invalid"})
+                continue
+            if inner["op"] == "sys.batch":
+                results.append({**C.err("invalid_argument", "a sys.batch inside a sys.batch"), "_op": "invalid"})
+            elif inner["op"] == "mig.tail":
+                results.append(self._apply_tail(txn, index, inner))
+            else:
+                results.append(self._apply_cmd(txn, index, inner, data, replay=False, sub=sub))
+        return C.ok(_batch=results, _op="sys.batch")
+
     def _apply_cmd(
-        self, txn: Txn, index: int, cmd: dict[str, Any], data: bytes, *, replay: bool
+        self, txn: Txn, index: int, cmd: dict[str, Any], data: bytes, *, replay: bool, sub: int = 0
     ) -> Result:
         """One command in a nested txn: all of it or nothing.
 
@@ -158,7 +185,7 @@ class StateMachine:
         """
         op = cmd["op"]
         child = self.store.env.begin(write=True, parent=txn)
-        ctx = Ctx(child, cmd, index)
+        ctx = Ctx(child, cmd, index, sub)
         try:
             leaving = None if replay else moving.check_writable(child, cmd)
             result = HANDLERS[op](ctx)

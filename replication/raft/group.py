@@ -488,7 +488,7 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
             raise StorageStalled(f"group {self.group_id}: entry {index} does not fit")
         if result is not None and result.get("code") == "resize_deferred":
             raise ApplyDeferred(index)
-        self._on_applied(self.group_id, index, result)
+        self._applied(index, result)
         return result
 
     # pysyncobj's apply loop, called from ``_onTick`` before heartbeats, the
@@ -594,11 +594,20 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
             if code == "resize_deferred":
                 return False  # the map grows once the snapshot copy is done: the next tick retries
             try:
-                self._on_applied(self.group_id, idx, result)
+                self._applied(idx, result)
             except Exception as e:
                 raise ApplyFailed(self.group_id, idx) from e
             self._answer(idx, term, result)
         return True
+
+    def _applied(self, idx: int, result: dict[str, Any] | None) -> None:
+        """Tell the listeners of every command applied at ``idx`` (each of a batch)."""
+        batch = None if result is None else result.get("_batch")
+        if batch is None:
+            self._on_applied(self.group_id, idx, result)
+            return
+        for each in batch:
+            self._on_applied(self.group_id, idx, each)
 
     def _stalled(self, e: StorageStalled) -> bool:
         # Retried once a second, not every tick: each attempt redoes the whole entry.

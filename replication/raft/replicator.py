@@ -23,7 +23,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +52,13 @@ from hanzo_tasks.replication.raft.journal import DurableJournal, JournalError
 from hanzo_tasks.replication.raft.snapshots import LmdbSnapshotter
 from hanzo_tasks.replication.raft.transport import PeerMux
 from hanzo_tasks.replication.rpc import PeerRpc, PeerUnavailable, RemoteError
-from hanzo_tasks.shard import STORAGE_FULL, PartitionStore, StateMachine
+from hanzo_tasks.shard import (
+    BATCH_OVERHEAD,
+    STORAGE_FULL,
+    PartitionStore,
+    StateMachine,
+    encode_batch,
+)
 from hanzo_tasks.shard.meta import MetaMachine, initial_meta_voters
 from pysyncobj import SyncObjConf
 from pysyncobj.config import FAIL_REASON
@@ -68,6 +74,7 @@ FRAME_MARGIN = 64 << 10  # an AppendEntries' fields besides its entries, with ro
 # dropped for not being in the layout for this long: the keeper adds it, waits
 # for the commit and records it well within.
 JOIN_GRACE = 60.0
+COALESCE_MAX = 256  # commands in one shared entry at most (the apply batch's bound)
 DROP_CHECK_EVERY = 0.5
 # How long a node with no meta state asks its peers for the meta voters
 # (joining a running cluster, or bootstrapping a new one with them).
@@ -132,6 +139,9 @@ class RaftReplicator:
         self._forced_at: dict[int, float] = {}
         self.propose_timeout = propose_timeout_ms / 1000.0
         self.reads_by_index = 0  # linearizable read points reached without a log entry
+        self.coalesce = True  # proposals waiting together share one entry (see _flush_proposals)
+        self.coalesced = 0  # proposals that went out inside a shared entry
+        self._proposed: dict[int, list[tuple[bytes, Any]]] = {}
         self._timings = (election_timeout_ms / 1000.0, heartbeat_interval_ms / 1000.0)
         self._store_opts = {"map_size": map_size, "map_size_max": map_size_max, "reserve_disk": reserve_disk}
         # Groups this node holds a replica of: the meta group always, partitions
@@ -1048,11 +1058,7 @@ class RaftReplicator:
             touched.add(group)
         elif kind == "propose":
             _, group, data, cb = item
-            grp = self._groups.get(group)
-            if grp is None:
-                cb(None, FAIL_REASON.MISSING_LEADER)
-                return True
-            grp._applyCommand(data, cb)
+            self._proposed.setdefault(group, []).append((data, cb))  # _flush_proposals, after the drain
             touched.add(group)
         elif kind == "layout":
             _, group, nodes, hold = item
@@ -1095,8 +1101,49 @@ class RaftReplicator:
         elif kind == "call":
             item[1]()
         elif kind == "stop":
+            self._flush_proposals()
             return False
         return True
+
+    def _flush_proposals(self) -> None:
+        """Hand the proposals drained from the inbox to their groups: those that
+        waited for one partition at the same moment share one Raft entry
+        (``sys.batch``, answered command by command), so a busy partition pays
+        the log append, the journal write and the replication of one entry for
+        many commands, and never waits to gather them."""
+        pending, self._proposed = self._proposed, {}
+        for group, items in pending.items():
+            grp = self._groups.get(group)
+            if grp is None:
+                for _, cb in items:
+                    cb(None, FAIL_REASON.MISSING_LEADER)
+                continue
+            if len(items) == 1 or not self.coalesce or group == self.meta_group:
+                for data, cb in items:
+                    grp._applyCommand(data, cb)
+                continue
+            for chunk in self._batches(items):
+                if len(chunk) == 1:
+                    grp._applyCommand(*chunk[0])
+                    continue
+                self.coalesced += len(chunk)
+                grp._applyCommand(REGULAR + encode_batch([data[1:] for data, _ in chunk]),
+                                  _fan_out([cb for _, cb in chunk]))
+
+    def _batches(self, items: list[tuple[bytes, Any]]) -> Iterator[list[tuple[bytes, Any]]]:
+        """Runs of proposals whose batch fits one entry (``limits.max_frame``)."""
+        room = self.max_entry - ENTRY_OVERHEAD - BATCH_OVERHEAD
+        chunk: list[tuple[bytes, Any]] = []
+        size = 0
+        for item in items:
+            cost = len(item[0]) + 5
+            if chunk and (size + cost > room or len(chunk) >= COALESCE_MAX):
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(item)
+            size += cost
+        if chunk:
+            yield chunk
 
     def _run(self) -> None:
         """The Raft thread.
@@ -1135,6 +1182,8 @@ class RaftReplicator:
                             break
                 except queue.Empty:
                     pass
+                if self._proposed:
+                    self._flush_proposals()
                 now = time.monotonic()
                 if now - last_full >= tick_every:
                     last_full = now
@@ -1325,6 +1374,21 @@ def _settle(fut: asyncio.Future[Any], res: Any, exc: BaseException | None) -> No
         fut.set_exception(exc)
     else:
         fut.set_result(res)
+
+
+def _fan_out(callbacks: list[Any]) -> Callable[[Any, int], None]:
+    """One batch entry's answer, split into the answer of each of its commands."""
+
+    def done(res: Any, err: int) -> None:
+        batch = res.get("_batch") if isinstance(res, dict) else None
+        for i, cb in enumerate(callbacks):
+            each = batch[i] if batch is not None and i < len(batch) else (None if batch is not None else res)
+            try:
+                cb(each, err)
+            except Exception:
+                log.exception("a proposal's callback failed")
+
+    return done
 
 
 def _settle_read(fut: asyncio.Future[int], index: int | None, why: str | None) -> None:

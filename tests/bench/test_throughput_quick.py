@@ -28,8 +28,10 @@ def test_quick_run_writes_rows_cpu_per_process_and_ratios(tmp_path: Path) -> Non
     report = json.loads(out.read_text())
     have_etcd = shutil.which("etcd") is not None
 
-    starts = [r for r in report["rows"] if r["system"] == "single"]
-    assert [(r["op"], r["clients"]) for r in starts] == [("start", 1), ("start", 4)]
+    ours = [r for r in report["rows"] if r["system"] == "single"]
+    assert [(r["op"], r["clients"]) for r in ours] == [("start", 1), ("start", 4), ("describe", 4),
+                                                        ("describe-stale", 4)]
+    starts = ours[:2]
     for row in report["rows"]:
         assert row["ok"] > 0 and row["errors"] == {}, row
         assert row["ops_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
@@ -44,7 +46,9 @@ def test_quick_run_writes_rows_cpu_per_process_and_ratios(tmp_path: Path) -> Non
     if have_etcd:
         assert report["etcd"]["found"] is True
         assert etcd_rows == [("put", 1, 3), ("put", 4, 3), ("range", 4, 3)]
-        assert [(x["system"], x["clients"]) for x in report["ratios"]] == [("single", 1), ("single", 4)]
+        assert [(x["system"], x["op"], x["clients"]) for x in report["ratios"]] == [
+            ("single", "start ÷ put", 1), ("single", "start ÷ put", 4), ("single", "describe ÷ range", 4),
+            ("single", "describe-stale ÷ range", 4)]
         assert all(x["ops_per_s"] and x["cpu_per_op"] for x in report["ratios"])
         assert "ours ÷ etcd" in proc.stdout
     else:
