@@ -64,7 +64,14 @@ import time
 from typing import Any
 
 import msgpack
-from hanzo_tasks.routing import Zones, distinct_domains, failure_domain, partition_plan, rank, spread_fill
+from hanzo_tasks.routing import (
+    Zones,
+    distinct_domains,
+    failure_domain,
+    partition_plan,
+    rank,
+    spread_fill,
+)
 from hanzo_tasks.shard.meta import MAX_META_VOTERS
 
 log = logging.getLogger("tasks.replicas")
