@@ -35,6 +35,10 @@ follow it as learners (the leader streams them the log; they neither vote
 nor count towards a commit). The meta leader makes a learner a voter once it
 answers and has caught up, while the group has fewer voters than five (or
 than members), and removes the vote of a node that is no longer a member.
+With zones, the learner of the zone with the fewest voters goes first, and a
+zone holding two voters more than another zone with a learner gives one up
+(that learner is made a voter, then a voter of the most represented zone is
+removed), so that losing one machine takes as few meta votes as it can.
 
 Each step is idempotent and re-derived from the meta group every round, so a
 new meta leader simply continues. When every set is whole and every member answers,
@@ -134,6 +138,36 @@ def _keeps_domains(nodes: list[str], out: str, into: str, zones: Zones | None) -
 def zones_of(members: dict[str, dict[str, Any]]) -> dict[str, str | None]:
     """node -> its zone, from the meta group's member records (no zone: None)."""
     return {mid: rec.get("zone") or None for mid, rec in members.items()}
+
+
+def meta_voter_candidates(voters: set[str], learners: list[str], zones: Zones | None, target: int) -> list[str]:
+    """The learners that may become meta voters, best first: while the group
+    has fewer than ``target`` voters, all of them, those of a zone with fewer
+    voters first; at ``target``, only learners of a zone holding at least two
+    voters fewer than the most represented one (the swap's first half; the
+    next round sheds with ``surplus_meta_voter``). Without zones: all learners
+    in id order below target, none at it."""
+    count: dict[str, int] = {}
+    for v in voters:
+        count[failure_domain(v, zones)] = count.get(failure_domain(v, zones), 0) + 1
+    ordered = sorted(learners, key=lambda n: (count.get(failure_domain(n, zones), 0), n))
+    if len(voters) < target:
+        return ordered
+    most = max(count.values(), default=0)
+    return [n for n in ordered if count.get(failure_domain(n, zones), 0) <= most - 2]
+
+
+def surplus_meta_voter(voters: set[str], zones: Zones | None, keep: str) -> str | None:
+    """The voter to remove from a meta group above its size: one of the zone
+    holding the most voters (the last id of it), never ``keep`` (the leader
+    that makes the change)."""
+    count: dict[str, int] = {}
+    for v in voters:
+        count[failure_domain(v, zones)] = count.get(failure_domain(v, zones), 0) + 1
+    options = [v for v in voters if v != keep]
+    if not options:
+        return None
+    return max(options, key=lambda v: (count[failure_domain(v, zones)], v))
 
 
 def current_layout(rep: Any) -> dict[int, list[str]]:
@@ -277,7 +311,7 @@ class ReplicaKeeper:
         members, zones = set(records), zones_of(records)
         if not layout or not members:
             return
-        if await self._meta_voters(members):
+        if await self._meta_voters(members, zones):
             return
         if time.monotonic() - self._reconciled_at >= RECONCILE_EVERY:
             self._reconciled_at = time.monotonic()
@@ -340,7 +374,7 @@ class ReplicaKeeper:
             if await self._change(p, layout[p], "add", node):
                 await self._caught_up(p, node)
 
-    async def _meta_voters(self, members: set[str]) -> bool:
+    async def _meta_voters(self, members: set[str], zones: Zones | None = None) -> bool:
         """One change of the meta group's voters, if one is due (True: made).
 
         Clusters bootstrapped before meta voters were recorded keep every
@@ -357,10 +391,17 @@ class ReplicaKeeper:
             log.info("meta group: removing the vote of %s, no longer a member", gone[0])
             await rep.change_membership("rem", gone[0], groups=[rep.meta_group], timeout=20.0)
             return True
-        if len(voters) >= min(MAX_META_VOTERS, len(members)):
-            return False
-        for node in sorted(members - voters):
-            if node in view["answering"] and await self._caught_up(rep.meta_group, node, wait=2.0):
+        target = min(MAX_META_VOTERS, len(members))
+        if len(voters) > target:  # the second half of a swap between zones
+            node = surplus_meta_voter(voters, zones, rep.node_id)
+            if node is None:
+                return False
+            log.info("meta group: removing the vote of %s, its zone holds the most voters", node)
+            await rep.change_membership("rem", node, groups=[rep.meta_group], timeout=20.0)
+            return True
+        learners = [n for n in sorted(members - voters) if n in view["answering"]]
+        for node in meta_voter_candidates(voters, learners, zones, target):
+            if await self._caught_up(rep.meta_group, node, wait=2.0):
                 log.info("meta group: %s becomes a voter (%d of at most %d)", node, len(voters) + 1,
                          MAX_META_VOTERS)
                 await rep.change_membership("add", node, groups=[rep.meta_group], timeout=20.0)

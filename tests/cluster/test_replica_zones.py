@@ -8,7 +8,9 @@ from __future__ import annotations
 from hanzo_tasks.cluster.replica_sets import (
     balancing_move,
     bootstrap_layout,
+    meta_voter_candidates,
     replica_load,
+    surplus_meta_voter,
     wanted,
     zones_of,
 )
@@ -144,3 +146,37 @@ def test_a_dead_machine_moves_nothing() -> None:
 def test_zones_of_reads_member_records() -> None:
     records = {"n1": {"id": "n1", "zone": "m-a"}, "n2": {"id": "n2"}, "n3": {"id": "n3", "zone": ""}}
     assert zones_of(records) == {"n1": "m-a", "n2": None, "n3": None}
+
+
+def test_meta_voters_without_zones_are_as_before() -> None:
+    voters = {"n1", "n2", "n3"}
+    assert meta_voter_candidates(voters, ["n5", "n4"], None, 5) == ["n4", "n5"]
+    assert meta_voter_candidates(voters | {"n4", "n5"}, ["n6"], None, 5) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(2, 4), st.integers(2, 4), st.data())
+def test_meta_voters_end_spread_over_the_machines(zone_count: int, per_zone: int, data: st.DataObject) -> None:
+    """Start from the bootstrap voters (the first five ids, which may sit on
+    few machines) and apply the keeper's changes one at a time: it ends with
+    five voters (or every member) and no machine holds two more than another."""
+    members, zones = machines(zone_count, per_zone)
+    ids = data.draw(st.permutations(members))
+    zones = dict(zip(ids, [zones[m] for m in members], strict=True))  # any ids on any machines
+    voters = set(sorted(members)[:5])
+    target = min(5, len(members))
+    for _ in range(40):
+        if len(voters) > target:
+            voters.discard(surplus_meta_voter(voters, zones, keep=min(voters)))
+            continue
+        options = meta_voter_candidates(voters, sorted(set(members) - voters), zones, target)
+        if not options:
+            break
+        voters.add(options[0])
+    else:
+        raise AssertionError("the meta voters kept changing")
+    assert len(voters) == target
+    per_machine = [sum(1 for v in voters if zones[v] == z) for z in set(zones.values())]
+    assert max(per_machine) - min(per_machine) <= 1, (voters, zones)
+    if zone_count >= 3:
+        assert max(per_machine) <= (target - 1) // 2  # losing one machine keeps a majority
