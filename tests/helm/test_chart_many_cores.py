@@ -72,3 +72,22 @@ def test_schema_rejects(values: dict[str, Any]) -> None:
 def test_lint_is_clean_with_many_cores_values() -> None:
     report = helm.lint(CHART_DIR, {**MANY_CORES, "podAntiAffinity": "none"}, strict=True, kube_version="v1.31.0")
     assert report["errors"] == [] and report["messages"] == [], report
+
+
+def test_the_example_of_the_readme_renders_and_lints() -> None:
+    """helm/README.md, "Many cores": twelve pods of one core on three machines."""
+    values: dict[str, Any] = {
+        "replicas": 12, "resources": {"requests": {"cpu": "1"}}, "config": {"partitions": 48},
+        "podAntiAffinity": "none",
+        "topologySpreadConstraints": [{
+            "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "tasks"}},
+        }],
+    }
+    readme = (CHART_DIR.parent / "README.md").read_text()
+    assert "--set replicas=12 --set resources.requests.cpu=1" in readme
+    spec = one(manifests(render(values)), "StatefulSet")["spec"]
+    assert spec["replicas"] == 12
+    assert "affinity" not in spec["template"]["spec"]
+    report = helm.lint(CHART_DIR, values, strict=True, kube_version="v1.31.0")
+    assert report["errors"] == [] and report["messages"] == [], report
