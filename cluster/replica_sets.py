@@ -323,6 +323,12 @@ class ReplicaKeeper:
             want = wanted(cur, members, p, self.rf, self.seed, load, leaders.get(p), zones)
             if want == cur:
                 continue
+            if len(want) > len(cur) >= min(self.rf, len(members)) and not all(
+                    n == self.rep.node_id or self.rep.peer_responsive(n) for n in cur):
+                # A whole set that spans too few zones grows by one only while all
+                # of it answers, like a balancing move: it is a better place, not
+                # a missing replica, and must not wait on a node that is down.
+                continue
             drop = [n for n in cur if n not in want]
             view = await self._membership_of(p) if drop and len(cur) > 1 else None
             gone = [n for n in drop if view is not None and n not in view["answering"]]
