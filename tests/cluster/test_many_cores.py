@@ -109,9 +109,10 @@ def test_replicas_span_the_machines_and_losing_one_machine_loses_nothing(machine
         if info is None:
             return False, None
         leaders = {p["id"]: p["leader"] for p in info["partitions"]}
-        return all(leaders.get(p) and leaders[p] not in lost for p in range(P)), leaders
+        leaders["meta"] = info["metaLeader"]  # the directory: 5 voters, at most 2 per machine
+        return all(leaders.get(g) and leaders[g] not in lost for g in [*range(P), "meta"]), leaders
 
-    wait_for("a live leader for every partition", every_partition_led, 30.0)
+    wait_for("a live leader for every partition and the meta group", every_partition_led, 30.0)
     failover = time.monotonic() - killed_at
 
     survivors = [nid for nid in IDS if nid not in lost]
