@@ -132,6 +132,8 @@ def bootstrap_layout(partitions: int, members: list[str], replication_factor: in
 
 def _keeps_domains(nodes: list[str], out: str, into: str, zones: Zones | None) -> bool:
     """Whether replacing ``out`` by ``into`` leaves the set spanning at least as many zones."""
+    if not zones:
+        return True  # every node its own domain: a node new to the set keeps the count
     return distinct_domains([into if n == out else n for n in nodes], zones) >= distinct_domains(nodes, zones)
 
 
