@@ -32,7 +32,9 @@ class Members:
         self.node = node
 
     async def join_meta(self) -> None:
-        """Fix the partition count at bootstrap and publish this node's addresses.
+        """Fix the partition count at bootstrap and publish this node's addresses
+        and its zone (``node_zone``; "" clears one it had, so that replicas
+        follow a node that moved to another machine).
 
         Both are proposals to the meta group (forwarded to its leader by Raft),
         retried until they commit. A cluster with another partition count makes
@@ -49,7 +51,7 @@ class Members:
             {"op": "meta.init", "partitions": cfg.partitions, "members": peers, "replicas": layout,
              "voters": voters},
             {"op": "meta.member", "id": self.node.node_id, "peer": cfg.advertise_peer,
-             "http": self.node.public_http, "zap": self.node.public_zap},
+             "http": self.node.public_http, "zap": self.node.public_zap, "zone": cfg.node_zone or ""},
         ]
         for cmd in commands:
             while True:

@@ -35,6 +35,10 @@ follow it as learners (the leader streams them the log; they neither vote
 nor count towards a commit). The meta leader makes a learner a voter once it
 answers and has caught up, while the group has fewer voters than five (or
 than members), and removes the vote of a node that is no longer a member.
+With zones, the learner of the zone with the fewest voters goes first, and a
+zone holding two voters more than another zone with a learner gives one up
+(that learner is made a voter, then a voter of the most represented zone is
+removed), so that losing one machine takes as few meta votes as it can.
 
 Each step is idempotent and re-derived from the meta group every round, so a
 new meta leader simply continues. When every set is whole and every member answers,
@@ -42,6 +46,18 @@ replicas are spread onto members that hold fewer (a node that joined): the
 receiving node is added to a partition of the most loaded node (preferring
 one it is the preferred leader of), catches up, and the set then sheds its
 most loaded member, until every member holds within one of every other.
+
+**Failure domains.** A member may publish a zone (``node_zone``: a machine,
+rack or zone; ``meta.member`` records it). Every choice above then prefers a
+node whose zone the set does not span yet, and only when the members span
+fewer zones than the set has replicas do two replicas share one: several
+nodes per machine (one per core) never put two replicas of a partition on
+one machine while there are enough machines. A set that spans fewer zones
+than it could (the bootstrap layout is computed before the zones are known,
+or a node came back with another zone) gains a node of a missing zone and
+then sheds one of a zone it holds twice, like a balancing move; balancing
+moves themselves never lower a set's number of zones. Members without a zone
+are each their own domain, so a cluster without zones places as before.
 """
 
 from __future__ import annotations
@@ -52,7 +68,14 @@ import time
 from typing import Any
 
 import msgpack
-from hanzo_tasks.routing import partition_plan, rank
+from hanzo_tasks.routing import (
+    Zones,
+    distinct_domains,
+    failure_domain,
+    partition_plan,
+    rank,
+    spread_fill,
+)
 from hanzo_tasks.shard.meta import MAX_META_VOTERS
 
 log = logging.getLogger("tasks.replicas")
@@ -62,13 +85,15 @@ CATCH_UP_WAIT = 60.0
 RECONCILE_EVERY = 5.0
 
 
-def bootstrap_layout(partitions: int, members: list[str], replication_factor: int, seed: str) -> list[list[str]]:
+def bootstrap_layout(partitions: int, members: list[str], replication_factor: int, seed: str,
+                     zones: Zones | None = None) -> list[list[str]]:
     """The layout a new cluster starts with (recorded by meta.init).
 
     Each partition's preferred leader (balanced by ``partition_plan``) first,
     then the members holding the fewest partitions so far, ties broken by
     the partition's HRW order, so that every node stores about as many
-    partitions as every other (``P * rf / N``).
+    partitions as every other (``P * rf / N``). With ``zones``, members of a
+    zone the set does not span yet come before all others.
     """
     plan = partition_plan(partitions, members, replication_factor, seed)
     ms = sorted(set(members))
@@ -80,28 +105,71 @@ def bootstrap_layout(partitions: int, members: list[str], replication_factor: in
     out = []
     for pp in plan:
         nodes = [pp.preferred_leader]
+        used = {failure_domain(pp.preferred_leader, zones)}
         ranked = rank("", "", str(pp.id), seed, ms)
         while len(nodes) < k:
             m = min((m for m in ranked if m not in nodes),
-                    key=lambda m: (held[m] >= share, held[m], ranked.index(m)))
+                    key=lambda m: (failure_domain(m, zones) in used, held[m] >= share, held[m], ranked.index(m)))
             nodes.append(m)
+            used.add(failure_domain(m, zones))
             held[m] += 1
         out.append(nodes)
     # The greedy pass can leave a spread of more than one: hand a follower slot
-    # from the most to the least loaded member while one can take it.
+    # from a most to a least loaded member while one can take it without the
+    # set spanning fewer zones.
     while True:
-        hi = max(ms, key=lambda m: (held[m], m))
-        lo = min(ms, key=lambda m: (held[m], m))
-        if held[hi] - held[lo] <= 1:
+        by_load = sorted(ms, key=lambda m: (held[m], m))
+        swap = next(((nodes, hi, lo) for hi in reversed(by_load) for lo in by_load
+                     if held[hi] - held[lo] > 1 for nodes in out
+                     if hi in nodes[1:] and lo not in nodes and _keeps_domains(nodes, hi, lo, zones)), None)
+        if swap is None:
             return out
-        for nodes in out:
-            if hi in nodes[1:] and lo not in nodes:
-                nodes[nodes.index(hi)] = lo
-                held[hi] -= 1
-                held[lo] += 1
-                break
-        else:
-            return out
+        nodes, hi, lo = swap
+        nodes[nodes.index(hi)] = lo
+        held[hi] -= 1
+        held[lo] += 1
+
+
+def _keeps_domains(nodes: list[str], out: str, into: str, zones: Zones | None) -> bool:
+    """Whether replacing ``out`` by ``into`` leaves the set spanning at least as many zones."""
+    if not zones:
+        return True  # every node its own domain: a node new to the set keeps the count
+    return distinct_domains([into if n == out else n for n in nodes], zones) >= distinct_domains(nodes, zones)
+
+
+def zones_of(members: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    """node -> its zone, from the meta group's member records (no zone: None)."""
+    return {mid: rec.get("zone") or None for mid, rec in members.items()}
+
+
+def meta_voter_candidates(voters: set[str], learners: list[str], zones: Zones | None, target: int) -> list[str]:
+    """The learners that may become meta voters, best first: while the group
+    has fewer than ``target`` voters, all of them, those of a zone with fewer
+    voters first; at ``target``, only learners of a zone holding at least two
+    voters fewer than the most represented one (the swap's first half; the
+    next round sheds with ``surplus_meta_voter``). Without zones: all learners
+    in id order below target, none at it."""
+    count: dict[str, int] = {}
+    for v in voters:
+        count[failure_domain(v, zones)] = count.get(failure_domain(v, zones), 0) + 1
+    ordered = sorted(learners, key=lambda n: (count.get(failure_domain(n, zones), 0), n))
+    if len(voters) < target:
+        return ordered
+    most = max(count.values(), default=0)
+    return [n for n in ordered if count.get(failure_domain(n, zones), 0) <= most - 2]
+
+
+def surplus_meta_voter(voters: set[str], zones: Zones | None, keep: str) -> str | None:
+    """The voter to remove from a meta group above its size: one of the zone
+    holding the most voters (the last id of it), never ``keep`` (the leader
+    that makes the change)."""
+    count: dict[str, int] = {}
+    for v in voters:
+        count[failure_domain(v, zones)] = count.get(failure_domain(v, zones), 0) + 1
+    options = [v for v in voters if v != keep]
+    if not options:
+        return None
+    return max(options, key=lambda v: (count[failure_domain(v, zones)], v))
 
 
 def current_layout(rep: Any) -> dict[int, list[str]]:
@@ -116,24 +184,28 @@ def current_layout(rep: Any) -> dict[int, list[str]]:
 
 
 def wanted(current: list[str], members: set[str], partition: int, replication_factor: int, seed: str,
-           load: dict[str, int] | None = None, leader: str | None = None) -> list[str]:
+           load: dict[str, int] | None = None, leader: str | None = None,
+           zones: Zones | None = None) -> list[str]:
     """The set ``current`` should become: its members that are still members,
-    topped up in HRW order to ``min(rf, members)``. With ``load`` (replicas
-    per member), a set left one too large by a balancing move sheds its most
-    loaded member other than the partition's preferred ``leader`` (ties: the
-    last in HRW order); a preferred leader that holds no replica protects
-    nobody, and the keeper hands leadership over before it removes a leader."""
+    topped up in HRW order to ``min(rf, members)`` (members of a zone the set
+    does not span yet first). With ``load`` (replicas per member), a set left
+    one too large by a move sheds a member whose zone it holds twice, else its
+    most loaded member other than the partition's preferred ``leader`` (ties:
+    the last in HRW order); a preferred leader that holds no replica protects
+    nobody, and the keeper hands leadership over before it removes a leader.
+    Also with ``load``, a whole set that spans fewer zones than the members
+    could give it gains one node of a missing zone (the next call sheds)."""
     keep = [n for n in current if n in members]
     target = min(replication_factor, len(members))
     ranked = rank("", "", str(partition), seed, sorted(members))
-    for m in ranked:
-        if len(keep) >= target:
-            break
-        if m not in keep:
-            keep.append(m)
+    if len(keep) < target:
+        keep = spread_fill(keep, ranked, target, zones)
     if load is not None:
         while len(keep) > target:
-            keep.remove(max(keep, key=lambda n: (n != leader, load.get(n, 0), ranked.index(n))))
+            keep.remove(max(keep, key=lambda n: (distinct_domains([m for m in keep if m != n], zones),
+                                                 n != leader, load.get(n, 0), ranked.index(n))))
+        if distinct_domains(keep, zones) < min(target, distinct_domains(members, zones)):
+            keep = spread_fill(keep, ranked, target + 1, zones)
     return keep
 
 
@@ -148,7 +220,7 @@ def replica_load(layout: dict[int, list[str]], members: set[str]) -> dict[str, i
 
 
 def balancing_move(layout: dict[int, list[str]], members: set[str], replication_factor: int,
-                   seed: str) -> tuple[int, str] | None:
+                   seed: str, zones: Zones | None = None) -> tuple[int, str] | None:
     """One replica to add so that replicas spread evenly (a node that joined
     holds none): ``(partition, node)``, or None when every member holds within
     one of every other. The set then sheds its most loaded member (``wanted``).
@@ -160,30 +232,34 @@ def balancing_move(layout: dict[int, list[str]], members: set[str], replication_
     preferred leader is the receiving node go first, so that leadership can
     follow. When no such move exists but a member two above another is
     still there, one replica goes to a member holding one fewer, chosen so
-    that the direct move exists afterwards (the pair lowers the sum)."""
+    that the direct move exists afterwards (the pair lowers the sum). With
+    ``zones``, only moves that leave the set spanning as many zones are made
+    (unequal zones can then leave a larger spread: a zone's few members must
+    hold a replica of every partition)."""
     if not layout or len(members) <= min(replication_factor, len(members)):
         return None
     leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, replication_factor, seed)}
-    move = _direct_move(layout, members, leaders, 2)
+    move = _direct_move(layout, members, leaders, 2, zones)
     if move is not None:
         return move
     load = replica_load(layout, members)
     if max(load.values()) - min(load.values()) <= 1:
         return None
-    for step in _moves(layout, members, leaders, 1):
+    for step in _moves(layout, members, leaders, 1, zones):
         p, node = step
         after = dict(layout)
         after[p] = wanted([*layout[p], node], members, p, replication_factor, seed,
-                          replica_load({**layout, p: [*layout[p], node]}, members), leaders.get(p))
-        if _direct_move(after, members, leaders, 2) is not None:
+                          replica_load({**layout, p: [*layout[p], node]}, members), leaders.get(p), zones)
+        if _direct_move(after, members, leaders, 2, zones) is not None:
             return step
     return None
 
 
-def _moves(layout: dict[int, list[str]], members: set[str], leaders: dict[int, str], gap: int):
+def _moves(layout: dict[int, list[str]], members: set[str], leaders: dict[int, str], gap: int,
+           zones: Zones | None = None):
     """Candidate ``(partition, receiver)`` moves from a member to one holding
     at least ``gap`` fewer replicas, most loaded giver and least loaded
-    receiver first."""
+    receiver first, that leave the set spanning as many zones."""
     load = replica_load(layout, members)
     by_load = sorted(members, key=lambda n: (load[n], n))
     for hi in reversed(by_load):
@@ -191,14 +267,15 @@ def _moves(layout: dict[int, list[str]], members: set[str], leaders: dict[int, s
             if load[hi] - load[lo] < gap:
                 break
             options = [p for p, nodes in layout.items()
-                       if hi in nodes and lo not in nodes and leaders.get(p) != hi]
+                       if hi in nodes and lo not in nodes and leaders.get(p) != hi
+                       and _keeps_domains(nodes, hi, lo, zones)]
             for p in sorted(options, key=lambda p: (leaders.get(p) != lo, p)):
                 yield p, lo
 
 
 def _direct_move(layout: dict[int, list[str]], members: set[str], leaders: dict[int, str],
-                 gap: int) -> tuple[int, str] | None:
-    return next(_moves(layout, members, leaders, gap), None)
+                 gap: int, zones: Zones | None = None) -> tuple[int, str] | None:
+    return next(_moves(layout, members, leaders, gap, zones), None)
 
 
 class ReplicaKeeper:
@@ -232,10 +309,11 @@ class ReplicaKeeper:
 
     async def round(self) -> None:
         layout = current_layout(self.rep)
-        members = set(self.rep.meta.members())
+        records = self.rep.meta.members()
+        members, zones = set(records), zones_of(records)
         if not layout or not members:
             return
-        if await self._meta_voters(members):
+        if await self._meta_voters(members, zones):
             return
         if time.monotonic() - self._reconciled_at >= RECONCILE_EVERY:
             self._reconciled_at = time.monotonic()
@@ -244,8 +322,14 @@ class ReplicaKeeper:
         load = replica_load(layout, members)
         leaders = {pp.id: pp.preferred_leader for pp in partition_plan(len(layout), members, self.rf, self.seed)}
         for p, cur in sorted(layout.items()):
-            want = wanted(cur, members, p, self.rf, self.seed, load, leaders.get(p))
+            want = wanted(cur, members, p, self.rf, self.seed, load, leaders.get(p), zones)
             if want == cur:
+                continue
+            if len(want) > len(cur) >= min(self.rf, len(members)) and not all(
+                    n == self.rep.node_id or self.rep.peer_responsive(n) for n in cur):
+                # A whole set that spans too few zones grows by one only while all
+                # of it answers, like a balancing move: it is a better place, not
+                # a missing replica, and must not wait on a node that is down.
                 continue
             drop = [n for n in cur if n not in want]
             view = await self._membership_of(p) if drop and len(cur) > 1 else None
@@ -291,14 +375,14 @@ class ReplicaKeeper:
         # move waits on a node that is down (a rolling restart pauses it).
         if not all(n == self.rep.node_id or self.rep.peer_responsive(n) for n in members):
             return
-        move = balancing_move(layout, members, self.rf, self.seed)
+        move = balancing_move(layout, members, self.rf, self.seed, zones)
         if move is not None:
             p, node = move
             log.info("partition %d: adding replica %s to %s (spreading replicas)", p, node, layout[p])
             if await self._change(p, layout[p], "add", node):
                 await self._caught_up(p, node)
 
-    async def _meta_voters(self, members: set[str]) -> bool:
+    async def _meta_voters(self, members: set[str], zones: Zones | None = None) -> bool:
         """One change of the meta group's voters, if one is due (True: made).
 
         Clusters bootstrapped before meta voters were recorded keep every
@@ -315,10 +399,17 @@ class ReplicaKeeper:
             log.info("meta group: removing the vote of %s, no longer a member", gone[0])
             await rep.change_membership("rem", gone[0], groups=[rep.meta_group], timeout=20.0)
             return True
-        if len(voters) >= min(MAX_META_VOTERS, len(members)):
-            return False
-        for node in sorted(members - voters):
-            if node in view["answering"] and await self._caught_up(rep.meta_group, node, wait=2.0):
+        target = min(MAX_META_VOTERS, len(members))
+        if len(voters) > target:  # the second half of a swap between zones
+            node = surplus_meta_voter(voters, zones, rep.node_id)
+            if node is None:
+                return False
+            log.info("meta group: removing the vote of %s, its zone holds the most voters", node)
+            await rep.change_membership("rem", node, groups=[rep.meta_group], timeout=20.0)
+            return True
+        learners = [n for n in sorted(members - voters) if n in view["answering"]]
+        for node in meta_voter_candidates(voters, learners, zones, target):
+            if await self._caught_up(rep.meta_group, node, wait=2.0):
                 log.info("meta group: %s becomes a voter (%d of at most %d)", node, len(voters) + 1,
                          MAX_META_VOTERS)
                 await rep.change_membership("add", node, groups=[rep.meta_group], timeout=20.0)

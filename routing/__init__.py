@@ -15,9 +15,13 @@ from hanzo_tasks.routing.placement import (
     Placement,
     PlacementTable,
     Subscriber,
+    Zones,
+    distinct_domains,
+    failure_domain,
     partition_plan,
     preferred_leaders,
     replicas,
+    spread_fill,
 )
 
 __all__ = [
@@ -30,11 +34,15 @@ __all__ = [
     "Placement",
     "PlacementTable",
     "Subscriber",
+    "Zones",
+    "distinct_domains",
+    "failure_domain",
     "partition_of",
     "partition_plan",
     "preferred_leaders",
     "rank",
     "replicas",
     "score",
+    "spread_fill",
     "winner",
 ]

@@ -7,6 +7,9 @@ which is what lets any node route any request without asking anyone.
 
 - ``preferred_leaders`` / ``replicas`` / ``partition_plan``: the partition layout
   the meta group publishes (SPEC §4.9 ``partitions[]``).
+- ``failure_domain`` / ``spread_fill``: replicas of one partition in distinct
+  failure domains (``node_zone``: a machine, rack or zone) while there are
+  enough of them.
 - ``Membership`` / ``MembershipWatcher``: the membership view and the single
   membership-change event that dispatch and timers subscribe to.
 - ``PlacementTable``: placement pins and epochs written by migrations
@@ -35,9 +38,13 @@ __all__ = [
     "Placement",
     "PlacementTable",
     "Subscriber",
+    "Zones",
+    "distinct_domains",
+    "failure_domain",
     "partition_plan",
     "preferred_leaders",
     "replicas",
+    "spread_fill",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,50 @@ log = logging.getLogger(__name__)
 LEADER_SEED = "leader"
 """HRW seed of the preferred-leader ranking. Fixed rather than the cluster seed so
 that leader placement does not move when an operator changes the routing seed."""
+
+
+# --------------------------------------------------------------------------
+# Failure domains
+# --------------------------------------------------------------------------
+
+Zones = Mapping[str, str | None]
+"""node id -> its zone (``node_zone``); a node missing or mapped to None/"" has none."""
+
+
+def failure_domain(node: str, zones: Zones | None) -> str:
+    """The failure domain of ``node``: its zone, or the node itself when it has
+    none, so that a node without a zone shares a domain with nobody (and with
+    ``zones=None`` every node is its own domain: plain per-node placement)."""
+    zone = zones.get(node) if zones else None
+    return f"zone:{zone}" if zone else f"node:{node}"
+
+
+def distinct_domains(nodes: Iterable[str], zones: Zones | None) -> int:
+    """How many failure domains ``nodes`` span."""
+    return len({failure_domain(n, zones) for n in nodes})
+
+
+def spread_fill(chosen: Sequence[str], candidates: Iterable[str], k: int, zones: Zones | None) -> list[str]:
+    """``chosen`` topped up to ``k`` nodes from ``candidates`` (in their order):
+    first the candidates whose failure domain the set does not span yet, then,
+    only when fewer domains than ``k`` exist, the others in order. Without
+    zones this is simply the first candidates, so per-node placement is
+    unchanged."""
+    out = list(chosen)
+    used = {failure_domain(n, zones) for n in out}
+    repeats: list[str] = []
+    for m in candidates:
+        if len(out) >= k:
+            return out
+        if m in out:
+            continue
+        domain = failure_domain(m, zones)
+        if domain in used:
+            repeats.append(m)
+        else:
+            out.append(m)
+            used.add(domain)
+    return out + repeats[: max(0, k - len(out))]
 
 
 # --------------------------------------------------------------------------
@@ -163,9 +214,14 @@ def replicas(
     seed: str,
     *,
     leader: str | None = None,
+    zones: Zones | None = None,
 ) -> list[str]:
     """The replica set of ``partition``: the first ``min(rf, N)`` members in HRW
     order for key ``("", "", str(partition), seed)``.
+
+    With ``zones`` (node -> failure domain), members of a domain the set does
+    not span yet go first (``spread_fill``): two replicas share a domain only
+    when there are fewer domains than ``min(rf, N)``.
 
     The preferred leader must be a replica (Raft can only hand leadership to a
     voter of the group), so pass it as ``leader`` (``preferred_leaders(P,
@@ -186,9 +242,7 @@ def replicas(
         raise ValueError(f"leader {leader!r} is not a member")
     ranked = rank("", "", str(partition), seed, ms)
     k = min(replication_factor, len(ms))
-    if leader is None:
-        return ranked[:k]
-    return [leader] + [m for m in ranked if m != leader][: k - 1]
+    return spread_fill([] if leader is None else [leader], ranked, k, zones)
 
 
 class PartitionPlacement(NamedTuple):
@@ -205,17 +259,19 @@ def partition_plan(
     replication_factor: int,
     seed: str,
     previous_leaders: Sequence[str | None] | None = None,
+    zones: Zones | None = None,
 ) -> list[PartitionPlacement]:
     """Preferred leader and replicas of every partition, computed together so that
     each preferred leader is one of its partition's replicas.
 
     ``previous_leaders`` is passed to ``preferred_leaders`` (minimal churn when
-    the meta group recomputes the layout after a membership change).
+    the meta group recomputes the layout after a membership change);
+    ``zones`` to ``replicas`` (replicas in distinct failure domains).
     """
     ms = _members(members)
     leaders = preferred_leaders(partitions, ms, previous_leaders)
     return [
-        PartitionPlacement(p, lead, replicas(p, ms, replication_factor, seed, leader=lead))
+        PartitionPlacement(p, lead, replicas(p, ms, replication_factor, seed, leader=lead, zones=zones))
         for p, lead in enumerate(leaders)
     ]
 

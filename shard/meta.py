@@ -151,6 +151,12 @@ class MetaMachine:
             if not isinstance(mid, str) or not mid:
                 return C.err("invalid_argument", "member without id")
             rec = {k: cmd.get(k) for k in ("id", "peer", "http", "zap")}
+            # The member's failure domain (node_zone). A command without the
+            # field (older nodes, a join through the API) keeps the recorded
+            # one; a record without it has no zone.
+            zone = cmd["zone"] if "zone" in cmd else _recorded_zone(txn, mid)
+            if isinstance(zone, str) and zone:
+                rec["zone"] = zone
             txn.put(MEMBER + mid.encode(), _pack(rec))
             return C.ok(member=rec)
         if op == "meta.remove":
@@ -290,6 +296,11 @@ class MetaMachine:
                         break
                     out[k[len(MEMBER) :].decode()] = _unpack(v)
         return out
+
+
+def _recorded_zone(txn: ReadTxn, member: str) -> Any:
+    raw = txn.get(MEMBER + member.encode())
+    return None if raw is None else _unpack(raw).get("zone")
 
 
 def _node_list(nodes: Any) -> TypeGuard[list[str]]:

@@ -167,6 +167,11 @@ class SettingsConfig:
     multi_cluster_enabled: bool = _key(Bool(), False, "Reported as multiClusterEnabled")
 
 
+# A failure domain's name: a machine, rack or zone (Kubernetes node names are
+# DNS subdomains of up to 253 characters).
+ZONE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,252}")
+
+
 def _hostname() -> str:
     """The machine's hostname (a function so tests can replace it)."""
     return socket.gethostname() or "localhost"
@@ -193,6 +198,11 @@ class Config:
             "help": "Node id, unique in the cluster",
             "shown": "short hostname",
         },
+    )
+    node_zone: str | None = _key(
+        Str(optional=True, pattern=ZONE_RE, what="zone name", metavar="NAME"), None,
+        "Failure domain: a machine, rack or zone; replicas of one partition are placed in "
+        "distinct zones while there are enough zones", shown="none (the node is its own domain)",
     )
     data_dir: str = _key(Str(what="path", metavar="PATH"), "./tasks-data", "Partitions (LMDB), Raft journals, node.secret")
     http: str = _key(Addr(), "127.0.0.1:7243", "HTTP listen address")

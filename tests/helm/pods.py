@@ -202,12 +202,13 @@ class PodProcess(NodeProcess):
             log.close()
 
 
-def _field_ref(path: str, pod_name: str, namespace: str, net: PodNet, sa: str) -> str:
+def _field_ref(path: str, pod_name: str, namespace: str, net: PodNet, sa: str, machine: str) -> str:
     values = {
         "metadata.name": pod_name,
         "metadata.namespace": namespace,
         "status.podIP": net.ip,
         "spec.serviceAccountName": sa,
+        "spec.nodeName": machine,
     }
     if path not in values:
         raise AssertionError(f"fieldRef {path} is not simulated")
@@ -230,6 +231,7 @@ def build_pods(
     docs: list[dict[str, Any]], root: Path, *, cluster_domain: str,
     untranslated_env: frozenset[str] = frozenset(),
     network: dict[str, PodNet] | None = None,
+    machines: dict[str, str] | None = None,
 ) -> list[Pod]:
     """Materialise every pod of the (single) StatefulSet in ``docs`` under ``root``.
 
@@ -238,6 +240,8 @@ def build_pods(
     only publishes and never dials, to see what it publishes.
     ``network`` keeps the addresses of pods that already run (a render of the
     same release with more replicas, or a new revision).
+    ``machines`` maps pods to the Kubernetes node they are scheduled on
+    (``spec.nodeName``); by default every pod has a machine of its own.
     """
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
     namespace = sts["metadata"]["namespace"]
@@ -281,7 +285,8 @@ def build_pods(
             if "value" in item:
                 value = expand_vars(str(item["value"]), env)
             elif "fieldRef" in item["valueFrom"]:
-                value = _field_ref(item["valueFrom"]["fieldRef"]["fieldPath"], me.name, namespace, me, sa)
+                machine = (machines or {}).get(me.name, f"machine-of-{me.name}")
+                value = _field_ref(item["valueFrom"]["fieldRef"]["fieldPath"], me.name, namespace, me, sa, machine)
             elif "secretKeyRef" in item["valueFrom"]:
                 ref = item["valueFrom"]["secretKeyRef"]
                 value = _decode(stores["Secret", ref["name"]])[ref["key"]].decode()

@@ -67,7 +67,7 @@ ALL_FEATURES: dict[str, Any] = {
 # Keys of tasksd's config that the chart sets itself (per pod or from the
 # Secret); values.config must not carry them.
 CHART_OWNED_KEYS = {
-    "node_id", "data_dir", "http", "zap", "peer", "advertise_http", "advertise_zap",
+    "node_id", "node_zone", "data_dir", "http", "zap", "peer", "advertise_http", "advertise_zap",
     "advertise_peer", "peers", "replicator", "cluster_secret_file", "auth.hs256_secret_file",
 }
 
