@@ -46,7 +46,7 @@ find_minor() {
 	command -v pyenv >/dev/null 2>&1 || return 0
 	root=$(pyenv root 2>/dev/null) || return 0
 	for dir in $(ls -d "$root/versions/$1".[0-9]* 2>/dev/null | sort -rV); do
-		case "$dir" in *[!0-9.]) continue ;; esac # 3.13.0t (free-threaded), 3.12-dev: not these
+		case "$dir" in *[!0-9.]) continue ;; esac # not 3.13.0t (free-threaded) and the like
 		v=$(probe "$dir/bin/python$1")
 		if [ "$(minor_of "$v")" = "$1" ]; then
 			echo "$v $dir/bin/python$1"
@@ -99,7 +99,13 @@ cmd_others() {
 	status=0
 	for want in $(echo "$choice" | tr ',' ' '); do
 		case "$want" in
-		*/*) found=$(v=$(cmd_check "$want") && echo "$v $want") ;;
+		*/*)
+			if ! v=$(cmd_check "$want"); then # it says why
+				status=2
+				continue
+			fi
+			found="$v $want"
+			;;
 		*)
 			if is_supported "$want"; then
 				found=$(find_minor "$want")
