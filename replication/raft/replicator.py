@@ -142,6 +142,7 @@ class RaftReplicator:
         self.coalesce = True  # proposals waiting together share one entry (see _flush_proposals)
         self.coalesced = 0  # proposals that went out inside a shared entry
         self._proposed: dict[int, list[tuple[bytes, Any]]] = {}
+        self._read_tickets: dict[tuple[int, bool], _ReadTicket] = {}
         self._timings = (election_timeout_ms / 1000.0, heartbeat_interval_ms / 1000.0)
         self._store_opts = {"map_size": map_size, "map_size_max": map_size_max, "reserve_disk": reserve_disk}
         # Groups this node holds a replica of: the meta group always, partitions
@@ -799,7 +800,36 @@ class RaftReplicator:
         return got
 
     async def _raft_read(self, group: int, wait_applied: bool) -> int:
-        return await self._raft_wait(group, lambda cb: ("read", group, wait_applied, cb))
+        """A read point from this leader's group, shared by every read that asks
+        before the Raft thread takes the request: the heartbeat round starts
+        after the request is taken, so after each of them arrived."""
+        loop = asyncio.get_running_loop()
+        key = (group, wait_applied)
+        ticket = self._read_tickets.get(key)
+        if ticket is None or ticket.taken or ticket.fut.done():
+            ticket = _ReadTicket(loop.create_future())
+            self._read_tickets[key] = ticket
+            fut = ticket.fut
+
+            def done(index: int | None, why: str | None) -> None:  # on the Raft thread
+                loop.call_soon_threadsafe(_settle_read, fut, index, why)
+
+            def expire() -> None:
+                if not fut.done():
+                    fut.set_exception(NotLeader(
+                        f"partition {group}: a read point was not reached within {self.propose_timeout:g} s "
+                        "(the leadership could not be confirmed)"))
+
+            timer = loop.call_later(self.propose_timeout, expire)
+
+            def settled(f: asyncio.Future[int]) -> None:
+                timer.cancel()
+                if not f.cancelled():
+                    f.exception()  # retrieved: nobody may be left to await it
+
+            fut.add_done_callback(settled)
+            self._inbox.put(("read", group, wait_applied, done, ticket))
+        return await asyncio.shield(ticket.fut)
 
     async def _raft_wait(self, group: int, item: Callable[[Callable[[int | None, str | None], None]], tuple[Any, ...]]) -> int:
         loop = asyncio.get_running_loop()
@@ -1084,7 +1114,8 @@ class RaftReplicator:
             grp.begin_transfer(to)
             touched.add(group)
         elif kind == "read":
-            _, group, wait_applied, cb = item
+            _, group, wait_applied, cb, ticket = item
+            ticket.taken = True  # later reads need a round of their own
             grp = self._groups.get(group)
             if grp is None:
                 cb(None, "not_leader")
@@ -1374,6 +1405,16 @@ def _settle(fut: asyncio.Future[Any], res: Any, exc: BaseException | None) -> No
         fut.set_exception(exc)
     else:
         fut.set_result(res)
+
+
+class _ReadTicket:
+    """One read-point request to the Raft thread and the reads that share it."""
+
+    __slots__ = ("fut", "taken")
+
+    def __init__(self, fut: asyncio.Future[int]) -> None:
+        self.fut = fut
+        self.taken = False  # set on the Raft thread when it takes the request
 
 
 def _fan_out(callbacks: list[Any]) -> Callable[[Any, int], None]:
