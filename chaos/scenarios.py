@@ -279,6 +279,51 @@ async def partition_leader_drop(ctx: ScenarioContext) -> None:
     await _one_fault(ctx, make)
 
 
+async def stale_leader(ctx: ScenarioContext) -> None:
+    """A register namespace's partition leader is cut off from its peers (sockets
+    kept, frames held) while the others elect a new leader and take writes. In a
+    loop, a fresh value is written through a node of the majority and, once
+    acknowledged, the same register is read on the cut-off node: a leader that
+    served the read without confirming its leadership (ReadIndex) or without a
+    barrier entry would answer with the value before, and the register check
+    would report the stale read. Reads there must fail (or, after the old
+    leader learned the new term, be served after catching up) instead."""
+    await ctx.at(ctx.warmup())
+    _, leaders, placement = await _where(ctx)
+    ns = ctx.rnd.choice([n for n in ctx.namespaces if n in placement] or ctx.namespaces)
+    part = placement.get(ns)
+    victim = leaders.get(part) if part is not None else None
+    if victim is None:
+        victim = await ctx.tb.busiest_leader(ctx.rnd)
+        ctx.notes.append(f"stale-leader: {ns}'s leader unknown; cutting off {victim}")
+    tools = _tools(ctx)
+    ids = list(ctx.tb.ids)
+    cut, majority = ids.index(victim), [i for i, n in enumerate(ids) if n != victim]
+    ctx.serial += 1
+    episode = ctx.serial  # in every value: the checker ties a value to one write
+    fault = await ctx.inject(IsolateNode([victim], mode="hold"))
+    fault.record.params["namespace"] = ns
+    end = ctx.warmup() + ctx.hold()
+    n = written = answered = refused = 0
+    while ctx.elapsed() < end:
+        n += 1
+        wid = f"reg-{n % tools.cfg.registers_per_ns}"
+        try:
+            w = await tools.write_register(850, ctx.rnd.choice(majority), ns, wid, f"sl-{episode}-{n}")
+            if w.outcome == "ok":
+                written += 1
+                r = await tools.read_register(851, cut, ns, wid)
+                answered += r.outcome == "ok"
+                refused += r.outcome != "ok"
+        except Exception as e:  # noqa: BLE001 - recorded, the loop goes on
+            ctx.notes.append(f"stale-leader: {type(e).__name__}: {e}")
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.05)
+    fault.record.notes.append(f"{written} writes acknowledged by the majority, then read on {victim}: "
+                              f"{answered} answered, {refused} refused")
+    await ctx.heal(fault)
+
+
 async def clock_skew(ctx: ScenarioContext) -> None:
     async def make() -> Fault:
         skew = ctx.rnd.choice((-1, 1)) * ctx.rnd.randint(5, 30) * 1000
@@ -1289,6 +1334,8 @@ SCENARIOS: dict[str, ScenarioDef] = {s.name: s for s in (
                 "open), then heal", partition_leader),
     ScenarioDef("partition-leader-drop", "isolate the busiest leader, losing every message; its connections are "
                 "reset on heal", partition_leader_drop),
+    ScenarioDef("stale-leader", "cut a namespace's partition leader off while the majority takes writes; read "
+                "each acknowledged write back on the cut-off node (it must never answer stale)", stale_leader),
     ScenarioDef("clock-skew", "restart the busiest leader with its clock skewed by +-5..30 s, then without",
                 clock_skew),
     ScenarioDef("disk-full", "one node with a 1 MiB LMDB map fills up; the rest keep serving; it restarts "
