@@ -6,8 +6,12 @@ attempt, the activities it has open, and the runs a schedule started (a
 scheduled run's close hands the schedule its next buffered fire, so that part
 lives with ``close_run`` rather than in ``schedules``, which imports this).
 
+The child workflows a run started live here too, for the same reason: a
+run's close reports to its parent and applies its parent close policy to its
+own open children (``children`` holds the commands that start them).
+
 The command handlers (``workflows``, ``workflow_tasks``, ``wf_commands``,
-``activities``, ``schedules``) import these helpers; nothing here imports a
+``children``, ``activities``, ``schedules``) import these helpers; nothing here imports a
 handler module, so the imports of ``shard`` form no cycle.
 """
 
@@ -48,6 +52,9 @@ def schedule_workflow_task(ctx: Ctx, run: dict[str, Any], *, attempt: int = 1, d
     if wt:
         if wt["state"] == "STARTED":
             run["triggerPending"] = True
+        return
+    if run.get("holdTask"):  # its own task is completing: a task follows the command list
+        run["triggerPending"] = True
         return
     eid = add_event(
         ctx,
@@ -162,6 +169,7 @@ def start_run(ctx: Ctx, spec: dict[str, Any], *, wid: str, rid: str, signal: Any
         "identity",
         "requestId",
         "resetFrom",
+        "parent",
     ):
         if spec.get(f) is not None or (f == "input" and "input" in spec):
             run[f] = spec.get(f)
@@ -189,6 +197,10 @@ def start_run(ctx: Ctx, spec: dict[str, Any], *, wid: str, rid: str, signal: Any
         attrs["continuedExecutionRunId"] = spec["continuedFromRunId"]
     if spec.get("nominalTime") is not None:
         attrs["nominalTime"] = spec["nominalTime"]
+    if spec.get("parent"):
+        parent = spec["parent"]
+        attrs["parentWorkflowExecution"] = {"workflowId": parent["workflowId"], "runId": parent["runId"]}
+        attrs["parentInitiatedEventId"] = parent["initiatedEventId"]
     if spec.get("copyFrom") is None:
         add_event(ctx, run, "WORKFLOW_EXECUTION_STARTED", attrs)
     if signal is not None:
@@ -258,6 +270,9 @@ def close_run(
     sid = run.get("scheduleId")
     if sid:
         _schedule_run_closed(ctx, sid, run)
+    apply_parent_close_policy(ctx, run)
+    if run.get("parent") and status != "CONTINUED_AS_NEW":
+        _report_to_parent(ctx, run, status, attrs)
 
 
 def terminate_run(ctx: Ctx, run: dict[str, Any], reason: str, identity: str) -> None:
@@ -270,8 +285,13 @@ def terminate_run(ctx: Ctx, run: dict[str, Any], reason: str, identity: str) -> 
     )
 
 
-def request_cancel(ctx: Ctx, run: dict[str, Any], reason: str, identity: str) -> None:
-    """Cancel per SPEC §5.4: at once when no workflow task ever started."""
+def request_cancel(ctx: Ctx, run: dict[str, Any], reason: str, identity: str, *,
+                   ack_ms: int | None = None) -> None:
+    """Cancel per SPEC §5.4: at once when no workflow task ever started.
+
+    The cancel-ack sweep is armed for ``ack_ms``, else for the command's
+    ``cancelAckMs`` (client cancels carry it), else not at all.
+    """
     if run["status"] != "RUNNING":
         return
     add_event(
@@ -289,8 +309,10 @@ def request_cancel(ctx: Ctx, run: dict[str, Any], reason: str, identity: str) ->
         return
     run["status"] = "CANCELING"
     run["cancelRequestedAt"] = ctx.now
-    if ctx.cmd.get("cancelAckMs"):
-        run.setdefault("timers", {})["cancel"] = ctx.now + int(ctx.cmd["cancelAckMs"])
+    if ack_ms is None and ctx.cmd.get("cancelAckMs"):
+        ack_ms = int(ctx.cmd["cancelAckMs"])
+    if ack_ms:
+        run.setdefault("timers", {})["cancel"] = ctx.now + ack_ms
         ctx.put_raw(ctx.k.deadline(run["timers"]["cancel"], "cancel", run["workflowId"], run["runId"]), b"")
     schedule_workflow_task(ctx, run)
     save_run(ctx, run)
@@ -348,6 +370,8 @@ def drop_attempt_state(ctx: Ctx, run: dict[str, Any]) -> None:
         disarm_run_timer(ctx, run, TIMER_PREFIX + timer_id)
     run.pop("openTimers", None)
     run.pop("openActs", None)
+    # The next attempt runs the code from the top and starts its own children.
+    apply_parent_close_policy(ctx, run)
 
 
 # ---------------------------------------------------------------------------
@@ -423,3 +447,103 @@ def _schedule_run_closed(ctx: Ctx, sid: str, run: dict[str, Any]) -> None:
                 return
         start_scheduled(ctx, s, wid, nominal, nominal)
 
+
+
+# ---------------------------------------------------------------------------
+# child workflows a run started (SPEC §5.6 StartChildWorkflowExecution)
+
+#: What a parent's close does to its open children, by ``parentClosePolicy``.
+PARENT_CLOSE_POLICIES = ("TERMINATE", "ABANDON", "REQUEST_CANCEL")
+#: The cancel-ack sweep of a child canceled by its parent's close policy when
+#: the closing command carries no ``cancelAckMs`` (SPEC ``timeouts.cancel_ack``).
+DEFAULT_CANCEL_ACK_MS = 60_000
+#: The reason recorded on a child its parent's close terminated or canceled.
+PARENT_CLOSED = "by parent close policy"
+
+_CHILD_EVENTS = {
+    "COMPLETED": "CHILD_WORKFLOW_EXECUTION_COMPLETED",
+    "FAILED": "CHILD_WORKFLOW_EXECUTION_FAILED",
+    "CANCELED": "CHILD_WORKFLOW_EXECUTION_CANCELED",
+    "TIMED_OUT": "CHILD_WORKFLOW_EXECUTION_TIMED_OUT",
+    "TERMINATED": "CHILD_WORKFLOW_EXECUTION_TERMINATED",
+}
+#: The attributes of a child's close event that its parent's event carries.
+_CHILD_OUTCOME = ("result", "failure", "retryState", "timeoutType", "details", "reason")
+
+
+def track_child(run: dict[str, Any], initiated_eid: int, child: dict[str, Any], policy: str,
+                started_eid: int) -> None:
+    run.setdefault("children", {})[str(initiated_eid)] = {
+        "workflowId": child["workflowId"], "runId": child["runId"], "type": child["type"],
+        "policy": policy, "startedEventId": started_eid,
+    }
+
+
+def open_child_runs(ctx: Ctx, run: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(policy, child run) for each child of ``run`` that is still open, in start order."""
+    out = []
+    for _ieid, entry in sorted((run.get("children") or {}).items(), key=lambda kv: int(kv[0])):
+        child = ctx.get(ctx.k.run(entry["workflowId"], entry["runId"]))
+        if child is not None and child["status"] in OPEN:
+            out.append((entry["policy"], child))
+    return out
+
+
+def apply_parent_close_policy(ctx: Ctx, run: dict[str, Any]) -> None:
+    """The run closed (or its attempt failed): each open child gets its policy, once.
+
+    The bookkeeping is dropped first, so the closes this causes are not
+    reported back into the run.
+    """
+    if not run.get("children"):
+        return
+    targets = open_child_runs(ctx, run)
+    run.pop("children", None)
+    save_run(ctx, run)
+    for policy, child in targets:
+        if child["status"] not in OPEN:  # closed meanwhile, by a sibling's cascade
+            continue
+        if policy == "TERMINATE":
+            terminate_run(ctx, child, PARENT_CLOSED, "engine")
+        elif policy == "REQUEST_CANCEL" and child["status"] == "RUNNING":
+            request_cancel(ctx, child, PARENT_CLOSED, "engine",
+                           ack_ms=int(ctx.cmd.get("cancelAckMs") or DEFAULT_CANCEL_ACK_MS))
+
+
+def _report_to_parent(ctx: Ctx, child: dict[str, Any], status: str, attrs: dict[str, Any]) -> None:
+    """A child closed: CHILD_WORKFLOW_EXECUTION_<status> in its parent, a trigger event."""
+    link = child["parent"]
+    parent = ctx.get(ctx.k.run(link["workflowId"], link["runId"]))
+    if parent is None or parent["status"] not in OPEN:
+        return  # the parent closed first (its policy was applied) or was removed
+    ieid = link["initiatedEventId"]
+    entry = (parent.get("children") or {}).get(str(ieid))
+    if entry is None or entry["workflowId"] != child["workflowId"] or entry["runId"] != child["runId"]:
+        return  # the parent's attempt that started it failed: its children were let go
+    del parent["children"][str(ieid)]
+    event: dict[str, Any] = {
+        "initiatedEventId": ieid,
+        "startedEventId": entry["startedEventId"],
+        "workflowExecution": {"workflowId": child["workflowId"], "runId": child["runId"]},
+        "workflowType": {"name": child["type"]},
+    }
+    for f in _CHILD_OUTCOME:
+        if attrs.get(f) is not None:
+            event[f] = attrs[f]
+    add_event(ctx, parent, _CHILD_EVENTS[status], event)
+    schedule_workflow_task(ctx, parent)
+    save_run(ctx, parent)
+
+
+def child_continued(ctx: Ctx, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A child continued as new: its parent now waits for the new run."""
+    link = old.get("parent")
+    if not link:
+        return
+    parent = ctx.get(ctx.k.run(link["workflowId"], link["runId"]))
+    entry = ((parent or {}).get("children") or {}).get(str(link["initiatedEventId"]))
+    if parent is None or entry is None or entry["runId"] != old["runId"]:
+        return
+    entry["runId"] = new["runId"]
+    entry["type"] = new["type"]
+    save_run(ctx, parent)

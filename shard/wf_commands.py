@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hanzo_tasks.shard import activities, runs
+from hanzo_tasks.shard import activities, children, runs
 from hanzo_tasks.shard.ctx import Ctx, failure_record
 from hanzo_tasks.shard.runs import TIMER_PREFIX
 
 TERMINAL = ("CompleteWorkflowExecution", "FailWorkflowExecution", "CancelWorkflowExecution", "ContinueAsNew")
 KINDS = TERMINAL + ("RecordMarker", "ScheduleActivityTask", "RequestCancelActivityTask", "StartTimer",
-                    "CancelTimer", "UpsertSearchAttributes")
+                    "CancelTimer", "UpsertSearchAttributes") + children.KINDS
 
 
 def first_invalid(run: dict[str, Any], commands: Any) -> int | None:
@@ -69,6 +69,8 @@ def first_invalid(run: dict[str, Any], commands: Any) -> int | None:
             act_events.discard(str(seid))
         if t == "UpsertSearchAttributes" and not isinstance(c.get("search_attributes"), dict):
             return i
+        if t in children.KINDS and children.malformed(c):
+            return i
     return None
 
 
@@ -77,32 +79,51 @@ def _positive_int(v: Any) -> bool:
 
 
 def apply(ctx: Ctx, run: dict[str, Any], commands: list[dict[str, Any]], completed_eid: int, identity: str) -> None:
-    """Apply a checked command list after WORKFLOW_TASK_COMPLETED (event ``completed_eid``)."""
+    """Apply a checked command list after WORKFLOW_TASK_COMPLETED (event ``completed_eid``).
+
+    Child starts and external signals / cancels are carried out after the other
+    commands and before the terminal one (``children``): their outcomes follow
+    the command events, and a run that closes in this list closes with its new
+    children already there for its parent close policy.
+    """
+    initiated = []
     for c in commands:
-        t = c["type"]
-        if t == "RecordMarker":
-            runs.add_event(ctx, run, "MARKER_RECORDED", {"markerName": c["marker_name"], "details": c.get("details")})
-        elif t == "CompleteWorkflowExecution":
-            run["result"] = c.get("result")
-            runs.close_run(ctx, run, "COMPLETED", "WORKFLOW_EXECUTION_COMPLETED",
-                           {"result": c.get("result"), "workflowTaskCompletedEventId": completed_eid})
-        elif t == "FailWorkflowExecution":
-            runs.fail_workflow(ctx, run, failure_record(c.get("failure")), completed_eid)
-        elif t == "CancelWorkflowExecution":
-            runs.close_run(ctx, run, "CANCELED", "WORKFLOW_EXECUTION_CANCELED",
-                           {"details": c.get("details"), "identity": identity})
-        elif t == "ContinueAsNew":
-            continue_as_new(ctx, run, c, completed_eid, identity)
-        elif t == "StartTimer":
-            start_timer(ctx, run, c["timer_id"], c["start_to_fire_timeout_ms"], completed_eid)
-        elif t == "CancelTimer":
-            cancel_timer(ctx, run, c["timer_id"], completed_eid, identity)
-        elif t == "ScheduleActivityTask":
-            schedule_activity(ctx, run, c, completed_eid)
-        elif t == "RequestCancelActivityTask":
-            request_cancel_activity(ctx, run, c["scheduled_event_id"], completed_eid, identity)
-        elif t == "UpsertSearchAttributes":
-            upsert_search_attributes(ctx, run, c["search_attributes"], completed_eid)
+        if c["type"] in children.KINDS:
+            initiated.append(children.initiate(ctx, run, c, completed_eid))
+            continue
+        if c["type"] in TERMINAL and initiated:
+            children.resolve(ctx, run, initiated, identity)
+            initiated = []
+        _apply_one(ctx, run, c, completed_eid, identity)
+    if initiated:
+        children.resolve(ctx, run, initiated, identity)
+
+
+def _apply_one(ctx: Ctx, run: dict[str, Any], c: dict[str, Any], completed_eid: int, identity: str) -> None:
+    t = c["type"]
+    if t == "RecordMarker":
+        runs.add_event(ctx, run, "MARKER_RECORDED", {"markerName": c["marker_name"], "details": c.get("details")})
+    elif t == "CompleteWorkflowExecution":
+        run["result"] = c.get("result")
+        runs.close_run(ctx, run, "COMPLETED", "WORKFLOW_EXECUTION_COMPLETED",
+                       {"result": c.get("result"), "workflowTaskCompletedEventId": completed_eid})
+    elif t == "FailWorkflowExecution":
+        runs.fail_workflow(ctx, run, failure_record(c.get("failure")), completed_eid)
+    elif t == "CancelWorkflowExecution":
+        runs.close_run(ctx, run, "CANCELED", "WORKFLOW_EXECUTION_CANCELED",
+                       {"details": c.get("details"), "identity": identity})
+    elif t == "ContinueAsNew":
+        continue_as_new(ctx, run, c, completed_eid, identity)
+    elif t == "StartTimer":
+        start_timer(ctx, run, c["timer_id"], c["start_to_fire_timeout_ms"], completed_eid)
+    elif t == "CancelTimer":
+        cancel_timer(ctx, run, c["timer_id"], completed_eid, identity)
+    elif t == "ScheduleActivityTask":
+        schedule_activity(ctx, run, c, completed_eid)
+    elif t == "RequestCancelActivityTask":
+        request_cancel_activity(ctx, run, c["scheduled_event_id"], completed_eid, identity)
+    elif t == "UpsertSearchAttributes":
+        upsert_search_attributes(ctx, run, c["search_attributes"], completed_eid)
 
 
 # ---- timers ----------------------------------------------------------------------
@@ -221,10 +242,13 @@ def continue_as_new(ctx: Ctx, run: dict[str, Any], c: dict[str, Any], completed_
             spec[dst] = value
     if run.get("workflowExecutionTimeout"):
         spec["workflowExecutionTimeout"] = run["workflowExecutionTimeout"]
+    if run.get("parent"):
+        spec["parent"] = run["parent"]  # a child's chain stays the child of its parent
     run["nextRunId"] = new_rid
     runs.close_run(ctx, run, "CONTINUED_AS_NEW", "WORKFLOW_EXECUTION_CONTINUED_AS_NEW", {
         "newExecutionRunId": new_rid, "workflowType": {"name": spec["type"]},
         "taskQueue": {"name": spec["taskQueue"]}, "input": spec.get("input"),
         "workflowTaskCompletedEventId": completed_eid,
     })
-    runs.start_run(ctx, spec, wid=run["workflowId"], rid=new_rid)
+    new = runs.start_run(ctx, spec, wid=run["workflowId"], rid=new_rid)
+    runs.child_continued(ctx, run, new)

@@ -81,6 +81,8 @@ def op_wt_complete(ctx: Ctx) -> Result:
         run["sticky"] = {"sub": wt["subscriptionId"], "started": wt["startedEventId"]}
     drop_workflow_task(ctx, run)
     wf_commands.apply(ctx, run, commands, eid, identity)
+    # Outcomes of child starts and external commands in this list are triggers too (``children``).
+    trigger = run.pop("triggerPending", None) or trigger
     if run["status"] in OPEN and (trigger or run["status"] == "CANCELING") and not run.get("wt"):
         schedule_workflow_task(ctx, run)
     save_run(ctx, run)

@@ -164,7 +164,86 @@ def _one(c: Any, check_search: SearchCheck) -> Json:
         if sa:
             out["search_attributes"] = check_search(sa, False)
         return out
+    if t == "StartChildWorkflowExecution":
+        return _start_child(c, check_search)
+    if t in ("SignalExternalWorkflowExecution", "RequestCancelExternalWorkflowExecution"):
+        return _external(c)
     raise BadCommand(f"unknown command type {t!r}")
+
+
+PARENT_CLOSE_POLICIES = ("TERMINATE", "ABANDON", "REQUEST_CANCEL")
+CHILD_CONFLICT_POLICIES = ("FAIL", "TERMINATE_EXISTING")
+
+
+def _enum(c: Json, field: str, prefix: str, allowed: tuple[str, ...]) -> str | None:
+    """An enum field, with or without its long prefix (``PARENT_CLOSE_POLICY_ABANDON`` = ``ABANDON``)."""
+    v = c.get(field)
+    if v is None:
+        return None
+    short = v.removeprefix(prefix) if isinstance(v, str) else None
+    if short not in allowed:
+        raise BadCommand(f"{field} must be one of {', '.join(allowed)}")
+    return short
+
+
+def _start_child(c: Json, check_search: SearchCheck) -> Json:
+    """StartChildWorkflowExecution: the child's start, as ContinueAsNew names its fields."""
+    out: Json = {"type": c["type"], "workflow_type": _id(c, "workflow_type")}
+    for f in ("workflow_id", "task_queue"):
+        ident = _id(c, f, required=False)
+        if ident is not None:
+            out[f] = ident
+    if "input" in c:
+        out["input"] = c.get("input")
+    for f in ("workflow_execution_timeout_ms", "workflow_run_timeout_ms", "workflow_task_timeout_ms"):
+        v = _ms(c, f, positive=f == "workflow_task_timeout_ms")
+        if v:
+            out[f] = v
+    rp = retry_policy(c.get("retry_policy"))
+    if rp is not None:
+        out["retry_policy"] = rp
+    memo = _map(c, "memo")
+    if memo is not None:
+        out["memo"] = memo
+    sa = _map(c, "search_attributes")
+    if sa:
+        out["search_attributes"] = check_search(sa, False)
+    policy = _enum(c, "parent_close_policy", "PARENT_CLOSE_POLICY_", PARENT_CLOSE_POLICIES)
+    if policy is not None:
+        out["parent_close_policy"] = policy
+    if c.get("id_conflict_policy") is not None and str(c["id_conflict_policy"]).endswith("USE_EXISTING"):
+        raise BadCommand("id_conflict_policy USE_EXISTING cannot adopt a run as a child")
+    conflict = _enum(c, "id_conflict_policy", "WORKFLOW_ID_CONFLICT_POLICY_", CHILD_CONFLICT_POLICIES)
+    if conflict is not None:
+        out["id_conflict_policy"] = conflict
+    return out
+
+
+def _external(c: Json) -> Json:
+    """SignalExternalWorkflowExecution / RequestCancelExternalWorkflowExecution."""
+    out: Json = {"type": c["type"], "workflow_id": _id(c, "workflow_id")}
+    rid = _id(c, "run_id", required=False)
+    if rid is not None:
+        out["run_id"] = rid
+    only = c.get("child_workflow_only")
+    if only is not None and not isinstance(only, bool):
+        raise BadCommand("child_workflow_only must be a boolean")
+    if only:
+        out["child_workflow_only"] = True
+    if c["type"] == "SignalExternalWorkflowExecution":
+        name = c.get("signal_name")
+        if not isinstance(name, str) or not name or len(name) > 1000:
+            raise BadCommand("signal_name must be a non-empty string")
+        out["signal_name"] = name
+        if "input" in c:
+            out["input"] = c.get("input")
+    else:
+        reason = c.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise BadCommand("reason must be a string")
+        if reason:
+            out["reason"] = reason
+    return out
 
 
 def _required(v: int | None, field: str) -> int:

@@ -106,7 +106,13 @@ def command_streams(draw: Any) -> list[dict[str, Any]]:
                                                      "failure": {"message": "x"}}], [{"type": "Nope"}],
                                                    [{"type": "StartTimer", "timer_id": "t",
                                                      "start_to_fire_timeout_ms": 5}],
-                                                   [{"type": "ContinueAsNew"}]])))
+                                                   [{"type": "ContinueAsNew"}],
+                                                   [{"type": "StartChildWorkflowExecution", "workflow_type": "C",
+                                                     "workflow_id": wid}],
+                                                   [{"type": "SignalExternalWorkflowExecution",
+                                                     "workflow_id": wid, "signal_name": "s"},
+                                                    {"type": "RequestCancelExternalWorkflowExecution",
+                                                     "workflow_id": wid}]])))
         elif kind == "batch":
             c = cmd("batch.start", now, ns, batchId=draw(st.sampled_from(BIDS)),
                     operation=draw(st.sampled_from(["BATCH_OPERATION_TYPE_TERMINATE", "BATCH_OPERATION_TYPE_SIGNAL"])),
