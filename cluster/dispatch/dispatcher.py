@@ -699,6 +699,7 @@ class Dispatcher:
                 t.org, t.ns, "wt.complete", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
                 attempt=t.attempt, nonce=t.nonce, identity=body.get("identity") or "", commands=commands,
                 badCommand=bad, defaultStartToClose=self.node.cfg.timeouts.activity_start_to_close,
+                cancelAckMs=self.node.cfg.timeouts.cancel_ack,  # children cancelled by the close policy
             )
         finally:
             self._done(t)
