@@ -270,6 +270,8 @@ class Node:
             heartbeat_interval_ms=cfg.raft.heartbeat_interval,
             propose_timeout_ms=cfg.raft.propose_timeout,
             snapshot_every=cfg.raft.snapshot_every,
+            idle_after_ms=cfg.raft.idle_after,
+            idle_heartbeat_ms=cfg.raft.idle_heartbeat_interval,
             await_layout=True,
             max_frame=cfg.limits.max_frame,
             **storage,

@@ -88,7 +88,7 @@ def decode(body: bytes) -> dict[str, Any]:
         raise BadMessage("not a raft message")
     if "transmission" in msg:
         raise BadMessage("chunked transmissions are not accepted")
-    for key in ("term", "commit_index", "prevLogIdx", "prevLogTerm", "last_log_index", "last_log_term", "rs"):
+    for key in ("term", "commit_index", "prevLogIdx", "prevLogTerm", "last_log_index", "last_log_term", "rs", "idle"):
         if key in msg and not isinstance(msg[key], int):
             raise BadMessage(f"{key} must be an integer")
     entries = msg.get("entries")

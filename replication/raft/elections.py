@@ -51,6 +51,7 @@ class Elections:
     def __init__(self, group: Any) -> None:
         self.g = group
         self._heard_leader = 0.0
+        self._quiet_until = 0.0  # an idle leader's slow heartbeats keep it live until then
         self._round_term = 0  # the term our running pre-vote round asks for
         self._grants: set[str] = set()
         self._passed_term = 0  # a pre-vote round won for this term
@@ -83,14 +84,19 @@ class Elections:
 
     # ---- stickiness ---------------------------------------------------------------
 
-    def heard_leader(self) -> None:
-        self._heard_leader = time.monotonic()
+    def heard_leader(self, quiet_for: float = 0.0) -> None:
+        """An AppendEntries of the current leader; ``quiet_for``: the leader declared
+        the group idle, its next heartbeat may take that long (seconds)."""
+        now = time.monotonic()
+        self._heard_leader = now
+        self._quiet_until = now + quiet_for if quiet_for > 0 else 0.0
 
     def leader_is_live(self) -> bool:
         if self.g.state() == LEADER:
             return True
         leader = self.g._SyncObj__raftLeader
-        return leader is not None and time.monotonic() - self._heard_leader < self._min_timeout()
+        now = time.monotonic()
+        return leader is not None and (now - self._heard_leader < self._min_timeout() or now < self._quiet_until)
 
     def may_vote(self, msg: dict[str, Any]) -> bool:
         """Whether a RequestVote may reach pysyncobj's vote handler."""

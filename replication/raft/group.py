@@ -156,6 +156,9 @@ class GroupTransport(Transport):  # type: ignore[misc]  # pysyncobj has no type 
             rs = self._group.reads.rs
             if rs:  # the newest read round (ReadIndex): the reply echoes it
                 message = {**message, "rs": rs}
+            idle = self._group.idle_heartbeat
+            if idle:  # slow heartbeats from now on: followers hold their elections longer
+                message = {**message, "idle": int(idle * 1000)}
         elif kind == "next_node_idx":
             # pysyncobj's replies carry no term: a late one from an earlier term
             # could move a re-elected leader's matchIndex. RaftGroup.deliver drops those.
@@ -214,6 +217,8 @@ class ApplyFailed(Exception):
 
 
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
+IDLE_ELECTION_FACTOR = 3
+"""A follower of a group its leader declared idle waits this many idle heartbeats before an election."""
 
 
 class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type information
@@ -264,6 +269,13 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
         self._SyncObj__serializer = snapshotter
         self.elections = Elections(self)
         self.reads = ReadIndex(self)
+        # Quiet groups (raft.idle_after): a leader with nothing to replicate for a
+        # while heartbeats every ``idle_heartbeat`` s and says so in each
+        # AppendEntries; its followers (``quiet``) hold elections for
+        # IDLE_ELECTION_FACTOR times that. The first write or read ends it.
+        self.idle_heartbeat = 0.0
+        self.quiet = 0.0  # a follower: how long its idle leader may stay silent (s), 0 while busy
+        self._busy_timing = (conf.appendEntriesPeriod, conf.leaderFallbackTimeout)
         self.campaign_transfer = False
         # Load the image now, not at the first tick: a journal that does not
         # fit its image must stop the node before it serves or votes.
@@ -291,6 +303,29 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
         if self.elections.transfer_pending():
             return
         super()._checkCommandsToApply()
+
+    def go_idle(self, heartbeat: float) -> None:
+        """Leader: nothing to replicate for ``raft.idle_after``: heartbeat every
+        ``heartbeat`` s. The leader keeps its majority check in step (a follower
+        answers once a heartbeat, so it steps down only after several missed)."""
+        if self.idle_heartbeat:
+            return
+        conf = self._SyncObj__conf
+        self.idle_heartbeat = heartbeat
+        conf.appendEntriesPeriod = heartbeat
+        conf.leaderFallbackTimeout = max(self._busy_timing[1], IDLE_ELECTION_FACTOR * heartbeat)
+        self.send_append_entries()  # the followers learn it now
+
+    def wake(self) -> None:
+        """A write or read arrived (or leadership changed): usual heartbeats again,
+        announced at once when leading, so followers return to usual timeouts."""
+        if not self.idle_heartbeat:
+            return
+        conf = self._SyncObj__conf
+        conf.appendEntriesPeriod, conf.leaderFallbackTimeout = self._busy_timing
+        self.idle_heartbeat = 0.0
+        if self.state() == _LEADER:
+            self.send_append_entries()
 
     def begin_transfer(self, target: str | None) -> bool:
         """Hand leadership to ``target`` (a current voter; None: the most
@@ -736,11 +771,16 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
             log.warning("group %s: %s claims to match up to %d, past this leader's log (%d); ignored",
                         self.group_id, node.id, msg["next_node_idx"] - 1, self.last_log_index())
             return
+        quiet_for = 0.0
         if kind == "append_entries":
             if msg["term"] < self.raftCurrentTerm:
                 self.elections.notify_stale_leader(node)
             else:
-                self.elections.heard_leader()
+                idle_ms = msg.get("idle")
+                if isinstance(idle_ms, int) and idle_ms > 0:
+                    quiet_for = IDLE_ELECTION_FACTOR * idle_ms / 1000.0
+                self.elections.heard_leader(quiet_for)
+                self.quiet = quiet_for
         if kind == "snapshot_ack":
             if self.state() == _LEADER and msg["term"] == self.raftCurrentTerm:
                 self.snapshotter.on_ack(node.id, msg["id"], msg["offset"], msg["gap"])
@@ -761,6 +801,8 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
                 self.transport.deliver(node, msg)
             finally:
                 self.reads.echo = None
+            if quiet_for:  # after pysyncobj set its usual election deadline
+                self.hold_elections(quiet_for)
             return
         self.transport.deliver(node, msg)
         if kind == "next_node_idx" and self.state() == _LEADER:

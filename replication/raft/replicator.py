@@ -42,6 +42,7 @@ from hanzo_tasks.replication.base import (
 from hanzo_tasks.replication.raft import codec, faults
 from hanzo_tasks.replication.raft.group import (
     ENTRY_OVERHEAD,
+    IDLE_ELECTION_FACTOR,
     REGULAR,
     ApplyFailed,
     GroupTransport,
@@ -74,6 +75,7 @@ FRAME_MARGIN = 64 << 10  # an AppendEntries' fields besides its entries, with ro
 # dropped for not being in the layout for this long: the keeper adds it, waits
 # for the commit and records it well within.
 JOIN_GRACE = 60.0
+IDLE_TICK = 0.1  # s between ticks of an idle group
 COALESCE_MAX = 256  # commands in one shared entry at most (the apply batch's bound)
 DROP_CHECK_EVERY = 0.5
 # How long a node with no meta state asks its peers for the meta voters
@@ -118,6 +120,8 @@ class RaftReplicator:
         snapshot_every: int = 10_000,
         compact_bytes: int = 64 << 20,
         await_layout: bool = False,
+        idle_after_ms: int = 30_000,
+        idle_heartbeat_ms: int = 3_000,
     ) -> None:
         self.node_id = node_id
         self.partitions = partitions
@@ -139,6 +143,12 @@ class RaftReplicator:
         self._forced_at: dict[int, float] = {}
         self.propose_timeout = propose_timeout_ms / 1000.0
         self.reads_by_index = 0  # linearizable read points reached without a log entry
+        # Quiet groups (RaftGroup.go_idle): a group led here with no write or read
+        # for idle_after heartbeats every idle_heartbeat, and is ticked less often.
+        self.idle_after = idle_after_ms / 1000.0
+        self.idle_heartbeat = idle_heartbeat_ms / 1000.0
+        self._active_at: dict[int, float] = {}
+        self._ticked_at: dict[int, float] = {}
         self.coalesce = True  # proposals waiting together share one entry (see _flush_proposals)
         self.coalesced = 0  # proposals that went out inside a shared entry
         self._proposed: dict[int, list[tuple[bytes, Any]]] = {}
@@ -741,8 +751,9 @@ class RaftReplicator:
             if grp is None:
                 return None
             voters, pending = grp.membership()
+            wide = window + IDLE_ELECTION_FACTOR * grp.idle_heartbeat  # an idle group's slow heartbeats
             return {"voters": sorted(voters), "pending": pending, "settled": grp.settled(),
-                    "answering": sorted(grp.answering(window)), "applied": grp.raftLastApplied}
+                    "answering": sorted(grp.answering(wide)), "applied": grp.raftLastApplied}
 
         if group not in self._groups:
             return None
@@ -901,6 +912,9 @@ class RaftReplicator:
         leader, within the last 2 x election timeout. Heartbeats are messages, so
         a paused or partitioned peer stops counting even with its TCP still open."""
         window = 2 * self._timings[0]
+        grp = self._groups.get(group)
+        if grp is not None and (grp.idle_heartbeat or grp.quiet):  # slow heartbeats of an idle group
+            window += IDLE_ELECTION_FACTOR * grp.idle_heartbeat if grp.idle_heartbeat else grp.quiet
         now = time.monotonic()
         heard = self._heard[group]
         leader = self._leaders[group]
@@ -1089,6 +1103,7 @@ class RaftReplicator:
         elif kind == "propose":
             _, group, data, cb = item
             self._proposed.setdefault(group, []).append((data, cb))  # _flush_proposals, after the drain
+            self._activity(group)
             touched.add(group)
         elif kind == "layout":
             _, group, nodes, hold = item
@@ -1120,6 +1135,7 @@ class RaftReplicator:
             if grp is None:
                 cb(None, "not_leader")
                 return True
+            self._activity(group)
             grp.reads.request(cb, wait_applied)
             touched.add(group)  # the round starts at this tick
         elif kind == "applied":
@@ -1135,6 +1151,21 @@ class RaftReplicator:
             self._flush_proposals()
             return False
         return True
+
+    def _activity(self, group: int) -> None:
+        """A write or a read for ``group``: it is not idle (any more)."""
+        self._active_at[group] = time.monotonic()
+        grp = self._groups.get(group)
+        if grp is not None and grp.idle_heartbeat:
+            grp.wake()
+
+    def _quiet_tick_due(self, g: int, now: float) -> bool:
+        """An idle group (led here, or its leader said so) is ticked every
+        IDLE_TICK s rather than every tick of the loop: its timers are seconds long."""
+        grp = self._groups[g]
+        if not (grp.idle_heartbeat or grp.quiet):
+            return True
+        return now - self._ticked_at.get(g, 0.0) >= IDLE_TICK
 
     def _flush_proposals(self) -> None:
         """Hand the proposals drained from the inbox to their groups: those that
@@ -1218,7 +1249,7 @@ class RaftReplicator:
                 now = time.monotonic()
                 if now - last_full >= tick_every:
                     last_full = now
-                    todo: Any = sorted(self._groups)
+                    todo: Any = sorted(touched | {g for g in self._groups if self._quiet_tick_due(g, now)})
                 else:
                     todo = sorted(touched)
                 for g in todo:
@@ -1317,6 +1348,7 @@ class RaftReplicator:
         grp = self._groups[g]
         journal = self._journals[g]
         try:
+            now = self._ticked_at[g] = time.monotonic()
             journal.flush()
             commit, last = grp.raftCommitIndex, grp.last_log_index()
             grp._onTick(0)
@@ -1331,7 +1363,9 @@ class RaftReplicator:
             if g in self.stalled:
                 self._while_stalled(g, grp, leading)
             if leading and (grp.last_log_index() > last or grp.raftCommitIndex > commit):
+                self._activity(g)  # new entries (a follower's forwarded proposal among them)
                 grp.send_append_entries()
+            self._idle_or_not(g, grp, leading, now)
             members = grp.member_ids()
             if members != self._members[g]:
                 self._members[g] = frozenset(members)
@@ -1343,6 +1377,19 @@ class RaftReplicator:
             # Every tick, whatever happened in it: is_leader() and leader() never freeze.
             if self.fatal is None and self._groups.get(g) is grp:
                 self._track_leader(g, grp, grp.state() == LEADER)
+
+    def _idle_or_not(self, g: int, grp: RaftGroup, leading: bool, now: float) -> None:
+        if not leading:
+            if grp.idle_heartbeat:
+                grp.wake()  # deposed while idle: the next leadership starts busy
+            return
+        grp.quiet = 0.0
+        if grp.idle_heartbeat or self.idle_after <= 0:
+            return
+        active = self._active_at.setdefault(g, now)
+        if now - active >= self.idle_after and grp.raftLastApplied >= grp.raftCommitIndex \
+                and grp.last_log_index() == grp.raftCommitIndex and g not in self.stalled:
+            grp.go_idle(self.idle_heartbeat)
 
     def _note_stall(self, g: int, grp: RaftGroup) -> None:
         """Follow the group's apply stall (set by RaftGroup's apply loop)."""
