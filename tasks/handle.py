@@ -189,7 +189,9 @@ def start_workflow(
     if via == "zap":
         wid_out, rid = resp.get("workflow_id"), resp.get("run_id")
     else:
-        execution = resp.get("execution") if isinstance(resp.get("execution"), dict) else {}
+        execution = resp.get("execution")
+        if not isinstance(execution, dict):
+            execution = {}
         wid_out, rid = execution.get("workflowId"), execution.get("runId")
     if not isinstance(wid_out, str) or not isinstance(rid, str):
         raise Internal("start response carries no workflow or run id", details={"response": resp})
