@@ -325,6 +325,8 @@ class Node:
         self.ready = False
         if self.sse is not None:
             self.sse.close()  # ends every event stream, so that draining HTTP does not wait on them
+        if self.service is not None:
+            self.service.results.close()  # parked result waits answer now, for the same reason
         if self._zap is not None:
             await self._zap.stop()
             self._zap = None

@@ -126,6 +126,7 @@ class Op(IntEnum):
     ResetWorkflow = 0x0068
     SignalWithStart = 0x0069
     ScheduleActivity = 0x006B
+    GetWorkflowResult = 0x006C
     CreateSchedule = 0x0070
     DeleteSchedule = 0x0071
     ListSchedules = 0x0072

@@ -36,7 +36,13 @@ from hanzo_tasks.errors import (
     Unauthenticated,
     Unavailable,
     Unsupported,
+    WorkflowCanceled,
+    WorkflowContinuedAsNew,
+    WorkflowFailed,
+    WorkflowTerminated,
+    WorkflowTimedOut,
 )
+from hanzo_tasks.handle import WorkflowHandle
 from hanzo_tasks.worker import ActivityContext, TaskContext, Worker, context
 
 __all__ = [
@@ -65,6 +71,12 @@ __all__ = [
     "Unavailable",
     "Unsupported",
     "Worker",
+    "WorkflowCanceled",
+    "WorkflowContinuedAsNew",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowTerminated",
+    "WorkflowTimedOut",
     "context",
     "default",
     "embed",

@@ -52,6 +52,7 @@ from hanzo_tasks.errors import (
     Unavailable,
     error_from,
 )
+from hanzo_tasks.handle import WorkflowHandle, start_workflow
 from hanzo_tasks.protocol import hostport
 from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.names import is_id, is_namespace
@@ -443,6 +444,81 @@ class Client:
             self._local_engine().submit(call, f"task {task_type} {run_id}")
         return run_id
 
+    # -- workflows: start, handles, results ------------------------------------
+
+    def start(
+        self,
+        wf: Any,
+        arg: Any = None,
+        *,
+        id: str | None = None,  # noqa: A002 - the public keyword (Temporal's spelling)
+        task_queue: str | None = None,
+        request_id: str | None = None,
+        id_conflict_policy: str | None = None,
+        retry_policy: Any = None,
+        execution_timeout: Any = None,
+        run_timeout: Any = None,
+        task_timeout: Any = None,
+        memo: dict[str, Any] | None = None,
+        search_attributes: dict[str, Any] | None = None,
+    ) -> WorkflowHandle:
+        """Start workflow ``wf`` (its type name, or a ``@workflow`` definition) with ``arg``.
+
+        Returns a :class:`WorkflowHandle` to wait for its result and act on it.
+        ``id`` defaults to one the server makes; ``task_queue`` to the client's.
+        Timeouts are seconds, ``timedelta`` or duration strings. A run already
+        open under ``id`` raises ``AlreadyStarted`` (unless ``id_conflict_policy``
+        says otherwise). Remote clients only: nothing is durable locally.
+        """
+        self._check_remote("start")
+        return start_workflow(
+            self, wf, arg, id=id, task_queue=task_queue, request_id=request_id,
+            id_conflict_policy=id_conflict_policy, retry_policy=retry_policy,
+            execution_timeout=execution_timeout, run_timeout=run_timeout, task_timeout=task_timeout,
+            memo=memo, search_attributes=search_attributes,
+        )
+
+    def execute(self, wf: Any, arg: Any = None, *, timeout: float | None = None, **start: Any) -> Any:
+        """``start(wf, arg, **start).result(timeout)``: run a workflow and return its result."""
+        return self.start(wf, arg, **start).result(timeout)
+
+    def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
+        """A handle on a workflow started elsewhere (``now``, a schedule, ``tasksctl``).
+
+        Without ``run_id`` it targets the workflow id's latest run.
+        """
+        self._check_remote("get_handle")
+        return WorkflowHandle(self, workflow_id, run_id)
+
+    def result(self, workflow_id: str, run_id: str | None = None, *, timeout: float | None = None) -> Any:
+        """The result of workflow ``workflow_id`` (an id ``now`` returned), waiting for it.
+
+        Raises ``WorkflowFailed`` and its kin as ``WorkflowHandle.result`` does.
+        """
+        return self.get_handle(workflow_id, run_id).result(timeout)
+
+    async def astart(self, wf: Any, arg: Any = None, **start: Any) -> WorkflowHandle:
+        """``start`` without blocking the caller's event loop."""
+        return await asyncio.to_thread(functools.partial(self.start, wf, arg, **start))
+
+    async def aexecute(self, wf: Any, arg: Any = None, *, timeout: float | None = None, **start: Any) -> Any:
+        """``execute`` without blocking the caller's event loop."""
+        handle = await self.astart(wf, arg, **start)
+        return await handle.aresult(timeout)
+
+    async def aresult(self, workflow_id: str, run_id: str | None = None, *,
+                      timeout: float | None = None) -> Any:
+        """``result`` without blocking the caller's event loop."""
+        return await self.get_handle(workflow_id, run_id).aresult(timeout)
+
+    def _check_remote(self, what: str) -> None:
+        self._check_open()
+        if self.mode != "remote":
+            raise FailedPrecondition(
+                f"{what} needs a server (tasks_url or zap_addr): local runs are not durable "
+                "and have no results to wait for"
+            )
+
     # -- stop ------------------------------------------------------------------
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -584,20 +660,28 @@ class Client:
         opcode: int,
         zap_body: dict[str, Any] | None,
         route: str,
-        body: dict[str, Any],
+        body: dict[str, Any] | None,
         query: dict[str, str] | None = None,
+        *,
+        method: str = "POST",
+        timeout: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
         """One remote call with the retries of SPEC §2.4: ``("zap" | "http", answer)``.
 
-        ZAP when ``zap_addr`` is set; HTTP ``POST NS/<route>`` when it is not,
-        or when the ZAP connection cannot be established and ``tasks_url`` is
-        set. Each attempt chooses again, so a ZAP server that comes back is
-        used from the next call on.
+        ZAP when ``zap_addr`` is set; HTTP ``<method> NS/<route>`` when it is
+        not, or when the ZAP connection cannot be established and ``tasks_url``
+        is set. Each attempt chooses again, so a ZAP server that comes back is
+        used from the next call on. ``body`` None sends none (GET). ``timeout``
+        bounds one attempt: long polls pass their wait plus a margin.
         """
-        try:
-            data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-        except (TypeError, ValueError) as e:
-            raise InvalidArgument(f"payload is not JSON: {e}") from None
+        if timeout is None:
+            timeout = HTTP_TIMEOUT_S  # read now: tests shorten it
+        data: bytes | None = None
+        if body is not None:
+            try:
+                data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+            except (TypeError, ValueError) as e:
+                raise InvalidArgument(f"payload is not JSON: {e}") from None
         url = ""
         if self._tasks_url is not None:
             ns = urllib.parse.quote(self._namespace, safe="")
@@ -607,7 +691,7 @@ class Client:
         attempt = 1
         while True:
             try:
-                return self._remote_once(opcode, zap_body, url, data)
+                return self._remote_once(opcode, zap_body, url, data, method, timeout)
             except (Unavailable, RateLimited) as e:
                 if attempt >= MAX_ATTEMPTS:
                     raise
@@ -622,11 +706,18 @@ class Client:
                 attempt += 1
 
     def _remote_once(
-        self, opcode: int, zap_body: dict[str, Any] | None, url: str, data: bytes
+        self,
+        opcode: int,
+        zap_body: dict[str, Any] | None,
+        url: str,
+        data: bytes | None,
+        method: str = "POST",
+        timeout: float | None = None,
     ) -> tuple[str, dict[str, Any]]:
+        timeout = HTTP_TIMEOUT_S if timeout is None else timeout
         if self._zap_addr is not None and zap_body is not None:
             try:
-                answer = self._connection(self._zap_addr).call(opcode, zap_body, HTTP_TIMEOUT_S)
+                answer = self._connection(self._zap_addr).call(opcode, zap_body, timeout)
                 return "zap", answer if isinstance(answer, dict) else {}
             except ConnectFailed as e:
                 if not url:
@@ -634,7 +725,7 @@ class Client:
                 log.debug("ZAP unreachable (%s); using HTTP", e)
         if not url:
             raise Unavailable("no transport: the client has neither tasks_url nor zap_addr")
-        return "http", self._post_once(url, data)
+        return "http", self._http_once(url, data, method, timeout)
 
     def _http_opener(self) -> urllib.request.OpenerDirector:
         with self._lock:
@@ -642,18 +733,19 @@ class Client:
                 self._opener = urllib.request.build_opener(_NoRedirect)
             return self._opener
 
-    def _post_once(self, url: str, data: bytes) -> dict[str, Any]:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": _USER_AGENT,
-        }
+    def _http_once(
+        self, url: str, data: bytes | None, method: str = "POST", timeout: float | None = None
+    ) -> dict[str, Any]:
+        timeout = HTTP_TIMEOUT_S if timeout is None else timeout
+        headers = {"Accept": "application/json", "User-Agent": _USER_AGENT}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
         if self._auth_token:
             headers["Authorization"] = f"Bearer {self._auth_token}"
-        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
         opener = self._http_opener()
         try:
-            with opener.open(req, timeout=HTTP_TIMEOUT_S) as resp:
+            with opener.open(req, timeout=timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             with e:
@@ -669,9 +761,7 @@ class Client:
             # server is unreachable, which SPEC §2.5 calls unavailable.
             raise Unavailable(f"cannot reach {self._tasks_url}: {e.reason}") from None
         except TimeoutError:
-            raise Timeout(
-                f"no response from {self._tasks_url} within {HTTP_TIMEOUT_S:g}s"
-            ) from None
+            raise Timeout(f"no response from {self._tasks_url} within {timeout:g}s") from None
         except (OSError, http.client.HTTPException) as e:
             raise Unavailable(f"connection to {self._tasks_url} failed: {e!r}") from None
         parsed = _json_or_none(raw)

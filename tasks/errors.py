@@ -39,7 +39,13 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Unsupported",
+    "WorkflowCanceled",
+    "WorkflowContinuedAsNew",
+    "WorkflowFailed",
+    "WorkflowTerminated",
+    "WorkflowTimedOut",
     "error_from",
+    "workflow_error",
 ]
 
 
@@ -237,6 +243,95 @@ class ActivityError(TasksError):
         """The failure's ``type`` (``CanceledError`` for a canceled activity)."""
         t = self.failure.get("type")
         return t if isinstance(t, str) else None
+
+
+class WorkflowFailed(TasksError):
+    """The workflow run a result was awaited for closed without a result.
+
+    Raised by ``handle.result()`` / ``client.result()`` / ``client.execute()``.
+    This class means the workflow failed (its code raised, or retries ran out);
+    subclasses say it was canceled, terminated or timed out, so ``except
+    WorkflowFailed`` catches every run that did not complete. The message is
+    the server's failure message; ``failure`` is the whole Failure record
+    (``message``, ``type``, ``details``, ...), ``workflow_status`` the run's
+    status (``FAILED``, ``CANCELED``, ...). Everything is kept in ``details``,
+    so the error survives pickling like every TasksError.
+    """
+
+    code = "workflow_failed"
+    status = None
+
+    @property
+    def workflow_id(self) -> str:
+        return str(self.details.get("workflowId") or "")
+
+    @property
+    def run_id(self) -> str:
+        return str(self.details.get("runId") or "")
+
+    @property
+    def workflow_status(self) -> str:
+        return str(self.details.get("status") or "")
+
+    @property
+    def failure(self) -> dict[str, Any]:
+        f = self.details.get("failure")
+        return f if isinstance(f, dict) else {}
+
+    @property
+    def type(self) -> str | None:
+        """The failure's ``type`` (the exception class name the workflow raised, for one)."""
+        t = self.failure.get("type")
+        return t if isinstance(t, str) else None
+
+
+class WorkflowCanceled(WorkflowFailed):
+    """The run was canceled (a cancel request its code acknowledged)."""
+
+    code = "workflow_canceled"
+
+
+class WorkflowTerminated(WorkflowFailed):
+    """The run was terminated (by an operator, a reset, a conflict policy or the history limit)."""
+
+    code = "workflow_terminated"
+
+
+class WorkflowTimedOut(WorkflowFailed):
+    """The run passed its run or execution timeout (``failure["timeoutType"]`` says which)."""
+
+    code = "workflow_timed_out"
+
+
+class WorkflowContinuedAsNew(TasksError):
+    """``result(follow=False)`` found the run continued as new; ``next_run_id`` is the new run."""
+
+    code = "workflow_continued_as_new"
+    status = None
+
+    @property
+    def next_run_id(self) -> str:
+        return str(self.details.get("nextRunId") or "")
+
+
+_WORKFLOW_CLOSE: dict[str, type[WorkflowFailed]] = {
+    "FAILED": WorkflowFailed,
+    "CANCELED": WorkflowCanceled,
+    "TERMINATED": WorkflowTerminated,
+    "TIMED_OUT": WorkflowTimedOut,
+}
+
+
+def workflow_error(workflow_id: str, run_id: str, status: str, failure: Any) -> TasksError:
+    """The error for a run that closed as ``status`` (bare, ``FAILED``...) with ``failure``."""
+    failure = dict(failure) if isinstance(failure, dict) else {}
+    cls = _WORKFLOW_CLOSE.get(status, WorkflowFailed)
+    reason = failure.get("message") if isinstance(failure.get("message"), str) else ""
+    what = {"FAILED": "failed", "CANCELED": "was canceled", "TERMINATED": "was terminated",
+            "TIMED_OUT": "timed out"}.get(status, status.lower())
+    message = f"workflow {workflow_id} {what}" + (f": {reason}" if reason else "")
+    return cls(message, details={"workflowId": workflow_id, "runId": run_id, "status": status,
+                                 "failure": failure})
 
 
 # Classes a server code can select. Worker-side and local-only classes are

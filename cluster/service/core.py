@@ -110,6 +110,8 @@ class ServiceCore:
         barrier = _barrier_due.get()
         _barrier_due.set(False)
         timeout = CALL_TIMEOUT + (self.cfg.timeouts.query_max / 1000.0 if method == "query_metadata" else 0.0)
+        if method == "workflow_result":  # a long poll: the replica may wait this long before answering
+            timeout += max(0, int(kwargs.get("wait_ms") or 0)) / 1000.0
         return await self.forwarder.call(self.partition(org, ns), "svc",
                                          {"m": method, "org": org, "ns": ns, "args": args, "kwargs": kwargs,
                                           "barrier": barrier}, timeout)

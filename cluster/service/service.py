@@ -16,6 +16,7 @@ from hanzo_tasks.cluster.service.batches import Batches
 from hanzo_tasks.cluster.service.core import ServiceCore, wall_ms
 from hanzo_tasks.cluster.service.namespaces import Namespaces
 from hanzo_tasks.cluster.service.records import Records
+from hanzo_tasks.cluster.service.results import Results
 from hanzo_tasks.cluster.service.schedules import Schedules
 from hanzo_tasks.cluster.service.workflows import Workflows
 from hanzo_tasks.replication import NodeReplicator
@@ -33,3 +34,4 @@ class Service(ServiceCore):
         self.schedules = Schedules(self)
         self.batches = Batches(self)
         self.records = Records(self)
+        self.results = Results(self)

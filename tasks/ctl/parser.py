@@ -30,6 +30,7 @@ from hanzo_tasks.ctl.workflows import (
     cmd_wf_list,
     cmd_wf_query,
     cmd_wf_reset,
+    cmd_wf_result,
     cmd_wf_signal,
     cmd_wf_start,
     cmd_wf_terminate,
@@ -51,7 +52,8 @@ environment:
   TASKS_NAMESPACE    namespace (default "default")
 
 examples:
-  tasksctl wf start charge-card --input '{"amount": 42}'
+  tasksctl wf start charge-card --input '{"amount": 42}' --wait
+  tasksctl wf result charge-card-3f9a01bc
   tasksctl -n prod wf list --query 'ExecutionStatus="Running"'
   tasksctl schedule create nightly --spec '0 3 * * *' --type report
   tasksctl --output json cluster status
@@ -143,12 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
                     "  tasksctl wf history order-17\n  tasksctl wf signal order-17 approve --input true")
     p = b.command(wf, "start", "start a workflow", cmd_wf_start,
                   "examples:\n  tasksctl wf start charge-card --input '{\"amount\": 42}'\n"
+                  "  tasksctl wf start charge-card --input '{\"amount\": 42}' --wait --timeout 1m\n"
                   "  tasksctl wf start report --id daily-report --queue reports --request-id r-1")
     p.add_argument("type", metavar="TYPE", help="workflow type")
     p.add_argument("--id", help="workflow id (default: generated from the type)")
     p.add_argument("--queue", default="default", metavar="Q", help="task queue (default 'default')")
     p.add_argument("--input", metavar="JSON|@FILE", help="input as JSON, @file or @- for stdin")
     p.add_argument("--request-id", metavar="R", help="idempotency key: a retry with it starts nothing new")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the run to close and print its result (exit 1 if it did not complete)")
+    p.add_argument("--timeout", metavar="DURATION", help="with --wait: give up after this long (default: never)")
+    p = b.command(wf, "result", "wait for a workflow's result and print it", cmd_wf_result,
+                  "prints the result of the run once it closes (following continue-as-new);\n"
+                  "a run that failed, was canceled, terminated or timed out exits 1 with its failure\n\n"
+                  "examples:\n  tasksctl wf result order-17\n  tasksctl wf result order-17 --timeout 5m")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--run", "--run-id", dest="run", metavar="RUN_ID", help="that run (default: the latest)")
+    p.add_argument("--timeout", metavar="DURATION", help="give up after this long (default: never)")
+    p.add_argument("--no-follow", action="store_true", help="stop at a run that continued as new")
     p = b.command(wf, "describe", "show a workflow run (latest run by default)", cmd_wf_describe)
     p.add_argument("id", metavar="ID")
     p.add_argument("--run", metavar="RUN_ID")

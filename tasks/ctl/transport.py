@@ -54,12 +54,15 @@ class Api:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         accept: Iterable[int] = (),
+        timeout: float | None = None,
     ) -> tuple[int, Any]:
         """Send one request; return ``(status, parsed JSON body)``.
 
         Non-2xx answers raise ApiError, except the statuses listed in ``accept``
         (used by ``cluster health``, whose 503 body is a report, not an error).
+        ``timeout`` replaces the client's for this request (long polls).
         """
+        timeout = self.timeout if timeout is None else timeout
         url = self.url + path
         params = {k: _query_value(v) for k, v in (query or {}).items() if v is not None}
         if params:
@@ -73,7 +76,7 @@ class Api:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read() if exc.fp is not None else b""
@@ -82,10 +85,10 @@ class Api:
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, TimeoutError):
-                raise ApiError("timeout", f"no answer from {self.url} within {self.timeout:g}s") from None
+                raise ApiError("timeout", f"no answer from {self.url} within {timeout:g}s") from None
             raise ApiError("unavailable", f"cannot reach {self.url}: {_reason(reason)}") from None
         except TimeoutError:
-            raise ApiError("timeout", f"no answer from {self.url} within {self.timeout:g}s") from None
+            raise ApiError("timeout", f"no answer from {self.url} within {timeout:g}s") from None
         except (OSError, ValueError) as exc:  # reset connections, malformed URLs, ...
             raise ApiError("unavailable", f"cannot reach {self.url}: {_reason(exc)}") from None
         return status, _parse_body(raw, status)

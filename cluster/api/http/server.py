@@ -40,6 +40,7 @@ from hanzo_tasks.cluster.auth import DEV_CALLER, Caller, role_allows
 from hanzo_tasks.cluster.dispatch import task_queues as TQ
 from hanzo_tasks.cluster.service import Service
 from hanzo_tasks.cluster.service import inputs as I
+from hanzo_tasks.cluster.service import results as RES
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.protocol.names import OWNER, check_node_id
 from hanzo_tasks.replication import NotReplica
@@ -196,6 +197,16 @@ async def h_wf_executions(s: Service, c: Call) -> Json:
     return await s.workflows.executions(c.org, _ns(c), c.params["id"], I.page_size(c.query), c.query.get("nextPageToken"))
 
 
+async def h_wf_result(s: Service, c: Call) -> Any:
+    """SPEC §5.6 "Waiting for a result": 200 with the closed run's outcome, 202 while still open."""
+    wait = I.opt_duration(c.query, "wait", lo_ms=0, hi_ms=RES.MAX_WAIT_MS)
+    answer = await s.results.workflow_result(
+        c.org, _ns(c), c.params["id"], c.run_id(),
+        wait_ms=RES.DEFAULT_WAIT_MS if wait is None else wait, follow=I.query_bool(c.query, "follow", True),
+    )
+    return _Status(202, answer) if RES.is_open(answer) else answer
+
+
 async def h_wf_reset(s: Service, c: Call) -> Json:
     return await s.workflows.reset_workflow(c.org, _ns(c), c.params["id"], c.body())
 
@@ -346,6 +357,7 @@ def build_router() -> Router:
     r.add("POST", wf + "/{id}/metadata", h_wf_metadata, role=D)
     r.add("GET", wf + "/{id}/executions", h_wf_executions, role=V)
     r.add("POST", wf + "/{id}/reset", h_wf_reset, role=D)
+    r.add("GET", wf + "/{id}/result", h_wf_result, role=V)
     sc = NS + "/schedules"
     r.add("GET", sc, h_sched_list, role=V)
     r.add("POST", sc, h_sched_create, role=A)

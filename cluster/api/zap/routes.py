@@ -14,6 +14,7 @@ from hanzo_tasks.cluster.api.zap.ops_namespaces import (
     op_register_namespace,
 )
 from hanzo_tasks.cluster.api.zap.ops_node import op_health
+from hanzo_tasks.cluster.api.zap.ops_results import op_workflow_result
 from hanzo_tasks.cluster.api.zap.ops_schedules import (
     op_create_schedule,
     op_delete_schedule,
@@ -76,6 +77,7 @@ ROUTES: dict[int, Route] = {
     Z.Op.GetWorkflowHistory: Route(op_history, VIEWER, read=True),
     Z.Op.QueryWorkflow: Route(op_query, VIEWER, read=True),
     Z.Op.ResetWorkflow: Route(op_reset, DEVELOPER),
+    Z.Op.GetWorkflowResult: Route(op_workflow_result, VIEWER, read=True),
     Z.Op.SignalWithStart: Route(op_signal_with_start, DEVELOPER),
     Z.Op.CreateSchedule: Route(op_create_schedule, ADMIN),
     Z.Op.DeleteSchedule: Route(op_delete_schedule, ADMIN),
