@@ -205,8 +205,12 @@ def test_workers_on_every_node_keep_delivering_when_the_leader_dies(tmp_path: Pa
         nodes = list(c.nodes.values())
         for i in range(12):
             node = nodes[i % 3]
-            status, body = node.post(WF, {"workflowId": f"t-{i}", "requestId": f"r-{i}",
-                                          "workflowType": {"name": "Job"}, "taskQueue": {"name": "q"}})
+            for _ in range(100):  # a young cluster still balances its leaders: 503, retry (same requestId)
+                status, body = node.post(WF, {"workflowId": f"t-{i}", "requestId": f"r-{i}",
+                                              "workflowType": {"name": "Job"}, "taskQueue": {"name": "q"}})
+                if status != 503:
+                    break
+                time.sleep(0.1)
             assert status == 200, body
         leader = c.leader_of(partition_of("_", "default", "tasks", 4))
         c.nodes[leader].kill(signal.SIGKILL)
