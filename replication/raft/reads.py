@@ -21,11 +21,13 @@ needs one heartbeat round and no entry:
 3. The read runs on this replica's store once it has applied up to the read
    index (``wait_applied``).
 
-Reads that arrive between two ticks share one round. A follower asks the
-leader for a confirmed read index over the peer RPC and waits for its own
-apply (the replicator does that). Round numbers only grow within a process;
-after a restart a node must win a new term to lead, and replies of earlier
-terms are dropped, so an echo can never speak for a round it did not answer.
+Reads that arrive between two ticks share one round, and while a round is in
+flight new reads wait for the next one (started when it is confirmed). A
+follower asks the leader for a confirmed read index over the peer RPC and
+waits for its own apply (the replicator does that). Round numbers only grow
+within a process; after a restart a node must win a new term to lead, and
+replies of earlier terms are dropped, so an echo can never speak for a round
+it did not answer.
 
 All methods run on the Raft thread.
 """
@@ -101,8 +103,11 @@ class ReadIndex:
         return term == current
 
     def start_round(self) -> None:
-        """Once per tick: the reads queued since the last one get a round."""
-        if not self._queued:
+        """Once per tick: the reads queued since the last round get one, unless a
+        round is still in flight: they then go together in the next, started as
+        soon as that one is confirmed (one round trip at a time, as etcd does;
+        under many reads a round carries hundreds of them)."""
+        if not self._queued or self._rounds:
             return
         g = self.g
         why = self._refusal()
@@ -121,8 +126,8 @@ class ReadIndex:
         rs = msg.get("rs")
         if isinstance(rs, int) and rs > self._acked.get(node_id, 0):
             self._acked[node_id] = rs
-            if self._rounds:
-                self._confirm()
+            if self._rounds and self._confirm() and self._queued:
+                self.start_round()  # the reads that waited for the round in flight
 
     def _confirm(self) -> bool:
         """Answer every round a majority has confirmed; True when none is left."""
