@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hanzo_tasks.errors import FailedPrecondition, InvalidArgument, Timeout
@@ -53,6 +53,11 @@ from hanzo_tasks.worker_context import (
 )
 from hanzo_tasks.worker_transport import START_TIMEOUT_S, WorkerClient, log
 from hanzo_tasks.worker_workflows import WorkflowTasks
+from hanzo_tasks.workflow.definitions import (
+    WorkflowDefinition,
+    activity_definition,
+    workflow_definition_of,
+)
 from hanzo_tasks.zap import ZapConnection, default_identity
 
 __all__ = ["ActivityContext", "TaskContext", "Worker", "context"]
@@ -76,7 +81,11 @@ class Worker(WorkflowTasks, ActivityTasks):
         max_concurrent_activities: int | None = None,
         identity: str | None = None,
         namespace: str | None = None,
+        workflows: Iterable[Any] = (),
+        activities: Iterable[Any] = (),
     ) -> None:
+        """``workflows``: ``@workflow`` functions or classes, run as durable code;
+        ``activities``: ``@activity`` functions (both by their definitions' names)."""
         if not isinstance(client, WorkerClient):
             raise InvalidArgument(f"Worker needs a tasks.Client, not {type(client).__name__}")
         if client.mode != "remote":
@@ -103,6 +112,12 @@ class Worker(WorkflowTasks, ActivityTasks):
         super().__init__(
             client, task_queue, max_concurrent, max_concurrent_activities, identity, namespace
         )
+        for wf in workflows:
+            defn = workflow_definition_of(wf)
+            self._register(self._workflows, defn.name, defn, "workflow type")
+        for act in activities:
+            adefn = activity_definition(act)
+            self._register(self._activities, adefn.name, adefn.fn, "activity type")
 
     def __repr__(self) -> str:
         return f"<tasks.Worker tq={self.task_queue} ns={self.namespace} {self._state}>"
@@ -126,8 +141,12 @@ class Worker(WorkflowTasks, ActivityTasks):
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         """Run ``fn`` for workflow type ``name``: ``fn()`` or ``fn(input)``.
 
+        A ``@workflow`` (function or class) is run as durable code under ``name``.
         After ``start`` this re-subscribes with the new type list.
         """
+        defn = getattr(fn, "__tasks_workflow__", None)
+        if isinstance(defn, WorkflowDefinition):
+            fn = WorkflowDefinition(name, defn.fn, defn.cls, defn.signals, defn.queries)
         self._register(self._workflows, name, fn, "workflow type")
 
     def register_activity(self, name: str, fn: Callable[..., Any]) -> None:
@@ -139,7 +158,7 @@ class Worker(WorkflowTasks, ActivityTasks):
     ) -> None:
         if not is_id(name):
             raise InvalidArgument(f"invalid {what} {name!r}")
-        if not callable(fn):
+        if not callable(fn) and not isinstance(fn, WorkflowDefinition):
             raise InvalidArgument(f"the handler for {what} {name!r} must be callable")
         with self._lock:
             if self._state in ("stopping", "stopped"):
@@ -373,7 +392,7 @@ class Worker(WorkflowTasks, ActivityTasks):
         if opcode == Z.Op.DeliverCancelRequest:
             return 2 if push_str(body, "task_token") in self._runs else 0
         if opcode == Z.Op.DeliverQuery:
-            if self._find_query_run(body) is not None:
+            if self._find_query_run(body) is not None or self.holds_durable_run(body):
                 return 2
             return 1 if self._handles_workflow(push_str(body, "workflow_type")) else 0
         return 0
