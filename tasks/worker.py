@@ -146,7 +146,9 @@ class Worker(WorkflowTasks, ActivityTasks):
         """
         defn = getattr(fn, "__tasks_workflow__", None)
         if isinstance(defn, WorkflowDefinition):
-            fn = WorkflowDefinition(name, defn.fn, defn.cls, defn.signals, defn.queries)
+            named = WorkflowDefinition(name, defn.fn, defn.cls, defn.signals, defn.queries)
+            self._register(self._workflows, name, named, "workflow type")
+            return
         self._register(self._workflows, name, fn, "workflow type")
 
     def register_activity(self, name: str, fn: Callable[..., Any]) -> None:
@@ -154,7 +156,11 @@ class Worker(WorkflowTasks, ActivityTasks):
         self._register(self._activities, name, fn, "activity type")
 
     def _register(
-        self, table: dict[str, Callable[..., Any]], name: str, fn: Callable[..., Any], what: str
+        self,
+        table: dict[str, Any],
+        name: str,
+        fn: Callable[..., Any] | WorkflowDefinition,
+        what: str,
     ) -> None:
         if not is_id(name):
             raise InvalidArgument(f"invalid {what} {name!r}")

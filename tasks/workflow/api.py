@@ -42,6 +42,7 @@ __all__ = [
 
 
 def _name_of(target: Any, attr: str, what: str) -> str:
+    name: Any
     if isinstance(target, str):
         name = target
     else:

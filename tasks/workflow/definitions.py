@@ -127,7 +127,7 @@ def _make_workflow(target: Any, name: str | None) -> Any:
             q = getattr(value, "__tasks_query__", None)
             if q is not None:
                 queries[q] = attr
-        target.__tasks_workflow__ = WorkflowDefinition(
+        target.__tasks_workflow__ = WorkflowDefinition(  # type: ignore[attr-defined]
             wf_name, cls=target, signals=signals, queries=queries
         )
         return target

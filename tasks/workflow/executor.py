@@ -188,7 +188,7 @@ class WorkflowExecutor:
     def __init__(self, defn: WorkflowDefinition, info: WorkflowInfo) -> None:
         self.defn = defn
         self.info = info
-        self.loop = WorkflowLoop(self)
+        self.loop = WorkflowLoop(self)  # type: ignore[abstract]  # I/O methods: not needed
         self.now_ms = 0
         self.replaying = True
         self.last_event_id = 0
@@ -569,7 +569,7 @@ class WorkflowExecutor:
             return handle
         self._seq["timer"] += 1
         tid = str(self._seq["timer"])
-        handle._scheduled = True  # so that cancel() tells the loop
+        handle._scheduled = True  # type: ignore[attr-defined]  # cancel() tells the loop
         self._timers[tid] = handle
         self._timer_ids[id(handle)] = tid
         self._issue({"type": "StartTimer", "timer_id": tid,

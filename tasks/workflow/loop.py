@@ -43,14 +43,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def time(self) -> float:
         return self._executor.now_ms / 1000.0
 
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self, callback: Callable[..., Any], *args: Any, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(
+    def call_later(  # type: ignore[override]
         self,
         delay: float,
         callback: Callable[..., Any],
@@ -59,7 +59,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     ) -> asyncio.TimerHandle:
         return self._executor.start_timer(delay, callback, args, context)
 
-    def call_at(
+    def call_at(  # type: ignore[override]
         self,
         when: float,
         callback: Callable[..., Any],
@@ -136,10 +136,10 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             f"{what} is not allowed in workflow code: do I/O and threads in an activity"
         )
 
-    def call_soon_threadsafe(self, *args: Any, **kw: Any) -> Any:
+    def call_soon_threadsafe(self, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
         return self._forbidden("call_soon_threadsafe")
 
-    def run_in_executor(self, *args: Any, **kw: Any) -> Any:
+    def run_in_executor(self, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
         return self._forbidden("run_in_executor (asyncio.to_thread)")
 
     async def getaddrinfo(self, *args: Any, **kw: Any) -> Any:
