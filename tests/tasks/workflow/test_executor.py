@@ -387,3 +387,87 @@ def test_a_history_event_the_code_does_not_issue_is_caught() -> None:
 
 def test_the_unchanged_code_replays_cleanly() -> None:
     Replayer([checkout]).replay(_history_of_checkout())
+
+
+def test_cancelling_an_awaited_activity_asks_the_server_to_cancel_it() -> None:
+    @workflow
+    async def impatient() -> str:
+        try:
+            await asyncio.wait_for(workflow.execute_activity("slow"), timeout=10)
+        except TimeoutError:
+            return "gave up"
+        return "finished"
+
+    run = FakeRun(impatient)
+    cmds = run.run_task()
+    assert sorted(c["type"] for c in cmds) == ["ScheduleActivityTask", "StartTimer"]
+    run.fire_timer("1")
+    scheduled = run.activities["1"]
+    assert run.run_task() == [
+        {"type": "RequestCancelActivityTask", "scheduled_event_id": scheduled},
+        {"type": "CompleteWorkflowExecution", "result": "gave up"}]
+    Replayer([impatient]).replay(run.events, run_id="run-1")
+
+
+def test_an_activity_cancelled_in_the_step_that_scheduled_it_is_never_sent() -> None:
+    @workflow
+    async def fickle() -> str:
+        task = asyncio.ensure_future(workflow.execute_activity("never"))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "ran"
+
+    run = FakeRun(fickle)
+    assert run.run_task() == [{"type": "CompleteWorkflowExecution", "result": "cancelled"}]
+
+
+def test_query_handler_may_not_issue_commands_and_unknown_queries_raise() -> None:
+    @workflow
+    async def q() -> None:
+        workflow.set_query_handler("peek", lambda: workflow.info().workflow_id)
+        await workflow.wait_condition(lambda: False)
+
+    run = FakeRun(q)
+    run.run_task()
+    assert run.executor.query("peek", None) == "wf-1"
+    with pytest.raises(KeyError):
+        run.executor.query("nope", None)
+
+
+def test_logger_is_silent_during_replay(caplog: pytest.LogCaptureFixture) -> None:
+    @workflow
+    async def chatty() -> None:
+        workflow.logger.warning("step %s", "one")
+        await workflow.sleep(1)
+        workflow.logger.warning("step %s", "two")
+
+    run = FakeRun(chatty, check_fresh=False)
+    with caplog.at_level("WARNING", logger="hanzo_tasks.workflow.code"):
+        run.run_task()
+        run.fire_timer("1")
+        run.run_task()
+        Replayer([chatty]).replay(run.events, run_id="run-1")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["[chatty wf-1] step one", "[chatty wf-1] step two"]
+
+
+def test_history_of_a_retried_attempt_starts_after_attempt_failed() -> None:
+    @workflow
+    async def twice() -> str:
+        await workflow.execute_activity("x")
+        return "ok"
+
+    run = FakeRun(twice)
+    run.run_task()
+    # The first attempt failed; the server dropped its activities and scheduled attempt 2.
+    run.add("WORKFLOW_EXECUTION_ATTEMPT_FAILED", failure={"message": "m"}, attempt=1)
+    run.activities.clear()
+    run.wt_pending = False
+    run.schedule_task()
+    run.executor = type(run.executor)(run.defn, run.info)  # a new attempt: a fresh executor
+    cmds = run.run_task()
+    assert [c["type"] for c in cmds] == ["ScheduleActivityTask"]

@@ -194,3 +194,50 @@ def test_non_determinism_fails_the_workflow_task_not_the_run() -> None:
             assert info["status"] == "WORKFLOW_EXECUTION_STATUS_RUNNING"
         finally:
             w2.stop()
+
+
+@workflow(name="waiter")
+async def waiter() -> str:
+    seen: list = []
+    workflow.set_signal_handler("note", seen.append)
+    workflow.set_query_handler("seen", lambda: list(seen))
+    try:
+        await workflow.wait_condition(lambda: "stop" in seen)
+    except BaseException:
+        workflow.logger.info("cancelled with %s", seen)
+        raise
+    return ",".join(seen)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_does_not_hold_the_run_replays_it_to_answer_a_query() -> None:
+    with TestNode() as node:
+        w1 = tasks.Worker(node.client(), "wait", workflows=[waiter])
+        w1.start()
+        try:
+            status, rec = node.post(NS, {"workflowId": "w-1", "workflowType": {"name": "waiter"},
+                                         "taskQueue": {"name": "wait"}})
+            assert status == 200, rec
+            status, body = node.post(f"{NS}/w-1/signal", {"name": "note", "input": "a"})
+            assert status == 200, body
+            node.wait_until(lambda: _event_types(node, "w-1")[-1] == "WORKFLOW_TASK_COMPLETED"
+                            and "WORKFLOW_EXECUTION_SIGNALED" in _event_types(node, "w-1"))
+        finally:
+            w1.stop()
+        w2 = tasks.Worker(node.client(), "wait", workflows=[waiter])
+        w2.start()
+        try:
+            status, q = node.post(f"{NS}/w-1/query", {"queryType": "seen"})
+            assert status == 200 and q["queryResult"] == ["a"], q
+            status, q = node.post(f"{NS}/w-1/query", {"queryType": "nope"})
+            assert status == 400 and "unknown query type" in str(q), q
+            # A cancel reaches the code as CancelledError; letting it out cancels the run.
+            status, body = node.post(f"{NS}/w-1/cancel", {"reason": "enough"})
+            assert status == 200, body
+            info = node.wait_until(
+                lambda: (d := _describe(node, "w-1")["workflowExecutionInfo"])["status"]
+                not in ("WORKFLOW_EXECUTION_STATUS_RUNNING", "WORKFLOW_EXECUTION_STATUS_CANCELING")
+                and d, what="the run to be canceled")
+            assert info["status"] == "WORKFLOW_EXECUTION_STATUS_CANCELED", info
+        finally:
+            w2.stop()
