@@ -1,0 +1,99 @@
+"""A durable sleep survives the kill of its partition's leader and wakes exactly once.
+
+Three real ``tasksd`` processes (Raft); the worker is connected to a node that
+does not lead the workflow's partition, so the kill is invisible to it except
+through what the new leader does: recompute the due timer from replicated
+state and fire it once (its key makes a second firing a no-op).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import hanzo_tasks as tasks
+import pytest
+from hanzo_tasks.routing import partition_of
+from hanzo_tasks.workflow import activity, workflow
+
+from tests.cluster.raft_support import Cluster
+
+NS = "/v1/tasks/namespaces/default/workflows"
+woke: list[str] = []
+woke_lock = threading.Lock()
+
+
+@activity
+def record_wake(wid: str) -> str:
+    with woke_lock:
+        woke.append(wid)
+    return "awake"
+
+
+@workflow
+async def nap(wid: str) -> str:
+    await workflow.sleep(2)
+    return await workflow.execute_activity(record_wake, wid)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_durable_sleep_survives_a_leader_kill_and_wakes_once(tmp_path: Path) -> None:
+    woke.clear()
+    cluster = Cluster(tmp_path / "c", n=3, partitions=4)
+    cluster.start()
+    try:
+        group = partition_of("_", "default", "tasks", cluster.partitions)
+        deadline = time.monotonic() + 30
+        leader = cluster.leader_of(group)
+        while leader is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            leader = cluster.leader_of(group)
+        assert leader is not None
+        other = next(nid for nid in cluster.ids if nid != leader)
+        node = cluster.nodes[other]
+        host, port = cluster.zap_addr(other)
+        client = tasks.Client(node.url, zap_addr=f"{host}:{port}")
+        worker = tasks.Worker(client, "naps", workflows=[nap], activities=[record_wake])
+        worker.start()
+        try:
+            status, rec = node.post(NS, {"workflowId": "nap-1", "workflowType": {"name": "nap"},
+                                         "taskQueue": {"name": "naps"}, "input": "nap-1",
+                                         "requestId": "nap-1"}, timeout=15)
+            assert status == 200, rec
+
+            def history() -> list[dict[str, Any]]:
+                s, body = node.get(f"{NS}/nap-1/history", timeout=15)
+                return body["events"] if s == 200 else []
+
+            deadline = time.monotonic() + 30
+            while not any(e["eventType"] == "TIMER_STARTED" for e in history()):
+                assert time.monotonic() < deadline, "the timer never started"
+                time.sleep(0.05)
+            cluster.nodes[leader].kill(signal.SIGKILL)
+            started = time.monotonic()
+
+            deadline = time.monotonic() + 60
+            info: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                s, body = node.get(f"{NS}/nap-1", timeout=15)
+                if s == 200:
+                    info = body["workflowExecutionInfo"]
+                    if info["status"] != "WORKFLOW_EXECUTION_STATUS_RUNNING":
+                        break
+                time.sleep(0.1)
+            assert info.get("status") == "WORKFLOW_EXECUTION_STATUS_COMPLETED", info
+            assert time.monotonic() - started < 30  # woke after the fail-over, not at a sweep
+            assert info["result"] == "awake"
+            types = [e["eventType"] for e in history()]
+            assert types.count("TIMER_FIRED") == 1, types
+            assert woke == ["nap-1"]
+            assert cluster.leader_of(group) not in (None, leader)  # a new leader fired it
+        finally:
+            worker.stop()
+            client.stop()
+    finally:
+        cluster.kill_all()
