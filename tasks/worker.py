@@ -372,6 +372,8 @@ class Worker(WorkflowTasks, ActivityTasks):
                 len(left),
             )
         conn.remove_push_route(self)
+        for run_id in list(self._sticky_cache()):
+            self.evict(run_id)
         for pool in (self._pool, self._activity_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)

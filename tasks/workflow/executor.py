@@ -220,6 +220,7 @@ class WorkflowExecutor:
         self._patches_in_step: set[str] = set()
         self._patches: dict[str, bool] = {}
         self._violation: WorkflowTaskError | None = None
+        self._doomed = False
         self._sandbox = Sandbox(self._on_violation)
         self._context = contextvars.Context()
 
@@ -648,15 +649,19 @@ class WorkflowExecutor:
         handler = self.query_handlers.get(name)
         if handler is None:
             raise KeyError(name)
-        with self.lock, self._entered():
-            before = len(self._step_commands)
-            was = self.replaying
-            self.replaying = True  # a query's log lines are not the run's
+        with self.lock:
             try:
-                out = handler(args) if _wants_arg(handler) else handler()
+                with self._entered():
+                    before = len(self._step_commands)
+                    was = self.replaying
+                    self.replaying = True  # a query's log lines are not the run's
+                    try:
+                        out = handler(args) if _wants_arg(handler) else handler()
+                    finally:
+                        self.replaying = was
+                        del self._step_commands[before:]
             finally:
-                self.replaying = was
-                del self._step_commands[before:]
+                self.close_if_doomed()
         if inspect.isawaitable(out):
             close = getattr(out, "close", None)
             if close is not None:
@@ -665,7 +670,27 @@ class WorkflowExecutor:
         return out
 
     def close(self) -> None:
-        """Drop the coroutine (eviction): its pending tasks are abandoned quietly."""
+        """Drop the coroutine (eviction): its pending tasks are cancelled and abandoned.
+
+        Called from any thread; when a step or query holds the executor, the
+        close happens as that step ends (``close_if_doomed``).
+        """
+        if not self.lock.acquire(blocking=False):
+            self._doomed = True
+            return
+        try:
+            self._close_locked()
+        finally:
+            self.lock.release()
+
+    def close_if_doomed(self) -> None:
+        """With ``lock`` held, after a step: finish a close that was asked for meanwhile."""
+        if self._doomed:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self.loop.is_closed():
+            return
         if self._main is not None and not self._main.done():
             with self._entered():
                 self._main.cancel()

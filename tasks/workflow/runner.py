@@ -45,6 +45,15 @@ class DurableWorkflowTasks(WorkerTransport):
             cache = self.__dict__["_durable_cache"] = OrderedDict()
         return cache  # type: ignore[no-any-return]
 
+    @property
+    def durable_stats(self) -> dict[str, int]:
+        """``{"sticky": n, "replays": m}``: workflow tasks served from a live executor,
+        and those that needed a full replay from history."""
+        stats = self.__dict__.get("_durable_stats")
+        if stats is None:
+            stats = self.__dict__["_durable_stats"] = {"sticky": 0, "replays": 0}
+        return stats  # type: ignore[no-any-return]
+
     def evict(self, run_id: str) -> None:
         """Drop a run's executor: its next workflow task replays the whole history."""
         ex = self._sticky_cache().pop(run_id, None)
@@ -73,6 +82,9 @@ class DurableWorkflowTasks(WorkerTransport):
             if ex is None:
                 ex = WorkflowExecutor(defn, self._info(run, defn))
                 cache[run_id] = ex
+                self.durable_stats["replays"] += 1
+            else:
+                self.durable_stats["sticky"] += 1
             cache.move_to_end(run_id)
             while len(cache) > self.max_cached_runs:
                 _, old = cache.popitem(last=False)
@@ -200,7 +212,12 @@ class DurableWorkflowTasks(WorkerTransport):
 
 def _step(ex: WorkflowExecutor, events: list[Event]) -> StepResult:
     with ex.lock:
-        result = ex.activate(events)
+        if ex.loop.is_closed():
+            raise WorkflowTaskError("the run's executor was evicted; the task is retried")
+        try:
+            result = ex.activate(events)
+        finally:
+            ex.close_if_doomed()
     if result is None:
         raise WorkflowTaskError("the workflow task's history holds no started workflow task")
     return result
@@ -208,7 +225,10 @@ def _step(ex: WorkflowExecutor, events: list[Event]) -> StepResult:
 
 def _replay_only(ex: WorkflowExecutor, events: list[Event]) -> None:
     with ex.lock:
-        ex.activate(events)
+        try:
+            ex.activate(events)
+        finally:
+            ex.close_if_doomed()
 
 
 def _stack_of(ex: WorkflowExecutor) -> str:

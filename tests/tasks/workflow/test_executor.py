@@ -471,3 +471,18 @@ def test_history_of_a_retried_attempt_starts_after_attempt_failed() -> None:
     run.executor = type(run.executor)(run.defn, run.info)  # a new attempt: a fresh executor
     cmds = run.run_task()
     assert [c["type"] for c in cmds] == ["ScheduleActivityTask"]
+
+
+def test_close_while_a_step_holds_the_executor_waits_for_the_step() -> None:
+    @workflow
+    async def idle() -> None:
+        await workflow.wait_condition(lambda: False)
+
+    run = FakeRun(idle)
+    run.run_task()
+    ex = run.executor
+    with ex.lock:  # a step (or query) running on another thread
+        ex.close()
+        assert not ex.loop.is_closed()
+        ex.close_if_doomed()  # what the step does as it ends
+    assert ex.loop.is_closed()

@@ -9,7 +9,7 @@ from typing import Any
 import hanzo_tasks as tasks
 import pytest
 from hanzo_tasks.testing import TestNode
-from hanzo_tasks.workflow import Replayer, activity, workflow
+from hanzo_tasks.workflow import Replayer, RetryPolicy, activity, workflow
 
 NS = "/v1/tasks/namespaces/default/workflows"
 calls: list[str] = []
@@ -46,7 +46,9 @@ class Order:
     async def run(self, order: dict) -> dict:
         self.stage = "charging"
         receipt = await workflow.execute_activity(
-            charge, order, start_to_close_timeout=timedelta(seconds=30))
+            charge, order, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=200),
+                                     maximum_attempts=3, non_retryable_error_types=("KeyError",)))
         self.stage = "waiting a day"
         await workflow.sleep(timedelta(days=1))
         self.stage = "waiting for approval"
@@ -106,6 +108,8 @@ def test_activity_durable_sleep_signal_and_query_end_to_end() -> None:
             assert info["result"]["receipt"] == "receipt-7"
             assert info["result"]["approved_by"] == "ann"
             assert calls == ["charge 7", "notify approved by ann"]
+            # One full replay (the first task); every later task resumed the live executor.
+            assert worker.durable_stats == {"replays": 1, "sticky": 4}, worker.durable_stats
             # The recorded history replays cleanly against the same code.
             Replayer([Order]).replay(_history(node, "order-1"),
                                      run_id=info["execution"]["runId"])
@@ -152,6 +156,7 @@ def test_a_new_worker_resumes_from_history_without_rerunning_steps() -> None:
             assert info["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED", info
             assert info["result"] == 100
             assert done == [0, 1, 2, 3, 4]
+            assert w1.durable_stats["replays"] == 2  # the first task, and the one after eviction
         finally:
             w1.stop()
 
@@ -241,3 +246,46 @@ def test_a_worker_that_does_not_hold_the_run_replays_it_to_answer_a_query() -> N
             assert info["status"] == "WORKFLOW_EXECUTION_STATUS_CANCELED", info
         finally:
             w2.stop()
+
+
+@workflow(name="three")
+async def three(n: int) -> int:
+    a = await workflow.execute_activity("inc", n)
+    b = await workflow.execute_activity("inc", a)
+    return await workflow.execute_activity("inc", b)  # type: ignore[no-any-return]
+
+
+@pytest.mark.timeout(120)
+def test_many_concurrent_workflows_each_complete_once() -> None:
+    runs: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def inc(n: int) -> int:
+        with lock:
+            runs[n] = runs.get(n, 0) + 1
+        return n + 1
+
+    count = 100
+    with TestNode() as node:
+        worker = tasks.Worker(node.client(), "three", workflows=[three], max_concurrent=20)
+        worker.register_activity("inc", inc)
+        worker.max_cached_runs = 10  # smaller than the number of runs: evictions and replays
+        worker.start()
+        try:
+            for i in range(count):
+                status, rec = node.post(NS, {"workflowId": f"t-{i}", "workflowType": {"name": "three"},
+                                             "taskQueue": {"name": "three"}, "input": i * 10})
+                assert status == 200, rec
+
+            def all_closed() -> bool:
+                status, body = node.get(f"{NS}?query=ExecutionStatus%3D'Running'")
+                return status == 200 and not body["executions"]
+
+            node.wait_until(all_closed, timeout=90, what="every workflow to close")
+            for i in range(count):
+                info = _describe(node, f"t-{i}")["workflowExecutionInfo"]
+                assert info["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED", info
+                assert info["result"] == i * 10 + 3
+            assert all(v == 1 for v in runs.values()) and len(runs) == 3 * count
+        finally:
+            worker.stop()
