@@ -289,3 +289,54 @@ def test_many_concurrent_workflows_each_complete_once() -> None:
             assert all(v == 1 for v in runs.values()) and len(runs) == 3 * count
         finally:
             worker.stop()
+
+
+@workflow(name="counter")
+async def counter(n: int) -> int:
+    await workflow.sleep(timedelta(minutes=1))
+    if n < 3:
+        workflow.continue_as_new(n + 1)
+    return n
+
+
+@workflow(name="broken")
+async def broken() -> None:
+    await workflow.sleep(1)
+    raise ValueError("the code gave up")
+
+
+@pytest.mark.timeout(60)
+def test_continue_as_new_and_failure_end_to_end() -> None:
+    with TestNode() as node:
+        worker = tasks.Worker(node.client(), "misc", workflows=[counter, broken])
+        worker.start()
+        try:
+            for wid, wtype, inp in (("c-1", "counter", 1), ("b-1", "broken", None)):
+                status, rec = node.post(NS, {"workflowId": wid, "workflowType": {"name": wtype},
+                                             "taskQueue": {"name": "misc"}, "input": inp})
+                assert status == 200, rec
+
+            def latest(wid: str) -> dict[str, Any]:
+                return _describe(node, wid)["workflowExecutionInfo"]  # type: ignore[no-any-return]
+
+            for _ in range(3):  # each run sleeps a minute of the fake clock
+                node.wait_until(lambda: "TIMER_STARTED" in _event_types(node, "c-1"))
+                rid = latest("c-1")["execution"]["runId"]
+                node.clock.advance(60)
+                node.wait_until(lambda: latest("c-1")["execution"]["runId"] != rid  # noqa: B023
+                                or latest("c-1")["status"] != "WORKFLOW_EXECUTION_STATUS_RUNNING")
+            info = node.wait_until(
+                lambda: (d := latest("c-1"))["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
+                and d, what="the last run of the chain")
+            assert info["result"] == 3 and info.get("continuedFromRunId")
+            status, runs = node.get(f"{NS}/c-1/executions")
+            assert [r["status"] for r in runs["executions"]] == [
+                "WORKFLOW_EXECUTION_STATUS_COMPLETED"] + ["WORKFLOW_EXECUTION_STATUS_CONTINUED_AS_NEW"] * 2
+
+            failed = node.wait_until(
+                lambda: (d := latest("b-1"))["status"] == "WORKFLOW_EXECUTION_STATUS_FAILED" and d,
+                what="the failed run")
+            assert failed["lastFailure"]["message"] == "the code gave up"
+            assert failed["lastFailure"]["type"] == "ValueError"
+        finally:
+            worker.stop()
