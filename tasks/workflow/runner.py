@@ -81,14 +81,14 @@ class DurableWorkflowTasks(WorkerTransport):
                 events += await self._page_history(run, max((e.id for e in events), default=0))
             if ex is None:
                 ex = WorkflowExecutor(defn, self._info(run, defn))
-                cache[run_id] = ex
                 self.durable_stats["replays"] += 1
             else:
                 self.durable_stats["sticky"] += 1
-            cache.move_to_end(run_id)
-            while len(cache) > self.max_cached_runs:
+            cache.pop(run_id, None)
+            while cache and len(cache) >= self.max_cached_runs:  # the least recently used go
                 _, old = cache.popitem(last=False)
                 old.close()
+            cache[run_id] = ex
             try:
                 result = await loop.run_in_executor(self._pool, _step, ex, events)
             except WorkflowTaskError as e:

@@ -340,3 +340,41 @@ def test_continue_as_new_and_failure_end_to_end() -> None:
             assert failed["lastFailure"]["type"] == "ValueError"
         finally:
             worker.stop()
+
+
+@workflow(name="long")
+async def long_history(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += await workflow.execute_activity("one", i)
+    return total
+
+
+class ForgetfulWorker(tasks.Worker):
+    """Forgets every run after each task: every task is a full replay from paged history."""
+
+    async def _run_durable(self, run: Any, defn: Any) -> None:
+        await super()._run_durable(run, defn)
+        self.evict(run.body["run_id"])
+
+
+@pytest.mark.timeout(120)
+def test_full_replays_page_a_history_longer_than_one_delivery() -> None:
+    n = 180  # about 7 events a step: over the 1000 events one delivery carries
+    with TestNode() as node:
+        worker = ForgetfulWorker(node.client(), "long", workflows=[long_history])
+        worker.register_activity("one", lambda i: 1)
+        worker.start()
+        try:
+            status, rec = node.post(NS, {"workflowId": "l-1", "workflowType": {"name": "long"},
+                                         "taskQueue": {"name": "long"}, "input": n})
+            assert status == 200, rec
+            info = node.wait_until(
+                lambda: (d := _describe(node, "l-1")["workflowExecutionInfo"])["status"]
+                != "WORKFLOW_EXECUTION_STATUS_RUNNING" and d, timeout=90,
+                what="the long workflow to close")
+            assert info["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED", info
+            assert info["result"] == n and info["historyLength"] > 1000
+            assert worker.durable_stats["sticky"] == 0
+        finally:
+            worker.stop()
