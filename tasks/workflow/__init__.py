@@ -30,6 +30,7 @@ from hanzo_tasks.errors import ActivityError
 from hanzo_tasks.workflow import api as _api
 from hanzo_tasks.workflow.api import (
     ChildWorkflowHandle,
+    cancel_external_workflow,
     continue_as_new,
     execute_activity,
     execute_child_workflow,
@@ -41,6 +42,7 @@ from hanzo_tasks.workflow.api import (
     set_query_handler,
     set_signal_handler,
     side_effect,
+    signal_external_workflow,
     sleep,
     start_child_workflow,
     upsert_search_attributes,
@@ -58,6 +60,7 @@ from hanzo_tasks.workflow.definitions import (
 )
 from hanzo_tasks.workflow.errors import (
     ChildWorkflowError,
+    ExternalWorkflowError,
     NonDeterminismError,
     WorkflowSandboxError,
     WorkflowTaskError,
@@ -95,6 +98,7 @@ __all__ = [
     "ActivityError",
     "ChildWorkflowError",
     "ChildWorkflowHandle",
+    "ExternalWorkflowError",
     "NonDeterminismError",
     "Replayer",
     "RetryPolicy",
@@ -104,6 +108,7 @@ __all__ = [
     "WorkflowSandboxError",
     "WorkflowTaskError",
     "activity",
+    "cancel_external_workflow",
     "continue_as_new",
     "execute_activity",
     "execute_child_workflow",
@@ -117,6 +122,7 @@ __all__ = [
     "set_signal_handler",
     "side_effect",
     "signal",
+    "signal_external_workflow",
     "sleep",
     "start_child_workflow",
     "upsert_search_attributes",

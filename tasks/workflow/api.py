@@ -22,6 +22,7 @@ from hanzo_tasks.workflow.errors import ContinueAsNew
 from hanzo_tasks.workflow.executor import WorkflowInfo, current_executor, in_workflow
 
 __all__ = [
+    "cancel_external_workflow",
     "continue_as_new",
     "execute_activity",
     "execute_child_workflow",
@@ -33,6 +34,7 @@ __all__ = [
     "set_query_handler",
     "set_signal_handler",
     "side_effect",
+    "signal_external_workflow",
     "sleep",
     "start_child_workflow",
     "upsert_search_attributes",
@@ -215,6 +217,38 @@ def continue_as_new(
     raise ContinueAsNew(cmd)
 
 
+async def signal_external_workflow(
+    workflow_id: str, signal_name: str, arg: Any = None, *, run_id: str | None = None,
+    child_workflow_only: bool = False,
+) -> None:
+    """Signal another workflow of this namespace; raises ``ExternalWorkflowError`` when it
+    is unknown or closed."""
+    if not is_id(workflow_id) or not is_id(signal_name):
+        raise InvalidArgument("signal_external_workflow needs a workflow id and a signal name")
+    body: dict[str, Any] = {"type": "SignalExternalWorkflowExecution", "workflow_id": workflow_id,
+                            "signal_name": signal_name, "input": _json(arg, "signal input")}
+    if run_id is not None:
+        body["run_id"] = run_id
+    if child_workflow_only:
+        body["child_workflow_only"] = True
+    await current_executor().external(body, "signal")
+
+
+async def cancel_external_workflow(
+    workflow_id: str, *, run_id: str | None = None, child_workflow_only: bool = False,
+) -> None:
+    """Ask another workflow of this namespace to cancel (it sees CANCEL_REQUESTED)."""
+    if not is_id(workflow_id):
+        raise InvalidArgument(f"invalid workflow id {workflow_id!r}")
+    body: dict[str, Any] = {"type": "RequestCancelExternalWorkflowExecution",
+                            "workflow_id": workflow_id}
+    if run_id is not None:
+        body["run_id"] = run_id
+    if child_workflow_only:
+        body["child_workflow_only"] = True
+    await current_executor().external(body, "cancel")
+
+
 class ChildWorkflowHandle:
     """A started child: ``await handle`` (or ``handle.result()``) for its result."""
 
@@ -228,6 +262,15 @@ class ChildWorkflowHandle:
 
     async def result(self) -> Any:
         return await self._child.future
+
+    async def signal(self, signal_name: str, arg: Any = None) -> None:
+        """Signal this child."""
+        await signal_external_workflow(self.workflow_id, signal_name, arg,
+                                       child_workflow_only=True)
+
+    async def cancel(self) -> None:
+        """Ask this child to cancel; its result then raises ``ChildWorkflowError``."""
+        await cancel_external_workflow(self.workflow_id, child_workflow_only=True)
 
     def __await__(self) -> Any:
         return self.result().__await__()

@@ -17,6 +17,7 @@ __all__ = [
     "ActivityError",
     "ChildWorkflowError",
     "ContinueAsNew",
+    "ExternalWorkflowError",
     "NonDeterminismError",
     "WorkflowSandboxError",
     "WorkflowTaskError",
@@ -50,6 +51,13 @@ class ChildWorkflowError(TasksError):
 
     def __init__(self, message: str, failure: dict[str, Any] | None = None) -> None:
         super().__init__(message, details={"failure": dict(failure or {})})
+
+
+class ExternalWorkflowError(TasksError):
+    """Signalling or cancelling another workflow failed (unknown, closed, or not a child)."""
+
+    code = "external_workflow_failed"
+    status = None
 
 
 class ContinueAsNew(BaseException):  # noqa: N818 - a control-flow signal, not an error

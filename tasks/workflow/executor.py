@@ -41,6 +41,7 @@ from hanzo_tasks.workflow.definitions import WorkflowDefinition
 from hanzo_tasks.workflow.errors import (
     ChildWorkflowError,
     ContinueAsNew,
+    ExternalWorkflowError,
     NonDeterminismError,
     WorkflowSandboxError,
     WorkflowTaskError,
@@ -70,6 +71,7 @@ COMMAND_EVENTS = {
     "UPSERT_WORKFLOW_SEARCH_ATTRIBUTES": "UpsertSearchAttributes",
     "START_CHILD_WORKFLOW_EXECUTION_INITIATED": "StartChildWorkflowExecution",
     "SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED": "SignalExternalWorkflowExecution",
+    "REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED": "RequestCancelExternalWorkflowExecution",
 }
 """History events that only a command writes: each must match the next expected command."""
 MAYBE_COMMAND_EVENTS = {e: c for c, es in TERMINAL_EVENTS.items() for e in es}
@@ -112,6 +114,7 @@ class Command:
 
     body: dict[str, Any]
     source: str
+    ref: Any = None  # what the command's outcome events resolve (external signal / cancel)
 
     @property
     def type(self) -> str:
@@ -142,9 +145,9 @@ class _Child:
 
 
 @dataclass
-class _Signal:
-    name: str
-    input: Any
+class _External:
+    future: asyncio.Future[None]
+    what: str  # "signal" | "cancel"
 
 
 @dataclass
@@ -212,6 +215,7 @@ class WorkflowExecutor:
         self._timers_started: set[str] = set()  # timer ids whose StartTimer left the step
         self._children: dict[str, _Child] = {}
         self._children_by_event: dict[int, str] = {}
+        self._externals_by_event: dict[int, _External] = {}
         self._signal_handlers: dict[str, Callable[..., Any]] = {}
         self._buffered_signals: dict[str, list[Any]] = {}
         self.query_handlers: dict[str, Callable[..., Any]] = {}
@@ -424,6 +428,13 @@ class WorkflowExecutor:
                 child = self._children.get(b["workflow_id"])
                 if child is not None:
                     child.initiated_event_id = e.id
+        elif ok and cmd.type in ("SignalExternalWorkflowExecution",
+                                 "RequestCancelExternalWorkflowExecution"):
+            ok = _child_workflow_id(e) == b["workflow_id"] and (
+                cmd.type != "SignalExternalWorkflowExecution"
+                or e.attr("signalName") == b["signal_name"])
+            if ok and cmd.ref is not None:
+                self._externals_by_event[e.id] = cmd.ref
         if not ok:
             raise NonDeterminismError(
                 f"workflow {self.info.workflow_type} (run {self.info.run_id}) is not "
@@ -473,6 +484,17 @@ class WorkflowExecutor:
                 self._main.cancel()
         elif t.startswith("CHILD_WORKFLOW_EXECUTION_") or t == "START_CHILD_WORKFLOW_EXECUTION_FAILED":
             self._apply_child(e)
+        elif t in ("EXTERNAL_WORKFLOW_EXECUTION_SIGNALED", "SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_FAILED",
+                   "EXTERNAL_WORKFLOW_EXECUTION_CANCEL_REQUESTED",
+                   "REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_FAILED"):
+            ext = self._externals_by_event.pop(e.attr("initiatedEventId"), None)
+            if ext is None or ext.future.done():
+                return
+            if t.endswith("_FAILED"):
+                ext.future.set_exception(ExternalWorkflowError(
+                    f"could not {ext.what} workflow {_child_workflow_id(e)}: {e.attr('cause')}"))
+            else:
+                ext.future.set_result(None)
 
     def _apply_child(self, e: Event) -> None:
         init = e.attr("initiatedEventId", "initiated_event_id")
@@ -597,6 +619,13 @@ class WorkflowExecutor:
         child = _Child(self.loop.create_future(), cmd, self.loop.create_future())
         self._children[wid] = child
         return child
+
+    def external(self, body: dict[str, Any], what: str) -> asyncio.Future[None]:
+        """Signal or cancel another workflow; the future resolves when the server did it."""
+        cmd = self._issue(body)
+        ext = _External(self.loop.create_future(), what)
+        cmd.ref = ext
+        return ext.future
 
     def side_effect(self, fn: Callable[[], Any]) -> Any:
         self._seq["side_effect"] += 1

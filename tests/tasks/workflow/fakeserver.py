@@ -18,6 +18,8 @@ from hanzo_tasks.workflow.definitions import workflow_definition_of
 from hanzo_tasks.workflow.history import events_of
 
 START_MS = 1_765_000_000_000
+TERMINAL = ("CompleteWorkflowExecution", "FailWorkflowExecution", "CancelWorkflowExecution",
+            "ContinueAsNew")
 
 
 class FakeRun:
@@ -36,6 +38,8 @@ class FakeRun:
         self.result: Any = None
         self.wt_pending = False
         self.commands_log: list[list[dict[str, Any]]] = []
+        self.unknown_workflows: set[str] = set()
+        self._outcomes = []
         self.add("WORKFLOW_EXECUTION_STARTED", workflowType={"name": self.defn.name},
                  taskQueue={"name": "q"}, input=input, attempt=1)
         self.schedule_task()
@@ -80,7 +84,18 @@ class FakeRun:
         done = self.add("WORKFLOW_TASK_COMPLETED", scheduledEventId=started - 1,
                         startedEventId=started)
         self.commands_log.append(res.commands)
+        # As the shard writes them: command events in order, then the outcomes of the
+        # external commands, then the terminal command's event.
+        self._outcomes: list[tuple[str, dict[str, Any]]] = []
+        terminal = [c for c in res.commands if c["type"] in TERMINAL]
         for c in res.commands:
+            if c["type"] not in TERMINAL:
+                self._apply(c, done)
+        for etype, attrs in self._outcomes:
+            self.add(etype, **attrs)
+        if self._outcomes and not terminal:  # outcomes are trigger events
+            self.schedule_task()
+        for c in terminal:
             self._apply(c, done)
         return res.commands
 
@@ -108,6 +123,22 @@ class FakeRun:
             self.children[c["workflow_id"]] = self.add(
                 "START_CHILD_WORKFLOW_EXECUTION_INITIATED", workflowId=c["workflow_id"],
                 workflowType={"name": c["workflow_type"]}, input=c.get("input"))
+        elif t in ("SignalExternalWorkflowExecution", "RequestCancelExternalWorkflowExecution"):
+            target = {"workflowId": c["workflow_id"]}
+            what = "SIGNAL" if t.startswith("Signal") else "REQUEST_CANCEL"
+            attrs: dict[str, Any] = {"workflowExecution": target}
+            if what == "SIGNAL":
+                attrs.update(signalName=c["signal_name"], input=c.get("input"))
+            eid = self.add(f"{what}_EXTERNAL_WORKFLOW_EXECUTION_INITIATED", **attrs)
+            if c["workflow_id"] in self.unknown_workflows:
+                self._outcomes.append((f"{what}_EXTERNAL_WORKFLOW_EXECUTION_FAILED", {
+                    "initiatedEventId": eid, "workflowExecution": target,
+                    "cause": "EXTERNAL_WORKFLOW_EXECUTION_NOT_FOUND"}))
+            else:
+                done_type = ("EXTERNAL_WORKFLOW_EXECUTION_SIGNALED" if what == "SIGNAL"
+                             else "EXTERNAL_WORKFLOW_EXECUTION_CANCEL_REQUESTED")
+                self._outcomes.append((done_type, {"initiatedEventId": eid,
+                                                   "workflowExecution": target}))
         elif t == "CompleteWorkflowExecution":
             self.closed, self.result = "COMPLETED", c.get("result")
             self.add("WORKFLOW_EXECUTION_COMPLETED", result=c.get("result"))

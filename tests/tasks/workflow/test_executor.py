@@ -9,6 +9,7 @@ import pytest
 from hanzo_tasks.workflow import (
     ActivityError,
     ChildWorkflowError,
+    ExternalWorkflowError,
     NonDeterminismError,
     Replayer,
     RetryPolicy,
@@ -486,3 +487,42 @@ def test_close_while_a_step_holds_the_executor_waits_for_the_step() -> None:
         assert not ex.loop.is_closed()
         ex.close_if_doomed()  # what the step does as it ends
     assert ex.loop.is_closed()
+
+
+def test_signal_and_cancel_other_workflows() -> None:
+    @workflow
+    async def messenger() -> str:
+        await workflow.signal_external_workflow("other", "ping", 1)
+        try:
+            await workflow.cancel_external_workflow("gone")
+        except ExternalWorkflowError as e:
+            return str(e)
+        return "cancelled"
+
+    run = FakeRun(messenger)
+    run.unknown_workflows.add("gone")
+    assert run.run_task() == [{"type": "SignalExternalWorkflowExecution", "workflow_id": "other",
+                               "signal_name": "ping", "input": 1}]
+    assert run.run_task() == [{"type": "RequestCancelExternalWorkflowExecution",
+                               "workflow_id": "gone"}]
+    [done] = run.run_task()
+    assert "could not cancel workflow gone" in done["result"]
+    Replayer([messenger]).replay(run.events, run_id="run-1")
+
+
+def test_outcome_events_between_command_events_and_the_close_replay() -> None:
+    @workflow
+    async def fire_and_finish() -> str:
+        task = asyncio.ensure_future(workflow.signal_external_workflow("other", "bye"))
+        await asyncio.sleep(0)  # the command leaves with this task's completion
+        del task
+        return "done"
+
+    run = FakeRun(fire_and_finish)
+    cmds = run.run_task()
+    assert [c["type"] for c in cmds] == ["SignalExternalWorkflowExecution",
+                                         "CompleteWorkflowExecution"]
+    types = [e["eventType"] for e in run.events[-3:]]
+    assert types == ["SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED",
+                     "EXTERNAL_WORKFLOW_EXECUTION_SIGNALED", "WORKFLOW_EXECUTION_COMPLETED"]
+    Replayer([fire_and_finish]).replay(run.events, run_id="run-1")
