@@ -212,7 +212,6 @@ class WorkflowExecutor:
         self._activities_by_event: dict[int, str] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._timer_ids: dict[int, str] = {}  # id(handle) -> timer id
-        self._timers_started: set[str] = set()  # timer ids whose StartTimer left the step
         self._children: dict[str, _Child] = {}
         self._children_by_event: dict[int, str] = {}
         self._externals_by_event: dict[int, _External] = {}
