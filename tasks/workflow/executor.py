@@ -681,12 +681,13 @@ class WorkflowExecutor:
             try:
                 with self._entered():
                     before = len(self._step_commands)
-                    was = self.replaying
+                    was, violation = self.replaying, self._violation
                     self.replaying = True  # a query's log lines are not the run's
                     try:
                         out = handler(args) if _wants_arg(handler) else handler()
                     finally:
-                        self.replaying = was
+                        # A query's mistakes fail the query, not the run's next task.
+                        self.replaying, self._violation = was, violation
                         del self._step_commands[before:]
             finally:
                 self.close_if_doomed()

@@ -82,3 +82,18 @@ def test_the_guard_is_lifted_after_the_step_and_other_threads_are_untouched() ->
         t.join()
     assert seen
     assert time.time() > 0 and random.random() >= 0  # lifted on this thread too
+
+
+def test_a_query_that_breaks_the_sandbox_fails_alone() -> None:
+    @workflow
+    async def asked() -> str:
+        workflow.set_query_handler("clock", lambda: time.time())
+        await workflow.sleep(1)
+        return "ok"
+
+    run = FakeRun(asked)
+    run.run_task()
+    with pytest.raises(WorkflowSandboxError):
+        run.executor.query("clock", None)
+    run.fire_timer("1")
+    assert run.run_task() == [{"type": "CompleteWorkflowExecution", "result": "ok"}]
