@@ -27,6 +27,28 @@ woke: list[str] = []
 woke_lock = threading.Lock()
 
 
+def start_acked(node: Any, body: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Start with retries on 503 (same requestId), as a client does around an election."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, rec = node.post(NS, body, timeout=15)
+        if status == 200:
+            return rec  # type: ignore[no-any-return]
+        assert status == 503 and time.monotonic() < deadline, rec
+        time.sleep(0.1)
+
+
+def get_ok(node: Any, path: str, timeout: float = 30.0) -> dict[str, Any]:
+    """A read, retried while an election makes the partition unavailable (503)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = node.get(path, timeout=15)
+        if status == 200:
+            return body  # type: ignore[no-any-return]
+        assert status == 503 and time.monotonic() < deadline, body
+        time.sleep(0.1)
+
+
 @activity
 def record_wake(wid: str) -> str:
     with woke_lock:
@@ -61,10 +83,9 @@ def test_durable_sleep_survives_a_leader_kill_and_wakes_once(tmp_path: Path) -> 
         worker = tasks.Worker(client, "naps", workflows=[nap], activities=[record_wake])
         worker.start()
         try:
-            status, rec = node.post(NS, {"workflowId": "nap-1", "workflowType": {"name": "nap"},
-                                         "taskQueue": {"name": "naps"}, "input": "nap-1",
-                                         "requestId": "nap-1"}, timeout=15)
-            assert status == 200, rec
+            start_acked(node, {"workflowId": "nap-1", "workflowType": {"name": "nap"},
+                               "taskQueue": {"name": "naps"}, "input": "nap-1",
+                               "requestId": "nap-1"})
 
             def history() -> list[dict[str, Any]]:
                 s, body = node.get(f"{NS}/nap-1/history", timeout=15)
@@ -136,11 +157,9 @@ def test_many_workflows_complete_once_across_a_leader_kill(tmp_path: Path) -> No
         worker.start()
         try:
             for i in range(count):
-                status, rec = node.post(NS, {
+                start_acked(node, {
                     "workflowId": f"m-{i}", "workflowType": {"name": "three-steps"},
-                    "taskQueue": {"name": "many"}, "input": i * 10, "requestId": f"m-{i}"},
-                    timeout=15)
-                assert status == 200, rec
+                    "taskQueue": {"name": "many"}, "input": i * 10, "requestId": f"m-{i}"})
 
             def closed() -> int:
                 s, body = node.get(f"{NS}?query=ExecutionStatus%3D'Completed'&pageSize=1000",
@@ -158,11 +177,9 @@ def test_many_workflows_complete_once_across_a_leader_kill(tmp_path: Path) -> No
                 assert time.monotonic() < deadline, f"only {closed()} of {count} completed"
                 time.sleep(0.5)
             for i in range(count):
-                s, body = node.get(f"{NS}/m-{i}/executions", timeout=15)
-                assert s == 200, body
+                body = get_ok(node, f"{NS}/m-{i}/executions")
                 assert len(body["executions"]) == 1, body  # one run each, completed once
-                s, body = node.get(f"{NS}/m-{i}", timeout=15)
-                rec = body["workflowExecutionInfo"]
+                rec = get_ok(node, f"{NS}/m-{i}")["workflowExecutionInfo"]
                 assert rec["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED", rec
                 assert rec["result"] == i * 10 + 3
             # Activities are at least once: a kill may redeliver the few that were running.
