@@ -308,10 +308,11 @@ async def broken() -> None:
 @pytest.mark.timeout(60)
 def test_continue_as_new_and_failure_end_to_end() -> None:
     with TestNode() as node:
-        worker = tasks.Worker(node.client(), "misc", workflows=[counter, broken])
+        worker = tasks.Worker(node.client(), "misc", workflows=[counter])
+        worker.register("kaputt", broken)  # a @workflow registered under another type name
         worker.start()
         try:
-            for wid, wtype, inp in (("c-1", "counter", 1), ("b-1", "broken", None)):
+            for wid, wtype, inp in (("c-1", "counter", 1), ("b-1", "kaputt", None)):
                 status, rec = node.post(NS, {"workflowId": wid, "workflowType": {"name": wtype},
                                              "taskQueue": {"name": "misc"}, "input": inp})
                 assert status == 200, rec
