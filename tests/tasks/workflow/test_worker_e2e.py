@@ -8,7 +8,7 @@ from typing import Any
 
 import hanzo_tasks as tasks
 import pytest
-from hanzo_tasks.testing import TestNode
+from hanzo_tasks.testing import FakeClock, TestNode
 from hanzo_tasks.workflow import Replayer, RetryPolicy, activity, workflow
 
 NS = "/v1/tasks/namespaces/default/workflows"
@@ -377,5 +377,37 @@ def test_full_replays_page_a_history_longer_than_one_delivery() -> None:
             assert info["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED", info
             assert info["result"] == n and info["historyLength"] > 1000
             assert worker.durable_stats["sticky"] == 0
+        finally:
+            worker.stop()
+
+
+@workflow(name="second-time-lucky")
+async def second_time_lucky() -> int:
+    await workflow.execute_activity("one", None)
+    attempt = workflow.info().attempt
+    if attempt == 1:
+        raise ValueError("first attempt fails")
+    return attempt
+
+
+@pytest.mark.timeout(60)
+def test_a_retried_workflow_attempt_replays_only_its_own_history() -> None:
+    ran: list[int] = []
+    with TestNode(clock=FakeClock(ticking=True)) as node:
+        worker = tasks.Worker(node.client(), "retry", workflows=[second_time_lucky])
+        worker.register_activity("one", lambda: ran.append(1))
+        worker.start()
+        try:
+            status, rec = node.post(NS, {
+                "workflowId": "r-1", "workflowType": {"name": "second-time-lucky"},
+                "taskQueue": {"name": "retry"},
+                "retryPolicy": {"initialInterval": "100ms", "maximumAttempts": 2}})
+            assert status == 200, rec
+            info = node.wait_until(
+                lambda: (d := _describe(node, "r-1")["workflowExecutionInfo"])["status"]
+                != "WORKFLOW_EXECUTION_STATUS_RUNNING" and d, what="the second attempt")
+            assert info["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED", info
+            assert info["result"] == 2 and len(ran) == 2  # each attempt ran its activity
+            assert "WORKFLOW_EXECUTION_ATTEMPT_FAILED" in _event_types(node, "r-1")
         finally:
             worker.stop()
