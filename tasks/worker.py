@@ -11,6 +11,9 @@ its lease alive with heartbeats (0x00A5), and reports the outcome:
   ``CompleteWorkflowExecution{result}``, ``FailWorkflowExecution{failure}`` or
   ``CancelWorkflowExecution`` (the task-style model: one handler call is the
   whole workflow);
+* a workflow task of a ``@workflow`` type (``workflows=[...]``) -> 0x00A2 with
+  the commands its deterministic executor issued in this step (durable code,
+  ``hanzo_tasks.workflow``; see ``workflow/runner.py``);
 * activity task -> 0x00A3 RespondActivityTaskCompleted or 0x00A4
   RespondActivityTaskFailed.
 
