@@ -251,6 +251,7 @@ class WorkflowExecutor:
                 sid = e.attr("startedEventId", "started_event_id")
                 if isinstance(sid, int):
                     outcomes[sid] = e.type
+        last_started = max((e.id for e in events if e.type == "WORKFLOW_TASK_STARTED"), default=0)
         for i, e in enumerate(events):
             if e.type == "WORKFLOW_EXECUTION_STARTED":
                 self._input = e.attr("input")
@@ -258,11 +259,12 @@ class WorkflowExecutor:
                 outcome = outcomes.get(e.id)
                 if outcome == "WORKFLOW_TASK_COMPLETED":
                     self._step(e, replaying=True, following=events[i + 1:])
-                elif outcome is None:
+                elif outcome is None and e.id == last_started:
                     commands = self._step(e, replaying=False, following=[])
                     self.last_event_id = e.id
                     return commands
-                # a failed or timed-out task: its code's effects never happened
+                # A task that failed or timed out, or one a reset cut short: its code's
+                # effects never happened.
             elif e.type in COMMAND_EVENTS:
                 self._match(e)
             elif e.type in MAYBE_COMMAND_EVENTS and self._expected:

@@ -526,3 +526,18 @@ def test_outcome_events_between_command_events_and_the_close_replay() -> None:
     assert types == ["SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED",
                      "EXTERNAL_WORKFLOW_EXECUTION_SIGNALED", "WORKFLOW_EXECUTION_COMPLETED"]
     Replayer([fire_and_finish]).replay(run.events, run_id="run-1")
+
+
+def test_a_task_cut_short_by_a_reset_is_not_the_live_one() -> None:
+    run = FakeRun(checkout, {"id": 3})
+    run.run_task()
+    run.complete_activity("1", "r")
+    # A reset to the started event of the second task: events up to it are copied, then
+    # WORKFLOW_EXECUTION_RESET and a new WORKFLOW_TASK_SCHEDULED (SPEC §5.4).
+    run.add("WORKFLOW_TASK_STARTED", scheduledEventId=len(run.events))
+    run.add("WORKFLOW_EXECUTION_RESET", baseRunId="run-0", eventId=len(run.events),
+            reason="test", identity="t")
+    run.add("WORKFLOW_TASK_SCHEDULED", attempt=1)
+    run.executor = type(run.executor)(run.defn, run.info)  # a reset run: a new executor
+    assert run.run_task() == [
+        {"type": "StartTimer", "timer_id": "1", "start_to_fire_timeout_ms": 86_400_000}]
