@@ -246,11 +246,14 @@ class WorkflowExecutor:
                 if isinstance(d, dict) and isinstance(d.get("id"), int):
                     self._side_effects[d["id"]] = d.get("value")
         outcomes: dict[int, str] = {}
-        for e in events:
+        for i, e in enumerate(events):
             if e.type in TASK_EVENTS:
                 sid = e.attr("startedEventId", "started_event_id")
                 if isinstance(sid, int):
                     outcomes[sid] = e.type
+                    after = events[i + 1].type if i + 1 < len(events) else ""
+                    if after == "WORKFLOW_EXECUTION_RESET":  # reset right after the completion:
+                        outcomes[sid] = "RESET"  # its commands were not copied, so it never was
         last_started = max((e.id for e in events if e.type == "WORKFLOW_TASK_STARTED"), default=0)
         for i, e in enumerate(events):
             if e.type == "WORKFLOW_EXECUTION_STARTED":

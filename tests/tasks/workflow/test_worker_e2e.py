@@ -411,3 +411,49 @@ def test_a_retried_workflow_attempt_replays_only_its_own_history() -> None:
             assert "WORKFLOW_EXECUTION_ATTEMPT_FAILED" in _event_types(node, "r-1")
         finally:
             worker.stop()
+
+
+@workflow(name="two-steps")
+async def two_steps() -> list:
+    a = await workflow.execute_activity("step-a")
+    b = await workflow.execute_activity("step-b")
+    return [a, b]
+
+
+@pytest.mark.timeout(60)
+def test_reset_to_a_completed_workflow_task_reruns_from_there() -> None:
+    counts = {"a": 0, "b": 0}
+
+    def step(name: str) -> Any:
+        def run() -> int:
+            counts[name] += 1
+            return counts[name]
+        return run
+
+    with TestNode() as node:
+        worker = tasks.Worker(node.client(), "reset", workflows=[two_steps])
+        worker.register_activity("step-a", step("a"))
+        worker.register_activity("step-b", step("b"))
+        worker.start()
+        try:
+            status, rec = node.post(NS, {"workflowId": "x-1", "workflowType": {"name": "two-steps"},
+                                         "taskQueue": {"name": "reset"}})
+            assert status == 200, rec
+            node.wait_until(lambda: _describe(node, "x-1")["workflowExecutionInfo"]["status"]
+                            == "WORKFLOW_EXECUTION_STATUS_COMPLETED")
+            events = _history(node, "x-1")["events"]
+            # The workflow task that saw step-a's result and scheduled step-b.
+            done = [e for e in events if e["eventType"] == "WORKFLOW_TASK_COMPLETED"][1]
+            for event_id in (done["eventId"], done["eventId"] - 1):  # its COMPLETED, its STARTED
+                status, new = node.post(f"{NS}/x-1/reset",
+                                        {"eventId": event_id, "reason": "test"})
+                assert status == 200, new
+                rid = new["execution"]["runId"]
+                info = node.wait_until(
+                    lambda: (d := node.get(f"{NS}/x-1?runId={rid}")[1]["workflowExecutionInfo"])[  # noqa: B023
+                        "status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED" and d,
+                    what="the reset run to complete")
+                assert info["result"][0] == 1  # step-a's recorded result, not run again
+            assert counts == {"a": 1, "b": 3}
+        finally:
+            worker.stop()
