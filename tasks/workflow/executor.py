@@ -224,6 +224,7 @@ class WorkflowExecutor:
         self._patches: dict[str, bool] = {}
         self._violation: WorkflowTaskError | None = None
         self._doomed = False
+        self.thread_ident: int | None = None  # the thread of the latest step (diagnostics)
         self._sandbox = Sandbox(self._on_violation)
         self._context = contextvars.Context()
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
+import threading
+import traceback
 from collections import OrderedDict
 from typing import Any
 
@@ -32,12 +35,22 @@ MAX_CACHED_RUNS = 1000
 """Executors kept alive between workflow tasks; the least recently used go first."""
 MAX_HISTORY_PAGES = 1000
 MIN_HEARTBEAT_S = 1.0
+STEP_TIMEOUT_S = 5.0
+"""How long one workflow task's replay and step may hold a thread before it is
+reported as a deadlock (the workflow code is meant to be quick: it only decides)."""
+
+
+class DeadlockError(WorkflowTaskError):
+    """Workflow code did not give control back (no await reached) in time."""
+
+    code = "deadlock"
 
 
 class DurableWorkflowTasks(WorkerTransport):
     """Runs workflow tasks of ``@workflow`` types with the deterministic executor."""
 
     max_cached_runs = MAX_CACHED_RUNS
+    workflow_step_timeout = STEP_TIMEOUT_S
 
     def _sticky_cache(self) -> OrderedDict[str, WorkflowExecutor]:
         cache = self.__dict__.get("_durable_cache")
@@ -89,8 +102,20 @@ class DurableWorkflowTasks(WorkerTransport):
                 _, old = cache.popitem(last=False)
                 old.close()
             cache[run_id] = ex
+            step = loop.run_in_executor(self._pool, _step, ex, events)
             try:
-                result = await loop.run_in_executor(self._pool, _step, ex, events)
+                result = await asyncio.wait_for(asyncio.shield(step), self.workflow_step_timeout)
+            except TimeoutError:
+                step.add_done_callback(lambda f: f.cancelled() or f.exception())  # unawaited
+                # Workflow code that never yields (a busy loop, a blocking call the sandbox
+                # does not know) holds a pool thread; it cannot be stopped, but the run must
+                # not hang silently behind heartbeats: fail the task with where it is stuck.
+                err = DeadlockError(
+                    f"workflow step did not yield within {self.workflow_step_timeout:g} s; "
+                    f"it is stuck at:\n{_thread_stack(ex)}")
+                log.error("workflow task of %s: %s", push_str(body, "workflow_id"), err)
+                await self._fail_task(run, run_id, err)
+                return
             except WorkflowTaskError as e:
                 log.error("workflow task of %s failed: %s", push_str(body, "workflow_id"), e)
                 await self._fail_task(run, run_id, e)
@@ -211,6 +236,7 @@ class DurableWorkflowTasks(WorkerTransport):
 
 
 def _step(ex: WorkflowExecutor, events: list[Event]) -> StepResult:
+    ex.thread_ident = threading.get_ident()
     with ex.lock:
         if ex.loop.is_closed():
             raise WorkflowTaskError("the run's executor was evicted; the task is retried")
@@ -229,6 +255,13 @@ def _replay_only(ex: WorkflowExecutor, events: list[Event]) -> None:
             ex.activate(events)
         finally:
             ex.close_if_doomed()
+
+
+def _thread_stack(ex: WorkflowExecutor) -> str:
+    frame = sys._current_frames().get(ex.thread_ident or -1)
+    if frame is None:
+        return "(unknown)"
+    return "".join(traceback.format_stack(frame)[-8:])
 
 
 def _stack_of(ex: WorkflowExecutor) -> str:

@@ -457,3 +457,40 @@ def test_reset_to_a_completed_workflow_task_reruns_from_there() -> None:
             assert counts == {"a": 1, "b": 3}
         finally:
             worker.stop()
+
+
+release_spin = threading.Event()
+
+
+@workflow(name="spinner")
+async def spinner() -> str:
+    while not release_spin.is_set():  # never yields: blocks its thread
+        pass
+    return "released"
+
+
+@pytest.mark.timeout(60)
+def test_workflow_code_that_never_yields_fails_its_task_with_where_it_is_stuck() -> None:
+    release_spin.clear()
+    with TestNode(clock=FakeClock(ticking=True)) as node:
+        worker = tasks.Worker(node.client(), "spin", workflows=[spinner])
+        worker.workflow_step_timeout = 0.3
+        worker.start()
+        try:
+            status, rec = node.post(NS, {"workflowId": "sp-1", "workflowType": {"name": "spinner"},
+                                         "taskQueue": {"name": "spin"}})
+            assert status == 200, rec
+            node.wait_until(lambda: "WORKFLOW_TASK_FAILED" in _event_types(node, "sp-1"),
+                            what="the deadlock to be reported")
+            failed = [e for e in _history(node, "sp-1")["events"]
+                      if e["eventType"] == "WORKFLOW_TASK_FAILED"][0]["attributes"]["failure"]
+            assert failed["type"] == "DeadlockError", failed
+            assert "did not yield" in failed["message"] and "test_worker_e2e.py" in failed["message"]
+            release_spin.set()
+            info = node.wait_until(
+                lambda: (d := _describe(node, "sp-1")["workflowExecutionInfo"])["status"]
+                != "WORKFLOW_EXECUTION_STATUS_RUNNING" and d, what="the retried task")
+            assert info["result"] == "released", info
+        finally:
+            release_spin.set()
+            worker.stop()
