@@ -11,6 +11,9 @@ its lease alive with heartbeats (0x00A5), and reports the outcome:
   ``CompleteWorkflowExecution{result}``, ``FailWorkflowExecution{failure}`` or
   ``CancelWorkflowExecution`` (the task-style model: one handler call is the
   whole workflow);
+* a workflow task of a ``@workflow`` type (``workflows=[...]``) -> 0x00A2 with
+  the commands its deterministic executor issued in this step (durable code,
+  ``hanzo_tasks.workflow``; see ``workflow/runner.py``);
 * activity task -> 0x00A3 RespondActivityTaskCompleted or 0x00A4
   RespondActivityTaskFailed.
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hanzo_tasks.errors import FailedPrecondition, InvalidArgument, Timeout
@@ -53,6 +56,11 @@ from hanzo_tasks.worker_context import (
 )
 from hanzo_tasks.worker_transport import START_TIMEOUT_S, WorkerClient, log
 from hanzo_tasks.worker_workflows import WorkflowTasks
+from hanzo_tasks.workflow.definitions import (
+    WorkflowDefinition,
+    activity_definition,
+    workflow_definition_of,
+)
 from hanzo_tasks.zap import ZapConnection, default_identity
 
 __all__ = ["ActivityContext", "TaskContext", "Worker", "context"]
@@ -76,7 +84,11 @@ class Worker(WorkflowTasks, ActivityTasks):
         max_concurrent_activities: int | None = None,
         identity: str | None = None,
         namespace: str | None = None,
+        workflows: Iterable[Any] = (),
+        activities: Iterable[Any] = (),
     ) -> None:
+        """``workflows``: ``@workflow`` functions or classes, run as durable code;
+        ``activities``: ``@activity`` functions (both by their definitions' names)."""
         if not isinstance(client, WorkerClient):
             raise InvalidArgument(f"Worker needs a tasks.Client, not {type(client).__name__}")
         if client.mode != "remote":
@@ -103,6 +115,12 @@ class Worker(WorkflowTasks, ActivityTasks):
         super().__init__(
             client, task_queue, max_concurrent, max_concurrent_activities, identity, namespace
         )
+        for wf in workflows:
+            defn = workflow_definition_of(wf)
+            self._register(self._workflows, defn.name, defn, "workflow type")
+        for act in activities:
+            adefn = activity_definition(act)
+            self._register(self._activities, adefn.name, adefn.fn, "activity type")
 
     def __repr__(self) -> str:
         return f"<tasks.Worker tq={self.task_queue} ns={self.namespace} {self._state}>"
@@ -126,8 +144,14 @@ class Worker(WorkflowTasks, ActivityTasks):
     def register(self, name: str, fn: Callable[..., Any]) -> None:
         """Run ``fn`` for workflow type ``name``: ``fn()`` or ``fn(input)``.
 
+        A ``@workflow`` (function or class) is run as durable code under ``name``.
         After ``start`` this re-subscribes with the new type list.
         """
+        defn = getattr(fn, "__tasks_workflow__", None)
+        if isinstance(defn, WorkflowDefinition):
+            named = WorkflowDefinition(name, defn.fn, defn.cls, defn.signals, defn.queries)
+            self._register(self._workflows, name, named, "workflow type")
+            return
         self._register(self._workflows, name, fn, "workflow type")
 
     def register_activity(self, name: str, fn: Callable[..., Any]) -> None:
@@ -135,11 +159,15 @@ class Worker(WorkflowTasks, ActivityTasks):
         self._register(self._activities, name, fn, "activity type")
 
     def _register(
-        self, table: dict[str, Callable[..., Any]], name: str, fn: Callable[..., Any], what: str
+        self,
+        table: dict[str, Any],
+        name: str,
+        fn: Callable[..., Any] | WorkflowDefinition,
+        what: str,
     ) -> None:
         if not is_id(name):
             raise InvalidArgument(f"invalid {what} {name!r}")
-        if not callable(fn):
+        if not callable(fn) and not isinstance(fn, WorkflowDefinition):
             raise InvalidArgument(f"the handler for {what} {name!r} must be callable")
         with self._lock:
             if self._state in ("stopping", "stopped"):
@@ -347,6 +375,8 @@ class Worker(WorkflowTasks, ActivityTasks):
                 len(left),
             )
         conn.remove_push_route(self)
+        for run_id in list(self._sticky_cache()):
+            self.evict(run_id)
         for pool in (self._pool, self._activity_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -373,7 +403,7 @@ class Worker(WorkflowTasks, ActivityTasks):
         if opcode == Z.Op.DeliverCancelRequest:
             return 2 if push_str(body, "task_token") in self._runs else 0
         if opcode == Z.Op.DeliverQuery:
-            if self._find_query_run(body) is not None:
+            if self._find_query_run(body) is not None or self.holds_durable_run(body):
                 return 2
             return 1 if self._handles_workflow(push_str(body, "workflow_type")) else 0
         return 0

@@ -28,7 +28,9 @@ from hanzo_tasks.worker_context import (
     push_str,
     signals_of,
 )
-from hanzo_tasks.worker_transport import REQUEST_TIMEOUT_S, WorkerTransport, failure_of, log
+from hanzo_tasks.worker_transport import REQUEST_TIMEOUT_S, failure_of, log
+from hanzo_tasks.workflow.definitions import WorkflowDefinition
+from hanzo_tasks.workflow.runner import DurableWorkflowTasks
 
 MIN_WORKFLOW_HEARTBEAT_S = 1.0
 """Workflow-task heartbeats: every max(this, task_timeout/3) (SPEC §3)."""
@@ -38,10 +40,21 @@ MAX_HISTORY_PAGES = 1000
 MAX_STICKY_RUNS = 10_000
 
 
-class WorkflowTasks(WorkerTransport):
-    """Runs pushed workflow tasks (0xB0), answers queries (0xB4), schedules activities."""
+class WorkflowTasks(DurableWorkflowTasks):
+    """Runs pushed workflow tasks (0xB0), answers queries (0xB4), schedules activities.
+
+    Types registered as ``@workflow`` definitions run with the deterministic
+    executor (``DurableWorkflowTasks``); plain functions are task-style handlers.
+    """
 
     async def _run_workflow(self, run: Run) -> None:
+        defn = self._workflows.get(push_str(run.body, "workflow_type"))
+        if isinstance(defn, WorkflowDefinition):
+            try:
+                await self._run_durable(run, defn)
+            finally:
+                self._release(run)
+            return
         try:
             ctx = run.ctx
             assert isinstance(ctx, TaskContext)
@@ -181,6 +194,15 @@ class WorkflowTasks(WorkerTransport):
         qtoken = push_str(body, "query_token")
         qtype = push_str(body, "query_type")
         answer: dict[str, Any] = {"query_token": qtoken}
+        if self.holds_durable_run(body) or (
+            run is None and self.is_durable_type(push_str(body, "workflow_type"))
+        ):
+            answer.update(await self.answer_durable_query(body))
+            try:
+                await self._conn.acall(Z.Op.RespondQuery, answer, REQUEST_TIMEOUT_S)
+            except TasksError as e:
+                log.debug("RespondQuery failed: %s", e)
+            return
         try:
             if run is None:
                 raise _QueryError("run not held")
