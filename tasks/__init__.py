@@ -44,9 +44,11 @@ from hanzo_tasks.errors import (
 )
 from hanzo_tasks.handle import WorkflowHandle
 from hanzo_tasks.worker import ActivityContext, TaskContext, Worker, context
+from hanzo_tasks.workflow import RetryPolicy, activity, workflow
 
 __all__ = [
     "ActivityContext",
+    "RetryPolicy",
     "ActivityError",
     "AlreadyExists",
     "AlreadyStarted",
@@ -77,8 +79,10 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowTerminated",
     "WorkflowTimedOut",
+    "activity",
     "context",
     "default",
     "embed",
     "set_default",
+    "workflow",
 ]
