@@ -97,3 +97,27 @@ def test_a_query_that_breaks_the_sandbox_fails_alone() -> None:
         run.executor.query("clock", None)
     run.fire_timer("1")
     assert run.run_task() == [{"type": "CompleteWorkflowExecution", "result": "ok"}]
+
+
+def test_a_gc_callback_reading_the_clock_during_a_step_is_not_the_workflows_doing() -> None:
+    """Test tools and profilers time the collector with ``gc.callbacks``; a collection
+    during a step runs them on the workflow's thread. Only the workflow's own calls count."""
+    import gc
+
+    timed: list[float] = []
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        timed.append(time.perf_counter())
+
+    @workflow(name="collects")
+    async def collects() -> str:
+        gc.collect()
+        return "ok"
+
+    gc.callbacks.append(gc_timer)
+    try:
+        cmds = FakeRun(collects, check_fresh=False).run_task()
+    finally:
+        gc.callbacks.remove(gc_timer)
+    assert timed, "the collector never ran the callback"
+    assert cmds and cmds[-1]["type"] == "CompleteWorkflowExecution", cmds
