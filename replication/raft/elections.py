@@ -91,6 +91,13 @@ class Elections:
         self._heard_leader = now
         self._quiet_until = now + quiet_for if quiet_for > 0 else 0.0
 
+    def leader_lost(self) -> None:
+        """The link to the leader closed: it is no longer counted as heard lately, so
+        this node grants pre-votes (and may ask for them) without waiting out the
+        election timeout. Voters still connected to a live leader keep refusing."""
+        self._heard_leader = 0.0
+        self._quiet_until = 0.0
+
     def leader_is_live(self) -> bool:
         if self.g.state() == LEADER:
             return True

@@ -23,6 +23,7 @@ is an error, never a silent success.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -218,6 +219,8 @@ class ApplyFailed(Exception):
 
 _LEADER = 2  # pysyncobj's _RAFT_STATE.LEADER
 IDLE_ELECTION_FACTOR = 3
+LOST_LEADER_JITTER = 0.1
+"""Seconds over which followers that lost the link to their leader spread their pre-votes."""
 """A follower of a group its leader declared idle waits this many idle heartbeats before an election."""
 
 
@@ -303,6 +306,22 @@ class RaftGroup(SyncObj):  # type: ignore[misc]  # pysyncobj has no type informa
         if self.elections.transfer_pending():
             return
         super()._checkCommandsToApply()
+
+    def leader_lost(self) -> None:
+        """The peer link to this group's leader closed (its process died, most
+        often): start a pre-vote round after a short random delay instead of
+        waiting out the election timeout. It wins only if a majority lost the
+        leader too; a voter whose link is up still hears it and says no, so a
+        flapping link deposes nobody."""
+        if self.learner or self.state() == _LEADER:
+            return
+        from pysyncobj.monotonic import monotonic
+
+        self.elections.leader_lost()
+        self.quiet = 0.0
+        # Not at once: the other voters are told of the closed link a moment later
+        # (their own read of it); a pre-vote that reached them first would be refused.
+        self._SyncObj__raftElectionDeadline = monotonic() + random.uniform(LOST_LEADER_JITTER / 4, LOST_LEADER_JITTER)
 
     def go_idle(self, heartbeat: float) -> None:
         """Leader: nothing to replicate for ``raft.idle_after``: heartbeat every

@@ -1118,6 +1118,8 @@ class RaftReplicator:
             for grp in list(self._groups.values()):
                 node = grp.nodes.get(item[1]) or Node(item[1])
                 (grp.transport.node_up if kind == "up" else grp.transport.node_down)(node)
+                if kind == "down" and grp.leader_id() == item[1]:
+                    grp.leader_lost()
         elif kind == "transfer":
             _, group, to = item
             grp = self._groups.get(group)
