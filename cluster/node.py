@@ -275,6 +275,11 @@ class Node:
             idle_heartbeat_ms=cfg.raft.idle_heartbeat_interval,
             await_layout=True,
             max_frame=cfg.limits.max_frame,
+            peer_limits={
+                "handshake_timeout": cfg.listeners.peer_handshake_timeout / 1000.0,
+                "max_handshakes": cfg.listeners.peer_max_handshakes,
+                "max_handshakes_per_address": cfg.listeners.peer_max_handshakes_per_address,
+            },
             **storage,
         )
         known = rep.meta.members()
