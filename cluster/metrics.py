@@ -147,6 +147,40 @@ class _RaftCollector:
         yield changes
 
 
+# Connections a listener refused or closed by one of its limits (``listeners.*``),
+# as (listener, reason) pairs: the label values are this fixed set.
+CONNECTION_LIMITS: dict[str, tuple[str, ...]] = {
+    "zap": ("max_connections", "per_address", "hello_timeout", "idle_timeout", "frame_timeout",
+            "unauthenticated_too_large"),
+    "http": ("max_connections", "per_address", "body_timeout"),
+    "peer": ("handshake_timeout", "handshake_evicted", "per_address_evicted"),
+}
+
+
+class _ConnectionLimitCollector:
+    """``tasks_connection_limits_total{listener,reason}``: the ZAP and HTTP counts kept
+    here, the peer port's read at scrape time from the replicator's PeerMux (which
+    lives below this layer and keeps plain counters)."""
+
+    def __init__(self, counts: dict[tuple[str, str], int], replicator: Callable[[], object]) -> None:
+        self._counts = counts
+        self._replicator = replicator
+
+    def collect(self):
+        fam = CounterMetricFamily(
+            "tasks_connection_limits",
+            "Connections refused or closed by a listener limit (listeners.*)",
+            labels=["listener", "reason"],
+        )
+        mux = getattr(self._replicator(), "mux", None)
+        peer = dict(getattr(mux, "limited", None) or {})
+        for listener, reasons in CONNECTION_LIMITS.items():
+            for reason in reasons:
+                n = peer.get(reason, 0) if listener == "peer" else self._counts.get((listener, reason), 0)
+                fam.add_metric([listener, reason], n)
+        yield fam
+
+
 MIGRATION_STATUSES = ("pending", "snapshotting", "catching-up", "cutover", "done", "failed")
 
 
@@ -166,6 +200,8 @@ class Metrics:
         r.register(_PeerCollector(peer_rejected or dict))
         r.register(_RaftCollector(replicator or (lambda: None)))
         r.register(_FatalCollector(fatal_kind or (lambda: None)))
+        self._limited: dict[tuple[str, str], int] = {}
+        r.register(_ConnectionLimitCollector(self._limited, replicator or (lambda: None)))
         Gauge("tasks_build_info", "Build information", ["version"], registry=r).labels(version).set(1)
         self.http_requests = Counter(
             "tasks_http_requests_total", "HTTP requests", ["route", "method", "code"], registry=r
@@ -232,6 +268,11 @@ class Metrics:
         # MCP (SPEC §7): tool calls by tool (a fixed set of names) and outcome (ok, error).
         self.mcp_calls = Counter("tasks_mcp_calls_total", "MCP tool calls", ["tool", "outcome"], registry=r)
         self._job_status: dict[str, str] = {}
+
+    def connection_limited(self, listener: str, reason: str) -> None:
+        """One connection refused or closed by a listener limit (loop thread)."""
+        key = (listener, reason)
+        self._limited[key] = self._limited.get(key, 0) + 1
 
     def on_migration(self, job: dict) -> None:
         """A job record changed in the meta group (called on every node)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from hanzo_tasks.cluster.api.http.listener import HttpRunner
 from hanzo_tasks.cluster.api.http.server import HttpApi
 from hanzo_tasks.cluster.api.sse import SseHub
 from hanzo_tasks.cluster.api.zap.server import ZapServer
@@ -194,7 +195,7 @@ class Node:
         self.membership.subscribe(lambda old, new: loop.call_soon_threadsafe(timers.on_membership_change, old, new))
         api = HttpApi(self)
         # SPEC §10.2: drain HTTP for at most 5 s on SIGTERM (aiohttp waits 60 s by default).
-        self._runner = web.AppRunner(api.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        self._runner = HttpRunner(api.app, cfg, self.metrics, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
         host, port = split_addr(cfg.http)
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
@@ -274,6 +275,11 @@ class Node:
             idle_heartbeat_ms=cfg.raft.idle_heartbeat_interval,
             await_layout=True,
             max_frame=cfg.limits.max_frame,
+            peer_limits={
+                "handshake_timeout": cfg.listeners.peer_handshake_timeout / 1000.0,
+                "max_handshakes": cfg.listeners.peer_max_handshakes,
+                "max_handshakes_per_address": cfg.listeners.peer_max_handshakes_per_address,
+            },
             **storage,
         )
         known = rep.meta.members()

@@ -106,6 +106,27 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ListenersConfig:
+    """Deadlines and connection caps of the HTTP, ZAP and peer listeners
+    (``listeners.*``): what an unauthenticated or idle client may hold. A cap of
+    0 turns that cap off. Behind a proxy or NAT every client shares one address:
+    raise the per-address caps there."""
+
+    zap_hello_timeout: int = _key(_DUR, "10s", "A ZAP connection that has not completed HELLO within this is closed")
+    zap_idle_timeout: int = _key(_DUR0, "10m", "An authenticated ZAP connection with no frame, no request in flight and no subscription for this long is closed (0 = never)", shown="10m (0 = never)")
+    zap_frame_timeout: int = _key(_DUR, "60s", "Once a ZAP frame's first byte has arrived, the whole frame must within this (else the connection is closed)")
+    zap_max_unauthenticated_frame: int = _key(Size(minimum=64), "64KiB", "Largest ZAP frame before HELLO succeeds (checked from the length prefix, before buffering)")
+    zap_max_connections_per_address: int = _key(Int(minimum=0), 1000, "ZAP connections from one remote address beyond this are closed at accept (0 = no cap)", shown="1000 (0 = no cap)")
+    http_max_connections: int = _key(Int(minimum=0), 4096, "HTTP connections beyond this are answered 503 and closed at accept (0 = no cap)", shown="4096 (0 = no cap)")
+    http_max_connections_per_address: int = _key(Int(minimum=0), 1000, "HTTP connections from one remote address beyond this are answered 503 and closed (0 = no cap)", shown="1000 (0 = no cap)")
+    http_keepalive_timeout: int = _key(_DUR, "60s", "An HTTP connection with no complete request for this long is closed (idle keep-alive, and request headers that never end)")
+    http_body_timeout: int = _key(_DUR, "60s", "An HTTP request body not received whole within this after its headers is answered 408 and its connection closed")
+    peer_handshake_timeout: int = _key(_DUR, "5s", "A peer-port connection that has not authenticated (nonces and hello) within this is closed")
+    peer_max_handshakes: int = _key(Int(minimum=1), 128, "Peer-port connections in the handshake at once; beyond it the oldest is dropped for the new one")
+    peer_max_handshakes_per_address: int = _key(Int(minimum=1), 8, "Peer-port connections in the handshake at once from one remote address; beyond it the oldest from that address is dropped for the new one")
+
+
+@dataclass(frozen=True)
 class TimeoutsConfig:
     """Engine timeouts (``timeouts.*``), in ms."""
 
@@ -227,6 +248,7 @@ class Config:
     raft: RaftConfig = _group(RaftConfig, "Raft timing")
     auth: AuthConfig = _group(AuthConfig, "Authentication of API callers")
     limits: LimitsConfig = _group(LimitsConfig, "Limits")
+    listeners: ListenersConfig = _group(ListenersConfig, "Listener deadlines and connection caps")
     timeouts: TimeoutsConfig = _group(TimeoutsConfig, "Engine timeouts")
     retention: RetentionConfig = _group(RetentionConfig, "Retention")
     migration: MigrationConfig = _group(MigrationConfig, "Migration")

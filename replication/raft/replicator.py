@@ -122,8 +122,10 @@ class RaftReplicator:
         await_layout: bool = False,
         idle_after_ms: int = 30_000,
         idle_heartbeat_ms: int = 3_000,
+        peer_limits: Mapping[str, Any] | None = None,
     ) -> None:
         self.node_id = node_id
+        self._peer_limits = dict(peer_limits or {})  # PeerMux's handshake limits (listeners.peer_*)
         self.partitions = partitions
         self.meta_group = partitions  # the meta group's tag follows the partitions
         self.data_dir = Path(data_dir)
@@ -267,6 +269,7 @@ class RaftReplicator:
             on_peer_up=lambda p: self._peer_change(p, True),
             on_peer_down=lambda p: self._peer_change(p, False),
             max_frame=self._max_frame,
+            **self._peer_limits,
         )
         await self.mux.start()
         voters, known = self._meta_role_at_start()

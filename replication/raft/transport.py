@@ -75,9 +75,17 @@ HELLO_MAX = 4096
 #: An unauthenticated connection must finish the nonce exchange and its hello
 #: within this time, so idle or trickling strangers do not pin handlers.
 HANDSHAKE_TIMEOUT = 5.0
-#: At most this many connections may be in the handshake at once; more are
-#: closed at once (a flood of strangers cannot starve the loop or memory).
+#: At most this many connections may be in the handshake at once (a flood of
+#: strangers cannot starve the loop or memory). A new connection past the cap
+#: takes the slot of the oldest one still in its handshake: a real peer
+#: authenticates within a round trip, so silent strangers holding every slot
+#: cannot keep it out (they would have to replace it within that round trip).
 MAX_PENDING_HANDSHAKES = 128
+#: The same, per remote address: one address cannot take every slot, so its
+#: new connections replace only its own oldest ones.
+MAX_PENDING_PER_ADDRESS = 8
+#: ``limited`` keys, the peer's label values of ``tasks_connection_limits_total``.
+LIMIT_REASONS = ("handshake_timeout", "handshake_evicted", "per_address_evicted")
 #: Dial timeout, covering connect and the acceptor's nonce.
 CONNECT_TIMEOUT = 3.0
 BACKOFF_MIN = 0.05
@@ -283,6 +291,9 @@ class PeerMux:
         accept_unknown: bool = False,
         cluster: str = "",
         high_water: int = HIGH_WATER,
+        handshake_timeout: float | None = None,
+        max_handshakes: int | None = None,
+        max_handshakes_per_address: int | None = None,
     ) -> None:
         if not isinstance(secret, bytes | bytearray) or len(secret) < MIN_SECRET:
             raise ValueError(f"cluster secret must be at least {MIN_SECRET} bytes")
@@ -296,6 +307,10 @@ class PeerMux:
         self.max_frame = max_frame
         self.accept_unknown = accept_unknown
         self.high_water = high_water
+        # None: the module's value, read at each accept
+        self.handshake_timeout = handshake_timeout
+        self.max_handshakes = max_handshakes
+        self.max_handshakes_per_address = max_handshakes_per_address
         self._listen = listen
         self._secret = bytes(secret)
         self._on_frame = on_frame
@@ -306,6 +321,7 @@ class PeerMux:
         self.rejected: dict[str, int] = dict.fromkeys(REASONS, 0)
         self.dropped = 0
         self.refused = 0
+        self.limited: dict[str, int] = dict.fromkeys(LIMIT_REASONS, 0)
         self._stats_lock = threading.Lock()
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -318,7 +334,8 @@ class PeerMux:
         self._dialers: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._inbound: dict[str, asyncio.StreamWriter] = {}
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._pending_handshakes = 0
+        # connections in their handshake, oldest first: writer -> remote host
+        self._pending: dict[asyncio.StreamWriter, str] = {}
         self._warned: dict[str, float] = {}
 
     # ------------------------------------------------------------ lifecycle
@@ -339,6 +356,11 @@ class PeerMux:
         sockname = self._server.sockets[0].getsockname()
         self._address = join_hostport(sockname[0], sockname[1])
         self._reconcile()
+
+    @property
+    def _pending_handshakes(self) -> int:
+        """Connections in their handshake now."""
+        return len(self._pending)
 
     @property
     def address(self) -> str:
@@ -624,12 +646,13 @@ class PeerMux:
             self._handlers.add(task)
         peer_id: str | None = None
         try:
-            if self._stopping or self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
+            if self._stopping:
                 return
             _tune_socket(writer)
-            self._pending_handshakes += 1
+            self._make_room(writer)
+            timeout = self.handshake_timeout
             try:
-                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT if timeout is None else timeout):
                     theirs = await reader.readexactly(NONCE_LEN)
                     nonce = os.urandom(NONCE_LEN)
                     writer.write(nonce)
@@ -637,8 +660,11 @@ class PeerMux:
                     channel, group, body = await read_frame(
                         reader, key, 1, min(HELLO_MAX, self.max_frame)
                     )
+            except TimeoutError:
+                self._count_limit("handshake_timeout")
+                raise
             finally:
-                self._pending_handshakes -= 1
+                self._pending.pop(writer, None)
             peer_id = self._check_hello(channel, group, body, writer)
             if peer_id is None:
                 return
@@ -689,6 +715,32 @@ class PeerMux:
             _close(writer)
             if task is not None:
                 self._handlers.discard(task)
+
+    def _make_room(self, writer: asyncio.StreamWriter) -> None:
+        """Enter ``writer`` in the handshake table, first dropping the oldest
+        handshake of its address, or the oldest of all, when a cap is reached."""
+        host = self._remote(writer).rpartition(":")[0]
+        per_cap = self.max_handshakes_per_address or MAX_PENDING_PER_ADDRESS
+        cap = self.max_handshakes or MAX_PENDING_HANDSHAKES
+        same = [w for w, h in self._pending.items() if h == host]
+        if len(same) >= per_cap:
+            self._evict(same[0], "per_address_evicted")
+        elif len(self._pending) >= cap:
+            self._evict(next(iter(self._pending)), "handshake_evicted")
+        self._pending[writer] = host
+
+    def _evict(self, writer: asyncio.StreamWriter, reason: str) -> None:
+        """Drop a connection still in its handshake: its handler sees EOF and ends."""
+        self._pending.pop(writer, None)
+        self._count_limit(reason)
+        self._warn(f"limit:{reason}", "peer port: a connection from %s still in its handshake was "
+                   "dropped for a newer one (%s)", self._remote(writer), reason)
+        with contextlib.suppress(Exception):
+            writer.transport.abort()
+
+    def _count_limit(self, reason: str) -> None:
+        with self._stats_lock:
+            self.limited[reason] = self.limited.get(reason, 0) + 1
 
     def _check_hello(
         self, channel: int, group: int, body: bytes, writer: asyncio.StreamWriter

@@ -8,6 +8,16 @@ interleaved with another) with a write deadline, so a client that stops
 reading stalls only its own connection; a malformed frame closes only its own
 connection; every request gets exactly one response.
 
+What a client may hold before and between requests is bounded (``listeners.*``):
+a connection must complete HELLO within ``zap_hello_timeout``, and until it has,
+no frame over ``zap_max_unauthenticated_frame`` is buffered (the length prefix
+is checked first); once a frame's first byte is in, the whole frame must arrive
+within ``zap_frame_timeout``; an authenticated connection that sends nothing,
+has nothing in flight and holds no subscription (a worker waiting for pushes is
+not idle) is closed after ``zap_idle_timeout``; and connections are capped in
+total and per remote address at accept. Each closing is counted in
+``tasks_connection_limits_total{listener="zap"}``.
+
 This module owns the connections, their sessions (HELLO) and the dispatch of
 each request through ``routes.ROUTES``. The op handlers (``ops_*`` modules) only
 translate: snake_case ZAP fields and ``*_ms`` integers into the camelCase
@@ -21,10 +31,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hanzo_tasks.cluster.api.fd_budget import connection_caps
 from hanzo_tasks.cluster.api.zap.call import Call
 from hanzo_tasks.cluster.api.zap.fields import Json, text
 from hanzo_tasks.cluster.api.zap.routes import ROUTES, Route
@@ -44,6 +56,21 @@ LINGER_TIMEOUT = 2.0
 """Before closing after a final error response, input is discarded this long, so
 that the kernel does not reset the connection (and drop that response) because
 unread bytes were pending."""
+STREAM_LIMIT = 16 * 1024
+"""Read-ahead of a connection's stream: reading pauses once twice this is buffered
+and unread, so a connection holds little more than the frame being read."""
+WARN_EVERY = 60.0
+"""A repeated warning about refused connections is logged at most this often."""
+_LEN = struct.Struct(">I")
+_SUBSCRIBE_OPS = frozenset({Z.Op.SubscribeWorkflowTasks, Z.Op.SubscribeActivityTasks})
+
+
+class _Deadline(Exception):
+    """A listener deadline closed the connection; ``reason`` labels the metric."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass
@@ -88,6 +115,10 @@ class _Connection:
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _pushes: dict[int, asyncio.Future[int]] = field(default_factory=dict)
     _push_id: int = 0
+    opened: float = field(default_factory=time.monotonic)
+    """When the connection was accepted: the HELLO deadline counts from here."""
+    subscribed: bool = False
+    """A subscription was made here: the connection waits for pushes, it is never idle."""
 
     async def push(self, opcode: int, body: Json, timeout: float) -> int:
         """Send a push (kind 3) and wait for its push-ack status; 0 when none came in time."""
@@ -134,10 +165,19 @@ class _Connection:
         metrics = self.node.metrics
         while not self.closed:
             try:
-                frame = await Z.read_frame(self.reader, self.server.max_frame, Z.CLIENT_KINDS)
+                frame = await self._next_frame()
+            except _Deadline as e:
+                metrics.connection_limited("zap", e.reason)
+                log.debug("zap: closing connection from %s: %s", self.server.address_of(self.writer), e.reason)
+                return
             except Z.FrameTooLarge as e:
                 metrics.zap_frames_rejected.labels("too_large").inc()
-                await self._respond(e.opcode, e.frame_id, Z.error_body("too_large", str(e)), time.perf_counter())
+                msg = str(e)
+                if not self.session.hello and e.length <= self.server.max_frame:
+                    metrics.connection_limited("zap", "unauthenticated_too_large")
+                    msg = (f"frame of {e.length} bytes is over {e.max_frame}, the limit before HELLO "
+                           "(listeners.zap_max_unauthenticated_frame)")
+                await self._respond(e.opcode, e.frame_id, Z.error_body("too_large", msg), time.perf_counter())
                 await self._linger_close()
                 return
             except Z.BadVersion as e:
@@ -163,6 +203,79 @@ class _Connection:
                 self._on_push_ack(frame)
                 continue
             await self._on_request(frame)
+
+    # ---- reading frames under the listener's deadlines ---------------------
+
+    def _hello_left(self) -> float:
+        return self.opened + self.server.hello_timeout - time.monotonic()
+
+    def _busy(self) -> bool:
+        """Something is held open for the client: a request being served (a long
+        wait included), a push awaiting its ack, or a subscription (a worker
+        waiting for tasks). Such a connection is not idle, however quiet."""
+        return bool(self.tasks) or bool(self._pushes) or self.subscribed
+
+    async def _first_byte(self) -> bytes:
+        """The first byte of the next frame (b"" at end of stream), waited for no
+        longer than the HELLO deadline, or the idle timeout once authenticated."""
+        idle = self.server.idle_timeout
+        while True:
+            if self.session.hello:
+                wait = idle or None
+            else:
+                wait = self._hello_left()
+                if wait <= 0:
+                    raise _Deadline("hello_timeout")
+            try:
+                async with asyncio.timeout(wait):
+                    return await self.reader.read(1)
+            except TimeoutError:
+                if not self.session.hello:
+                    raise _Deadline("hello_timeout") from None
+                if not self._busy():
+                    raise _Deadline("idle_timeout") from None
+
+    async def _next_frame(self) -> Z.Frame | None:
+        """The next frame, or None on a clean end of stream between frames.
+
+        The checks of ``protocol.zap.read_frame``, with this listener's limits:
+        before HELLO the length may not exceed ``max_unauth_frame`` (so no more
+        is ever buffered for a stranger), and once the first byte is in, the
+        whole frame must arrive within ``frame_timeout`` (before HELLO, and
+        within the HELLO deadline)."""
+        srv = self.server
+        first = await self._first_byte()
+        if not first:
+            return None
+        authed = self.session.hello
+        limit = srv.max_frame if authed else srv.max_unauth_frame
+        budget = srv.frame_timeout if authed else min(srv.frame_timeout, max(0.0, self._hello_left()))
+        try:
+            async with asyncio.timeout(budget):
+                return await self._rest_of_frame(first, limit)
+        except TimeoutError:
+            if not authed and self._hello_left() <= 0:
+                raise _Deadline("hello_timeout") from None
+            raise _Deadline("frame_timeout") from None
+
+    async def _rest_of_frame(self, first: bytes, limit: int) -> Z.Frame:
+        reader = self.reader
+        try:
+            head = first + await reader.readexactly(_LEN.size - 1)
+            (length,) = _LEN.unpack(head)
+            if length < Z.MIN_LENGTH:
+                raise Z.ProtocolError(f"length {length} is under {Z.MIN_LENGTH}")
+            head += await reader.readexactly(Z.HEADER_SIZE - _LEN.size)
+        except asyncio.IncompleteReadError:
+            raise Z.ProtocolError("end of stream inside a frame header") from None
+        header = Z.parse_header(head, limit, Z.CLIENT_KINDS)
+        try:
+            body = await reader.readexactly(header.body_length) if header.body_length else b""
+        except asyncio.IncompleteReadError:
+            raise Z.ProtocolError("end of stream inside a frame body") from None
+        return Z.Frame(header.kind, header.opcode, header.frame_id, body, header.version)
+
+    # ---- requests ------------------------------------------------------------
 
     async def _on_request(self, frame: Z.Frame) -> None:
         started = time.perf_counter()
@@ -288,6 +401,8 @@ class _Connection:
                 ns = route.barrier_ns(call) if route.barrier_ns else call.ns
                 await call.service.read_barrier(call.org, ns)
             resp = Z.response_body(200, await route.handler(call))
+            if frame.opcode in _SUBSCRIBE_OPS:
+                self.subscribed = True
         except ApiError as e:
             resp = self._error(e)
         except asyncio.CancelledError:
@@ -393,11 +508,19 @@ class ZapServer:
     def __init__(self, node: Any) -> None:
         self.node = node
         cfg = node.cfg
+        lim = cfg.listeners
         self.max_frame: int = cfg.limits.max_frame
-        self.max_connections: int = cfg.limits.max_zap_connections
+        self.max_connections: int = connection_caps(cfg).zap
+        self.max_per_address: int = lim.zap_max_connections_per_address
+        self.max_unauth_frame: int = min(lim.zap_max_unauthenticated_frame, self.max_frame)
+        self.hello_timeout: float = lim.zap_hello_timeout / 1000.0
+        self.idle_timeout: float = lim.zap_idle_timeout / 1000.0
+        self.frame_timeout: float = lim.zap_frame_timeout / 1000.0
         self.default_namespace: str = cfg.default_namespace
         self._server: asyncio.Server | None = None
         self._conns: dict[_Connection, asyncio.Task[Any] | None] = {}
+        self._per_address: dict[str, int] = {}
+        self._warned: dict[str, float] = {}
 
     @property
     def connections(self) -> int:
@@ -405,15 +528,38 @@ class ZapServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (``port`` 0 picks a free one)."""
-        self._server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._accept, host or None, port, reuse_address=True, limit=STREAM_LIMIT
+        )
         sockets = self._server.sockets
         return sockets[0].getsockname()[1] if sockets else port
 
+    @staticmethod
+    def address_of(writer: asyncio.StreamWriter) -> str:
+        """The remote host of a connection ("" when unknown, e.g. a Unix socket)."""
+        peer = writer.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) and peer else ""
+
+    def _refuse(self, writer: asyncio.StreamWriter, reason: str, msg: str, *args: Any) -> None:
+        self.node.metrics.connection_limited("zap", reason)
+        now = time.monotonic()
+        if now - self._warned.get(reason, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[reason] = now
+            log.warning(msg + " (logged at most once a minute)", *args)
+        writer.transport.abort()
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._conns) >= self.max_connections:
-            log.warning("zap: connection limit %d reached; closing a new connection", self.max_connections)
-            writer.transport.abort()
+            self._refuse(writer, "max_connections",
+                         "zap: connection limit %d reached; closing new connections", self.max_connections)
             return
+        addr = self.address_of(writer)
+        held = self._per_address.get(addr, 0)
+        if self.max_per_address and held >= self.max_per_address:
+            self._refuse(writer, "per_address", "zap: %s holds %d connections "
+                         "(listeners.zap_max_connections_per_address); closing new ones from it", addr, held)
+            return
+        self._per_address[addr] = held + 1
         conn = _Connection(self, reader, writer)
         self._conns[conn] = asyncio.current_task()
         gauge = self.node.metrics.zap_connections
@@ -427,6 +573,11 @@ class ZapServer:
             pass
         finally:
             self._conns.pop(conn, None)
+            left = self._per_address.get(addr, 1) - 1
+            if left > 0:
+                self._per_address[addr] = left
+            else:
+                self._per_address.pop(addr, None)
             gauge.dec()
 
     async def stop(self) -> None:

@@ -694,6 +694,7 @@ def test_every_key_is_a_dataclass_field() -> None:
         "raft",
         "auth",
         "limits",
+        "listeners",
         "timeouts",
         "retention",
         "migration",
