@@ -21,6 +21,7 @@ import asyncio
 import logging
 import queue
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -122,6 +123,7 @@ class RaftReplicator:
         await_layout: bool = False,
         idle_after_ms: int = 30_000,
         idle_heartbeat_ms: int = 3_000,
+        tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> None:
         self.node_id = node_id
         self.partitions = partitions
@@ -132,6 +134,7 @@ class RaftReplicator:
         self._secret = secret
         self._sync = sync
         self._max_frame = max_frame
+        self._tls = tls  # (listener, dialer) contexts of peer mutual TLS (PeerMux)
         # The largest command a group takes: one AppendEntries of it (with the
         # message's own fields and the frame header) fits in one peer frame.
         # pysyncobj would pickle a larger entry into "transmissions".
@@ -267,6 +270,7 @@ class RaftReplicator:
             on_peer_up=lambda p: self._peer_change(p, True),
             on_peer_down=lambda p: self._peer_change(p, False),
             max_frame=self._max_frame,
+            tls=self._tls,
         )
         await self.mux.start()
         voters, known = self._meta_role_at_start()

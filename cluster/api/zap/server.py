@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 from hanzo_tasks.cluster.api.zap.call import Call
@@ -403,9 +404,11 @@ class ZapServer:
     def connections(self) -> int:
         return len(self._conns)
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (``port`` 0 picks a free one)."""
-        self._server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True)
+    async def start(self, host: str, port: int, tls: SSLContext | None = None) -> int:
+        """Listen; returns the bound port (``port`` 0 picks a free one). ``tls``:
+        ZAP over TLS (docs/tls.md; the handshake, bounded to 10 s, completes before ``_accept``)."""
+        self._server = await asyncio.start_server(self._accept, host or None, port, reuse_address=True,
+                                                  ssl=tls, ssl_handshake_timeout=10.0 if tls else None)
         sockets = self._server.sockets
         return sockets[0].getsockname()[1] if sockets else port
 
