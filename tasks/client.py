@@ -66,6 +66,7 @@ from hanzo_tasks.protocol.names import is_id, is_namespace
 from hanzo_tasks.protocol.schedule_spec import SpecError, classify, compile_cron
 from hanzo_tasks.worker import Worker
 from hanzo_tasks.zap import (
+    CLIENT_CERT_HINT,
     ZAP_TLS_SCHEME,
     ConnectFailed,
     ZapConnection,
@@ -822,7 +823,9 @@ class Client:
         except TimeoutError:
             raise Timeout(f"no response from {self._tasks_url} within {timeout:g}s") from None
         except (OSError, http.client.HTTPException) as e:
-            raise Unavailable(f"connection to {self._tasks_url} failed: {e!r}") from None
+            closed = isinstance(e, ConnectionResetError | http.client.RemoteDisconnected)
+            hint = CLIENT_CERT_HINT if closed and url.startswith("https://") else ""
+            raise Unavailable(f"connection to {self._tasks_url} failed: {e!r}{hint}") from None
         parsed = _json_or_none(raw)
         if not isinstance(parsed, dict):
             raise Internal(f"unexpected response from {url}: not a JSON object")

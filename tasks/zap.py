@@ -142,6 +142,12 @@ def tls_problem(e: BaseException, where: str) -> str | None:
     return None
 
 
+CLIENT_CERT_HINT = (
+    " (over TLS, a server that requires a client certificate closes the connection of a "
+    "client without a trusted one: give cert_file=/key_file= or TASKS_CERT_FILE/TASKS_KEY_FILE)"
+)
+
+
 def default_identity() -> str:
     """``<pid>@<hostname>`` (SPEC §3), made a valid Id whatever the hostname holds."""
     ident = f"{os.getpid()}@{socket.gethostname() or 'localhost'}"
@@ -498,7 +504,8 @@ class ZapConnection:
             answer = await self.arequest(s, Z.Op.Hello, hello, CONNECT_TIMEOUT_S)
         except (Unavailable, Timeout) as e:
             await self._discard(s)
-            raise ConnectFailed(f"ZAP HELLO to {self.addr} failed: {e.message}") from None
+            hint = CLIENT_CERT_HINT if self._ssl is not None and "closed" in e.message else ""
+            raise ConnectFailed(f"ZAP HELLO to {self.addr} failed: {e.message}{hint}") from None
         except BaseException:
             await self._discard(s)
             raise

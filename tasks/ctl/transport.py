@@ -103,7 +103,11 @@ class Api:
         except TimeoutError:
             raise ApiError("timeout", f"no answer from {self.url} within {timeout:g}s") from None
         except (OSError, ValueError) as exc:  # reset connections, malformed URLs, ...
-            raise ApiError("unavailable", f"cannot reach {self.url}: {_reason(exc)}") from None
+            hint = ""
+            if isinstance(exc, ConnectionResetError) and self.url.startswith("https://"):
+                hint = (" (a server that requires a client certificate closes the connection of "
+                        "a client without one: --cert-file/--key-file)")
+            raise ApiError("unavailable", f"cannot reach {self.url}: {_reason(exc)}{hint}") from None
         return status, _parse_body(raw, status)
 
 
