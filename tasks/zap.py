@@ -113,18 +113,20 @@ def split_host_port(addr: str) -> tuple[str, int]:
 
 
 ZAP_TLS_SCHEME = "zaps://"
-"""A ZAP address that begins with this is reached over TLS (``zap://`` or none: plaintext)."""
+"""A ZAP address that begins with this is reached over TLS (without it: plaintext)."""
 
 
 def split_zap_address(addr: str) -> tuple[str, int, bool]:
-    """``[zaps://|zap://]host:port`` -> (host, port, over TLS); InvalidArgument otherwise."""
+    """``[zaps://]host:port`` -> (host, port, over TLS); InvalidArgument otherwise."""
     tls = addr.startswith(ZAP_TLS_SCHEME)
-    if tls:
-        addr = addr[len(ZAP_TLS_SCHEME):]
-    elif addr.startswith("zap://"):
-        addr = addr[len("zap://"):]
-    host, port = split_host_port(addr)
+    host, port = split_host_port(addr[len(ZAP_TLS_SCHEME):] if tls else addr)
     return host, port, tls
+
+
+CLIENT_CERT_HINT = (
+    " (over TLS, a server that requires a client certificate closes the connection of a "
+    "client without a trusted one: give cert_file=/key_file= or TASKS_CERT_FILE/TASKS_KEY_FILE)"
+)
 
 
 def tls_problem(e: BaseException, where: str) -> str | None:
@@ -134,18 +136,8 @@ def tls_problem(e: BaseException, where: str) -> str | None:
         return (f"TLS: the certificate of {where} is not trusted ({e.verify_message}); "
                 "give the client the CA bundle that signed it (ca_file= or TASKS_CA_FILE)")
     if isinstance(e, ssl.SSLError):
-        reason = e.reason or str(e)
-        hint = ""
-        if "CERTIFICATE_REQUIRED" in reason.upper() or "HANDSHAKE_FAILURE" in reason.upper():
-            hint = "; the server may require a client certificate (cert_file=/key_file=)"
-        return f"TLS with {where} failed: {reason}{hint}"
+        return f"TLS with {where} failed: {e.reason or e}{CLIENT_CERT_HINT}"
     return None
-
-
-CLIENT_CERT_HINT = (
-    " (over TLS, a server that requires a client certificate closes the connection of a "
-    "client without a trusted one: give cert_file=/key_file= or TASKS_CERT_FILE/TASKS_KEY_FILE)"
-)
 
 
 def default_identity() -> str:
@@ -504,7 +496,7 @@ class ZapConnection:
             answer = await self.arequest(s, Z.Op.Hello, hello, CONNECT_TIMEOUT_S)
         except (Unavailable, Timeout) as e:
             await self._discard(s)
-            hint = CLIENT_CERT_HINT if self._ssl is not None and "closed" in e.message else ""
+            hint = CLIENT_CERT_HINT if self._ssl is not None and not isinstance(e, Timeout) else ""
             raise ConnectFailed(f"ZAP HELLO to {self.addr} failed: {e.message}{hint}") from None
         except BaseException:
             await self._discard(s)
