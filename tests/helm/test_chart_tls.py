@@ -89,7 +89,7 @@ def test_tls_manifests_are_valid_kubernetes(client_auth: str) -> None:
 
 def test_tls_manifests_pass_yamllint() -> None:
     conf = YamlLintConfig(file=str(REPO / "helm" / ".yamllint"))
-    text = manifest_text(render(tls_values(clientAuth="required")))
+    text = manifest_text(render({**tls_values(clientAuth="required"), "serviceMonitor": {"enabled": True}}))
     problems = list(linter.run(text, conf))
     assert problems == [], "\n".join(str(p) for p in problems)
 
@@ -136,3 +136,19 @@ def test_required_client_certificates_probe_in_the_pod(tmp_path: Path) -> None:
         Ca(tmp_path / "other", "other-ca").issue("x", cert=pod_dir / "tls.crt", key=pod_dir / "tls.key")
         bad = subprocess.run([sys.executable, str(probe), "/readyz"], capture_output=True, text=True, timeout=30)
         assert bad.returncode == 1, bad.stdout + bad.stderr
+
+
+def test_notes_and_service_monitor_speak_https() -> None:
+    values = {**tls_values(clientAuth="required"), "serviceMonitor": {"enabled": True}}
+    rendered = render(values)
+    notes = next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+    assert "export TASKS_URL=https://127.0.0.1:7243" in notes and "TASKS_CA_FILE" in notes
+    assert "zaps://tasks.tasks-test.svc.cluster.local:9999" in notes
+    assert "--ca-file /etc/tasks/tls/ca.crt --cert-file /etc/tasks/tls/tls.crt" in notes
+    (endpoint,) = one(manifests(rendered), "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": "tasks-tls", "key": "ca.crt"}
+    assert endpoint["tlsConfig"]["keySecret"] == {"name": "tasks-tls", "key": "tls.key"}
+    plain = render({"serviceMonitor": {"enabled": True}})
+    assert "scheme" not in one(manifests(plain), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert "https" not in next(t for p, t in plain.items() if p.endswith("NOTES.txt"))
