@@ -23,6 +23,7 @@ from hanzo_tasks.cluster.api.http.server import HttpApi
 from hanzo_tasks.cluster.api.sse import SseHub
 from hanzo_tasks.cluster.api.zap.server import ZapServer
 from hanzo_tasks.cluster.auth import Authenticator
+from hanzo_tasks.cluster.config import ConfigError
 from hanzo_tasks.cluster.dispatch.dispatcher import Dispatcher
 from hanzo_tasks.cluster.health import replication_failure, replication_failure_kind
 from hanzo_tasks.cluster.leader.batches import BatchRunner
@@ -31,6 +32,7 @@ from hanzo_tasks.cluster.membership import Members
 from hanzo_tasks.cluster.metrics import Metrics
 from hanzo_tasks.cluster.replica_sets import ReplicaKeeper
 from hanzo_tasks.cluster.service import Service, wall_ms
+from hanzo_tasks.cluster.tls import NodeTls, node_tls, on_sighup
 from hanzo_tasks.migration import Migrations, shard_counts
 from hanzo_tasks.protocol import hostport, names
 from hanzo_tasks.protocol.errors import ApiError
@@ -69,6 +71,15 @@ def read_secret(path: str | None) -> bytes:
     return data
 
 
+def load_tls(cfg: Any) -> NodeTls:
+    """The node's TLS contexts (docs/tls.md); a file that cannot be used is a
+    startup error (ConfigError, exit 2) naming the keys to look at."""
+    try:
+        return node_tls(cfg.tls)
+    except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+        raise ConfigError(f"tls: cannot load the certificate files: {e}", "tls.cert_file") from None
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     """A listen address (validated by the config) -> (host, port); no host = every interface."""
     host, port = hostport.split_host_port(addr, empty_host=True)
@@ -103,6 +114,7 @@ class Node:
                                lambda: replication_failure_kind(self.replicator))
         # Reads the key files now: a bad key source is a startup error (ConfigError).
         self.auth = Authenticator(cfg.auth, on_failure=lambda reason: self.metrics.auth_failures.labels(reason).inc())
+        self.tls = load_tls(cfg)  # likewise: a bad certificate or key is a startup error
         self.fatal: str | None = None
         self.failure: str | None = None  # set by the watchdog: replication failed, the node stops (exit 1)
         self.leaving = False
@@ -151,6 +163,8 @@ class Node:
                 )
         await self.replicator.start()
         self._bg.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+        if self.tls.all:
+            self._bg.append(asyncio.create_task(self.tls.watch(cfg.tls.reload_interval / 1000), name="tls-reload"))
         if self.replicator.clustered:
             self.replica_keeper = ReplicaKeeper(self.replicator, replication_factor=cfg.replication_factor,
                                                 seed=cfg.seed)
@@ -198,13 +212,14 @@ class Node:
         self._runner = HttpRunner(api.app, cfg, self.metrics, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await self._runner.setup()
         host, port = split_addr(cfg.http)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        api_tls = self.tls.api.context if self.tls.api is not None else None
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=api_tls)
         await site.start()
         bound = self._runner.addresses  # what the listening sockets are bound to
         bound_port = bound[0][1] if bound else port
         shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self.http_addr = f"{shown}:{bound_port}"
-        self.http_url = f"http://{self.http_addr}"
+        self.http_url = f"{'https' if api_tls else 'http'}://{self.http_addr}"
         if host not in ("127.0.0.1", "localhost", "::1") and not cfg.auth.require_identity:
             log.warning("auth disabled and listening on %s", cfg.http)
         await self._start_zap()
@@ -235,7 +250,7 @@ class Node:
         host, port = split_addr(self.cfg.zap)
         zap = ZapServer(self)
         try:
-            bound = await zap.start(host, port)
+            bound = await zap.start(host, port, tls=self.tls.api.context if self.tls.api else None)
         except OSError as e:
             if "zap" in self.cfg.sources:
                 raise
@@ -280,6 +295,7 @@ class Node:
                 "max_handshakes": cfg.listeners.peer_max_handshakes,
                 "max_handshakes_per_address": cfg.listeners.peer_max_handshakes_per_address,
             },
+            tls=self.tls.peer.contexts if self.tls.peer is not None else None,
             **storage,
         )
         known = rep.meta.members()
@@ -461,6 +477,7 @@ async def run_until_signalled(node: Node) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    on_sighup(loop, lambda: node.tls.reload(force=True))  # docs/tls.md: reload the certificates
     await node.start()
     waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(node.stopping.wait())]
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -12,6 +12,12 @@ a laptop and a cluster:
   the client's *embedded worker* (``tasks.worker.Worker``), which the durable
   schedules fire through.
 
+TLS (docs/tls.md): an ``https://`` ``tasks_url`` and a ``zaps://host:port``
+``zap_addr`` are verified against ``ca_file`` (or ``TASKS_CA_FILE``; default:
+the system's CA store), and ``cert_file``/``key_file`` (``TASKS_CERT_FILE``,
+``TASKS_KEY_FILE``) present a client certificate. The ZAP address discovered
+from an ``https://`` server is reached over TLS too.
+
 Remote calls are blocking for the caller: HTTP with the standard library in
 the caller's thread, ZAP on the connection's own loop thread (``tasks.zap``),
 so that importing ``tasks`` pulls in no server or aiohttp code; the ``a*``
@@ -28,6 +34,7 @@ import logging
 import os
 import re
 import secrets
+import ssl
 import threading
 import time
 import urllib.error
@@ -58,7 +65,15 @@ from hanzo_tasks.protocol import zap as Z
 from hanzo_tasks.protocol.names import is_id, is_namespace
 from hanzo_tasks.protocol.schedule_spec import SpecError, classify, compile_cron
 from hanzo_tasks.worker import Worker
-from hanzo_tasks.zap import ConnectFailed, ZapConnection, split_host_port
+from hanzo_tasks.zap import (
+    CLIENT_CERT_HINT,
+    ZAP_TLS_SCHEME,
+    ConnectFailed,
+    ZapConnection,
+    split_host_port,
+    split_zap_address,
+    tls_problem,
+)
 
 __all__ = ["Client", "default", "set_default"]
 
@@ -114,10 +129,16 @@ def _check_zap(zap_addr: object) -> str | None:
     if addr is None:
         return None
     try:
-        split_host_port(addr)
+        split_zap_address(addr)
     except InvalidArgument:
-        raise InvalidArgument(f"zap_addr must be host:port, got {addr!r}") from None
+        raise InvalidArgument(f"zap_addr must be host:port or zaps://host:port, got {addr!r}") from None
     return addr
+
+
+def _tls_file(value: object, env: str, what: str) -> str | None:
+    """A TLS file argument, else its environment variable (empty = unset)."""
+    given = _optional_text(value, what)
+    return given if given is not None else (os.environ.get(env) or None)
 
 
 def _check_id(value: object, what: str, max_bytes: int = 255) -> str:
@@ -184,8 +205,17 @@ class Client:
         task_queue: str = "tasks",
         auth_token: str | None = None,
         fallback: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> None:
         self._tasks_url = _check_url(tasks_url)
+        self._ca_file = _tls_file(ca_file, "TASKS_CA_FILE", "ca_file")
+        self._cert_file = _tls_file(cert_file, "TASKS_CERT_FILE", "cert_file")
+        self._key_file = _tls_file(key_file, "TASKS_KEY_FILE", "key_file")
+        if bool(self._cert_file) != bool(self._key_file):
+            raise InvalidArgument("cert_file and key_file are given together (a client certificate)")
+        self._ssl: ssl.SSLContext | None = None
         self._zap_addr = _check_zap(zap_addr)
         if handler is not None and not callable(handler):
             raise InvalidArgument("handler must be callable")
@@ -579,7 +609,9 @@ class Client:
             self._check_open()
             conn = self._zaps.get(addr)
             if conn is None:
-                conn = ZapConnection(addr, namespace=self._namespace, auth_token=self._auth_token)
+                tls = self._ssl_context() if addr.startswith(ZAP_TLS_SCHEME) else None
+                conn = ZapConnection(addr, namespace=self._namespace, auth_token=self._auth_token,
+                                     ssl_context=tls)
                 self._zaps[addr] = conn
             return conn
 
@@ -649,6 +681,8 @@ class Client:
             raise Unavailable(
                 f"no ZAP address: {url} reports an invalid zapAddr {addr!r}"
             ) from None
+        if self._tasks_url.startswith("https://"):
+            addr = ZAP_TLS_SCHEME + addr  # a server that serves HTTPS serves ZAP over TLS
         with self._lock:
             self._discovered_zap = addr
         return addr
@@ -727,10 +761,35 @@ class Client:
             raise Unavailable("no transport: the client has neither tasks_url nor zap_addr")
         return "http", self._http_once(url, data, method, timeout)
 
+    def _ssl_context(self) -> ssl.SSLContext:
+        """The context that verifies servers (and presents the client
+        certificate), built on first use; a file that cannot be loaded is
+        InvalidArgument naming it."""
+        with self._lock:
+            if self._ssl is None:
+                try:
+                    ctx = ssl.create_default_context(cafile=self._ca_file)
+                except (OSError, ValueError) as e:
+                    raise InvalidArgument(f"cannot load ca_file {self._ca_file}: {e}") from None
+                if self._cert_file:
+                    try:
+                        ctx.load_cert_chain(self._cert_file, self._key_file)
+                    except (OSError, ValueError) as e:
+                        raise InvalidArgument(
+                            f"cannot load cert_file {self._cert_file} / key_file {self._key_file}: {e}"
+                        ) from None
+                self._ssl = ctx
+            return self._ssl
+
     def _http_opener(self) -> urllib.request.OpenerDirector:
+        https = self._tasks_url is not None and self._tasks_url.startswith("https://")
+        tls = self._ssl_context() if https else None
         with self._lock:
             if self._opener is None:
-                self._opener = urllib.request.build_opener(_NoRedirect)
+                handlers: list[Any] = [_NoRedirect]
+                if tls is not None:
+                    handlers.append(urllib.request.HTTPSHandler(context=tls))
+                self._opener = urllib.request.build_opener(*handlers)
             return self._opener
 
     def _http_once(
@@ -759,11 +818,14 @@ class Client:
         except urllib.error.URLError as e:
             # Nothing was answered (refused, DNS, TLS, connect timeout): the
             # server is unreachable, which SPEC §2.5 calls unavailable.
-            raise Unavailable(f"cannot reach {self._tasks_url}: {e.reason}") from None
+            problem = tls_problem(e.reason, self._tasks_url or url) if isinstance(e.reason, BaseException) else None
+            raise Unavailable(problem or f"cannot reach {self._tasks_url}: {e.reason}") from None
         except TimeoutError:
             raise Timeout(f"no response from {self._tasks_url} within {timeout:g}s") from None
         except (OSError, http.client.HTTPException) as e:
-            raise Unavailable(f"connection to {self._tasks_url} failed: {e!r}") from None
+            closed = isinstance(e, ConnectionResetError | http.client.RemoteDisconnected)
+            hint = CLIENT_CERT_HINT if closed and url.startswith("https://") else ""
+            raise Unavailable(f"connection to {self._tasks_url} failed: {e!r}{hint}") from None
         parsed = _json_or_none(raw)
         if not isinstance(parsed, dict):
             raise Internal(f"unexpected response from {url}: not a JSON object")

@@ -9,7 +9,8 @@ function.
 
 What this module does, and nothing more:
 
-* connect, then HELLO (0x0001) before anything else (§8.3);
+* connect (over TLS for a ``zaps://host:port`` address, docs/tls.md), then
+  HELLO (0x0001) before anything else (§8.3);
 * requests with ids unique among those in flight and never 0, answered out of
   order and matched by id (§8.1); many requests may be in flight at once;
 * pushes (kind 3) are offered to the registered :class:`PushRoute` objects
@@ -38,6 +39,7 @@ import random
 import re
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -67,7 +69,9 @@ __all__ = [
     "PushRoute",
     "ZapConnection",
     "default_identity",
+    "ZAP_TLS_SCHEME",
     "split_host_port",
+    "split_zap_address",
 ]
 
 log = logging.getLogger("hanzo_tasks.zap")
@@ -106,6 +110,34 @@ def split_host_port(addr: str) -> tuple[str, int]:
     if port == 0:  # a client must connect somewhere: port 0 is no address
         raise InvalidArgument(f"ZAP address must be host:port, got {addr!r}")
     return host, port
+
+
+ZAP_TLS_SCHEME = "zaps://"
+"""A ZAP address that begins with this is reached over TLS (without it: plaintext)."""
+
+
+def split_zap_address(addr: str) -> tuple[str, int, bool]:
+    """``[zaps://]host:port`` -> (host, port, over TLS); InvalidArgument otherwise."""
+    tls = addr.startswith(ZAP_TLS_SCHEME)
+    host, port = split_host_port(addr[len(ZAP_TLS_SCHEME):] if tls else addr)
+    return host, port, tls
+
+
+CLIENT_CERT_HINT = (
+    " (over TLS, a server that requires a client certificate closes the connection of a "
+    "client without a trusted one: give cert_file=/key_file= or TASKS_CERT_FILE/TASKS_KEY_FILE)"
+)
+
+
+def tls_problem(e: BaseException, where: str) -> str | None:
+    """A clear sentence for a TLS failure (None when ``e`` is not one): which
+    certificate was refused and why, and what to give the client."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return (f"TLS: the certificate of {where} is not trusted ({e.verify_message}); "
+                "give the client the CA bundle that signed it (ca_file= or TASKS_CA_FILE)")
+    if isinstance(e, ssl.SSLError):
+        return f"TLS with {where} failed: {e.reason or e}{CLIENT_CERT_HINT}"
+    return None
 
 
 def default_identity() -> str:
@@ -193,9 +225,15 @@ class ZapConnection:
         namespace: str | None = None,
         auth_token: str | None = None,
         client_id: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``addr``: ``host:port``, or ``zaps://host:port`` for TLS, verified with
+        ``ssl_context`` (default: the system's CA store)."""
         self.addr = addr
-        self._host, self._port = split_host_port(addr)
+        self._host, self._port, tls = split_zap_address(addr)
+        self._ssl: ssl.SSLContext | None = None
+        if tls:
+            self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
         self.namespace = namespace
         self.auth_token = auth_token
         self.client_id = client_id or f"{default_identity()}-{secrets.token_hex(4)}"
@@ -431,8 +469,11 @@ class ZapConnection:
     async def _open(self) -> Session:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                reader, writer = await asyncio.open_connection(self._host, self._port)
+                reader, writer = await asyncio.open_connection(self._host, self._port, ssl=self._ssl)
         except (OSError, TimeoutError) as e:
+            problem = tls_problem(e, f"ZAP server {self.addr}")
+            if problem is not None:
+                raise ConnectFailed(problem) from None
             raise ConnectFailed(
                 f"cannot connect to ZAP server {self.addr}: {e or type(e).__name__}"
             ) from None
@@ -455,7 +496,8 @@ class ZapConnection:
             answer = await self.arequest(s, Z.Op.Hello, hello, CONNECT_TIMEOUT_S)
         except (Unavailable, Timeout) as e:
             await self._discard(s)
-            raise ConnectFailed(f"ZAP HELLO to {self.addr} failed: {e.message}") from None
+            hint = CLIENT_CERT_HINT if self._ssl is not None and not isinstance(e, Timeout) else ""
+            raise ConnectFailed(f"ZAP HELLO to {self.addr} failed: {e.message}{hint}") from None
         except BaseException:
             await self._discard(s)
             raise

@@ -188,6 +188,20 @@ class SettingsConfig:
     multi_cluster_enabled: bool = _key(Bool(), False, "Reported as multiClusterEnabled")
 
 
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS (``tls.*``, docs/tls.md): plaintext unless the files are given."""
+
+    cert_file: str | None = _key(_OPT_PATH, None, "Certificate chain (PEM) of HTTPS and ZAP over TLS; with tls.key_file turns TLS on")
+    key_file: str | None = _key(_OPT_PATH, None, "Private key (PEM, unencrypted) of tls.cert_file")
+    client_ca_file: str | None = _key(_OPT_PATH, None, "CA bundle that HTTP and ZAP client certificates must chain to; set: clients are asked for one")
+    client_auth: str = _key(Choice("required", "optional"), "required", "With tls.client_ca_file: a client without a certificate is refused (required) or let in (optional)")
+    peer_cert_file: str | None = _key(_OPT_PATH, None, "Certificate of this node on the peer port (mutual TLS under the HMAC framing); may be tls.cert_file")
+    peer_key_file: str | None = _key(_OPT_PATH, None, "Private key of tls.peer_cert_file")
+    peer_ca_file: str | None = _key(_OPT_PATH, None, "CA bundle every peer's certificate must chain to")
+    reload_interval: int = _key(_DUR, "5s", "How often the files are checked for changes (SIGHUP reloads at once)")
+
+
 # A failure domain's name: a machine, rack or zone (Kubernetes node names are
 # DNS subdomains of up to 253 characters).
 ZONE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,252}")
@@ -256,6 +270,7 @@ class Config:
     storage: StorageConfig = _group(StorageConfig, "Storage (LMDB)")
     metrics: MetricsConfig = _group(MetricsConfig, "Metrics")
     settings: SettingsConfig = _group(SettingsConfig, "Settings (feature flags)")
+    tls: TlsConfig = _group(TlsConfig, "TLS")
 
     sources: Mapping[str, str] = field(
         default_factory=lambda: types.MappingProxyType({}), compare=False, hash=False, repr=False
@@ -412,6 +427,7 @@ def _check(cfg: Config) -> None:
             "set auth.hs256_secret_file, auth.jwks_file or auth.jwks_url",
             "auth.require_identity",
         )
+    _check_tls(cfg.tls)
     if cfg.raft.heartbeat_interval >= cfg.raft.election_timeout:
         raise ConfigError(
             "raft.heartbeat_interval must be below raft.election_timeout "
@@ -424,3 +440,18 @@ def _check(cfg: Config) -> None:
         )
     if cfg.storage.map_size > cfg.storage.map_size_max:
         raise ConfigError("storage.map_size must not exceed storage.map_size_max", "storage.map_size")
+
+
+def _check_tls(tls: TlsConfig) -> None:
+    """TLS files come in sets: a certificate with its key, a peer certificate
+    with its key and CA; a client CA only where there is a certificate."""
+    if bool(tls.cert_file) != bool(tls.key_file):
+        raise ConfigError("tls.cert_file and tls.key_file are set together", "tls.cert_file")
+    if tls.client_ca_file and not tls.cert_file:
+        raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file", "tls.client_ca_file")
+    peer = (tls.peer_cert_file, tls.peer_key_file, tls.peer_ca_file)
+    if any(peer) and not all(peer):
+        raise ConfigError(
+            "peer TLS is mutual: set tls.peer_cert_file, tls.peer_key_file and tls.peer_ca_file together",
+            "tls.peer_cert_file",
+        )

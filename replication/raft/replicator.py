@@ -21,6 +21,7 @@ import asyncio
 import logging
 import queue
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -123,6 +124,7 @@ class RaftReplicator:
         idle_after_ms: int = 30_000,
         idle_heartbeat_ms: int = 3_000,
         peer_limits: Mapping[str, Any] | None = None,
+        tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> None:
         self.node_id = node_id
         self._peer_limits = dict(peer_limits or {})  # PeerMux's handshake limits (listeners.peer_*)
@@ -134,6 +136,7 @@ class RaftReplicator:
         self._secret = secret
         self._sync = sync
         self._max_frame = max_frame
+        self._tls = tls  # (listener, dialer) contexts of peer mutual TLS (PeerMux)
         # The largest command a group takes: one AppendEntries of it (with the
         # message's own fields and the frame header) fits in one peer frame.
         # pysyncobj would pickle a larger entry into "transmissions".
@@ -270,6 +273,7 @@ class RaftReplicator:
             on_peer_down=lambda p: self._peer_change(p, False),
             max_frame=self._max_frame,
             **self._peer_limits,
+            tls=self._tls,
         )
         await self.mux.start()
         voters, known = self._meta_role_at_start()

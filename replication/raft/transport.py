@@ -43,6 +43,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -274,7 +275,10 @@ class PeerMux:
     ``max_frame - 28`` bytes); both ends must agree on it (``limits.max_frame``).
     ``cluster`` (optional) is sent in the hello; a peer naming a different
     non-empty cluster is refused. ``high_water`` bounds, per connection, both
-    the bytes queued by ``send`` and the socket's write buffer.
+    the bytes queued by ``send`` and the socket's write buffer. ``tls``
+    (optional): the (listener, dialer) SSL contexts of mutual TLS under the
+    HMAC framing (docs/tls.md); the dialer checks the peer's CA, not its host
+    name (the hello names the peer).
     """
 
     def __init__(
@@ -294,6 +298,7 @@ class PeerMux:
         handshake_timeout: float | None = None,
         max_handshakes: int | None = None,
         max_handshakes_per_address: int | None = None,
+        tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> None:
         if not isinstance(secret, bytes | bytearray) or len(secret) < MIN_SECRET:
             raise ValueError(f"cluster secret must be at least {MIN_SECRET} bytes")
@@ -311,6 +316,7 @@ class PeerMux:
         self.handshake_timeout = handshake_timeout
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_address = max_handshakes_per_address
+        self._tls = tls
         self._listen = listen
         self._secret = bytes(secret)
         self._on_frame = on_frame
@@ -351,7 +357,9 @@ class PeerMux:
         self._loop = asyncio.get_running_loop()
         host, port = split_hostport(self._listen)
         self._server = await asyncio.start_server(
-            self._accept, host or None, port, reuse_address=True
+            self._accept, host or None, port, reuse_address=True,
+            ssl=self._tls[0] if self._tls else None,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self._tls else None,
         )
         sockname = self._server.sockets[0].getsockname()
         self._address = join_hostport(sockname[0], sockname[1])
@@ -580,6 +588,8 @@ class PeerMux:
                 raise
             except (OSError, EOFError, TimeoutError) as e:
                 log.debug("dial %s at %s failed: %s", peer_id, addr, e)
+                if isinstance(e, ssl.SSLError):  # a certificate problem does not pass by itself
+                    self._warn(f"tls:{peer_id}", "TLS to peer %s at %s failed: %s", peer_id, addr, e)
             if conn is not None:
                 self._out[peer_id] = conn
                 self._notify(self._on_peer_up, peer_id)
@@ -596,7 +606,8 @@ class PeerMux:
     async def _connect(self, peer_id: str, host: str, port: int) -> _Outbound:
         """Dial, exchange nonces and send the hello (sequence 1)."""
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port), CONNECT_TIMEOUT
+            asyncio.open_connection(host, port, ssl=self._tls[1] if self._tls else None),
+            CONNECT_TIMEOUT,
         )
         try:
             _tune_socket(writer)

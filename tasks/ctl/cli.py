@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from hanzo_tasks.ctl.context import Ctx
 from hanzo_tasks.ctl.errors import ApiError, UsageError
 from hanzo_tasks.ctl.parser import build_parser
-from hanzo_tasks.ctl.transport import DEFAULT_URL, Api
+from hanzo_tasks.ctl.transport import DEFAULT_URL, Api, tls_context
 
 
 def _env(env: Mapping[str, str], name: str) -> str | None:
@@ -45,7 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     args.namespace = getattr(args, "namespace", None) or _env(os.environ, "TASKS_NAMESPACE") or "default"
     args.output = getattr(args, "output", None) or "table"
     token = getattr(args, "token", None) or _env(os.environ, "TASKS_AUTH_TOKEN")
-    ctx = Ctx(Api(url, token), args, out, err)
+    tls_files = {name: getattr(args, name, None) or _env(os.environ, f"TASKS_{name.upper()}")
+                 for name in ("ca_file", "cert_file", "key_file")}
+    try:
+        tls = tls_context(**tls_files) if url.startswith("https://") else None
+    except ValueError as exc:
+        err.write(f"error: usage: {exc}\n")
+        return 2
+    ctx = Ctx(Api(url, token, tls=tls), args, out, err)
     try:
         return args.func(ctx)
     except BrokenPipeError:  # `tasksctl wf list | head`: the reader left; that is not an error

@@ -50,6 +50,8 @@ environment:
   TASKS_URL          server URL (default http://127.0.0.1:7243)
   TASKS_AUTH_TOKEN   bearer token
   TASKS_NAMESPACE    namespace (default "default")
+  TASKS_CA_FILE      CA bundle that verifies an https:// server (default: the system's)
+  TASKS_CERT_FILE    client certificate (PEM), with TASKS_KEY_FILE, for servers that ask for one
 
 examples:
   tasksctl wf start charge-card --input '{"amount": 42}' --wait
@@ -71,6 +73,11 @@ def _globals_parent(suppress: bool) -> argparse.ArgumentParser:
     p.add_argument("--token", default=d, help="bearer token (env TASKS_AUTH_TOKEN)")
     p.add_argument("-n", "--namespace", default=d, help="namespace (env TASKS_NAMESPACE; default 'default')")
     p.add_argument("-o", "--output", choices=("json", "table"), default=d, help="output format (default table)")
+    p.add_argument("--ca-file", default=d, metavar="PATH",
+                   help="CA bundle (PEM) that verifies an https:// server (env TASKS_CA_FILE)")
+    p.add_argument("--cert-file", default=d, metavar="PATH",
+                   help="client certificate (PEM) for a server that asks for one (env TASKS_CERT_FILE)")
+    p.add_argument("--key-file", default=d, metavar="PATH", help="key of --cert-file (env TASKS_KEY_FILE)")
     return p
 
 

@@ -4,6 +4,7 @@ answer, a proxy's page, an unreachable server) classified as an ApiError code.""
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,10 +42,14 @@ TRANSIENT = frozenset({"unavailable", "timeout", "rate_limited"})
 class Api:
     """A minimal JSON-over-HTTP client for one server URL."""
 
-    def __init__(self, url: str, token: str | None, timeout: float = HTTP_TIMEOUT) -> None:
+    def __init__(
+        self, url: str, token: str | None, timeout: float = HTTP_TIMEOUT,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.tls = tls  # verifies an https:// server (None: the system's CA store)
 
     def call(
         self,
@@ -76,7 +81,7 @@ class Api:
             headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout, context=self.tls) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read() if exc.fp is not None else b""
@@ -86,12 +91,43 @@ class Api:
             reason = exc.reason
             if isinstance(reason, TimeoutError):
                 raise ApiError("timeout", f"no answer from {self.url} within {timeout:g}s") from None
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise ApiError("unavailable", f"TLS: the certificate of {self.url} is not trusted "
+                               f"({reason.verify_message}); pass --ca-file (or TASKS_CA_FILE) with "
+                               "the CA bundle that signed it") from None
+            if isinstance(reason, ssl.SSLError):
+                raise ApiError("unavailable", f"TLS with {self.url} failed: {reason.reason or reason}"
+                               " (a server that requires a client certificate: --cert-file/--key-file)"
+                               ) from None
             raise ApiError("unavailable", f"cannot reach {self.url}: {_reason(reason)}") from None
         except TimeoutError:
             raise ApiError("timeout", f"no answer from {self.url} within {timeout:g}s") from None
         except (OSError, ValueError) as exc:  # reset connections, malformed URLs, ...
-            raise ApiError("unavailable", f"cannot reach {self.url}: {_reason(exc)}") from None
+            hint = ""
+            if isinstance(exc, ConnectionResetError) and self.url.startswith("https://"):
+                hint = (" (a server that requires a client certificate closes the connection of "
+                        "a client without one: --cert-file/--key-file)")
+            raise ApiError("unavailable", f"cannot reach {self.url}: {_reason(exc)}{hint}") from None
         return status, _parse_body(raw, status)
+
+
+def tls_context(ca_file: str | None = None, cert_file: str | None = None,
+                key_file: str | None = None) -> ssl.SSLContext:
+    """The context that verifies an https:// server against ``ca_file`` (None:
+    the system's CA store) and presents ``cert_file``; ValueError naming the
+    file that cannot be loaded."""
+    if bool(cert_file) != bool(key_file):
+        raise ValueError("--cert-file and --key-file are given together")
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--ca-file {ca_file}: cannot load it: {_reason(exc)}") from None
+    if cert_file:
+        try:
+            ctx.load_cert_chain(cert_file, key_file)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--cert-file {cert_file}: cannot load it with its key: {_reason(exc)}") from None
+    return ctx
 
 
 def _query_value(value: Any) -> str:

@@ -69,6 +69,9 @@ ALL_FEATURES: dict[str, Any] = {
 CHART_OWNED_KEYS = {
     "node_id", "node_zone", "data_dir", "http", "zap", "peer", "advertise_http", "advertise_zap",
     "advertise_peer", "peers", "replicator", "cluster_secret_file", "auth.hs256_secret_file",
+    # set from the `tls` values (the Secret's files), see tests/helm/test_chart_tls.py
+    "tls.cert_file", "tls.key_file", "tls.client_ca_file", "tls.client_auth",
+    "tls.peer_cert_file", "tls.peer_key_file", "tls.peer_ca_file",
 }
 
 

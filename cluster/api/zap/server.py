@@ -34,6 +34,7 @@ import logging
 import struct
 import time
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 from hanzo_tasks.cluster.api.fd_budget import connection_caps
@@ -526,10 +527,12 @@ class ZapServer:
     def connections(self) -> int:
         return len(self._conns)
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen; returns the bound port (``port`` 0 picks a free one)."""
+    async def start(self, host: str, port: int, tls: SSLContext | None = None) -> int:
+        """Listen; returns the bound port (``port`` 0 picks a free one). ``tls``:
+        ZAP over TLS (docs/tls.md; the handshake, bounded to 10 s, completes before ``_accept``)."""
         self._server = await asyncio.start_server(
-            self._accept, host or None, port, reuse_address=True, limit=STREAM_LIMIT
+            self._accept, host or None, port, reuse_address=True, limit=STREAM_LIMIT,
+            ssl=tls, ssl_handshake_timeout=10.0 if tls else None,
         )
         sockets = self._server.sockets
         return sockets[0].getsockname()[1] if sockets else port

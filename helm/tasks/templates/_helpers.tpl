@@ -79,6 +79,31 @@ A pod's stable name is <fullname>-<i>.<this suffix>.
 {{- define "tasks.configDir" -}}/etc/tasks/config{{- end }}
 {{- define "tasks.secretDir" -}}/etc/tasks/secrets{{- end }}
 {{- define "tasks.dataDir" -}}/var/lib/tasks{{- end }}
+{{- define "tasks.tlsDir" -}}/etc/tasks/tls{{- end }}
+
+{{/*
+A probe of one path: plain HTTP, HTTPS when TLS is on (the kubelet does not
+verify the certificate), or, when client certificates are required (the
+kubelet presents none), probe.py run in the pod with the pod's own
+certificate.
+*/}}
+{{- define "tasks.probe" -}}
+{{- $v := .ctx.Values }}
+{{- if and $v.tls.enabled (eq $v.tls.clientAuth "required") -}}
+exec:
+  command:
+    - python3
+    - {{ include "tasks.configDir" .ctx }}/probe.py
+    - {{ .path }}
+{{- else -}}
+httpGet:
+  path: {{ .path }}
+  port: http
+  {{- if $v.tls.enabled }}
+  scheme: HTTPS
+  {{- end }}
+{{- end }}
+{{- end }}
 
 {{/*
 The node's YAML configuration: the user's `config` values plus the keys the
@@ -112,5 +137,21 @@ addresses).
 {{- $auth := deepCopy (get $cfg "auth" | default dict) }}
 {{- $_ := set $auth "hs256_secret_file" (printf "%s/jwt-hs256.key" (include "tasks.secretDir" .)) }}
 {{- $_ := set $cfg "auth" $auth }}
+{{- if .Values.tls.enabled }}
+{{- $dir := include "tasks.tlsDir" . }}
+{{- $tls := deepCopy (get $cfg "tls" | default dict) }}
+{{- $_ := set $tls "cert_file" (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $tls "key_file" (printf "%s/tls.key" $dir) }}
+{{- if ne .Values.tls.clientAuth "none" }}
+{{- $_ := set $tls "client_ca_file" (printf "%s/ca.crt" $dir) }}
+{{- $_ := set $tls "client_auth" .Values.tls.clientAuth }}
+{{- end }}
+{{- if .Values.tls.peer }}
+{{- $_ := set $tls "peer_cert_file" (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $tls "peer_key_file" (printf "%s/tls.key" $dir) }}
+{{- $_ := set $tls "peer_ca_file" (printf "%s/ca.crt" $dir) }}
+{{- end }}
+{{- $_ := set $cfg "tls" $tls }}
+{{- end }}
 {{- toYaml $cfg }}
 {{- end }}

@@ -702,4 +702,5 @@ def test_every_key_is_a_dataclass_field() -> None:
         "storage",
         "metrics",
         "settings",
+        "tls",
     ]
