@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from hanzo_tasks.cluster.api.client_errors import client_error
 from hanzo_tasks.cluster.api.zap.call import Call
 from hanzo_tasks.cluster.api.zap.fields import Json, text
 from hanzo_tasks.cluster.api.zap.routes import ROUTES, Route
@@ -120,6 +121,12 @@ class _Connection:
     def node(self) -> Any:
         return self.server.node
 
+    @property
+    def peer(self) -> str:
+        """The client's address, for log lines."""
+        addr = self.writer.get_extra_info("peername")
+        return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else "?"
+
     async def run(self) -> None:
         try:
             await self._read_loop()
@@ -171,11 +178,17 @@ class _Connection:
             await self._respond(op, frame.frame_id, Z.error_body("invalid_argument", "HELLO required"), started)
             await self._linger_close()
             return
+        # HELLO is decoded under the strictest limits (it is small, and may come
+        # from anyone); other bodies under limits.max_items / max_depth.
+        limits = Z.HELLO_LIMITS if op == Z.Op.Hello else self.server.body_limits
         try:
-            body = Z.decode_body(frame.body)
+            body = Z.decode_body(frame.body, limits)
         except Z.BadBody as e:
             self.node.metrics.zap_frames_rejected.labels("bad_body").inc()
+            client_error(self.node.metrics, "zap", "bad_body", "zap: bad body from %s: %s", self.peer, e)
             await self._respond(op, frame.frame_id, Z.error_body("invalid_argument", f"bad body: {e}"), started)
+            if not self.session.hello:  # an undecodable HELLO: nothing to keep the connection for
+                await self._linger_close()
             return
         if op == Z.Op.Hello:
             resp = await self._hello(body)
@@ -395,6 +408,9 @@ class ZapServer:
         cfg = node.cfg
         self.max_frame: int = cfg.limits.max_frame
         self.max_connections: int = cfg.limits.max_zap_connections
+        self.body_limits = Z.BodyLimits(max_str_len=cfg.limits.max_frame, max_items=cfg.limits.max_items,
+                                        max_depth=cfg.limits.max_depth)
+        """How an authenticated request body is decoded (HELLO: ``Z.HELLO_LIMITS``)."""
         self.default_namespace: str = cfg.default_namespace
         self._server: asyncio.Server | None = None
         self._conns: dict[_Connection, asyncio.Task[Any] | None] = {}
