@@ -114,7 +114,7 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
-        if level >= logging.WARNING and isinstance(exc, BaseException) and is_client_caused(exc):
+        if isinstance(exc, BaseException) and is_client_caused(exc):  # aiohttp logs some at DEBUG already
             kind = "disconnect" if isinstance(exc, ConnectionError) else "malformed_request"
             text = str(msg) % args if args else str(msg)
             client_error(self.metrics, "http", kind, "http: %s: %s: %s", text, type(exc).__name__,
