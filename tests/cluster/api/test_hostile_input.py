@@ -232,8 +232,8 @@ def test_zap_start_at_the_depth_limit_is_stored_and_renders(node: TestNode, zap:
 @pytest.mark.parametrize("depth", [MAX_DEPTH, 500, 990, 5000])
 def test_http_start_nested_too_deep_is_400(node: TestNode, depth: int) -> None:
     wid = f"deep-http-{depth}"
-    text = '{"workflowId": "%s", "workflowType": {"name": "Job"}, "input": %s"leaf"%s}' % (
-        wid, "[" * depth, "]" * depth)  # by hand: json.dumps itself recurses
+    deep = "[" * depth + '"leaf"' + "]" * depth  # by hand: json.dumps itself recurses
+    text = f'{{"workflowId": "{wid}", "workflowType": {{"name": "Job"}}, "input": {deep}}}'
     status, body, _ = node.request("POST", WF, raw=text.encode())
     assert status == 400 and body["code"] == "invalid_argument", body
     assert "limits.max_depth" in body["message"]
@@ -389,3 +389,24 @@ def test_client_error_lines_are_rate_limited(caplog: pytest.LogCaptureFixture) -
         assert bucket.allow(("a", "b")) == (True, 0)
     assert bucket.allow(("a", "b")) == (False, 0)
     assert bucket.allow(("a", "c"))[0]  # keys are limited apart
+
+
+def test_activity_results_failures_and_heartbeats_over_max_payload_are_413(node: TestNode, zap: RawZap) -> None:
+    acts = "/v1/tasks/namespaces/default/activities"
+    assert zap.call(Op.SubscribeActivityTasks, {"task_queue": "q-big-act2", "max_concurrent": 1})["status"] == 200
+    status, act = node.post(acts, {"activityId": "big-act", "activityType": {"name": "A"}, "taskQueue": "q-big-act2",
+                                   "startToCloseTimeout": "60s"})
+    assert status == 200, act
+    task = zap.next_task()
+    token = task["task_token"]
+    for op, body in ((Op.RecordHeartbeat, {"details": big()}),
+                     (Op.RespondActivityTaskFailed, {"failure": {"message": "m", "details": big()}}),
+                     (Op.RespondActivityTaskCompleted, {"result": big()})):
+        r = zap.call(op, {"task_token": token, **body})
+        assert r["status"] == 413 and r["error"]["code"] == "too_large", (op, r)
+    rid = act["execution"]["runId"]
+    status, d = node.get(f"{acts}/big-act/{rid}")
+    assert status == 200 and d["status"] == "ACTIVITY_TASK_STATE_STARTED", d  # the attempt is untouched
+    assert zap.call(Op.RespondActivityTaskCompleted, {"task_token": token, "result": "small"})["status"] == 200
+    status, d = node.get(f"{acts}/big-act/{rid}")
+    assert d["status"] == "ACTIVITY_TASK_STATE_COMPLETED" and d["result"] == "small", d
