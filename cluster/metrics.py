@@ -225,6 +225,9 @@ class Metrics:
             "tasks_client_errors_total", "Requests refused or cut short by the client's doing",
             ["listener", "kind"], registry=r,
         )
+        for listener, kind in (("http", "body_incomplete"), ("http", "malformed_request"), ("http", "disconnect"),
+                               ("http", "too_deep"), ("zap", "bad_body"), ("mcp", "too_deep")):
+            self.client_errors.labels(listener, kind)
         self.migrations = Gauge("tasks_migrations", "Migration jobs known to the meta group", ["status"], registry=r)
         self.migration_fenced = Histogram(
             "tasks_migration_fenced_seconds", "Write pause of migration cutovers",

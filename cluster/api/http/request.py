@@ -174,7 +174,7 @@ async def read_raw(request: web.Request, limit: int) -> bytes:
         except CLIENT_CAUSED as e:
             _client_error(request, "body_incomplete", "http: %s %s: body cut short: %s",
                           request.method, request.rel_url.path, type(e).__name__)
-            raise ApiError("invalid_argument", "the request body ended before its declared length") from None
+            raise ApiError("invalid_argument", "the request body was cut short or badly framed") from None
         if not chunk:
             break
         size += len(chunk)
