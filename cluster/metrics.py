@@ -254,6 +254,16 @@ class Metrics:
         )
         for reason in ("too_large", "bad_version", "bad_body", "protocol"):
             self.zap_frames_rejected.labels(reason)
+        # Client mistakes and abuse (issue 16): counted, logged quietly (cluster/api/client_errors.py).
+        # Labels are fixed names: listener (http, zap, mcp), kind (bad_body, too_deep, body_incomplete,
+        # malformed_request, disconnect).
+        self.client_errors = Counter(
+            "tasks_client_errors_total", "Requests refused or cut short by the client's doing",
+            ["listener", "kind"], registry=r,
+        )
+        for listener, kind in (("http", "body_incomplete"), ("http", "malformed_request"), ("http", "disconnect"),
+                               ("http", "too_deep"), ("zap", "bad_body"), ("mcp", "too_deep")):
+            self.client_errors.labels(listener, kind)
         self.migrations = Gauge("tasks_migrations", "Migration jobs known to the meta group", ["status"], registry=r)
         self.migration_fenced = Histogram(
             "tasks_migration_fenced_seconds", "Write pause of migration cutovers",

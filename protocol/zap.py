@@ -36,6 +36,7 @@ from typing import Any
 
 import msgpack
 from hanzo_tasks.protocol.errors import CODE_STATUS
+from hanzo_tasks.protocol.nesting import depth_message
 
 __all__ = [
     "CLIENT_KINDS",
@@ -57,9 +58,11 @@ __all__ = [
     "WORKER_OPCODES",
     "BadBody",
     "BadVersion",
+    "BodyLimits",
     "Frame",
     "FrameReader",
     "FrameTooLarge",
+    "HELLO_LIMITS",
     "Header",
     "Op",
     "ProtocolError",
@@ -410,27 +413,60 @@ class FrameReader:
 # bodies
 
 
-def decode_body(raw: bytes) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """What one body may hold, judged while it is decoded (before a too-long
+    array, map or string is built) and, for nesting, by one bounded walk.
+
+    msgpack itself refuses a length only against the size of the buffer (an
+    array header claiming 16M items in a 16 MiB frame passes, and 16M Nones are
+    built), and it has no depth limit below its own stack of 1024, deep enough
+    to overflow Python's recursion later, in code that renders the record.
+    """
+
+    max_str_len: int
+    """Longest string (UTF-8 bytes), map keys included."""
+    max_items: int
+    """Most elements of one array or entries of one map."""
+    max_depth: int
+    """Deepest nesting of arrays and maps; the body map itself is depth 1."""
+
+
+HELLO_LIMITS = BodyLimits(max_str_len=16 * 1024, max_items=32, max_depth=4)
+"""For a body that arrives before the session is authenticated (HELLO, and any
+frame sent before it): a HELLO is a handful of short strings and a token."""
+
+
+def decode_body(raw: bytes, limits: BodyLimits | None = None) -> dict[str, Any]:
     """Parse a body: a msgpack map of JSON-like values, else :class:`BadBody`.
 
     Empty means ``{}``. Rejected: invalid msgpack, trailing bytes, a top level
     that is not a map, and anywhere inside: bin, ext (timestamps included),
     non-string map keys, invalid UTF-8 and non-finite floats. These are what
     JSON cannot hold (SPEC §0 "Payloads"), so a ZAP body always means the same
-    as the HTTP body it is translated into.
+    as the HTTP body it is translated into. With ``limits``, a string, array or
+    map over its length limit is refused from its header, before it is built,
+    and nesting deeper than ``limits.max_depth`` is refused too.
     """
     if not raw:
         return {}
+    bounds: dict[str, int] = {}
+    if limits is not None:
+        bounds = {"max_str_len": limits.max_str_len, "max_array_len": limits.max_items,
+                  "max_map_len": limits.max_items, "max_bin_len": 0, "max_ext_len": 0}
     try:
-        value = msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_no_ext)
+        value = msgpack.unpackb(raw, raw=False, strict_map_key=False, ext_hook=_no_ext, **bounds)
     except BadBody:
         raise
     except (ValueError, msgpack.UnpackException, TypeError, RecursionError) as e:
         # ExtraData, FormatError, StackError and UnicodeDecodeError are ValueErrors.
+        text = str(e)
+        if "exceeds max_" in text:  # msgpack's words for a length over a limit
+            raise BadBody(f"body holds a string, array or map over its limit: {text}") from None
         raise BadBody(f"body is not valid msgpack: {type(e).__name__}") from None
     if not isinstance(value, dict):
         raise BadBody(f"body must be a map, not {_kind_name(value)}")
-    check_body(value)
+    check_body(value, limits.max_depth if limits is not None else None)
     return value
 
 
@@ -438,27 +474,46 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise BadBody(f"msgpack ext type {code} is not allowed")
 
 
-def check_body(value: Any) -> None:
-    """Raise :class:`BadBody` if ``value`` holds anything JSON cannot (iteratively: no recursion limit)."""
-    stack: list[Any] = [value]
+def check_body(value: Any, max_depth: int | None = None) -> None:
+    """Raise :class:`BadBody` if ``value`` holds anything JSON cannot, or nests
+    deeper than ``max_depth`` (``value`` itself is depth 1). Iterative: no
+    recursion limit; only containers are stacked, so the walk costs about one
+    type test per value."""
+    limit = max_depth if max_depth is not None else -1
+    _check_value(value)
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, list | tuple | dict) else []
     while stack:
-        v = stack.pop()
-        if v is None or isinstance(v, bool | int | str):
-            continue
-        if isinstance(v, float):
-            if not math.isfinite(v):
-                raise BadBody("non-finite floats are not allowed")
-            continue
-        if isinstance(v, list | tuple):
-            stack.extend(v)
-            continue
+        v, depth = stack.pop()
+        if depth > limit >= 0:
+            raise BadBody(depth_message(limit))
         if isinstance(v, dict):
-            for k, item in v.items():
-                if not isinstance(k, str):
+            for k in v:
+                if type(k) is not str:
                     raise BadBody(f"map keys must be strings, not {_kind_name(k)}")
-                stack.append(item)
-            continue
-        raise BadBody(f"{_kind_name(v)} values are not allowed")
+            items: Any = v.values()
+        else:
+            items = v
+        for item in items:
+            t = type(item)
+            if t is str or t is int or item is None or t is bool:
+                continue
+            if t is list or t is dict or t is tuple:
+                stack.append((item, depth + 1))
+            else:
+                _check_value(item)
+                if isinstance(item, list | tuple | dict):
+                    stack.append((item, depth + 1))
+
+
+def _check_value(v: Any) -> None:
+    """One value that is not a container: JSON must be able to hold it."""
+    if v is None or isinstance(v, bool | int | str | list | tuple | dict):
+        return
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise BadBody("non-finite floats are not allowed")
+        return
+    raise BadBody(f"{_kind_name(v)} values are not allowed")
 
 
 def _kind_name(v: Any) -> str:

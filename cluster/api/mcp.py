@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from hanzo_tasks.cluster import health
+from hanzo_tasks.cluster.api.client_errors import client_error
 from hanzo_tasks.cluster.api.http.request import (
     Call,
     finite_float,
     json_response,
+    max_depth_of,
     node_of,
+    read_raw,
     reject_constant,
 )
 from hanzo_tasks.cluster.auth import role_allows
@@ -33,6 +36,7 @@ from hanzo_tasks.cluster.service.schedule_input import recurring_spec
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.protocol.names import ADMIN, DEVELOPER, VIEWER
+from hanzo_tasks.protocol.nesting import deeper_than, depth_message
 from hanzo_tasks.replication import NotReplica
 
 if TYPE_CHECKING:
@@ -353,17 +357,11 @@ def _error(msg_id: Any, code: int, message: str) -> Json:
 
 
 async def _read_raw(request: web.Request, limit: int) -> bytes:
-    """The body bytes; 413 past ``limits.max_body``, as every route (SPEC §4.1)."""
+    """The body bytes; 413 past ``limits.max_body``, as every route (SPEC §4.1);
+    a body cut short is a client error (400, logged quietly)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("too_large", f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError("too_large", f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_raw(request, limit)
 
 
 async def h_mcp(s: Service, c: Call) -> web.Response:
@@ -383,6 +381,10 @@ async def h_mcp(s: Service, c: Call) -> web.Response:
         msg = json.loads(raw, parse_constant=reject_constant, parse_float=finite_float)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
         return json_response(200, _error(None, PARSE_ERROR, f"parse error: {e}"), node.node_id)
+    max_depth = max_depth_of(c.request)
+    if deeper_than(msg, max_depth):  # refused whole: no tool may store what could not be rendered
+        client_error(node.metrics, "mcp", "too_deep", "mcp: message nests deeper than %d", max_depth)
+        return json_response(200, _error(None, INVALID_REQUEST, depth_message(max_depth)), node.node_id)
     if isinstance(msg, list):
         return json_response(200, _error(None, INVALID_REQUEST, "batches are not supported"), node.node_id)
     if not isinstance(msg, dict):

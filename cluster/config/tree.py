@@ -103,6 +103,11 @@ class LimitsConfig:
     max_history_events: int = _key(Int(minimum=1), 50000, "Events per run before it is terminated")
     max_batch_size: int = _key(Int(minimum=1), 100000, "Most targets of one batch operation")
     max_zap_connections: int = _key(Int(minimum=1), 10000, "ZAP connections beyond this are closed at accept")
+    # Decoding of client input (issue 16): judged before anything is built or stored.
+    max_depth: int = _key(Int(minimum=2, maximum=200), 64,
+                          "Deepest nesting of arrays/objects in a request body (the body is 1): HTTP, ZAP, MCP")
+    max_items: int = _key(Int(minimum=1), 1048576,
+                          "Most elements of one array or map in a ZAP body, refused from its header")
 
 
 @dataclass(frozen=True)

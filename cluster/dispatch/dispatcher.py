@@ -30,6 +30,7 @@ from hanzo_tasks.cluster.dispatch.relay import Relay
 from hanzo_tasks.cluster.dispatch.task_queues import WorkerBook
 from hanzo_tasks.cluster.dispatch.tokens import TaskToken, Tokens
 from hanzo_tasks.cluster.service import render, task_commands
+from hanzo_tasks.cluster.service.inputs import check_payload
 from hanzo_tasks.protocol import names
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.shard import reads
@@ -437,6 +438,7 @@ class Dispatcher:
     async def activity_completed(self, org: str, body: Json) -> Json:
         """0x00A3 on an activity token."""
         t = self._token(org, body.get("task_token"), kind="at")
+        self._payload(body, "result")  # 413 before anything: the attempt stays as it was
         try:
             await self.service.propose(t.org, t.ns, "act.complete", activityId=t.wid, runId=t.rid,
                                        attempt=t.attempt, nonce=t.nonce, result=body.get("result"),
@@ -451,6 +453,7 @@ class Dispatcher:
         failure = body.get("failure")
         if not isinstance(failure, dict):
             raise ApiError("invalid_argument", "failure must be a map")
+        self._payload(body, "failure")
         try:
             await self.service.propose(t.org, t.ns, "act.fail", activityId=t.wid, runId=t.rid,
                                        attempt=t.attempt, nonce=t.nonce, failure=failure,
@@ -537,6 +540,10 @@ class Dispatcher:
 
     # ---- worker responses -------------------------------------------------------
 
+    def _payload(self, body: Json, field: str) -> Any:
+        """``body[field]`` from a worker, held to ``limits.max_payload`` (413 when larger)."""
+        return check_payload(body.get(field), field, self.service.max_payload)
+
     def _token(self, org: str, token: Any, kind: str = "wt") -> TaskToken:
         t = self.tokens.read(token)
         if t.org != org:
@@ -567,7 +574,7 @@ class Dispatcher:
         tq = body.get("task_queue")
         if tq is not None:
             names.check_id(tq, "task_queue")
-        start: Json = {"type": atype, "activityId": aid, "taskQueue": tq, "input": body.get("input")}
+        start: Json = {"type": atype, "activityId": aid, "taskQueue": tq, "input": self._payload(body, "input")}
         for src, dst in (("schedule_to_close_ms", "scheduleToCloseTimeout"),
                          ("schedule_to_start_ms", "scheduleToStartTimeout"),
                          ("start_to_close_ms", "startToCloseTimeout"), ("heartbeat_ms", "heartbeatTimeout")):
@@ -692,15 +699,24 @@ class Dispatcher:
     async def completed(self, org: str, body: Json) -> Json:
         t = self._token(org, body.get("task_token"))
         raw = body.get("commands")
-        commands, bad = task_commands.normalize(
-            [] if raw is None else raw, lambda sa, _nulls: self.service.workflows.check_search_attrs(t.org, t.ns, sa))
+        checked = task_commands.normalize_checked(
+            [] if raw is None else raw, lambda sa, _nulls: self.service.workflows.check_search_attrs(t.org, t.ns, sa),
+            self.service.max_payload)
         try:
             await self.service.propose(
                 t.org, t.ns, "wt.complete", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
-                attempt=t.attempt, nonce=t.nonce, identity=body.get("identity") or "", commands=commands,
-                badCommand=bad, defaultStartToClose=self.node.cfg.timeouts.activity_start_to_close,
+                attempt=t.attempt, nonce=t.nonce, identity=body.get("identity") or "", commands=checked.commands,
+                badCommand=checked.bad_index, defaultStartToClose=self.node.cfg.timeouts.activity_start_to_close,
                 cancelAckMs=self.node.cfg.timeouts.cancel_ack,  # children cancelled by the close policy
             )
+        except ApiError as e:
+            # A payload over limits.max_payload: the task failed (bad_command) as for any invalid
+            # command, and nothing of the list was stored; the worker is told why, as 413.
+            too_large = checked.error
+            if too_large is not None and e.code == "invalid_argument":
+                raise ApiError("too_large", f"command {checked.bad_index}: {too_large.message}",
+                               {**(too_large.details or {}), "command_index": checked.bad_index}) from None
+            raise
         finally:
             self._done(t)
             if self.relay is not None:
@@ -736,6 +752,7 @@ class Dispatcher:
     async def failed(self, org: str, body: Json) -> Json:
         t = self._token(org, body.get("task_token"))
         cause = body.get("cause") if isinstance(body.get("cause"), str) else "worker_failed"
+        self._payload(body, "failure")
         try:
             await self.service.propose(
                 t.org, t.ns, "wt.fail", workflowId=t.wid, runId=t.rid, scheduledEventId=t.scheduled_event_id,
@@ -758,6 +775,7 @@ class Dispatcher:
         wait for the next commit.
         """
         key = (t.org, t.ns, t.wid, t.rid)
+        self._payload(body, "details")
         act = await self.service.read(t.org, t.ns, "activity", t.wid, t.rid)
         if (act is None or act["status"] != "STARTED" or act["attempt"] != t.attempt
                 or act.get("nonce") != t.nonce):

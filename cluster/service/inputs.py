@@ -104,14 +104,25 @@ def name_obj(body: Json, field: str, *, required: bool) -> str | None:
 
 def payload(body: Json, field: str, max_bytes: int) -> Any:
     """A JSON payload, checked against ``limits.max_payload`` (413 when larger)."""
-    v = body.get(field)
+    return check_payload(body.get(field), field, max_bytes)
+
+
+def check_payload(v: Any, field: str, max_bytes: int) -> Any:
+    """``v`` itself as a payload: its encoded JSON size against ``max_bytes``
+    (413 ``too_large`` when larger; 0 = no limit). Used for client input and
+    for what workers send back alike, so that nothing larger is ever stored."""
     if v is not None and max_bytes > 0:
         try:
             size = len(json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode())
         except UnicodeEncodeError:
             raise bad(f"{field} holds a string that is not valid Unicode") from None
+        except RecursionError:  # decoders refuse this first (limits.max_depth): never a 500
+            raise bad(f"{field} nests too deep") from None
+        except (TypeError, ValueError) as e:
+            raise bad(f"{field} is not a JSON value: {e}") from None
         if size > max_bytes:
-            raise ApiError("too_large", f"{field} is {size} bytes; the limit is {max_bytes}")
+            raise ApiError("too_large", f"{field} is {size} bytes; the limit is {max_bytes}",
+                           {"field": field, "size": size, "max_payload": max_bytes})
     return v
 
 

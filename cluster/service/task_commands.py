@@ -12,8 +12,10 @@ applied), exactly as a state-dependent rejection is.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from hanzo_tasks.cluster.service.inputs import check_payload
 from hanzo_tasks.protocol import fields, names
 from hanzo_tasks.protocol.errors import ApiError
 
@@ -77,17 +79,48 @@ SearchCheck = Callable[[Json, bool], Json]
 """Checks search attributes against the namespace's registry (second arg: nulls allowed)."""
 
 
+PAYLOAD_FIELDS = ("result", "failure", "details", "input", "memo", "search_attributes")
+"""Fields of a command that carry the worker's data into the store: each is
+held to ``limits.max_payload``, as the same data is when a client sends it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """The commands in engine form, or the index of the first invalid one and why."""
+
+    commands: list[Json]
+    bad_index: int | None = None
+    error: ApiError | None = None
+    """Set when the command is refused for a reason with its own code (``too_large``)."""
+
+
 def normalize(commands: Any, check_search: SearchCheck) -> tuple[list[Json], int | None]:
     """The commands in engine form, and the index of the first invalid one (None: all valid)."""
+    n = normalize_checked(commands, check_search, 0)
+    return n.commands, n.bad_index
+
+
+def normalize_checked(commands: Any, check_search: SearchCheck, max_payload: int) -> Normalized:
+    """:func:`normalize`, and each command's payloads held to ``max_payload`` (0 = no limit).
+
+    A payload over it makes the command invalid like any bad field (nothing of
+    the list is applied; the task fails with ``bad_command``), and the error
+    says ``too_large`` so that the worker is answered 413 (SPEC §0, §4.1)."""
     if not isinstance(commands, list):
-        return [], 0
+        return Normalized([], 0)
     out: list[Json] = []
     for i, c in enumerate(commands):
         try:
-            out.append(_one(c, check_search))
-        except (BadCommand, ApiError):
-            return [], i
-    return out, None
+            cmd = _one(c, check_search)
+            for f in PAYLOAD_FIELDS:
+                if f in cmd:
+                    check_payload(cmd[f], f, max_payload)
+        except ApiError as e:
+            return Normalized([], i, e if e.code == "too_large" else None)
+        except BadCommand:
+            return Normalized([], i)
+        out.append(cmd)
+    return Normalized(out)
 
 
 def _one(c: Any, check_search: SearchCheck) -> Json:

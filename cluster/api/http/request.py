@@ -10,6 +10,7 @@ them has to import the server module back.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 from aiohttp import web
+from hanzo_tasks.cluster.api.client_errors import CLIENT_CAUSED, client_error
 from hanzo_tasks.cluster.auth import DEV_CALLER, Caller
 from hanzo_tasks.cluster.service import Service
 from hanzo_tasks.protocol.errors import ApiError
 from hanzo_tasks.protocol.names import ADMIN, DEVELOPER, VIEWER, check_run_id
+from hanzo_tasks.protocol.nesting import deeper_than, depth_message
 
 Json = dict[str, Any]
 NS = "/v1/tasks/namespaces/{ns}"
@@ -142,30 +145,80 @@ def error_response(e: ApiError, node_id: str) -> web.Response:
     return json_response(e.status, e.body(), node_id, headers)
 
 
-async def read_body(request: web.Request, limit: int) -> Json:
-    """The JSON object body; 413 past ``limits.max_body``, judged before or while reading."""
+async def read_body(request: web.Request, limit: int, max_depth: int | None = None) -> Json:
+    """The JSON object body; 413 past ``limits.max_body``, judged before or while reading;
+    400 when it nests deeper than ``max_depth`` (``limits.max_depth``) or is cut short."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("too_large", f"request body over {limit} bytes")
+    raw = await read_raw(request, limit)
+    if not raw.strip():
+        return {}
+    body = parse_json(raw, max_depth if max_depth is not None else max_depth_of(request), request)
+    if not isinstance(body, dict):
+        raise ApiError("invalid_argument", "the JSON body must be an object")
+    return body
+
+
+async def read_raw(request: web.Request, limit: int) -> bytes:
+    """The body's bytes, at most ``limit`` (413 past it).
+
+    A body that ends before its Content-Length (the client lied or went away)
+    is the client's doing: counted and logged quietly, answered 400 (if
+    anyone is still there to read it), never logged as a bug.
+    """
     chunks: list[bytes] = []
     size = 0
     while True:
-        chunk = await request.content.readany()
+        try:
+            chunk = await request.content.readany()
+        except CLIENT_CAUSED as e:
+            _client_error(request, "body_incomplete", "http: %s %s: body cut short: %s",
+                          request.method, request.rel_url.path, type(e).__name__)
+            raise ApiError("invalid_argument", "the request body was cut short or badly framed") from None
         if not chunk:
             break
         size += len(chunk)
         if size > limit:
             raise ApiError("too_large", f"request body over {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        return {}
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes, max_depth: int | None, request: web.Request | None = None) -> Any:
+    """JSON text -> value, or ``ApiError(invalid_argument)``: bad JSON, NaN/Infinity,
+    or nesting deeper than ``max_depth`` (the top level is 1)."""
     try:
-        body = json.loads(raw, parse_constant=reject_constant, parse_float=finite_float)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        value = json.loads(raw, parse_constant=reject_constant, parse_float=finite_float)
+    except RecursionError:  # deeper than Python's own limit (~1000): deeper than any max_depth
+        value = None
+        too_deep = True
+    except (ValueError, UnicodeDecodeError) as e:
         raise ApiError("invalid_argument", f"invalid JSON body: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError("invalid_argument", "the JSON body must be an object")
-    return body
+    else:
+        too_deep = max_depth is not None and deeper_than(value, max_depth)
+    if too_deep:
+        limit = max_depth if max_depth is not None else sys.getrecursionlimit()
+        if request is not None:
+            _client_error(request, "too_deep", "http: %s %s: body nests deeper than %d",
+                          request.method, request.rel_url.path, limit)
+        raise ApiError("invalid_argument", depth_message(limit), {"max_depth": limit})
+    return value
+
+
+DEFAULT_MAX_DEPTH = 64
+"""``limits.max_depth`` when no node is at hand (the config key's default)."""
+
+
+def max_depth_of(request: web.Request) -> int:
+    """``limits.max_depth`` of the node serving ``request``."""
+    node = request.app.get(NODE_KEY)
+    cfg = getattr(node, "cfg", None)
+    return int(getattr(getattr(cfg, "limits", None), "max_depth", DEFAULT_MAX_DEPTH))
+
+
+def _client_error(request: web.Request, kind: str, msg: str, *args: Any) -> None:
+    node = request.app.get(NODE_KEY)
+    client_error(getattr(node, "metrics", None), "http", kind, msg, *args)
 
 
 def reject_constant(name: str) -> Any:

@@ -18,6 +18,7 @@ from aiohttp import web
 from hanzo_tasks.cluster import health
 from hanzo_tasks.cluster.api import mcp as MCP
 from hanzo_tasks.cluster.api import sse as SSE
+from hanzo_tasks.cluster.api.client_errors import ServerLog
 from hanzo_tasks.cluster.api.http import migrations as MIG
 from hanzo_tasks.cluster.api.http import records as REC
 from hanzo_tasks.cluster.api.http.request import (
@@ -406,7 +407,8 @@ class HttpApi:
     def __init__(self, node: Any) -> None:
         self.node = node
         self.router = build_router()
-        self.app = web.Application(client_max_size=node.cfg.limits.max_body + 1)
+        self.app = web.Application(client_max_size=node.cfg.limits.max_body + 1,
+                                   handler_args={"logger": ServerLog(node.metrics)})  # quiet client errors
         self.app[NODE_KEY] = node
         self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Any
 
+from hanzo_tasks.cluster.api.client_errors import client_error
 from hanzo_tasks.cluster.api.fd_budget import connection_caps
 from hanzo_tasks.cluster.api.zap.call import Call
 from hanzo_tasks.cluster.api.zap.fields import Json, text
@@ -151,6 +152,12 @@ class _Connection:
     @property
     def node(self) -> Any:
         return self.server.node
+
+    @property
+    def peer(self) -> str:
+        """The client's address, for log lines."""
+        addr = self.writer.get_extra_info("peername")
+        return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) and len(addr) >= 2 else "?"
 
     async def run(self) -> None:
         try:
@@ -285,11 +292,17 @@ class _Connection:
             await self._respond(op, frame.frame_id, Z.error_body("invalid_argument", "HELLO required"), started)
             await self._linger_close()
             return
+        # HELLO is decoded under the strictest limits (it is small, and may come
+        # from anyone); other bodies under limits.max_items / max_depth.
+        limits = Z.HELLO_LIMITS if op == Z.Op.Hello else self.server.body_limits
         try:
-            body = Z.decode_body(frame.body)
+            body = Z.decode_body(frame.body, limits)
         except Z.BadBody as e:
             self.node.metrics.zap_frames_rejected.labels("bad_body").inc()
+            client_error(self.node.metrics, "zap", "bad_body", "zap: bad body from %s: %s", self.peer, e)
             await self._respond(op, frame.frame_id, Z.error_body("invalid_argument", f"bad body: {e}"), started)
+            if not self.session.hello:  # an undecodable HELLO: nothing to keep the connection for
+                await self._linger_close()
             return
         if op == Z.Op.Hello:
             resp = await self._hello(body)
@@ -517,6 +530,9 @@ class ZapServer:
         self.hello_timeout: float = lim.zap_hello_timeout / 1000.0
         self.idle_timeout: float = lim.zap_idle_timeout / 1000.0
         self.frame_timeout: float = lim.zap_frame_timeout / 1000.0
+        self.body_limits = Z.BodyLimits(max_str_len=cfg.limits.max_frame, max_items=cfg.limits.max_items,
+                                        max_depth=cfg.limits.max_depth)
+        """How an authenticated request body is decoded (HELLO: ``Z.HELLO_LIMITS``)."""
         self.default_namespace: str = cfg.default_namespace
         self._server: asyncio.Server | None = None
         self._conns: dict[_Connection, asyncio.Task[Any] | None] = {}
