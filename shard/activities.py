@@ -106,10 +106,12 @@ def _act_close(ctx: Ctx, act: dict[str, Any], status: str, etype: str, attrs: di
 def _close_in_workflow(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[str, Any]) -> None:
     """An activity scheduled by a workflow closed: record it in the run (SPEC §5.6 live activities).
 
-    Its close events go into the run's history. If the workflow task that
-    scheduled it is still in flight, the worker holding it gets the outcome
-    pushed (0xB2, by the dispatcher, from the ``activity.result`` event);
-    otherwise the close is a trigger event and schedules a workflow task.
+    Its close events go into the run's history. A *live* activity (scheduled by
+    a running task-style handler over 0x006B) whose workflow task is still in
+    flight has its outcome pushed to the worker holding it (0xB2, by the
+    dispatcher, from the ``activity.result`` event). Otherwise the close is a
+    trigger event: it schedules a workflow task, or one after the task in
+    flight (durable code waits for the event in a later task, never a push).
     """
     link = act["workflow"]
     run = ctx.get(ctx.k.run(link["workflowId"], link["runId"]))
@@ -125,10 +127,13 @@ def _close_in_workflow(ctx: Ctx, act: dict[str, Any], etype: str, attrs: dict[st
     else:  # canceled or timed out before any attempt started
         runs.add_event(ctx, run, etype, {"scheduledEventId": seid, **close})
     wt = run.get("wt")
-    if wt and wt["state"] == "STARTED":
+    if wt and wt["state"] == "STARTED" and link.get("live"):
+        # A running task-style handler scheduled it (0x006B) and waits for the push.
         ctx.notify("activity.result", workflow_id=run["workflowId"], run_id=run["runId"],
                    activity_id=act["activityId"], activity_run_id=act["runId"], scheduled_event_id=seid)
     else:
+        # A workflow-task command scheduled it: its close is a trigger event (a task
+        # now, or right after the one in flight, which started before this event).
         runs.schedule_workflow_task(ctx, run)
     runs.save_run(ctx, run)
 
@@ -267,7 +272,8 @@ def op_act_schedule(ctx: Ctx) -> Result:
     seid = runs.add_event(ctx, run, "ACTIVITY_TASK_SCHEDULED", attrs)
     runs.save_run(ctx, run)
     res = create(ctx, spec, aid, ctx.new_run_id(),
-                  workflow={"workflowId": wid, "runId": wrid, "attempt": run["attempt"], "scheduledEventId": seid})
+                  workflow={"workflowId": wid, "runId": wrid, "attempt": run["attempt"], "scheduledEventId": seid,
+                            "live": True})
     ctx.put(link_key, {"rid": res["runId"]})
     runs.track_activity(run, seid, aid, res["runId"])
     runs.save_run(ctx, run)

@@ -241,3 +241,26 @@ def test_activity_scheduled_by_a_workflow_is_idempotent_and_reported_to_the_run(
     assert m.events("w")[-2:] == ["ACTIVITY_TASK_STARTED", "ACTIVITY_TASK_COMPLETED"]
     stale = m.do("act.schedule", **{**tok, "attempt": 9}, activityId="x", start={"type": "charge"})
     assert stale["code"] == "not_found"  # only the holder of the current task may schedule
+
+
+def test_an_activity_of_durable_code_closing_during_another_task_triggers_the_next(tmp_path: Path) -> None:
+    """A workflow-task command scheduled the activity; a signal's task is in flight
+    when it completes. Durable code learns of the completion only from a later
+    task's history: one must follow, or the run waits forever (it did)."""
+    m = M(tmp_path)
+    m.do("wf.start", start={"type": "T", "workflowId": "w", "taskQueue": "q"})
+    m.lease("w")
+    res = m.do("wt.complete", **m.token("w"), identity="w1", commands=[
+        {"type": "ScheduleActivityTask", "activity_type": "charge", "activity_id": "1"}])
+    assert res["ok"], res
+    act = next(a for a in m.run("w")["openActs"].values() if a["activityId"] == "1")
+    m.do("wf.signal", workflowId="w", name="approve", input="ann")
+    assert m.lease("w")["ok"]  # the signal's task is in flight ...
+    assert m.do("act.lease", activityId="1", runId=act["runId"], attempt=1, nonce="a1", identity="w2")["ok"]
+    done = m.do("act.complete", activityId="1", runId=act["runId"], result=42)  # ... when the activity ends
+    assert done["ok"], done
+    assert not any(e["kind"] == "activity.result" for e in done.get("_events", ())), "pushed to nobody waiting"
+    assert m.do("wt.complete", **m.token("w"), identity="w1", commands=[])["ok"]
+    wt = m.run("w")["wt"]
+    assert wt is not None and wt["state"] == "SCHEDULED", "no workflow task followed the activity's close"
+    assert m.events("w")[-1] == "WORKFLOW_TASK_SCHEDULED"
