@@ -103,3 +103,11 @@ THROUGHPUT_ARGS ?=
 .PHONY: bench-throughput
 bench-throughput: $(STAMP)
 	$(PY) -m bench.throughput $(THROUGHPUT_ARGS)
+
+# A 3-activity durable workflow end to end (client start -> handle.result) on 1 and 3 nodes,
+# beside the task-style handler doing the same three calls (issue 15).
+# WORKFLOWS_ARGS=--quick: 1 and 16 clients, 2 s a row (~1 min).
+WORKFLOWS_ARGS ?=
+.PHONY: bench-workflows
+bench-workflows: $(STAMP)
+	$(PY) -m bench.workflows $(WORKFLOWS_ARGS)
