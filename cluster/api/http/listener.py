@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from hanzo_tasks.cluster.api.client_errors import client_error
 from hanzo_tasks.cluster.api.fd_budget import connection_caps
 
 log = logging.getLogger("hanzo_tasks.http")
@@ -91,7 +92,15 @@ class ConnectionGate:
             self.per_address.pop(addr, None)
 
     def refused(self, addr: str, reason: str) -> None:
+        """Count a refusal; log it as the ZAP listener does: the node-wide cap as a
+        WARNING at most once a minute, one address over its cap as a client error
+        (INFO, rate-limited, not counted again in ``tasks_client_errors_total``)."""
         self.metrics.connection_limited("http", reason)
+        if reason == "per_address":
+            client_error(None, "http", reason, "http: %s holds %d connections "
+                         "(listeners.http_max_connections_per_address); answering 503 to new ones from it",
+                         addr, self.per_address.get(addr, 0))
+            return
         now = time.monotonic()
         if now - self._warned.get(reason, -WARN_EVERY) >= WARN_EVERY:
             self._warned[reason] = now
