@@ -55,11 +55,20 @@ chaos: $(STAMP)
 	$(PY) -m chaos long --with-migration --nodes 4 --replication-factor 3 --duration $${CHAOS_DURATION:-1800} --out chaos-long.json
 
 # The property tests with fresh random examples (`make test` uses fixed ones);
-# FUZZ_ROUNDS runs of every file that uses hypothesis.
-.PHONY: fuzz
+# FUZZ_ROUNDS runs of every file that uses hypothesis, the hostile-client fuzzer
+# (tests/cluster/api/test_hostile_fuzz.py: random ZAP frames, msgpack bodies and
+# HTTP requests at one node) among them. `make fuzz-hostile` runs that one alone,
+# longer: HOSTILE_FUZZ_EXAMPLES (2000) examples per test and round.
+.PHONY: fuzz fuzz-hostile
 fuzz: $(STAMP)
 	for i in $$(seq $${FUZZ_ROUNDS:-5}); do \
 	  HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider $$(grep -rl "from hypothesis" tests) || exit 1; \
+	done
+
+fuzz-hostile: $(STAMP)
+	for i in $$(seq $${FUZZ_ROUNDS:-5}); do \
+	  HYPOTHESIS_PROFILE=fuzz HOSTILE_FUZZ_EXAMPLES=$${HOSTILE_FUZZ_EXAMPLES:-2000} \
+	    $(PY) -m pytest -q -p no:cacheprovider tests/cluster/api/test_hostile_fuzz.py || exit 1; \
 	done
 
 cluster: $(STAMP)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from hanzo_tasks.cluster.api.http.listener import HttpRunner
+from hanzo_tasks.cluster.api.http.listener import HttpRunner, HttpSite
 from hanzo_tasks.cluster.api.http.server import HttpApi
 from hanzo_tasks.cluster.api.sse import SseHub
 from hanzo_tasks.cluster.api.zap.server import ZapServer
@@ -213,7 +213,7 @@ class Node:
         await self._runner.setup()
         host, port = split_addr(cfg.http)
         api_tls = self.tls.api.context if self.tls.api is not None else None
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=api_tls)
+        site = HttpSite(self._runner, host, port, reuse_address=True, ssl_context=api_tls)
         await site.start()
         bound = self._runner.addresses  # what the listening sockets are bound to
         bound_port = bound[0][1] if bound else port

@@ -16,6 +16,14 @@ deadline, so this module adds them:
 * a middleware arms a timer per request whose body has not fully arrived when
   the handler starts; when it fires, the body's stream fails with ``408
   Request Timeout`` (aiohttp answers it and closes the connection).
+* :class:`HttpSite` is a ``TCPSite`` that bounds the TLS handshake. Over HTTPS
+  neither the gate nor aiohttp's keep-alive timer sees a connection until its
+  handshake is done (asyncio calls ``connection_made`` only then), and
+  ``TCPSite`` passes no handshake timeout, so asyncio's default of 60 s applied
+  to a client that connects and never sends its ClientHello. The site gives
+  ``loop.create_server`` the runner's ``tls_handshake_timeout``: the keep-alive
+  timeout, at most :data:`TLS_HANDSHAKE_TIMEOUT` (a connection in its handshake
+  has no complete request either).
 
 Each refusal is counted in ``tasks_connection_limits_total{listener="http"}``.
 """
@@ -30,12 +38,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from hanzo_tasks.cluster.api.client_errors import client_error
 from hanzo_tasks.cluster.api.fd_budget import connection_caps
 
 log = logging.getLogger("hanzo_tasks.http")
 
 WARN_EVERY = 60.0
 """A repeated warning about refused connections is logged at most this often."""
+TLS_HANDSHAKE_TIMEOUT = 10.0
+"""Longest TLS handshake of an HTTPS connection, in seconds (the ZAP listener's too)."""
 
 _BUSY_BODY = json.dumps({"code": "unavailable", "message": "too many connections; retry"}).encode()
 BUSY_RESPONSE = (
@@ -81,7 +92,15 @@ class ConnectionGate:
             self.per_address.pop(addr, None)
 
     def refused(self, addr: str, reason: str) -> None:
+        """Count a refusal; log it as the ZAP listener does: the node-wide cap as a
+        WARNING at most once a minute, one address over its cap as a client error
+        (INFO, rate-limited, not counted again in ``tasks_client_errors_total``)."""
         self.metrics.connection_limited("http", reason)
+        if reason == "per_address":
+            client_error(None, "http", reason, "http: %s holds %d connections "
+                         "(listeners.http_max_connections_per_address); answering 503 to new ones from it",
+                         addr, self.per_address.get(addr, 0))
+            return
         now = time.monotonic()
         if now - self._warned.get(reason, -WARN_EVERY) >= WARN_EVERY:
             self._warned[reason] = now
@@ -142,12 +161,14 @@ class HttpRunner(web.AppRunner):
     a body deadline middleware (added to ``app`` before it is frozen) and a
     connection gate in front of aiohttp's protocol factory."""
 
-    __slots__ = ("gate",)
+    __slots__ = ("gate", "tls_handshake_timeout")
 
     def __init__(self, app: web.Application, cfg: Any, metrics: Any, **kwargs: Any) -> None:
         lim = cfg.listeners
         kwargs.setdefault("keepalive_timeout", lim.http_keepalive_timeout / 1000.0)
         super().__init__(app, **kwargs)
+        self.tls_handshake_timeout = min(TLS_HANDSHAKE_TIMEOUT, lim.http_keepalive_timeout / 1000.0)
+        """Seconds an HTTPS connection may take to complete its TLS handshake (:class:`HttpSite`)."""
         self.gate = ConnectionGate(connection_caps(cfg).http, lim.http_max_connections_per_address, metrics)
         app.middlewares.append(body_deadline(lim.http_body_timeout / 1000.0, metrics))
 
@@ -159,6 +180,30 @@ class HttpRunner(web.AppRunner):
             return None
         gate = self.gate
         return lambda: _GatedConnection(gate, inner)
+
+
+class HttpSite(web.TCPSite):
+    """A ``TCPSite`` whose TLS handshakes are bounded by the runner's
+    ``tls_handshake_timeout`` (``TLS_HANDSHAKE_TIMEOUT`` for another runner).
+
+    ``TCPSite.start`` has no way to pass ``ssl_handshake_timeout`` to
+    ``loop.create_server``; this ``start`` does what it does, with it."""
+
+    __slots__ = ()
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        tls = self._ssl_context
+        timeout = getattr(self._runner, "tls_handshake_timeout", TLS_HANDSHAKE_TIMEOUT)
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=tls, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port,
+            ssl_handshake_timeout=timeout if tls is not None else None,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 
 
 def body_deadline(timeout: float, metrics: Any) -> Any:
@@ -207,4 +252,4 @@ def body_deadline(timeout: float, metrics: Any) -> Any:
     return middleware
 
 
-__all__ = ["BUSY_RESPONSE", "ConnectionGate", "HttpRunner", "body_deadline"]
+__all__ = ["BUSY_RESPONSE", "TLS_HANDSHAKE_TIMEOUT", "ConnectionGate", "HttpRunner", "HttpSite", "body_deadline"]

@@ -560,11 +560,19 @@ class ZapServer:
         return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
     def _refuse(self, writer: asyncio.StreamWriter, reason: str, msg: str, *args: Any) -> None:
+        """Close a connection at accept. The node-wide cap is the operator's
+        business: a WARNING, at most once a minute. One address over its own
+        cap is that client's doing (a flood, or many clients behind one NAT):
+        a rate-limited INFO line (``client_error``; the count is
+        ``tasks_connection_limits_total``, so it is not counted again)."""
         self.node.metrics.connection_limited("zap", reason)
-        now = time.monotonic()
-        if now - self._warned.get(reason, -WARN_EVERY) >= WARN_EVERY:
-            self._warned[reason] = now
-            log.warning(msg + " (logged at most once a minute)", *args)
+        if reason == "per_address":
+            client_error(None, "zap", reason, msg, *args)
+        else:
+            now = time.monotonic()
+            if now - self._warned.get(reason, -WARN_EVERY) >= WARN_EVERY:
+                self._warned[reason] = now
+                log.warning(msg + " (logged at most once a minute)", *args)
         writer.transport.abort()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
