@@ -13,6 +13,7 @@ that came with the full history) means a full replay from history.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import sys
 import threading
@@ -67,6 +68,13 @@ class DurableWorkflowTasks(WorkerTransport):
             stats = self.__dict__["_durable_stats"] = {"sticky": 0, "replays": 0}
         return stats  # type: ignore[no-any-return]
 
+    def _busy_runs(self) -> set[str]:
+        """Runs whose workflow step is running on the pool now."""
+        busy = self.__dict__.get("_durable_busy")
+        if busy is None:
+            busy = self.__dict__["_durable_busy"] = set()
+        return busy  # type: ignore[no-any-return]
+
     def evict(self, run_id: str) -> None:
         """Drop a run's executor: its next workflow task replays the whole history."""
         ex = self._sticky_cache().pop(run_id, None)
@@ -98,11 +106,16 @@ class DurableWorkflowTasks(WorkerTransport):
             else:
                 self.durable_stats["sticky"] += 1
             cache.pop(run_id, None)
-            while cache and len(cache) >= self.max_cached_runs:  # the least recently used go
-                _, old = cache.popitem(last=False)
-                old.close()
+            busy = self._busy_runs()
+            # The least recently used go, but never one whose step is running now
+            # (closing it under its step failed that task): the cache may overflow
+            # by the number of steps in flight.
+            for old_id in [r for r in cache if r not in busy][: max(0, len(cache) + 1 - self.max_cached_runs)]:
+                cache.pop(old_id).close()
             cache[run_id] = ex
+            busy.add(run_id)
             step = loop.run_in_executor(self._pool, _step, ex, events)
+            step.add_done_callback(functools.partial(_not_busy, busy, run_id))
             try:
                 result = await asyncio.wait_for(asyncio.shield(step), self.workflow_step_timeout)
             except TimeoutError:
@@ -233,6 +246,10 @@ class DurableWorkflowTasks(WorkerTransport):
         finally:
             if fresh and ex is not None:
                 ex.close()
+
+
+def _not_busy(busy: set[str], run_id: str, _done: Any) -> None:
+    busy.discard(run_id)
 
 
 def _step(ex: WorkflowExecutor, events: list[Event]) -> StepResult:
