@@ -20,6 +20,7 @@ from hanzo_tasks.cluster.api import mcp as MCP
 from hanzo_tasks.cluster.api import sse as SSE
 from hanzo_tasks.cluster.api.client_errors import ServerLog
 from hanzo_tasks.cluster.api.http import migrations as MIG
+from hanzo_tasks.cluster.api.http import openapi as OPENAPI
 from hanzo_tasks.cluster.api.http import records as REC
 from hanzo_tasks.cluster.api.http.request import (
     NODE_KEY,
@@ -398,6 +399,7 @@ def build_router() -> Router:
     r.add("GET", tq + "/{q}/partitions", h_tq_partitions, role=V)
     r.add("GET", NS + "/workers", h_workers_list, role=V)
     r.add("GET", NS + "/workers/{identity}", h_worker_get, role=V)
+    r.add("GET", OPENAPI.PATH, OPENAPI.handler(r), role=None)  # built from this table on first use
     return r
 
 
