@@ -22,6 +22,7 @@ from typing import Any
 
 from hanzo_tasks.cluster.api.http.openapi_shapes import (
     DURATION,
+    ID,
     RUN_ID,
     SCHEMAS,
     STATUS_ONLY,
@@ -269,8 +270,6 @@ _PATH_PARAM: dict[str, Schema] = {
     "email": {"type": "string", "pattern": "^[^@\\s/]+@[^@\\s/]+$", "maxLength": 254},
     "name": {"type": "string", "minLength": 1, "maxLength": 255},
 }
-_ID: Schema = {"type": "string", "minLength": 1, "maxLength": 255,
-               "description": "1-255 bytes of UTF-8, no control characters, no /, not . or .."}
 
 
 def undocumented(router: Router) -> list[tuple[str, str]]:
@@ -348,7 +347,7 @@ def _operation(op: Op, method: str, params: list[str], status: int, needs_token:
     query = list(op.query)
     if method == "GET" and "ns" in params:
         query.append("stale")  # the server's read barrier reads it on every such route
-    parameters = [{"name": p, "in": "path", "required": True, "schema": _PATH_PARAM.get(p, _ID)}
+    parameters = [{"name": p, "in": "path", "required": True, "schema": _PATH_PARAM.get(p, ID)}
                   for p in params]
     parameters += [{"name": q, "in": "query", "required": False, "schema": QUERY[q][0],
                     "description": QUERY[q][1]} for q in dict.fromkeys(query)]

@@ -41,7 +41,11 @@ ANY: Schema = {}
 TIME: Schema = {"type": "string", "format": "date-time"}
 DURATION: Schema = {"type": "string", "description": "a duration such as \"10s\", \"1m30s\" or \"720h\"",
                     "examples": ["10s"]}
-NAMED: Schema = {"oneOf": [obj({"name": STR}, ("name",)), STR],
+ID: Schema = {"type": "string", "pattern": "^[^/\\u0000-\\u001f\\u007f-\\u009f]{1,255}$",
+              "not": {"enum": [".", ".."]},
+              "description": "an Id (SPEC §1): 1-255 bytes of UTF-8, no control characters, no /, "
+                             "not . or .."}
+NAMED: Schema = {"oneOf": [obj({"name": ID}, ("name",)), ID],
                  "description": "{\"name\": ...}; a bare string is accepted too"}
 STATUS: Schema = {"type": "string", "description": "WORKFLOW_EXECUTION_STATUS_ + RUNNING, CANCELING, COMPLETED, "
                                                    "FAILED, CANCELED, TERMINATED, TIMED_OUT or CONTINUED_AS_NEW"}
@@ -73,7 +77,7 @@ SCHEMAS: dict[str, Schema] = {
         "started": {"type": "boolean", "description": "start and signal-with-start only"},
     }, ("execution", "type", "status"), description="A run (SPEC §5.1)."),
     "StartWorkflow": obj({
-        "workflowId": STR, "runId": RUN_ID, "workflowType": NAMED, "taskQueue": NAMED, "input": ANY,
+        "workflowId": ID, "runId": RUN_ID, "workflowType": NAMED, "taskQueue": NAMED, "input": ANY,
         "requestId": REQUEST_ID,
         "workflowIdConflictPolicy": {"type": "string",
                                      "description": "WORKFLOW_ID_CONFLICT_POLICY_ + FAIL (default), "
@@ -83,7 +87,7 @@ SCHEMAS: dict[str, Schema] = {
         "searchAttributes": {"type": "object"}, "identity": STR,
     }, ("workflowType",), description="SPEC §5.3."),
     "SignalWithStart": {"allOf": [ref("StartWorkflow"), obj(
-        {"signalName": STR, "signalPayload": ANY, "signalInput": ANY}, ("signalName",))]},
+        {"signalName": ID, "signalPayload": ANY, "signalInput": ANY}, ("signalName",))]},
     "DescribeWorkflow": obj({
         "workflowExecutionInfo": ref("WorkflowExecution"),
         "executionConfig": obj({"taskQueue": obj({"name": STR}), "workflowExecutionTimeout": DURATION,
@@ -92,7 +96,7 @@ SCHEMAS: dict[str, Schema] = {
         "pendingActivities": {"type": "array", "items": {"type": "object"}},
         "pendingWorkflowTask": {"type": "object"},
     }, ("workflowExecutionInfo",)),
-    "Signal": obj({"name": STR, "payload": ANY, "input": ANY, "identity": STR, "requestId": REQUEST_ID},
+    "Signal": obj({"name": ID, "payload": ANY, "input": ANY, "identity": STR, "requestId": REQUEST_ID},
                   ("name",)),
     "Reason": obj({"reason": STR, "identity": STR}),
     "Query": obj({"queryType": STR, "args": ANY, "timeout": DURATION}, ("queryType",)),
@@ -122,7 +126,7 @@ SCHEMAS: dict[str, Schema] = {
         "visibilityArchivalUri": STR, "customData": {"type": "object", "additionalProperties": STR},
     }),
     "Schedule": obj({
-        "scheduleId": STR, "namespace": STR,
+        "scheduleId": ID, "namespace": STR,
         "spec": obj({"cronString": {"type": "array", "items": STR},
                      "interval": {"type": "array", "items": obj({"interval": DURATION, "phase": DURATION},
                                                                 ("interval",))},
@@ -150,21 +154,21 @@ SCHEMAS: dict[str, Schema] = {
         "totalOperationCount": INT, "completeOperationCount": INT, "failureOperationCount": INT,
         "identity": STR, "rps": {"type": "number"},
     }, ("batchId", "state")),
-    "DeploymentCreate": obj({"name": STR, "description": STR, "ownerEmail": STR,
+    "DeploymentCreate": obj({"name": ID, "description": STR, "ownerEmail": STR,
                              "defaultCompute": {"type": "object"}}, ("name",)),
     "DeploymentUpdate": obj({"description": STR, "ownerEmail": STR, "defaultCompute": {"type": "object"}}),
     "Deployment": obj({"name": STR, "namespace": STR, "description": STR, "ownerEmail": STR,
                        "defaultCompute": {"type": "object"},
                        "versions": {"type": "array", "items": ref("DeploymentVersion")},
                        "defaultBuildId": STR, "createTime": TIME, "updateTime": TIME}, ("name",)),
-    "VersionCreate": obj({"buildId": STR, "description": STR, "compute": {"type": "object"}, "image": STR,
+    "VersionCreate": obj({"buildId": ID, "description": STR, "compute": {"type": "object"}, "image": STR,
                           "env": {"type": "object"}}, ("buildId",)),
     "VersionUpdate": obj({"description": STR, "compute": {"type": "object"}, "image": STR,
                           "env": {"type": "object"}}),
     "DeploymentVersion": obj({"buildId": STR, "state": STR, "description": STR, "compute": {"type": "object"},
                               "image": STR, "env": {"type": "object"}, "createTime": TIME,
                               "updateTime": TIME}, ("buildId",)),
-    "SetCurrent": obj({"buildId": STR}, ("buildId",)),
+    "SetCurrent": obj({"buildId": ID}, ("buildId",)),
     "Validation": obj({"networkOk": BOOL, "workerRegistered": BOOL, "heartbeatReceived": BOOL,
                        "latencyMs": {"type": "number"}, "errors": {"type": "array", "items": STR}},
                       ("networkOk", "workerRegistered", "heartbeatReceived", "latencyMs", "errors")),
@@ -176,7 +180,7 @@ SCHEMAS: dict[str, Schema] = {
     "SearchAttribute": obj({"name": STR, "type": {"type": "string", "enum": [
         "Keyword", "Text", "Int", "Double", "Bool", "Datetime", "KeywordList"]}}, ("name", "type")),
     "ActivityStart": obj({
-        "activityId": STR, "runId": RUN_ID, "activityType": NAMED, "taskQueue": STR, "input": ANY,
+        "activityId": ID, "runId": RUN_ID, "activityType": NAMED, "taskQueue": ID, "input": ANY,
         "retryPolicy": ref("RetryPolicy"), "scheduleToCloseTimeout": DURATION,
         "scheduleToStartTimeout": DURATION, "startToCloseTimeout": DURATION, "heartbeatTimeout": DURATION,
         "identity": STR, "requestId": REQUEST_ID,
