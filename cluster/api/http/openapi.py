@@ -60,8 +60,9 @@ class Op:
     """The request body's schema name in ``components.schemas`` (None: no body is read)."""
     query: tuple[str, ...] = ()
     """Names in :data:`QUERY`."""
-    errors: tuple[int, ...] = ()
-    """Statuses of this route beyond the common ones (SPEC §4, column Errors)."""
+    also: tuple[int, ...] = ()
+    """Statuses of this route beyond its success and the common errors (SPEC §4, column Errors;
+    202 where an answer may come before the outcome)."""
 
 
 PAGE = ("pageSize", "nextPageToken")
@@ -110,23 +111,23 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/tasks/cluster/health"): Op("cluster_health", "Quorum health (503 when degraded)",
                                             "cluster", ref("ClusterHealth")),
     ("POST", "/v1/tasks/cluster/members"): Op("member_add", "Add a node (operator token)", "cluster",
-                                              {"type": "object"}, "MemberAdd", errors=(409,)),
+                                              {"type": "object"}, "MemberAdd", also=(409,)),
     ("DELETE", "/v1/tasks/cluster/members/{id}"): Op("member_remove", "Remove a node (operator token)",
-                                                     "cluster", {"type": "object"}, errors=(409,)),
+                                                     "cluster", {"type": "object"}, also=(409,)),
     ("GET", "/v1/tasks/migrations"): Op("migration_list", "Migration jobs of the caller's org", "cluster",
                                         page_of("jobs", ref("Job")), query=PAGE),
     ("GET", "/v1/tasks/migrations/{id}"): Op("migration_get", "One migration job", "cluster", ref("Job")),
     ("GET", "/v1/tasks/events"): Op("events", "Server-Sent Events (text/event-stream, SPEC §6)", "service",
                                     query=("namespace", "kinds", "lastEventId", "access_token")),
-    ("POST", "/v1/tasks/mcp"): Op("mcp", "MCP over JSON-RPC (SPEC §7)", "service", {"type": "object"},
-                                  "JsonRpc"),
+    ("POST", "/v1/tasks/mcp"): Op("mcp", "MCP over JSON-RPC (SPEC §7); 202 without a body for a notification",
+                                  "service", {"type": "object"}, "JsonRpc", also=(202,)),
     ("GET", "/v1/tasks/nexus"): Op("nexus_org", "Nexus endpoints of every namespace", "nexus",
                                    page_of("endpoints", ref("NexusEndpoint")), query=(*PAGE, "stale")),
     # namespaces
     ("GET", "/v1/tasks/namespaces"): Op("namespace_list", "List namespaces", "namespaces",
                                         page_of("namespaces", ref("Namespace")), query=PAGE),
     ("POST", "/v1/tasks/namespaces"): Op("namespace_create", "Register a namespace", "namespaces",
-                                         ref("Namespace"), "Namespace", errors=(409,)),
+                                         ref("Namespace"), "Namespace", also=(409,)),
     ("GET", NS): Op("namespace_get", "Describe a namespace", "namespaces", ref("Namespace")),
     ("DELETE", NS): Op("namespace_delete", "Delete a namespace (DELETED until purged)", "namespaces",
                        ref("Namespace")),
@@ -135,15 +136,15 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", NS + "/archival"): Op("namespace_archival", "Archival (always disabled)", "namespaces",
                                   {"type": "object"}),
     ("POST", NS + "/migrate"): Op("namespace_migrate", "Move a namespace to another node or partition",
-                                  "namespaces", ref("Job"), "Migrate", errors=(409,)),
+                                  "namespaces", ref("Job"), "Migrate", also=(409,)),
     ("GET", NS + "/dead-letters"): Op("dead_letters", "Runs that failed for good", "workflows",
                                       page_of("executions", WE), query=(*PAGE, "query")),
     # workflows
     ("GET", _WF): Op("workflow_list", "List runs", "workflows", page_of("executions", WE),
                      query=(*PAGE, "query")),
-    ("POST", _WF): Op("workflow_start", "Start a workflow", "workflows", WE, "StartWorkflow", errors=(409,)),
+    ("POST", _WF): Op("workflow_start", "Start a workflow", "workflows", WE, "StartWorkflow", also=(409,)),
     ("POST", _WF + "/signal-with-start"): Op("workflow_signal_with_start", "Signal, starting if needed",
-                                             "workflows", WE, "SignalWithStart", errors=(409,)),
+                                             "workflows", WE, "SignalWithStart", also=(409,)),
     ("GET", _WF + "/{id}"): Op("workflow_describe", "Describe a run", "workflows", ref("DescribeWorkflow"),
                                query=RUN),
     ("POST", _WF + "/{id}/cancel"): Op("workflow_cancel", "Request cancellation", "workflows", WE, "Reason",
@@ -151,29 +152,29 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", _WF + "/{id}/terminate"): Op("workflow_terminate", "Terminate a run", "workflows", WE, "Reason",
                                           query=RUN),
     ("POST", _WF + "/{id}/signal"): Op("workflow_signal", "Signal a run", "workflows", STATUS_ONLY, "Signal",
-                                       query=RUN, errors=(409,)),
+                                       query=RUN, also=(409,)),
     ("GET", _WF + "/{id}/history"): Op("workflow_history", "A run's history", "workflows", ref("History"),
                                        query=(*RUN, "after", "reverse", *PAGE)),
     ("POST", _WF + "/{id}/query"): Op("workflow_query", "Query a run", "workflows", ref("QueryResult"),
-                                      "Query", query=RUN, errors=(409, 504)),
+                                      "Query", query=RUN, also=(409, 504)),
     ("POST", _WF + "/{id}/metadata"): Op("workflow_metadata", "Set a run's user metadata", "workflows", WE,
                                          "WorkflowMetadata", query=RUN),
     ("GET", _WF + "/{id}/executions"): Op("workflow_executions", "Every run of a workflow id", "workflows",
                                           page_of("executions", WE), query=PAGE),
     ("POST", _WF + "/{id}/reset"): Op("workflow_reset", "Reset to an event", "workflows", WE, "Reset"),
     ("GET", _WF + "/{id}/result"): Op("workflow_result", "Wait for a run's result (long poll)", "workflows",
-                                      ref("WorkflowResult"), query=(*RUN, "wait", "follow")),
+                                      ref("WorkflowResult"), query=(*RUN, "wait", "follow"), also=(202,)),
     # schedules
     ("GET", _SC): Op("schedule_list", "List schedules", "schedules", page_of("schedules", ref("Schedule")),
                      query=PAGE),
     ("POST", _SC): Op("schedule_create", "Create a schedule", "schedules", ref("Schedule"), "Schedule",
-                      query=("upsert",), errors=(409,)),
+                      query=("upsert",), also=(409,)),
     ("GET", _SC + "/{sid}"): Op("schedule_describe", "Describe a schedule", "schedules", ref("Schedule")),
     ("POST", _SC + "/{sid}"): Op("schedule_update", "Replace spec, action and policies", "schedules",
-                                 ref("Schedule"), "Schedule", errors=(409,)),
+                                 ref("Schedule"), "Schedule", also=(409,)),
     ("DELETE", _SC + "/{sid}"): Op("schedule_delete", "Delete a schedule", "schedules", STATUS_ONLY),
     ("POST", _SC + "/{sid}/trigger"): Op("schedule_trigger", "Start now", "schedules", ref("TriggerResult"),
-                                         "ScheduleTrigger", errors=(409,)),
+                                         "ScheduleTrigger", also=(409,)),
     ("GET", _SC + "/{sid}/matching-times"): Op("schedule_times", "Nominal times in a window", "schedules",
                                                ref("MatchingTimes"), query=("from", "start", "to", "end")),
     ("POST", _SC + "/{sid}/pause"): Op("schedule_pause", "Pause", "schedules", STATUS_ONLY, "Note"),
@@ -184,30 +185,30 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                            page_of("searchAttributes", ref("SearchAttribute")), query=PAGE),
     ("POST", NS + "/search-attributes"): Op("search_attribute_add", "Register a search attribute",
                                             "search-attributes", ref("SearchAttribute"), "SearchAttribute",
-                                            errors=(409,)),
+                                            also=(409,)),
     ("DELETE", NS + "/search-attributes/{name}"): Op("search_attribute_remove", "Remove a search attribute",
                                                      "search-attributes", STATUS_ONLY),
     # standalone activities
     ("GET", _ACT): Op("activity_list", "List standalone activities", "activities",
                       page_of("activities", ACT), query=(*PAGE, "cursor")),
     ("POST", _ACT): Op("activity_start", "Start a standalone activity", "activities", ACT, "ActivityStart",
-                       errors=(409,)),
+                       also=(409,)),
     ("GET", _ACT + "/{aid}/{rid}"): Op("activity_describe", "Describe an activity", "activities", ACT),
     ("POST", _ACT + "/{aid}/{rid}/cancel"): Op("activity_cancel", "Cancel an activity", "activities", ACT,
-                                               "Reason", errors=(409,)),
+                                               "Reason", also=(409,)),
     ("POST", _ACT + "/{aid}/{rid}/complete"): Op("activity_complete", "Complete an activity", "activities",
-                                                 ACT, "ActivityComplete", errors=(409,)),
+                                                 ACT, "ActivityComplete", also=(409,)),
     ("POST", _ACT + "/{aid}/{rid}/fail"): Op("activity_fail", "Fail an attempt", "activities", ACT,
-                                             "ActivityFail", errors=(409,)),
+                                             "ActivityFail", also=(409,)),
     ("POST", _ACT + "/{aid}/{rid}/heartbeat"): Op("activity_heartbeat", "Heartbeat", "activities", ACT,
-                                                  "ActivityHeartbeat", errors=(409,)),
+                                                  "ActivityHeartbeat", also=(409,)),
     ("GET", _ACT + "/{aid}/{rid}/history"): Op("activity_history", "An activity's history", "activities",
                                                ref("History"), query=("after", "reverse", *PAGE)),
     # batches
     ("GET", NS + "/batches"): Op("batch_list", "List batch operations", "batches",
                                  page_of("batches", ref("BatchOperation")), query=PAGE),
     ("POST", NS + "/batches"): Op("batch_start", "Start a batch operation", "batches", ref("BatchOperation"),
-                                  "BatchStart", errors=(409,)),
+                                  "BatchStart", also=(409,)),
     ("GET", NS + "/batches/{bid}"): Op("batch_describe", "Describe a batch", "batches",
                                        ref("BatchOperation")),
     ("POST", NS + "/batches/{bid}/terminate"): Op("batch_terminate", "Stop a batch", "batches",
@@ -235,20 +236,20 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", _DEP): Op("deployment_list", "List deployments", "deployments",
                       page_of("deployments", ref("Deployment")), query=PAGE),
     ("POST", _DEP): Op("deployment_create", "Create a deployment", "deployments", ref("Deployment"),
-                       "DeploymentCreate", errors=(409,)),
+                       "DeploymentCreate", also=(409,)),
     ("GET", _DEP + "/{name}"): Op("deployment_get", "Describe a deployment", "deployments", ref("Deployment")),
     ("POST", _DEP + "/{name}"): Op("deployment_update", "Update a deployment", "deployments",
                                    ref("Deployment"), "DeploymentUpdate"),
     ("DELETE", _DEP + "/{name}"): Op("deployment_delete", "Delete a deployment", "deployments", STATUS_ONLY,
-                                     query=("force",), errors=(409,)),
+                                     query=("force",), also=(409,)),
     ("POST", _DEP + "/{name}/set-current"): Op("deployment_set_current", "Make a build current",
                                                "deployments", ref("Deployment"), "SetCurrent"),
     ("POST", _DEP + "/{name}/versions"): Op("version_add", "Add a version", "deployments",
-                                            ref("DeploymentVersion"), "VersionCreate", errors=(409,)),
+                                            ref("DeploymentVersion"), "VersionCreate", also=(409,)),
     ("POST", _DEP + "/{name}/versions/{buildId}"): Op("version_update", "Update a version", "deployments",
                                                       ref("DeploymentVersion"), "VersionUpdate"),
     ("DELETE", _DEP + "/{name}/versions/{buildId}"): Op("version_delete", "Delete a version", "deployments",
-                                                        ref("Deployment"), errors=(409,)),
+                                                        ref("Deployment"), also=(409,)),
     ("POST", _DEP + "/{name}/versions/{buildId}/validate"): Op(
         "version_validate", "Check a build's workers", "deployments", ref("Validation"), "Empty"),
     ("GET", NS + "/nexus"): Op("nexus_list", "List nexus endpoints", "nexus",
@@ -260,7 +261,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
 
 OUTSIDE_ROUTER: dict[tuple[str, str], Op] = {
     ("GET", "/readyz"): Op("readyz", "Readiness (503 with reasons until ready)", "service",
-                           {"type": "object"}, errors=(503,)),
+                           {"type": "object"}, also=(503,)),
     ("GET", "/metrics"): Op("metrics", "Prometheus metrics (text)", "service"),
 }
 """Routes the server answers before the route table (SPEC §4.2), documented all the same."""
@@ -330,9 +331,8 @@ def statuses(method: str, params: list[str], status: int, needs_token: bool, ext
 
 def _operation(op: Op, method: str, params: list[str], status: int, needs_token: bool,
                common: bool = True) -> Json:
-    extra = op.errors + ((202,) if op.id == "workflow_result" else ())
     responses: dict[str, Any] = {}
-    for s in statuses(method, params, status, needs_token, extra, common):
+    for s in statuses(method, params, status, needs_token, op.also, common):
         if s < 300:
             answer: Json = {"description": "success"}
             if op.answer is not None:

@@ -38,6 +38,7 @@ SPEC_EXTRA: dict[tuple[str, str], set[int]] = {
     ("POST", NS + "/workflows/{id}/signal"): {409},
     ("POST", NS + "/workflows/{id}/query"): {409, 504},
     ("GET", NS + "/workflows/{id}/result"): {202},
+    ("POST", "/v1/tasks/mcp"): {202},
     ("POST", NS + "/schedules"): {409},
     ("POST", NS + "/schedules/{sid}"): {409},
     ("POST", NS + "/schedules/{sid}/trigger"): {409},
