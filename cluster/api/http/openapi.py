@@ -63,6 +63,8 @@ class Op:
     also: tuple[int, ...] = ()
     """Statuses of this route beyond its success and the common errors (SPEC §4, column Errors;
     202 where an answer may come before the outcome)."""
+    bodiless: tuple[int, ...] = ()
+    """Success statuses answered without a body."""
 
 
 PAGE = ("pageSize", "nextPageToken")
@@ -120,7 +122,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/tasks/events"): Op("events", "Server-Sent Events (text/event-stream, SPEC §6)", "service",
                                     query=("namespace", "kinds", "lastEventId", "access_token")),
     ("POST", "/v1/tasks/mcp"): Op("mcp", "MCP over JSON-RPC (SPEC §7); 202 without a body for a notification",
-                                  "service", {"type": "object"}, "JsonRpc", also=(202,)),
+                                  "service", {"type": "object"}, "JsonRpc", also=(202,), bodiless=(202,)),
     ("GET", "/v1/tasks/nexus"): Op("nexus_org", "Nexus endpoints of every namespace", "nexus",
                                    page_of("endpoints", ref("NexusEndpoint")), query=(*PAGE, "stale")),
     # namespaces
@@ -335,7 +337,9 @@ def _operation(op: Op, method: str, params: list[str], status: int, needs_token:
     for s in statuses(method, params, status, needs_token, op.also, common):
         if s < 300:
             answer: Json = {"description": "success"}
-            if op.answer is not None:
+            if s in op.bodiless:
+                pass
+            elif op.answer is not None:
                 answer["content"] = _json(op.answer)
             elif op.id == "events":
                 answer["content"] = {"text/event-stream": {"schema": {"type": "string"}}}

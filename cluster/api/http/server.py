@@ -412,7 +412,8 @@ class HttpApi:
         self.app = web.Application(client_max_size=node.cfg.limits.max_body + 1,
                                    handler_args={"logger": ServerLog(node.metrics)})  # quiet client errors
         self.app[NODE_KEY] = node
-        self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        # [\s\S], not ".": a path with %0A decodes to a newline, and must still reach dispatch (JSON 400).
+        self.app.router.add_route("*", r"/{tail:[\s\S]*}", self.dispatch)
 
     async def authenticate(self, request: web.Request, route: Route, params: dict[str, str]) -> Caller:
         """The caller of a route (SPEC §9): the dev caller while auth is off or
