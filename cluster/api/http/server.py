@@ -20,6 +20,7 @@ from hanzo_tasks.cluster.api import mcp as MCP
 from hanzo_tasks.cluster.api import sse as SSE
 from hanzo_tasks.cluster.api.client_errors import ServerLog
 from hanzo_tasks.cluster.api.http import migrations as MIG
+from hanzo_tasks.cluster.api.http import openapi as OPENAPI
 from hanzo_tasks.cluster.api.http import records as REC
 from hanzo_tasks.cluster.api.http.request import (
     NODE_KEY,
@@ -398,6 +399,7 @@ def build_router() -> Router:
     r.add("GET", tq + "/{q}/partitions", h_tq_partitions, role=V)
     r.add("GET", NS + "/workers", h_workers_list, role=V)
     r.add("GET", NS + "/workers/{identity}", h_worker_get, role=V)
+    r.add("GET", OPENAPI.PATH, OPENAPI.handler(r), role=None)  # built from this table on first use
     return r
 
 
@@ -410,7 +412,8 @@ class HttpApi:
         self.app = web.Application(client_max_size=node.cfg.limits.max_body + 1,
                                    handler_args={"logger": ServerLog(node.metrics)})  # quiet client errors
         self.app[NODE_KEY] = node
-        self.app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        # [\s\S], not ".": a path with %0A decodes to a newline, and must still reach dispatch (JSON 400).
+        self.app.router.add_route("*", r"/{tail:[\s\S]*}", self.dispatch)
 
     async def authenticate(self, request: web.Request, route: Route, params: dict[str, str]) -> Caller:
         """The caller of a route (SPEC §9): the dev caller while auth is off or
