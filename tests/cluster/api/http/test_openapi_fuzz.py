@@ -12,8 +12,8 @@ namespace, a running workflow, a schedule, a deployment, an activity), so the
 generated requests reach the handlers and the input checks behind them, not
 only the 404 of a made-up name.
 
-``make test`` (the ``ci`` Hypothesis profile) sends 45 examples per
-route plus the coverage cases, derandomized: about 7,700 requests, 50 s; ``make fuzz``
+``make test`` (the ``ci`` Hypothesis profile) sends 18 examples per
+route plus the coverage cases, derandomized: about 5,500 requests, 35 s; ``make fuzz``
 (``HYPOTHESIS_PROFILE=fuzz``) sends 200 per route (about 17,000 requests,
 3 minutes) with fresh randomness in each of its rounds. The
 last test checks the total, so that a schema change that starves the
@@ -45,7 +45,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from tests.cluster.inproc import start_test_node
 
 FUZZ = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
-EXAMPLES = 200 if FUZZ else 45
+EXAMPLES = 200 if FUZZ else 18
 MIN_REQUESTS = 5000
 SKIPPED = ["/v1/tasks/events"]
 NS = "/v1/tasks/namespaces/{ns}"
