@@ -33,6 +33,10 @@ SNAPSHOT_QUEUE = 8
 CALL_TIMEOUT = 30.0
 
 
+SNAPSHOT_HEADROOM = 256 << 20
+"""Map room a snapshot makes before its copy, beyond four times what is used (bytes)."""
+
+
 class MigrationError(Exception):
     """A job cannot go on; it is aborted (before the flip) with this message."""
 
@@ -96,9 +100,21 @@ class SnapshotReader:
                 if self.store.resize_pending():
                     raise SnapshotYielded("the source partition's map is growing") from None
 
+    def _make_room(self) -> None:
+        """Grow the map before the long read view opens. While it is open LMDB
+        cannot reuse freed pages, so busy writers fill the map, and a growth
+        must wait for the view to close (the copy gives way and starts again).
+        Growing costs address space, not disk, so room is made up front."""
+        store = self.store
+        want = 4 * store.used_bytes() + SNAPSHOT_HEADROOM
+        with contextlib.suppress(Exception):  # at the maximum, or a full disk: copy as it is
+            while store.map_size < want and not store.at_max():
+                store.grow()
+
     def _produce(self) -> None:
         org, ns, jid = self.org, self.ns, self.jid
         try:
+            self._make_room()
             with self.store.read() as txn:
                 st = moving.read_state(txn, org, ns)
                 if st is None or st.get("role") != "src" or st.get("job") != jid:
