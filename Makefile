@@ -35,6 +35,7 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(MAKE) --no-print-directory typecheck
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -p no:xdist tests/cluster/api/http/test_openapi_fuzz.py  # schemathesis: not under xdist
 	$(MAKE) --no-print-directory chaos-smoke
 	@sh tests/pythons.sh quick $(PY) "full suite passed ($(VENV))"
 
