@@ -62,6 +62,27 @@ def _json(value: Any, what: str) -> Any:
         raise InvalidArgument(f"{what} is not JSON: {e}") from None
 
 
+def _options(body: dict[str, Any], ident: tuple[str, str | None, str], task_queue: str | None,
+             retry_policy: RetryPolicy | None, **timeouts: timedelta | None) -> None:
+    """The options a scheduling command shares: its id, queue, ``<name>_ms`` timeouts
+    and retry policy, each checked and added to ``body`` only when given."""
+    key, value, what = ident
+    if value is not None:
+        if not is_id(value):
+            raise InvalidArgument(f"invalid {what} {value!r}")
+        body[key] = value
+    if task_queue is not None:
+        body["task_queue"] = task_queue
+    for name, timeout in timeouts.items():
+        ms = _ms(timeout, name.removeprefix("workflow_"))
+        if ms is not None:
+            body[f"{name}_ms"] = ms
+    if retry_policy is not None:
+        if not isinstance(retry_policy, RetryPolicy):
+            raise InvalidArgument("retry_policy must be a workflow.RetryPolicy")
+        body["retry_policy"] = retry_policy.to_zap()
+
+
 async def execute_activity(
     activity: Any,
     arg: Any = None,
@@ -85,25 +106,9 @@ async def execute_activity(
         "activity_type": _name_of(activity, "__tasks_activity__", "activity"),
         "input": _json(arg, "activity input"),
     }
-    if activity_id is not None:
-        if not is_id(activity_id):
-            raise InvalidArgument(f"invalid activity id {activity_id!r}")
-        body["activity_id"] = activity_id
-    if task_queue is not None:
-        body["task_queue"] = task_queue
-    for key, value, what in (
-        ("start_to_close_timeout_ms", start_to_close_timeout, "start_to_close_timeout"),
-        ("schedule_to_close_timeout_ms", schedule_to_close_timeout, "schedule_to_close_timeout"),
-        ("schedule_to_start_timeout_ms", schedule_to_start_timeout, "schedule_to_start_timeout"),
-        ("heartbeat_timeout_ms", heartbeat_timeout, "heartbeat_timeout"),
-    ):
-        ms = _ms(value, what)
-        if ms is not None:
-            body[key] = ms
-    if retry_policy is not None:
-        if not isinstance(retry_policy, RetryPolicy):
-            raise InvalidArgument("retry_policy must be a workflow.RetryPolicy")
-        body["retry_policy"] = retry_policy.to_zap()
+    _options(body, ("activity_id", activity_id, "activity id"), task_queue, retry_policy,
+             start_to_close_timeout=start_to_close_timeout, schedule_to_close_timeout=schedule_to_close_timeout,
+             schedule_to_start_timeout=schedule_to_start_timeout, heartbeat_timeout=heartbeat_timeout)
     fut = ex.schedule_activity(body)
     try:
         return await fut
@@ -295,22 +300,9 @@ async def start_child_workflow(
         "workflow_type": _name_of(workflow, "__tasks_workflow__", "workflow"),
         "input": _json(arg, "child input"),
     }
-    if id is not None:
-        if not is_id(id):
-            raise InvalidArgument(f"invalid workflow id {id!r}")
-        body["workflow_id"] = id
-    if task_queue is not None:
-        body["task_queue"] = task_queue
-    for key, value, what in (
-        ("workflow_execution_timeout_ms", execution_timeout, "execution_timeout"),
-        ("workflow_run_timeout_ms", run_timeout, "run_timeout"),
-        ("workflow_task_timeout_ms", task_timeout, "task_timeout"),
-    ):
-        ms = _ms(value, what)
-        if ms is not None:
-            body[key] = ms
-    if retry_policy is not None:
-        body["retry_policy"] = retry_policy.to_zap()
+    _options(body, ("workflow_id", id, "workflow id"), task_queue, retry_policy,
+             workflow_execution_timeout=execution_timeout, workflow_run_timeout=run_timeout,
+             workflow_task_timeout=task_timeout)
     if parent_close_policy is not None:
         if parent_close_policy not in ("TERMINATE", "ABANDON", "REQUEST_CANCEL"):
             raise InvalidArgument("parent_close_policy is TERMINATE, ABANDON or REQUEST_CANCEL")
